@@ -196,10 +196,18 @@ static void cpu_sample(jc_context *ctx, jc__device *d, uint64_t now) {
         double period = ctx->opts.interval_s > 0.1 ? ctx->opts.interval_s : 0.1;
         ctx->next_util_ns = now + s_to_ns(period);
         double u;
-        if (jc__procstat_read(&ctx->procstat, &u, why, sizeof why) == JC_OK) {
+        jc_status st = jc__procstat_read(&ctx->procstat, &u, why, sizeof why);
+        if (st == JC_OK) {
+            ctx->cpu_util_pct = u;
             pthread_mutex_lock(&ctx->lock);
             d->latest.util_pct = u;
             pthread_mutex_unlock(&ctx->lock);
+        } else if (st == JC_ERR_TIMEOUT) {
+            /* No tick accounted since the last read: the utilisation is still the last one seen. */
+            u = ctx->cpu_util_pct;
+            st = JC_OK;
+        }
+        if (st == JC_OK) {
             if (ctx->use_estimate) {
                 /* The estimate is constant over the /proc/stat interval it was computed from. */
                 double p = jc__cpu_estimate_power_w(&ctx->estimate, u);

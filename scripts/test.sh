@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every test: the C tests (warnings as errors), the same C tests under ASan + UBSan, and the Python tests
+# against the installed package.  Uses the fake NVML and fake sysfs trees; needs no GPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs=$(nproc 2>/dev/null || echo 2)
+
+echo "== C tests"
+cmake -S . -B build/test -DJC_WERROR=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build/test -j"$jobs"
+ctest --test-dir build/test --output-on-failure -j"$jobs"
+
+echo "== C tests under AddressSanitizer + UndefinedBehaviorSanitizer"
+cmake -S . -B build/asan -DJC_WERROR=ON -DJC_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
+cmake --build build/asan -j"$jobs"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --test-dir build/asan --output-on-failure -j"$jobs"
+
+if [ -f pyproject.toml ]; then
+    echo "== Python tests"
+    venv=${JOULECAP_VENV:-.venv}
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+    "$venv/bin/python" -m pip install -q torch==2.13.0 pandas pytest
+    "$venv/bin/python" -m pip install -q .
+    # Run from the tests folder so that the installed package, not the source tree, is imported.
+    (cd tests/python && "../../$venv/bin/python" -m pytest -q)
+fi

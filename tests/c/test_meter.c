@@ -1,0 +1,263 @@
+/* Windows and the sampler against the fake NVML (real code paths: the library dlopens the fake). */
+#include <time.h>
+#include <unistd.h>
+
+#include "jc_test.h"
+#include "joulecap.h"
+
+static void use_scenario(const char *name) {
+    const char *data = getenv("JC_TEST_DATA"), *fake = getenv("JC_FAKE_NVML");
+    if (!data || !fake) JC_FAILF("JC_TEST_DATA and JC_FAKE_NVML must be set (run through ctest)");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/scenarios/%s", data, name);
+    setenv("JOULECAP_NVML_LIBRARY", fake, 1);
+    setenv("JOULECAP_FAKE_NVML_SCENARIO", path, 1);
+    unsetenv("JOULECAP_FAKE_NVML_STATE");
+    unsetenv("CUDA_VISIBLE_DEVICES");
+    snprintf(path, sizeof path, "%s/sysfs/empty", data);
+    setenv("JOULECAP_SYSFS_ROOT", path, 1);
+    snprintf(path, sizeof path, "%s/proc/qemu", data);
+    setenv("JOULECAP_PROC_ROOT", path, 1);
+}
+
+static void sleep_s(double s) {
+    struct timespec ts = {(time_t)s, (long)((s - (time_t)s) * 1e9)};
+    nanosleep(&ts, NULL);
+}
+
+static jc_context *open_ctx(const char *gpus, const char *csv) {
+    jc_options o;
+    jc_options_init(&o);
+    o.gpus = gpus;
+    o.csv_path = csv;
+    o.csv_interval_s = csv ? 0.1 : 0;
+    jc_context *ctx = NULL;
+    ASSERT_OK(jc_open(&ctx, &o));
+    return ctx;
+}
+
+static double window_j(jc_context *ctx, double seconds, int device) {
+    jc_window w;
+    ASSERT_OK(jc_window_start(ctx, "w", &w));
+    sleep_s(seconds);
+    ASSERT_OK(jc_window_stop(ctx, w));
+    jc_window_result r;
+    ASSERT_OK(jc_window_result_get(ctx, w, 2.0, &r));
+    ASSERT_TRUE(r.resolved);
+    ASSERT_OK(jc_window_release(ctx, w));
+    return r.energy_j[device];
+}
+
+TEST(constant_300w_one_second) {
+    use_scenario("h100-constant-300w.scn");
+    jc_context *ctx = open_ctx("0", NULL);
+    ASSERT_EQ(jc_device_count(ctx), 2);
+    jc_device_info gi;
+    ASSERT_OK(jc_device_info_get(ctx, 1, &gi));
+    ASSERT_EQ(gi.energy_source, JC_SOURCE_COUNTER);
+    ASSERT_EQ(gi.max_limit_mw, 700000);
+    ASSERT_EQ(gi.min_limit_mw, 200000);
+    jc_device_info ci;
+    ASSERT_OK(jc_device_info_get(ctx, 0, &ci));
+    ASSERT_EQ(ci.energy_source, JC_SOURCE_ESTIMATE);
+    ASSERT_CONTAINS(ci.energy_note, "estimate");
+    jc_window w;
+    uint64_t t0 = jc_now_ns();
+    ASSERT_OK(jc_window_start(ctx, "one-second", &w));
+    sleep_s(1.0);
+    ASSERT_OK(jc_window_stop(ctx, w));
+    jc_window_result r;
+    ASSERT_OK(jc_window_result_get(ctx, w, 2.0, &r));
+    double elapsed = r.elapsed_s;
+    ASSERT_TRUE(elapsed >= 1.0 && elapsed < 1.2);
+    /* Constant power: interpolation inside the 100 ms steps is exact up to the step-instant estimate. */
+    ASSERT_NEAR(r.energy_j[1], 300.0 * elapsed, 6.0);
+    ASSERT_TRUE(r.energy_j[0] > 0); /* CPU estimate */
+    ASSERT_EQ(r.source[0], JC_SOURCE_ESTIMATE);
+    ASSERT_STR_EQ(jc_window_name(ctx, w), "one-second");
+    ASSERT_OK(jc_window_release(ctx, w));
+    ASSERT_STATUS(jc_window_result_get(ctx, w, 0, &r), JC_ERR_NOT_FOUND);
+    (void)t0;
+    jc_close(ctx);
+}
+
+TEST(short_windows_are_not_quantised) {
+    use_scenario("h100-constant-300w.scn");
+    jc_context *ctx = open_ctx("0", NULL);
+    /* A 30 ms window inside one 100 ms counter step: edge reads would give 0 J or 30 J. */
+    for (int i = 0; i < 5; i++) {
+        jc_window w;
+        ASSERT_OK(jc_window_start(ctx, NULL, &w));
+        sleep_s(0.03);
+        ASSERT_OK(jc_window_stop(ctx, w));
+        jc_window_result r;
+        ASSERT_OK(jc_window_result_get(ctx, w, 2.0, &r));
+        ASSERT_NEAR(r.energy_j[1], 300.0 * r.elapsed_s, 3.0);
+        ASSERT_OK(jc_window_release(ctx, w));
+    }
+    jc_close(ctx);
+}
+
+TEST(tiling_windows_conserve_energy) {
+    use_scenario("h100-square-wave.scn");
+    jc_context *ctx = open_ctx("0", NULL);
+    enum { N = 40 };
+    uint64_t t[N + 1];
+    t[0] = jc_now_ns();
+    for (int i = 1; i <= N; i++) {
+        sleep_s(0.013 + 0.011 * (i % 3));
+        t[i] = jc_now_ns();
+    }
+    double sum = 0;
+    jc_window_result r;
+    for (int i = 0; i < N; i++) {
+        ASSERT_OK(jc_energy_between(ctx, t[i], t[i + 1], 2.0, &r));
+        sum += r.energy_j[1];
+    }
+    ASSERT_OK(jc_energy_between(ctx, t[0], t[N], 2.0, &r));
+    ASSERT_NEAR(sum, r.energy_j[1], 1e-6 * r.energy_j[1]);
+    jc_close(ctx);
+}
+
+TEST(nested_and_overlapping_windows) {
+    use_scenario("h100-constant-300w.scn");
+    jc_context *ctx = open_ctx("0", NULL);
+    jc_window outer, inner, overlap;
+    ASSERT_OK(jc_window_start(ctx, "outer", &outer));
+    sleep_s(0.2);
+    ASSERT_OK(jc_window_start(ctx, "inner", &inner));
+    sleep_s(0.2);
+    ASSERT_OK(jc_window_start(ctx, "overlap", &overlap));
+    sleep_s(0.2);
+    ASSERT_OK(jc_window_stop(ctx, inner));
+    ASSERT_OK(jc_window_stop(ctx, outer));
+    sleep_s(0.1);
+    ASSERT_OK(jc_window_stop(ctx, overlap));
+    ASSERT_STATUS(jc_window_stop(ctx, overlap), JC_ERR_STATE);
+    jc_window_result ro, ri, rv;
+    ASSERT_OK(jc_window_result_get(ctx, outer, 2, &ro));
+    ASSERT_OK(jc_window_result_get(ctx, inner, 2, &ri));
+    ASSERT_OK(jc_window_result_get(ctx, overlap, 2, &rv));
+    ASSERT_TRUE(ro.energy_j[1] > ri.energy_j[1]);
+    ASSERT_NEAR(ri.energy_j[1], 300 * ri.elapsed_s, 6);
+    ASSERT_NEAR(rv.energy_j[1], 300 * rv.elapsed_s, 6);
+    jc_close(ctx);
+}
+
+TEST(result_of_open_window_is_an_error) {
+    use_scenario("h100-constant-300w.scn");
+    jc_context *ctx = open_ctx("0", NULL);
+    jc_window w;
+    jc_window_result r;
+    ASSERT_OK(jc_window_start(ctx, "x", &w));
+    ASSERT_STATUS(jc_window_result_get(ctx, w, 0, &r), JC_ERR_STATE);
+    ASSERT_STATUS(jc_window_stop(ctx, 12345), JC_ERR_NOT_FOUND);
+    ASSERT_STATUS(jc_window_result_get(ctx, w, -1, &r), JC_ERR_INVALID_ARGUMENT);
+    jc_close(ctx);
+}
+
+TEST(bad_options_fail_before_work) {
+    use_scenario("h100-constant-300w.scn");
+    jc_options o;
+    jc_context *ctx = NULL;
+    jc_options_init(&o);
+    o.interval_s = -1;
+    ASSERT_STATUS(jc_open(&ctx, &o), JC_ERR_INVALID_ARGUMENT);
+    ASSERT_CONTAINS(jc_last_detail(), "interval");
+    o.interval_s = NAN;
+    ASSERT_STATUS(jc_open(&ctx, &o), JC_ERR_INVALID_ARGUMENT);
+    o.interval_s = 1e9;
+    ASSERT_STATUS(jc_open(&ctx, &o), JC_ERR_INVALID_ARGUMENT);
+    jc_options_init(&o);
+    o.gpus = "3";
+    ASSERT_STATUS(jc_open(&ctx, &o), JC_ERR_NOT_FOUND);
+    ASSERT_CONTAINS(jc_last_detail(), "NVIDIA H100");
+    jc_options_init(&o);
+    o.csv_path = "/nonexistent-dir/x.csv";
+    ASSERT_STATUS(jc_open(&ctx, &o), JC_ERR_IO);
+    ASSERT_CONTAINS(jc_last_detail(), "/nonexistent-dir/x.csv");
+    ASSERT_TRUE(ctx == NULL);
+}
+
+TEST(no_nvml_means_cpu_only) {
+    use_scenario("driver-not-loaded.scn");
+    jc_context *ctx = open_ctx("0", NULL);
+    ASSERT_EQ(jc_device_count(ctx), 1);
+    char ver[64], note[512];
+    ASSERT_STATUS(jc_gpu_driver(ctx, ver, sizeof ver, note, sizeof note), JC_ERR_UNAVAILABLE);
+    ASSERT_CONTAINS(note, "NVML");
+    jc_close(ctx);
+    setenv("JOULECAP_NVML_LIBRARY", "/nonexistent/libnvidia-ml.so.1", 1);
+    ASSERT_OK(jc_open(&ctx, NULL));
+    ASSERT_EQ(jc_device_count(ctx), 1);
+    jc_close(ctx);
+}
+
+TEST(gpu_without_counter_integrates_power) {
+    use_scenario("no-energy-counter.scn");
+    jc_context *ctx = open_ctx("0", NULL);
+    jc_device_info gi;
+    ASSERT_OK(jc_device_info_get(ctx, 1, &gi));
+    ASSERT_EQ(gi.energy_source, JC_SOURCE_INTEGRATED);
+    ASSERT_CONTAINS(gi.energy_note, "integrated");
+    double e = window_j(ctx, 1.0, 1);
+    jc_reading rd;
+    ASSERT_OK(jc_read_latest(ctx, 1, &rd));
+    ASSERT_NEAR(e, rd.power_w * 1.0, 0.1 * rd.power_w);
+    jc_close(ctx);
+}
+
+TEST(lost_gpu_gives_empty_values_not_a_crash) {
+    use_scenario("gpu-lost.scn");
+    jc_context *ctx = open_ctx("0", NULL);
+    double before = window_j(ctx, 0.3, 1);
+    ASSERT_NEAR(before, 400 * 0.3, 15);
+    sleep_s(1.0);
+    jc_window w;
+    ASSERT_OK(jc_window_start(ctx, NULL, &w));
+    sleep_s(0.2);
+    ASSERT_OK(jc_window_stop(ctx, w));
+    jc_window_result r;
+    ASSERT_OK(jc_window_result_get(ctx, w, 2.0, &r));
+    ASSERT_TRUE(isnan(r.energy_j[1]));
+    jc_device_info gi;
+    ASSERT_OK(jc_device_info_get(ctx, 1, &gi));
+    ASSERT_CONTAINS(gi.energy_note, "lost");
+    jc_close(ctx);
+}
+
+TEST(csv_rows_reach_disk_while_running) {
+    use_scenario("h100-constant-300w.scn");
+    char path[] = "/tmp/jc-meter-XXXXXX";
+    int fd = mkstemp(path);
+    ASSERT_TRUE(fd >= 0);
+    close(fd);
+    jc_context *ctx = open_ctx("0", path);
+    sleep_s(1.0);
+    FILE *f = fopen(path, "r");
+    ASSERT_TRUE(f != NULL);
+    char line[1024];
+    int rows = 0;
+    ASSERT_TRUE(fgets(line, sizeof line, f) != NULL);
+    ASSERT_CONTAINS(line, "elapsed_s,cpu_energy_kwh,cpu_util_pct,cpu_temp_c,gpu0_energy_kwh");
+    double last_e = 0, last_t = 0;
+    while (fgets(line, sizeof line, f)) {
+        rows++;
+        double t, ce, cu, e;
+        if (sscanf(line, "%lf,%lf,%lf,,%lf", &t, &ce, &cu, &e) == 4) {
+            last_e = e;
+            last_t = t;
+        }
+    }
+    fclose(f);
+    ASSERT_TRUE(rows >= 7); /* 10 rows at 0.1 s, minus at most ~one counter step not yet resolved */
+    ASSERT_NEAR(last_e * 3.6e6, 300 * last_t, 6);
+    jc_close(ctx);
+    unlink(path);
+}
+
+JC_TEST_MAIN(TEST_ENTRY(constant_300w_one_second), TEST_ENTRY(short_windows_are_not_quantised),
+             TEST_ENTRY(tiling_windows_conserve_energy), TEST_ENTRY(nested_and_overlapping_windows),
+             TEST_ENTRY(result_of_open_window_is_an_error), TEST_ENTRY(bad_options_fail_before_work),
+             TEST_ENTRY(no_nvml_means_cpu_only), TEST_ENTRY(gpu_without_counter_integrates_power),
+             TEST_ENTRY(lost_gpu_gives_empty_values_not_a_crash), TEST_ENTRY(csv_rows_reach_disk_while_running))
