@@ -94,6 +94,8 @@ struct jc_context {
     /* windows */
     jc__window **win;
     size_t nwin, capwin;
+    size_t *free_slots; /* released slots (1-based), reused first */
+    size_t nfree;
 
     /* CSV sink */
     FILE *csv;

@@ -64,8 +64,10 @@ void jc__meter_free(jc_context *ctx) {
         free(ctx->win[k]);
     }
     free(ctx->win);
+    free(ctx->free_slots);
     ctx->win = NULL;
-    ctx->nwin = ctx->capwin = 0;
+    ctx->free_slots = NULL;
+    ctx->nwin = ctx->capwin = ctx->nfree = 0;
 }
 
 static jc__window *lookup(jc_context *ctx, jc_window id) {
@@ -92,13 +94,7 @@ jc_status jc_window_start_at(jc_context *ctx, const char *name, uint64_t t_ns, j
         free(copy);
         return jc__fail(JC_ERR_INVALID_ARGUMENT, "a window cannot start before the context opened");
     }
-    size_t slot = 0;
-    for (size_t k = 0; k < ctx->nwin; k++) {
-        if (!ctx->win[k]->in_use) {
-            slot = k + 1;
-            break;
-        }
-    }
+    size_t slot = ctx->nfree ? ctx->free_slots[--ctx->nfree] : 0;
     if (!slot) {
         if (ctx->nwin == SLOT_MASK) {
             pthread_mutex_unlock(&ctx->lock);
@@ -108,12 +104,14 @@ jc_status jc_window_start_at(jc_context *ctx, const char *name, uint64_t t_ns, j
         if (ctx->nwin == ctx->capwin) {
             size_t cap = ctx->capwin ? ctx->capwin * 2 : 16;
             jc__window **grown = realloc(ctx->win, cap * sizeof *grown);
-            if (!grown) {
+            if (grown) ctx->win = grown;
+            size_t *grown_free = grown ? realloc(ctx->free_slots, cap * sizeof *grown_free) : NULL;
+            if (grown_free) ctx->free_slots = grown_free;
+            if (!grown || !grown_free) {
                 pthread_mutex_unlock(&ctx->lock);
                 free(copy);
                 return jc__fail(JC_ERR_NO_MEMORY, "cannot grow the window table");
             }
-            ctx->win = grown;
             ctx->capwin = cap;
         }
         jc__window *w = calloc(1, sizeof *w);
@@ -255,6 +253,7 @@ jc_status jc_window_release(jc_context *ctx, jc_window id) {
         free(w->name);
         w->name = NULL;
         w->in_use = 0;
+        ctx->free_slots[ctx->nfree++] = (size_t)(id & SLOT_MASK);
         pthread_cond_broadcast(&ctx->data_cv);
     }
     pthread_mutex_unlock(&ctx->lock);
