@@ -1,17 +1,18 @@
 /* CPU power estimate for machines without readable RAPL (virtual machines, mostly).
  *   P = n * (idle + (max - idle) * u),  max = TDP / threads of the part,  idle = 0.1 * max
  * n = logical CPUs this OS sees (a VM's vCPUs), u = utilisation in [0, 1].  max comes from the table when
- * the model is in it, else from the median of the table's parts of its family (EPYC, Xeon), else 10 W.  docs/cpu-sources.md explains why
- * linear, why a 10 % idle floor, and how wrong this can be. */
+ * the model is in it, else from the median of the table's parts of its family (EPYC, Xeon), else 10 W.
+ * docs/cpu-sources.md explains why linear, why a 10 % idle floor, and how wrong this can be. */
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "cpu.h"
 
-/* Unknown model (not in the table and not an EPYC or Xeon): 10 W per thread at full load.  Known parts span 1.9 (EPYC 9654) to 5.3 (Ryzen 9 7950X)
- * W/thread at TDP; small desktop parts without SMT reach 15 W/thread (a 4-core 65 W i5).  10 W errs high on
- * purpose: an unknown CPU is reported as an upper-end estimate rather than silently as a small one. */
+/* Unknown model (not in the table and not an EPYC or Xeon): 10 W per thread at full load.  Table parts span
+ * 1.76 (EPYC 7742) to 5.3 (Ryzen 9 7950X) W/thread at TDP; small desktop parts without SMT reach 15 W/thread
+ * (a 4-core 65 W i5).  10 W errs high on purpose: an unknown CPU is reported as an upper-end estimate rather
+ * than silently as a small one. */
 #define DEFAULT_MAX_W_PER_THREAD 10.0
 #define IDLE_FRACTION 0.1
 
