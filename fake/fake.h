@@ -1,0 +1,136 @@
+/* Internals of the fake NVML library (libjoulecap-fakenvml.so).  Not installed, not part of joulecap.
+ *
+ * The library exports exactly the functions of src/sources/nvml_api.h; everything declared here is hidden.
+ * Files: scenario.c parses the scenario file, model.c is the physics (load -> power -> energy), state.c the
+ * state file shared between processes, fakenvml.c the NVML entry points.  docs/fake-nvml.md is the user's
+ * view of all of it. */
+#ifndef JC_FAKE_H
+#define JC_FAKE_H
+
+#include <stddef.h>
+
+#include "sources/nvml_api.h"
+
+/* Prototypes of the exported NVML functions (they are defined in fakenvml.c). */
+#define FAKE__DECLARE(ret, name, args, required) ret name args;
+JC_NVML_FUNCTIONS(FAKE__DECLARE)
+#undef FAKE__DECLARE
+
+#pragma GCC visibility push(hidden)
+
+/* Fixed capacities keep the scenario a plain value: no allocation, nothing to free. */
+#define FAKE_MAX_DEVICES 16
+#define FAKE_MAX_SEGMENTS 64
+#define FAKE_MAX_ERRORS 32
+#define FAKE_FUNC_LEN 64
+#define FAKE_MSG_LEN 512
+
+/* An injected error: calls of functions matching func (an fnmatch pattern) return code while the fake GPU's
+ * time t (ms) lies in [from_ms, to_ms). */
+typedef struct fake_error {
+    char func[FAKE_FUNC_LEN];
+    double from_ms, to_ms;
+    nvmlReturn_t code;
+} fake_error;
+
+/* Between from_ms and to_ms the load is `load` instead of the base schedule. */
+typedef struct fake_segment {
+    double from_ms, to_ms, load;
+} fake_segment;
+
+typedef enum fake_load_kind { FAKE_LOAD_CONSTANT, FAKE_LOAD_SQUARE } fake_load_kind;
+
+/* Load in [0, 1] over time: a base schedule (constant or square wave) overridden by segments. */
+typedef struct fake_load {
+    fake_load_kind kind;
+    double level;                      /* constant */
+    double period_ms, duty, phase_ms;  /* square: high while (t + phase_ms) mod period_ms < duty * period_ms */
+    double high, low;                  /* square: load in the high and the low part */
+    int nsegments;
+    fake_segment segments[FAKE_MAX_SEGMENTS]; /* sorted by from_ms, not overlapping */
+} fake_load;
+
+/* One fake GPU as the scenario describes it (read-only after parsing).  nvmlDevice_t points at one. */
+struct nvmlDevice_st {
+    unsigned index;
+    char name[NVML_DEVICE_NAME_V2_BUFFER_SIZE];
+    char uuid[NVML_DEVICE_UUID_V2_BUFFER_SIZE];
+    unsigned pci_domain, pci_bus, pci_device, pci_device_id, pci_subsystem_id;
+    double min_limit_w, max_limit_w, default_limit_w, initial_limit_w;
+    double idle_w, loaded_w;
+    fake_load load;
+    int burst_overshoot;  /* 1: power may exceed the limit, up to limit * burst_factor */
+    double burst_factor;
+    int energy_counter;   /* 0: nvmlDeviceGetTotalEnergyConsumption is not supported */
+    unsigned long long energy_initial_mj;
+    double counter_step_ms, counter_phase_ms;
+    double instant_period_ms, instant_phase_ms, average_window_ms;
+    double energy_latency_ms, energy_latency_jitter_ms;
+    int allow_set_limit;
+    int nerrors;
+    fake_error errors[FAKE_MAX_ERRORS];
+};
+typedef struct nvmlDevice_st fake_device;
+
+typedef struct fake_scenario {
+    char driver_version[NVML_SYSTEM_DRIVER_VERSION_BUFFER_SIZE];
+    nvmlReturn_t init_error; /* NVML_SUCCESS: nvmlInit_v2 works */
+    int nerrors;             /* errors for every device and for the system functions */
+    fake_error errors[FAKE_MAX_ERRORS];
+    unsigned ndevices;
+    fake_device devices[FAKE_MAX_DEVICES];
+} fake_scenario;
+
+/* Mutable per-device state, kept in the state file.  A limit set at some time takes effect at the next
+ * counter boundary, eff_ms; anchor_mj is the energy from t = 0 to eff_ms.  Before eff_ms prev_limit_mw is in
+ * force, from eff_ms on limit_mw.  That keeps the counter an exact integral across limit changes. */
+typedef struct fake_dev_state {
+    unsigned limit_mw, prev_limit_mw;
+    double eff_ms, anchor_mj;
+} fake_dev_state;
+
+typedef struct fake_state {
+    long long start_ns; /* CLOCK_MONOTONIC time at which the fake GPUs "started" (t = 0) */
+    unsigned ndevices;
+    fake_dev_state dev[FAKE_MAX_DEVICES];
+} fake_state;
+
+/* scenario.c --------------------------------------------------------------------------------------------- */
+
+/* Parses the scenario file at path into *sc.  On failure returns -1 with "path:line: why" in msg. */
+int fake_scenario_load(const char *path, fake_scenario *sc, char *msg, size_t msglen);
+/* "GPU_IS_LOST", "NVML_ERROR_GPU_IS_LOST" or a number -> code; -1 if unknown. */
+int fake_return_code(const char *name, nvmlReturn_t *code);
+
+/* model.c ------------------------------------------------------------------------------------------------ */
+
+double fake_load_at(const fake_device *d, double t_ms);
+/* True power (W) at t under the limit in force then. */
+double fake_power_at(const fake_device *d, const fake_dev_state *s, double t_ms);
+/* Energy (mJ) from t = 0 to t (negative for t < 0), following the limit history in s. */
+double fake_energy_to(const fake_device *d, const fake_dev_state *s, double t_ms);
+/* Latest energy-counter boundary at or before t (negative just after the start). */
+double fake_counter_boundary(const fake_device *d, double t_ms);
+/* Latest instant-power update at or before t (negative just after the start). */
+double fake_instant_update(const fake_device *d, double t_ms);
+/* Records a new limit requested at time t (ms): it takes effect at the next counter boundary. */
+void fake_apply_limit(const fake_device *d, fake_dev_state *s, double t_ms, unsigned limit_mw);
+
+/* state.c ------------------------------------------------------------------------------------------------ */
+
+/* Opens the state file at path, reusing it when it holds sc->ndevices devices with limits inside the
+ * scenario's ranges and a start time in this boot, else writing a fresh one (start = now, default limits).
+ * Fills *st.  Returns 0, or -1 with a message. */
+int fake_state_open(const char *path, const fake_scenario *sc, long long now_ns, fake_state *st, char *msg,
+                    size_t msglen);
+/* Reads the current state (shared lock). */
+int fake_state_read(const char *path, unsigned ndevices, fake_state *st, char *msg, size_t msglen);
+/* Read-modify-write of one device's state under an exclusive lock: reads the file, calls fn on the device's
+ * entry, writes the file back.  fn returns 0 to write, anything else to leave the file as it was. */
+typedef int (*fake_state_update_fn)(fake_dev_state *s, void *arg);
+int fake_state_update(const char *path, unsigned ndevices, unsigned index, fake_state_update_fn fn, void *arg,
+                      char *msg, size_t msglen);
+
+#pragma GCC visibility pop
+
+#endif

@@ -1,0 +1,474 @@
+/* The NVML entry points of the fake driver.  They follow real NVML's conventions (reference-counted init,
+ * UNINITIALIZED before it, INVALID_ARGUMENT for bad handles and NULL pointers, INSUFFICIENT_SIZE for short
+ * buffers) and read the fake GPUs' behaviour from the scenario (scenario.c), the physics (model.c) and the
+ * state shared with other processes (state.c).
+ *
+ * All mutable state of the library is the one static struct below, guarded by its mutex.  The only slow call,
+ * nvmlDeviceGetTotalEnergyConsumption, sleeps outside the mutex, so that a power read in another thread is not
+ * held up by it (as on real hardware). */
+#include <errno.h>
+#include <fnmatch.h>
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fake.h"
+
+static struct {
+    pthread_mutex_t mu;
+    int refcount;            /* nvmlInit_v2 calls not yet matched by nvmlShutdown */
+    fake_scenario sc;        /* valid while refcount > 0 */
+    char state_path[PATH_MAX];
+    int state_private;       /* the state file is ours alone: remove it at the last shutdown */
+    pid_t state_owner;       /* ... if this process created it (not a forked child) */
+    long long start_ns;      /* t = 0 of the fake GPUs, CLOCK_MONOTONIC */
+    unsigned long long rng;  /* xorshift state for the latency jitter */
+    char last_report[FAKE_MSG_LEN];
+} lib = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+/* ------------------------------------------------------------------------------------------------------ */
+
+static long long mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static long long wall_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
+}
+
+static void sleep_ns(long long ns) {
+    struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000LL), .tv_nsec = (long)(ns % 1000000000LL)};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+/* Prints a problem once, not at every retry of the caller (call with lib.mu held). */
+static void report(const char *msg) {
+    if (strcmp(msg, lib.last_report) == 0) return;
+    fprintf(stderr, "joulecap-fakenvml: %s\n", msg);
+    snprintf(lib.last_report, sizeof lib.last_report, "%s", msg);
+}
+
+static unsigned long long next_random(void) {
+    unsigned long long x = lib.rng;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    lib.rng = x;
+    return x;
+}
+
+static unsigned to_mw(double w) {
+    if (w <= 0) return 0;
+    double mw = round(w * 1000.0);
+    return mw >= (double)UINT_MAX ? UINT_MAX : (unsigned)mw;
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Every entry point but init, shutdown and nvmlErrorString runs between enter_*() and leave(). */
+
+typedef struct call {
+    const fake_device *dev; /* NULL for system functions */
+    double t_ms;            /* time of the fake GPUs now */
+} call;
+
+static nvmlReturn_t injected(const fake_error *errors, int n, const char *func, double t_ms) {
+    for (int i = 0; i < n; i++) {
+        const fake_error *e = &errors[i];
+        if (t_ms >= e->from_ms && t_ms < e->to_ms && fnmatch(e->func, func, FNM_PATHNAME) == 0) return e->code;
+    }
+    return NVML_SUCCESS;
+}
+
+static nvmlReturn_t device_injected(const fake_device *d, const char *func, double t_ms) {
+    nvmlReturn_t r = injected(lib.sc.errors, lib.sc.nerrors, func, t_ms);
+    return r != NVML_SUCCESS ? r : injected(d->errors, d->nerrors, func, t_ms);
+}
+
+/* Locks the library; the caller must call leave() whatever this returns. */
+static nvmlReturn_t enter_system(call *c, const char *func) {
+    pthread_mutex_lock(&lib.mu);
+    c->dev = NULL;
+    c->t_ms = 0;
+    if (lib.refcount == 0) return NVML_ERROR_UNINITIALIZED;
+    c->t_ms = (double)(mono_ns() - lib.start_ns) / 1e6;
+    return injected(lib.sc.errors, lib.sc.nerrors, func, c->t_ms);
+}
+
+static nvmlReturn_t enter_device(call *c, nvmlDevice_t device, const char *func) {
+    pthread_mutex_lock(&lib.mu);
+    c->dev = NULL;
+    c->t_ms = 0;
+    if (lib.refcount == 0) return NVML_ERROR_UNINITIALIZED;
+    uintptr_t base = (uintptr_t)lib.sc.devices, p = (uintptr_t)device;
+    if (p < base || p >= base + lib.sc.ndevices * sizeof(fake_device) || (p - base) % sizeof(fake_device) != 0)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    c->dev = device;
+    c->t_ms = (double)(mono_ns() - lib.start_ns) / 1e6;
+    return device_injected(c->dev, func, c->t_ms);
+}
+
+static nvmlReturn_t leave(nvmlReturn_t r) {
+    pthread_mutex_unlock(&lib.mu);
+    return r;
+}
+
+/* The shared state of the call's device (with lib.mu held). */
+static nvmlReturn_t read_state(const call *c, fake_dev_state *out) {
+    fake_state st;
+    char msg[FAKE_MSG_LEN];
+    if (fake_state_read(lib.state_path, lib.sc.ndevices, &st, msg, sizeof msg) != 0) {
+        report(msg);
+        return NVML_ERROR_UNKNOWN;
+    }
+    *out = st.dev[c->dev->index];
+    return NVML_SUCCESS;
+}
+
+static nvmlReturn_t copy_out(const char *text, char *buf, unsigned int length) {
+    if (!buf) return NVML_ERROR_INVALID_ARGUMENT;
+    size_t n = strlen(text);
+    if (n + 1 > length) return NVML_ERROR_INSUFFICIENT_SIZE;
+    memcpy(buf, text, n + 1);
+    return NVML_SUCCESS;
+}
+
+/* Average power (W) over the averaging window ending at the latest instant-power update. */
+static double average_w(const call *c, const fake_dev_state *s) {
+    const fake_device *d = c->dev;
+    double u = fake_instant_update(d, c->t_ms);
+    return (fake_energy_to(d, s, u) - fake_energy_to(d, s, u - d->average_window_ms)) / d->average_window_ms;
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+
+nvmlReturn_t nvmlInit_v2(void) {
+    pthread_mutex_lock(&lib.mu);
+    if (lib.refcount > 0) {
+        lib.refcount++;
+        return leave(NVML_SUCCESS);
+    }
+    char msg[FAKE_MSG_LEN];
+    const char *path = getenv("JOULECAP_FAKE_NVML_SCENARIO");
+    if (!path || !*path) {
+        report("JOULECAP_FAKE_NVML_SCENARIO is not set: point it at a scenario file (see docs/fake-nvml.md)");
+        return leave(NVML_ERROR_UNKNOWN);
+    }
+    if (fake_scenario_load(path, &lib.sc, msg, sizeof msg) != 0) {
+        report(msg);
+        return leave(NVML_ERROR_UNKNOWN);
+    }
+    if (lib.sc.init_error != NVML_SUCCESS) return leave(lib.sc.init_error);
+
+    const char *state = getenv("JOULECAP_FAKE_NVML_STATE");
+    if (state && *state) {
+        if (strlen(state) >= sizeof lib.state_path) {
+            report("JOULECAP_FAKE_NVML_STATE is too long");
+            return leave(NVML_ERROR_UNKNOWN);
+        }
+        snprintf(lib.state_path, sizeof lib.state_path, "%s", state);
+        lib.state_private = 0;
+    } else {
+        const char *tmp = getenv("TMPDIR");
+        if (!tmp || !*tmp) tmp = "/tmp";
+        int n = snprintf(lib.state_path, sizeof lib.state_path, "%s/joulecap-fakenvml-%ld.state", tmp,
+                         (long)getpid());
+        if (n < 0 || (size_t)n >= sizeof lib.state_path) {
+            report("TMPDIR is too long");
+            return leave(NVML_ERROR_UNKNOWN);
+        }
+        unlink(lib.state_path); /* a leftover of an earlier process with our pid */
+        lib.state_private = 1;
+        lib.state_owner = getpid();
+    }
+    fake_state st;
+    long long now = mono_ns();
+    if (fake_state_open(lib.state_path, &lib.sc, now, &st, msg, sizeof msg) != 0) {
+        report(msg);
+        return leave(NVML_ERROR_UNKNOWN);
+    }
+    lib.start_ns = st.start_ns;
+    lib.rng = (unsigned long long)now ^ ((unsigned long long)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
+    if (lib.rng == 0) lib.rng = 1;
+    lib.refcount = 1;
+    return leave(NVML_SUCCESS);
+}
+
+nvmlReturn_t nvmlShutdown(void) {
+    pthread_mutex_lock(&lib.mu);
+    if (lib.refcount == 0) return leave(NVML_ERROR_UNINITIALIZED);
+    if (--lib.refcount == 0 && lib.state_private && lib.state_owner == getpid()) unlink(lib.state_path);
+    return leave(NVML_SUCCESS);
+}
+
+/* A process that exits (or unloads us) without the last nvmlShutdown, a failing test say, leaves no private
+ * state file behind. */
+__attribute__((destructor)) static void remove_private_state(void) {
+    if (pthread_mutex_trylock(&lib.mu) != 0) return; /* exit() while another thread is inside a call */
+    if (lib.refcount > 0 && lib.state_private && lib.state_owner == getpid()) unlink(lib.state_path);
+    pthread_mutex_unlock(&lib.mu);
+}
+
+const char *nvmlErrorString(nvmlReturn_t result) {
+    switch (result) {
+    case NVML_SUCCESS: return "Success";
+    case NVML_ERROR_UNINITIALIZED: return "Uninitialized";
+    case NVML_ERROR_INVALID_ARGUMENT: return "Invalid Argument";
+    case NVML_ERROR_NOT_SUPPORTED: return "Not Supported";
+    case NVML_ERROR_NO_PERMISSION: return "Insufficient Permissions";
+    case NVML_ERROR_ALREADY_INITIALIZED: return "Already Initialized";
+    case NVML_ERROR_NOT_FOUND: return "Not Found";
+    case NVML_ERROR_INSUFFICIENT_SIZE: return "Insufficient Size";
+    case NVML_ERROR_INSUFFICIENT_POWER: return "Insufficient External Power";
+    case NVML_ERROR_DRIVER_NOT_LOADED: return "Driver Not Loaded";
+    case NVML_ERROR_TIMEOUT: return "Timeout";
+    case NVML_ERROR_IRQ_ISSUE: return "Interrupt Request Issue";
+    case NVML_ERROR_LIBRARY_NOT_FOUND: return "NVML Shared Library Not Found";
+    case NVML_ERROR_FUNCTION_NOT_FOUND: return "Function Not Found";
+    case NVML_ERROR_CORRUPTED_INFOROM: return "Corrupted infoROM";
+    case NVML_ERROR_GPU_IS_LOST: return "GPU is lost";
+    case NVML_ERROR_RESET_REQUIRED: return "GPU requires restart";
+    case NVML_ERROR_OPERATING_SYSTEM: return "The operating system has blocked the request.";
+    case NVML_ERROR_LIB_RM_VERSION_MISMATCH: return "RM has detected an NVML/RM version mismatch.";
+    case NVML_ERROR_IN_USE: return "In use by another client";
+    case NVML_ERROR_MEMORY: return "Insufficient Memory";
+    case NVML_ERROR_NO_DATA: return "No data";
+    default: return "Unknown Error";
+    }
+}
+
+nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length) {
+    call c;
+    nvmlReturn_t r = enter_system(&c, __func__);
+    if (r == NVML_SUCCESS) r = copy_out(lib.sc.driver_version, version, length);
+    return leave(r);
+}
+
+nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
+    call c;
+    nvmlReturn_t r = enter_system(&c, __func__);
+    if (r == NVML_SUCCESS && !count) r = NVML_ERROR_INVALID_ARGUMENT;
+    if (r == NVML_SUCCESS) *count = lib.sc.ndevices;
+    return leave(r);
+}
+
+nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *device) {
+    call c;
+    nvmlReturn_t r = enter_system(&c, __func__);
+    if (r == NVML_SUCCESS && (!device || index >= lib.sc.ndevices)) r = NVML_ERROR_INVALID_ARGUMENT;
+    if (r == NVML_SUCCESS) r = device_injected(&lib.sc.devices[index], __func__, c.t_ms);
+    if (r == NVML_SUCCESS) *device = &lib.sc.devices[index];
+    return leave(r);
+}
+
+nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char *name, unsigned int length) {
+    call c;
+    nvmlReturn_t r = enter_device(&c, device, __func__);
+    if (r == NVML_SUCCESS) r = copy_out(c.dev->name, name, length);
+    return leave(r);
+}
+
+nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char *uuid, unsigned int length) {
+    call c;
+    nvmlReturn_t r = enter_device(&c, device, __func__);
+    if (r == NVML_SUCCESS) r = copy_out(c.dev->uuid, uuid, length);
+    return leave(r);
+}
+
+nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t device, nvmlPciInfo_t *pci) {
+    call c;
+    nvmlReturn_t r = enter_device(&c, device, __func__);
+    if (r == NVML_SUCCESS && !pci) r = NVML_ERROR_INVALID_ARGUMENT;
+    if (r == NVML_SUCCESS) {
+        const fake_device *d = c.dev;
+        memset(pci, 0, sizeof *pci);
+        /* busId carries the 8-digit domain, busIdLegacy (16 bytes) the 4-digit one, as in nvml.h. */
+        snprintf(pci->busIdLegacy, sizeof pci->busIdLegacy, "%04X:%02X:%02X.0", (unsigned)(uint16_t)d->pci_domain,
+                 (unsigned)(uint8_t)d->pci_bus, (unsigned)(uint8_t)d->pci_device);
+        snprintf(pci->busId, sizeof pci->busId, "%08X:%02X:%02X.0", d->pci_domain, (unsigned)(uint8_t)d->pci_bus,
+                 (unsigned)(uint8_t)d->pci_device);
+        pci->domain = d->pci_domain;
+        pci->bus = d->pci_bus;
+        pci->device = d->pci_device;
+        pci->pciDeviceId = d->pci_device_id;
+        pci->pciSubSystemId = d->pci_subsystem_id;
+    }
+    return leave(r);
+}
+
+nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t device, unsigned long long *mj) {
+    call c;
+    nvmlReturn_t r = enter_device(&c, device, __func__);
+    if (r == NVML_SUCCESS && !mj) r = NVML_ERROR_INVALID_ARGUMENT;
+    if (r == NVML_SUCCESS && !c.dev->energy_counter) r = NVML_ERROR_NOT_SUPPORTED;
+    if (r != NVML_SUCCESS) return leave(r);
+
+    /* The read takes a few ms on real hardware; the value is the one at the end of it. */
+    double ms = c.dev->energy_latency_ms;
+    if (c.dev->energy_latency_jitter_ms > 0)
+        ms += c.dev->energy_latency_jitter_ms * (double)(next_random() >> 11) / 9007199254740992.0;
+    leave(NVML_SUCCESS);
+    if (ms > 0) sleep_ns((long long)(ms * 1e6));
+
+    r = enter_device(&c, device, __func__);
+    fake_dev_state s;
+    if (r == NVML_SUCCESS && !c.dev->energy_counter) r = NVML_ERROR_NOT_SUPPORTED; /* re-init, new scenario */
+    if (r == NVML_SUCCESS) r = read_state(&c, &s);
+    if (r == NVML_SUCCESS) {
+        double e = fake_energy_to(c.dev, &s, fake_counter_boundary(c.dev, c.t_ms));
+        /* The counter reads energy_initial_mj at t = 0.  The epsilon keeps an exact integral such as
+         * 29999.99999 from flooring a whole mJ short. */
+        long long delta = (long long)floor(e + 1e-6);
+        unsigned long long base = c.dev->energy_initial_mj;
+        *mj = delta >= 0 ? base + (unsigned long long)delta
+                         : ((unsigned long long)-delta > base ? 0 : base - (unsigned long long)-delta);
+    }
+    return leave(r);
+}
+
+nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t device, unsigned int *mw) {
+    call c;
+    fake_dev_state s;
+    nvmlReturn_t r = enter_device(&c, device, __func__);
+    if (r == NVML_SUCCESS && !mw) r = NVML_ERROR_INVALID_ARGUMENT;
+    if (r == NVML_SUCCESS) r = read_state(&c, &s);
+    if (r == NVML_SUCCESS) *mw = to_mw(average_w(&c, &s));
+    return leave(r);
+}
+
+nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t device, int count, nvmlFieldValue_t *values) {
+    call c;
+    fake_dev_state s;
+    nvmlReturn_t r = enter_device(&c, device, __func__);
+    if (r == NVML_SUCCESS && (count < 0 || (count > 0 && !values))) r = NVML_ERROR_INVALID_ARGUMENT;
+    if (r != NVML_SUCCESS) {
+        /* An injected error (a lost GPU, say) also shows in every field. */
+        if (r != NVML_ERROR_UNINITIALIZED && r != NVML_ERROR_INVALID_ARGUMENT && values)
+            for (int i = 0; i < count; i++) values[i].nvmlReturn = r;
+        return leave(r);
+    }
+    if (count == 0) return leave(NVML_SUCCESS);
+    r = read_state(&c, &s);
+    if (r != NVML_SUCCESS) return leave(r);
+
+    /* Both power fields are refreshed at the instant-power updates; the timestamp is that update's. */
+    double u = fake_instant_update(c.dev, c.t_ms);
+    long long stamp = wall_us() - llround((c.t_ms - u) * 1000.0);
+    for (int i = 0; i < count; i++) {
+        nvmlFieldValue_t *v = &values[i];
+        char func[FAKE_FUNC_LEN + 16];
+        snprintf(func, sizeof func, "%s/%u", __func__, v->fieldId);
+        v->timestamp = stamp;
+        v->latencyUsec = 0;
+        v->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
+        memset(&v->value, 0, sizeof v->value);
+        v->nvmlReturn = device_injected(c.dev, func, c.t_ms);
+        if (v->nvmlReturn != NVML_SUCCESS) continue;
+        if (v->fieldId == NVML_FI_DEV_POWER_INSTANT) v->value.uiVal = to_mw(fake_power_at(c.dev, &s, u));
+        else if (v->fieldId == NVML_FI_DEV_POWER_AVERAGE) v->value.uiVal = to_mw(average_w(&c, &s));
+        else v->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
+    }
+    return leave(NVML_SUCCESS);
+}
+
+nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t device, nvmlUtilization_t *util) {
+    call c;
+    nvmlReturn_t r = enter_device(&c, device, __func__);
+    if (r == NVML_SUCCESS && !util) r = NVML_ERROR_INVALID_ARGUMENT;
+    if (r == NVML_SUCCESS) {
+        double load = fake_load_at(c.dev, c.t_ms);
+        util->gpu = (unsigned)lround(load * 100.0);
+        util->memory = (unsigned)lround(load * 60.0);
+    }
+    return leave(r);
+}
+
+nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t device, int sensor, unsigned int *temp) {
+    call c;
+    fake_dev_state s;
+    nvmlReturn_t r = enter_device(&c, device, __func__);
+    if (r == NVML_SUCCESS && (!temp || sensor != NVML_TEMPERATURE_GPU)) r = NVML_ERROR_INVALID_ARGUMENT;
+    if (r == NVML_SUCCESS) r = read_state(&c, &s);
+    if (r == NVML_SUCCESS) *temp = (unsigned)lround(35.0 + 40.0 * average_w(&c, &s) / c.dev->max_limit_w);
+    return leave(r);
+}
+
+nvmlReturn_t nvmlDeviceGetPowerManagementLimit(nvmlDevice_t device, unsigned int *mw) {
+    call c;
+    fake_dev_state s;
+    nvmlReturn_t r = enter_device(&c, device, __func__);
+    if (r == NVML_SUCCESS && !mw) r = NVML_ERROR_INVALID_ARGUMENT;
+    if (r == NVML_SUCCESS) r = read_state(&c, &s);
+    if (r == NVML_SUCCESS) *mw = s.limit_mw;
+    return leave(r);
+}
+
+nvmlReturn_t nvmlDeviceGetEnforcedPowerLimit(nvmlDevice_t device, unsigned int *mw) {
+    call c;
+    fake_dev_state s;
+    nvmlReturn_t r = enter_device(&c, device, __func__);
+    if (r == NVML_SUCCESS && !mw) r = NVML_ERROR_INVALID_ARGUMENT;
+    if (r == NVML_SUCCESS) r = read_state(&c, &s);
+    if (r == NVML_SUCCESS) *mw = s.limit_mw;
+    return leave(r);
+}
+
+nvmlReturn_t nvmlDeviceGetPowerManagementDefaultLimit(nvmlDevice_t device, unsigned int *mw) {
+    call c;
+    nvmlReturn_t r = enter_device(&c, device, __func__);
+    if (r == NVML_SUCCESS && !mw) r = NVML_ERROR_INVALID_ARGUMENT;
+    if (r == NVML_SUCCESS) *mw = to_mw(c.dev->default_limit_w);
+    return leave(r);
+}
+
+nvmlReturn_t nvmlDeviceGetPowerManagementLimitConstraints(nvmlDevice_t device, unsigned int *min_mw,
+                                                          unsigned int *max_mw) {
+    call c;
+    nvmlReturn_t r = enter_device(&c, device, __func__);
+    if (r == NVML_SUCCESS && (!min_mw || !max_mw)) r = NVML_ERROR_INVALID_ARGUMENT;
+    if (r == NVML_SUCCESS) {
+        *min_mw = to_mw(c.dev->min_limit_w);
+        *max_mw = to_mw(c.dev->max_limit_w);
+    }
+    return leave(r);
+}
+
+typedef struct set_limit_arg {
+    const fake_device *dev;
+    double t_ms;
+    unsigned mw;
+} set_limit_arg;
+
+static int set_limit_fn(fake_dev_state *s, void *arg) {
+    const set_limit_arg *a = arg;
+    fake_apply_limit(a->dev, s, a->t_ms, a->mw);
+    return 0;
+}
+
+nvmlReturn_t nvmlDeviceSetPowerManagementLimit(nvmlDevice_t device, unsigned int mw) {
+    call c;
+    nvmlReturn_t r = enter_device(&c, device, __func__);
+    if (r == NVML_SUCCESS && !c.dev->allow_set_limit) r = NVML_ERROR_NO_PERMISSION;
+    if (r == NVML_SUCCESS && (mw < to_mw(c.dev->min_limit_w) || mw > to_mw(c.dev->max_limit_w)))
+        r = NVML_ERROR_INVALID_ARGUMENT;
+    if (r == NVML_SUCCESS) {
+        set_limit_arg a = {c.dev, c.t_ms, mw};
+        char msg[FAKE_MSG_LEN];
+        if (fake_state_update(lib.state_path, lib.sc.ndevices, c.dev->index, set_limit_fn, &a, msg, sizeof msg) !=
+            0) {
+            report(msg);
+            r = NVML_ERROR_UNKNOWN;
+        }
+    }
+    return leave(r);
+}

@@ -1,0 +1,100 @@
+/* The physics of a fake GPU: load schedule -> true power (limited by the power limit) -> energy.
+ *
+ * Times are ms since the fake GPU started, power is W, so energy comes out in W * ms = mJ.  Load is piecewise
+ * constant, hence so is power, and every energy is an exact integral computed in closed form: a long run
+ * costs no more than a short one. */
+#include <math.h>
+
+#include "fake.h"
+
+/* The most power the device draws under a limit of limit_mw. */
+static double clamp_w(const fake_device *d, unsigned limit_mw) {
+    double w = limit_mw / 1000.0;
+    return d->burst_overshoot ? w * d->burst_factor : w;
+}
+
+static double power_of_load(const fake_device *d, double load, double max_w) {
+    double w = d->idle_w + (d->loaded_w - d->idle_w) * load;
+    return w < max_w ? w : max_w;
+}
+
+/* Time (ms) the square wave spends high in [-phase, x]; only differences of it matter. */
+static double square_high_ms(const fake_load *l, double x) {
+    double u = x + l->phase_ms;
+    double k = floor(u / l->period_ms);
+    double r = u - k * l->period_ms;
+    double high = l->duty * l->period_ms;
+    return k * high + (r < high ? r : high);
+}
+
+static double base_load_at(const fake_load *l, double t) {
+    if (l->kind == FAKE_LOAD_CONSTANT) return l->level;
+    double u = fmod(t + l->phase_ms, l->period_ms);
+    if (u < 0) u += l->period_ms;
+    return u < l->duty * l->period_ms ? l->high : l->low;
+}
+
+/* Energy of the base schedule over [a, b], a <= b. */
+static double base_energy(const fake_device *d, double a, double b, double max_w) {
+    const fake_load *l = &d->load;
+    if (l->kind == FAKE_LOAD_CONSTANT) return power_of_load(d, l->level, max_w) * (b - a);
+    double p_high = power_of_load(d, l->high, max_w), p_low = power_of_load(d, l->low, max_w);
+    return p_low * (b - a) + (p_high - p_low) * (square_high_ms(l, b) - square_high_ms(l, a));
+}
+
+/* Energy over [a, b] with one power limit in force throughout. */
+static double interval_energy(const fake_device *d, double a, double b, double max_w) {
+    if (b <= a) return 0;
+    double e = base_energy(d, a, b, max_w);
+    for (int i = 0; i < d->load.nsegments; i++) {
+        const fake_segment *s = &d->load.segments[i];
+        double lo = a > s->from_ms ? a : s->from_ms, hi = b < s->to_ms ? b : s->to_ms;
+        if (hi > lo) e += power_of_load(d, s->load, max_w) * (hi - lo) - base_energy(d, lo, hi, max_w);
+    }
+    return e;
+}
+
+double fake_load_at(const fake_device *d, double t_ms) {
+    for (int i = 0; i < d->load.nsegments; i++) {
+        const fake_segment *s = &d->load.segments[i];
+        if (t_ms >= s->from_ms && t_ms < s->to_ms) return s->load;
+    }
+    return base_load_at(&d->load, t_ms);
+}
+
+double fake_power_at(const fake_device *d, const fake_dev_state *s, double t_ms) {
+    unsigned limit = t_ms >= s->eff_ms ? s->limit_mw : s->prev_limit_mw;
+    return power_of_load(d, fake_load_at(d, t_ms), clamp_w(d, limit));
+}
+
+double fake_energy_to(const fake_device *d, const fake_dev_state *s, double t_ms) {
+    if (t_ms >= s->eff_ms) return s->anchor_mj + interval_energy(d, s->eff_ms, t_ms, clamp_w(d, s->limit_mw));
+    return s->anchor_mj - interval_energy(d, t_ms, s->eff_ms, clamp_w(d, s->prev_limit_mw));
+}
+
+/* Latest point of the grid phase + k * period at or before t (may be negative). */
+static double grid_floor(double t, double phase, double period) {
+    return phase + floor((t - phase) / period) * period;
+}
+
+/* The fake GPUs ran their schedule before t = 0 too, so the first step after the start is a whole one. */
+double fake_counter_boundary(const fake_device *d, double t_ms) {
+    return grid_floor(t_ms, d->counter_phase_ms, d->counter_step_ms);
+}
+
+double fake_instant_update(const fake_device *d, double t_ms) {
+    return grid_floor(t_ms, d->instant_phase_ms, d->instant_period_ms);
+}
+
+void fake_apply_limit(const fake_device *d, fake_dev_state *s, double t_ms, unsigned limit_mw) {
+    if (t_ms < s->eff_ms) {
+        /* An earlier change is still pending for the same boundary: it is simply replaced. */
+        s->limit_mw = limit_mw;
+        return;
+    }
+    double eff = grid_floor(t_ms, d->counter_phase_ms, d->counter_step_ms) + d->counter_step_ms;
+    s->anchor_mj = fake_energy_to(d, s, eff);
+    s->prev_limit_mw = s->limit_mw;
+    s->limit_mw = limit_mw;
+    s->eff_ms = eff;
+}

@@ -1,0 +1,565 @@
+/* Tests of the fake NVML library itself: it is loaded the way the NVML source loads libnvidia-ml (dlopen of
+ * the path in JC_FAKE_NVML) and driven by the scenarios in tests/scenarios.  Timings are real but short. */
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "jc_test.h"
+#include "sources/nvml_api.h"
+
+static struct {
+#define X(ret, name, args, required) ret(*name) args;
+    JC_NVML_FUNCTIONS(X)
+#undef X
+} nv;
+
+static void load_fake(void) {
+    static void *handle;
+    if (handle) return;
+    const char *path = getenv("JC_FAKE_NVML");
+    if (!path) JC_FAILF("JC_FAKE_NVML is not set (run through ctest)");
+    handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!handle) JC_FAILF("dlopen %s: %s", path, dlerror());
+#define X(ret, name, args, required)                                                                       \
+    do {                                                                                                   \
+        void *sym = dlsym(handle, #name);                                                                  \
+        if (!sym) JC_FAILF("the fake does not export %s", #name);                                          \
+        memcpy(&nv.name, &sym, sizeof sym);                                                                \
+    } while (0);
+    JC_NVML_FUNCTIONS(X)
+#undef X
+}
+
+#define NV_EQ(expr, want)                                                                                  \
+    do {                                                                                                   \
+        nvmlReturn_t r_ = (expr), w_ = (want);                                                             \
+        if (r_ != w_) JC_FAILF("%s: got %d (%s), want %d (%s)", #expr, r_, nv.nvmlErrorString(r_), w_,      \
+                               nv.nvmlErrorString(w_));                                                    \
+    } while (0)
+#define NV_OK(expr) NV_EQ(expr, NVML_SUCCESS)
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static void sleep_ms(double ms) {
+    if (ms <= 0) return;
+    struct timespec ts = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(fmod(ms, 1000) * 1e6)};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+static const char *tmp_dir(void) {
+    const char *t = getenv("TMPDIR");
+    return t && *t ? t : "/tmp";
+}
+
+/* Selects a scenario of tests/scenarios (or an absolute path) and a state file (NULL: a private one). */
+static void use(const char *scenario, const char *state) {
+    static char path[4096];
+    load_fake();
+    if (scenario[0] == '/') {
+        snprintf(path, sizeof path, "%s", scenario);
+    } else {
+        const char *data = getenv("JC_TEST_DATA");
+        if (!data) JC_FAILF("JC_TEST_DATA is not set (run through ctest)");
+        snprintf(path, sizeof path, "%s/scenarios/%s", data, scenario);
+    }
+    setenv("JOULECAP_FAKE_NVML_SCENARIO", path, 1);
+    if (state) setenv("JOULECAP_FAKE_NVML_STATE", state, 1);
+    else unsetenv("JOULECAP_FAKE_NVML_STATE");
+}
+
+static void temp_path(char *buf, size_t len, const char *what) {
+    snprintf(buf, len, "%s/jc-test-fake-nvml-%ld-%s", tmp_dir(), (long)getpid(), what);
+}
+
+static void write_file(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    if (!f) JC_FAILF("cannot write %s", path);
+    fputs(text, f);
+    fclose(f);
+}
+
+static nvmlDevice_t device(unsigned index) {
+    nvmlDevice_t d = NULL;
+    NV_OK(nv.nvmlDeviceGetHandleByIndex_v2(index, &d));
+    return d;
+}
+
+static unsigned long long energy(nvmlDevice_t d) {
+    unsigned long long mj = 0;
+    NV_OK(nv.nvmlDeviceGetTotalEnergyConsumption(d, &mj));
+    return mj;
+}
+
+static unsigned power_usage(nvmlDevice_t d) {
+    unsigned mw = 0;
+    NV_OK(nv.nvmlDeviceGetPowerUsage(d, &mw));
+    return mw;
+}
+
+static unsigned instant(nvmlDevice_t d) {
+    nvmlFieldValue_t v;
+    memset(&v, 0, sizeof v);
+    v.fieldId = NVML_FI_DEV_POWER_INSTANT;
+    NV_OK(nv.nvmlDeviceGetFieldValues(d, 1, &v));
+    NV_OK(v.nvmlReturn);
+    ASSERT_EQ(v.valueType, NVML_VALUE_TYPE_UNSIGNED_INT);
+    return v.value.uiVal;
+}
+
+static unsigned limit(nvmlDevice_t d) {
+    unsigned mw = 0;
+    NV_OK(nv.nvmlDeviceGetPowerManagementLimit(d, &mw));
+    return mw;
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+
+TEST(uninitialized_and_error_strings) {
+    load_fake();
+    unsigned n;
+    NV_EQ(nv.nvmlDeviceGetCount_v2(&n), NVML_ERROR_UNINITIALIZED);
+    NV_EQ(nv.nvmlShutdown(), NVML_ERROR_UNINITIALIZED);
+    ASSERT_STR_EQ(nv.nvmlErrorString(NVML_SUCCESS), "Success");
+    ASSERT_STR_EQ(nv.nvmlErrorString(NVML_ERROR_GPU_IS_LOST), "GPU is lost");
+    ASSERT_STR_EQ(nv.nvmlErrorString(NVML_ERROR_NO_PERMISSION), "Insufficient Permissions");
+    ASSERT_STR_EQ(nv.nvmlErrorString(NVML_ERROR_NOT_SUPPORTED), "Not Supported");
+    ASSERT_STR_EQ(nv.nvmlErrorString(NVML_ERROR_DRIVER_NOT_LOADED), "Driver Not Loaded");
+    ASSERT_STR_EQ(nv.nvmlErrorString(12345), "Unknown Error");
+}
+
+TEST(driver_not_loaded) {
+    use("driver-not-loaded.scn", NULL);
+    NV_EQ(nv.nvmlInit_v2(), NVML_ERROR_DRIVER_NOT_LOADED);
+    unsigned n;
+    NV_EQ(nv.nvmlDeviceGetCount_v2(&n), NVML_ERROR_UNINITIALIZED);
+    NV_EQ(nv.nvmlShutdown(), NVML_ERROR_UNINITIALIZED);
+}
+
+/* Runs nvmlInit_v2 with stderr captured into out. */
+static nvmlReturn_t init_capturing_stderr(char *out, size_t len) {
+    char path[512];
+    temp_path(path, sizeof path, "stderr");
+    fflush(stderr);
+    int saved = dup(2), fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    ASSERT_TRUE(saved >= 0 && fd >= 0);
+    dup2(fd, 2);
+    nvmlReturn_t r = nv.nvmlInit_v2();
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    ssize_t n = pread(fd, out, len - 1, 0);
+    out[n > 0 ? n : 0] = '\0';
+    close(fd);
+    unlink(path);
+    return r;
+}
+
+TEST(bad_scenarios) {
+    char scn[512], err[2048];
+    use("does-not-exist.scn", NULL);
+    NV_EQ(init_capturing_stderr(err, sizeof err), NVML_ERROR_UNKNOWN);
+    ASSERT_CONTAINS(err, "does-not-exist.scn");
+
+    temp_path(scn, sizeof scn, "bad.scn");
+    write_file(scn, "# a comment\n[device]\nidle_w = 50\nloaded_w = lots\n");
+    use(scn, NULL);
+    NV_EQ(init_capturing_stderr(err, sizeof err), NVML_ERROR_UNKNOWN);
+    ASSERT_CONTAINS(err, ":4: loaded_w");
+    /* Reported once, not at every retry. */
+    NV_EQ(init_capturing_stderr(err, sizeof err), NVML_ERROR_UNKNOWN);
+    ASSERT_STR_EQ(err, "");
+
+    write_file(scn, "[device]\nsegment = 0 100 1\nsegment = 50 150 0.5\n");
+    NV_EQ(init_capturing_stderr(err, sizeof err), NVML_ERROR_UNKNOWN);
+    ASSERT_CONTAINS(err, "segments overlap");
+    write_file(scn, "[device]\nerror = * 0 end NO_SUCH_CODE\n");
+    NV_EQ(init_capturing_stderr(err, sizeof err), NVML_ERROR_UNKNOWN);
+    ASSERT_CONTAINS(err, ":2: error: unknown NVML return code");
+    unlink(scn);
+    unsigned n;
+    NV_EQ(nv.nvmlDeviceGetCount_v2(&n), NVML_ERROR_UNINITIALIZED);
+}
+
+TEST(reference_counted_init) {
+    use("h100-constant-300w.scn", NULL);
+    NV_OK(nv.nvmlInit_v2());
+    NV_OK(nv.nvmlInit_v2());
+    NV_OK(nv.nvmlShutdown());
+    unsigned n = 0;
+    NV_OK(nv.nvmlDeviceGetCount_v2(&n));
+    ASSERT_EQ(n, 1);
+    nvmlDevice_t d = device(0);
+    NV_OK(nv.nvmlShutdown());
+    NV_EQ(nv.nvmlDeviceGetCount_v2(&n), NVML_ERROR_UNINITIALIZED);
+    char name[96];
+    NV_EQ(nv.nvmlDeviceGetName(d, name, sizeof name), NVML_ERROR_UNINITIALIZED);
+    NV_EQ(nv.nvmlShutdown(), NVML_ERROR_UNINITIALIZED);
+}
+
+TEST(identity_and_limits) {
+    use("h100-constant-300w.scn", NULL);
+    NV_OK(nv.nvmlInit_v2());
+    char buf[96];
+    NV_OK(nv.nvmlSystemGetDriverVersion(buf, sizeof buf));
+    ASSERT_STR_EQ(buf, "580.159.04");
+    NV_EQ(nv.nvmlSystemGetDriverVersion(buf, 5), NVML_ERROR_INSUFFICIENT_SIZE);
+    nvmlDevice_t d;
+    NV_EQ(nv.nvmlDeviceGetHandleByIndex_v2(1, &d), NVML_ERROR_INVALID_ARGUMENT);
+    d = device(0);
+    NV_OK(nv.nvmlDeviceGetName(d, buf, sizeof buf));
+    ASSERT_STR_EQ(buf, "NVIDIA H100 80GB HBM3");
+    NV_EQ(nv.nvmlDeviceGetName(d, buf, 10), NVML_ERROR_INSUFFICIENT_SIZE);
+    NV_OK(nv.nvmlDeviceGetUUID(d, buf, sizeof buf));
+    ASSERT_STR_EQ(buf, "GPU-8f3c2a1e-5b7d-4c9e-a0f1-2d3e4b5c6a7f");
+    NV_EQ(nv.nvmlDeviceGetName((nvmlDevice_t)(uintptr_t)0x1234, buf, sizeof buf), NVML_ERROR_INVALID_ARGUMENT);
+
+    unsigned lo = 0, hi = 0, mw = 0;
+    NV_OK(nv.nvmlDeviceGetPowerManagementLimitConstraints(d, &lo, &hi));
+    ASSERT_EQ(lo, 200000);
+    ASSERT_EQ(hi, 700000);
+    NV_OK(nv.nvmlDeviceGetPowerManagementDefaultLimit(d, &mw));
+    ASSERT_EQ(mw, 700000);
+    ASSERT_EQ(limit(d), 700000);
+    NV_OK(nv.nvmlDeviceGetEnforcedPowerLimit(d, &mw));
+    ASSERT_EQ(mw, 700000);
+
+    NV_EQ(nv.nvmlDeviceSetPowerManagementLimit(d, 199999), NVML_ERROR_INVALID_ARGUMENT);
+    NV_EQ(nv.nvmlDeviceSetPowerManagementLimit(d, 700001), NVML_ERROR_INVALID_ARGUMENT);
+    ASSERT_EQ(limit(d), 700000);
+    NV_OK(nv.nvmlDeviceSetPowerManagementLimit(d, 450000));
+    ASSERT_EQ(limit(d), 450000);
+    NV_OK(nv.nvmlDeviceGetEnforcedPowerLimit(d, &mw));
+    ASSERT_EQ(mw, 450000);
+
+    nvmlUtilization_t u;
+    NV_OK(nv.nvmlDeviceGetUtilizationRates(d, &u));
+    ASSERT_EQ(u.gpu, 100);
+    unsigned temp = 0;
+    NV_OK(nv.nvmlDeviceGetTemperature(d, NVML_TEMPERATURE_GPU, &temp));
+    ASSERT_EQ(temp, 52); /* 35 + 40 * 300 / 700 */
+    NV_EQ(nv.nvmlDeviceGetTemperature(d, 7, &temp), NVML_ERROR_INVALID_ARGUMENT);
+    NV_OK(nv.nvmlShutdown());
+}
+
+TEST(constant_power_fields) {
+    use("h100-constant-300w.scn", NULL);
+    NV_OK(nv.nvmlInit_v2());
+    nvmlDevice_t d = device(0);
+    ASSERT_EQ(power_usage(d), 300000);
+    nvmlFieldValue_t v[3];
+    memset(v, 0, sizeof v);
+    v[0].fieldId = NVML_FI_DEV_POWER_INSTANT;
+    v[1].fieldId = NVML_FI_DEV_POWER_AVERAGE;
+    v[2].fieldId = 999;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    long long wall_us = (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    NV_OK(nv.nvmlDeviceGetFieldValues(d, 3, v));
+    NV_OK(v[0].nvmlReturn);
+    ASSERT_EQ(v[0].value.uiVal, 300000);
+    ASSERT_TRUE(v[0].timestamp <= wall_us + 1000 && v[0].timestamp > wall_us - 150000);
+    NV_OK(v[1].nvmlReturn);
+    ASSERT_EQ(v[1].value.uiVal, 300000);
+    NV_EQ(v[2].nvmlReturn, NVML_ERROR_NOT_SUPPORTED);
+    NV_OK(nv.nvmlShutdown());
+}
+
+TEST(constant_energy_counter_steps) {
+    use("h100-constant-300w.scn", NULL);
+    NV_OK(nv.nvmlInit_v2());
+    nvmlDevice_t d = device(0);
+
+    /* Poll for ~450 ms: the counter changes only every 100 ms, by 300 W * 100 ms = 30 J each time. */
+    double t0 = now_ms(), changed_at[16];
+    int changes = 0;
+    unsigned long long prev = energy(d);
+    /* energy_initial_mj is the value at the start; reads just after it may fall on the step before. */
+    ASSERT_TRUE(prev >= 123456789ull - 30000);
+    while (now_ms() - t0 < 450) {
+        double before = now_ms();
+        unsigned long long e = energy(d);
+        double took = now_ms() - before;
+        ASSERT_TRUE(took >= 2.9 && took < 100);
+        ASSERT_TRUE(e >= prev);
+        if (e != prev) {
+            ASSERT_EQ(e - prev, 30000);
+            ASSERT_TRUE(changes < 16);
+            changed_at[changes++] = now_ms();
+        }
+        prev = e;
+    }
+    ASSERT_TRUE(changes >= 3 && changes <= 5);
+    for (int i = 1; i < changes; i++) ASSERT_NEAR(changed_at[i] - changed_at[i - 1], 100, 15);
+
+    /* Over about a second: 300 J, give or take the one step each edge may fall either side of. */
+    double a = now_ms();
+    unsigned long long e0 = energy(d);
+    sleep_ms(1000);
+    unsigned long long e1 = energy(d);
+    double elapsed = now_ms() - a;
+    ASSERT_NEAR((double)(e1 - e0), 300.0 * elapsed, 30000 + 300.0 * 10);
+    ASSERT_EQ((e1 - e0) % 30000, 0);
+    NV_OK(nv.nvmlShutdown());
+}
+
+TEST(limit_clamps_power) {
+    use("h100-constant-300w.scn", NULL);
+    NV_OK(nv.nvmlInit_v2());
+    nvmlDevice_t d = device(0);
+    NV_OK(nv.nvmlDeviceSetPowerManagementLimit(d, 250000));
+    /* In force from the next counter step; the instant value refreshes every 100 ms after that. */
+    sleep_ms(220);
+    ASSERT_EQ(instant(d), 250000);
+    unsigned long long prev = energy(d), e;
+    while ((e = energy(d)) == prev) {
+    }
+    ASSERT_EQ(e - prev, 25000);
+    NV_OK(nv.nvmlDeviceSetPowerManagementLimit(d, 700000));
+    sleep_ms(220);
+    ASSERT_EQ(instant(d), 300000);
+    NV_OK(nv.nvmlShutdown());
+}
+
+TEST(second_process_shares_state) {
+    char state[512];
+    temp_path(state, sizeof state, "shared.state");
+    unlink(state);
+    use("h100-constant-300w.scn", state);
+    NV_OK(nv.nvmlInit_v2());
+    nvmlDevice_t d = device(0);
+    NV_OK(nv.nvmlDeviceSetPowerManagementLimit(d, 450000));
+    unsigned long long before = energy(d);
+    int fds[2];
+    ASSERT_TRUE(pipe(fds) == 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    ASSERT_TRUE(pid >= 0);
+    if (pid == 0) {
+        /* The child starts NVML afresh (dropping the reference inherited from the parent). */
+        close(fds[0]);
+        int ok = nv.nvmlShutdown() == NVML_SUCCESS && nv.nvmlInit_v2() == NVML_SUCCESS;
+        nvmlDevice_t cd = NULL;
+        unsigned mw = 0;
+        unsigned long long mj = 0;
+        ok = ok && nv.nvmlDeviceGetHandleByIndex_v2(0, &cd) == NVML_SUCCESS;
+        ok = ok && nv.nvmlDeviceGetPowerManagementLimit(cd, &mw) == NVML_SUCCESS && mw == 450000;
+        ok = ok && nv.nvmlDeviceSetPowerManagementLimit(cd, 350000) == NVML_SUCCESS;
+        ok = ok && nv.nvmlDeviceGetTotalEnergyConsumption(cd, &mj) == NVML_SUCCESS;
+        ok = ok && nv.nvmlShutdown() == NVML_SUCCESS;
+        ok = ok && write(fds[1], &mj, sizeof mj) == (ssize_t)sizeof mj;
+        _exit(ok ? 0 : 1);
+    }
+    close(fds[1]);
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFEXITED(status));
+    ASSERT_EQ(WEXITSTATUS(status), 0);
+    unsigned long long child_mj = 0;
+    ASSERT_EQ(read(fds[0], &child_mj, sizeof child_mj), sizeof child_mj);
+    close(fds[0]);
+    ASSERT_EQ(limit(d), 350000);
+    unsigned long long after = energy(d);
+    /* Same start time, same counter. */
+    ASSERT_TRUE(before <= child_mj && child_mj <= after);
+    NV_OK(nv.nvmlShutdown());
+
+    /* The state outlives the processes: a later init sees the limit and the same counter. */
+    NV_OK(nv.nvmlInit_v2());
+    d = device(0);
+    ASSERT_EQ(limit(d), 350000);
+    ASSERT_TRUE(energy(d) >= after);
+    NV_OK(nv.nvmlShutdown());
+    ASSERT_EQ(access(state, F_OK), 0);
+    unlink(state);
+}
+
+static void *read_energy_for_300ms(void *arg) {
+    nvmlDevice_t d = arg;
+    double t0 = now_ms();
+    while (now_ms() - t0 < 300) energy(d);
+    return NULL;
+}
+
+TEST(power_reads_not_blocked_by_energy_reads) {
+    use("h100-constant-300w.scn", NULL);
+    NV_OK(nv.nvmlInit_v2());
+    nvmlDevice_t d = device(0);
+    pthread_t th;
+    ASSERT_EQ(pthread_create(&th, NULL, read_energy_for_300ms, d), 0);
+    int reads = 0, slow = 0;
+    double t0 = now_ms();
+    while (now_ms() - t0 < 250) {
+        double a = now_ms();
+        ASSERT_EQ(power_usage(d), 300000);
+        ASSERT_EQ(instant(d), 300000);
+        if (now_ms() - a > 2.5) slow++; /* an energy read holds its caller 3-6 ms */
+        reads++;
+        sleep_ms(1);
+    }
+    pthread_join(th, NULL);
+    ASSERT_TRUE(reads > 20);
+    ASSERT_TRUE(slow * 5 < reads);
+    NV_OK(nv.nvmlShutdown());
+}
+
+TEST(gpu_lost_after_one_second) {
+    use("gpu-lost.scn", NULL);
+    double t0 = now_ms();
+    NV_OK(nv.nvmlInit_v2());
+    nvmlDevice_t d = device(0);
+    energy(d);
+    ASSERT_EQ(power_usage(d), 400000);
+    ASSERT_TRUE(now_ms() - t0 < 900);
+    sleep_ms(1050 - (now_ms() - t0));
+    unsigned long long mj;
+    unsigned mw;
+    NV_EQ(nv.nvmlDeviceGetTotalEnergyConsumption(d, &mj), NVML_ERROR_GPU_IS_LOST);
+    NV_EQ(nv.nvmlDeviceGetPowerUsage(d, &mw), NVML_ERROR_GPU_IS_LOST);
+    nvmlFieldValue_t v;
+    memset(&v, 0, sizeof v);
+    v.fieldId = NVML_FI_DEV_POWER_INSTANT;
+    NV_EQ(nv.nvmlDeviceGetFieldValues(d, 1, &v), NVML_ERROR_GPU_IS_LOST);
+    NV_EQ(v.nvmlReturn, NVML_ERROR_GPU_IS_LOST);
+    NV_OK(nv.nvmlShutdown());
+}
+
+TEST(no_permission) {
+    use("no-permission.scn", NULL);
+    NV_OK(nv.nvmlInit_v2());
+    nvmlDevice_t d = device(0);
+    NV_EQ(nv.nvmlDeviceSetPowerManagementLimit(d, 500000), NVML_ERROR_NO_PERMISSION);
+    ASSERT_EQ(limit(d), 700000);
+    NV_OK(nv.nvmlShutdown());
+}
+
+TEST(no_energy_counter) {
+    use("no-energy-counter.scn", NULL);
+    NV_OK(nv.nvmlInit_v2());
+    nvmlDevice_t d = device(0);
+    unsigned long long mj;
+    NV_EQ(nv.nvmlDeviceGetTotalEnergyConsumption(d, &mj), NVML_ERROR_NOT_SUPPORTED);
+    ASSERT_EQ(power_usage(d), 250000);
+    ASSERT_EQ(instant(d), 250000);
+    NV_OK(nv.nvmlShutdown());
+}
+
+TEST(two_gpus) {
+    use("two-gpus.scn", NULL);
+    NV_OK(nv.nvmlInit_v2());
+    unsigned n = 0;
+    NV_OK(nv.nvmlDeviceGetCount_v2(&n));
+    ASSERT_EQ(n, 2);
+    nvmlDevice_t a = device(0), b = device(1);
+    char ua[96], ub[96];
+    NV_OK(nv.nvmlDeviceGetUUID(a, ua, sizeof ua));
+    NV_OK(nv.nvmlDeviceGetUUID(b, ub, sizeof ub));
+    ASSERT_TRUE(strcmp(ua, ub) != 0);
+    ASSERT_STR_EQ(ub, "GPU-aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee");
+    nvmlPciInfo_t pa, pb;
+    NV_OK(nv.nvmlDeviceGetPciInfo_v3(a, &pa));
+    NV_OK(nv.nvmlDeviceGetPciInfo_v3(b, &pb));
+    ASSERT_STR_EQ(pa.busId, "00000000:19:00.0");
+    ASSERT_STR_EQ(pb.busId, "00000000:3B:00.0");
+    ASSERT_STR_EQ(pb.busIdLegacy, "0000:3B:00.0");
+    ASSERT_EQ(pb.domain, 0);
+    ASSERT_EQ(pb.bus, 0x3b);
+    ASSERT_EQ(pb.device, 0);
+    ASSERT_EQ(pb.pciDeviceId, 0x233010DE);
+    ASSERT_EQ(power_usage(a), 300000);
+    ASSERT_EQ(power_usage(b), 150000);
+    ASSERT_TRUE(energy(b) >= 987654321ull - 15000);
+    NV_OK(nv.nvmlShutdown());
+}
+
+TEST(square_wave_instant_follows_average_lags) {
+    use("h100-square-wave.scn", NULL);
+    NV_OK(nv.nvmlInit_v2());
+    nvmlDevice_t d = device(0);
+    unsigned imin = UINT32_MAX, imax = 0, amin = UINT32_MAX, amax = 0;
+    int flips = 0;
+    unsigned last = 0;
+    double t0 = now_ms();
+    unsigned long long e0 = energy(d);
+    double te0 = now_ms();
+    while (now_ms() - t0 < 1100) {
+        unsigned i = instant(d), a = power_usage(d);
+        ASSERT_TRUE(i == 778000 || i == 131000);
+        if (last && i != last) flips++;
+        last = i;
+        imin = i < imin ? i : imin;
+        imax = i > imax ? i : imax;
+        amin = a < amin ? a : amin;
+        amax = a > amax ? a : amax;
+        sleep_ms(10);
+    }
+    unsigned long long e1 = energy(d);
+    double elapsed = now_ms() - te0;
+    ASSERT_EQ(imin, 131000);
+    ASSERT_EQ(imax, 778000);
+    ASSERT_TRUE(flips >= 3);
+    /* The 1 s average spans two whole periods: it sits at the mean, (778 + 131) / 2 W. */
+    ASSERT_NEAR(amin, 454500, 5000);
+    ASSERT_NEAR(amax, 454500, 5000);
+    /* Off by at most a partial period (323.5 W * 250 ms) plus a step at each edge (454.5 W * 100 ms). */
+    ASSERT_NEAR((double)(e1 - e0), 454.5 * elapsed, 80875 + 45450 + 778 * 10);
+    NV_OK(nv.nvmlShutdown());
+}
+
+TEST(segments_and_injected_errors) {
+    char scn[512];
+    temp_path(scn, sizeof scn, "step.scn");
+    write_file(scn, "[device]\n"
+                    "idle_w = 100\n"
+                    "loaded_w = 600\n"
+                    "load = 0\n"
+                    "segment = 300 100000 1\n"
+                    "counter_phase_ms = 23\n"
+                    "error = nvmlDeviceGetPowerUsage 0 200 TIMEOUT\n"
+                    "error = nvmlDeviceGetFieldValues/186 0 200 NOT_SUPPORTED\n");
+    use(scn, NULL);
+    double t0 = now_ms();
+    NV_OK(nv.nvmlInit_v2());
+    nvmlDevice_t d = device(0);
+    unsigned mw;
+    NV_EQ(nv.nvmlDeviceGetPowerUsage(d, &mw), NVML_ERROR_TIMEOUT);
+    nvmlFieldValue_t v[2];
+    memset(v, 0, sizeof v);
+    v[0].fieldId = NVML_FI_DEV_POWER_INSTANT;
+    v[1].fieldId = NVML_FI_DEV_POWER_AVERAGE;
+    NV_OK(nv.nvmlDeviceGetFieldValues(d, 2, v));
+    NV_EQ(v[0].nvmlReturn, NVML_ERROR_NOT_SUPPORTED);
+    NV_OK(v[1].nvmlReturn);
+    ASSERT_EQ(v[1].value.uiVal, 100000);
+    nvmlUtilization_t u;
+    NV_OK(nv.nvmlDeviceGetUtilizationRates(d, &u));
+    ASSERT_EQ(u.gpu, 0);
+    ASSERT_TRUE(now_ms() - t0 < 180);
+
+    /* At ~450 ms: the load stepped up at 300 ms; instant power shows it, the 1 s average lags far behind. */
+    sleep_ms(450 - (now_ms() - t0));
+    ASSERT_EQ(instant(d), 600000);
+    unsigned avg = power_usage(d);
+    ASSERT_TRUE(avg > 100000 && avg < 250000);
+    NV_OK(nv.nvmlDeviceGetUtilizationRates(d, &u));
+    ASSERT_EQ(u.gpu, 100);
+    NV_OK(nv.nvmlShutdown());
+    unlink(scn);
+}
+
+JC_TEST_MAIN(TEST_ENTRY(uninitialized_and_error_strings), TEST_ENTRY(driver_not_loaded), TEST_ENTRY(bad_scenarios),
+             TEST_ENTRY(reference_counted_init), TEST_ENTRY(identity_and_limits), TEST_ENTRY(constant_power_fields),
+             TEST_ENTRY(constant_energy_counter_steps), TEST_ENTRY(limit_clamps_power),
+             TEST_ENTRY(second_process_shares_state),
+             TEST_ENTRY(power_reads_not_blocked_by_energy_reads), TEST_ENTRY(gpu_lost_after_one_second),
+             TEST_ENTRY(no_permission), TEST_ENTRY(no_energy_counter), TEST_ENTRY(two_gpus),
+             TEST_ENTRY(square_wave_instant_follows_average_lags), TEST_ENTRY(segments_and_injected_errors))
