@@ -67,6 +67,7 @@ int jc_cmd_monitor(int argc, char **argv) {
     opts.csv_interval_s = interval;
     if (interval < 0.01) opts.interval_s = interval; /* the sampling period may not exceed the row period */
     jc_context *ctx = NULL;
+    jc_cli_fd_snapshot();
     if ((rc = jc_cli_open(&ctx, &opts, "monitor"))) {
         if (o.command) fprintf(stderr, "The command was not started.\n");
         return rc;
@@ -90,7 +91,8 @@ int jc_cmd_monitor(int argc, char **argv) {
     uint64_t end_ns;
     if (o.command) {
         jc_cli_child child;
-        if (jc_cli_spawn(o.command, &child) != 0) {
+        jc_cli_fd_cloexec_new();
+    if (jc_cli_spawn(o.command, &child) != 0) {
             jc_close(ctx);
             return JC_EXIT_FAILURE;
         }

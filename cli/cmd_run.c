@@ -57,6 +57,7 @@ int jc_cmd_run(int argc, char **argv) {
     opts.gpus = o.gpus;
     if (o.interval_text) opts.interval_s = o.interval_s;
     jc_context *ctx = NULL;
+    jc_cli_fd_snapshot();
     if ((rc = jc_cli_open(&ctx, &opts, "run"))) return rc;
     if ((rc = jc_cli_check_gpus(ctx, o.gpus))) {
         jc_close(ctx);
@@ -73,7 +74,7 @@ int jc_cmd_run(int argc, char **argv) {
         } else {
             struct stat sb;
             created = stat(o.output, &sb) != 0;
-            out = fopen(o.output, "w");
+            out = fopen(o.output, "we");
             if (!out) {
                 int e = errno;
                 jc_cli_err("cannot create the output file '%s': %s", o.output, strerror(e));
@@ -100,6 +101,7 @@ int jc_cmd_run(int argc, char **argv) {
         return JC_EXIT_FAILURE;
     }
     jc_cli_child child;
+    jc_cli_fd_cloexec_new();
     if (jc_cli_spawn(o.command, &child) != 0) {
         if (out && !to_stdout) fclose(out);
         if (created) unlink(o.output);

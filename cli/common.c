@@ -2,6 +2,7 @@
 #include "common.h"
 
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -410,6 +411,46 @@ static int read_signals(unsigned char *msgs, int max_pairs, int timeout_ms) {
 /* ------------------------------------------------------------------------------------------------------
  * Child commands.
  * ---------------------------------------------------------------------------------------------------- */
+
+#define FD_BITS 4096
+static unsigned char fd_seen[FD_BITS / 8];
+static int fd_snapshot_taken;
+
+static int list_fds(int *fds, int max) {
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) return -1;
+    int n = 0, self = dirfd(d);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL && n < max) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+        int fd = atoi(e->d_name);
+        if (fd != self) fds[n++] = fd;
+    }
+    closedir(d);
+    return n;
+}
+
+void jc_cli_fd_snapshot(void) {
+    int fds[1024];
+    int n = list_fds(fds, 1024);
+    if (n < 0) return;
+    memset(fd_seen, 0, sizeof fd_seen);
+    for (int i = 0; i < n; i++)
+        if (fds[i] >= 0 && fds[i] < FD_BITS) fd_seen[fds[i] / 8] |= (unsigned char)(1u << (fds[i] % 8));
+    fd_snapshot_taken = 1;
+}
+
+void jc_cli_fd_cloexec_new(void) {
+    if (!fd_snapshot_taken) return;
+    int fds[1024];
+    int n = list_fds(fds, 1024);
+    for (int i = 0; i < n; i++) {
+        int fd = fds[i];
+        if (fd >= 0 && fd < FD_BITS && (fd_seen[fd / 8] & (1u << (fd % 8)))) continue;
+        int fl = fcntl(fd, F_GETFD);
+        if (fl >= 0 && !(fl & FD_CLOEXEC)) fcntl(fd, F_SETFD, fl | FD_CLOEXEC);
+    }
+}
 
 int jc_cli_spawn(char **argv, jc_cli_child *child) {
     memset(child, 0, sizeof *child);

@@ -90,6 +90,12 @@ int jc_cli_is_json_path(const char *path);
 int jc_cli_signals_install(void);
 void jc_cli_signals_restore(void);
 
+/* The command should not inherit descriptors that the library opened (the CSV sink, /dev/nvidia*): call
+ * jc_cli_fd_snapshot() before jc_open() and jc_cli_fd_cloexec_new() before jc_cli_spawn(); every descriptor
+ * opened in between gets FD_CLOEXEC.  Descriptors joulecap itself inherited are passed on untouched. */
+void jc_cli_fd_snapshot(void);
+void jc_cli_fd_cloexec_new(void);
+
 typedef struct jc_cli_child {
     pid_t pid;
     int exec_errno;      /* 0 when the command started, else why execve failed */

@@ -671,6 +671,11 @@ TEST(monitor_rows) {
     r = cli("monitor", "-i", "0.1", "-o", csv, "--", "sh", "-c", "exit 4", NULL);
     EXPECT_CODE(r, 4);
     free_result(&r);
+    /* The command does not inherit joulecap's own descriptors (the CSV file). */
+    r = cli("monitor", "-q", "-i", "0.1", "-o", csv, "--", "sh", "-c", "ls -l /proc/$$/fd/", NULL);
+    EXPECT_CODE(r, 0);
+    ASSERT_TRUE(strstr(r.out, "monitor.csv") == NULL);
+    free_result(&r);
     r = cli("monitor", "-i", "0.1", "-o", csv, "--", "joulecap-no-such-command-xyz", NULL);
     EXPECT_CODE(r, 127);
     free_result(&r);
