@@ -704,9 +704,8 @@ void jc_cli_summary_text(FILE *f, const jc_cli_summary *s) {
                     d->energy_note[0] ? d->energy_note : jc_energy_source_name(src));
             continue;
         }
-        snprintf(num, sizeof num, "%.3f", e);
-        char pbuf[48];
-        snprintf(pw, sizeof pw, "%s W", jc_cli_fmt(pbuf, sizeof pbuf, avg_power(e, el), 1));
+        snprintf(num, sizeof num, "%.*f", fabs(e) < 1 ? 6 : 3, e);
+        snprintf(pw, sizeof pw, "%.1f W", avg_power(e, el));
         if (src == JC_SOURCE_ESTIMATE) {
             /* "(estimate: why)", and the model on a line of its own */
             const char *why = jc_cli_estimate_reason(d->energy_note);
@@ -721,9 +720,8 @@ void jc_cli_summary_text(FILE *f, const jc_cli_summary *s) {
     int nm = 0;
     double t = total_energy(s, &nm);
     if (nm > 1) {
-        char pbuf[48];
-        snprintf(num, sizeof num, "%.3f", t);
-        snprintf(pw, sizeof pw, "%s W", jc_cli_fmt(pbuf, sizeof pbuf, avg_power(t, el), 1));
+        snprintf(num, sizeof num, "%.*f", fabs(t) < 1 ? 6 : 3, t);
+        snprintf(pw, sizeof pw, "%.1f W", avg_power(t, el));
         fprintf(f, " %14s J  %-6s %10s  average power\n", num, "total", pw);
     }
     if (!s->resolved) fprintf(f, " (not fully resolved: the last samples were late; values are estimates)\n");

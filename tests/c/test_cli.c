@@ -406,6 +406,20 @@ TEST(info_cpu_sources) {
     free_result(&r);
 }
 
+TEST(info_no_energy_counter) {
+    use_env("no-energy-counter", NULL, NULL);
+    result_t r = cli("info", NULL);
+    EXPECT_CODE(r, 0);
+    ASSERT_CONTAINS(r.out, "integrated");
+    free_result(&r);
+    r = cli("run", "--json", "--", "sleep", "0.3", NULL);
+    EXPECT_CODE(r, 0);
+    assert_valid_json_text(r.out);
+    ASSERT_CONTAINS(r.out, "\"gpu0_energy_source\":\"integrated-power\"");
+    ASSERT_TRUE(json_number(r.out, "gpu0_energy_j") > 0);
+    free_result(&r);
+}
+
 TEST(info_two_gpus) {
     use_env("two-gpus", NULL, NULL);
     result_t r = cli("info", NULL);
@@ -756,7 +770,7 @@ static void setup(void) {
 
 JC_TEST_MAIN(TEST_ENTRY(help_and_version), TEST_ENTRY(usage_errors),
              TEST_ENTRY(bad_intervals), TEST_ENTRY(info_fake_gpu), TEST_ENTRY(info_driver_not_loaded),
-             TEST_ENTRY(info_cpu_sources), TEST_ENTRY(info_two_gpus), TEST_ENTRY(run_exit_status),
+             TEST_ENTRY(info_cpu_sources), TEST_ENTRY(info_no_energy_counter), TEST_ENTRY(info_two_gpus), TEST_ENTRY(run_exit_status),
              TEST_ENTRY(run_exec_failures), TEST_ENTRY(run_bad_gpu), TEST_ENTRY(run_unwritable_output),
              TEST_ENTRY(run_json_energy), TEST_ENTRY(run_json_escaping), TEST_ENTRY(run_output_files),
              TEST_ENTRY(run_forwards_signals), TEST_ENTRY(monitor_rows), TEST_ENTRY(monitor_sigint))
