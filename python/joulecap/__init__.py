@@ -1,0 +1,40 @@
+"""joulecap: energy of ML code on NVIDIA GPUs and CPUs, measured by a small C library.
+
+    from joulecap import EnergyMeasurementTool, AsynchronousMeasurementTool
+
+The tools keep the seed's names, arguments and CSV columns (see ``joulecap.measurement``); errors are the
+classes of ``joulecap.errors``; ``joulecap.read_csv`` reads the CSV files back (with pandas).  ``python -m
+joulecap.example`` measures a small PyTorch training run.
+"""
+
+from __future__ import annotations
+
+from . import errors
+from ._joulecap import LIB_VERSION as _LIB_VERSION
+from .errors import JoulecapError
+from .io import read_csv
+from .measurement import AsynchronousMeasurementTool, EnergyMeasurementTool, Measurement
+
+__version__ = "0.1.0"
+__lib_version__ = _LIB_VERSION
+
+__all__ = [
+    "EnergyMeasurementTool",
+    "AsynchronousMeasurementTool",
+    "Measurement",
+    "JoulecapError",
+    "errors",
+    "read_csv",
+    "devices",
+    "__version__",
+]
+
+
+def devices(gpu_num="all"):
+    """The devices joulecap would measure for gpu_num: a list of dicts, device 0 the CPU, then GPUs in CUDA
+    order, each with its energy source and, where a value is estimated or missing, the reason."""
+    from .measurement import _gpu_selection
+    from ._joulecap import Context
+
+    with Context(_gpu_selection(gpu_num)) as ctx:
+        return ctx.devices()

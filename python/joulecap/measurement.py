@@ -1,0 +1,653 @@
+"""The seed's measurement tools on libjoulecap.
+
+``EnergyMeasurementTool`` measures code snippets (windows); ``AsynchronousMeasurementTool`` writes a row of
+readings every *interval* seconds.  Names, arguments and CSV columns follow the seed, so a seed user changes
+only the import line.  No Python thread or process measures anything: the C library's sampler thread does
+every read, ``start()``/``stop()`` only take timestamps, and the CSV rows are written by C threads as soon as
+their values are known.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import math
+import os
+import threading
+import warnings
+import weakref
+from typing import Any, Callable, Dict, List, Optional
+
+from . import _joulecap
+from .errors import FileError, InvalidArgument, JoulecapWarning, PermissionDenied, StateError
+
+__all__ = ["EnergyMeasurementTool", "AsynchronousMeasurementTool", "Measurement", "WindowContext"]
+
+J_PER_KWH = 3.6e6
+
+# Sources whose values are not a measurement of the energy itself.
+_ESTIMATED_SOURCES = {"estimate": "estimated", "integrated-power": "integrated from power readings"}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# GPU selection
+
+
+def _gpu_selection(gpu_num: Any) -> str:
+    """Turns the seed's ``gpu_num`` (and its extensions) into the library's selection string.
+
+    * an int: that CUDA device number (as ``torch.cuda`` numbers GPUs, honouring ``CUDA_VISIBLE_DEVICES``);
+    * a list/tuple of ints or UUIDs: those GPUs;
+    * a string: ``"all"``, ``"none"``, a UUID (or a unique prefix of one), ``"cuda:1"``, or ``"0,2"``;
+    * a ``torch.device`` of type cuda;
+    * ``None``: no GPU (the CPU only).
+    """
+    if gpu_num is None:
+        return "none"
+    if isinstance(gpu_num, bool):
+        raise InvalidArgument("gpu_num=%r: pass a CUDA device number such as 0, a list, a UUID, 'all' or None" % gpu_num)
+    if isinstance(gpu_num, int):
+        if gpu_num < 0:
+            raise InvalidArgument("gpu_num=%d: CUDA device numbers start at 0" % gpu_num)
+        return str(gpu_num)
+    if isinstance(gpu_num, str):
+        s = gpu_num.strip()
+        if not s:
+            raise InvalidArgument("gpu_num is an empty string: pass 0, [0, 1], a GPU UUID, 'all' or None")
+        parts = []
+        for part in s.split(","):
+            p = part.strip()
+            if p.lower().startswith("cuda:"):
+                p = p[5:]
+            elif p.lower() == "cuda":
+                p = "0"
+            parts.append(p)
+        return ",".join(parts)
+    if type(gpu_num).__name__ == "device" and hasattr(gpu_num, "type") and hasattr(gpu_num, "index"):
+        if gpu_num.type != "cuda":
+            raise InvalidArgument("gpu_num=%r is not a CUDA device: pass None to measure the CPU only" % (gpu_num,))
+        return str(gpu_num.index or 0)
+    if isinstance(gpu_num, (list, tuple, set, frozenset, range)):
+        items = list(gpu_num)
+        if not items:
+            raise InvalidArgument("gpu_num is an empty list: pass None to measure the CPU only, or 'all'")
+        return ",".join(_gpu_selection(g) for g in items)
+    raise InvalidArgument(
+        "gpu_num=%r: pass a CUDA device number such as 0, a list such as [0, 1], a GPU UUID, 'all' or None "
+        "(CPU only)" % (gpu_num,)
+    )
+
+
+def _names_specific_gpus(sel: str) -> bool:
+    return sel.lower() not in ("all", "none")
+
+
+def _open_context(gpu_num: Any, **kwargs: Any):
+    """Opens a Context for gpu_num; warns when GPUs were asked for but NVML is not there."""
+    sel = _gpu_selection(gpu_num)
+    ctx = _joulecap.Context(sel, **kwargs)
+    if _names_specific_gpus(sel) and ctx.device_count() == 1:
+        drv = ctx.gpu_driver()
+        if not drv["available"]:
+            warnings.warn(
+                "gpu_num=%r asks for a GPU, but joulecap cannot use NVML (%s): measuring the CPU only"
+                % (gpu_num, drv["note"] or "no NVIDIA driver"),
+                JoulecapWarning,
+                stacklevel=3,
+            )
+    return ctx
+
+
+def _check_path(out_file: Any) -> Optional[str]:
+    if out_file is None:
+        return None
+    try:
+        path = os.fspath(out_file)
+    except TypeError:
+        raise InvalidArgument("out_file=%r: pass a file path (str or os.PathLike), or None" % (out_file,)) from None
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not path:
+        raise InvalidArgument("out_file is empty: pass a file path such as 'energy.csv'")
+    return path
+
+
+def _create_file(path: str) -> None:
+    """Creates (truncates) the CSV file now, so that an unwritable path fails before any work."""
+    try:
+        with open(path, "w"):
+            pass
+    except PermissionError as e:
+        raise PermissionDenied(
+            "permission denied: cannot create the CSV file %s: %s; choose a writable path" % (path, e.strerror),
+            detail=str(e),
+        ) from None
+    except OSError as e:
+        raise FileError(
+            "input/output error: cannot create the CSV file %s: %s; choose a writable path" % (path, e.strerror),
+            detail=str(e),
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Closing at exit
+
+
+_live: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
+def _register(tool: Any) -> None:
+    with _live_lock:
+        _live.add(tool)
+
+
+@atexit.register
+def _close_all() -> None:
+    with _live_lock:
+        tools = list(_live)
+    for t in tools:
+        try:
+            t.close()
+        except Exception:  # pragma: no cover - nothing sensible to do at exit
+            pass
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Devices
+
+
+class _Devices:
+    """What a tool measures: labels, CUDA indices and the notes that explain estimates."""
+
+    __slots__ = ("info", "labels", "gpu_indices", "epoch_ns")
+
+    def __init__(self, ctx: Any):
+        self.info: List[Dict[str, Any]] = ctx.devices()
+        self.gpu_indices: List[int] = [d["index"] for d in self.info[1:]]
+        self.labels: List[str] = ["cpu"] + ["gpu%d" % g for g in self.gpu_indices]
+        self.epoch_ns: int = ctx.epoch_ns
+
+    def csv_columns(self) -> List[str]:
+        cols = ["elapsed_s", "cpu_energy_kwh"] + ["gpu%d_energy_kwh" % g for g in self.gpu_indices]
+        cols += ["cpu_energy_source"] + ["gpu%d_energy_source" % g for g in self.gpu_indices]
+        return cols + ["window", "start_s"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Results
+
+
+class Measurement:
+    """The result of one window of :class:`EnergyMeasurementTool`.
+
+    ``stop()`` returns it at once; its values are resolved by the library from the sampler's series within about
+    one GPU energy-counter step (~0.1 s) of the stop.  Reading any value waits for that (the CSV row is written
+    by then too); ``ready`` tells whether it would wait.
+
+    Values: ``elapsed_s``; ``cpu_energy_j`` / ``cpu_energy_kwh``; ``gpu_energy_j`` / ``gpu_energy_kwh`` (dicts
+    keyed by CUDA device number); ``total_gpu_energy_j``, ``total_energy_j``; ``sources`` (``{"cpu": "rapl",
+    "gpu0": "counter"}``); ``estimates`` (device label -> why its value is an estimate or missing);
+    ``is_estimate``; ``resolved`` (False when the samples around an edge did not arrive in time).  NaN stands
+    for a value that cannot be measured here (see ``estimates``).
+    """
+
+    __slots__ = ("name", "_pending", "_devices", "_data")
+
+    def __init__(self, name: Optional[str], pending: Any, devices: _Devices):
+        self.name = name
+        self._pending = pending
+        self._devices = devices
+        self._data: Optional[Dict[str, Any]] = None
+
+    # -- resolution --------------------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """True when the values are known (reading them will not wait)."""
+        return self._data is not None or self._pending.ready
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Waits up to timeout seconds (None: as long as it takes) for the values; returns whether they came."""
+        if self._data is not None:
+            return True
+        d = self._pending.wait(timeout)
+        if d is None:
+            return False
+        self._data = d
+        self._pending = None
+        return True
+
+    def _get(self) -> Dict[str, Any]:
+        if self._data is None:
+            self.wait()
+        return self._data  # type: ignore[return-value]
+
+    # -- values ------------------------------------------------------------------------------------------------
+
+    @property
+    def elapsed_s(self) -> float:
+        return self._get()["elapsed_s"]
+
+    @property
+    def start_s(self) -> float:
+        """Start of the window, in seconds since the tool was created."""
+        return (self._get()["start_ns"] - self._devices.epoch_ns) * 1e-9
+
+    @property
+    def resolved(self) -> bool:
+        return self._get()["resolved"]
+
+    @property
+    def energy_j(self) -> Dict[str, float]:
+        """Energy per device label: ``{"cpu": J, "gpu0": J, ...}``."""
+        return dict(zip(self._devices.labels, self._get()["energy_j"]))
+
+    @property
+    def cpu_energy_j(self) -> float:
+        return self._get()["energy_j"][0]
+
+    @property
+    def cpu_energy_kwh(self) -> float:
+        return self.cpu_energy_j / J_PER_KWH
+
+    @property
+    def gpu_energy_j(self) -> Dict[int, float]:
+        """Energy of each GPU in joules, keyed by CUDA device number."""
+        return dict(zip(self._devices.gpu_indices, self._get()["energy_j"][1:]))
+
+    @property
+    def gpu_energy_kwh(self) -> Dict[int, float]:
+        return {g: e / J_PER_KWH for g, e in self.gpu_energy_j.items()}
+
+    @property
+    def total_gpu_energy_j(self) -> float:
+        """Sum over the measured GPUs (0.0 when none is measured)."""
+        return float(sum(self._get()["energy_j"][1:]))
+
+    @property
+    def total_energy_j(self) -> float:
+        """CPU plus GPUs; NaN when the CPU energy is unknown."""
+        return self.cpu_energy_j + self.total_gpu_energy_j
+
+    @property
+    def sources(self) -> Dict[str, str]:
+        """Where each device's energy comes from: counter, rapl, estimate, integrated-power or none."""
+        return dict(zip(self._devices.labels, self._get()["source"]))
+
+    @property
+    def estimates(self) -> Dict[str, str]:
+        """Device label -> why its value is an estimate or missing (empty when every value is measured)."""
+        d = self._get()
+        out = {}
+        for label, src, info in zip(self._devices.labels, d["source"], self._devices.info):
+            note = info.get("energy_note", "")
+            if src in _ESTIMATED_SOURCES:
+                out[label] = note or _ESTIMATED_SOURCES[src]
+            elif src == "none":
+                out[label] = "not measured: " + (note or "no energy source")
+        if not d["resolved"]:
+            for label in self._devices.labels:
+                out.setdefault(label, "partial: the samples around the window's end did not arrive in time")
+        return out
+
+    @property
+    def is_estimate(self) -> bool:
+        return bool(self.estimates)
+
+    # -- conversions -------------------------------------------------------------------------------------------
+
+    def as_dict(self) -> Dict[str, Any]:
+        """The values as a plain dict (energies in J and kWh, sources, estimate reasons)."""
+        return {
+            "name": self.name,
+            "elapsed_s": self.elapsed_s,
+            "start_s": self.start_s,
+            "cpu_energy_j": self.cpu_energy_j,
+            "cpu_energy_kwh": self.cpu_energy_kwh,
+            "gpu_energy_j": self.gpu_energy_j,
+            "gpu_energy_kwh": self.gpu_energy_kwh,
+            "total_energy_j": self.total_energy_j,
+            "sources": self.sources,
+            "estimates": self.estimates,
+            "resolved": self.resolved,
+        }
+
+    def csv_row(self) -> Dict[str, Any]:
+        """The window's row as the CSV has it (column -> value)."""
+        d = self._get()
+        row: Dict[str, Any] = {"elapsed_s": d["elapsed_s"], "cpu_energy_kwh": d["energy_j"][0] / J_PER_KWH}
+        for g, e in zip(self._devices.gpu_indices, d["energy_j"][1:]):
+            row["gpu%d_energy_kwh" % g] = e / J_PER_KWH
+        for label, src in zip(self._devices.labels, d["source"]):
+            row["%s_energy_source" % label] = src
+        row["window"] = self.name
+        row["start_s"] = self.start_s
+        return row
+
+    def to_pandas(self):
+        """A one-row pandas DataFrame with the CSV's columns (needs pandas)."""
+        from .io import _pandas
+
+        pd = _pandas("Measurement.to_pandas()")
+        return pd.DataFrame([self.csv_row()], columns=self._devices.csv_columns())
+
+    def __repr__(self) -> str:
+        if not self.ready:
+            return "<Measurement %r (resolving)>" % (self.name,)
+        gpus = ", ".join("gpu%d=%.3f J" % (g, e) for g, e in self.gpu_energy_j.items())
+        est = " estimates=%s" % sorted(self.estimates) if self.estimates else ""
+        return "<Measurement %r elapsed=%.6f s cpu=%.3f J%s%s>" % (
+            self.name,
+            self.elapsed_s,
+            self.cpu_energy_j,
+            (" " + gpus) if gpus else "",
+            est,
+        )
+
+
+class WindowContext:
+    """What ``EnergyMeasurementTool.window(name)`` returns: a context manager measuring its body.
+
+    After the ``with`` block, ``result`` holds the :class:`Measurement`.
+    """
+
+    __slots__ = ("_tool", "name", "_w", "result")
+
+    def __init__(self, tool: "EnergyMeasurementTool", name: Optional[str]):
+        self._tool = tool
+        self.name = name
+        self._w: Optional[int] = None
+        self.result: Optional[Measurement] = None
+
+    def __enter__(self) -> "WindowContext":
+        if self._w is not None:
+            raise StateError("window %r is already running: a WindowContext measures one block at a time" % self.name)
+        self._w = self._tool._context().start(self.name)
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        w, self._w = self._w, None
+        tool = self._tool
+        self.result = tool.last_result = Measurement(self.name, tool._context().stop_pending(w), tool._devices)
+        return False
+
+
+_LAST = object()
+
+
+class EnergyMeasurementTool:
+    """Measures the energy and time of code snippets (the seed's ``EnergyMeasurementTool``).
+
+    ``EnergyMeasurementTool(out_file, gpu_num=0)`` opens the sources at once: a GPU selection that names no
+    existing GPU, or an ``out_file`` that cannot be created, raise here, before any work.
+
+    * ``gpu_num``: a CUDA device number (default 0, as in the seed), a list of them, a GPU UUID, ``"all"``, or
+      ``None`` for the CPU only.  Numbers are CUDA's (``CUDA_VISIBLE_DEVICES`` is honoured).  Asking for a GPU on
+      a machine without an NVIDIA driver warns (:class:`~joulecap.errors.JoulecapWarning`) and measures the CPU.
+    * ``out_file``: the CSV; one row per window, written and flushed as soon as the window's values are known
+      (about 0.1 s after ``stop()``), not only at exit.  ``None``: no file.
+    * ``interval``: the sampler's period for the cheap reads (default 0.01 s).
+
+    Windows: ``start(name=None)`` / ``stop(name)``, ``with tool.window("epoch"):``, ``@tool.measure``.  They may
+    be named, nested and overlapping.  ``stop()`` without a name stops the most recently started window.
+    """
+
+    def __init__(self, out_file: Any = None, gpu_num: Any = 0, *, interval: Optional[float] = None):
+        self.out_file = _check_path(out_file)
+        self.gpu_num = gpu_num
+        kwargs: Dict[str, Any] = {"window_csv": self.out_file}
+        if interval is not None:
+            kwargs["interval"] = _check_interval(interval)
+        self._ctx = _open_context(gpu_num, **kwargs)
+        self._devices = _Devices(self._ctx)
+        self._open: Dict[Optional[str], int] = {}
+        self.last_result: Optional[Measurement] = None
+        _register(self)
+
+    # -- information -------------------------------------------------------------------------------------------
+
+    @property
+    def devices(self) -> List[Dict[str, Any]]:
+        """Device 0 is the CPU, then the measured GPUs in CUDA order (dicts with name, uuid, energy_source, ...)."""
+        return [dict(d) for d in self._devices.info]
+
+    @property
+    def gpus(self) -> List[int]:
+        """CUDA numbers of the measured GPUs."""
+        return list(self._devices.gpu_indices)
+
+    @property
+    def columns(self) -> List[str]:
+        """The CSV's columns."""
+        return self._devices.csv_columns()
+
+    @property
+    def closed(self) -> bool:
+        return self._ctx.closed
+
+    def _context(self):
+        return self._ctx
+
+    # -- windows -----------------------------------------------------------------------------------------------
+
+    def start(self, name: Optional[str] = None) -> None:
+        """Starts measuring (a window called ``name``; None is the seed's unnamed window)."""
+        if name is not None and type(name) is not str:
+            name = str(name)
+        if name in self._open:
+            raise StateError(
+                "window %s is already started: call stop(%s) before starting it again, or give this window another "
+                "name, start(name=...)" % (_describe(name), "" if name is None else repr(name))
+            )
+        self._open[name] = self._ctx.start(name)
+
+    def stop(self, name: Any = _LAST) -> Measurement:
+        """Stops a window and returns its :class:`Measurement`; its CSV row follows within ~0.1 s.
+
+        ``stop()`` stops the most recently started window; ``stop(name)`` the window of that name.
+        """
+        if name is _LAST:
+            if not self._open:
+                raise StateError("stop() called, but no window is running: call start() first")
+            name, w = self._open.popitem()
+        else:
+            if name is not None and type(name) is not str:
+                name = str(name)
+            w = self._open.pop(name, None)
+            if w is None:
+                running = ", ".join(_describe(n) for n in self._open) or "none"
+                raise StateError(
+                    "window %s was not started (running: %s): call start(%s) first"
+                    % (_describe(name), running, "" if name is None else repr(name))
+                )
+        m = self.last_result = Measurement(name, self._ctx.stop_pending(w), self._devices)
+        return m
+
+    @property
+    def running(self) -> List[Optional[str]]:
+        """Names of the windows started and not yet stopped (None for the unnamed one), oldest first."""
+        return list(self._open)
+
+    def window(self, name: Optional[str] = None) -> WindowContext:
+        """``with tool.window("epoch") as w: ...`` measures the block; ``w.result`` is its Measurement."""
+        return WindowContext(self, name)
+
+    def measure(self, func: Optional[Callable] = None, *, name: Optional[str] = None) -> Callable:
+        """Decorator: every call of the function is a window (named after the function unless ``name`` is given).
+
+        ``@tool.measure``, ``@tool.measure()``, ``@tool.measure("forward")`` and ``@tool.measure(name="fwd")``
+        all work.  The wrapper's ``last_result`` attribute holds the latest call's Measurement.
+        """
+        if isinstance(func, str):
+            name, func = func, None
+
+        def decorate(f: Callable) -> Callable:
+            wname = name if name is not None else getattr(f, "__qualname__", getattr(f, "__name__", "function"))
+            tool = self
+
+            @functools.wraps(f)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                ctx = tool._ctx
+                w = ctx.start(wname)
+                try:
+                    return f(*args, **kwargs)
+                finally:
+                    m = tool.last_result = Measurement(wname, ctx.stop_pending(w), tool._devices)
+                    wrapper.last_result = m  # type: ignore[attr-defined]
+
+            wrapper.last_result = None  # type: ignore[attr-defined]
+            return wrapper
+
+        return decorate(func) if func is not None else decorate
+
+    # -- files -------------------------------------------------------------------------------------------------
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Waits until every stopped window's row is in the file; returns False if timeout ran out first."""
+        if self._ctx.closed:
+            return True
+        return self._ctx.flush(timeout)
+
+    def close(self) -> None:
+        """Writes the rows of every stopped window and closes the file.  Windows still running are dropped."""
+        self._open.clear()
+        self._ctx.close()
+
+    def read(self):
+        """The CSV as a pandas DataFrame (flushes first)."""
+        from .io import read_csv
+
+        if self.out_file is None:
+            raise StateError("this tool writes no CSV (out_file=None)")
+        self.flush()
+        return read_csv(self.out_file)
+
+    def __enter__(self) -> "EnergyMeasurementTool":
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        self.close()
+        return False
+
+    def __repr__(self) -> str:
+        return "<EnergyMeasurementTool out_file=%r gpus=%r%s>" % (
+            self.out_file,
+            self.gpus,
+            " closed" if self.closed else "",
+        )
+
+
+def _describe(name: Optional[str]) -> str:
+    return "(unnamed)" if name is None else repr(name)
+
+
+def _check_interval(interval: Any) -> float:
+    try:
+        v = float(interval)
+    except (TypeError, ValueError):
+        raise InvalidArgument("interval=%r: pass a number of seconds, e.g. 1 or 0.1" % (interval,)) from None
+    if isinstance(interval, bool) or not math.isfinite(v) or v <= 0:
+        raise InvalidArgument("interval=%r: pass a number of seconds > 0, e.g. 1 or 0.1" % (interval,))
+    return v
+
+
+class AsynchronousMeasurementTool:
+    """Writes a row of readings every ``interval`` seconds (the seed's ``AsynchronousMeasurementTool``).
+
+    ``AsynchronousMeasurementTool(out_file, gpu_num=0)`` checks the GPU selection and creates the file at once.
+    ``start(interval=1)`` starts the library's sampler thread, which writes and flushes one row per interval
+    (a killed process loses at most the rows whose values were not known yet, about 0.1 s); ``stop()`` writes the
+    last row and closes the file.  Neither call blocks the caller for longer than opening/closing the sources,
+    and no Python thread or process is involved.
+
+    Columns (one header row, units in the names): ``elapsed_s, cpu_energy_kwh, cpu_util_pct, cpu_temp_c``, then
+    per GPU g (CUDA number) ``gpu{g}_energy_kwh, gpu{g}_util_pct, gpu{g}_temp_c, gpu{g}_power_w``, then
+    ``cpu_energy_source`` and ``gpu{g}_energy_source``.  Energies are since ``start()``, in kWh; GPU power is
+    the instant power (W); empty cells where a value cannot be read.
+    """
+
+    def __init__(self, out_file: Any, gpu_num: Any = 0):
+        self.out_file = _check_path(out_file)
+        if self.out_file is None:
+            raise InvalidArgument("out_file is required: the asynchronous tool writes its readings to a CSV file")
+        self.gpu_num = gpu_num
+        self._selection = _gpu_selection(gpu_num)
+        # Check the selection now (the sources are opened again, with the interval, by start()).
+        probe = _open_context(gpu_num, flags=_joulecap.NO_CPU)
+        try:
+            self._gpu_indices = [d["index"] for d in probe.devices()[1:]]
+        finally:
+            probe.close()
+        _create_file(self.out_file)
+        self._ctx: Any = None
+        self._used = False
+        self.interval: Optional[float] = None
+        self._lock = threading.Lock()
+        _register(self)
+
+    @property
+    def gpus(self) -> List[int]:
+        return list(self._gpu_indices)
+
+    @property
+    def running(self) -> bool:
+        return self._ctx is not None
+
+    def start(self, interval: float = 1) -> None:
+        """Starts writing a row every ``interval`` seconds (from 0.001 s up)."""
+        with self._lock:
+            if self._ctx is not None:
+                raise StateError("the asynchronous tool is already running: call stop() before start()")
+            if self._used:
+                raise StateError(
+                    "this tool already wrote %s: create a new AsynchronousMeasurementTool (with another out_file "
+                    "to keep the first file) to measure again" % self.out_file
+                )
+            v = _check_interval(interval)
+            sample = v if v < 0.01 else 0.01
+            self._ctx = _joulecap.Context(self._selection, interval=sample, csv_path=self.out_file, csv_interval=v)
+            self.interval = v
+            self._used = True
+
+    def stop(self) -> None:
+        """Writes the last row, flushes and closes the file."""
+        with self._lock:
+            ctx, self._ctx = self._ctx, None
+        if ctx is None:
+            raise StateError("stop() called, but the asynchronous tool is not running: call start(interval) first")
+        ctx.close()
+
+    def latest(self) -> Dict[str, Dict[str, float]]:
+        """The newest readings per device label (``{"cpu": {...}, "gpu0": {...}}``) while running."""
+        ctx = self._ctx
+        if ctx is None:
+            raise StateError("the asynchronous tool is not running: call start(interval) first")
+        labels = ["cpu"] + ["gpu%d" % g for g in self._gpu_indices]
+        return {label: ctx.read_latest(i) for i, label in enumerate(labels)}
+
+    def close(self) -> None:
+        with self._lock:
+            ctx, self._ctx = self._ctx, None
+        if ctx is not None:
+            ctx.close()
+
+    def read(self):
+        """The CSV as a pandas DataFrame."""
+        from .io import read_csv
+
+        return read_csv(self.out_file)
+
+    def __enter__(self) -> "AsynchronousMeasurementTool":
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        self.close()
+        return False
+
+    def __repr__(self) -> str:
+        return "<AsynchronousMeasurementTool out_file=%r gpus=%r%s>" % (
+            self.out_file,
+            self._gpu_indices,
+            " running" if self.running else "",
+        )
