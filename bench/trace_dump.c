@@ -1,7 +1,7 @@
 /* Raw NVML trace for offline analysis (read-only): thread A reads nvmlDeviceGetTotalEnergyConsumption back to
- * back; thread B reads the fields 83 (total energy), 191 (energy), 186 (instant power) and 185 (average power)
+ * back; thread B reads the fields 186 (instant power) and 185 (average power)
  * in one nvmlDeviceGetFieldValues call every PERIOD_MS.  Writes two CSV files.
- *   trace_dump SECONDS PERIOD_MS counter.csv fields.csv
+ *   trace_dump SECONDS PERIOD_MS counter.csv fields.csv [STOP_FILE]
  * Self-contained (NVML loader only): gcc -O2 -Iinclude -Isrc bench/trace_dump.c src/sources/nvml.c
  *   src/core/status.c src/core/files.c -ldl -lpthread */
 #include <pthread.h>
@@ -57,13 +57,14 @@ int main(int argc, char **argv) {
     pthread_t th;
     pthread_create(&th, NULL, counter_main, fc);
     uint64_t end = jc_now_ns() + (uint64_t)(seconds * 1e9);
-    unsigned ids[4] = {83, 191, 186, 185};
-    while (jc_now_ns() < end) {
+    unsigned ids[4] = {186, 185, 186, 185};
+    const char *stop_file = argc > 5 ? argv[5] : NULL;
+    while (jc_now_ns() < end && !(stop_file && access(stop_file, F_OK) == 0)) {
         nvmlFieldValue_t fv[4];
         memset(fv, 0, sizeof fv);
         for (int i = 0; i < 4; i++) fv[i].fieldId = ids[i];
         uint64_t a = jc_now_ns();
-        nvml->nvmlDeviceGetFieldValues(dev, 4, fv);
+        nvml->nvmlDeviceGetFieldValues(dev, 2, fv);
         uint64_t b = jc_now_ns();
         fprintf(ff, "%llu,%llu", (unsigned long long)a, (unsigned long long)b);
         for (int i = 0; i < 4; i++) {
@@ -77,6 +78,30 @@ int main(int argc, char **argv) {
     }
     stop_flag = 1;
     pthread_join(th, NULL);
+    /* CPU cost per call, measured alone on this thread. */
+    struct timespec c0, c1;
+    uint64_t w0 = jc_now_ns();
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
+    for (int i = 0; i < 100; i++) {
+        unsigned long long mj;
+        nvml->nvmlDeviceGetTotalEnergyConsumption(dev, &mj);
+    }
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
+    uint64_t w1 = jc_now_ns();
+    fprintf(stderr, "energy read: wall %.3f ms, cpu %.3f ms per call\n", (w1 - w0) / 1e8,
+            ((c1.tv_sec - c0.tv_sec) * 1e9 + (c1.tv_nsec - c0.tv_nsec)) / 1e8);
+    w0 = jc_now_ns();
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
+    for (int i = 0; i < 10000; i++) {
+        nvmlFieldValue_t fv;
+        memset(&fv, 0, sizeof fv);
+        fv.fieldId = 186;
+        nvml->nvmlDeviceGetFieldValues(dev, 1, &fv);
+    }
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
+    w1 = jc_now_ns();
+    fprintf(stderr, "field 186 read: wall %.4f ms, cpu %.4f ms per call\n", (w1 - w0) / 1e10,
+            ((c1.tv_sec - c0.tv_sec) * 1e9 + (c1.tv_nsec - c0.tv_nsec)) / 1e10);
     fclose(fc);
     fclose(ff);
     jc__nvml_close(nvml);
