@@ -1,0 +1,74 @@
+"""Shared fixtures: every test runs against the fake NVML and the fake sysfs/procfs trees of tests/.
+
+The tests import the *installed* joulecap (scripts/test.sh runs them from this folder after `pip install .`).
+The fake NVML library is the one bundled in the package (joulecap/_fake/), or JC_FAKE_NVML when set.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCENARIOS = REPO / "tests" / "scenarios"
+SYSFS = REPO / "tests" / "sysfs"
+PROC = REPO / "tests" / "proc"
+
+
+def fake_nvml_library():
+    path = os.environ.get("JC_FAKE_NVML")
+    if path and os.path.exists(path):
+        return path
+    from joulecap._paths import fake_nvml_library as bundled
+
+    return bundled()
+
+
+@pytest.fixture
+def fake_env(monkeypatch, tmp_path):
+    """Call it to point joulecap at a fake GPU scenario and fake CPU trees (before constructing a tool).
+
+    fake_env(scenario="h100-constant-300w.scn", sysfs="intel-2socket", proc="xeon-8480"); sysfs/proc may be a
+    tree name under tests/ or a path.  scenario=None makes NVML unavailable.
+    """
+    lib = fake_nvml_library()
+    if lib is None:
+        pytest.fail("the fake NVML library is not installed with joulecap (joulecap/_fake/) and JC_FAKE_NVML is unset")
+
+    def setup(scenario="h100-constant-300w.scn", sysfs="intel-2socket", proc="xeon-8480"):
+        if scenario is None:
+            monkeypatch.setenv("JOULECAP_NVML_LIBRARY", str(tmp_path / "no-such-libnvidia-ml.so"))
+        else:
+            monkeypatch.setenv("JOULECAP_NVML_LIBRARY", lib)
+            monkeypatch.setenv("JOULECAP_FAKE_NVML_SCENARIO", str(SCENARIOS / scenario))
+        monkeypatch.setenv("JOULECAP_SYSFS_ROOT", str(sysfs if os.path.isabs(str(sysfs)) else SYSFS / sysfs))
+        monkeypatch.setenv("JOULECAP_PROC_ROOT", str(proc if os.path.isabs(str(proc)) else PROC / proc))
+        monkeypatch.delenv("JOULECAP_FAKE_NVML_STATE", raising=False)
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+        monkeypatch.setenv("TMPDIR", str(tmp_path))
+        return dict(os.environ)
+
+    return setup
+
+
+@pytest.fixture
+def fake(fake_env):
+    """The default fake machine: one H100 at a constant 300 W, two Intel sockets with RAPL."""
+    return fake_env()
+
+
+@pytest.fixture
+def rapl_tree(tmp_path):
+    """A writable copy of the one-socket AMD tree (package-0 with a core subzone)."""
+    dst = tmp_path / "sysfs"
+    shutil.copytree(SYSFS / "amd-1socket", dst)
+    return dst
+
+
+def write_atomic(path, text):
+    tmp = str(path) + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
