@@ -78,8 +78,8 @@ static void print_text(jc_context *ctx, const char *gpus_sel) {
                n - 1 == 1 ? "" : "s");
         if (note[0]) printf("note: %s\n", note);
     } else {
-        printf("NVML: not available - %s\n", note[0] ? note : jc_strerror(dst));
-        printf("      GPUs are not measured; the CPU still is.\n");
+        printf("NVML: absent, GPUs cannot be measured - %s\n", note[0] ? note : jc_strerror(dst));
+        printf("      The CPU is still measured.\n");
         if (jc_cli_names_gpus(gpus_sel)) printf("note: --gpu %s selects GPUs, but NVML is not available\n", gpus_sel);
     }
 }

@@ -349,7 +349,7 @@ TEST(info_driver_not_loaded) {
     result_t r = cli("info", NULL);
     EXPECT_CODE(r, 0);
     ASSERT_CONTAINS(r.out, "NVML");
-    ASSERT_CONTAINS(r.out, "not available");
+    ASSERT_CONTAINS(r.out, "NVML: absent");
     ASSERT_CONTAINS(r.out, "CPU");
     ASSERT_TRUE(strstr(r.out, "GPU 0") == NULL);
     free_result(&r);
@@ -365,7 +365,7 @@ TEST(info_driver_not_loaded) {
     r = cli("info", NULL);
     EXPECT_CODE(r, 0);
     ASSERT_CONTAINS(r.out, "NVML");
-    ASSERT_CONTAINS(r.out, "not available");
+    ASSERT_CONTAINS(r.out, "NVML: absent");
     free_result(&r);
 
     /* A run still measures the CPU. */
