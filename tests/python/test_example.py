@@ -1,0 +1,42 @@
+"""`python -m joulecap.example`: the README's built-in example (needs torch; CI installs it)."""
+
+import csv
+import subprocess
+import sys
+
+import pytest
+
+
+def test_example_quick_run(fake_env, tmp_path):
+    pytest.importorskip("torch")
+    env = fake_env(sysfs="norapl", proc="qemu")  # no RAPL here: the CPU value is an estimate, and says why
+    out = tmp_path / "out"
+    p = subprocess.run(
+        [sys.executable, "-m", "joulecap.example", "--out", str(out), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert p.returncode == 0, p.stderr
+    text = p.stdout
+    import torch
+
+    if not torch.cuda.is_available():
+        assert "No GPU" in text and "CPU only" in text
+    assert "epoch 1" in text and "total" in text
+    assert "Estimates" in text and "CPU: estimate, because no RAPL" in text
+    with open(out / "snippets.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][:2] == ["elapsed_s", "cpu_energy_kwh"] and len(rows) == 2
+    assert rows[1][rows[0].index("window")] == "epoch 1"
+    with open(out / "async.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][0] == "elapsed_s" and len(rows) >= 2
+
+
+def test_example_without_torch_says_how_to_get_it(tmp_path):
+    code = "import sys; sys.modules['torch'] = None; from joulecap.example import main; main(['--out', sys.argv[1]])"
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    assert "pip install" in p.stderr and "torch" in p.stderr
