@@ -13,7 +13,7 @@ b=build/bench/bench_core
   $b overhead
   $b sampler 10
   sched=$(mktemp -u /tmp/jc-sched-XXXX)
-  $b accuracy 34 "$sched" &
+  $b accuracy 120 "$sched" &
   pid=$!
   sleep 1.5
   python3 bench/square_wave_load.py "$sched" --seconds 30

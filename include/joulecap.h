@@ -77,8 +77,10 @@ typedef struct jc_options {
     /* Period of the cheap reads (instant power, utilisation, temperature, RAPL), in seconds.
      * 0 = default (0.01).  Must lie in [0.001, 3600]. */
     double interval_s;
-    /* Period of the GPU energy-counter reads (3-6 ms each on an H100).  0 = default (0.02): fast enough to
-     * pin each 100 ms counter step to within ~20 ms. */
+    /* GPU energy counter reads (4.2 ms of CPU each on an H100, which steps its counter every 100 ms on a regular
+     * clock): the sampler locks on to the steps' clock and reads once just after each step, so every step's
+     * instant is known.  counter_interval_s > 0 reads only the first step after each such interval: less CPU,
+     * coarser short windows (BENCHMARKS.md).  0 = every step (default).  Must lie in [0, 60]. */
     double counter_interval_s;
     /* Optional CSV sink: one row per csv_interval_s, written and flushed as it is taken. NULL = none. */
     const char *csv_path;
@@ -131,7 +133,7 @@ typedef struct jc_device_info {
     jc_energy_source energy_source;
     char energy_note[256]; /* why estimated / why absent; zones used for RAPL */
     jc_status power_status, util_status, temp_status;
-    char power_note[128], util_note[128], temp_note[128];
+    char power_note[256], util_note[256], temp_note[256];
     /* Power limits (GPU), 0 when unknown. */
     unsigned limit_mw, enforced_limit_mw, default_limit_mw, min_limit_mw, max_limit_mw;
 } jc_device_info;
@@ -212,7 +214,223 @@ JC_API jc_status jc_csv_sync(jc_context *ctx);
 /* ---------------------------------------------------------------------------------------------------------
  * Power-cap profiler (decision logic as a state machine, simulator).
  * ------------------------------------------------------------------------------------------------------- */
-/* @@PROFILER@@ */
+/* The profiler finds the power cap with the best trade-off between energy and time for a repeated unit of work
+ * (a training or inference step).  Its decision logic is a pure state machine: it reads no clock and no
+ * device; the caller (the driver) sets caps and reports step boundaries, and asks what to do next:
+ *
+ *     jc_profiler_new(&cfg, &p);
+ *     for (;;) {
+ *         jc_profiler_next_action(p, &a);
+ *         if (a.kind == JC_PROFILER_DONE) break;
+ *         if (a.kind == JC_PROFILER_SET_CAP) { set_cap(a.cap_w); jc_profiler_cap_applied(p, a.cap_w, now(), energy()); }
+ *         else { run_one_step(); jc_profiler_observe_step(p, now(), energy()); }
+ *     }
+ *     jc_profiler_result_get(p, &r);   then set r.cap_w (online mode) or restore the saved cap (offline)
+ *
+ * The same loop serves the offline profiler (steps run only to measure), the online optimizer (one
+ * observation per real training step, nothing wasted) and the simulator (jc_profiler_simulate).
+ * Times are seconds of any monotonic clock; energies are readings of a cumulative energy counter in joules
+ * (any origin, never decreasing; for several GPUs under one cap, the sum of their counters).  The counter may
+ * advance in steps (NVIDIA: every ~100 ms, set counter_period_s); the estimators are built for that.
+ *
+ * What it does: for each cap, drop the steps while power settles, then measure until the time and energy per
+ * step are known to the requested precision (or the cap is clearly worse than the best so far); a coarse pass
+ * over [min, default] in steps of about 10% of the default limit, then refinement where a piecewise-linear
+ * model of time and power against the cap says the optimum can be (the knee is kept, no smooth curve is
+ * fitted over the range).  The recommendation is the minimum of that model over the measured range, which is
+ * never worse (as predicted) than the best cap measured.  See docs/profiler.md.
+ *
+ * Thread safety: a jc_profiler is a plain object with no locking; use one from one thread at a time.  Distinct
+ * profilers are independent. */
+
+typedef enum jc_objective {
+    JC_OBJECTIVE_ED2P = 0,            /* energy x delay^2 per unit of work: P t^3 (default) */
+    JC_OBJECTIVE_EDP = 1,             /* energy x delay per unit of work: P t^2 */
+    JC_OBJECTIVE_ENERGY = 2,          /* energy per step: P t */
+    JC_OBJECTIVE_TIME = 3,            /* time per step */
+    JC_OBJECTIVE_ENERGY_SLOWDOWN = 4, /* energy per step with time per step <= (1 + max_slowdown) x reference */
+    JC_OBJECTIVE_ZEUS = 5,            /* Zeus's cost per step: eta E + (1 - eta) P_max t, P_max = max_limit_w */
+} jc_objective;
+
+/* "ed2p", "edp", "energy", "time", "energy-slowdown", "zeus"; NULL for an unknown value. */
+JC_API const char *jc_objective_name(jc_objective objective);
+/* Parses those names (case-insensitive); JC_ERR_INVALID_ARGUMENT with the list of names otherwise. */
+JC_API jc_status jc_objective_parse(const char *name, jc_objective *out);
+
+#define JC_PROFILER_MAX_CAPS 64 /* longest explicit cap list */
+
+typedef struct jc_profiler_config {
+    /* The GPU's limits in watts (required): min < max, min <= default <= max.  Caps tried lie in
+     * [min, default] unless caps_w says otherwise; the recommendation lies in [min, max]. */
+    double min_limit_w, max_limit_w, default_limit_w;
+    jc_objective objective;  /* default JC_OBJECTIVE_ED2P */
+    double max_slowdown;     /* ENERGY_SLOWDOWN: allowed relative slowdown, > 0 (default 0.05).  The reference
+                                is the highest cap measured (the default limit unless caps_w excludes it). */
+    double eta;              /* ZEUS: weight of energy, in [0, 1] (default 0.5) */
+    /* Optional explicit caps (W): only these are tried, highest first, and the recommendation is one of them.
+     * Each must lie in [min, max]; at most JC_PROFILER_MAX_CAPS; copied by jc_profiler_new().  NULL = adaptive. */
+    const double *caps_w;
+    size_t caps_count;
+    /* Profiling time limit (s): no trial starts that would end after it, and a trial in progress stops at it.
+     * 0 = automatic: max(20 s, 400 steps at the first cap's time per step). */
+    double time_budget_s;
+    /* Update period of the energy counter (s); 0 = the energy of every step is exact.  Default 0.1 (NVML). */
+    double counter_period_s;
+    /* After a cap change, steps that start within settle_s of it are dropped, and at least settle_steps steps
+     * (defaults 0.3 s and 1).  The first trial is treated the same way (warm-up). */
+    double settle_s;
+    int settle_steps;
+    /* A trial stops when the relative standard error of its objective is <= precision (default 0.01), or when
+     * it is clearly worse than the best trial, or after max_trial_s measured seconds (default 3; at least
+     * 8 steps are measured regardless).  Each trial measures at least min_trial_s (default: 5 counter periods,
+     * at least 0.25 s) and 4 steps. */
+    double precision;
+    double max_trial_s;
+    double min_trial_s;
+    /* Smallest distance between two caps tried (W); 0 = automatic: 1% of the default limit, at least 1 W. */
+    double resolution_w;
+} jc_profiler_config;
+
+/* Fills the defaults above; the three limits are set to NaN and must be given. */
+JC_API void jc_profiler_config_init(jc_profiler_config *cfg);
+
+typedef struct jc_profiler jc_profiler;
+
+/* Validates cfg (every field: min < max, default within, objective known, max_slowdown > 0, eta in [0, 1],
+ * caps within [min, max], periods >= 0, ...; the detail names the field) and creates a profiler. */
+JC_API jc_status jc_profiler_new(const jc_profiler_config *cfg, jc_profiler **out);
+JC_API void jc_profiler_free(jc_profiler *p); /* NULL is allowed */
+
+typedef enum jc_profiler_action_kind {
+    JC_PROFILER_SET_CAP = 1, /* set the cap to cap_w, then call jc_profiler_cap_applied() */
+    JC_PROFILER_RUN = 2,     /* run one step, then call jc_profiler_observe_step() */
+    JC_PROFILER_DONE = 3,    /* finished: cap_w is the recommendation; see jc_profiler_result_get() */
+} jc_profiler_action_kind;
+
+typedef struct jc_profiler_action {
+    jc_profiler_action_kind kind;
+    double cap_w; /* SET_CAP: the cap to set; DONE: the recommended cap; RUN: the cap being measured */
+} jc_profiler_action;
+
+/* What to do next.  Repeating the call without reporting anything returns the same action. */
+JC_API jc_status jc_profiler_next_action(jc_profiler *p, jc_profiler_action *out);
+/* The driver has set the cap asked for by SET_CAP.  applied_cap_w is the limit now in force (the requested
+ * one, or what the device rounded it to); t_s and energy_j are the clock and the counter at that moment,
+ * which is where the first step at this cap starts.  JC_ERR_STATE when no SET_CAP is pending. */
+JC_API jc_status jc_profiler_cap_applied(jc_profiler *p, double applied_cap_w, double t_s, double energy_j);
+/* A step ended at t_s with the energy counter reading energy_j.  t_s must increase and energy_j must not
+ * decrease (JC_ERR_INVALID_ARGUMENT otherwise, with nothing recorded).  JC_ERR_STATE before the first
+ * cap_applied() or after DONE. */
+JC_API jc_status jc_profiler_observe_step(jc_profiler *p, double t_s, double energy_j);
+/* Stops profiling now (for example the job ends or the caller's own deadline passed): the trial in progress
+ * is kept if it measured enough, and the recommendation is made from what was measured.  Afterwards
+ * next_action() says DONE.  JC_ERR_STATE when nothing at all was measured (the result then says so). */
+JC_API jc_status jc_profiler_finish(jc_profiler *p);
+
+/* One cap tried.  Values measured over the kept steps (after settling). */
+typedef struct jc_profiler_trial {
+    double cap_w;
+    int steps;                 /* steps measured */
+    int dropped_steps;         /* steps dropped while settling */
+    double start_s;            /* when the cap was applied (driver's clock) */
+    double seconds;            /* measured time (kept steps) */
+    double energy_j;           /* energy of the kept steps (estimated from the counter) */
+    double time_per_step_s;
+    double avg_power_w;
+    double energy_per_step_j;
+    double objective;          /* the configured objective for this trial alone (NaN for ENERGY_SLOWDOWN
+                                  before the reference is measured) */
+    double rel_se_time;        /* relative standard error of time per step */
+    double rel_se_power;       /* relative standard error of average power */
+    double rel_se_objective;
+    int stop_reason;           /* 1 precise enough, 2 clearly worse than the best, 3 max_trial_s, 4 budget or
+                                  finish() */
+} jc_profiler_trial;
+
+typedef struct jc_profiler_result {
+    int done;                  /* 1 once the profiler has finished */
+    jc_objective objective;
+    double cap_w;              /* recommended cap (W); NaN when nothing was measured */
+    int cap_measured;          /* 1 when cap_w was itself measured, 0 when predicted between measured caps */
+    double time_per_step_s;    /* predicted (or measured) at cap_w */
+    double avg_power_w;
+    double energy_per_step_j;
+    double objective_value;    /* objective at cap_w */
+    double best_measured_cap_w;       /* the best cap among those measured, and its objective */
+    double best_measured_objective;
+    double reference_cap_w;           /* highest cap measured (normally the default limit) */
+    double reference_time_per_step_s; /* and its measurements, for savings and slowdown */
+    double reference_avg_power_w;
+    double energy_saving;      /* 1 - energy per step at cap_w / at the reference cap */
+    double slowdown;           /* time per step at cap_w / at the reference cap - 1 */
+    int binding;               /* 0 when the workload drew well below every cap tried (caps do not bind) */
+    double profile_seconds;    /* from the first cap_applied() to the last observation */
+    int trial_count;
+    int total_steps;           /* steps observed, kept or dropped */
+    char reason[320];          /* one or two sentences: why this cap */
+} jc_profiler_result;
+
+/* Fills the result (done = 0 while profiling goes on; the recommendation is then the current best guess). */
+JC_API jc_status jc_profiler_result_get(const jc_profiler *p, jc_profiler_result *out);
+JC_API int jc_profiler_trial_count(const jc_profiler *p);
+/* Trial i in the order tried; JC_ERR_NOT_FOUND when i is out of range. */
+JC_API jc_status jc_profiler_trial_get(const jc_profiler *p, int i, jc_profiler_trial *out);
+/* The model's prediction at any cap in [min, max] (interpolated between measured caps, held constant beyond
+ * them); JC_ERR_STATE before any trial finished. */
+JC_API jc_status jc_profiler_predict(const jc_profiler *p, double cap_w, double *time_per_step_s,
+                                     double *avg_power_w);
+
+/* --- Simulated GPU: a recorded power-limit sweep played back on a virtual clock (no sleeping) ----------- */
+
+/* A sweep: time per step and average power measured at several caps.  CSV with a header row and columns
+ * power_limit_w, time_per_step_s, avg_power_w (any order, other columns ignored) and optionally
+ * min_limit_w, max_limit_w, default_limit_w (first row's values; otherwise min and max of the caps, and
+ * default = max).  Rows with the same cap are averaged.  At least 2 distinct caps. */
+typedef struct jc_sweep jc_sweep;
+
+/* Loads and validates a sweep; JC_ERR_NOT_FOUND / JC_ERR_IO for the file, JC_ERR_INVALID_ARGUMENT for the
+ * content (the detail names the line and column). */
+JC_API jc_status jc_sweep_load(const char *path, jc_sweep **out);
+/* Builds a sweep from arrays (n >= 2); limits NaN = from the caps as above. */
+JC_API jc_status jc_sweep_new(const double *cap_w, const double *time_per_step_s, const double *avg_power_w,
+                              size_t n, double min_limit_w, double max_limit_w, double default_limit_w,
+                              jc_sweep **out);
+JC_API void jc_sweep_free(jc_sweep *s);
+JC_API void jc_sweep_limits(const jc_sweep *s, double *min_limit_w, double *max_limit_w,
+                            double *default_limit_w);
+/* Time per step (as recorded, not rescaled) and power at any cap: linear between recorded caps, constant
+ * beyond them. */
+JC_API void jc_sweep_eval(const jc_sweep *s, double cap_w, double *time_per_step_s, double *avg_power_w);
+/* The cap in [min, default] that minimises an objective of the interpolated sweep on a grid of grid_w watts
+ * (reference for ENERGY_SLOWDOWN: the default limit).  *value gets the objective there. */
+JC_API jc_status jc_sweep_best_cap(const jc_sweep *s, jc_objective objective, double max_slowdown, double eta,
+                                   double grid_w, double *cap_w, double *value);
+
+typedef struct jc_sim_options {
+    double step_s;           /* time per step at the default limit after rescaling (default 0.05) */
+    double noise;            /* relative standard deviation of each step's time and power (default 0.02) */
+    double counter_period_s; /* the energy counter updates every this often (default 0.1; 0 = exact) */
+    double settle_s;         /* after a cap change the GPU moves linearly from the old cap's behaviour to the
+                                new one's over this time (default 0.3) */
+    uint64_t seed;           /* PRNG seed (default 1) */
+} jc_sim_options;
+
+JC_API void jc_sim_options_init(jc_sim_options *opts);
+
+typedef struct jc_simgpu jc_simgpu;
+
+/* A simulated GPU at the sweep's default limit, in steady state, at virtual time 0. */
+JC_API jc_status jc_simgpu_new(const jc_sweep *sweep, const jc_sim_options *opts, jc_simgpu **out);
+JC_API void jc_simgpu_free(jc_simgpu *g);
+/* Sets the limit now (JC_ERR_INVALID_ARGUMENT outside the sweep's [min, max], as NVML would). */
+JC_API jc_status jc_simgpu_set_cap(jc_simgpu *g, double cap_w);
+/* Runs one step; returns the virtual time at its end and the energy counter reading then. */
+JC_API void jc_simgpu_step(jc_simgpu *g, double *t_end_s, double *energy_j);
+JC_API double jc_simgpu_now(const jc_simgpu *g);      /* virtual time (s) */
+JC_API double jc_simgpu_counter(const jc_simgpu *g);  /* energy counter reading now (J) */
+
+/* Drives p against g until DONE (a safety stop of 10^7 steps returns JC_ERR_TIMEOUT). */
+JC_API jc_status jc_profiler_run_simulated(jc_profiler *p, jc_simgpu *g);
 
 #ifdef __cplusplus
 }

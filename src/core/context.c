@@ -38,10 +38,9 @@ static jc_status validate(jc_options *o) {
     if (bad_period(o->interval_s, 0.001, 3600))
         return jc__fail(JC_ERR_INVALID_ARGUMENT,
                         "interval %g s is out of range: use a value from 0.001 s to 3600 s", o->interval_s);
-    if (o->counter_interval_s == 0) o->counter_interval_s = 0.005;
-    if (bad_period(o->counter_interval_s, 0.001, 1.0))
+    if (bad_period(o->counter_interval_s, 0, 60))
         return jc__fail(JC_ERR_INVALID_ARGUMENT,
-                        "counter interval %g s is out of range: use a value from 0.001 s to 1 s",
+                        "counter interval %g s is out of range: use 0 (every counter step) to 60 s",
                         o->counter_interval_s);
     if (o->csv_interval_s == 0) o->csv_interval_s = o->interval_s;
     if (bad_period(o->csv_interval_s, o->interval_s, 86400))
@@ -101,8 +100,7 @@ static void open_cpu(jc_context *ctx, jc__device *d) {
     } else if (ctx->have_procstat) {
         ctx->use_estimate = 1;
         info->energy_source = JC_SOURCE_ESTIMATE;
-        jc__fmt(info->energy_note, sizeof info->energy_note, "estimate, because %s; model: %s", why,
-                ctx->estimate.describe);
+        jc__fmt(info->energy_note, sizeof info->energy_note, "%s, because %s", ctx->estimate.describe, why);
         info->power_status = JC_OK;
         jc__fmt(info->power_note, sizeof info->power_note, "estimate (no RAPL)");
     } else {
@@ -251,7 +249,6 @@ jc_status jc_open(jc_context **out, const jc_options *opts_in) {
     st = open_gpus(ctx);
     for (int i = 0; st == JC_OK && i < ctx->ndev; i++) {
         st = jc__ring_init(&ctx->dev[i].knots, o.history_points);
-        if (st == JC_OK) st = jc__ring_init(&ctx->dev[i].power, o.history_points);
         ctx->dev[i].latest.energy_j = ctx->dev[i].latest.power_w = NAN;
         ctx->dev[i].latest.util_pct = ctx->dev[i].latest.temp_c = NAN;
     }
@@ -282,7 +279,6 @@ void jc_close(jc_context *ctx) {
     jc__meter_free(ctx);
     for (int i = 0; ctx->dev && i < ctx->ndev; i++) {
         jc__ring_free(&ctx->dev[i].knots);
-        jc__ring_free(&ctx->dev[i].power);
     }
     free(ctx->dev);
     jc__rapl_close(ctx->rapl);

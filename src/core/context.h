@@ -11,21 +11,29 @@
 #include "../sources/nvml.h"
 #include "internal.h"
 
-/* Counter tracking of one GPU: finds the instants at which the 100 ms energy counter steps. */
+/* Counter tracking of one GPU: finds the instants at which the energy counter steps (every 100 ms on an H100,
+ * on a very regular clock).  While unlocked it polls back to back and brackets each step; once the step
+ * period and phase are fitted it reads once just after each predicted step, and brackets one step now and
+ * then to keep the fit honest (sampler.c). */
+#define JC__FIT_POINTS 32
 typedef struct jc__counter_track {
-    int have_raw, have_knot;
+    int have_raw, have_knot, locked, probing;
     unsigned long long raw_mj, base_mj;
     uint64_t prev_mid_ns;  /* instant of the previous read (middle of the call) */
-    uint64_t last_step_ns; /* estimated instant of the last step */
-    double period_s;       /* estimated step period */
-    int steps_seen;
+    uint64_t prev_read_ns; /* start of the previous read */
     uint64_t next_ns;      /* when to read next */
+    uint64_t last_knot_ns;
+    /* fit of bracketed step instants: t = phase + k * period */
+    uint64_t fit_t[JC__FIT_POINTS];
+    int nfit, fit_next;
+    double period_ns;
+    uint64_t phase_ns;
+    int reads_since_probe;
 } jc__counter_track;
 
 typedef struct jc__device {
     jc_device_info info;
     jc__ring knots; /* (t, cumulative J since the first knot) */
-    jc__ring power; /* (t, W): instant power, the shape inside counter steps */
     jc_reading latest;
     int dead;       /* the source failed for good: edges after dead_ns resolve to NaN */
     uint64_t dead_ns;
@@ -106,6 +114,10 @@ struct jc_context {
 
 /* sampler.c */
 jc_status jc__sampler_start(jc_context *ctx);
+/* A read failed: GPU lost ends the device (returns 1); anything else is counted and retried (returns 0). */
+int jc__sampler_read_failed(jc_context *ctx, jc__device *d, nvmlReturn_t r, uint64_t t, const char *what);
+/* counter.c: reads the GPU energy counter when due and turns its steps into knots. */
+void jc__counter_read(jc_context *ctx, jc__device *d, uint64_t now);
 void jc__sampler_stop(jc_context *ctx);
 /* meter.c: resolves pending edges of every window; called with ctx->lock held. */
 void jc__meter_resolve_all(jc_context *ctx);

@@ -19,7 +19,7 @@ static int resolve_one(jc_context *ctx, int i, uint64_t t, double *e) {
         *e = NAN;
         return 1;
     }
-    jc__at at = jc__energy_at(&d->knots, d->info.energy_source == JC_SOURCE_COUNTER ? &d->power : NULL, t, e);
+    jc__at at = jc__energy_at(&d->knots, t, e);
     if (at == JC__AT_OK) return 1;
     if (at == JC__AT_GONE || d->dead || ctx->stopping) {
         *e = NAN;

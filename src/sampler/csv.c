@@ -15,7 +15,7 @@ static void cell(FILE *f, double v, const char *fmt) {
 }
 
 jc_status jc__csv_open(jc_context *ctx) {
-    ctx->csv = fopen(ctx->csv_path, "w");
+    ctx->csv = fopen(ctx->csv_path, "we"); /* close-on-exec: a forked command must not inherit it */
     if (!ctx->csv)
         return jc__fail(errno == EACCES ? JC_ERR_NO_PERMISSION : JC_ERR_IO,
                         "cannot create the CSV file %s: %s; choose a writable path", ctx->csv_path,

@@ -1,11 +1,9 @@
 /* The sampler: one background thread per context that does every slow read, so callers only take timestamps.
  *
- * GPU energy counter (3-6 ms per read on an H100, steps every ~100 ms): the thread learns the step period and
- * phase, sleeps through most of each step, and polls every counter_interval_s around the expected step, so
- * each step's instant is known to within a few ms at ~3 reads per step.  Each detected step becomes a knot
- * (estimated instant, cumulative energy).  Instant power (field 186, 5 us) is read every interval_s and gives
- * the shape inside a step.  CPU: RAPL every interval_s (a knot per read); without RAPL the estimate is
- * integrated over each /proc/stat interval (>= 0.1 s, the kernel's tick resolution). */
+ * GPU energy counter: counter.c tracks the instants of its 100 ms steps and turns each step into a knot
+ * (instant, cumulative energy).  Instant power (field 186, ~1 us), utilisation and temperature are read every
+ * interval_s.  CPU: RAPL every interval_s (a knot per read); without RAPL the estimate is integrated over each
+ * /proc/stat interval (>= 0.1 s, the kernel's tick resolution). */
 #include <errno.h>
 #include <math.h>
 #include <string.h>
@@ -34,7 +32,7 @@ static void mark_dead(jc_context *ctx, jc__device *d, uint64_t t, const char *wh
 }
 
 /* A read failed: GPU lost ends the device; anything else is counted and retried. */
-static int read_failed(jc_context *ctx, jc__device *d, nvmlReturn_t r, uint64_t t, const char *what) {
+int jc__sampler_read_failed(jc_context *ctx, jc__device *d, nvmlReturn_t r, uint64_t t, const char *what) {
     if (r == NVML_ERROR_GPU_IS_LOST || r == NVML_ERROR_RESET_REQUIRED || r == NVML_ERROR_UNINITIALIZED) {
         char why[256];
         jc__nvml_status(ctx->nvml, r, what);
@@ -61,63 +59,6 @@ static void integrate(jc_context *ctx, jc__device *d, uint64_t t, double p_w) {
     commit_knot(ctx, d, t, d->integ_j);
 }
 
-static void gpu_counter(jc_context *ctx, jc__device *d, uint64_t now) {
-    jc__counter_track *c = &d->counter;
-    if (now < c->next_ns) return;
-    unsigned long long mj = 0;
-    uint64_t a = jc_now_ns();
-    nvmlReturn_t r = ctx->nvml->nvmlDeviceGetTotalEnergyConsumption(d->handle, &mj);
-    uint64_t b = jc_now_ns();
-    uint64_t mid = a + (b - a) / 2;
-    uint64_t fine = s_to_ns(ctx->opts.counter_interval_s);
-    if (r != NVML_SUCCESS) {
-        if (!read_failed(ctx, d, r, mid, "energy counter")) c->next_ns = b + fine;
-        return;
-    }
-    if (!c->have_raw) {
-        c->have_raw = 1;
-        c->raw_mj = mj;
-        c->prev_mid_ns = mid;
-        c->period_s = 0.1;
-        c->next_ns = b + fine;
-        return;
-    }
-    if (mj != c->raw_mj) {
-        /* The step happened between the instants the two reads sampled the counter. */
-        uint64_t step = c->prev_mid_ns + (mid - c->prev_mid_ns) / 2;
-        uint64_t bracket = mid - c->prev_mid_ns;
-        if (!c->have_knot) {
-            c->have_knot = 1;
-            c->base_mj = mj;
-        } else if (bracket < s_to_ns(0.3 * c->period_s)) {
-            double dt = jc__s(step - c->last_step_ns);
-            /* A gap of k periods (a slow read) still tells the period. */
-            double k = floor(dt / c->period_s + 0.5);
-            if (k >= 1 && k <= 4) {
-                double est = dt / k;
-                if (est > 0.02 && est < 2.0)
-                    c->period_s = c->steps_seen < 3 ? est : 0.8 * c->period_s + 0.2 * est;
-            }
-            c->steps_seen++;
-        }
-        if (mj < c->base_mj) c->base_mj = mj; /* driver reload: restart from here */
-        commit_knot(ctx, d, step, (double)(mj - c->base_mj) * 1e-3);
-        c->last_step_ns = step;
-        c->raw_mj = mj;
-        c->prev_mid_ns = mid;
-        /* Sleep through most of the next step, then poll around its expected instant. */
-        uint64_t guard = fine + (b - a) + s_to_ns(0.1 * c->period_s);
-        uint64_t expect = step + s_to_ns(c->period_s);
-        c->next_ns = (c->steps_seen >= 2 && expect > guard + b) ? expect - guard : b + fine;
-        if (c->next_ns < b + fine) c->next_ns = b + fine;
-        return;
-    }
-    c->prev_mid_ns = mid;
-    /* No step yet: keep polling finely until two periods have passed, then back off. */
-    uint64_t since = c->have_knot ? mid - c->last_step_ns : 0;
-    c->next_ns = b + (since > s_to_ns(2 * c->period_s) ? s_to_ns(c->period_s / 4) : fine);
-}
-
 static void gpu_cheap(jc_context *ctx, jc__device *d, uint64_t now) {
     if (now < d->next_cheap_ns) return;
     d->next_cheap_ns = now + s_to_ns(ctx->opts.interval_s);
@@ -141,25 +82,22 @@ static void gpu_cheap(jc_context *ctx, jc__device *d, uint64_t now) {
                     t = (uint64_t)mono_us * 1000;
             }
             d->last_power_ts_us = ts;
-            pthread_mutex_lock(&ctx->lock);
-            jc__ring_push(&d->power, t, p);
-            pthread_mutex_unlock(&ctx->lock);
             if (d->info.energy_source == JC_SOURCE_INTEGRATED) integrate(ctx, d, t, p);
         }
-    } else if (read_failed(ctx, d, r, b, "power")) {
+    } else if (jc__sampler_read_failed(ctx, d, r, b, "power")) {
         return;
     }
     if (nvml->nvmlDeviceGetUtilizationRates) {
         nvmlUtilization_t u;
         r = nvml->nvmlDeviceGetUtilizationRates(d->handle, &u);
         if (r == NVML_SUCCESS) util = u.gpu;
-        else if (read_failed(ctx, d, r, jc_now_ns(), "utilisation")) return;
+        else if (jc__sampler_read_failed(ctx, d, r, jc_now_ns(), "utilisation")) return;
     }
     if (nvml->nvmlDeviceGetTemperature) {
         unsigned tc;
         r = nvml->nvmlDeviceGetTemperature(d->handle, NVML_TEMPERATURE_GPU, &tc);
         if (r == NVML_SUCCESS) temp = tc;
-        else if (read_failed(ctx, d, r, jc_now_ns(), "temperature")) return;
+        else if (jc__sampler_read_failed(ctx, d, r, jc_now_ns(), "temperature")) return;
     }
     pthread_mutex_lock(&ctx->lock);
     d->latest.t_ns = b;
@@ -261,7 +199,7 @@ static void *sampler_main(void *arg) {
         for (int i = 1; i < ctx->ndev; i++) {
             jc__device *d = &ctx->dev[i];
             if (d->dead) continue;
-            if (d->info.energy_source == JC_SOURCE_COUNTER) gpu_counter(ctx, d, jc_now_ns());
+            if (d->info.energy_source == JC_SOURCE_COUNTER) jc__counter_read(ctx, d, jc_now_ns());
             if (!d->dead) gpu_cheap(ctx, d, jc_now_ns());
         }
         now = jc_now_ns();

@@ -1,6 +1,5 @@
 /* Time series kept by the sampler: bounded rings of (time, value) points, and the energy reconstruction that
- * turns a device's counter knots (+ optional power samples for the shape inside a counter step) into the
- * cumulative energy at any instant. */
+ * turns a device's knots (instant, cumulative energy) into the cumulative energy at any instant. */
 #ifndef JC_SAMPLER_SERIES_H
 #define JC_SAMPLER_SERIES_H
 
@@ -39,12 +38,10 @@ typedef enum jc__at {
     JC__AT_GONE = 2,    /* t lies before the oldest kept knot, or the source died before t */
 } jc__at;
 
-/* Cumulative energy at t from knots (t, J).  Inside a step [k-1, k] the step's energy is spread in
- * proportion to the integral of the power samples (piecewise linear between samples, held flat beyond the
- * ends), or evenly when there are none. */
-jc__at jc__energy_at(const jc__ring *knots, const jc__ring *power, uint64_t t_ns, double *energy_j);
-
-/* Integral of the piecewise-linear power curve over [a, b] in J; returns 0 when power has no point. */
-double jc__power_integral(const jc__ring *power, uint64_t a_ns, uint64_t b_ns);
+/* Cumulative energy at t from knots (t, J), linear inside a step.  Spreading a step's energy by the shape of
+ * the instant-power samples (field 186) was tried and measured worse on our H100 (BENCHMARKS.md): that field
+ * is a ~30 ms average updated every ~103 ms, off the counter's clock, and too coarse to place energy inside a
+ * 100 ms step. */
+jc__at jc__energy_at(const jc__ring *knots, uint64_t t_ns, double *energy_j);
 
 #endif

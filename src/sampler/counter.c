@@ -1,0 +1,189 @@
+/* Finding the instants at which a GPU's energy counter steps.
+ *
+ * On an H100 the counter steps every 100.00 ms on a regular clock (residual 2.9 ms around a straight-line fit
+ * over a minute, most of it bracket noise), and each read costs 4.2 ms of CPU time.  So the tracker:
+ *   - unlocked: polls back to back and brackets each step between two reads (bracket ~ one read);
+ *   - once >= 4 bracketed steps fit t = phase + k * period: reads once just after each predicted step and
+ *     puts the knot at the predicted instant (one read per step); every PROBE_EVERY reads it brackets a step
+ *     again (a read just before it, then back to back) to keep the fit current; a step that comes late or
+ *     off the prediction unlocks it.
+ * With counter_interval_s > 0 it reads only the first predicted step after each interval: fewer reads, knots
+ * further apart (see BENCHMARKS.md for what that costs short windows).  A counter that changes faster than
+ * MIN_PERIOD (no steps to find) is read every MIN_PERIOD with the knot at the read. */
+#include <math.h>
+#include <string.h>
+
+#include "../core/context.h"
+
+#define MS 1000000ull
+#define MIN_PERIOD_NS (20 * MS)
+#define PROBE_EVERY 16
+
+static void commit(jc_context *ctx, jc__device *d, uint64_t t, unsigned long long mj) {
+    jc__counter_track *c = &d->counter;
+    if (!c->have_knot) {
+        c->have_knot = 1;
+        c->base_mj = mj;
+    }
+    if (mj < c->base_mj) c->base_mj = mj; /* driver reload: restart from here */
+    if (c->have_knot && t <= c->last_knot_ns) return;
+    pthread_mutex_lock(&ctx->lock);
+    jc__ring_push(&d->knots, t, (double)(mj - c->base_mj) * 1e-3);
+    pthread_mutex_unlock(&ctx->lock);
+    c->last_knot_ns = t;
+}
+
+static int64_t step_index(const jc__counter_track *c, uint64_t t) {
+    return (int64_t)floor(((double)t - (double)c->phase_ns) / c->period_ns);
+}
+
+static uint64_t step_time(const jc__counter_track *c, int64_t k) {
+    return (uint64_t)((double)c->phase_ns + (double)k * c->period_ns + 0.5);
+}
+
+/* Least-squares line through the bracketed step instants; returns the largest residual (ns), or -1. */
+static double refit(jc__counter_track *c) {
+    int n = c->nfit < JC__FIT_POINTS ? c->nfit : JC__FIT_POINTS;
+    if (n < 4) return -1;
+    uint64_t t[JC__FIT_POINTS];
+    int first = c->nfit < JC__FIT_POINTS ? 0 : c->fit_next;
+    for (int i = 0; i < n; i++) t[i] = c->fit_t[(first + i) % JC__FIT_POINTS];
+    double period = c->period_ns;
+    if (!(period > 0)) {
+        period = 1e18;
+        for (int i = 1; i < n; i++)
+            if ((double)(t[i] - t[i - 1]) < period) period = (double)(t[i] - t[i - 1]);
+    }
+    if (period < (double)MIN_PERIOD_NS) return -1;
+    double sx = 0, sy = 0, sxx = 0, sxy = 0, k[JC__FIT_POINTS];
+    for (int i = 0; i < n; i++) {
+        k[i] = floor((double)(t[i] - t[0]) / period + 0.5);
+        double y = (double)(t[i] - t[0]);
+        sx += k[i];
+        sy += y;
+        sxx += k[i] * k[i];
+        sxy += k[i] * y;
+    }
+    double den = n * sxx - sx * sx;
+    if (den <= 0) return -1;
+    double slope = (n * sxy - sx * sy) / den, icpt = (sy - slope * sx) / n;
+    double worst = 0;
+    for (int i = 0; i < n; i++) {
+        double r = fabs((double)(t[i] - t[0]) - (icpt + slope * k[i]));
+        if (r > worst) worst = r;
+    }
+    c->period_ns = slope;
+    c->phase_ns = t[0] + (uint64_t)llround(icpt > 0 ? icpt : 0);
+    return worst;
+}
+
+static void add_fit_point(jc__counter_track *c, uint64_t t) {
+    c->fit_t[c->fit_next] = t;
+    c->fit_next = (c->fit_next + 1) % JC__FIT_POINTS;
+    c->nfit++;
+}
+
+static void unlock(jc__counter_track *c, uint64_t keep_point) {
+    c->locked = 0;
+    c->probing = 0;
+    c->nfit = 0;
+    c->fit_next = 0;
+    c->period_ns = 0;
+    add_fit_point(c, keep_point);
+}
+
+/* Schedules the read after [a, b] while locked. */
+static void schedule_locked(jc_context *ctx, jc__counter_track *c, uint64_t a, uint64_t b) {
+    uint64_t dur = b - a;
+    int64_t k = step_index(c, b) + 1;
+    double every = ctx->opts.counter_interval_s * 1e9;
+    if (every > c->period_ns && c->last_knot_ns) {
+        int64_t kmin = step_index(c, c->last_knot_ns + (uint64_t)every - (uint64_t)(c->period_ns / 2));
+        if (kmin > k) k = kmin;
+    }
+    uint64_t s = step_time(c, k);
+    /* Probe often until the fit spans enough steps to pin the period (its error shrinks with the span). */
+    int every_probe = c->nfit < 12 ? 2 : PROBE_EVERY;
+    if (c->reads_since_probe >= every_probe) {
+        c->probing = 1;
+        uint64_t lead = 2 * dur + MS;
+        c->next_ns = s > lead + b ? s - lead : b;
+    } else {
+        c->probing = 0;
+        uint64_t margin = dur > 3 * MS ? dur : 3 * MS;
+        c->next_ns = s + margin;
+    }
+}
+
+void jc__counter_read(jc_context *ctx, jc__device *d, uint64_t now) {
+    jc__counter_track *c = &d->counter;
+    if (now < c->next_ns) return;
+    unsigned long long mj = 0;
+    uint64_t a = jc_now_ns();
+    nvmlReturn_t r = ctx->nvml->nvmlDeviceGetTotalEnergyConsumption(d->handle, &mj);
+    uint64_t b = jc_now_ns();
+    uint64_t mid = a + (b - a) / 2, dur = b - a;
+    if (r != NVML_SUCCESS) {
+        if (!jc__sampler_read_failed(ctx, d, r, mid, "energy counter")) c->next_ns = b + MS;
+        return;
+    }
+    int changed = c->have_raw && mj != c->raw_mj;
+    uint64_t bracket = changed ? mid - c->prev_mid_ns : 0;
+    /* A bracket is tight when the two reads were (nearly) back to back. */
+    int tight = changed && bracket <= 3 * dur + 2 * MS && bracket < MIN_PERIOD_NS;
+    if (!c->have_raw) {
+        c->have_raw = 1;
+        c->next_ns = b + MS;
+    } else if (!c->locked) {
+        if (changed) {
+            uint64_t step = c->prev_mid_ns + bracket / 2;
+            commit(ctx, d, step, mj);
+            if (tight) add_fit_point(c, step);
+            double worst = refit(c);
+            if (worst >= 0 && worst < 0.05 * c->period_ns) {
+                c->locked = 1;
+                c->reads_since_probe = 0;
+            } else if (worst >= 0 || c->nfit >= JC__FIT_POINTS) {
+                unlock(c, step); /* irregular: start a fresh fit from here */
+            }
+        }
+        if (c->locked)
+            schedule_locked(ctx, c, a, b);
+        else if (c->nfit >= 8 && c->period_ns > 0 && c->period_ns < MIN_PERIOD_NS)
+            c->next_ns = b + MIN_PERIOD_NS;
+        else
+            c->next_ns = b + MS;
+    } else if (changed) {
+        c->reads_since_probe++;
+        if (tight && c->probing) {
+            uint64_t step = c->prev_mid_ns + bracket / 2;
+            uint64_t predicted = step_time(c, step_index(c, step + (uint64_t)(c->period_ns / 2)));
+            double err = fabs((double)step - (double)predicted);
+            commit(ctx, d, step, mj);
+            if (err > 0.1 * c->period_ns) {
+                unlock(c, step);
+                c->next_ns = b + MS;
+            } else {
+                add_fit_point(c, step);
+                refit(c);
+                c->reads_since_probe = 0;
+                schedule_locked(ctx, c, a, b);
+            }
+        } else {
+            /* The value is the counter at the last step before the read began. */
+            commit(ctx, d, step_time(c, step_index(c, a)), mj);
+            schedule_locked(ctx, c, a, b);
+        }
+    } else {
+        /* No step yet: late, or a probe's first read.  Poll back to back until it comes. */
+        c->probing = 1;
+        c->next_ns = b;
+        if (c->last_knot_ns && mid - c->last_knot_ns > (uint64_t)(3 * c->period_ns)) {
+            unlock(c, c->last_knot_ns);
+            c->next_ns = b + MS;
+        }
+    }
+    c->raw_mj = mj;
+    c->prev_mid_ns = mid;
+    c->prev_read_ns = a;
+}
