@@ -2,7 +2,7 @@
  *
  *   bench_core overhead                 cost of a start+stop pair vs reading the counter at both edges
  *   bench_core sampler SECONDS          sampler CPU cost at 10 Hz and 100 Hz
- *   bench_core accuracy SECONDS SCHED   window accuracy under a square-wave load whose on-intervals the load
+ *   bench_core accuracy SECONDS SCHED [CI] window accuracy under a square-wave load whose on-intervals the load
  *                                       generator writes to SCHED when done (waits at most SECONDS); also
  *                                       the conservation check
  *
@@ -38,11 +38,12 @@ static double pct(double *v, int n, double p) {
     return v[i];
 }
 
-static jc_context *open_gpu(double interval) {
+static jc_context *open_gpu(double interval, double counter_interval) {
     jc_options o;
     jc_options_init(&o);
     o.gpus = "0";
     o.interval_s = interval;
+    o.counter_interval_s = counter_interval;
     jc_context *ctx;
     if (jc_open(&ctx, &o) != JC_OK) die("jc_open");
     if (jc_device_count(ctx) < 2 || ctx->dev[1].info.energy_source != JC_SOURCE_COUNTER) {
@@ -55,7 +56,7 @@ static jc_context *open_gpu(double interval) {
 }
 
 static void overhead(void) {
-    jc_context *ctx = open_gpu(0.01);
+    jc_context *ctx = open_gpu(0.01, 0);
     enum { N = 200000 };
     jc_window *ids = malloc(sizeof *ids * 1000);
     double t0 = now_s();
@@ -104,15 +105,25 @@ static double process_cpu_s(void) {
 }
 
 static void sampler_cost(double seconds) {
-    double intervals[2] = {0.1, 0.01};
-    for (int k = 0; k < 2; k++) {
-        jc_context *ctx = open_gpu(intervals[k]);
-        double c0 = process_cpu_s(), w0 = now_s();
-        sleep((unsigned)seconds);
-        double cpu = process_cpu_s() - c0, wall = now_s() - w0;
-        printf("{\"bench\":\"sampler\",\"interval_s\":%g,\"cpu_pct_of_one_core\":%.3f,\"cycles\":%llu}\n",
-               intervals[k], 100 * cpu / wall, (unsigned long long)ctx->cycles);
-        jc_close(ctx);
+    double intervals[2] = {0.1, 0.01}, counter[3] = {0, 0.5, 1.0};
+    for (int c = 0; c < 3; c++) {
+        for (int k = 0; k < 2; k++) {
+            jc_context *ctx = open_gpu(intervals[k], counter[c]);
+            sleep(2); /* past the lock-on to the counter's clock (back-to-back reads for ~0.5 s) */
+            uint64_t r0 = ctx->dev[1].counter.n_reads;
+            double c0 = process_cpu_s(), w0 = now_s();
+            sleep((unsigned)seconds);
+            double cpu = process_cpu_s() - c0, wall = now_s() - w0;
+            jc__counter_track *t = &ctx->dev[1].counter;
+            printf("{\"bench\":\"sampler\",\"interval_s\":%g,\"counter_interval_s\":%g,"
+                   "\"cpu_pct_of_one_core\":%.3f,\"cycles\":%llu,\"counter_reads_per_s\":%.1f,"
+                   "\"probes\":%llu,\"late\":%llu,\"unlocks\":%llu,\"locked\":%d,\"period_ms\":%.4f,"
+                   "\"jitter_ms\":%.2f}\n",
+                   intervals[k], counter[c], 100 * cpu / wall, (unsigned long long)ctx->cycles,
+                   (t->n_reads - r0) / wall, (unsigned long long)t->n_probes, (unsigned long long)t->n_late,
+                   (unsigned long long)t->n_unlocks, t->locked, t->period_ns / 1e6, t->jitter_ns / 1e6);
+            jc_close(ctx);
+        }
     }
 }
 
@@ -186,8 +197,8 @@ static double urand(void) {
     return (rnd_state >> 11) * (1.0 / 9007199254740992.0);
 }
 
-static void accuracy(double seconds, const char *sched_path) {
-    jc_context *ctx = open_gpu(0.01);
+static void accuracy(double seconds, const char *sched_path, double counter_interval) {
+    jc_context *ctx = open_gpu(0.01, counter_interval);
     poller p = {.ctx = ctx, .cap = 200000};
     p.r = malloc(sizeof *p.r * (size_t)p.cap);
     pthread_t th;
@@ -258,9 +269,9 @@ static void accuracy(double seconds, const char *sched_path) {
             err_lin += fabs(lin - ref) / ref;
             n++;
         }
-        printf("{\"bench\":\"accuracy\",\"window_s\":%g,\"n\":%d,\"mae_pct_joulecap\":%.2f,"
+        printf("{\"bench\":\"accuracy\",\"counter_interval_s\":%g,\"window_s\":%g,\"n\":%d,\"mae_pct_joulecap\":%.2f,"
                "\"mae_pct_edge_reads\":%.2f,\"mae_pct_linear_10hz\":%.2f}\n",
-               sizes[k], n, 100 * err_ours / n, 100 * err_edge / n, 100 * err_lin / n);
+               counter_interval, sizes[k], n, 100 * err_ours / n, 100 * err_edge / n, 100 * err_lin / n);
     }
     /* Conservation: consecutive windows of random lengths tiling the load span. */
     double sum = 0;
@@ -286,9 +297,10 @@ static void accuracy(double seconds, const char *sched_path) {
 int main(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "overhead") == 0) overhead();
     else if (argc >= 3 && strcmp(argv[1], "sampler") == 0) sampler_cost(atof(argv[2]));
-    else if (argc >= 4 && strcmp(argv[1], "accuracy") == 0) accuracy(atof(argv[2]), argv[3]);
+    else if (argc >= 4 && strcmp(argv[1], "accuracy") == 0)
+        accuracy(atof(argv[2]), argv[3], argc > 4 ? atof(argv[4]) : 0);
     else {
-        fprintf(stderr, "usage: bench_core overhead | sampler SECONDS | accuracy SECONDS SCHEDULE\n");
+        fprintf(stderr, "usage: bench_core overhead | sampler SECONDS | accuracy SECONDS SCHEDULE [COUNTER_INTERVAL]\n");
         return 2;
     }
     return 0;

@@ -11,11 +11,13 @@ b=build/bench/bench_core
 {
   echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1)"
   $b overhead
-  $b sampler 10
-  sched=$(mktemp -u /tmp/jc-sched-XXXX)
-  $b accuracy 120 "$sched" &
-  pid=$!
-  sleep 1.5
-  python3 bench/square_wave_load.py "$sched" --seconds 30
-  wait $pid
+  $b sampler 6
+  for ci in 0 1; do
+    sched=$(mktemp -u /tmp/jc-sched-XXXX)
+    $b accuracy 120 "$sched" $ci &
+    pid=$!
+    sleep 1.5
+    python3 bench/square_wave_load.py "$sched" --seconds 30
+    wait $pid
+  done
 } | tee "$out/core.jsonl"

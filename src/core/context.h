@@ -29,6 +29,10 @@ typedef struct jc__counter_track {
     double period_ns;
     uint64_t phase_ns;
     int reads_since_probe;
+    uint64_t expect_ns;    /* the predicted step the next read targets (locked) */
+    double jitter_ns;      /* RMS of probe residuals: how far steps stray from the fit */
+    /* statistics, for benchmarks and `joulecap info --verbose` */
+    uint64_t n_reads, n_probes, n_late, n_unlocks;
 } jc__counter_track;
 
 typedef struct jc__device {

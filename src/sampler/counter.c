@@ -102,15 +102,20 @@ static void schedule_locked(jc_context *ctx, jc__counter_track *c, uint64_t a, u
         if (kmin > k) k = kmin;
     }
     uint64_t s = step_time(c, k);
+    c->expect_ns = s;
     /* Probe often until the fit spans enough steps to pin the period (its error shrinks with the span). */
     int every_probe = c->nfit < 12 ? 2 : PROBE_EVERY;
+    /* Read late enough after the predicted step that it has almost surely happened. */
+    uint64_t margin = dur + (uint64_t)(3 * c->jitter_ns);
+    if (margin < 3 * MS) margin = 3 * MS;
+    if (margin > (uint64_t)(0.3 * c->period_ns)) margin = (uint64_t)(0.3 * c->period_ns);
     if (c->reads_since_probe >= every_probe) {
         c->probing = 1;
-        uint64_t lead = 2 * dur + MS;
+        c->n_probes++;
+        uint64_t lead = 2 * dur + MS + (uint64_t)(2 * c->jitter_ns);
         c->next_ns = s > lead + b ? s - lead : b;
     } else {
         c->probing = 0;
-        uint64_t margin = dur > 3 * MS ? dur : 3 * MS;
         c->next_ns = s + margin;
     }
 }
@@ -123,6 +128,7 @@ void jc__counter_read(jc_context *ctx, jc__device *d, uint64_t now) {
     nvmlReturn_t r = ctx->nvml->nvmlDeviceGetTotalEnergyConsumption(d->handle, &mj);
     uint64_t b = jc_now_ns();
     uint64_t mid = a + (b - a) / 2, dur = b - a;
+    c->n_reads++;
     if (r != NVML_SUCCESS) {
         if (!jc__sampler_read_failed(ctx, d, r, mid, "energy counter")) c->next_ns = b + MS;
         return;
@@ -140,10 +146,11 @@ void jc__counter_read(jc_context *ctx, jc__device *d, uint64_t now) {
             commit(ctx, d, step, mj);
             if (tight) add_fit_point(c, step);
             double worst = refit(c);
-            if (worst >= 0 && worst < 0.05 * c->period_ns) {
+            if (worst >= 0 && worst < 0.1 * c->period_ns) {
                 c->locked = 1;
                 c->reads_since_probe = 0;
-            } else if (worst >= 0 || c->nfit >= JC__FIT_POINTS) {
+                c->jitter_ns = worst / 2;
+            } else if (worst >= 0 && c->nfit >= 8) {
                 unlock(c, step); /* irregular: start a fresh fit from here */
             }
         }
@@ -160,7 +167,9 @@ void jc__counter_read(jc_context *ctx, jc__device *d, uint64_t now) {
             uint64_t predicted = step_time(c, step_index(c, step + (uint64_t)(c->period_ns / 2)));
             double err = fabs((double)step - (double)predicted);
             commit(ctx, d, step, mj);
-            if (err > 0.1 * c->period_ns) {
+            c->jitter_ns = sqrt(0.9 * c->jitter_ns * c->jitter_ns + 0.1 * err * err);
+            if (err > 0.15 * c->period_ns) {
+                c->n_unlocks++;
                 unlock(c, step);
                 c->next_ns = b + MS;
             } else {
@@ -176,9 +185,11 @@ void jc__counter_read(jc_context *ctx, jc__device *d, uint64_t now) {
         }
     } else {
         /* No step yet: late, or a probe's first read.  Poll back to back until it comes. */
+        if (!c->probing) c->n_late++;
         c->probing = 1;
         c->next_ns = b;
-        if (c->last_knot_ns && mid - c->last_knot_ns > (uint64_t)(3 * c->period_ns)) {
+        if (mid > c->expect_ns + (uint64_t)(0.5 * c->period_ns)) {
+            c->n_unlocks++;
             unlock(c, c->last_knot_ns);
             c->next_ns = b + MS;
         }
