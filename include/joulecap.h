@@ -272,7 +272,7 @@ typedef struct jc_profiler_config {
     const double *caps_w;
     size_t caps_count;
     /* Profiling time limit (s): no trial starts that would end after it, and a trial in progress stops at it.
-     * 0 = automatic: max(20 s, 400 steps at the first cap's time per step). */
+     * 0 = automatic: max(20 s, 300 steps at the first cap's time per step). */
     double time_budget_s;
     /* Update period of the energy counter (s); 0 = the energy of every step is exact.  Default 0.1 (NVML). */
     double counter_period_s;
@@ -345,6 +345,8 @@ typedef struct jc_profiler_trial {
     double rel_se_objective;
     int stop_reason;           /* 1 precise enough, 2 clearly worse than the best, 3 max_trial_s, 4 budget or
                                   finish() */
+    int phase;                 /* why it was tried: 1 coarse pass (or the cap list), 2 refinement, 3 measured
+                                  again to tell two close caps apart */
 } jc_profiler_trial;
 
 typedef struct jc_profiler_result {
