@@ -16,6 +16,10 @@
 /* Records the detail text of a failure for jc_last_detail() on this thread and returns status, so that
  * error paths read `return jc__fail(JC_ERR_IO, "cannot open %s: %s", path, strerror(errno));`. */
 jc_status jc__fail(jc_status status, const char *fmt, ...) JC__PRINTF(2, 3);
+/* jc__fail that also copies the text into a caller's `why` buffer (sources report reasons both ways). */
+jc_status jc__fail_why(jc_status status, char *why, size_t whylen, const char *fmt, ...) JC__PRINTF(4, 5);
+/* snprintf for paths that reports truncation instead of hiding it: 1 when the whole path fit. */
+int jc__path(char *buf, size_t len, const char *fmt, ...) JC__PRINTF(3, 4);
 /* Clears the detail (called at the start of public calls that succeed). */
 void jc__clear_detail(void);
 

@@ -58,6 +58,23 @@ jc_status jc__fail(jc_status status, const char *fmt, ...) {
     return status;
 }
 
+jc_status jc__fail_why(jc_status status, char *why, size_t whylen, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail_buf, sizeof detail_buf, fmt, ap);
+    va_end(ap);
+    if (why && whylen) jc__fmt(why, whylen, "%s", detail_buf);
+    return status;
+}
+
+int jc__path(char *buf, size_t len, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, len, fmt, ap);
+    va_end(ap);
+    return n >= 0 && (size_t)n < len;
+}
+
 void jc__clear_detail(void) { detail_buf[0] = '\0'; }
 
 void jc__fmt(char *buf, size_t len, const char *fmt, ...) {

@@ -28,26 +28,6 @@ struct jc__cputemp {
     char describe[512];
 };
 
-static jc_status temp_fail(jc_status st, char *why, size_t whylen, const char *fmt, ...) JC__PRINTF(4, 5);
-static jc_status temp_fail(jc_status st, char *why, size_t whylen, const char *fmt, ...) {
-    char buf[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (why && whylen) jc__fmt(why, whylen, "%s", buf);
-    return jc__fail(st, "%s", buf);
-}
-
-static int path_fmt(char *buf, size_t len, const char *fmt, ...) JC__PRINTF(3, 4);
-static int path_fmt(char *buf, size_t len, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, len, fmt, ap);
-    va_end(ap);
-    return n >= 0 && (size_t)n < len;
-}
-
 /* Reads a millidegree file; 0 on success. */
 static int read_millideg(const char *path, double *c) {
     char buf[64];
@@ -153,13 +133,13 @@ static int add_sensor(jc__cputemp *t, const char *path, const char *label) {
 
 /* hwmon devices keep name and temp files in hwmonN/ (or hwmonN/device/ on kernels before 3.x's cleanup). */
 static int hwmon_base(const char *hwmon_dir, const char *entry, char *base, size_t len, char *name, size_t nlen) {
-    if (path_fmt(base, len, "%s/%s", hwmon_dir, entry)) {
+    if (jc__path(base, len, "%s/%s", hwmon_dir, entry)) {
         char p[TEMP_PATH_MAX];
-        if (path_fmt(p, sizeof p, "%s/name", base) && jc__read_text(p, name, nlen, NULL, 0) == JC_OK) return 1;
+        if (jc__path(p, sizeof p, "%s/name", base) && jc__read_text(p, name, nlen, NULL, 0) == JC_OK) return 1;
     }
-    if (path_fmt(base, len, "%s/%s/device", hwmon_dir, entry)) {
+    if (jc__path(base, len, "%s/%s/device", hwmon_dir, entry)) {
         char p[TEMP_PATH_MAX];
-        if (path_fmt(p, sizeof p, "%s/name", base) && jc__read_text(p, name, nlen, NULL, 0) == JC_OK) return 1;
+        if (jc__path(p, sizeof p, "%s/name", base) && jc__read_text(p, name, nlen, NULL, 0) == JC_OK) return 1;
     }
     return 0;
 }
@@ -179,11 +159,11 @@ static int add_hwmon_sensors(jc__cputemp *t, const char *base, const char *const
             const char *us = strchr(f, '_');
             if (!us || strcmp(us, "_label") != 0) continue;
             char lpath[TEMP_PATH_MAX], ipath[TEMP_PATH_MAX], label[64];
-            if (!path_fmt(lpath, sizeof lpath, "%s/%s", base, f)) continue;
+            if (!jc__path(lpath, sizeof lpath, "%s/%s", base, f)) continue;
             if (jc__read_text(lpath, label, sizeof label, NULL, 0) != JC_OK) continue;
             int match = prefix ? strncmp(label, pick[k], plen - 1) == 0 : strcmp(label, pick[k]) == 0;
             if (!match) continue;
-            if (!path_fmt(ipath, sizeof ipath, "%s/%.*s_input", base, (int)(us - f), f)) continue;
+            if (!jc__path(ipath, sizeof ipath, "%s/%.*s_input", base, (int)(us - f), f)) continue;
             size_t before = t->n;
             rc = add_sensor(t, ipath, label);
             if (t->n > before) added = 1;
@@ -195,8 +175,8 @@ static int add_hwmon_sensors(jc__cputemp *t, const char *base, const char *const
             const char *us = strchr(f, '_');
             if (!us || strcmp(us, "_input") != 0) continue;
             char ipath[TEMP_PATH_MAX], lpath[TEMP_PATH_MAX], label[64];
-            if (!path_fmt(ipath, sizeof ipath, "%s/%s", base, f)) continue;
-            if (!path_fmt(lpath, sizeof lpath, "%s/%.*s_label", base, (int)(us - f), f) ||
+            if (!jc__path(ipath, sizeof ipath, "%s/%s", base, f)) continue;
+            if (!jc__path(lpath, sizeof lpath, "%s/%.*s_label", base, (int)(us - f), f) ||
                 jc__read_text(lpath, label, sizeof label, NULL, 0) != JC_OK)
                 jc__fmt(label, sizeof label, "%.*s", (int)(us - f), f);
             rc = add_sensor(t, ipath, label);
@@ -234,7 +214,7 @@ static void describe(jc__cputemp *t, const char *what) {
 /* 1 when sensors were found, 0 when not, -1 on out of memory. */
 static int find_hwmon(jc__cputemp *t, const char *root) {
     char dir[TEMP_PATH_MAX];
-    if (!path_fmt(dir, sizeof dir, "%s/class/hwmon", root)) return 0;
+    if (!jc__path(dir, sizeof dir, "%s/class/hwmon", root)) return 0;
     name_list devs;
     if (list_dir(dir, "hwmon", &devs) != 0) return -1;
     int rc = 0;
@@ -258,17 +238,17 @@ static int find_hwmon(jc__cputemp *t, const char *root) {
 
 static int find_thermal(jc__cputemp *t, const char *root) {
     char dir[TEMP_PATH_MAX];
-    if (!path_fmt(dir, sizeof dir, "%s/class/thermal", root)) return 0;
+    if (!jc__path(dir, sizeof dir, "%s/class/thermal", root)) return 0;
     name_list zones;
     if (list_dir(dir, "thermal_zone", &zones) != 0) return -1;
     int rc = 0;
     for (size_t k = 0; k < sizeof THERMAL_TYPES / sizeof THERMAL_TYPES[0] && rc == 0 && t->n == 0; k++) {
         for (size_t i = 0; i < zones.n && rc == 0; i++) {
             char p[TEMP_PATH_MAX], type[64];
-            if (!path_fmt(p, sizeof p, "%s/%s/type", dir, zones.v[i])) continue;
+            if (!jc__path(p, sizeof p, "%s/%s/type", dir, zones.v[i])) continue;
             if (jc__read_text(p, type, sizeof type, NULL, 0) != JC_OK || strcmp(type, THERMAL_TYPES[k]) != 0)
                 continue;
-            if (!path_fmt(p, sizeof p, "%s/%s/temp", dir, zones.v[i])) continue;
+            if (!jc__path(p, sizeof p, "%s/%s/temp", dir, zones.v[i])) continue;
             rc = add_sensor(t, p, zones.v[i]);
         }
         if (rc == 0 && t->n > 0) {
@@ -282,17 +262,17 @@ static int find_thermal(jc__cputemp *t, const char *root) {
 }
 
 jc_status jc__cputemp_open(const char *sysfs_root, jc__cputemp **out, char *why, size_t whylen) {
-    if (!out) return temp_fail(JC_ERR_INVALID_ARGUMENT, why, whylen, "jc__cputemp_open: out is NULL");
+    if (!out) return jc__fail_why(JC_ERR_INVALID_ARGUMENT, why, whylen, "jc__cputemp_open: out is NULL");
     *out = NULL;
     if (!sysfs_root) sysfs_root = jc__sysfs_root();
     jc__cputemp *t = calloc(1, sizeof *t);
-    if (!t) return temp_fail(JC_ERR_NO_MEMORY, why, whylen, "out of memory opening CPU temperature");
+    if (!t) return jc__fail_why(JC_ERR_NO_MEMORY, why, whylen, "out of memory opening CPU temperature");
     int found = find_hwmon(t, sysfs_root);
     if (found == 0) found = find_thermal(t, sysfs_root);
     if (found <= 0) {
         jc__cputemp_close(t);
-        if (found < 0) return temp_fail(JC_ERR_NO_MEMORY, why, whylen, "out of memory listing CPU sensors");
-        return temp_fail(JC_ERR_UNAVAILABLE, why, whylen,
+        if (found < 0) return jc__fail_why(JC_ERR_NO_MEMORY, why, whylen, "out of memory listing CPU sensors");
+        return jc__fail_why(JC_ERR_UNAVAILABLE, why, whylen,
                          "no CPU temperature: no readable coretemp/k10temp/zenpower/cpu_thermal sensor under "
                          "%s/class/hwmon and no CPU thermal zone under %s/class/thermal",
                          sysfs_root, sysfs_root);
@@ -302,7 +282,7 @@ jc_status jc__cputemp_open(const char *sysfs_root, jc__cputemp **out, char *why,
 }
 
 jc_status jc__cputemp_read(jc__cputemp *t, double *temp_c, char *why, size_t whylen) {
-    if (!t || !temp_c) return temp_fail(JC_ERR_INVALID_ARGUMENT, why, whylen, "jc__cputemp_read: NULL argument");
+    if (!t || !temp_c) return jc__fail_why(JC_ERR_INVALID_ARGUMENT, why, whylen, "jc__cputemp_read: NULL argument");
     int have = 0;
     double best = 0.0;
     jc_status last = JC_ERR_IO;
@@ -326,7 +306,7 @@ jc_status jc__cputemp_read(jc__cputemp *t, double *temp_c, char *why, size_t why
         if (!have || c > best) best = c;
         have = 1;
     }
-    if (!have) return temp_fail(last, why, whylen, "no CPU temperature sensor could be read: %s", err);
+    if (!have) return jc__fail_why(last, why, whylen, "no CPU temperature sensor could be read: %s", err);
     *temp_c = best;
     return JC_OK;
 }

@@ -7,17 +7,6 @@
 
 #include "cpu.h"
 
-static jc_status ps_fail(jc_status st, char *why, size_t whylen, const char *fmt, ...) JC__PRINTF(4, 5);
-static jc_status ps_fail(jc_status st, char *why, size_t whylen, const char *fmt, ...) {
-    char buf[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (why && whylen) jc__fmt(why, whylen, "%s", buf);
-    return jc__fail(st, "%s", buf);
-}
-
 /* "cpu  user nice system idle iowait irq softirq steal guest guest_nice" (USER_HZ ticks, all CPUs).
  * guest and guest_nice are already counted in user and nice, so they are left out of the total.
  * busy = total - idle - iowait: iowait is time with nothing to run.  steal (a VM's vCPU wanting to run while
@@ -27,10 +16,10 @@ static jc_status snapshot(const char *path, uint64_t *busy, uint64_t *total, cha
     /* Only the first line matters; read_text stops at the buffer's size, so a huge /proc/stat costs 1 KiB. */
     jc_status st = jc__read_text(path, buf, sizeof buf, err, sizeof err);
     if (st == JC_ERR_NOT_FOUND)
-        return ps_fail(JC_ERR_UNAVAILABLE, why, whylen, "no CPU utilisation: %s does not exist", path);
-    if (st != JC_OK) return ps_fail(st, why, whylen, "cannot read CPU utilisation: %s", err);
+        return jc__fail_why(JC_ERR_UNAVAILABLE, why, whylen, "no CPU utilisation: %s does not exist", path);
+    if (st != JC_OK) return jc__fail_why(st, why, whylen, "cannot read CPU utilisation: %s", err);
     if (strncmp(buf, "cpu ", 4) != 0)
-        return ps_fail(JC_ERR_IO, why, whylen, "%s: first line does not start with \"cpu \"", path);
+        return jc__fail_why(JC_ERR_IO, why, whylen, "%s: first line does not start with \"cpu \"", path);
     uint64_t v[8] = {0};
     const char *p = buf + 4;
     int fields = 0;
@@ -41,7 +30,7 @@ static jc_status snapshot(const char *path, uint64_t *busy, uint64_t *total, cha
         v[fields] = strtoull(p, &end, 10);
         p = end;
     }
-    if (fields < 4) return ps_fail(JC_ERR_IO, why, whylen, "%s: \"cpu\" line has %d fields, want >= 4", path, fields);
+    if (fields < 4) return jc__fail_why(JC_ERR_IO, why, whylen, "%s: \"cpu\" line has %d fields, want >= 4", path, fields);
     uint64_t t = 0;
     for (int i = 0; i < 8; i++) t += v[i]; /* user nice system idle iowait irq softirq steal */
     *total = t;
@@ -50,12 +39,12 @@ static jc_status snapshot(const char *path, uint64_t *busy, uint64_t *total, cha
 }
 
 jc_status jc__procstat_open(const char *proc_root, jc__procstat *ps, char *why, size_t whylen) {
-    if (!ps) return ps_fail(JC_ERR_INVALID_ARGUMENT, why, whylen, "jc__procstat_open: ps is NULL");
+    if (!ps) return jc__fail_why(JC_ERR_INVALID_ARGUMENT, why, whylen, "jc__procstat_open: ps is NULL");
     memset(ps, 0, sizeof *ps);
     if (!proc_root) proc_root = jc__proc_root();
     int n = snprintf(ps->path, sizeof ps->path, "%s/stat", proc_root);
     if (n < 0 || (size_t)n >= sizeof ps->path)
-        return ps_fail(JC_ERR_INVALID_ARGUMENT, why, whylen, "proc root path too long: %s", proc_root);
+        return jc__fail_why(JC_ERR_INVALID_ARGUMENT, why, whylen, "proc root path too long: %s", proc_root);
     jc_status st = snapshot(ps->path, &ps->prev_busy, &ps->prev_total, why, whylen);
     if (st != JC_OK) return st;
     ps->have_prev = 1;
@@ -64,7 +53,7 @@ jc_status jc__procstat_open(const char *proc_root, jc__procstat *ps, char *why, 
 
 jc_status jc__procstat_read(jc__procstat *ps, double *util_pct, char *why, size_t whylen) {
     if (!ps || !util_pct || !ps->have_prev)
-        return ps_fail(JC_ERR_INVALID_ARGUMENT, why, whylen, "jc__procstat_read: not opened or NULL argument");
+        return jc__fail_why(JC_ERR_INVALID_ARGUMENT, why, whylen, "jc__procstat_read: not opened or NULL argument");
     uint64_t busy, total;
     jc_status st = snapshot(ps->path, &busy, &total, why, whylen);
     if (st != JC_OK) return st;
@@ -75,7 +64,7 @@ jc_status jc__procstat_read(jc__procstat *ps, double *util_pct, char *why, size_
             ps->prev_total = total;
             ps->prev_busy = busy;
         }
-        return ps_fail(JC_ERR_TIMEOUT, why, whylen,
+        return jc__fail_why(JC_ERR_TIMEOUT, why, whylen,
                        "no CPU time accounted in %s since the previous read (reads closer than one tick)",
                        ps->path);
     }

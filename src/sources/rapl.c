@@ -42,27 +42,6 @@ struct jc__rapl {
     char *zones_desc;
 };
 
-static jc_status rapl_fail(jc_status st, char *why, size_t whylen, const char *fmt, ...) JC__PRINTF(4, 5);
-static jc_status rapl_fail(jc_status st, char *why, size_t whylen, const char *fmt, ...) {
-    char buf[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (why && whylen) jc__fmt(why, whylen, "%s", buf);
-    return jc__fail(st, "%s", buf);
-}
-
-/* snprintf that reports truncation instead of hiding it. */
-static int path_fmt(char *buf, size_t len, const char *fmt, ...) JC__PRINTF(3, 4);
-static int path_fmt(char *buf, size_t len, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, len, fmt, ap);
-    va_end(ap);
-    return n >= 0 && (size_t)n < len;
-}
-
 /* Parses a non-negative decimal at *p (at least one digit), advancing *p. */
 static int parse_uint(const char **p, int *out) {
     const char *s = *p;
@@ -114,7 +93,7 @@ static int cmp_for_description(const void *a, const void *b) {
 }
 
 static jc_status permission_reason(const char *path, char *why, size_t whylen) {
-    return rapl_fail(JC_ERR_NO_PERMISSION, why, whylen,
+    return jc__fail_why(JC_ERR_NO_PERMISSION, why, whylen,
                      "RAPL energy_uj is readable only by root on this kernel (CVE-2020-8694 mitigation; %s): "
                      "run as root, or grant read access until reboot with `sudo chmod o+r "
                      "/sys/class/powercap/intel-rapl:*/energy_uj /sys/class/powercap/intel-rapl:*:*/energy_uj`",
@@ -126,7 +105,7 @@ static jc_status read_counter(const rapl_zone *z, uint64_t *value, char *why, si
     char err[512];
     jc_status st = jc__read_u64(z->energy_path, value, err, sizeof err);
     if (st == JC_ERR_NO_PERMISSION) return permission_reason(z->energy_path, why, whylen);
-    if (st != JC_OK) return rapl_fail(st, why, whylen, "RAPL zone %s (%s): %s", z->dir, z->name, err);
+    if (st != JC_OK) return jc__fail_why(st, why, whylen, "RAPL zone %s (%s): %s", z->dir, z->name, err);
     return JC_OK;
 }
 
@@ -154,12 +133,12 @@ static jc_status scan_zones(const char *base, rapl_zone **out, size_t *count, ch
     if (!d) {
         int err = errno;
         if (err == ENOENT || err == ENOTDIR)
-            return rapl_fail(JC_ERR_UNAVAILABLE, why, whylen,
+            return jc__fail_why(JC_ERR_UNAVAILABLE, why, whylen,
                              "no RAPL: %s does not exist (virtual machine or unsupported CPU)", base);
         if (err == EACCES || err == EPERM)
-            return rapl_fail(JC_ERR_NO_PERMISSION, why, whylen, "no RAPL: cannot list %s: %s", base,
+            return jc__fail_why(JC_ERR_NO_PERMISSION, why, whylen, "no RAPL: cannot list %s: %s", base,
                              strerror(err));
-        return rapl_fail(JC_ERR_IO, why, whylen, "no RAPL: cannot list %s: %s", base, strerror(err));
+        return jc__fail_why(JC_ERR_IO, why, whylen, "no RAPL: cannot list %s: %s", base, strerror(err));
     }
     rapl_zone *zones = NULL;
     size_t n = 0, cap = 0;
@@ -169,11 +148,11 @@ static jc_status scan_zones(const char *base, rapl_zone **out, size_t *count, ch
     while ((e = readdir(d)) != NULL) {
         if (e->d_name[0] == '.') continue;
         char path[RAPL_PATH_MAX], name[64], err[256];
-        if (!path_fmt(path, sizeof path, "%s/%s/name", base, e->d_name)) continue;
+        if (!jc__path(path, sizeof path, "%s/%s/name", base, e->d_name)) continue;
         if (jc__read_text(path, name, sizeof name, err, sizeof err) != JC_OK) continue; /* a control type */
         char epath[RAPL_PATH_MAX];
         struct stat sb;
-        if (!path_fmt(epath, sizeof epath, "%s/%s/energy_uj", base, e->d_name)) continue;
+        if (!jc__path(epath, sizeof epath, "%s/%s/energy_uj", base, e->d_name)) continue;
         if (stat(epath, &sb) != 0) continue; /* a zone without an energy counter */
 
         rapl_zone z;
@@ -197,7 +176,7 @@ static jc_status scan_zones(const char *base, rapl_zone **out, size_t *count, ch
             if (!colon || colon == first) continue; /* a top-level dram zone: no package to attach it to */
             *colon = '\0';
             char ppath[RAPL_PATH_MAX];
-            if (!path_fmt(ppath, sizeof ppath, "%s/%s/name", base, parent)) continue;
+            if (!jc__path(ppath, sizeof ppath, "%s/%s/name", base, parent)) continue;
             if (jc__read_text(ppath, z.owner, sizeof z.owner, err, sizeof err) != JC_OK) continue;
             if (!parse_package_name(z.owner, &z.pkg, &z.die)) continue;
         } else if (strcmp(name, "psys") == 0) {
@@ -215,7 +194,7 @@ static jc_status scan_zones(const char *base, rapl_zone **out, size_t *count, ch
             size_t ncap = cap ? cap * 2 : 16;
             rapl_zone *nz = realloc(zones, ncap * sizeof *nz);
             if (!nz) {
-                st = rapl_fail(JC_ERR_NO_MEMORY, why, whylen, "out of memory listing RAPL zones");
+                st = jc__fail_why(JC_ERR_NO_MEMORY, why, whylen, "out of memory listing RAPL zones");
                 break;
             }
             zones = nz;
@@ -274,7 +253,7 @@ static jc_status build_description(jc__rapl *r, char *why, size_t whylen) {
     size_t len = 1;
     for (size_t i = 0; i < r->n; i++) len += strlen(r->zones[i].name) + strlen(r->zones[i].owner) + 8;
     r->zones_desc = malloc(len);
-    if (!r->zones_desc) return rapl_fail(JC_ERR_NO_MEMORY, why, whylen, "out of memory describing RAPL zones");
+    if (!r->zones_desc) return jc__fail_why(JC_ERR_NO_MEMORY, why, whylen, "out of memory describing RAPL zones");
     size_t used = 0;
     r->zones_desc[0] = '\0';
     for (size_t i = 0; i < r->n; i++) {
@@ -288,12 +267,12 @@ static jc_status build_description(jc__rapl *r, char *why, size_t whylen) {
 }
 
 jc_status jc__rapl_open(const char *sysfs_root, jc__rapl **out, char *why, size_t whylen) {
-    if (!out) return rapl_fail(JC_ERR_INVALID_ARGUMENT, why, whylen, "jc__rapl_open: out is NULL");
+    if (!out) return jc__fail_why(JC_ERR_INVALID_ARGUMENT, why, whylen, "jc__rapl_open: out is NULL");
     *out = NULL;
     if (!sysfs_root) sysfs_root = jc__sysfs_root();
     char base[RAPL_PATH_MAX];
-    if (!path_fmt(base, sizeof base, "%s/class/powercap", sysfs_root))
-        return rapl_fail(JC_ERR_INVALID_ARGUMENT, why, whylen, "sysfs root path too long: %s", sysfs_root);
+    if (!jc__path(base, sizeof base, "%s/class/powercap", sysfs_root))
+        return jc__fail_why(JC_ERR_INVALID_ARGUMENT, why, whylen, "sysfs root path too long: %s", sysfs_root);
 
     rapl_zone *all = NULL;
     size_t n_all = 0;
@@ -305,14 +284,14 @@ jc_status jc__rapl_open(const char *sysfs_root, jc__rapl **out, char *why, size_
     jc__rapl *r = calloc(1, sizeof *r);
     if (!r) {
         free(all);
-        return rapl_fail(JC_ERR_NO_MEMORY, why, whylen, "out of memory opening RAPL");
+        return jc__fail_why(JC_ERR_NO_MEMORY, why, whylen, "out of memory opening RAPL");
     }
     for (size_t i = 0; i < n_all; i++)
         if (all[i].keep) all[r->n++] = all[i]; /* compact in place: kept zones move towards the front */
     r->zones = all;
     if (r->n == 0) {
         free_rapl(r);
-        return rapl_fail(JC_ERR_UNAVAILABLE, why, whylen,
+        return jc__fail_why(JC_ERR_UNAVAILABLE, why, whylen,
                          "no RAPL: %s has no package, die or psys zone with an energy counter%s%s%s", base,
                          skipped[0] ? " (only: " : "", skipped, skipped[0] ? ")" : "");
     }
@@ -321,10 +300,10 @@ jc_status jc__rapl_open(const char *sysfs_root, jc__rapl **out, char *why, size_
     for (size_t i = 0; i < r->n; i++) {
         rapl_zone *z = &r->zones[i];
         char path[RAPL_PATH_MAX], err[512];
-        if (!path_fmt(path, sizeof path, "%s/%s/max_energy_range_uj", base, z->dir) ||
+        if (!jc__path(path, sizeof path, "%s/%s/max_energy_range_uj", base, z->dir) ||
             jc__read_u64(path, &z->max_uj, err, sizeof err) != JC_OK) {
             free_rapl(r);
-            return rapl_fail(JC_ERR_IO, why, whylen,
+            return jc__fail_why(JC_ERR_IO, why, whylen,
                              "RAPL zone %s (%s): cannot read max_energy_range_uj, so its wraps cannot be "
                              "corrected: %s",
                              z->dir, z->name, err);
@@ -345,13 +324,13 @@ jc_status jc__rapl_open(const char *sysfs_root, jc__rapl **out, char *why, size_
 }
 
 jc_status jc__rapl_read(jc__rapl *rapl, double *energy_j, char *why, size_t whylen) {
-    if (!rapl || !energy_j) return rapl_fail(JC_ERR_INVALID_ARGUMENT, why, whylen, "jc__rapl_read: NULL argument");
+    if (!rapl || !energy_j) return jc__fail_why(JC_ERR_INVALID_ARGUMENT, why, whylen, "jc__rapl_read: NULL argument");
     /* Read every counter before updating any, so that a failure leaves the state as it was. */
     uint64_t stack_vals[16];
     uint64_t *vals = stack_vals;
     if (rapl->n > sizeof stack_vals / sizeof stack_vals[0]) {
         vals = malloc(rapl->n * sizeof *vals);
-        if (!vals) return rapl_fail(JC_ERR_NO_MEMORY, why, whylen, "out of memory reading RAPL");
+        if (!vals) return jc__fail_why(JC_ERR_NO_MEMORY, why, whylen, "out of memory reading RAPL");
     }
     jc_status st = JC_OK;
     for (size_t i = 0; i < rapl->n && st == JC_OK; i++) st = read_counter(&rapl->zones[i], &vals[i], why, whylen);
