@@ -8,7 +8,6 @@
  *    acpitz as a last resort (ACPI's zone is often a motherboard sensor, not the die). */
 #include <dirent.h>
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

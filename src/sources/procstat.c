@@ -1,6 +1,5 @@
 /* CPU utilisation from the aggregate "cpu" line of /proc/stat, as the busy share of the time accounted
  * between two reads.  Never sleeps: the interval is whatever passed between the caller's calls. */
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

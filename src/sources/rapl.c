@@ -10,7 +10,6 @@
  *  - a zone's `enabled` file is about power *capping*, not about the counter, so it is not consulted. */
 #include <dirent.h>
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
