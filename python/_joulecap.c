@@ -86,15 +86,48 @@ static void cond_init_mono(pthread_cond_t *cv) {
 /* ------------------------------------------------------------------------------------------------------ */
 /* The resolver: pending windows, the snippet CSV.                                                        */
 
+/* A stopped window on its way through the resolver.  The result is kept compact (the devices measured, not
+ * JC_MAX_DEVICES), since a tight loop of windows can queue many of them. */
 typedef struct pending {
     atomic_int refs; /* the queue's and the Python Pending object's */
     jc_window w;
     int done;        /* guarded by winlog.mu */
     jc_status status;
-    jc_window_result r;
+    uint64_t start_ns, stop_ns;
+    double elapsed_s;
+    int resolved;
+    int ndev;
+    double *energy_j;          /* ndev values, in the same allocation */
+    jc_energy_source *source;  /* ndev values, in the same allocation */
     char *name;
     struct pending *next;
 } pending;
+
+static pending *pending_new(int ndev) {
+    if (ndev < 1) ndev = 1;
+    if (ndev > JC_MAX_DEVICES) ndev = JC_MAX_DEVICES;
+    pending *p = calloc(1, sizeof *p + (size_t)ndev * (sizeof(double) + sizeof(jc_energy_source)));
+    if (!p) return NULL;
+    p->ndev = ndev;
+    p->energy_j = (double *)(p + 1);
+    p->source = (jc_energy_source *)(p->energy_j + ndev);
+    return p;
+}
+
+static void pending_set(pending *p, const jc_window_result *r, jc_status st) {
+    p->status = st;
+    p->start_ns = r->start_ns;
+    p->stop_ns = r->stop_ns;
+    p->elapsed_s = r->elapsed_s;
+    p->resolved = st == JC_OK && r->resolved;
+    int n = r->device_count < p->ndev ? r->device_count : p->ndev;
+    if (n < 0) n = 0;
+    for (int i = 0; i < p->ndev; i++) {
+        p->energy_j[i] = i < n ? r->energy_j[i] : NAN;
+        p->source[i] = i < n ? r->source[i] : JC_SOURCE_NONE;
+    }
+    if (st != JC_OK && st != JC_ERR_TIMEOUT) p->ndev = n;
+}
 
 static void pending_unref(pending *p) {
     if (p && atomic_fetch_sub(&p->refs, 1) == 1) {
@@ -145,25 +178,30 @@ static int winlog_write_header(winlog *L) {
     return fflush(f) == 0 ? 0 : errno;
 }
 
-static void winlog_write_row(winlog *L, const pending *p, const jc_window_result *r) {
+/* Writes one row (not flushed: the resolver flushes before it waits and when its queue is empty). */
+static void winlog_write_row(winlog *L, const pending *p) {
     FILE *f = L->f;
-    fprintf(f, "%.6f", r->elapsed_s);
-    int n = r->device_count < L->ndev ? r->device_count : L->ndev;
+    fprintf(f, "%.6f", p->elapsed_s);
     for (int i = 0; i < L->ndev; i++) {
         fputc(',', f);
-        if (i < n && !isnan(r->energy_j[i])) fprintf(f, "%.10g", r->energy_j[i] / 3.6e6);
+        if (i < p->ndev && !isnan(p->energy_j[i])) fprintf(f, "%.10g", p->energy_j[i] / 3.6e6);
     }
     for (int i = 0; i < L->ndev; i++)
-        fprintf(f, ",%s", jc_energy_source_name(i < n ? r->source[i] : JC_SOURCE_NONE));
+        fprintf(f, ",%s", jc_energy_source_name(i < p->ndev ? p->source[i] : JC_SOURCE_NONE));
     fputc(',', f);
     csv_cell_text(f, p->name);
-    fprintf(f, ",%.6f\n", r->start_ns >= L->epoch_ns ? (double)(r->start_ns - L->epoch_ns) * 1e-9 : 0.0);
-    if (fflush(f) != 0 && !L->write_error) L->write_error = errno ? errno : EIO;
+    fprintf(f, ",%.6f\n", p->start_ns >= L->epoch_ns ? (double)(p->start_ns - L->epoch_ns) * 1e-9 : 0.0);
+    if (ferror(f) && !L->write_error) L->write_error = errno ? errno : EIO;
+}
+
+static void winlog_flush_file(winlog *L) {
+    if (L->f && fflush(L->f) != 0 && !L->write_error) L->write_error = errno ? errno : EIO;
 }
 
 static void *resolver_main(void *arg) {
     winlog *L = arg;
     uint64_t last_work = mono_ns();
+    int dirty = 0;
     pthread_mutex_lock(&L->mu);
     for (;;) {
         if (!L->head) {
@@ -184,13 +222,26 @@ static void *resolver_main(void *arg) {
 
         jc_window_result r;
         memset(&r, 0, sizeof r);
-        jc_status st = jc_window_result_get(L->ctx, p->w, RESOLVE_TIMEOUT_S, &r);
-        if (L->f && (st == JC_OK || st == JC_ERR_TIMEOUT)) winlog_write_row(L, p, &r);
+        /* Rows are flushed before any wait, so the file never lags behind while the resolver blocks, and a
+         * burst of windows costs one write() rather than one per row. */
+        jc_status st = jc_window_result_get(L->ctx, p->w, 0.0, &r);
+        if (st == JC_ERR_TIMEOUT) {
+            if (dirty) winlog_flush_file(L);
+            dirty = 0;
+            st = jc_window_result_get(L->ctx, p->w, RESOLVE_TIMEOUT_S, &r);
+        }
+        pending_set(p, &r, st);
+        if (L->f && (st == JC_OK || st == JC_ERR_TIMEOUT)) {
+            winlog_write_row(L, p);
+            dirty = 1;
+        }
         jc_window_release(L->ctx, p->w);
 
         pthread_mutex_lock(&L->mu);
-        p->r = r;
-        p->status = st;
+        if (dirty && !p->next) {
+            winlog_flush_file(L); /* the queue is empty: the file is complete */
+            dirty = 0;
+        }
         p->done = 1;
         L->head = p->next;
         if (!L->head) L->tail = NULL;
@@ -598,7 +649,7 @@ static PyObject *Context_stop_pending(ContextObject *self, PyObject *arg) {
     if (!po) return NULL;
     po->owner = NULL;
     po->p = NULL;
-    pending *p = calloc(1, sizeof *p);
+    pending *p = pending_new(self->log->ndev);
     if (!p) {
         Py_DECREF(po);
         return PyErr_NoMemory();
@@ -642,8 +693,8 @@ static PyObject *Context_stop_pending(ContextObject *self, PyObject *arg) {
     return (PyObject *)po;
 }
 
-static PyObject *result_dict(const jc_window_result *r, int ok) {
-    int n = r->device_count;
+static PyObject *result_dict_of(uint64_t start_ns, uint64_t stop_ns, double elapsed_s, int n, const double *energy_j,
+                                const jc_energy_source *source, int resolved) {
     if (n < 0) n = 0;
     if (n > JC_MAX_DEVICES) n = JC_MAX_DEVICES;
     PyObject *e = PyList_New(n), *s = PyList_New(n);
@@ -653,8 +704,8 @@ static PyObject *result_dict(const jc_window_result *r, int ok) {
         return NULL;
     }
     for (int i = 0; i < n; i++) {
-        PyObject *v = PyFloat_FromDouble(r->energy_j[i]);
-        PyObject *name = PyUnicode_FromString(jc_energy_source_name(r->source[i]));
+        PyObject *v = PyFloat_FromDouble(energy_j[i]);
+        PyObject *name = PyUnicode_FromString(jc_energy_source_name(source[i]));
         if (!v || !name) {
             Py_XDECREF(v);
             Py_XDECREF(name);
@@ -665,9 +716,14 @@ static PyObject *result_dict(const jc_window_result *r, int ok) {
         PyList_SET_ITEM(e, i, v);
         PyList_SET_ITEM(s, i, name);
     }
-    return Py_BuildValue("{s:K,s:K,s:d,s:N,s:N,s:O}", "start_ns", (unsigned long long)r->start_ns, "stop_ns",
-                         (unsigned long long)r->stop_ns, "elapsed_s", r->elapsed_s, "energy_j", e, "source", s,
-                         "resolved", (ok && r->resolved) ? Py_True : Py_False);
+    return Py_BuildValue("{s:K,s:K,s:d,s:N,s:N,s:O}", "start_ns", (unsigned long long)start_ns, "stop_ns",
+                         (unsigned long long)stop_ns, "elapsed_s", elapsed_s, "energy_j", e, "source", s,
+                         "resolved", resolved ? Py_True : Py_False);
+}
+
+static PyObject *result_dict(const jc_window_result *r, int ok) {
+    return result_dict_of(r->start_ns, r->stop_ns, r->elapsed_s, r->device_count, r->energy_j, r->source,
+                          ok && r->resolved);
 }
 
 static int check_timeout(double timeout) {
@@ -808,8 +864,8 @@ static PyObject *Context_flush(ContextObject *self, PyObject *args, PyObject *kw
         }
     }
     empty = L->head == NULL;
+    winlog_flush_file(L);
     werr = L->write_error;
-    if (L->f && fflush(L->f) != 0 && !werr) werr = errno;
     pthread_mutex_unlock(&L->mu);
     Py_END_ALLOW_THREADS
     if (werr) {
@@ -953,13 +1009,17 @@ static PyObject *Pending_wait(PendingObject *self, PyObject *args, PyObject *kwd
         Py_END_ALLOW_THREADS
     }
     if (!done) Py_RETURN_NONE;
+    /* The row is in the file once the result is known: flush what the resolver may still buffer. */
+    pthread_mutex_lock(&L->mu);
+    winlog_flush_file(L);
+    pthread_mutex_unlock(&L->mu);
     if (p->status != JC_OK && p->status != JC_ERR_TIMEOUT) {
         char msg[256];
         snprintf(msg, sizeof msg, "the window could not be resolved (%s)%s", jc_status_name(p->status),
                  p->status == JC_ERR_STATE ? ": its context was closed before the window was handed over" : "");
         return raise_status(p->status, msg, "result");
     }
-    return result_dict(&p->r, p->status == JC_OK);
+    return result_dict_of(p->start_ns, p->stop_ns, p->elapsed_s, p->ndev, p->energy_j, p->source, p->resolved);
 }
 
 static PyMethodDef Pending_methods[] = {
