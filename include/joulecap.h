@@ -209,7 +209,170 @@ JC_API jc_status jc_csv_sync(jc_context *ctx);
 /* ---------------------------------------------------------------------------------------------------------
  * Power caps (set / reset / restore).
  * ------------------------------------------------------------------------------------------------------- */
-/* @@CAPS@@ */
+/* Power caps change a GPU's power limit (nvmlDeviceSetPowerManagementLimit), which needs root, or
+ * CAP_SYS_ADMIN in a container.  GPUs are selected as everywhere else in joulecap (CUDA numbering, UUIDs).
+ * Limits are given and reported in watts; NVML takes milliwatts (a cap is rounded to the nearest mW).
+ *
+ * Every change is made under a journal: before joulecap first changes a GPU's limit it writes one file per
+ * GPU (named by UUID) in the state directory with the limit in force then (the saved limit: not the default,
+ * not the maximum), the limit joulecap set, and who owns the change.  Two kinds of change:
+ *
+ *  - a session (jc_cap_session_*): the caps last as long as the session.  jc_cap_session_close() puts the
+ *    saved limits back; when the owning process dies in any way (SIGKILL, crash, exec, ...) a guardian
+ *    process started at session open, the joulecap executable running `joulecap cap __guard`, sees its
+ *    socket reach EOF and restores them.  If the guardian died too, `joulecap cap restore` (jc_cap_restore)
+ *    repairs what the journal says was left.  A second process (or a second session of the same process)
+ *    asking for a GPU that a live session owns gets JC_ERR_BUSY naming the owner.
+ *  - persistent (jc_cap_set_persistent, `joulecap cap set`): the cap stays after the process exits, like
+ *    `nvidia-smi -pl`; the journal has no owner and `joulecap cap reset|restore` puts the saved limit back.
+ *    A session opened on a GPU with a persistent cap saves that cap and, at its end, leaves it (and its
+ *    journal) as it found them.
+ *
+ * State directory: jc_cap_options.state_dir, else $JOULECAP_STATE_DIR, else /var/lib/joulecap when it is
+ * writable (root), else $XDG_RUNTIME_DIR/joulecap, else /tmp/joulecap-<uid> (created 0700, must be ours).
+ * Owners are recorded as pid + start time (field 22 of /proc/<pid>/stat), so a reused pid is not mistaken
+ * for the owner; processes in other pid namespaces sharing one state directory cannot be told apart.
+ *
+ * Thread safety: every function may be called from any thread.  A jc_cap_session serialises the calls made
+ * on it with its own lock; jc_cap_session_close() must not race with other calls on the same session.  The
+ * library keeps no global mutable state for caps (the state is on disk, guarded by flock on
+ * <state dir>/<uuid>.lock).  A child made by fork() without exec inherits no ownership: closing a session
+ * there frees memory only (its caps belong to the parent).  See docs/caps.md. */
+
+typedef struct jc_cap_options {
+    /* GPUs (CUDA numbering, as jc_options.gpus): NULL or "all" = every visible GPU, "0", "0,2", "GPU-8f3c...".
+     * For a session: the GPUs it owns (taken at open).  For jc_cap_restore: NULL = every journal. */
+    const char *gpus;
+    const char *state_dir;     /* NULL = default (above) */
+    /* The joulecap executable run as the guardian.  NULL = $JOULECAP_CLI, else this program itself when it
+     * is joulecap, else `joulecap` on PATH. */
+    const char *guardian_path;
+} jc_cap_options;
+
+JC_API void jc_cap_options_init(jc_cap_options *opts);
+
+/* Who manages a GPU's limit, from its journal. */
+typedef enum jc_cap_manager {
+    JC_CAP_MANAGER_NONE = 0,       /* no journal: joulecap has not changed this limit */
+    JC_CAP_MANAGER_SESSION = 1,    /* a live process's session (owner_pid) */
+    JC_CAP_MANAGER_PERSISTENT = 2, /* a persistent cap (`joulecap cap set`); reset/restore puts it back */
+    JC_CAP_MANAGER_STALE = 3,      /* a session whose owner and guardian are dead: `joulecap cap restore` */
+} jc_cap_manager;
+
+JC_API const char *jc_cap_manager_name(jc_cap_manager manager); /* "none", "session", "persistent", "stale" */
+
+typedef struct jc_cap_info {
+    int index;      /* CUDA index as this process sees it; -1 when the GPU is not visible */
+    int nvml_index;
+    char name[96];
+    char uuid[96];
+    char pci_bus_id[32];
+    /* Limits in W (NaN where the driver does not say).  limit_w is the requested limit (what a set sets and
+     * what is saved); enforced_limit_w is what the GPU applies (it can be lower). */
+    double limit_w, enforced_limit_w, default_limit_w, min_limit_w, max_limit_w;
+    jc_cap_manager manager;
+    /* From the journal (NaN / 0 / "" without one). */
+    double saved_limit_w;      /* put back by close / reset / restore */
+    double set_limit_w;        /* the limit joulecap set last; NaN when the session has not changed it */
+    double persistent_saved_limit_w; /* a session over a persistent cap: that cap's own saved limit */
+    int owner_pid;             /* 0 for a persistent cap */
+    int guardian_pid;          /* 0 when there is none */
+    int guardian_alive;
+    char owner_command[256];   /* the owner's command line */
+    double journal_created;    /* Unix time (s) */
+    char journal_path[512];
+} jc_cap_info;
+
+/* Limits and manager of the GPUs selected by opts->gpus (opts may be NULL: all), in selection order.
+ * Unknown GPU: JC_ERR_NOT_FOUND listing the GPUs; no NVML: JC_ERR_UNAVAILABLE.  *count gets the number
+ * found (at most max). */
+JC_API jc_status jc_cap_list(const jc_cap_options *opts, jc_cap_info *out, int max, int *count);
+/* One GPU: gpu is a selection naming exactly one ("0", "GPU-8f3c..."). */
+JC_API jc_status jc_cap_get(const char *gpu, const jc_cap_options *opts, jc_cap_info *out);
+
+/* --- Sessions ------------------------------------------------------------------------------------------ */
+
+typedef struct jc_cap_session jc_cap_session;
+
+/* Takes the selected GPUs: checks each can be capped (a no-op write of the limit in force:
+ * JC_ERR_NO_PERMISSION, saying what gives the right, before anything else happens), starts the guardian
+ * (JC_ERR_UNAVAILABLE saying how to point at joulecap when it cannot start), then writes each GPU's journal
+ * (JC_ERR_BUSY naming the owner's pid and command when a live session owns one; a stale journal is
+ * repaired first and said so in jc_cap_session_note()).  No limit is changed by opening. */
+JC_API jc_status jc_cap_session_open(const jc_cap_options *opts, jc_cap_session **out);
+/* Sets the cap of the session's GPU with CUDA index gpu (-1: every GPU of the session) to watts.
+ * Outside [min, max]: JC_ERR_INVALID_ARGUMENT stating the range in W (nothing changed).  A GPU the session
+ * did not take: JC_ERR_NOT_FOUND listing the session's GPUs. */
+JC_API jc_status jc_cap_session_set(jc_cap_session *s, int gpu, double watts);
+
+typedef enum jc_cap_reset_kind {
+    JC_CAP_RESET_NONE = 0,
+    JC_CAP_RESET_SAVED = 1,   /* the saved limit (in force before joulecap changed it) was put back */
+    JC_CAP_RESET_DEFAULT = 2, /* joulecap had not changed it: the default limit was set */
+} jc_cap_reset_kind;
+
+JC_API const char *jc_cap_reset_kind_name(jc_cap_reset_kind kind); /* "none", "saved", "default" */
+
+/* Session reset of one GPU (-1: all; *did then tells the last one): when this session changed the limit,
+ * puts the saved limit back (SAVED); otherwise sets the default limit (DEFAULT), which the session's end
+ * undoes like any other change.  did may be NULL. */
+JC_API jc_status jc_cap_session_reset(jc_cap_session *s, int gpu, jc_cap_reset_kind *did);
+/* Puts every saved limit back now; the session stays open and owns its GPUs. */
+JC_API jc_status jc_cap_session_restore(jc_cap_session *s);
+/* Puts every saved limit back, removes the journals, stops the guardian and frees the session (also on
+ * failure: the first error is returned and its journal is kept for `joulecap cap restore`).  NULL is OK. */
+JC_API jc_status jc_cap_session_close(jc_cap_session *s);
+JC_API int jc_cap_session_gpu_count(const jc_cap_session *s);
+/* Limits and journal of the session's i-th GPU (0 <= i < count), read now. */
+JC_API jc_status jc_cap_session_gpu(jc_cap_session *s, int i, jc_cap_info *out);
+/* What open repaired (stale journals), "" when nothing.  Valid until close. */
+JC_API const char *jc_cap_session_note(const jc_cap_session *s);
+
+/* --- Persistent caps and repair (what `joulecap cap set|reset|restore` do) ----------------------------- */
+
+/* Sets the cap of every GPU in the selection gpu and leaves it after the process exits.  The journal keeps
+ * the limit in force before joulecap's first change (an earlier persistent cap's saved limit is kept).
+ * Checks every GPU (range, permission, owner) before changing any.  JC_ERR_BUSY when a live session owns
+ * one; a stale journal is repaired first (note says so).  note may be NULL. */
+JC_API jc_status jc_cap_set_persistent(const char *gpu, double watts, const jc_cap_options *opts, char *note,
+                                       size_t note_len);
+/* Reset of one GPU outside any session: a journal (persistent or stale) -> its saved limit is put back and
+ * the journal removed (SAVED); no journal -> the default limit (DEFAULT).  JC_ERR_BUSY when a live session
+ * owns it.  *limit_w gets the limit now in force.  did, limit_w, note may be NULL. */
+JC_API jc_status jc_cap_reset(const char *gpu, const jc_cap_options *opts, jc_cap_reset_kind *did,
+                              double *limit_w, char *note, size_t note_len);
+
+typedef enum jc_cap_restore_action {
+    JC_CAP_RESTORED = 1,      /* the saved limit was put back; the journal removed (or a persistent cap
+                                 under a session reinstated with its own journal) */
+    JC_CAP_LEFT_LIVE = 2,     /* a live session owns it: nothing done */
+    JC_CAP_RESTORE_FAILED = 3 /* status and note say why; the journal is kept */
+} jc_cap_restore_action;
+
+typedef struct jc_cap_restore_entry {
+    char uuid[96];
+    int index;                 /* CUDA index, -1 when not visible to this process */
+    jc_cap_restore_action action;
+    jc_status status;
+    double limit_w;            /* the limit put back (RESTORED) */
+    int owner_pid;             /* 0: a persistent cap */
+    jc_cap_manager was;        /* what the journal was: STALE, PERSISTENT or SESSION (live) */
+    char note[256];
+} jc_cap_restore_entry;
+
+/* Repairs journals: stale ones (owner and guardian dead) and persistent ones get their saved limit back and
+ * are removed; journals of live sessions are left (LEFT_LIVE).  opts->gpus NULL: every journal in the state
+ * directory (GPUs hidden by CUDA_VISIBLE_DEVICES too); else only the selected GPUs'.  Returns JC_OK when
+ * every journal found was restored or left live; otherwise the first failure (the entries tell each).
+ * *count gets the entries written (at most max; out may be NULL with max 0 to only repair). */
+JC_API jc_status jc_cap_restore(const jc_cap_options *opts, jc_cap_restore_entry *out, int max, int *count);
+
+/* The state directory that opts select (created if missing). */
+JC_API jc_status jc_cap_state_dir(const jc_cap_options *opts, char *buf, size_t len);
+
+/* Entry point of the guardian (`joulecap cap __guard --fd N --journal-dir DIR --owner PID --owner-start T`);
+ * argv[0] is "__guard".  For the joulecap executable only; returns the exit code. */
+JC_API int jc_cap_guardian_main(int argc, char **argv);
 
 /* ---------------------------------------------------------------------------------------------------------
  * Power-cap profiler (decision logic as a state machine, simulator).

@@ -109,3 +109,4 @@ double jc__model_argmin(const jc__point *pts, size_t n, const jc__objective_para
     if (f_out) *f_out = best_f;
     return best_c;
 }
+

@@ -1,17 +1,27 @@
 /* The power-cap profiler's decision logic: a state machine fed with step boundaries and energy readings.
  *
  * Life of a trial: SET_CAP -> cap_applied() -> steps dropped while the power settles -> steps measured until
- * the objective is known to the requested precision (or the cap is clearly worse than the best one, or the
- * trial has run max_trial_s) -> the search picks the next cap or finishes.
+ * the objective is known well enough (or the cap is clearly worse than the best one, or the trial ran its
+ * maximum time) -> the search picks the next cap or finishes.  Trials at the same cap are pooled.
  *
- * Search: a coarse pass from the default limit down to the minimum in steps of about 10% of the default
- * (every trial after the first is a small step down, so power settles quickly), then refinement.  Refinement
- * looks at every gap between two neighbouring caps measured: where the objective falls towards the gap from
- * one side and rises away from it on the other, a kink (the knee, or a dip) may lie inside, and the two
- * outer lines meet at its likely place and depth.  The gap whose predicted depth is lowest, if that is below
- * the best measured value by more than a small margin, is measured next at the predicted place.  This is a
- * secant search that converges on kinks (time against cap is piecewise smooth, not smooth), and it looks at
- * the whole range, so a second dip elsewhere is not missed.  No curve is fitted over the whole range. */
+ * Search, in order of priority after each trial:
+ *  1. Coarse pass: the default limit, then round caps (multiples of a 1-2-2.5-5 step near 10% of the default)
+ *     down to the minimum, each measured roughly (EXPLORE_FACTOR x the final precision).
+ *  2. Kinks: for every gap between neighbouring caps measured, where the objective falls into the gap from one
+ *     side and rises out of it on the other, the two outer lines meet at a kink's likely place and depth
+ *     (time against cap is piecewise smooth with a knee, not smooth).  The deepest such kink is measured if its
+ *     predicted gain over the best cap exceeds Z_GAIN standard errors.  This looks at the whole range.
+ *  3. The draw point: the cap equal to the power the job draws where caps stop binding.
+ *  4. Racing: the best cap against its strongest challenger (lowest lower confidence bound) while they are
+ *     not Z_RACE standard errors apart, first to the requested precision;
+ *  5. then the gap next to the best cap when its neighbour ties with it or is much worse (a knee), halved
+ *     until narrow;
+ *  6. racing on to MIN_PRECISION;
+ *  7. a blind look around the best cap; done.
+ * Exploration stops when the time budget leaves room for fewer than EXPLORE_RESERVE trials; racing goes on
+ * to the budget.  The recommendation is the measured cap with the lowest objective plus Z_PICK standard
+ * errors (so a single lucky short trial does not win), or the model's minimum between its neighbours if that
+ * is lower.  No curve is fitted over the whole range. */
 #include <ctype.h>
 #include <math.h>
 #include <stdio.h>
@@ -21,37 +31,45 @@
 
 #include "profiler/profiler_internal.h"
 
-/* Power below this fraction of the cap at every cap tried: the caps do not bind. */
+/* Power at least this fraction of the cap at some cap tried: the caps bind. */
 #define BIND_FRACTION 0.9
 /* Powers this close (relative) count as the same draw. */
 #define DRAW_SAME 0.02
-/* Refine a gap only when the predicted minimum inside is below the best measured value by this fraction. */
-#define REFINE_GAIN tune("JCP_GAIN", 0.002)
-/* z value for "clearly worse" and for significance. */
-#define Z_WORSE tune("JCP_Z", 2.5)
-#define Z_RACE tune("JCP_ZR", 2.5)
-#define Z_GAIN tune("JCP_ZG", 1.0)
-#define LOCAL_FIRST ((int)tune("JCP_LF", 0))
-#define LOCAL_STEEP ((int)tune("JCP_LS", 0))
-#define Z_PICK tune("JCP_ZPICK", 1.0)
-#define RACE_SHRINK tune("JCP_SHRINK", 0.5)
-/* New caps are explored only while the budget leaves room for this many more trials. */
-#define EXPLORE_RESERVE tune("JCP_RESERVE", 3.0)
-/* Racing stops refining a cap once its relative standard error is below this. */
-#define MIN_PRECISION tune("JCP_MINPREC", 0.003)
 /* Coarse steps are about this fraction of the default limit. */
 #define COARSE_FRACTION 0.1
-#define MIN_STEPS ((int)tune("JCP_MINSTEPS", 4))
-#define SAFEGUARD 0.25
-/* Exploring trials (coarse pass, refinement) stop at this multiple of the final precision. */
-#define EXPLORE_FACTOR tune("JCP_EXPLORE", 2.0)
+/* Share of the time budget the coarse pass may take at most. */
+#define COARSE_SHARE 0.5
+/* Exploring trials (coarse pass, refinement) stop at this multiple of the requested precision. */
+#define EXPLORE_FACTOR 2.0
+/* Refine a gap only when the predicted minimum inside is below the best measured value by this fraction
+ * and by Z_GAIN standard errors (of the points predicting it and of the best). */
+#define REFINE_GAIN 0.002
+#define Z_GAIN 2.0
+/* A trial stops early once it is this many standard errors of the difference worse than the best cap. */
+#define Z_WORSE 2.5
+/* Two caps race until they are this many standard errors of their difference apart; each race trial
+ * shrinks the standard error of the cap measured by RACE_SHRINK; no cap is raced below MIN_PRECISION. */
+#define Z_RACE 2.5
+#define RACE_SHRINK 0.5
+#define MIN_PRECISION 0.003
+/* A neighbour of the best cap ties with it within Z_TIE standard errors, or is a knee when worse by
+ * KNEE_RISE. */
+#define Z_TIE 1.0
+#define KNEE_RISE 0.2
+/* The recommendation ranks measured caps by objective x (1 + Z_PICK x relative standard error). */
+#define Z_PICK 1.0
+/* New caps are explored only while the budget leaves room for this many more trials. */
+#define EXPLORE_RESERVE 3.0
 /* Around the best cap, gaps are halved until they are at most this many resolutions wide. */
-#define LOCAL_WIDTH_RES tune("JCP_LOCAL", 4.0)
+#define LOCAL_WIDTH_RES 4.0
+/* A refinement cap keeps this fraction of its gap away from the gap's ends, so every trial shrinks it. */
+#define SAFEGUARD 0.25
+/* Steps measured at least in any trial, and before max_trial_s may stop it. */
+#define MIN_STEPS 4
 #define MIN_STEPS_MAX_TRIAL 8
+/* Automatic time budget: max(AUTO_BUDGET_S, AUTO_BUDGET_STEPS steps at the first cap). */
 #define AUTO_BUDGET_S 20.0
 #define AUTO_BUDGET_STEPS 300.0
-
-static double tune(const char *n, double d) { const char *v = getenv(n); return v ? atof(v) : d; } /* TUNING */
 
 enum { PH_SET_CAP, PH_SETTLE, PH_MEASURE, PH_DONE };
 
@@ -62,6 +80,7 @@ typedef struct trial {
     int evaluated;  /* pub holds an estimate of the steps so far */
     double target;  /* relative standard error to reach (pooled with earlier trials at the same cap) */
     int race;       /* measured again to settle which of two caps is better */
+    double max_s;   /* measured seconds after which the trial stops regardless */
     jc__estimate est;
 } trial;
 
@@ -69,7 +88,7 @@ struct jc_profiler {
     jc_profiler_config cfg;
     double caps[JC_PROFILER_MAX_CAPS];
     size_t ncaps;
-    double res_w, lo_w, hi_w, budget_s, min_trial_s;
+    double res_w, lo_w, hi_w, budget_s, min_trial_s, coarse_step;
     jc__objective_params op;
 
     int phase;
@@ -228,6 +247,7 @@ static void make_plan(jc_profiler *p) {
     double step = nice_floor(COARSE_FRACTION * p->cfg.default_limit_w);
     while (step > p->res_w && range / step < 3) step = nice_floor(step * 0.99);
     if (step < p->res_w) step = p->res_w;
+    p->coarse_step = step;
     int max_n = (int)(sizeof p->plan / sizeof p->plan[0]) - 1;
     for (double c = floor((hi - 1e-9) / step) * step; c > lo && p->plan_n < max_n; c -= step) {
         if (hi - c < 0.5 * step && p->plan_n == 1) continue; /* too close below the default */
@@ -522,13 +542,17 @@ static int measured_near(const jc_profiler *p, double cap, double tol) {
 
 /* Where in the gap (a, c) the objective may have a kink, from the lines through the neighbouring points on
  * each side; returns the predicted value there (or +inf when the neighbours do not fall into the gap from
- * the left and rise out of it on the right) and the place in *x. */
+ * the left and rise out of it on the right) and the place in *x.  A gap at either end of the caps measured
+ * has a neighbour on one side only; the other side is taken to rise as steeply as that one falls. */
 static double kink_bound(const jc__point *pts, size_t m, size_t i, double *x) {
     double a = pts[i].cap_w, c = pts[i + 1].cap_w;
     *x = 0.5 * (a + c);
-    if (i < 1 || i + 2 >= m) return INFINITY;
-    double sl = (pts[i].f - pts[i - 1].f) / (a - pts[i - 1].cap_w);
-    double sr = (pts[i + 2].f - pts[i + 1].f) / (pts[i + 2].cap_w - c);
+    int has_l = i >= 1, has_r = i + 2 < m;
+    if (!has_l && !has_r) return INFINITY;
+    double sl = has_l ? (pts[i].f - pts[i - 1].f) / (a - pts[i - 1].cap_w) : NAN;
+    double sr = has_r ? (pts[i + 2].f - pts[i + 1].f) / (pts[i + 2].cap_w - c) : NAN;
+    if (!has_l) sl = -sr;
+    if (!has_r) sr = -sl;
     if (!(sl < 0 && sr > 0)) return INFINITY;
     double xs = (pts[i + 1].f - pts[i].f + sl * a - sr * c) / (sl - sr);
     if (!(xs > a && xs < c)) return INFINITY;
@@ -555,16 +579,16 @@ static double guarded(const jc_profiler *p, double a, double c, double x) {
 static int choose_kink(jc_profiler *p, double *cap_out) {
     jc__point pts[MAX_POINTS];
     size_t m = pool(p, pts, MAX_POINTS);
-    if (m < 4) return 0;
+    if (m < 3) return 0;
     size_t b = argmin_f(pts, m);
     double fb = pts[b].f, sb = pts[b].rse_f * fb;
     double best_gain = 0, best_x = NAN;
-    for (size_t i = 1; i + 2 < m; i++) {
+    for (size_t i = 0; i + 1 < m; i++) {
         double x, v = kink_bound(pts, m, i, &x);
         double gain = fb - v;
         if (!(gain > REFINE_GAIN * fb)) continue;
         double var = sb * sb;
-        for (size_t k = i - 1; k <= i + 2; k++) var += pow(pts[k].rse_f * pts[k].f, 2);
+        for (size_t k = i > 0 ? i - 1 : 0; k <= i + 2 && k < m; k++) var += pow(pts[k].rse_f * pts[k].f, 2);
         if (!(gain > Z_GAIN * sqrt(var)) || !(gain > best_gain)) continue;
         double xc = guarded(p, pts[i].cap_w, pts[i + 1].cap_w, x);
         if (!isfinite(xc)) continue;
@@ -597,6 +621,32 @@ static int choose_draw(jc_profiler *p, double *cap_out) {
     return 0;
 }
 
+/* The knee: when a neighbour of the best cap is much worse (by KNEE_RISE), the objective turns sharply in the
+ * gap between them, and where exactly decides much; that gap is halved while wider than the local width. */
+static int choose_knee(jc_profiler *p, double *cap_out) {
+    jc__point pts[MAX_POINTS];
+    size_t m = pool(p, pts, MAX_POINTS);
+    if (m < 2) return 0;
+    size_t b = argmin_f(pts, m);
+    double local = LOCAL_WIDTH_RES * p->res_w;
+    for (int side = -1; side <= 1; side += 2) {
+        if ((side < 0 && b == 0) || (side > 0 && b + 1 >= m)) continue;
+        size_t nb = side < 0 ? b - 1 : b + 1;
+        double sd = hypot(pts[nb].rse_f * pts[nb].f, pts[b].rse_f * pts[b].f);
+        int knee = pts[nb].f > (1 + KNEE_RISE) * pts[b].f;
+        int tie = fabs(pts[nb].f - pts[b].f) < Z_TIE * sd;
+        if (!knee && !tie) continue;
+        double a = fmin(pts[b].cap_w, pts[nb].cap_w), c = fmax(pts[b].cap_w, pts[nb].cap_w);
+        if (c - a <= local) continue;
+        double xc = guarded(p, a, c, 0.5 * (a + c));
+        if (isfinite(xc)) {
+            *cap_out = xc;
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* Refinement without evidence: around the best cap, halve the wider neighbouring gap until both are at most
  * LOCAL_WIDTH_RES resolutions wide.  0 when none. */
 static int choose_local(jc_profiler *p, double *cap_out) {
@@ -608,9 +658,7 @@ static int choose_local(jc_profiler *p, double *cap_out) {
     double wr = b + 1 < m ? pts[b + 1].cap_w - pts[b].cap_w : 0;
     double local = LOCAL_WIDTH_RES * p->res_w;
     for (int k = 0; k < 2; k++) {
-        int right_first = wr >= wl;
-        if (LOCAL_STEEP && b > 0 && b + 1 < m) right_first = pts[b + 1].f > pts[b - 1].f;
-        int right = right_first ? (k == 0) : (k == 1);
+        int right = (wr >= wl) ? (k == 0) : (k == 1);
         double w = right ? wr : wl;
         if (w <= local) continue;
         double a = right ? pts[b].cap_w : pts[b - 1].cap_w, c = a + w;
@@ -650,7 +698,7 @@ static int choose_race(jc_profiler *p, double floor_rse, double *cap_out, double
     if (pts[pick].rse_f <= floor_rse) pick = pick == b ? ch : b;
     if (pts[pick].rse_f <= floor_rse) return 0;
     *cap_out = pts[pick].cap_w;
-    *target_out = fmax(floor_rse, pts[pick].rse_f * RACE_SHRINK);
+    *target_out = fmax(MIN_PRECISION, pts[pick].rse_f * RACE_SHRINK);
     return 1;
 }
 
@@ -688,8 +736,8 @@ static void start_trial(jc_profiler *p, double cap, double target) {
     p->phase = PH_SET_CAP;
 }
 
-/* Order: the coarse pass; refinement where the data point to a kink; racing close caps to the requested
- * precision; a blind look around the best cap; racing further while time is left; done. */
+/* Order: the coarse pass; refinement where the data point to a kink, then at the draw point; racing close
+ * caps; a blind look around the best cap when no race is open and time is left; done. */
 static void plan_next(jc_profiler *p) {
     double explore = fmin(0.5, EXPLORE_FACTOR * p->cfg.precision);
     while (p->plan_i < p->plan_n) {
@@ -712,12 +760,6 @@ static void plan_next(jc_profiler *p) {
         p->pending_phase = 2;
         return;
     }
-    /* Race to the requested precision first, then look around the best, then race further. */
-    if (LOCAL_FIRST && p->ncaps == 0 && room && choose_local(p, &cap)) {
-        start_trial(p, cap, explore);
-        p->pending_phase = 2;
-        return;
-    }
     for (int round = 0; round < 2; round++) {
         if (choose_race(p, round == 0 ? p->cfg.precision : MIN_PRECISION, &cap, &target)) {
             start_trial(p, cap, target);
@@ -725,11 +767,16 @@ static void plan_next(jc_profiler *p) {
             p->pending_phase = 3;
             return;
         }
-        if (round == 0 && p->ncaps == 0 && room && choose_local(p, &cap)) {
+        if (round == 0 && p->ncaps == 0 && room && choose_knee(p, &cap)) {
             start_trial(p, cap, explore);
             p->pending_phase = 2;
             return;
         }
+    }
+    if (p->ncaps == 0 && room && choose_local(p, &cap)) {
+        start_trial(p, cap, explore);
+        p->pending_phase = 2;
+        return;
     }
     finish_now(p);
 }
@@ -777,7 +824,7 @@ static int should_stop(jc_profiler *p, trial *tr) {
     if (n < 2) return 0;
     int steps = (int)n - 1;
     double span = tr->s.t[n - 1] - tr->s.t[0];
-    if (span >= p->cfg.max_trial_s && steps >= MIN_STEPS_MAX_TRIAL) return 3;
+    if (span >= tr->max_s && steps >= MIN_STEPS_MAX_TRIAL) return 3;
     if (steps < MIN_STEPS || span < p->min_trial_s) return 0;
     /* Evaluate every step while short, then at geometric spacing (keeps the cost O(n log n)). */
     p->since_eval++;
@@ -853,6 +900,13 @@ jc_status jc_profiler_cap_applied(jc_profiler *p, double applied_cap_w, double t
     tr->pub.cap_w = applied_cap_w;
     tr->pub.start_s = t_s;
     tr->target = p->pending_target;
+    tr->max_s = p->cfg.max_trial_s;
+    if (p->ncaps == 0 && p->pending_phase <= 1) {
+        /* The coarse pass must finish within COARSE_SHARE of the budget, however noisy the steps. */
+        double budget = p->budget_s > 0 ? p->budget_s : AUTO_BUDGET_S;
+        double share = COARSE_SHARE * budget / p->plan_n - p->cfg.settle_s;
+        tr->max_s = fmin(tr->max_s, fmax(p->min_trial_s, share));
+    }
     tr->race = p->pending_race;
     tr->pub.phase = p->pending_phase ? p->pending_phase : 1;
     tr->pub.objective = tr->pub.avg_power_w = tr->pub.time_per_step_s = NAN;
