@@ -62,8 +62,10 @@ typedef struct jc__window {
     int in_use;
     uint64_t t0, t1; /* t1 == 0 while open */
     char *name;
-    double e0[JC_MAX_DEVICES], e1[JC_MAX_DEVICES];
-    unsigned char r0[JC_MAX_DEVICES], r1[JC_MAX_DEVICES];
+    /* Per-device edge energies and "resolved" flags, sized by the context's device count (the storage
+     * follows the struct in the same allocation). */
+    double *e0, *e1;
+    unsigned char *r0, *r1;
 } jc__window;
 
 typedef struct jc__csv_row {

@@ -114,7 +114,14 @@ jc_status jc_window_start_at(jc_context *ctx, const char *name, uint64_t t_ns, j
             }
             ctx->capwin = cap;
         }
-        jc__window *w = calloc(1, sizeof *w);
+        size_t n = (size_t)ctx->ndev;
+        jc__window *w = calloc(1, sizeof *w + n * (2 * sizeof(double) + 2));
+        if (w) {
+            w->e0 = (double *)(w + 1);
+            w->e1 = w->e0 + n;
+            w->r0 = (unsigned char *)(w->e1 + n);
+            w->r1 = w->r0 + n;
+        }
         if (!w) {
             pthread_mutex_unlock(&ctx->lock);
             free(copy);
@@ -126,7 +133,9 @@ jc_status jc_window_start_at(jc_context *ctx, const char *name, uint64_t t_ns, j
     jc__window *w = ctx->win[slot - 1];
     uint32_t gen = (w->gen + 1) & 0x7fffffffu;
     if (gen == 0) gen = 1;
-    memset(w, 0, sizeof *w);
+    w->t1 = 0;
+    memset(w->r0, 0, (size_t)ctx->ndev);
+    memset(w->r1, 0, (size_t)ctx->ndev);
     w->gen = gen;
     w->in_use = 1;
     w->t0 = t_ns;
