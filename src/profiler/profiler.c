@@ -42,9 +42,9 @@
 /* Exploring trials (coarse pass, refinement) stop at this multiple of the requested precision. */
 #define EXPLORE_FACTOR 2.0
 /* Refine a gap only when the predicted minimum inside is below the best measured value by this fraction
- * and by Z_GAIN standard errors (of the points predicting it and of the best). */
+ * and by Z_GAIN standard errors (of the two caps bounding the gap, and of the best). */
 #define REFINE_GAIN 0.002
-#define Z_GAIN 2.0
+#define Z_GAIN 1.0
 /* A trial stops early once it is this many standard errors of the difference worse than the best cap. */
 #define Z_WORSE 2.5
 /* Two caps race until they are this many standard errors of their difference apart; each race trial
@@ -587,8 +587,10 @@ static int choose_kink(jc_profiler *p, double *cap_out) {
         double x, v = kink_bound(pts, m, i, &x);
         double gain = fb - v;
         if (!(gain > REFINE_GAIN * fb)) continue;
-        double var = sb * sb;
-        for (size_t k = i > 0 ? i - 1 : 0; k <= i + 2 && k < m; k++) var += pow(pts[k].rse_f * pts[k].f, 2);
+        /* Uncertainty of the gain: the two caps bounding the gap carry it (the outer two only set the slopes,
+         * over a short extrapolation), plus the best cap when it is not one of them. */
+        double var = pow(pts[i].rse_f * pts[i].f, 2) + pow(pts[i + 1].rse_f * pts[i + 1].f, 2);
+        if (b != i && b != i + 1) var += sb * sb;
         if (!(gain > Z_GAIN * sqrt(var)) || !(gain > best_gain)) continue;
         double xc = guarded(p, pts[i].cap_w, pts[i + 1].cap_w, x);
         if (!isfinite(xc)) continue;
