@@ -5,8 +5,8 @@
  * maximum time) -> the search picks the next cap or finishes.  Trials at the same cap are pooled.
  *
  * Search, in order of priority after each trial:
- *  1. Coarse pass: the default limit, then round caps (multiples of a 1-2-2.5-5 step near 10% of the default)
- *     down to the minimum, each measured roughly (EXPLORE_FACTOR x the final precision).
+ *  1. Coarse pass: the default limit, then down from it in round steps (a 1-2-2.5-5 number near 10% of the
+ *     default) to the minimum, each measured roughly (EXPLORE_FACTOR x the final precision).
  *  2. Kinks: for every gap between neighbouring caps measured, where the objective falls into the gap from one
  *     side and rises out of it on the other, the two outer lines meet at a kink's likely place and depth
  *     (time against cap is piecewise smooth with a knee, not smooth).  The deepest such kink is measured if its
@@ -231,9 +231,10 @@ static double nice_floor(double x) {
     return e;
 }
 
-/* Coarse pass: the default limit, then round caps (multiples of a 1-2-2.5-5 step of about 10% of the default
- * limit, as people and sweeps use) down to the minimum, which is always included.  At least 4 caps when the
- * range allows. */
+/* Coarse pass: the default limit, then down from it in equal steps of a round size (a 1-2-2.5-5 number near 10%
+ * of the default: 25 W for a 250-300 W GPU, 50 W for a 700 W one) to the minimum, which is always included;
+ * at least 4 caps when the range allows.  Steps from the default are how power-limit sweeps are usually
+ * recorded (Zeus, the seed), so on a round default these caps are the ones people use. */
 static void make_plan(jc_profiler *p) {
     p->plan_n = 0;
     p->plan_i = 0;
@@ -249,9 +250,9 @@ static void make_plan(jc_profiler *p) {
     if (step < p->res_w) step = p->res_w;
     p->coarse_step = step;
     int max_n = (int)(sizeof p->plan / sizeof p->plan[0]) - 1;
-    for (double c = floor((hi - 1e-9) / step) * step; c > lo && p->plan_n < max_n; c -= step) {
-        if (hi - c < 0.5 * step && p->plan_n == 1) continue; /* too close below the default */
-        if (c - lo < 0.5 * step) break;                        /* too close above the minimum */
+    for (int k = 1; p->plan_n < max_n; k++) {
+        double c = hi - k * step;
+        if (c - lo < 0.5 * step) break; /* too close above the minimum */
         p->plan[p->plan_n++] = round_cap(c, lo, hi);
     }
     p->plan[p->plan_n++] = round_cap(lo, lo, hi);
