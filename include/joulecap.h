@@ -532,7 +532,7 @@ typedef struct jc_profiler_result {
     double profile_seconds;    /* from the first cap_applied() to the last observation */
     int trial_count;
     int total_steps;           /* steps observed, kept or dropped */
-    char reason[320];          /* one or two sentences: why this cap */
+    char reason[512];          /* two or three sentences: why this cap */
 } jc_profiler_result;
 
 /* Fills the result (done = 0 while profiling goes on; the recommendation is then the current best guess). */

@@ -31,8 +31,10 @@
 
 #include "profiler/profiler_internal.h"
 
-/* Power at least this fraction of the cap at some cap tried: the caps bind. */
+/* The caps bind when the power reaches this fraction of the cap at some cap tried, or rises by this many
+ * watts per watt of cap across the caps tried. */
 #define BIND_FRACTION 0.9
+#define FOLLOW_FRACTION 0.1
 /* Powers this close (relative) count as the same draw. */
 #define DRAW_SAME 0.02
 /* Coarse steps are about this fraction of the default limit. */
@@ -444,7 +446,14 @@ static void recommend(jc_profiler *p) {
         if (p->trials[i].finished && tr->steps > 0 && tr->cap_w > 0)
             max_frac = fmax(max_frac, tr->avg_power_w / tr->cap_w);
     }
-    r->binding = max_frac >= BIND_FRACTION;
+    /* The caps bind when the power reaches near a cap somewhere, or follows the caps (rises by at least
+     * FOLLOW_FRACTION of a watt per watt of cap across the caps tried). */
+    double cmin = pts[0].cap_w, cmax = pts[n - 1].cap_w, pmin = INFINITY, pmax = -INFINITY;
+    for (size_t i = 0; i < n; i++) {
+        pmin = fmin(pmin, pts[i].p);
+        pmax = fmax(pmax, pts[i].p);
+    }
+    r->binding = max_frac >= BIND_FRACTION || (cmax > cmin && pmax - pmin >= FOLLOW_FRACTION * (cmax - cmin));
 
     const jc__point *ref = &pts[n - 1];
     r->reference_cap_w = ref->cap_w;
@@ -490,19 +499,20 @@ static void recommend(jc_profiler *p) {
     /* Caps that do not bind: say so.  The recommendation stays the objective's minimum (harmless when the cap
      * does not limit anything), and the reason says whether the difference to the reference is beyond the
      * noise. */
-    char note[200] = "";
+    char note[256] = "";
     if (!r->binding) {
         double fref = p->op.kind == JC_OBJECTIVE_ENERGY_SLOWDOWN ? ref->p * ref->t : ref->f;
         double se = sqrt(ref->rse_f * ref->rse_f + pts[b].rse_f * pts[b].rse_f);
         if (!(fref - f > Z_WORSE * se * fref))
             jc__fmt(note, sizeof note,
-                    "Caps do not bind: the GPU drew at most %.0f%% of the cap at every cap tried, and the "
-                    "differences between caps are within the noise, so keeping the current limit serves as well. ",
+                    "Caps do not bind: the GPU drew at most %.0f%% of the cap at every cap tried and its power did "
+                    "not follow the cap; the differences between caps are within the noise, so keeping the current "
+                    "limit serves as well. ",
                     100 * max_frac);
         else
             jc__fmt(note, sizeof note,
-                    "Caps do not bind (the GPU drew at most %.0f%% of every cap tried), yet the objective differed "
-                    "between caps beyond the noise. ",
+                    "Caps do not bind (the GPU drew at most %.0f%% of every cap tried and its power did not follow "
+                    "the cap), yet the objective differed between caps beyond the noise. ",
                     100 * max_frac);
     }
     r->cap_w = cap;
