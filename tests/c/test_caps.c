@@ -42,12 +42,24 @@ static void sleep_ms(int ms) {
     }
 }
 
+static pid_t main_pid;
+
+/* Removes the temporary files (JC_KEEP_TMP=1 keeps them), in the test process only, not in forked children. */
+static void remove_tmpdir(void) {
+    if (getpid() != main_pid || !tmpdir[0] || getenv("JC_KEEP_TMP")) return;
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+}
+
 /* A fresh fake GPU (new state file) and an empty journal directory for each test. */
 static void use_scenario(const char *scenario) {
     static int seq;
     if (!tmpdir[0]) {
         snprintf(tmpdir, sizeof tmpdir, "%s/joulecap-test-caps-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
         ASSERT_TRUE(mkdtemp(tmpdir) != NULL);
+        main_pid = getpid();
+        atexit(remove_tmpdir);
     }
     seq++;
     char buf[512];
