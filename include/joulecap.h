@@ -403,8 +403,9 @@ JC_API int jc_cap_guardian_main(int argc, char **argv);
  * fitted over the range).  The recommendation is the minimum of that model over the measured range, which is
  * never worse (as predicted) than the best cap measured.  See docs/profiler.md.
  *
- * Thread safety: a jc_profiler is a plain object with no locking; use one from one thread at a time.  Distinct
- * profilers are independent. */
+ * Thread safety: a jc_profiler is a plain object with no locking; use one from one thread at a time (the
+ * getters too: they refresh cached values).  Distinct profilers, sweeps and simulated GPUs are independent; a
+ * jc_sweep may be shared read-only by several simulated GPUs. */
 
 typedef enum jc_objective {
     JC_OBJECTIVE_ED2P = 0,            /* energy x delay^2 per unit of work: P t^3 (default) */

@@ -320,8 +320,6 @@ static int cmp_point(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* Finished trials pooled by cap (within 0.5 W), sorted by cap; objective with the current reference.
- * extra = a trial in progress to leave out (or NULL).  Returns the number of points. */
 /* The noise of one step is about the same at every cap, so its level is estimated from all trials together
  * (a pooled variance: far steadier than each trial's own estimate from a few steps); each trial's standard
  * errors follow from it and its number of samples. */
@@ -349,6 +347,9 @@ static void apply_pooled_noise(jc_profiler *p, int with_current) {
     }
 }
 
+/* Finished trials (and, with with_current, the trial in progress once it has an estimate) pooled by cap
+ * (within 0.5 W), sorted by cap, with the objective for the current reference.  Returns the number of
+ * points.  Updates the trials' standard errors from the pooled noise level. */
 static size_t pool_ex(jc_profiler *p, jc__point *pts, size_t maxn, int with_current) {
     apply_pooled_noise(p, with_current);
     size_t n = 0;
@@ -1010,7 +1011,7 @@ jc_status jc_profiler_result_get(const jc_profiler *p, jc_profiler_result *out) 
     if (p->phase == PH_DONE) {
         *out = p->res;
     } else {
-        jc_profiler *q = (jc_profiler *)p; /* recommend() only caches; the state is unchanged */
+        jc_profiler *q = (jc_profiler *)p; /* recommend() only refreshes cached values (standard errors) */
         jc_profiler_result saved = q->res;
         q->res.done = 0;
         recommend(q);
