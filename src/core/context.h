@@ -20,7 +20,6 @@ typedef struct jc__counter_track {
     int have_raw, have_knot, locked, probing;
     unsigned long long raw_mj, base_mj;
     uint64_t prev_mid_ns;  /* instant of the previous read (middle of the call) */
-    uint64_t prev_read_ns; /* start of the previous read */
     uint64_t next_ns;      /* when to read next */
     uint64_t last_knot_ns;
     /* fit of bracketed step instants: t = phase + k * period */

@@ -9,7 +9,7 @@
  *     off the prediction unlocks it.
  * With counter_interval_s > 0 it reads only the first predicted step after each interval: fewer reads, knots
  * further apart (see BENCHMARKS.md for what that costs short windows).  A counter that changes faster than
- * MIN_PERIOD (no steps to find) is read every MIN_PERIOD with the knot at the read. */
+ * MIN_PERIOD (no steps to find) is read every 100 ms (or counter_interval_s) with the knot at the read. */
 #include <math.h>
 #include <string.h>
 
@@ -18,6 +18,7 @@
 #define MS 1000000ull
 #define MIN_PERIOD_NS (20 * MS)
 #define PROBE_EVERY 16
+#define CONTINUOUS_POLL_NS (100 * MS) /* a counter without steps: a read (a knot) every 100 ms */
 
 static void commit(jc_context *ctx, jc__device *d, uint64_t t, unsigned long long mj) {
     jc__counter_track *c = &d->counter;
@@ -54,7 +55,10 @@ static double refit(jc__counter_track *c) {
         for (int i = 1; i < n; i++)
             if ((double)(t[i] - t[i - 1]) < period) period = (double)(t[i] - t[i - 1]);
     }
-    if (period < (double)MIN_PERIOD_NS) return -1;
+    if (period < (double)MIN_PERIOD_NS) {
+        c->period_ns = period; /* no steps to find: the counter changes at (almost) every read */
+        return -1;
+    }
     double sx = 0, sy = 0, sxx = 0, sxy = 0, k[JC__FIT_POINTS];
     for (int i = 0; i < n; i++) {
         k[i] = floor((double)(t[i] - t[0]) / period + 0.5);
@@ -141,8 +145,10 @@ void jc__counter_read(jc_context *ctx, jc__device *d, uint64_t now) {
         c->have_raw = 1;
         c->next_ns = b + MS;
     } else if (!c->locked) {
+        int continuous = c->period_ns > 0 && c->period_ns < MIN_PERIOD_NS;
         if (changed) {
-            uint64_t step = c->prev_mid_ns + bracket / 2;
+            /* A stepping counter stepped inside the bracket; a continuous one holds the value at the read. */
+            uint64_t step = continuous ? mid : c->prev_mid_ns + bracket / 2;
             commit(ctx, d, step, mj);
             if (tight) add_fit_point(c, step);
             double worst = refit(c);
@@ -156,8 +162,10 @@ void jc__counter_read(jc_context *ctx, jc__device *d, uint64_t now) {
         }
         if (c->locked)
             schedule_locked(ctx, c, a, b);
-        else if (c->nfit >= 8 && c->period_ns > 0 && c->period_ns < MIN_PERIOD_NS)
-            c->next_ns = b + MIN_PERIOD_NS;
+        else if (continuous)
+            c->next_ns = b + (ctx->opts.counter_interval_s * 1e9 > CONTINUOUS_POLL_NS
+                                  ? (uint64_t)(ctx->opts.counter_interval_s * 1e9)
+                                  : CONTINUOUS_POLL_NS);
         else
             c->next_ns = b + MS;
     } else if (changed) {
@@ -196,5 +204,4 @@ void jc__counter_read(jc_context *ctx, jc__device *d, uint64_t now) {
     }
     c->raw_mj = mj;
     c->prev_mid_ns = mid;
-    c->prev_read_ns = a;
 }

@@ -300,9 +300,18 @@ TEST(square_wave_windows_match_truth) {
     unsetenv("JOULECAP_FAKE_NVML_STATE");
 }
 
+/* A counter without steps: no clock to lock on to; the sampler reads it every 100 ms, knots at the reads. */
+TEST(continuous_counter) {
+    use_scenario("continuous-counter.scn");
+    jc_context *ctx = open_ctx("0", NULL);
+    double e = window_j(ctx, 1.0, 1);
+    ASSERT_NEAR(e, 300.0, 6.0);
+    jc_close(ctx);
+}
+
 JC_TEST_MAIN(TEST_ENTRY(constant_300w_one_second), TEST_ENTRY(short_windows_are_not_quantised),
              TEST_ENTRY(tiling_windows_conserve_energy), TEST_ENTRY(nested_and_overlapping_windows),
              TEST_ENTRY(result_of_open_window_is_an_error), TEST_ENTRY(bad_options_fail_before_work),
              TEST_ENTRY(no_nvml_means_cpu_only), TEST_ENTRY(gpu_without_counter_integrates_power),
              TEST_ENTRY(lost_gpu_gives_empty_values_not_a_crash), TEST_ENTRY(csv_rows_reach_disk_while_running),
-             TEST_ENTRY(square_wave_windows_match_truth))
+             TEST_ENTRY(square_wave_windows_match_truth), TEST_ENTRY(continuous_counter))
