@@ -87,7 +87,12 @@ typedef struct jc_options {
     /* Row period of the CSV sink. 0 = interval_s. Must be >= interval_s. */
     double csv_interval_s;
     unsigned flags;        /* jc_flags */
-    size_t history_points; /* samples kept per series (bounded memory); 0 = default 65536 */
+    /* Knots (counter steps, RAPL reads) kept per device: 16 bytes each, so the default 65536 bounds the
+     * history at 1 MiB per device (~1.8 h of 100 ms steps; RAPL at 100 Hz: ~11 min).  A window's edges are
+     * resolved as soon as samples cover them, so only windows whose edges are older than the history lose
+     * them (their energy is then NaN).  Each unreleased window holds ~80 bytes + 18 per device.
+     * 0 = default 65536; 64 to 100000000. */
+    size_t history_points;
 } jc_options;
 
 JC_API void jc_options_init(jc_options *opts);
