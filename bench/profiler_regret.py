@@ -29,12 +29,23 @@ Sweeps
   zeus-profile-logs/*.csv: one sweep per file; time per window (each window ran the same number of steps) and
   power = energy summed over the GPUs / number of GPUs / elapsed, i.e. the mean power of one GPU (the cap is per
   GPU, so power is compared with the cap per GPU; the argmin of ED2P does not depend on the choice).
-  --offgrid W also runs every sweep with its recorded caps other than the lowest and the highest moved up by W
-  watts, so that the caps where the interpolated curve has its kinks are no longer on a grid of equal steps from
-  the default (which the coarse pass of joulecap and Zeus's steps both follow): a check of how much the result
-  owes to landing on the recorded caps.
+Variants (--variants): held-out sweeps that mimic sweeps recorded elsewhere, built from the same data so
+  that the profiler cannot lean on where these sweeps happen to have their recorded caps:
+  recorded      the sweeps as they are;
+  shift+W       the recorded caps other than the lowest and the highest moved up (or down) by W watts, so that the
+                kinks of the interpolated curve are no longer on the 25 W grid from the default (which Zeus's
+                steps and a round coarse pass follow);
+  range:LO-HI@D the cap axis mapped linearly onto [LO, HI] W with default D (e.g. 200-700@700, H100-like, and
+                150-400@350, default below the maximum); time per step keeps its shape against the cap as a
+                fraction of the range, power keeps its fraction of the cap (so caps bind where they did);
+  sparse-even / sparse-odd
+                every other recorded cap dropped (the lowest and highest kept): keeping the even-numbered caps
+                (50 W apart) or the odd-numbered ones (kinks at 125, 175, ... W).
+  Every variant is scored against its own interpolated optimum.  The seed's method runs on the recorded caps
+  only (its caps are percentages of the default).
 
-Usage: python3 bench/profiler_regret.py [--cli build/joulecap] [--seeds 5] [--offgrid 10] [--methods joulecap,zeus,seed]
+Usage: python3 bench/profiler_regret.py [--cli build/joulecap] [--seeds 5] [--variants recorded,shift+10,...]
+       [--methods joulecap,zeus,seed]
 Writes bench/results/profiler_regret.md (a snippet for BENCHMARKS.md).  Needs numpy and scipy.
 """
 import argparse
@@ -105,6 +116,42 @@ def ed2p_truth(c, t, p, mn, df):
     grid = np.arange(mn, df + 1e-9, 1.0)
     f = np.interp(grid, c, p) * np.interp(grid, c, t) ** 3
     return f.min(), grid[np.argmin(f)]
+
+
+DEFAULT_VARIANTS = ('recorded,shift+5,shift+10,shift+15,shift-10,range:200-700@700,range:150-400@350,'
+                    'sparse-even,sparse-odd')
+
+
+def variant(sw, spec):
+    """The sweep sw = (name, caps, t, p, min, max, default) transformed by the variant spec; (label, sweep)."""
+    name, c, t, p, mn, mx, df = sw
+    if spec == 'recorded':
+        return 'recorded caps', sw
+    m = re.fullmatch(r'shift([+-][0-9.]+)', spec)
+    if m:
+        w = float(m.group(1))
+        moved = c.copy()
+        moved[1:-1] += w
+        if np.any(np.diff(moved) <= 0):
+            raise ValueError(f'{spec}: shift too large for {name}')
+        return f'inner caps moved by {w:+g} W (off the grid)', (name, moved, t, p, mn, mx, df)
+    m = re.fullmatch(r'range:([0-9.]+)-([0-9.]+)@([0-9.]+)', spec)
+    if m:
+        lo, hi, d = (float(x) for x in m.groups())
+        if not (lo < hi and lo <= d <= hi):
+            raise ValueError(f'{spec}: need LO < HI and LO <= D <= HI')
+        k = (hi - lo) / (mx - mn)
+        c2 = lo + (c - mn) * k
+        p2 = p * c2 / c  # power keeps its fraction of the cap
+        return (f'cap axis mapped onto [{lo:g}, {hi:g}] W, default {d:g} W',
+                (name, c2, t.copy(), p2, lo, hi, d))
+    if spec in ('sparse-even', 'sparse-odd'):
+        keep = np.zeros(len(c), bool)
+        keep[(0 if spec == 'sparse-even' else 1)::2] = True
+        keep[0] = keep[-1] = True
+        return (f'every other recorded cap dropped ({"even" if spec == "sparse-even" else "odd"}-numbered kept)',
+                (name, c[keep], t[keep], p[keep], mn, mx, df))
+    raise ValueError(f'unknown variant {spec!r}')
 
 
 def regret_of(cap, sw):
@@ -271,12 +318,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--cli', help='joulecap binary (default: build-prof/joulecap, build/joulecap or PATH)')
     ap.add_argument('--seeds', type=int, default=5)
-    ap.add_argument('--offgrid', type=float, default=10.0,
-                    help='also run with the inner recorded caps moved up by W watts (0: no)')
+    ap.add_argument('--variants', default=DEFAULT_VARIANTS,
+                    help='comma-separated held-out variants of the sweeps (see the docstring)')
     ap.add_argument('--methods', default='joulecap,zeus,seed')
     ap.add_argument('--jobs', type=int, default=os.cpu_count())
     ap.add_argument('--out', default=os.path.join(HERE, 'results', 'profiler_regret.md'))
-    ap.add_argument('--worst', type=int, default=8, help='list this many worst joulecap runs')
+    ap.add_argument('--runs-out', help='also write every run as CSV here (variant, method, sweep, seed, cap, '
+                                       'regret, seconds)')
+    ap.add_argument('--worst', type=int, default=8, help='list this many worst joulecap runs per variant')
     ap.add_argument('--sim-args', default='',
                     help='extra simulator options for every run, e.g. "--settle-seconds 0.6" or "--noise 0.05"')
     a = ap.parse_args()
@@ -294,44 +343,49 @@ def main():
     for m in methods:
         if m not in METHODS:
             sys.exit(f'profiler_regret.py: unknown method {m!r} (known: {", ".join(METHODS)})')
+    specs = [v for v in a.variants.split(',') if v]
 
     sweeps = load_sweeps()
-    sets = [('recorded caps', 0.0)]
-    if a.offgrid:
-        sets.append((f'inner caps moved up by {a.offgrid:g} W (off the grid)', a.offgrid))
     tmp = tempfile.mkdtemp(prefix='jc_sweeps_')
-    report = {}
+    report = {}  # spec -> (label, results)
     try:
-        for label, shift in sets:
+        for vi, spec in enumerate(specs):
             tasks = []
-            for i, (name, c, t, p, mn, mx, df) in enumerate(sweeps):
-                moved = c.copy()
-                moved[1:-1] += shift
-                sw = (name, moved, t, p, mn, mx, df)
-                path = os.path.join(tmp, f'{i:03d}_{int(shift)}.csv')
+            label = None
+            for i, sw0 in enumerate(sweeps):
+                label, sw = variant(sw0, spec)
+                path = os.path.join(tmp, f'{i:03d}_{vi}.csv')
                 write_sweep(path, *sw[1:])
                 for m in methods:
-                    if shift and m == 'seed':
-                        continue  # the seed's caps are percentages of the default: moving kinks changes little
+                    if spec != 'recorded' and m == 'seed':
+                        continue  # the seed's caps are percentages of the default; recorded caps only
                     for s in range(1, a.seeds + 1):
                         tasks.append((cli, m, path, sw, s, SIM_ARGS))
             with cf.ProcessPoolExecutor(a.jobs) as ex:
                 results = [row for rows in ex.map(one, tasks, chunksize=4) for row in rows]
-            report[label] = results
-            print(f'\n{len(sweeps)} sweeps x {a.seeds} seeds, {label}')
+            report[spec] = (label, results)
+            print(f'\n{len(sweeps)} sweeps x {a.seeds} seeds, {label} [{spec}]')
             print(table(results, names(methods)))
+            worst = sorted([x for x in results if x[0] == 'joulecap'], key=lambda x: -x[4])[:a.worst]
+            for x in worst:
+                print(f'  worst: {x[1]} seed {x[2]}: cap {x[3]:g} W, regret {100 * x[4]:.2f}%, {x[5]:.1f} s')
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    first = report[sets[0][0]]
-    worst = sorted([x for x in first if x[0] == 'joulecap'], key=lambda x: -x[4])[:a.worst]
-    print('\nworst joulecap runs (recorded caps):')
-    for x in worst:
-        print(f'  {x[1]} seed {x[2]}: cap {x[3]:g} W, regret {100 * x[4]:.2f}%, {x[5]:.1f} s')
+    if a.runs_out:
+        with open(a.runs_out, 'w', newline='') as f:
+            w = csv.writer(f)
+            w.writerow(['variant', 'method', 'sweep', 'seed', 'cap_w', 'regret', 'profile_s'])
+            for spec, (_, results) in report.items():
+                for x in results:
+                    w.writerow([spec, x[0], x[1], x[2], x[3], x[4], x[5]])
+
+    summary = overview(report, [m for m in methods if m != 'seed'])
+    print('\n' + summary)
 
     cmd = 'python3 bench/profiler_regret.py ' + shlex.join(sys.argv[1:])
     lines = [
-        '### Power-cap profiler: ED2P regret on real sweeps (simulated GPU)',
+        '### Power-cap profiler: ED2P regret on real sweeps and held-out variants (simulated GPU)',
         '',
         f'Date {datetime.date.today().isoformat()}, commit {git_commit()}, machine {machine()}.  '
         f'Command: `{cmd.strip()}` (joulecap binary: `{os.path.relpath(cli, REPO)}`).',
@@ -348,15 +402,51 @@ def main():
         'range" minimises the same fit over [min, default] instead).  The simulation runs on the CPU; no GPU '
         'is involved.',
         '',
+        'Held-out variants of the same sweeps (see the docstring of the script): inner caps shifted off the 25 W '
+        'grid, the cap axis mapped onto other ranges (power keeps its fraction of the cap), every other cap '
+        'dropped.  Each is scored against its own optimum.',
+        '',
+        summary,
+        '',
     ]
-    for label, _ in sets:
-        lines += [f'**{label}**', '', table(report[label], names(methods)), '']
-    lines += ['Worst joulecap runs (recorded caps): ' +
-              '; '.join(f'{x[1]} seed {x[2]} ({x[3]:g} W, {100 * x[4]:.2f}%)' for x in worst[:5]) + '.', '']
+    for spec, (label, results) in report.items():
+        lines += [f'**{label}** (`{spec}`)', '', table(results, names(methods)), '']
+        worst = sorted([x for x in results if x[0] == 'joulecap'], key=lambda x: -x[4])[:3]
+        lines += ['Worst joulecap runs: ' +
+                  '; '.join(f'{x[1]} seed {x[2]} ({x[3]:g} W, {100 * x[4]:.2f}%)' for x in worst) + '.', '']
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, 'w') as f:
         f.write('\n'.join(lines))
     print(f'\nwrote {os.path.relpath(a.out, REPO)}')
+
+
+def overview(report, methods):
+    """One row per variant, the methods side by side; then every variant pooled."""
+    head = '| variant | ' + ' | '.join(f'{m} median | {m} p90 | {m} worst | {m} max s' for m in methods) + ' |'
+    lines = [head, '|---|' + '---|' * (4 * len(methods))]
+    pooled = {m: [] for m in methods}
+    for spec, (_, results) in report.items():
+        cells = []
+        for m in methods:
+            rows = [x for x in results if x[0] == m]
+            if spec != 'recorded':
+                pooled[m] += rows
+            if not rows:
+                cells.append(' | | | ')
+                continue
+            d = summarise(rows)
+            cells.append(f"{d['median']:.2f}% | {d['p90']:.2f}% | {d['worst']:.2f}% | {d['max_s']:.1f}")
+        lines.append(f'| {spec} | ' + ' | '.join(cells) + ' |')
+    if any(pooled.values()):
+        cells = []
+        for m in methods:
+            if not pooled[m]:
+                cells.append(' | | | ')
+                continue
+            d = summarise(pooled[m])
+            cells.append(f"{d['median']:.2f}% | {d['p90']:.2f}% | {d['worst']:.2f}% | {d['max_s']:.1f}")
+        lines.append('| all variants but recorded | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
 
 
 if __name__ == '__main__':
