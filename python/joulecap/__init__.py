@@ -1,6 +1,6 @@
 """joulecap: energy of ML code on NVIDIA GPUs and CPUs, measured by a small C library.
 
-    from joulecap import EnergyMeasurementTool, AsynchronousMeasurementTool
+    from joulecap import EnergyMeasurementTool, AsynchronousMeasurementTool, LayerwiseMeasurementTool
 
 The tools keep the seed's names, arguments and CSV columns (see ``joulecap.measurement``); errors are the
 classes of ``joulecap.errors``; ``joulecap.read_csv`` reads the CSV files back (with pandas).  ``python -m
@@ -13,7 +13,7 @@ from . import errors
 from ._joulecap import LIB_VERSION as _LIB_VERSION
 from .errors import JoulecapError
 from .io import read_csv
-from .measurement import AsynchronousMeasurementTool, EnergyMeasurementTool, Measurement
+from .measurement import AsynchronousMeasurementTool, EnergyMeasurementTool, LayerwiseMeasurementTool, Measurement
 
 __version__ = "0.1.0"
 __lib_version__ = _LIB_VERSION
@@ -21,6 +21,7 @@ __lib_version__ = _LIB_VERSION
 __all__ = [
     "EnergyMeasurementTool",
     "AsynchronousMeasurementTool",
+    "LayerwiseMeasurementTool",
     "Measurement",
     "JoulecapError",
     "errors",

@@ -651,3 +651,9 @@ class AsynchronousMeasurementTool:
             self._gpu_indices,
             " running" if self.running else "",
         )
+
+
+# The layer-wise tool lives in its own module (it builds on the helpers above); exported here as in the seed.
+from .layerwise import LayerwiseMeasurementTool  # noqa: E402
+
+__all__ += ["LayerwiseMeasurementTool"]

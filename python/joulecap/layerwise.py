@@ -1,0 +1,1650 @@
+"""Energy per layer of a ``torch.nn`` model: :class:`LayerwiseMeasurementTool`.
+
+    tracker = LayerwiseMeasurementTool("layers.csv", gpu_num=0)
+    model = tracker.start(model)        # right before the loop
+    for x, y in data:                   # train, or run inference
+        ...
+    result = tracker.stop()             # writes layers.csv; result.summary(), result.to_pandas()
+
+How it works (docs/python.md, "Layer-wise", says it for users):
+
+* **Timeline.**  Hooks put *markers* on one timeline: "from here on, the time belongs to X", where X is a layer's
+  forward or backward (of the training or the inference phase) or one of the "outside layers" rows.  Forward
+  markers come from forward pre/post hooks; backward markers from hooks on the autograd graph's nodes (the
+  first node of a layer's backward and the last one), which, unlike ``register_full_backward_hook``, work with
+  in-place ops such as ``ReLU(inplace=True)``.  The intervals between markers tile ``[start(), stop()]``
+  exactly, so the rows add up to the whole run.
+* **Clocks.**  On the CPU a marker is ``time.perf_counter_ns()`` (CLOCK_MONOTONIC, the library's clock).  On a
+  GPU it is a CUDA event recorded on the current stream: no synchronisation per layer.  Events are turned into
+  CLOCK_MONOTONIC times lazily (at most every ``resolve_interval`` s, from a model forward pre-hook), relative to
+  an *anchor* event whose host time is known (taken while the GPU is idle).  Durations are exact to the event
+  resolution (~0.5 us); the anchor places them on the host clock to within a few us plus the drift since the
+  anchor (re-anchored whenever the GPU is idle at a resolve point, and by one synchronisation at most every
+  ``anchor_max_age`` s); ``result.clock`` reports both.
+* **Energy.**  Each interval gets ``energy_between(t0, t1)`` from the C sampler's series: the power actually
+  measured over that interval, per device.  Inside one 100 ms counter step the energy is interpolated linearly,
+  so intervals sharing a step share its average power (``mode="attribute"``).  ``mode="replay"`` then runs each
+  layer alone for ``replay_seconds`` to measure its own power and splits the layers' measured energy by
+  time x replayed power.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import threading
+import time
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from . import _joulecap
+from .errors import InvalidArgument, JoulecapWarning, StateError
+from .measurement import _check_path, _create_file, _Devices, _ESTIMATED_SOURCES, _gpu_selection, _open_context
+
+__all__ = ["LayerwiseMeasurementTool", "LayerwiseResult"]
+
+PHASES = ("train", "infer")
+TRAIN, INFER = 0, 1
+FWD, BWD = 0, 1
+OUTSIDE_FORWARD = "(outside) forward"
+OUTSIDE_BACKWARD = "(outside) backward"
+OUTSIDE_OTHER = "(outside) other"
+ROOT_NAME = "(root)"
+
+_MAX_SEQ = 2**64 - 1  # sequence number of AccumulateGrad nodes
+_WALK_LIMIT = 2048  # autograd nodes inspected per layer call, at most
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError:
+        raise InvalidArgument(
+            "LayerwiseMeasurementTool measures torch.nn models, and PyTorch is not installed: "
+            "pip install torch (or 'joulecap[torch]')"
+        ) from None
+    return torch
+
+
+def _host_clock() -> Callable[[], int]:
+    """CLOCK_MONOTONIC in ns, the clock of the C library's timestamps (jc_now_ns).
+
+    time.perf_counter_ns is clock_gettime(CLOCK_MONOTONIC) on Linux (checked here); otherwise the library's own
+    clock is used (slower by a call into the extension)."""
+    impl = time.get_clock_info("perf_counter").implementation
+    if "CLOCK_MONOTONIC" in impl and "RAW" not in impl:
+        return time.perf_counter_ns
+    return _joulecap.now_ns
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Which modules are layers
+
+
+def _is_container(m: Any, nn: Any) -> bool:
+    return isinstance(m, (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict))
+
+
+def _owns_parameters(m: Any) -> bool:
+    return any(p is not None for p in m._parameters.values())
+
+
+def _does_work(m: Any, nn: Any) -> bool:
+    """A module whose own forward does something: a leaf (not an empty container), or a module holding
+    parameters of its own (MultiheadAttention computes its input projection itself, without its children)."""
+    if _is_container(m, nn):
+        return False
+    has_children = next(iter(m.children()), None) is not None
+    if not has_children:
+        return not (isinstance(m, nn.Sequential))  # an empty Sequential is the identity
+    return _owns_parameters(m)
+
+
+def select_layers(model: Any, depth: Optional[int] = None) -> List[Tuple[str, Any]]:
+    """The (qualified name, module) pairs measured for ``depth``, in the model's order.
+
+    ``depth=None``: modules that do work of their own: leaf modules, and modules that hold parameters directly
+    (their children, if called, are measured apart: times are exclusive).  ``depth=k``: the modules whose
+    qualified name has k parts (``layer3.1`` has 2), plus modules doing work above that depth, so that the rows
+    cover the model; ``depth=0`` is the whole model as one layer.  A module shared under several names is
+    measured once, under its first name, with all its calls.
+    """
+    torch = _import_torch()
+    nn = torch.nn
+    if not isinstance(model, nn.Module):
+        raise InvalidArgument("start(model): model must be a torch.nn.Module, not %s" % type(model).__name__)
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
+        raise InvalidArgument("depth=%r: pass None (leaf modules) or an int >= 0 (0 is the whole model)" % (depth,))
+    named = list(model.named_modules())
+    if depth == 0:
+        return [("", model)]
+    out = []
+    for name, m in named:
+        if name == "":
+            # The root itself: only when it does work of its own besides its children (a ViT's class token).
+            if depth is None and next(iter(m.children()), None) is not None and _owns_parameters(m):
+                out.append((name, m))
+            continue
+        d = name.count(".") + 1
+        if depth is None:
+            if _does_work(m, nn):
+                out.append((name, m))
+        elif d == depth:
+            if not _is_container(m, nn):
+                out.append((name, m))
+        elif d < depth and _does_work(m, nn):
+            out.append((name, m))
+    return out
+
+
+def _display_name(name: str) -> str:
+    return name if name else ROOT_NAME
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Clocks: a marker is an int (CLOCK_MONOTONIC ns) or a token that the clock converts later.
+
+
+class _HostClock:
+    """Markers are host times (models on the CPU)."""
+
+    kind = "host"
+
+    def __init__(self) -> None:
+        self.mark = _host_clock()
+
+    def begin(self) -> int:
+        return self.mark()
+
+    def convert(self, times: List[Any], k: int, force: bool) -> int:
+        return len(times)
+
+    def finish(self) -> int:
+        return self.mark()
+
+    def maybe_reanchor(self) -> None:
+        pass
+
+    def info(self) -> Dict[str, Any]:
+        return {"kind": "host", "clock": "CLOCK_MONOTONIC (time.perf_counter_ns)"}
+
+
+class _CudaClock:
+    """Markers are CUDA events on the current stream, mapped to CLOCK_MONOTONIC through an anchor event.
+
+    An anchor is an event recorded while the GPU is idle, so that the GPU stamps it within microseconds of the
+    host time taken right after the record call.  ``host(e) = anchor_host + elapsed(anchor, e)``.  Durations
+    between markers do not depend on the anchor at all; only their place on the host clock does, to within the
+    anchor's uncertainty (measured, ``anchor_uncertainty_max_s``) plus the drift of the GPU timer against
+    CLOCK_MONOTONIC since the anchor (measured at each re-anchoring, ``drift_max_s``).
+    """
+
+    kind = "cuda"
+    PROBE_SPIN_NS = 200_000  # how long a resolve point waits to see whether the GPU is idle
+
+    def __init__(
+        self,
+        torch: Any,
+        device: Any,
+        anchor_max_age_s: float = 10.0,
+        event_factory: Optional[Callable[[], Any]] = None,
+        synchronize: Optional[Callable[[], None]] = None,
+        stream: Optional[Callable[[], Any]] = None,
+        now: Optional[Callable[[], int]] = None,
+    ) -> None:
+        self.torch = torch
+        self.device = device
+        self.anchor_max_age_ns = int(anchor_max_age_s * 1e9)
+        cuda = getattr(torch, "cuda", None)
+        self._new_event = event_factory or (lambda: cuda.Event(enable_timing=True))
+        self._synchronize = synchronize or (lambda: cuda.synchronize(device))
+        self._stream = stream or (lambda: cuda.current_stream(device))
+        self.now = now or _host_clock()
+        self._pool: List[Any] = []
+        self.anchor: Any = None
+        self.anchor_host = 0
+        self.anchors = 0
+        self.forced_syncs = 0
+        self.drift_max_ns = 0
+        self.uncertainty_max_ns = 0
+        self.events = 0
+
+    # Hot path: one event per marker, no synchronisation.
+    def mark(self) -> Any:
+        pool = self._pool
+        ev = pool.pop() if pool else self._new_event()
+        ev.record(self._stream())
+        self.events += 1
+        return ev
+
+    def _try_anchor(self, spin_ns: int) -> bool:
+        """Records an event and, if the GPU stamps it within spin_ns (it was idle), makes it the anchor."""
+        ev = self._new_event()
+        h0 = self.now()
+        ev.record(self._stream())
+        h1 = self.now()
+        deadline = h1 + spin_ns
+        while not ev.query():
+            if self.now() > deadline:
+                return False
+        h2 = self.now()
+        if self.anchor is not None:
+            predicted = self.anchor_host + int(round(self.anchor.elapsed_time(ev) * 1e6))
+            self.drift_max_ns = max(self.drift_max_ns, abs(h1 - predicted))
+        self.uncertainty_max_ns = max(self.uncertainty_max_ns, h2 - h0)
+        self.anchor, self.anchor_host = ev, h1
+        self.anchors += 1
+        return True
+
+    def begin(self) -> int:
+        self._synchronize()
+        if not self._try_anchor(10**9):
+            raise StateError("the GPU did not stamp an event within 1 s of a synchronisation: is it busy elsewhere?")
+        return self.now()
+
+    def maybe_reanchor(self) -> None:
+        age = self.now() - self.anchor_host
+        if age < 1_000_000_000:
+            return
+        if self._try_anchor(self.PROBE_SPIN_NS):
+            return
+        if age >= self.anchor_max_age_ns:
+            self._synchronize()
+            self.forced_syncs += 1
+            self._try_anchor(10**9)
+
+    def convert(self, times: List[Any], k: int, force: bool) -> int:
+        """Replaces completed events times[k:] by host ns, in order; returns the index of the first left.
+
+        force: wait (on one event) until at least half of the pending events are complete, which bounds them.
+        """
+        n = len(times)
+        if k >= n:
+            return k
+        if force:
+            j = k + (n - k) // 2
+            tok = times[j]
+            if not isinstance(tok, int):
+                tok.synchronize()
+        anchor, base = self.anchor, self.anchor_host
+        prev = times[k - 1] if k > 0 else 0
+        pool = self._pool
+        while k < n:
+            tok = times[k]
+            if not isinstance(tok, int):
+                if not tok.query():
+                    break
+                try:
+                    h = base + int(round(anchor.elapsed_time(tok) * 1e6))
+                except RuntimeError:  # an event of another stream not complete yet
+                    break
+                pool.append(tok)
+                tok = h
+            if tok < prev:
+                tok = prev  # markers of one stream are ordered; clamp anchor jitter
+            times[k] = prev = tok
+            k += 1
+        return k
+
+    def finish(self) -> int:
+        self._synchronize()
+        return self.now()
+
+    def info(self) -> Dict[str, Any]:
+        return {
+            "kind": "cuda",
+            "clock": "CUDA events mapped to CLOCK_MONOTONIC through anchor events",
+            "events": self.events,
+            "anchors": self.anchors,
+            "forced_syncs": self.forced_syncs,
+            "anchor_uncertainty_max_s": self.uncertainty_max_ns * 1e-9,
+            "drift_max_s": self.drift_max_ns * 1e-9,
+        }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The state of one measurement
+
+
+class _Row:
+    __slots__ = ("name", "type", "phase", "kind", "layer")
+
+    def __init__(self, name: str, type_: str, phase: Optional[int], kind: str, layer: int):
+        self.name, self.type, self.phase, self.kind, self.layer = name, type_, phase, kind, layer
+
+
+class _Call:
+    """One call of a layer, seen from its backward: the autograd nodes it created span [lo, hi]."""
+
+    __slots__ = ("slot", "lo", "hi", "active", "capture")
+
+    def __init__(self, slot: int, lo: int, hi: int, capture: Any = None):
+        self.slot, self.lo, self.hi, self.active, self.capture = slot, lo, hi, False, capture
+
+
+class _TensorSpec:
+    """A tensor argument seen by a layer: its shape and a sample of its values (a slice along dim 0)."""
+
+    __slots__ = ("shape", "dtype", "requires_grad", "sample", "channels_last")
+
+    def __init__(self, t: Any, max_bytes: int, torch: Any):
+        self.shape = tuple(t.shape)
+        self.dtype = t.dtype
+        self.requires_grad = bool(t.requires_grad)
+        self.channels_last = t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(
+            memory_format=torch.channels_last
+        )
+        d = t.detach()
+        nbytes = d.numel() * d.element_size()
+        if nbytes > max_bytes and d.dim() > 0 and d.shape[0] > 1:
+            rows = max(1, int(d.shape[0] * max_bytes // nbytes))
+            d = d[:rows]
+        self.sample = d.clone()
+
+    def make(self, torch: Any) -> Any:
+        s = self.sample
+        if tuple(s.shape) != self.shape:
+            reps = -(-self.shape[0] // s.shape[0])
+            s = s.repeat((reps,) + (1,) * (s.dim() - 1))[: self.shape[0]]
+        if self.channels_last:
+            s = s.contiguous(memory_format=torch.channels_last)
+        else:
+            s = s.contiguous()
+        return s.clone() if s.data_ptr() == self.sample.data_ptr() else s
+
+
+class _Capture:
+    """What replay needs to run a layer alone: its inputs, output gradients, mode and autocast state."""
+
+    __slots__ = ("args", "kwargs", "training", "autocast", "grads", "nout", "key")
+
+    def __init__(self) -> None:
+        self.args: Any = None
+        self.kwargs: Any = None
+        self.training = False
+        self.autocast: Tuple[bool, Any] = (False, None)
+        self.grads: Dict[int, Any] = {}
+        self.nout = 0
+        self.key: Any = None
+
+
+def _flatten_tensors(obj: Any, torch: Any, out: List[Any], depth: int = 0) -> None:
+    if isinstance(obj, torch.Tensor):
+        out.append(obj)
+    elif depth < 3 and isinstance(obj, (tuple, list)):
+        for o in obj:
+            _flatten_tensors(o, torch, out, depth + 1)
+    elif depth < 3 and isinstance(obj, dict):
+        for o in obj.values():
+            _flatten_tensors(o, torch, out, depth + 1)
+
+
+def _spec_of(obj: Any, torch: Any, max_bytes: int, depth: int = 0) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return _TensorSpec(obj, max_bytes, torch)
+    if depth < 3 and isinstance(obj, (tuple, list)):
+        return type(obj)(_spec_of(o, torch, max_bytes, depth + 1) for o in obj) if isinstance(obj, tuple) else [
+            _spec_of(o, torch, max_bytes, depth + 1) for o in obj
+        ]
+    if depth < 3 and isinstance(obj, dict):
+        return {k: _spec_of(v, torch, max_bytes, depth + 1) for k, v in obj.items()}
+    return obj
+
+
+def _key_of(obj: Any) -> Any:
+    if isinstance(obj, _TensorSpec):
+        return ("T", obj.shape, str(obj.dtype), obj.requires_grad, obj.channels_last)
+    if isinstance(obj, (tuple, list)):
+        return tuple(_key_of(o) for o in obj)
+    if isinstance(obj, dict):
+        return tuple((k, _key_of(v)) for k, v in obj.items())
+    try:
+        hash(obj)
+        return obj
+    except TypeError:
+        return ("id", id(obj))
+
+
+def _make(obj: Any, torch: Any, leaves: List[Any], clone: bool) -> Any:
+    if isinstance(obj, _TensorSpec):
+        t = obj.make(torch)
+        if obj.requires_grad and (t.is_floating_point() or t.is_complex()):
+            t.requires_grad_(True)
+            leaves.append(t)
+            if clone:  # a layer that works in place on its input needs a non-leaf
+                t = t.clone()
+        return t
+    if isinstance(obj, tuple):
+        return tuple(_make(o, torch, leaves, clone) for o in obj)
+    if isinstance(obj, list):
+        return [_make(o, torch, leaves, clone) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _make(v, torch, leaves, clone) for k, v in obj.items()}
+    return obj
+
+
+class _Run:
+    """One measurement between start() and stop(): markers, accumulators, hook state."""
+
+    def __init__(self, tool: "LayerwiseMeasurementTool", torch: Any, model: Any, layers: List[Tuple[str, Any]],
+                 clock: Any, ndev: int):
+        self.tool = tool
+        self.torch = torch
+        self.model = model
+        self.layers = layers
+        self.clock = clock
+        self.ndev = ndev
+        self.active = False
+        self.rows: List[_Row] = []
+        self.acc_t: List[int] = []
+        self.acc_e: List[List[float]] = []
+        self.calls: List[int] = []
+        self.layer_rows: List[List[Optional[int]]] = [[None, None] for _ in layers]
+        self.outside: Dict[Tuple[str, Optional[int]], int] = {}
+        # markers: times (host ns, or clock tokens not converted yet from index k on) and slots
+        self.mt: List[Any] = []
+        self.ms: List[int] = []
+        self.mh: Optional[List[int]] = [] if tool._host_shadow else None
+        self.acc_th: List[int] = []
+        self.k = 0
+        self.last_slot = -1
+        self.fstack: List[Any] = []
+        self.bstack: List[_Call] = []
+        self.bw_tasks: List[int] = []
+        self.cur_phase: Optional[int] = None
+        self.last_seq: Dict[int, int] = {}
+        self.lock = threading.Lock()
+        self.next_pass_ns = 0
+        self.check_at = tool.max_pending
+        self.keep_win: Optional[Tuple[int, int]] = None  # (window id, start ns) opened at mt[0]
+        self.captures: Dict[int, _Capture] = {}
+        self.handles: List[Any] = []
+        self.t_start = 0
+        self.t_end = 0
+        self.window = 0
+        self.passes = 0
+        self.pre_first = self._outside_row(OUTSIDE_OTHER, None)
+
+    # -- rows and slots ----------------------------------------------------------------------------------------
+
+    def _new_row(self, row: _Row) -> int:
+        self.rows.append(row)
+        for _ in range(2):
+            self.acc_t.append(0)
+            self.acc_th.append(0)
+            self.acc_e.append([0.0] * self.ndev)
+            self.calls.append(0)
+        return len(self.rows) - 1
+
+    def layer_row(self, li: int, phase: int) -> int:
+        r = self.layer_rows[li][phase]
+        if r is None:
+            name, m = self.layers[li]
+            r = self._new_row(_Row(_display_name(name), type(m).__name__, phase, "layer", li))
+            self.layer_rows[li][phase] = r
+        return r
+
+    def _outside_row(self, name: str, phase: Optional[int]) -> int:
+        key = (name, phase)
+        r = self.outside.get(key)
+        if r is None:
+            r = self._new_row(_Row(name, "outside", phase, "outside", -1))
+            self.outside[key] = r
+        return r
+
+    def other_slot(self) -> int:
+        if self.cur_phase is None:
+            return 2 * self.pre_first
+        return 2 * self._outside_row(OUTSIDE_OTHER, self.cur_phase)
+
+    def idle_slot(self) -> int:
+        """Who owns the time when no layer runs: the enclosing forward, the backward, or 'other'."""
+        if self.fstack:
+            return self.fstack[-1][0]
+        if self.bw_tasks:
+            if self.bstack:
+                return self.bstack[-1].slot
+            return 2 * self._outside_row(OUTSIDE_BACKWARD, TRAIN) + 1
+        return self.other_slot()
+
+    # -- markers -----------------------------------------------------------------------------------------------
+
+    def mark(self, slot: int) -> None:
+        if slot == self.last_slot:
+            return
+        self.last_slot = slot
+        self.mt.append(self.clock.mark())
+        self.ms.append(slot)
+        if self.mh is not None:
+            self.mh.append(time.perf_counter_ns())
+        n = len(self.mt)
+        if n >= self.check_at:
+            self.resolve(force=n - self.k >= self.tool.max_pending)
+            self.check_at = len(self.mt) + max(64, self.tool.max_pending // 2)
+
+    def maybe_resolve(self) -> None:
+        now = time.perf_counter_ns()
+        if now >= self.next_pass_ns:
+            self.next_pass_ns = now + int(self.tool.resolve_interval * 1e9)
+            self.resolve(force=False)
+
+    def resolve(self, force: bool = False, final_timeout: Optional[float] = None) -> None:
+        """Converts completed markers to host times, then gives each interval whose samples exist its energy.
+
+        final_timeout: at stop(), wait that long for the samples after the last marker."""
+        if not self.lock.acquire(False):
+            return
+        try:
+            self.passes += 1
+            mt, ms, mh = self.mt, self.ms, self.mh
+            if final_timeout is None:
+                self.clock.maybe_reanchor()
+            self.k = self.clock.convert(mt, self.k, force or final_timeout is not None)
+            k = self.k
+            ctx = self.tool._ctx
+            acc_t, acc_e, acc_th = self.acc_t, self.acc_e, self.acc_th
+            timeout = 0.0 if final_timeout is None else final_timeout
+            j = 0
+            t0, s0 = mt[0], ms[0]
+            while j + 1 < k:
+                t1 = mt[j + 1]
+                if t1 > t0:
+                    r = ctx.energy_between(t0, t1, timeout)
+                    if not r["resolved"]:
+                        break
+                    e = r["energy_j"]
+                    if j == 0 and self.keep_win is not None and self.keep_win[1] == t0:
+                        e = self._gone_fallback(e, r["source"], t1)
+                    row = acc_e[s0]
+                    for d in range(self.ndev):
+                        row[d] += e[d]
+                    acc_t[s0] += t1 - t0
+                if mh is not None:
+                    acc_th[s0] += mh[j + 1] - mh[j]
+                j += 1
+                t0, s0 = t1, ms[j]
+            if j:
+                del mt[:j]
+                del ms[:j]
+                if mh is not None:
+                    del mh[:j]
+                self.k -= j
+            if final_timeout is None:
+                self._keep(ctx, mt[0])
+        finally:
+            self.lock.release()
+
+    def _keep(self, ctx: Any, t0: int) -> None:
+        """Keeps a library window open at the start of the oldest open interval: if no marker comes for longer
+        than the sampler's history (minutes), energy_between cannot go back that far, but the window can."""
+        if self.keep_win is not None and self.keep_win[1] == t0:
+            return
+        self._drop_keep(ctx)
+        try:
+            self.keep_win = (ctx.start_at(t0), t0)
+        except Exception:
+            self.keep_win = None
+
+    def _drop_keep(self, ctx: Any) -> None:
+        if self.keep_win is not None:
+            try:
+                ctx.release(self.keep_win[0])
+            except Exception:
+                pass
+            self.keep_win = None
+
+    def _gone_fallback(self, e: List[float], sources: List[str], t1: int) -> List[float]:
+        if not any(math.isnan(v) and s != "none" for v, s in zip(e, sources)):
+            return e
+        ctx = self.tool._ctx
+        w = self.keep_win[0]  # type: ignore[index]
+        self.keep_win = None
+        try:
+            ctx.stop_at(w, t1)
+            r = ctx.result(w, 10.0)
+            return [a if math.isnan(b) else b for a, b in zip(e, r["energy_j"])]
+        finally:
+            ctx.release(w)
+
+    # -- hooks -------------------------------------------------------------------------------------------------
+
+    def install(self) -> None:
+        torch = self.torch
+        grad_enabled = torch.is_grad_enabled
+        Tensor = torch.Tensor
+        run = self
+        root = self.model
+        root_selected = any(m is root for _, m in self.layers)
+        replay = self.tool.mode == "replay"
+        get_ident = threading.get_ident
+        last_seq = self.last_seq
+
+        def input_seq(args: Any, kwargs: Any) -> int:
+            b = last_seq.get(get_ident(), -1)
+            for a in args:
+                if isinstance(a, Tensor):
+                    gf = a.grad_fn
+                    if gf is not None:
+                        s = gf._sequence_nr()
+                        if s > b:
+                            b = s
+            if kwargs:
+                for a in kwargs.values():
+                    if isinstance(a, Tensor):
+                        gf = a.grad_fn
+                        if gf is not None:
+                            s = gf._sequence_nr()
+                            if s > b:
+                                b = s
+            return b
+
+        def make_pre(li: int, module: Any) -> Callable:
+            def pre(mod: Any, args: Any, kwargs: Any) -> None:
+                if not run.active:
+                    return None
+                ph = TRAIN if grad_enabled() else INFER
+                if not run.fstack:
+                    run.outermost_forward(ph)
+                r = run.layer_rows[li][ph]
+                if r is None:
+                    r = run.layer_row(li, ph)
+                slot = 2 * r
+                run.calls[slot] += 1
+                b = input_seq(args, kwargs) if ph == TRAIN else -1
+                cap = None
+                if replay and r not in run.captures:
+                    cap = run.capture_inputs(r, module, args, kwargs)
+                run.fstack.append((slot, li, ph, b, cap))
+                run.mark(slot)
+                return None
+
+            return pre
+
+        def make_post(li: int) -> Callable:
+            def post(mod: Any, args: Any, kwargs: Any, output: Any) -> None:
+                if not run.active:
+                    return None
+                fs = run.fstack
+                if fs and fs[-1][1] == li:
+                    entry = fs.pop()
+                else:  # an exception unwound inner calls
+                    idx = next((i for i in range(len(fs) - 1, -1, -1) if fs[i][1] == li), None)
+                    if idx is None:
+                        return None
+                    entry = fs[idx]
+                    del fs[idx:]
+                run.mark(run.idle_slot())
+                if entry[2] == TRAIN:
+                    run.register_backward(entry[0] + 1, output, entry[3], entry[4])
+                return None
+
+            return post
+
+        def root_pre(mod: Any, args: Any, kwargs: Any) -> None:
+            if not run.active:
+                return None
+            ph = TRAIN if grad_enabled() else INFER
+            if not run.fstack:
+                run.outermost_forward(ph)
+            slot = 2 * run._outside_row(OUTSIDE_FORWARD, ph)
+            run.calls[slot] += 1
+            run.fstack.append((slot, -1, ph, -1, None))
+            run.mark(slot)
+            return None
+
+        def root_post(mod: Any, args: Any, kwargs: Any, output: Any) -> None:
+            if not run.active:
+                return None
+            fs = run.fstack
+            idx = next((i for i in range(len(fs) - 1, -1, -1) if fs[i][1] == -1), None)
+            if idx is None:
+                return None
+            ph = fs[idx][2]
+            del fs[idx:]
+            run.mark(run.idle_slot())
+            if ph == TRAIN:
+                run.register_root_backward(output)
+            return None
+
+        handles = self.handles
+        if not root_selected:
+            handles.append(root.register_forward_pre_hook(root_pre, with_kwargs=True))
+        for li, (name, m) in enumerate(self.layers):
+            handles.append(m.register_forward_pre_hook(make_pre(li, m), with_kwargs=True))
+            handles.append(m.register_forward_hook(make_post(li), with_kwargs=True, always_call=True))
+        if not root_selected:
+            handles.append(root.register_forward_hook(root_post, with_kwargs=True, always_call=True))
+
+    def remove_hooks(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def outermost_forward(self, phase: int) -> None:
+        """A forward begins that no other measured forward encloses.  Outside a backward (activation
+        checkpointing recomputes forwards inside one) that is a new step: forget the backward state that a
+        backward which raised may have left, and resolve markers now and then."""
+        if self.bw_tasks:
+            if self.torch._C._current_graph_task_id() != -1:
+                return
+            self.bw_tasks.clear()
+        self.cur_phase = phase
+        if self.bstack:
+            for c in self.bstack:
+                c.active = False
+            self.bstack.clear()
+        self.maybe_resolve()
+
+    # -- backward ----------------------------------------------------------------------------------------------
+
+    def _enter_graph_task(self) -> None:
+        torch = self.torch
+        tid = torch._C._current_graph_task_id()
+        if tid in self.bw_tasks:
+            return
+        if not self.bw_tasks:
+            self.calls[2 * self._outside_row(OUTSIDE_BACKWARD, TRAIN) + 1] += 1  # backward passes
+        self.bw_tasks.append(tid)
+        run = self
+
+        def task_done() -> None:
+            if tid in run.bw_tasks:
+                run.bw_tasks.remove(tid)
+            if not run.bw_tasks:
+                for c in run.bstack:
+                    c.active = False
+                run.bstack.clear()
+            if run.active:
+                run.mark(run.idle_slot())
+
+        torch.autograd.Variable._execution_engine.queue_callback(task_done)
+
+    def register_backward(self, slot: int, output: Any, b: int, cap: Optional[_Capture]) -> None:
+        torch = self.torch
+        outs: List[Any] = []
+        _flatten_tensors(output, torch, outs)
+        roots: List[Any] = []
+        where: List[Tuple[int, int, int]] = []  # (id(node), output_nr, position) for gradient capture
+        for pos, t in enumerate(outs):
+            if t.requires_grad:
+                gf = t.grad_fn
+                if gf is not None:
+                    if not any(gf is n for n in roots):
+                        roots.append(gf)
+                    where.append((id(gf), t.output_nr, pos))
+        if cap is not None:
+            cap.nout = len(outs)
+        if not roots:
+            return
+        # The nodes this call created have sequence numbers above b (created after its inputs' nodes); the one
+        # with the lowest number runs last in the backward (the engine runs the highest ready number first).
+        lo, hi, last = _MAX_SEQ, -1, None
+        stack = list(roots)
+        seen = set()
+        while stack and len(seen) < _WALK_LIMIT:
+            n = stack.pop()
+            i = id(n)
+            if i in seen:
+                continue
+            seen.add(i)
+            s = n._sequence_nr()
+            if s == _MAX_SEQ or s <= b:
+                continue
+            if s < lo:
+                lo, last = s, n
+            if s > hi:
+                hi = s
+            for nxt, _ in n.next_functions:
+                if nxt is not None:
+                    stack.append(nxt)
+        if last is None:
+            return  # the layer returned its input (Identity, Dropout in eval): no backward work of its own
+        tid = threading.get_ident()
+        if hi > self.last_seq.get(tid, -1):
+            self.last_seq[tid] = hi
+        call = _Call(slot, lo, hi, cap)
+        run = self
+        firsts = [n for n in roots if n._sequence_nr() > b]
+
+        # The closures hold no autograd node (a node -> hook -> closure -> node cycle would keep graphs alive).
+        def on_start(grad_outputs: Any, node_id: int = 0) -> None:
+            if not run.active:
+                return None
+            run._enter_graph_task()
+            if call.capture is not None and node_id:
+                run.capture_grads(call.capture, node_id, grad_outputs, where)
+            if call.active:
+                return None
+            call.active = True
+            bst = run.bstack
+            while bst and not (bst[-1].lo <= call.lo and call.hi <= bst[-1].hi):
+                bst.pop().active = False  # ended without its end marker (interleaved branches)
+            bst.append(call)
+            run.calls[call.slot] += 1
+            run.mark(call.slot)
+            return None
+
+        def on_end(grad_inputs: Any, grad_outputs: Any) -> None:
+            if not run.active or not call.active:
+                return None
+            call.active = False
+            bst = run.bstack
+            for i in range(len(bst) - 1, -1, -1):
+                if bst[i] is call:
+                    for c in bst[i + 1 :]:
+                        c.active = False
+                    del bst[i:]
+                    break
+            run.mark(run.idle_slot())
+            return None
+
+        for n in firsts:
+            if cap is not None:
+                n.register_prehook(lambda g, nid=id(n): on_start(g, nid))
+            else:
+                n.register_prehook(on_start)
+        last.register_hook(on_end)
+
+    def register_root_backward(self, output: Any) -> None:
+        outs: List[Any] = []
+        _flatten_tensors(output, self.torch, outs)
+        run = self
+        bslot = 2 * self._outside_row(OUTSIDE_BACKWARD, TRAIN) + 1
+        seen: List[Any] = []
+        root_call = _Call(bslot, -1, _MAX_SEQ)
+
+        def on_root(grad_outputs: Any) -> None:
+            if not run.active:
+                return None
+            run._enter_graph_task()
+            if root_call.active:
+                return None
+            root_call.active = True
+            if not run.bstack:
+                run.bstack.append(root_call)
+                run.mark(bslot)
+            return None
+
+        for t in outs:
+            if t.requires_grad and t.grad_fn is not None and not any(t.grad_fn is n for n in seen):
+                seen.append(t.grad_fn)
+                t.grad_fn.register_prehook(on_root)
+
+    # -- replay capture ----------------------------------------------------------------------------------------
+
+    def capture_inputs(self, r: int, module: Any, args: Any, kwargs: Any) -> _Capture:
+        torch = self.torch
+        cap = _Capture()
+        mb = self.tool.replay_capture_bytes
+        cap.args = _spec_of(tuple(args), torch, mb)
+        cap.kwargs = _spec_of(dict(kwargs or {}), torch, mb)
+        cap.training = bool(module.training)
+        dev_type = self.tool._device_type
+        try:
+            cap.autocast = (torch.is_autocast_enabled(dev_type), torch.get_autocast_dtype(dev_type))
+        except (AttributeError, TypeError):  # older torch
+            cap.autocast = (False, None)
+        self.captures[r] = cap
+        return cap
+
+    def capture_grads(self, cap: _Capture, node_id: int, grad_outputs: Any, where: List[Tuple[int, int, int]]) -> None:
+        mb = self.tool.replay_capture_bytes
+        for nid, nr, pos in where:
+            if nid == node_id and pos not in cap.grads and nr < len(grad_outputs):
+                g = grad_outputs[nr]
+                if g is not None:
+                    cap.grads[pos] = _TensorSpec(g, mb, self.torch)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Results
+
+
+class LayerwiseResult:
+    """What :meth:`LayerwiseMeasurementTool.stop` returns; the CSV holds the same rows.
+
+    * ``rows``: list of dicts, one per (layer, phase) that ran and one per "outside layers" row, keyed by
+      ``columns``; energies in J, times in s.  Every energy column adds up over the rows to ``total_energy_j``.
+    * ``total_energy_j``: ``{"cpu": J, "gpu0": J}`` measured for the whole run (start() to stop()).
+    * ``elapsed_s``, ``mode``, ``clock`` (how layer times were taken and how precise they are), ``replayed``
+      (replay mode: the layers run alone and their power), ``sources`` and ``estimates`` as for
+      :class:`~joulecap.Measurement`.
+    * ``to_pandas()``, ``summary(top=15)``.
+    """
+
+    def __init__(self, columns: List[str], rows: List[Dict[str, Any]], total: Dict[str, float], elapsed_s: float,
+                 mode: str, clock: Dict[str, Any], replayed: List[Dict[str, Any]], sources: Dict[str, str],
+                 estimates: Dict[str, str], labels: List[str], csv_path: Optional[str]):
+        self.columns = columns
+        self.rows = rows
+        self.total_energy_j = total
+        self.elapsed_s = elapsed_s
+        self.mode = mode
+        self.clock = clock
+        self.replayed = replayed
+        self.sources = sources
+        self.estimates = estimates
+        self.labels = labels
+        self.csv_path = csv_path
+
+    @property
+    def total_j(self) -> float:
+        """CPU plus GPU energy of the whole run (a device that cannot be measured counts 0)."""
+        return sum(v for v in self.total_energy_j.values() if not math.isnan(v))
+
+    def layer_rows(self) -> List[Dict[str, Any]]:
+        return [r for r in self.rows if r["type"] != "outside"]
+
+    def row(self, layer: str, phase: Optional[str] = None) -> Dict[str, Any]:
+        """The row of a layer (qualified name); phase "train"/"infer" when both occur."""
+        found = [r for r in self.rows if r["layer"] == layer and (phase is None or r["phase"] == phase)]
+        if not found:
+            raise KeyError("no row for layer %r%s" % (layer, "" if phase is None else " in phase %r" % phase))
+        if len(found) > 1:
+            raise KeyError("layer %r has rows for several phases: pass phase='train' or 'infer'" % layer)
+        return found[0]
+
+    def to_pandas(self):
+        """The rows as a pandas DataFrame with the CSV's columns (needs pandas)."""
+        from .io import _pandas
+
+        pd = _pandas("LayerwiseResult.to_pandas()")
+        return pd.DataFrame(self.rows, columns=self.columns)
+
+    def summary(self, top: int = 15, file: Any = None, print_it: bool = True) -> str:
+        """A short table: the ``top`` layers by energy, the outside rows and the total.  Printed (to file, default
+        stdout) unless print_it is False; returned as a string."""
+        gpus = [lab for lab in self.labels if lab != "cpu"]
+        layers = sorted(self.layer_rows(), key=lambda r: -_nz(r["energy_j"]))
+        shown = layers[:top]
+        outside = [r for r in self.rows if r["type"] == "outside"]
+        buf = io.StringIO()
+        w = max([len(r["layer"]) for r in shown + outside] + [12])
+        w = min(w, 40)
+        head = "%-*s %-16s %-5s %7s %10s" % (w, "layer", "type", "phase", "calls", "time (s)")
+        for g in gpus:
+            head += " %11s" % ("%s (J)" % g.upper())
+        head += " %11s %7s" % ("CPU (J)", "share")
+        buf.write(head + "\n")
+
+        def line(r: Dict[str, Any]) -> str:
+            name = r["layer"] if len(r["layer"]) <= w else "..." + r["layer"][-(w - 3):]
+            s = "%-*s %-16s %-5s %7s %10.4f" % (w, name, r["type"][:16], r["phase"], r["calls"] if r["calls"] != ""
+                                                 else "", r["time_s"])
+            for g in gpus:
+                s += " %11s" % _fmt(r["%s_energy_j" % g])
+            s += " %11s %6.1f%%" % (_fmt(r["cpu_energy_j"]), _nz(r["share_pct"]))
+            return s
+
+        for r in shown:
+            buf.write(line(r) + "\n")
+        if len(layers) > len(shown):
+            rest = layers[len(shown):]
+            buf.write("%-*s %-16s %-5s %7s %10.4f" % (w, "(%d more layers)" % len(rest), "", "", "",
+                                                     sum(r["time_s"] for r in rest)))
+            for g in gpus:
+                buf.write(" %11s" % _fmt(sum(_nz(r["%s_energy_j" % g]) for r in rest)))
+            buf.write(" %11s %6.1f%%\n" % (_fmt(sum(_nz(r["cpu_energy_j"]) for r in rest)),
+                                          sum(_nz(r["share_pct"]) for r in rest)))
+        for r in outside:
+            buf.write(line(r) + "\n")
+        tot = "%-*s %-16s %-5s %7s %10.4f" % (w, "total (measured)", "", "", "", self.elapsed_s)
+        for g in gpus:
+            tot += " %11s" % _fmt(self.total_energy_j.get(g, float("nan")))
+        tot += " %11s %6.1f%%" % (_fmt(self.total_energy_j.get("cpu", float("nan"))), 100.0)
+        buf.write(tot + "\n")
+        note = "mode %s; layer times from %s" % (self.mode, "CUDA events" if self.clock.get("kind") == "cuda"
+                                                   else "the host clock")
+        if self.estimates:
+            note += "; estimates: " + "; ".join("%s: %s" % kv for kv in self.estimates.items())
+        buf.write(note + "\n")
+        text = buf.getvalue()
+        if print_it:
+            print(text, end="", file=file)
+        return text
+
+    def __repr__(self) -> str:
+        return "<LayerwiseResult %d layer rows, %.3f s, %s J, mode=%s>" % (
+            len(self.layer_rows()), self.elapsed_s,
+            ", ".join("%s=%.3f" % kv for kv in self.total_energy_j.items()), self.mode)
+
+
+def _nz(v: Any) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return 0.0
+    return 0.0 if math.isnan(f) else f
+
+
+def _fmt(v: Any) -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return ""
+    if math.isnan(f):
+        return "n/a"
+    return "%.4g" % f if abs(f) < 1000 else "%.1f" % f
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The tool
+
+
+_MODES = ("attribute", "replay")
+
+
+class LayerwiseMeasurementTool:
+    """Energy and time of each layer of a ``torch.nn`` model (the seed's ``LayerwiseMeasurementTool``).
+
+    ``LayerwiseMeasurementTool(out_file, gpu_num=0)`` opens the sources at once (a GPU that does not exist, or
+    an out_file that cannot be created, raise here).  ``model = tracker.start(model)`` right before the loop
+    attaches hooks and returns the same model; train or run inference; ``tracker.stop()`` removes the hooks,
+    writes the CSV and returns a :class:`LayerwiseResult`.
+
+    * ``gpu_num``: the CUDA number of the GPU the model runs on (an int, ``"cuda:1"``, a ``torch.device``, a
+      UUID), or ``None`` for a model on the CPU with no GPU measured.  One GPU.
+    * ``depth``: ``None`` measures the modules that do work of their own (leaf modules, and modules holding
+      parameters directly); an int measures the modules at that depth of the qualified names (``layer3.1`` is
+      depth 2) and those doing work above it; 0 the whole model as one layer.
+    * ``mode``: ``"attribute"`` (default) gives each layer the energy measured over its own intervals; inside one
+      100 ms energy-counter step the layers share the step's average power, so the split is by time there.
+      ``"replay"`` additionally runs each layer alone after the run, for ``replay_seconds``, to measure its own
+      power, and splits the energy measured for the layers by time x that power.  See docs/python.md.
+    * ``interval``: the sampler's period for the cheap reads (default 0.01 s).
+
+    Training and inference may be mixed in one measurement: a forward pass under ``torch.no_grad()`` or
+    ``torch.inference_mode()`` is inference, any other training, and each layer gets a row per phase.
+    """
+
+    def __init__(
+        self,
+        out_file: Any = None,
+        gpu_num: Any = 0,
+        *,
+        depth: Optional[int] = None,
+        mode: str = "attribute",
+        interval: Optional[float] = None,
+        replay_seconds: float = 1.0,
+        replay_min_share: float = 0.005,
+        replay_capture_bytes: int = 16 << 20,
+        resolve_interval: float = 0.5,
+        max_pending: int = 8192,
+        anchor_max_age: float = 10.0,
+        _host_shadow: bool = False,
+    ):
+        if mode not in _MODES:
+            raise InvalidArgument("mode=%r: pass 'attribute' (default) or 'replay'" % (mode,))
+        if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
+            raise InvalidArgument("depth=%r: pass None (leaf modules) or an int >= 0 (0 is the whole model)" % (depth,))
+        for name, v, lo in (("replay_seconds", replay_seconds, 0.0), ("resolve_interval", resolve_interval, 0.0),
+                            ("anchor_max_age", anchor_max_age, 1.0)):
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < lo:
+                raise InvalidArgument("%s=%r: pass a number of seconds >= %g" % (name, v, lo))
+        if not (0.0 <= float(replay_min_share) < 1.0):
+            raise InvalidArgument("replay_min_share=%r: pass a fraction of the layers' time in [0, 1)" % (
+                replay_min_share,))
+        if not isinstance(max_pending, int) or max_pending < 16:
+            raise InvalidArgument("max_pending=%r: pass an int >= 16" % (max_pending,))
+        self.out_file = _check_path(out_file)
+        self.gpu_num = gpu_num
+        self.depth = depth
+        self.mode = mode
+        self.replay_seconds = float(replay_seconds)
+        self.replay_min_share = float(replay_min_share)
+        self.replay_capture_bytes = int(replay_capture_bytes)
+        self.resolve_interval = float(resolve_interval)
+        self.max_pending = max_pending
+        self.anchor_max_age = float(anchor_max_age)
+        self._host_shadow = _host_shadow
+        self._want_gpu = _requested_gpu(gpu_num)
+        kwargs = {} if interval is None else {"interval": float(interval)}
+        self._ctx = _open_context(gpu_num, **kwargs)
+        try:
+            self._devices = _Devices(self._ctx)
+            if len(self._devices.gpu_indices) > 1:
+                raise InvalidArgument(
+                    "gpu_num=%r selects %d GPUs: LayerwiseMeasurementTool measures the one GPU the model runs on; "
+                    "pass its CUDA number, e.g. gpu_num=0" % (gpu_num, len(self._devices.gpu_indices))
+                )
+            if self.out_file is not None:
+                _create_file(self.out_file)
+        except BaseException:
+            self._ctx.close()
+            raise
+        if self._devices.gpu_indices:
+            self._want_gpu = self._devices.gpu_indices[0]
+        self._run: Optional[_Run] = None
+        self._used = False
+        self._device_type = "cpu"
+        self.result: Optional[LayerwiseResult] = None
+        from .measurement import _register
+
+        _register(self)
+
+    # -- properties --------------------------------------------------------------------------------------------
+
+    @property
+    def gpus(self) -> List[int]:
+        """CUDA numbers of the measured GPU (empty when none is measured)."""
+        return list(self._devices.gpu_indices)
+
+    @property
+    def running(self) -> bool:
+        return self._run is not None
+
+    @property
+    def closed(self) -> bool:
+        return self._ctx.closed
+
+    # -- start / stop ------------------------------------------------------------------------------------------
+
+    def start(self, model: Any) -> Any:
+        """Attaches the hooks to ``model`` and starts measuring; returns the same model (the seed's API:
+        ``model = tracker.start(model)``).  Call it right before the training or inference loop."""
+        if self._run is not None:
+            raise StateError("start() called twice: the tool is already measuring a model; call stop() first")
+        if self._used:
+            raise StateError(
+                "this tool already measured a run%s: create a new LayerwiseMeasurementTool to measure again"
+                % (" and wrote " + self.out_file if self.out_file else "")
+            )
+        if self._ctx.closed:
+            raise StateError("this tool is closed: create a new LayerwiseMeasurementTool")
+        torch = _import_torch()
+        layers = select_layers(model, self.depth)
+        if not layers:
+            if self.depth is None:
+                why = "it has no submodules that do work (layers)"
+                fix = "measure it whole with EnergyMeasurementTool, or pass depth=0 to treat it as one layer"
+            else:
+                why = "no module lies at depth %d of its qualified names" % self.depth
+                fix = "pass a smaller depth (or depth=None for its leaf modules)"
+            raise InvalidArgument("the model (%s) has no measurable layers: %s; %s" % (type(model).__name__, why, fix))
+        device = _model_device(model, torch)
+        cuda = self._check_device(device)
+        self._device_type = "cuda" if cuda else "cpu"
+        if cuda:
+            clock: Any = _CudaClock(torch, device, anchor_max_age_s=self.anchor_max_age)
+        else:
+            clock = _HostClock()
+        run = _Run(self, torch, model, layers, clock, self._ctx.device_count())
+        t0 = clock.begin()
+        run.t_start = t0
+        run.window = self._ctx.start_at(t0, "layerwise run")
+        run.mt.append(t0)
+        run.ms.append(2 * run.pre_first)
+        if run.mh is not None:
+            run.mh.append(time.perf_counter_ns())
+        run.k = 1
+        run.last_slot = 2 * run.pre_first
+        run.next_pass_ns = time.perf_counter_ns() + int(self.resolve_interval * 1e9)
+        try:
+            run.install()
+        except BaseException:
+            run.remove_hooks()
+            self._ctx.release(run.window)
+            raise
+        run.active = True
+        self._run = run
+        self._used = True
+        return model
+
+    def _check_device(self, device: Any) -> bool:
+        """True when the model is on a CUDA GPU (the one measured); raises when it is on another one."""
+        if device is None or device.type != "cuda":
+            if device is not None and device.type not in ("cpu", "meta"):
+                raise InvalidArgument(
+                    "the model is on %s: LayerwiseMeasurementTool times layers on CUDA GPUs and on the CPU only"
+                    % device
+                )
+            return False
+        idx = 0 if device.index is None else device.index
+        want = self._want_gpu
+        if want is None:
+            raise InvalidArgument(
+                "the model is on cuda:%d, but gpu_num=None measures no GPU: pass gpu_num=%d" % (idx, idx)
+            )
+        if idx != want:
+            raise InvalidArgument(
+                "the model is on cuda:%d, but this tool measures GPU %d (gpu_num=%r): pass gpu_num=%d, or move "
+                "the model with model.to('cuda:%d')" % (idx, want, self.gpu_num, idx, want)
+            )
+        return True
+
+    def stop(self) -> LayerwiseResult:
+        """Removes the hooks, computes every layer's energy, writes the CSV and returns the result.
+
+        On a GPU it waits for the queued work first (the run ends when the GPU is done), then about one
+        energy-counter step (~0.1 s) for the samples after the end; in replay mode it then runs the layers alone
+        (about ``replay_seconds`` per distinct layer)."""
+        run = self._run
+        if run is None:
+            if self._used:
+                raise StateError("stop() called twice: the run was already stopped (its result is tracker.result)")
+            raise StateError("stop() called before start(): call model = tracker.start(model) before the loop")
+        self._run = None
+        run.remove_hooks()
+        try:
+            t_end = run.clock.finish()
+        finally:
+            run.active = False
+        run.t_end = t_end
+        run.mt.append(t_end)
+        run.ms.append(-1)
+        if run.mh is not None:
+            run.mh.append(time.perf_counter_ns())
+        run.resolve(final_timeout=10.0)
+        run._drop_keep(self._ctx)
+        ctx = self._ctx
+        ctx.stop_at(run.window, t_end)
+        whole = ctx.result(run.window, 10.0)
+        ctx.release(run.window)
+        replayed: List[Dict[str, Any]] = []
+        replay_power: Dict[int, List[float]] = {}
+        if self.mode == "replay":
+            replayed, replay_power = _Replayer(self, run).run()
+        result = self._build_result(run, whole, replayed, replay_power)
+        self.result = result
+        run.tool = None  # type: ignore[assignment]
+        ctx.close()  # a tool measures one run: free the sampler now
+        if self.out_file is not None:
+            _write_csv(self.out_file, result)
+        if not result.layer_rows():
+            warnings.warn("no layer of the model ran between start() and stop()", JoulecapWarning, stacklevel=2)
+        return result
+
+    # -- results -----------------------------------------------------------------------------------------------
+
+    def _build_result(self, run: _Run, whole: Dict[str, Any], replayed: List[Dict[str, Any]],
+                      replay_power: Dict[int, List[float]]) -> LayerwiseResult:
+        labels = self._devices.labels
+        ndev = len(labels)
+        # Time before the first forward pass belongs to the phase of that pass.
+        first = run.pre_first
+        target_phase = run.cur_phase
+        rows = run.rows
+        if target_phase is None:
+            rows[first].phase = None
+        else:
+            tgt = run._outside_row(OUTSIDE_OTHER, target_phase)
+            if tgt != first:
+                for d in (0, 1):
+                    s, t = 2 * first + d, 2 * tgt + d
+                    run.acc_t[t] += run.acc_t[s]
+                    run.acc_th[t] += run.acc_th[s]
+                    for i in range(ndev):
+                        run.acc_e[t][i] += run.acc_e[s][i]
+                    run.calls[t] += run.calls[s]
+                    run.acc_t[s] = 0
+                    run.acc_th[s] = 0
+                    run.acc_e[s] = [0.0] * ndev
+                    run.calls[s] = 0
+        total = dict(zip(labels, whole["energy_j"]))
+        energies = {r: [list(run.acc_e[2 * r]), list(run.acc_e[2 * r + 1])] for r in range(len(rows))}
+        attribution = {r: "interval" for r in range(len(rows))}
+        if replay_power:
+            _apply_replay(run, energies, replay_power, attribution, ndev)
+        # Order: layers in the model's order (train, then infer), then the outside rows.
+        order = sorted(
+            (r for r in range(len(rows)) if rows[r].kind == "layer"),
+            key=lambda r: (rows[r].layer, rows[r].phase),
+        )
+        out_order = [
+            run.outside[k]
+            for k in sorted(run.outside, key=lambda k: ([OUTSIDE_FORWARD, OUTSIDE_BACKWARD, OUTSIDE_OTHER].index(k[0]),
+                                                        -1 if k[1] is None else k[1]))
+        ]
+        total_j = sum(v for v in total.values() if not math.isnan(v))
+        columns = _columns(labels)
+        result_rows = []
+        for r in order + out_order:
+            row = rows[r]
+            if row.kind == "outside" and run.calls[2 * r] == 0 and run.calls[2 * r + 1] == 0 and \
+                    run.acc_t[2 * r] + run.acc_t[2 * r + 1] == 0:
+                continue
+            result_rows.append(_row_dict(run, r, row, energies[r], labels, total_j, attribution[r], whole))
+        sources = dict(zip(labels, whole["source"]))
+        estimates = {}
+        for label, src, info in zip(labels, whole["source"], self._devices.info):
+            note = info.get("energy_note", "")
+            if src in _ESTIMATED_SOURCES:
+                estimates[label] = note or _ESTIMATED_SOURCES[src]
+            elif src == "none":
+                estimates[label] = "not measured: " + (note or "no energy source")
+        clock = run.clock.info()
+        clock["resolve_passes"] = run.passes
+        if run.mh is not None:
+            clock["host_time_s"] = {rows[r].name + "|" + (PHASES[rows[r].phase] if rows[r].phase is not None else ""):
+                                    (run.acc_th[2 * r] * 1e-9, run.acc_th[2 * r + 1] * 1e-9)
+                                    for r in range(len(rows))}
+        return LayerwiseResult(columns, result_rows, total, (run.t_end - run.t_start) * 1e-9, self.mode, clock,
+                               replayed, sources, estimates, labels, self.out_file)
+
+    # -- convenience -------------------------------------------------------------------------------------------
+
+    def to_pandas(self):
+        """The last result's rows as a pandas DataFrame."""
+        if self.result is None:
+            raise StateError("no result yet: call stop() first")
+        return self.result.to_pandas()
+
+    def summary(self, top: int = 15, file: Any = None) -> str:
+        """Prints (and returns) a short table of the last result."""
+        if self.result is None:
+            raise StateError("no result yet: call stop() first")
+        return self.result.summary(top=top, file=file)
+
+    def close(self) -> None:
+        """Removes the hooks (a run not stopped is dropped) and closes the sources."""
+        run, self._run = self._run, None
+        if run is not None:
+            run.active = False
+            run.remove_hooks()
+        self._ctx.close()
+
+    def __enter__(self) -> "LayerwiseMeasurementTool":
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        self.close()
+        return False
+
+    def __repr__(self) -> str:
+        return "<LayerwiseMeasurementTool out_file=%r gpus=%r mode=%s%s>" % (
+            self.out_file, self.gpus, self.mode, " running" if self.running else "")
+
+
+def _requested_gpu(gpu_num: Any) -> Optional[int]:
+    """The CUDA number gpu_num names, when it names one by number (else None; the devices tell later)."""
+    if gpu_num is None:
+        return None
+    if isinstance(gpu_num, int) and not isinstance(gpu_num, bool):
+        return gpu_num
+    try:
+        sel = _gpu_selection(gpu_num)
+    except InvalidArgument:
+        raise
+    return int(sel) if sel.isdigit() else None
+
+
+def _model_device(model: Any, torch: Any) -> Any:
+    """The one device holding the model's parameters and buffers (None when it has neither)."""
+    devs = {t.device for t in model.parameters()} | {t.device for t in model.buffers()}
+    if not devs:
+        return None
+    if len(devs) > 1:
+        raise InvalidArgument(
+            "the model's parameters are on several devices (%s): LayerwiseMeasurementTool measures a model on one "
+            "device; move it with model.to(device)" % ", ".join(sorted(str(d) for d in devs))
+        )
+    return next(iter(devs))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rows
+
+
+def _columns(labels: List[str]) -> List[str]:
+    cols = ["layer", "type", "phase", "calls", "backward_calls", "time_s", "forward_time_s", "backward_time_s"]
+    for lab in labels[1:] + labels[:1]:  # GPUs first, then the CPU
+        cols += ["%s_energy_j" % lab, "%s_forward_energy_j" % lab, "%s_forward_energy_j_per_call" % lab,
+                 "%s_backward_energy_j" % lab, "%s_backward_energy_j_per_call" % lab, "%s_power_w" % lab]
+    cols += ["energy_j", "energy_j_per_call", "share_pct", "attribution"]
+    cols += ["%s_energy_source" % lab for lab in labels]
+    return cols
+
+
+def _row_dict(run: _Run, r: int, row: _Row, e: List[List[float]], labels: List[str], total_j: float,
+              attribution: str, whole: Dict[str, Any]) -> Dict[str, Any]:
+    tf, tb = run.acc_t[2 * r] * 1e-9, run.acc_t[2 * r + 1] * 1e-9
+    cf, cb = run.calls[2 * r], run.calls[2 * r + 1]
+    outside = row.kind == "outside"
+    d: Dict[str, Any] = {
+        "layer": row.name,
+        "type": row.type,
+        "phase": "" if row.phase is None else PHASES[row.phase],
+        "calls": cf if not (outside and row.name == OUTSIDE_OTHER) else "",
+        "backward_calls": cb if not outside else (cb if row.name == OUTSIDE_BACKWARD else ""),
+        "time_s": tf + tb,
+        "forward_time_s": tf,
+        "backward_time_s": tb,
+    }
+    if outside and row.name == OUTSIDE_OTHER:
+        d["forward_time_s"] = d["backward_time_s"] = ""
+    if outside and row.name == OUTSIDE_BACKWARD:
+        d["calls"] = ""
+    tot = 0.0
+    for i, lab in enumerate(labels):
+        ef, eb = e[0][i], e[1][i]
+        d["%s_energy_j" % lab] = ef + eb
+        d["%s_forward_energy_j" % lab] = ef
+        d["%s_forward_energy_j_per_call" % lab] = ef / cf if cf and not outside else ""
+        d["%s_backward_energy_j" % lab] = eb
+        d["%s_backward_energy_j_per_call" % lab] = eb / cb if cb and not outside else ""
+        d["%s_power_w" % lab] = (ef + eb) / (tf + tb) if tf + tb > 0 else float("nan")
+        if not math.isnan(ef + eb):
+            tot += ef + eb
+    if outside and row.name == OUTSIDE_OTHER:
+        for lab in labels:
+            d["%s_forward_energy_j" % lab] = d["%s_backward_energy_j" % lab] = ""
+    d["energy_j"] = tot
+    d["energy_j_per_call"] = tot / cf if cf and not outside else ""
+    d["share_pct"] = 100.0 * tot / total_j if total_j > 0 else float("nan")
+    d["attribution"] = "measured" if outside else attribution
+    for lab, src in zip(labels, whole["source"]):
+        d["%s_energy_source" % lab] = src
+    return d
+
+
+def _write_csv(path: str, result: LayerwiseResult) -> None:
+    from .measurement import _create_file  # noqa: F401  (same error mapping when the file went away)
+
+    try:
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(result.columns)
+            for row in result.rows:
+                w.writerow([_cell(row[c]) for c in result.columns])
+    except PermissionError as e:
+        from .errors import PermissionDenied
+
+        raise PermissionDenied("permission denied: cannot write %s: %s" % (path, e.strerror)) from None
+    except OSError as e:
+        from .errors import FileError
+
+        raise FileError("input/output error: cannot write %s: %s" % (path, e.strerror)) from None
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return ""
+        return "%.10g" % v
+    return v
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Replay
+
+
+def _apply_replay(run: _Run, energies: Dict[int, List[List[float]]], power: Dict[int, List[float]],
+                  attribution: Dict[int, str], ndev: int) -> None:
+    """Splits the energy measured for the replayed layers among them by time x replayed power, per device.
+
+    The replayed rows' measured (interval) energy, summed, is kept; only its split changes.  Rows not replayed
+    and the outside rows keep their measured energy, so every column still adds up to the whole run."""
+    rows = list(power)
+    for r in rows:
+        attribution[r] = "replay"
+    for i in range(ndev):
+        measured = sum(energies[r][0][i] + energies[r][1][i] for r in rows)
+        weights = {}
+        for r in rows:
+            t = (run.acc_t[2 * r] + run.acc_t[2 * r + 1]) * 1e-9
+            weights[r] = t * power[r][i]
+        wsum = sum(weights.values())
+        if not (wsum > 0) or math.isnan(measured) or math.isnan(wsum):
+            continue
+        k = measured / wsum
+        for r in rows:
+            tf, tb = run.acc_t[2 * r], run.acc_t[2 * r + 1]
+            e = k * weights[r]
+            if tf + tb > 0:
+                energies[r][0][i] = e * tf / (tf + tb)
+                energies[r][1][i] = e * tb / (tf + tb)
+
+
+class _Replayer:
+    """Runs each layer alone on its captured inputs (after the run, hooks removed) to measure its power."""
+
+    def __init__(self, tool: LayerwiseMeasurementTool, run: _Run):
+        self.tool = tool
+        self.run_ = run
+        self.torch = run.torch
+
+    def run(self) -> Tuple[List[Dict[str, Any]], Dict[int, List[float]]]:
+        run, torch, tool = self.run_, self.torch, self.tool
+        layer_ns = sum(run.acc_t[2 * r] + run.acc_t[2 * r + 1] for r, row in enumerate(run.rows) if row.kind == "layer")
+        if layer_ns <= 0:
+            return [], {}
+        chosen = []
+        for r, row in enumerate(run.rows):
+            t = run.acc_t[2 * r] + run.acc_t[2 * r + 1]
+            if row.kind == "layer" and r in run.captures and t > 0 and t >= tool.replay_min_share * layer_ns:
+                chosen.append(r)
+        cuda = tool._device_type == "cuda"
+        dev = run.clock.device if cuda else None
+        rng_cpu = torch.get_rng_state()
+        rng_cuda = torch.cuda.get_rng_state(dev) if cuda else None
+        by_key: Dict[Any, List[float]] = {}
+        out: List[Dict[str, Any]] = []
+        power: Dict[int, List[float]] = {}
+        try:
+            for r in chosen:
+                row = run.rows[r]
+                name, module = run.layers[row.layer]
+                cap = run.captures[r]
+                backward = row.phase == TRAIN and run.calls[2 * r + 1] > 0 and bool(cap.grads)
+                key = (_module_key(module), _key_of(cap.args), _key_of(cap.kwargs), cap.training, cap.autocast,
+                       row.phase, backward, tuple(sorted((k, _key_of(v)) for k, v in cap.grads.items())))
+                info = {"layer": row.name, "phase": PHASES[row.phase], "backward": backward}
+                if key in by_key:
+                    p = by_key[key]
+                    info["same_as"] = next(o["layer"] for o in out if o.get("key") == key and "same_as" not in o)
+                else:
+                    try:
+                        p, secs, iters = self._measure(module, cap, row.phase, backward)
+                    except Exception as e:  # a layer that cannot run alone keeps its measured energy
+                        warnings.warn("replay of %s failed (%s: %s); it keeps its interval energy"
+                                      % (row.name, type(e).__name__, e), JoulecapWarning, stacklevel=3)
+                        continue
+                    by_key[key] = p
+                    info.update(seconds=secs, iterations=iters)
+                info["key"] = key
+                info.update({"%s_power_w" % lab: v for lab, v in zip(tool._devices.labels, p)})
+                out.append(info)
+                power[r] = p
+        finally:
+            torch.set_rng_state(rng_cpu)
+            if cuda:
+                torch.cuda.set_rng_state(rng_cuda, dev)
+        for o in out:
+            o.pop("key", None)
+        return out, power
+
+    def _measure(self, module: Any, cap: _Capture, phase: int, backward: bool) -> Tuple[List[float], float, int]:
+        torch, tool = self.torch, self.tool
+        ctx = tool._ctx
+        cuda = tool._device_type == "cuda"
+        dev = self.run_.clock.device if cuda else None
+
+        def sync() -> None:
+            if cuda:
+                torch.cuda.synchronize(dev)
+
+        saved = [(b, b.detach().clone()) for b in module.buffers()]
+        was_training = module.training
+        params = [p for p in module.parameters() if p.requires_grad]
+        enabled, dtype = cap.autocast
+        state = {"clone": False}
+
+        def step() -> None:
+            leaves: List[Any] = []
+            args = _make(cap.args, torch, leaves, state["clone"])
+            kwargs = _make(cap.kwargs, torch, leaves, state["clone"])
+            grad_ctx = torch.enable_grad() if phase == TRAIN else torch.no_grad()
+            ac = torch.autocast(tool._device_type, dtype=dtype, enabled=True) if enabled else _nullcontext()
+            with grad_ctx, ac:
+                out = module(*args, **kwargs)
+            if backward:
+                outs: List[Any] = []
+                _flatten_tensors(out, torch, outs)
+                ys, gs = [], []
+                for pos, t in enumerate(outs):
+                    spec = cap.grads.get(pos)
+                    if spec is not None and t.requires_grad:
+                        ys.append(t)
+                        gs.append(spec.make(torch).to(dtype=t.dtype))
+                wrt = leaves + params
+                if ys and wrt:
+                    torch.autograd.grad(ys, wrt, grad_outputs=gs, allow_unused=True)
+
+        try:
+            module.train(cap.training)
+            try:
+                step()
+            except RuntimeError:
+                state["clone"] = True  # e.g. an in-place op on a leaf that requires grad
+                step()
+            sync()
+            # Warm up (caches, allocator, kernel selection), then run for replay_seconds (>= 10 counter steps for
+            # the default 1 s): the window's energy over its time is the layer's power.
+            t0 = time.perf_counter_ns()
+            for i in range(1000):
+                step()
+                if i >= 1:
+                    sync()
+                    if time.perf_counter_ns() - t0 >= min(0.05, tool.replay_seconds / 4) * 1e9:
+                        break
+            t_a = _joulecap.now_ns()
+            w = ctx.start_at(t_a)
+            end = t_a + int(tool.replay_seconds * 1e9)
+            iters = 0
+            while iters < 2 or _joulecap.now_ns() < end:
+                step()
+                iters += 1
+            sync()
+            t_b = _joulecap.now_ns()
+            ctx.stop_at(w, t_b)
+            res = ctx.result(w, 10.0)
+            ctx.release(w)
+        finally:
+            module.train(was_training)
+            with torch.no_grad():
+                for b, v in saved:
+                    b.copy_(v)
+        secs = (t_b - t_a) * 1e-9
+        return [e / secs if secs > 0 else float("nan") for e in res["energy_j"]], secs, iters
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> bool:
+        return False
+
+
+def _module_key(m: Any) -> Any:
+    """Layers with this key do the same work: same type, configuration and parameter shapes."""
+    try:
+        has_children = next(iter(m.children()), None) is not None
+    except Exception:
+        has_children = True
+    if has_children:
+        return ("id", id(m))
+    params = tuple((tuple(p.shape), str(p.dtype), bool(p.requires_grad)) for p in m.parameters())
+    return (type(m).__name__, repr(m), params)

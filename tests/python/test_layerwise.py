@@ -1,0 +1,686 @@
+"""LayerwiseMeasurementTool on the CPU build of torch and the fake NVML.
+
+On the CPU the layers are timed with the host clock; the fake GPU's power comes from its scenario, so with a
+constant-power GPU the energy shares follow the time shares.  The CUDA-event clock is tested with fake events.
+"""
+
+import csv
+import gc
+import math
+import time
+
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+import joulecap  # noqa: E402
+from joulecap import LayerwiseMeasurementTool  # noqa: E402
+from joulecap import layerwise as lw  # noqa: E402
+from joulecap.errors import InvalidArgument, StateError  # noqa: E402
+
+
+@pytest.fixture
+def cpu_fake(fake_env):
+    """A constant 300 W GPU, and a CPU without RAPL (its energy is a constant-power estimate)."""
+    return fake_env(sysfs="norapl", proc="qemu")
+
+
+class Block(nn.Module):
+    """A ResNet basic block: in-place ReLU shared by two calls, residual add in the block's own forward."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + x)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = Block(8)
+        self.drop = nn.Dropout(0.3)
+        self.att = nn.MultiheadAttention(8, 2)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.block(self.stem(x))
+        x = self.drop(x.mean((2, 3)))
+        a, _ = self.att(x[None], x[None], x[None])
+        return self.fc(a[0])
+
+
+def make_data(n=4, batch=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch, 3, 12, 12, generator=g), torch.randint(0, 4, (batch,), generator=g)) for _ in range(n)]
+
+
+def train(model, data, steps=None, lr=0.05):
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    outs = []
+    for x, y in data[:steps]:
+        opt.zero_grad(set_to_none=True)
+        out = model(x)
+        nn.functional.cross_entropy(out, y).backward()
+        opt.step()
+        outs.append(out.detach().clone())
+    return outs
+
+
+def energy_columns(result):
+    return [c for c in result.columns if c.endswith("_energy_j") and "per_call" not in c]
+
+
+def assert_adds_up(result):
+    for lab, total in result.total_energy_j.items():
+        s = sum(r["%s_energy_j" % lab] for r in result.rows)
+        assert s == pytest.approx(total, rel=1e-9, abs=1e-9), lab
+    t = sum(r["time_s"] for r in result.rows)
+    assert t == pytest.approx(result.elapsed_s, rel=1e-9, abs=1e-9)
+    assert sum(r["share_pct"] for r in result.rows) == pytest.approx(100.0, rel=1e-9)
+    for r in result.rows:  # fwd + bwd = row total
+        for lab in result.total_energy_j:
+            if r["%s_forward_energy_j" % lab] != "":
+                assert r["%s_forward_energy_j" % lab] + r["%s_backward_energy_j" % lab] == pytest.approx(
+                    r["%s_energy_j" % lab], rel=1e-12, abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# API, rows, CSV
+
+
+def test_import_paths():
+    from joulecap.measurement import LayerwiseMeasurementTool as M
+
+    assert M is LayerwiseMeasurementTool is joulecap.LayerwiseMeasurementTool
+    assert "LayerwiseMeasurementTool" in joulecap.__all__
+    assert "LayerwiseMeasurementTool" in joulecap.measurement.__all__
+
+
+def test_host_clock_is_the_library_clock():
+    clock = lw._host_clock()
+    assert clock is time.perf_counter_ns  # clock_gettime(CLOCK_MONOTONIC) on Linux
+    a = clock()
+    b = joulecap._joulecap.now_ns()
+    c = clock()
+    assert a <= b <= c and c - a < 5_000_000
+
+
+def test_training_rows_add_up_and_csv(cpu_fake, tmp_path):
+    torch.manual_seed(0)
+    model = Net()
+    out = tmp_path / "layers.csv"
+    tracker = LayerwiseMeasurementTool(out, gpu_num=0)
+    assert out.exists()  # created at once, like the other tools
+    assert tracker.start(model) is model
+    train(model, make_data(6))
+    result = tracker.stop()
+    assert tracker.result is result
+    assert_adds_up(result)
+    assert result.total_energy_j["gpu0"] == pytest.approx(300.0 * result.elapsed_s, rel=0.05)
+    names = [r["layer"] for r in result.layer_rows()]
+    assert names == ["stem", "block.conv1", "block.bn1", "block.relu", "block.conv2", "block.bn2", "drop", "att",
+                     "fc"]
+    for r in result.layer_rows():
+        assert r["phase"] == "train" and r["forward_time_s"] > 0
+        assert r["calls"] == (12 if r["layer"] == "block.relu" else 6)  # a module called twice counts twice
+        assert r["backward_calls"] == r["calls"] and r["backward_time_s"] > 0
+        assert r["attribution"] == "interval" and r["gpu0_energy_source"] == "counter"
+        assert r["gpu0_power_w"] == pytest.approx(300.0, rel=0.1)
+        assert r["gpu0_forward_energy_j_per_call"] == pytest.approx(r["gpu0_forward_energy_j"] / r["calls"])
+    assert result.row("att")["type"] == "MultiheadAttention"
+    outside = {r["layer"]: r for r in result.rows if r["type"] == "outside"}
+    assert set(outside) == {lw.OUTSIDE_FORWARD, lw.OUTSIDE_BACKWARD, lw.OUTSIDE_OTHER}
+    assert outside[lw.OUTSIDE_FORWARD]["calls"] == 6 and outside[lw.OUTSIDE_BACKWARD]["backward_calls"] == 6
+    # The CSV: one header row with units in the names, then the rows, numbers as written.
+    with open(out, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == result.columns
+    for col in ("layer", "type", "phase", "calls", "forward_time_s", "backward_time_s", "gpu0_forward_energy_j",
+                "gpu0_forward_energy_j_per_call", "gpu0_backward_energy_j", "gpu0_backward_energy_j_per_call",
+                "cpu_forward_energy_j", "cpu_backward_energy_j", "share_pct"):
+        assert col in rows[0]
+    assert len(rows) == 1 + len(result.rows)
+    i = rows[0].index("gpu0_energy_j")
+    assert sum(float(r[i]) for r in rows[1:]) == pytest.approx(result.total_energy_j["gpu0"], rel=1e-8)
+    pd = pytest.importorskip("pandas")
+    df = result.to_pandas()
+    assert list(df.columns) == result.columns and len(df) == len(result.rows)
+    assert df["gpu0_energy_j"].sum() == pytest.approx(result.total_energy_j["gpu0"], rel=1e-9)
+    assert isinstance(df, pd.DataFrame)
+    text = result.summary(print_it=False)
+    assert "total (measured)" in text and "block.conv1" in text and "(outside) other" in text
+
+
+def test_summary_prints(cpu_fake, capsys):
+    model = Net()
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0)
+    tracker.start(model)
+    train(model, make_data(2))
+    tracker.stop()
+    tracker.summary(top=3)
+    text = capsys.readouterr().out
+    assert "GPU0 (J)" in text and "CPU (J)" in text and "more layers" in text and "share" in text
+
+
+def test_shares_follow_known_costs(cpu_fake):
+    """A big, a middle and a tiny Linear: with a constant-power GPU the energy shares follow their time."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1024, 1024), nn.Linear(1024, 128), nn.Linear(128, 2))
+    x = torch.randn(512, 1024)
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0)
+    tracker.start(model)
+    for _ in range(15):
+        model.zero_grad()
+        model(x).square().mean().backward()
+    result = tracker.stop()
+    assert_adds_up(result)
+    big, mid, tiny = (result.row(n) for n in ("0", "1", "2"))
+    assert big["share_pct"] > mid["share_pct"] > tiny["share_pct"]
+    assert big["gpu0_energy_j"] > 3 * mid["gpu0_energy_j"]
+
+
+def test_energy_follows_the_power_measured_while_a_layer_ran(fake_env, tmp_path):
+    """The GPU alternates 1.5 s at 500 W and 1.5 s at 100 W; a layer that runs in the high phase gets ~500 W, one
+    in the low phase ~100 W (the seed's run-wide average power would give both the same)."""
+    scn = tmp_path / "square.scn"
+    scn.write_text(
+        "[device]\nidle_w = 100\nloaded_w = 500\nload = square 3000 0.5\ncounter_step_ms = 100\n"
+        "counter_phase_ms = 23\ninstant_period_ms = 100\nenergy_latency_ms = 1\n"
+    )
+    fake_env(scenario=str(scn), sysfs="norapl", proc="qemu")
+
+    class Sleep(nn.Module):
+        def forward(self, x):
+            time.sleep(0.9)
+            return x
+
+    model = nn.Sequential(Sleep(), Sleep())
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, interval=0.005)
+    ctx = tracker._ctx
+
+    def wait_for(high):
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            p = ctx.read_latest(1)["power_w"]
+            if (p > 300) == high:
+                return
+            time.sleep(0.002)
+        pytest.fail("the fake GPU's power did not switch")
+
+    wait_for(False)
+    tracker.start(model)
+    with torch.no_grad():
+        wait_for(True)
+        time.sleep(0.15)  # clear of the counter step that holds the switch
+        model[0](torch.zeros(1))
+        wait_for(False)
+        time.sleep(0.15)
+        model[1](torch.zeros(1))
+    result = tracker.stop()
+    assert_adds_up(result)
+    hi, lo = result.row("0"), result.row("1")
+    assert hi["gpu0_power_w"] == pytest.approx(500, rel=0.03)
+    assert lo["gpu0_power_w"] == pytest.approx(100, rel=0.1)
+    average = result.total_energy_j["gpu0"] / result.elapsed_s
+    assert 100 * 1.2 < average < 500 * 0.9  # what the seed would have given both
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The model behaves as before
+
+
+def _state(model):
+    return ({k: v.clone() for k, v in model.state_dict().items()},
+            {n: (p.grad.clone() if p.grad is not None else None) for n, p in model.named_parameters()})
+
+
+@pytest.mark.parametrize("mode", ["attribute", "replay"])
+def test_outputs_and_gradients_bit_identical(cpu_fake, mode):
+    data = make_data(3)
+
+    def run(with_tool):
+        torch.manual_seed(1)
+        model = Net()
+        tracker = None
+        if with_tool:
+            tracker = LayerwiseMeasurementTool(None, gpu_num=0, mode=mode, replay_seconds=0.02, replay_min_share=0)
+            model = tracker.start(model)
+        outs = train(model, data)
+        model.eval()
+        with torch.no_grad():
+            outs.append(model(data[0][0]))
+        model.train()
+        if tracker is not None:
+            result = tracker.stop()
+            if mode == "replay":
+                assert result.replayed
+        return outs, _state(model), torch.get_rng_state()
+
+    outs0, (sd0, g0), rng0 = run(False)
+    outs1, (sd1, g1), rng1 = run(True)
+    assert len(outs0) == len(outs1)
+    for a, b in zip(outs0, outs1):
+        assert torch.equal(a, b)
+    for k in sd0:
+        assert torch.equal(sd0[k], sd1[k]), k
+    for k in g0:
+        assert (g0[k] is None and g1[k] is None) or torch.equal(g0[k], g1[k]), k
+    assert torch.equal(rng0, rng1)  # replay restores the random number generator
+
+
+def test_hooks_removed_at_stop(cpu_fake):
+    model = Net()
+    before = {n: (dict(m._forward_hooks), dict(m._forward_pre_hooks)) for n, m in model.named_modules()}
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0)
+    tracker.start(model)
+    assert any(m._forward_pre_hooks for m in model.modules())
+    x, y = make_data(1)[0]
+    out = model(x)  # a graph built while measuring ...
+    result = tracker.stop()
+    after = {n: (dict(m._forward_hooks), dict(m._forward_pre_hooks)) for n, m in model.named_modules()}
+    assert before == after
+    nn.functional.cross_entropy(out, y).backward()  # ... can still be backpropagated: its node hooks do nothing
+    train(model, make_data(1))
+    assert result.row("fc")["backward_calls"] == 0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Layers, phases
+
+
+def test_depth_option(cpu_fake):
+    torch.manual_seed(0)
+    model = Net()
+    assert [n for n, _ in lw.select_layers(model, 1)] == ["stem", "block", "drop", "att", "fc"]
+    assert [n for n, _ in lw.select_layers(model, 2)] == [
+        "stem", "block.conv1", "block.bn1", "block.relu", "block.conv2", "block.bn2", "drop", "att", "att.out_proj",
+        "fc"]
+    assert [n for n, _ in lw.select_layers(model, 0)] == [""]
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, depth=1)
+    tracker.start(model)
+    train(model, make_data(3))
+    result = tracker.stop()
+    assert_adds_up(result)
+    assert [r["layer"] for r in result.layer_rows()] == ["stem", "block", "drop", "att", "fc"]
+    assert result.row("block")["calls"] == 3 and result.row("block")["backward_calls"] == 3
+    # depth=0: the whole model is one layer, nothing is outside its forward
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, depth=0)
+    tracker.start(model)
+    train(model, make_data(2))
+    result = tracker.stop()
+    assert [r["layer"] for r in result.layer_rows()] == [lw.ROOT_NAME]
+    assert lw.OUTSIDE_FORWARD not in [r["layer"] for r in result.rows]
+    assert_adds_up(result)
+
+
+def test_inference_under_no_grad_and_inference_mode(cpu_fake):
+    model = Net().eval()
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0)
+    tracker.start(model)
+    x = make_data(1)[0][0]
+    with torch.no_grad():
+        for _ in range(3):
+            model(x)
+    with torch.inference_mode():
+        model(x)
+    result = tracker.stop()
+    assert_adds_up(result)
+    assert {r["phase"] for r in result.rows} == {"infer"}
+    for r in result.layer_rows():
+        assert r["calls"] == (8 if r["layer"] == "block.relu" else 4)
+        assert r["backward_time_s"] == 0 and r["backward_calls"] == 0
+    assert lw.OUTSIDE_BACKWARD not in [r["layer"] for r in result.rows]
+
+
+def test_training_and_inference_mixed_get_rows_per_phase(cpu_fake):
+    model = Net()
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0)
+    tracker.start(model)
+    data = make_data(3)
+    for epoch in range(2):
+        model.train()
+        train(model, data)
+        model.eval()
+        with torch.no_grad():
+            model(data[0][0])
+    result = tracker.stop()
+    assert_adds_up(result)
+    conv = [r for r in result.rows if r["layer"] == "stem"]
+    assert [(r["phase"], r["calls"], r["backward_calls"]) for r in conv] == [("train", 6, 6), ("infer", 2, 0)]
+    with pytest.raises(KeyError, match="phase"):
+        result.row("stem")
+    assert result.row("stem", "infer")["calls"] == 2
+    other = [r["phase"] for r in result.rows if r["layer"] == lw.OUTSIDE_OTHER]
+    assert other == ["train", "infer"]
+
+
+def test_layers_skipped_by_backward_frozen_and_unused(cpu_fake):
+    class Heads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.frozen = nn.Linear(16, 16).requires_grad_(False)
+            self.body = nn.Linear(16, 16)
+            self.aux = nn.Linear(16, 3)  # computed, but not in the loss
+            self.head = nn.Linear(16, 3)
+            self.ident = nn.Identity()
+
+        def forward(self, x):
+            h = self.ident(self.body(self.frozen(x)))
+            self.last_aux = self.aux(h)
+            return self.head(h)
+
+    model = Heads()
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0)
+    tracker.start(model)
+    for _ in range(3):
+        model(torch.randn(8, 16)).sum().backward()
+    result = tracker.stop()
+    assert_adds_up(result)
+    assert result.row("frozen")["backward_calls"] == 0 and result.row("aux")["backward_calls"] == 0
+    assert result.row("ident")["backward_calls"] == 0  # returns its input: no backward work of its own
+    assert result.row("body")["backward_calls"] == 3 and result.row("head")["backward_calls"] == 3
+
+
+def test_mixed_precision_autocast(cpu_fake):
+    model = Net()
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0)
+    tracker.start(model)
+    for x, y in make_data(2):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+    result = tracker.stop()
+    assert_adds_up(result)
+    assert result.row("fc")["backward_calls"] == 2 and result.row("stem")["backward_calls"] == 2
+
+
+def test_a_forward_that_raises_leaves_the_tool_consistent(cpu_fake):
+    class Flaky(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.fail = True
+
+        def forward(self, x):
+            if self.fail:
+                raise ValueError("boom")
+            return x
+
+    model = nn.Sequential(nn.Linear(4, 4), Flaky())
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0)
+    tracker.start(model)
+    with pytest.raises(ValueError):
+        model(torch.randn(2, 4))
+    model[1].fail = False
+    model(torch.randn(2, 4)).sum().backward()
+    result = tracker.stop()
+    assert_adds_up(result)
+    assert result.row("0")["calls"] == 2 and result.row("0")["backward_calls"] == 1
+
+
+def test_activation_checkpointing(cpu_fake):
+    from torch.utils.checkpoint import checkpoint
+
+    class Ckpt(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(8, 8)
+            self.b = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return checkpoint(lambda t: self.b(torch.relu(self.a(t))), x, use_reentrant=False)
+
+    model = Ckpt()
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0)
+    tracker.start(model)
+    model(torch.randn(4, 8, requires_grad=True)).sum().backward()
+    result = tracker.stop()
+    assert_adds_up(result)
+    assert result.row("a")["calls"] == 2  # the recomputation is a second forward call
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Replay
+
+
+def test_replay_mode(cpu_fake, tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(inplace=True), nn.Linear(512, 512), nn.ReLU(inplace=True),
+                          nn.Linear(512, 10))
+    tracker = LayerwiseMeasurementTool(tmp_path / "r.csv", gpu_num=0, mode="replay", replay_seconds=0.1)
+    tracker.start(model)
+    for _ in range(10):
+        model(torch.randn(64, 256)).sum().backward()
+    with torch.no_grad():
+        model(torch.randn(64, 256))
+    result = tracker.stop()
+    assert result.mode == "replay"
+    assert_adds_up(result)
+    replayed = {(r["layer"], r["phase"]) for r in result.replayed}
+    assert ("0", "train") in replayed and ("2", "train") in replayed
+    for r in result.replayed:
+        assert r["gpu0_power_w"] == pytest.approx(300, rel=0.1)  # the fake GPU draws 300 W whatever runs
+        if "same_as" not in r:
+            assert r["seconds"] >= 0.1 and r["iterations"] >= 2
+    # The two in-place ReLUs have the same shapes: replayed once.
+    relus = [r for r in result.replayed if r["layer"] in ("1", "3") and r["phase"] == "train"]
+    assert len(relus) == 2 and sum("same_as" in r for r in relus) == 1
+    assert result.row("0", "train")["attribution"] == "replay"
+    # constant power: replay changes nothing but rounding
+    for r in result.layer_rows():
+        if r["attribution"] == "replay":
+            assert r["gpu0_power_w"] == pytest.approx(300, rel=0.1)
+
+
+def test_replay_split_uses_time_times_power():
+    class FakeRun:
+        acc_t = [2_000_000_000, 0, 1_000_000_000, 1_000_000_000, 1_000_000_000, 0]
+
+    energies = {0: [[500.0], [0.0]], 1: [[500.0], [500.0]], 2: [[300.0], [0.0]]}
+    attribution = {0: "interval", 1: "interval", 2: "interval"}
+    # rows 0 and 1 replayed at 100 W and 400 W: the 1500 J measured for them is split 2*100 : 2*400
+    lw._apply_replay(FakeRun(), energies, {0: [100.0], 1: [400.0]}, attribution, 1)
+    assert energies[0] == [[pytest.approx(300.0)], [0.0]]
+    assert energies[1] == [[pytest.approx(600.0)], [pytest.approx(600.0)]]
+    assert energies[2] == [[300.0], [0.0]]  # not replayed: kept
+    assert attribution == {0: "replay", 1: "replay", 2: "interval"}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Errors
+
+
+def test_stop_before_start_and_twice(cpu_fake):
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0)
+    with pytest.raises(StateError, match="before start"):
+        tracker.stop()
+    model = Net()
+    tracker.start(model)
+    with pytest.raises(StateError, match="twice"):
+        tracker.start(model)
+    tracker.stop()
+    with pytest.raises(StateError, match="twice"):
+        tracker.stop()
+    with pytest.raises(StateError, match="new LayerwiseMeasurementTool"):
+        tracker.start(model)
+
+
+def test_no_measurable_layers(cpu_fake):
+    class Functional(nn.Module):
+        def forward(self, x):
+            return x * 2
+
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0)
+    with pytest.raises(InvalidArgument, match="no measurable layers.*EnergyMeasurementTool|depth=0"):
+        tracker.start(Functional())
+    with pytest.raises(InvalidArgument, match="no measurable layers"):
+        tracker.start(nn.Sequential())
+    with pytest.raises(InvalidArgument, match="depth 1"):
+        LayerwiseMeasurementTool(None, gpu_num=0, depth=1).start(Functional())
+    # a depth below the deepest module measures the leaves above it
+    net = Net()
+    assert [n for n, _ in lw.select_layers(net, 9)] == [n for n, _ in lw.select_layers(net, 3)]
+    with pytest.raises(InvalidArgument, match="torch.nn.Module"):
+        tracker.start(lambda x: x)
+    # depth=0 measures a model without submodules as one layer
+    t0 = LayerwiseMeasurementTool(None, gpu_num=0, depth=0)
+    t0.start(Functional())
+    t0.stop()
+
+
+def test_model_on_another_gpu(cpu_fake):
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0)
+    with pytest.raises(InvalidArgument, match=r"cuda:1.*gpu_num=1"):
+        tracker._check_device(torch.device("cuda", 1))
+    assert tracker._check_device(torch.device("cuda", 0)) is True
+    assert tracker._check_device(torch.device("cpu")) is False
+    none = LayerwiseMeasurementTool(None, gpu_num=None)
+    with pytest.raises(InvalidArgument, match="gpu_num=None measures no GPU"):
+        none._check_device(torch.device("cuda", 0))
+    split = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2, device="meta"))
+    with pytest.raises(InvalidArgument, match="several devices"):
+        tracker.start(split)
+    assert not tracker.running
+
+
+def test_bad_arguments(cpu_fake, fake_env):
+    with pytest.raises(InvalidArgument, match="mode"):
+        LayerwiseMeasurementTool(None, mode="fast")
+    with pytest.raises(InvalidArgument, match="depth"):
+        LayerwiseMeasurementTool(None, depth=-1)
+    gc.collect()  # every earlier context closed: the fake NVML reads the new scenario
+    fake_env(scenario="two-gpus.scn", sysfs="norapl", proc="qemu")
+    with pytest.raises(InvalidArgument, match="one GPU"):
+        LayerwiseMeasurementTool(None, gpu_num="all")
+
+
+def test_no_gpu_measures_the_cpu(cpu_fake):
+    model = Net()
+    tracker = LayerwiseMeasurementTool(None, gpu_num=None)
+    tracker.start(model)
+    train(model, make_data(2))
+    result = tracker.stop()
+    assert set(result.total_energy_j) == {"cpu"}
+    assert not any(c.startswith("gpu") for c in result.columns)
+    assert result.estimates["cpu"].startswith("estimate")
+    assert_adds_up(result)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The CUDA-event clock, with fake events
+
+
+class FakeGPU:
+    """A GPU timer that runs `lag_ns` behind the host's submissions and drifts by `ppm` against it."""
+
+    def __init__(self, lag_ns=2_000_000, ppm=20.0, offset_ns=123_456_789):
+        self.lag_ns, self.ppm, self.offset_ns = lag_ns, ppm, offset_ns
+        self.busy_until = 0
+        self.now = time.perf_counter_ns
+
+    def gpu_time(self, host_ns):
+        return (host_ns + self.offset_ns) * (1 + self.ppm * 1e-6)
+
+    def event(self):
+        return FakeEvent(self)
+
+    def synchronize(self):
+        while self.now() < self.busy_until:
+            pass
+
+
+class FakeEvent:
+    def __init__(self, gpu):
+        self.gpu = gpu
+        self.done_at = None
+
+    def record(self, stream=None):
+        now = self.gpu.now()
+        self.done_at = max(now + 5_000, self.gpu.busy_until)  # 5 us launch latency, queued behind the work
+        self.gpu.busy_until = max(self.gpu.busy_until, self.done_at)
+
+    def query(self):
+        return self.gpu.now() >= self.done_at
+
+    def synchronize(self):
+        while not self.query():
+            pass
+
+    def elapsed_time(self, end):
+        if not (self.query() and end.query()):
+            raise RuntimeError("not complete")
+        ms = (self.gpu.gpu_time(end.done_at) - self.gpu.gpu_time(self.done_at)) / 1e6
+        return float(torch.tensor(ms, dtype=torch.float32))  # cudaEventElapsedTime gives a float
+
+
+def fake_clock(gpu, max_age=10.0):
+    return lw._CudaClock(torch, None, anchor_max_age_s=max_age, event_factory=gpu.event, synchronize=gpu.synchronize,
+                         stream=lambda: None, now=time.perf_counter_ns)
+
+
+def test_cuda_clock_maps_events_to_the_host_clock():
+    gpu = FakeGPU(ppm=0.0)
+    clock = fake_clock(gpu)
+    t0 = clock.begin()
+    assert clock.anchors == 1
+    times, truth = [t0], [t0]
+    for i in range(200):
+        gpu.busy_until = max(gpu.busy_until, time.perf_counter_ns()) + 50_000  # 50 us of queued "kernels"
+        ev = clock.mark()
+        times.append(ev)
+        truth.append(ev.done_at)
+    k = clock.convert(times, 1, force=False)
+    assert 1 <= k <= len(times)
+    k = clock.convert(times, k, force=True)  # waits for half of the rest
+    gpu.synchronize()
+    k = clock.convert(times, k, force=False)
+    assert k == len(times)
+    err = [abs(a - b) for a, b in zip(times[1:], truth[1:])]
+    # The anchor is stamped within its uncertainty of the host time taken after its record call
+    assert max(err) <= clock.uncertainty_max_ns + 10_000
+    durations = [b - a for a, b in zip(times[1:], times[2:])]
+    true_d = [b - a for a, b in zip(truth[1:], truth[2:])]
+    assert max(abs(a - b) for a, b in zip(durations, true_d)) < 2_000  # float32 ms over ~10 ms: sub-us
+    assert all(b >= a for a, b in zip(times, times[1:]))
+
+
+def test_cuda_clock_reanchors_and_measures_drift():
+    gpu = FakeGPU(ppm=500.0)  # an exaggerated drift: 0.5 ms per second
+    clock = fake_clock(gpu, max_age=1.0)
+    clock.begin()
+    time.sleep(1.1)
+    gpu.busy_until = time.perf_counter_ns() + 50_000_000  # busy: no opportunistic anchor, but older than max_age
+    clock.maybe_reanchor()
+    assert clock.forced_syncs == 1 and clock.anchors == 2
+    assert 0.3e-3 < clock.info()["drift_max_s"] < 1.0e-3  # ~0.55 ms accumulated over 1.1 s, corrected now
+    time.sleep(1.05)
+    clock.maybe_reanchor()  # idle GPU: anchored without a synchronisation
+    assert clock.forced_syncs == 1 and clock.anchors == 3
+    info = clock.info()
+    assert info["kind"] == "cuda" and info["anchor_uncertainty_max_s"] < 1e-3
+
+
+def test_tool_with_event_clock(cpu_fake, monkeypatch):
+    """The whole pipeline with markers as (fake) CUDA events: resolved lazily, bounded, rows add up."""
+    gpu = FakeGPU(ppm=50.0)
+    monkeypatch.setattr(lw, "_HostClock", lambda: fake_clock(gpu))
+    model = Net()
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_pending=64, resolve_interval=0.05)
+    tracker.start(model)
+    run = tracker._run
+    train(model, make_data(8))
+    assert len(run.mt) < 400  # resolved as it went
+    result = tracker.stop()
+    assert_adds_up(result)
+    assert result.clock["kind"] == "cuda" and result.clock["events"] > 100
+    assert result.row("block.relu")["calls"] == 16
