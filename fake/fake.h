@@ -24,6 +24,7 @@ JC_NVML_FUNCTIONS(FAKE__DECLARE)
 #define FAKE_MAX_ERRORS 32
 #define FAKE_FUNC_LEN 64
 #define FAKE_MSG_LEN 512
+#define FAKE_MAX_SWEEP 64 /* distinct caps of a sweep */
 
 /* An injected error: calls of functions matching func (an fnmatch pattern) return code while the fake GPU's
  * time t (ms) lies in [from_ms, to_ms). */
@@ -58,6 +59,10 @@ struct nvmlDevice_st {
     unsigned pci_domain, pci_bus, pci_device, pci_device_id, pci_subsystem_id;
     double min_limit_w, max_limit_w, default_limit_w, initial_limit_w;
     double idle_w, loaded_w;
+    /* Sweep mode (`sweep = file.csv`): the power at load 1 is a function of the limit in force, linear between
+     * the sweep's caps and constant beyond them, instead of loaded_w.  Caps ascending, distinct. */
+    int nsweep;
+    double sweep_cap_w[FAKE_MAX_SWEEP], sweep_power_w[FAKE_MAX_SWEEP];
     fake_load load;
     int burst_overshoot;  /* 1: power may exceed the limit, up to limit * burst_factor */
     double burst_factor;

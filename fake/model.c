@@ -13,8 +13,25 @@ static double clamp_w(const fake_device *d, unsigned limit_mw) {
     return d->burst_overshoot ? w * d->burst_factor : w;
 }
 
-static double power_of_load(const fake_device *d, double load, double max_w) {
-    double w = d->idle_w + (d->loaded_w - d->idle_w) * load;
+/* Power at load 1 under a limit: loaded_w, or in sweep mode the sweep's power at that limit (linear between
+ * its caps, constant beyond them). */
+static double loaded_w_at(const fake_device *d, unsigned limit_mw) {
+    if (d->nsweep < 1) return d->loaded_w;
+    double cap = limit_mw / 1000.0;
+    const double *c = d->sweep_cap_w, *p = d->sweep_power_w;
+    int n = d->nsweep;
+    if (cap <= c[0]) return p[0];
+    if (cap >= c[n - 1]) return p[n - 1];
+    int i = 1;
+    while (c[i] < cap) i++;
+    return p[i - 1] + (p[i] - p[i - 1]) * (cap - c[i - 1]) / (c[i] - c[i - 1]);
+}
+
+/* Power drawn at a load under a limit (the limit both clamps the power and, in sweep mode, sets the loaded
+ * power). */
+static double power_of_load(const fake_device *d, double load, unsigned limit_mw) {
+    double w = d->idle_w + (loaded_w_at(d, limit_mw) - d->idle_w) * load;
+    double max_w = clamp_w(d, limit_mw);
     return w < max_w ? w : max_w;
 }
 
@@ -35,21 +52,21 @@ static double base_load_at(const fake_load *l, double t) {
 }
 
 /* Energy of the base schedule over [a, b], a <= b. */
-static double base_energy(const fake_device *d, double a, double b, double max_w) {
+static double base_energy(const fake_device *d, double a, double b, unsigned limit_mw) {
     const fake_load *l = &d->load;
-    if (l->kind == FAKE_LOAD_CONSTANT) return power_of_load(d, l->level, max_w) * (b - a);
-    double p_high = power_of_load(d, l->high, max_w), p_low = power_of_load(d, l->low, max_w);
+    if (l->kind == FAKE_LOAD_CONSTANT) return power_of_load(d, l->level, limit_mw) * (b - a);
+    double p_high = power_of_load(d, l->high, limit_mw), p_low = power_of_load(d, l->low, limit_mw);
     return p_low * (b - a) + (p_high - p_low) * (square_high_ms(l, b) - square_high_ms(l, a));
 }
 
 /* Energy over [a, b] with one power limit in force throughout. */
-static double interval_energy(const fake_device *d, double a, double b, double max_w) {
+static double interval_energy(const fake_device *d, double a, double b, unsigned limit_mw) {
     if (b <= a) return 0;
-    double e = base_energy(d, a, b, max_w);
+    double e = base_energy(d, a, b, limit_mw);
     for (int i = 0; i < d->load.nsegments; i++) {
         const fake_segment *s = &d->load.segments[i];
         double lo = a > s->from_ms ? a : s->from_ms, hi = b < s->to_ms ? b : s->to_ms;
-        if (hi > lo) e += power_of_load(d, s->load, max_w) * (hi - lo) - base_energy(d, lo, hi, max_w);
+        if (hi > lo) e += power_of_load(d, s->load, limit_mw) * (hi - lo) - base_energy(d, lo, hi, limit_mw);
     }
     return e;
 }
@@ -64,12 +81,12 @@ double fake_load_at(const fake_device *d, double t_ms) {
 
 double fake_power_at(const fake_device *d, const fake_dev_state *s, double t_ms) {
     unsigned limit = t_ms >= s->eff_ms ? s->limit_mw : s->prev_limit_mw;
-    return power_of_load(d, fake_load_at(d, t_ms), clamp_w(d, limit));
+    return power_of_load(d, fake_load_at(d, t_ms), limit);
 }
 
 double fake_energy_to(const fake_device *d, const fake_dev_state *s, double t_ms) {
-    if (t_ms >= s->eff_ms) return s->anchor_mj + interval_energy(d, s->eff_ms, t_ms, clamp_w(d, s->limit_mw));
-    return s->anchor_mj - interval_energy(d, t_ms, s->eff_ms, clamp_w(d, s->prev_limit_mw));
+    if (t_ms >= s->eff_ms) return s->anchor_mj + interval_energy(d, s->eff_ms, t_ms, s->limit_mw);
+    return s->anchor_mj - interval_energy(d, t_ms, s->eff_ms, s->prev_limit_mw);
 }
 
 /* Latest point of the grid phase + k * period at or before t (may be negative). */

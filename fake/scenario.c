@@ -21,7 +21,7 @@ typedef struct parser {
     size_t msglen;
     fake_scenario *sc;
     fake_device *dev; /* NULL while in the global part */
-    int phase_set, instant_phase_set, limit_set;
+    int phase_set, instant_phase_set, limit_set, loaded_set, sweep_line;
 } parser;
 
 __attribute__((format(printf, 2, 3))) static int fail(parser *p, const char *fmt, ...) {
@@ -228,6 +228,128 @@ static int parse_pci(parser *p, const char *text, fake_device *d) {
     return 0;
 }
 
+/* Splits a CSV line in place on commas (no quoting: sweeps are plain numbers); returns the number of cells
+ * (at most max; -1 if more).  Cells are trimmed. */
+static int split_csv(char *s, char **cells, int max) {
+    int n = 0;
+    for (char *c = s;;) {
+        char *comma = strchr(c, ',');
+        if (comma) *comma = '\0';
+        if (n == max) return -1;
+        cells[n++] = trim(c);
+        if (!comma) break;
+        c = comma + 1;
+    }
+    return n;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+#define SWEEP_MAX_ROWS 4096
+#define SWEEP_MAX_COLS 32
+
+/* sweep = <file.csv>: a power-limit sweep (header with power_limit_w, time_per_step_s, avg_power_w; other
+ * columns ignored; rows at the same cap averaged).  A relative path is taken from the scenario file's folder.
+ * The device's power at load 1 becomes avg_power_w interpolated at the limit in force. */
+static int parse_sweep(parser *p, const char *value, fake_device *d) {
+    char path[4096];
+    if (value[0] == '\0') return fail(p, "sweep: empty value");
+    if (value[0] == '/') {
+        snprintf(path, sizeof path, "%s", value);
+    } else {
+        const char *slash = strrchr(p->path, '/');
+        int dirlen = slash ? (int)(slash - p->path) + 1 : 0;
+        if (snprintf(path, sizeof path, "%.*s%s", dirlen, p->path, value) >= (int)sizeof path)
+            return fail(p, "sweep: path too long");
+    }
+    FILE *f = fopen(path, "r");
+    if (!f) return fail(p, "sweep: cannot open %s: %s", path, strerror(errno));
+    double *cap = malloc(3 * SWEEP_MAX_ROWS * sizeof(double));
+    if (!cap) {
+        fclose(f);
+        return fail(p, "sweep: out of memory");
+    }
+    double *pw = cap + SWEEP_MAX_ROWS, *order = pw + SWEEP_MAX_ROWS;
+    char buf[LINE_MAX_LEN];
+    char *cells[SWEEP_MAX_COLS];
+    int col_cap = -1, col_time = -1, col_power = -1, line = 0, rows = 0, rc = 0;
+    while (rc == 0 && fgets(buf, sizeof buf, f)) {
+        line++;
+        char *text = trim(buf);
+        if (line == 1) {
+            int n = split_csv(text, cells, SWEEP_MAX_COLS);
+            for (int i = 0; i < n; i++) {
+                if (strcmp(cells[i], "power_limit_w") == 0) col_cap = i;
+                else if (strcmp(cells[i], "time_per_step_s") == 0) col_time = i;
+                else if (strcmp(cells[i], "avg_power_w") == 0) col_power = i;
+            }
+            if (n < 0 || col_cap < 0 || col_time < 0 || col_power < 0)
+                rc = fail(p, "sweep: %s:1: the header needs the columns power_limit_w, time_per_step_s and "
+                             "avg_power_w", path);
+            continue;
+        }
+        if (*text == '\0') continue;
+        int n = split_csv(text, cells, SWEEP_MAX_COLS);
+        int need = col_cap > col_time ? col_cap : col_time;
+        if (col_power > need) need = col_power;
+        if (n <= need) {
+            rc = fail(p, "sweep: %s:%d: fewer cells than the header names", path, line);
+            break;
+        }
+        if (rows == SWEEP_MAX_ROWS) {
+            rc = fail(p, "sweep: %s: more than %d rows", path, SWEEP_MAX_ROWS);
+            break;
+        }
+        const int cols[3] = {col_cap, col_time, col_power};
+        double v[3];
+        for (int k = 0; k < 3 && rc == 0; k++) {
+            char *end;
+            errno = 0;
+            v[k] = strtod(cells[cols[k]], &end);
+            if (errno || end == cells[cols[k]] || *end || !isfinite(v[k]) || v[k] <= 0)
+                rc = fail(p, "sweep: %s:%d: '%s' is not a positive number", path, line, cells[cols[k]]);
+        }
+        if (rc) break;
+        cap[rows] = v[0];
+        pw[rows] = v[2];
+        rows++;
+    }
+    fclose(f);
+    if (rc) {
+        free(cap);
+        return rc;
+    }
+    /* Distinct caps, ascending, with the mean power of their rows. */
+    for (int i = 0; i < rows; i++) order[i] = cap[i];
+    qsort(order, (size_t)rows, sizeof order[0], cmp_double);
+    int n = 0;
+    for (int i = 0; i < rows; i++) {
+        if (i > 0 && order[i] == order[i - 1]) continue;
+        if (n == FAKE_MAX_SWEEP) {
+            free(cap);
+            return fail(p, "sweep: %s: more than %d distinct caps", path, FAKE_MAX_SWEEP);
+        }
+        double sum = 0;
+        int count = 0;
+        for (int j = 0; j < rows; j++) {
+            if (cap[j] == order[i]) {
+                sum += pw[j];
+                count++;
+            }
+        }
+        d->sweep_cap_w[n] = order[i];
+        d->sweep_power_w[n] = sum / count;
+        n++;
+    }
+    free(cap);
+    if (n < 2) return fail(p, "sweep: %s: needs at least 2 distinct caps", path);
+    d->nsweep = n;
+    return 0;
+}
+
 static int global_key(parser *p, const char *key, char *value) {
     fake_scenario *sc = p->sc;
     if (strcmp(key, "driver_version") == 0)
@@ -268,7 +390,14 @@ static int device_key(parser *p, const char *key, char *value) {
         return parse_positive(p, key, value, &d->initial_limit_w);
     }
     if (strcmp(key, "idle_w") == 0) return parse_nonneg(p, key, value, &d->idle_w);
-    if (strcmp(key, "loaded_w") == 0) return parse_nonneg(p, key, value, &d->loaded_w);
+    if (strcmp(key, "loaded_w") == 0) {
+        p->loaded_set = 1;
+        return parse_nonneg(p, key, value, &d->loaded_w);
+    }
+    if (strcmp(key, "sweep") == 0) {
+        p->sweep_line = p->line;
+        return parse_sweep(p, value, d);
+    }
     if (strcmp(key, "load") == 0) return parse_load(p, value, &d->load);
     if (strcmp(key, "segment") == 0) return parse_segment(p, value, &d->load);
     if (strcmp(key, "burst_overshoot") == 0) return parse_bool(p, key, value, &d->burst_overshoot);
@@ -340,6 +469,10 @@ static int device_finish(parser *p) {
     if (!d) return 0;
     p->line = p->device_line;
     if (!p->limit_set) d->initial_limit_w = d->default_limit_w;
+    if (d->nsweep > 0 && p->loaded_set) {
+        p->line = p->sweep_line;
+        return fail(p, "device %u: sweep and loaded_w both set (the sweep gives the loaded power)", d->index);
+    }
     if (!(d->min_limit_w <= d->max_limit_w))
         return fail(p, "device %u: min_limit_w %g > max_limit_w %g", d->index, d->min_limit_w, d->max_limit_w);
     if (d->default_limit_w < d->min_limit_w || d->default_limit_w > d->max_limit_w)
@@ -400,7 +533,7 @@ static int parse_line(parser *p, char *raw) {
         device_defaults(p->dev, p->sc->ndevices);
         p->sc->ndevices++;
         p->device_line = line_no;
-        p->phase_set = p->instant_phase_set = p->limit_set = 0;
+        p->phase_set = p->instant_phase_set = p->limit_set = p->loaded_set = p->sweep_line = 0;
         return 0;
     }
     char *eq = strchr(line, '=');
