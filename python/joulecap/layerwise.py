@@ -31,6 +31,7 @@ How it works (docs/python.md, "Layer-wise", says it for users):
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 import os
@@ -55,6 +56,7 @@ ROOT_NAME = "(root)"
 
 _MAX_SEQ = 2**64 - 1  # sequence number of AccumulateGrad nodes
 _WALK_LIMIT = 2048  # autograd nodes inspected per layer call, at most
+_GROUP_NS = 1_000_000  # intervals are given energy in groups spanning at least this (1 ms)
 
 
 def _import_torch():
@@ -316,12 +318,47 @@ class _Row:
 
 
 class _Call:
-    """One call of a layer, seen from its backward: the autograd nodes it created span [lo, hi]."""
+    """One call of a layer, seen from its backward: the autograd nodes it created span sequence numbers
+    [lo, hi].  Its methods are the node hooks that mark the start and the end of its backward."""
 
-    __slots__ = ("slot", "lo", "hi", "active", "capture")
+    __slots__ = ("run", "slot", "lo", "hi", "active", "capture", "where")
 
-    def __init__(self, slot: int, lo: int, hi: int, capture: Any = None):
-        self.slot, self.lo, self.hi, self.active, self.capture = slot, lo, hi, False, capture
+    def __init__(self, run: "_Run", slot: int, lo: int, hi: int, capture: Any = None, where: Any = None):
+        self.run, self.slot, self.lo, self.hi, self.capture, self.where = run, slot, lo, hi, capture, where
+        self.active = False
+
+    def on_start(self, grad_outputs: Any, node_id: int = 0) -> None:
+        run = self.run
+        if not run.active:
+            return None
+        run._enter_graph_task()
+        if self.capture is not None and node_id:
+            run.capture_grads(self.capture, node_id, grad_outputs, self.where)
+        if self.active:
+            return None
+        self.active = True
+        bst = run.bstack
+        while bst and not (bst[-1].lo <= self.lo and self.hi <= bst[-1].hi):
+            bst.pop().active = False  # ended without its end marker (interleaved branches)
+        bst.append(self)
+        run.calls[self.slot] += 1
+        run.mark(self.slot)
+        return None
+
+    def on_end(self, grad_inputs: Any, grad_outputs: Any) -> None:
+        run = self.run
+        if not run.active or not self.active:
+            return None
+        self.active = False
+        bst = run.bstack
+        for i in range(len(bst) - 1, -1, -1):
+            if bst[i] is self:
+                for c in bst[i + 1 :]:
+                    c.active = False
+                del bst[i:]
+                break
+        run.mark(run.idle_slot())
+        return None
 
 
 class _TensorSpec:
@@ -432,6 +469,7 @@ class _Run:
                  clock: Any, ndev: int):
         self.tool = tool
         self.torch = torch
+        self.Tensor = torch.Tensor
         self.model = model
         self.layers = layers
         self.clock = clock
@@ -546,25 +584,42 @@ class _Run:
             ctx = self.tool._ctx
             acc_t, acc_e, acc_th = self.acc_t, self.acc_e, self.acc_th
             timeout = 0.0 if final_timeout is None else final_timeout
+            ndev = self.ndev
+            group = _GROUP_NS
             j = 0
-            t0, s0 = mt[0], ms[0]
             while j + 1 < k:
-                t1 = mt[j + 1]
-                if t1 > t0:
-                    r = ctx.energy_between(t0, t1, timeout)
+                # A group: consecutive intervals spanning >= 1 ms (or the last ones).  Its energy comes from one
+                # energy_between; inside it, energy is split by time, as the sampler's linear interpolation does
+                # anyway between its knots (10 ms for RAPL and instant power, 100 ms for the GPU counter).
+                tj = mt[j]
+                g = j + 1
+                while g < k - 1 and mt[g] - tj < group:
+                    g += 1
+                tg = mt[g]
+                if tg > tj:
+                    r = ctx.energy_between(tj, tg, timeout)
                     if not r["resolved"]:
                         break
                     e = r["energy_j"]
-                    if j == 0 and self.keep_win is not None and self.keep_win[1] == t0:
-                        e = self._gone_fallback(e, r["source"], t1)
-                    row = acc_e[s0]
-                    for d in range(self.ndev):
-                        row[d] += e[d]
-                    acc_t[s0] += t1 - t0
+                    if j == 0 and self.keep_win is not None and self.keep_win[1] == tj:
+                        e = self._gone_fallback(e, r["source"], tg)
+                    span = tg - tj
+                    t0 = tj
+                    for i in range(j, g):
+                        t1 = mt[i + 1]
+                        dt = t1 - t0
+                        if dt:
+                            sl = ms[i]
+                            acc_t[sl] += dt
+                            row = acc_e[sl]
+                            f = dt / span
+                            for d in range(ndev):
+                                row[d] += e[d] * f
+                        t0 = t1
                 if mh is not None:
-                    acc_th[s0] += mh[j + 1] - mh[j]
-                j += 1
-                t0, s0 = t1, ms[j]
+                    for i in range(j, g):
+                        acc_th[ms[i]] += mh[i + 1] - mh[i]
+                j = g
             if j:
                 del mt[:j]
                 del ms[:j]
@@ -762,17 +817,21 @@ class _Run:
         torch.autograd.Variable._execution_engine.queue_callback(task_done)
 
     def register_backward(self, slot: int, output: Any, b: int, cap: Optional[_Capture]) -> None:
-        torch = self.torch
-        outs: List[Any] = []
-        _flatten_tensors(output, torch, outs)
+        """Hooks the autograd nodes that this layer call created: the first to run in the backward (its outputs'
+        nodes) marks the start of its backward, the last to run (the one created first) marks its end."""
+        if isinstance(output, self.Tensor):
+            outs: Sequence[Any] = (output,)
+        else:
+            outs = []
+            _flatten_tensors(output, self.torch, outs)  # type: ignore[arg-type]
         roots: List[Any] = []
         where: List[Tuple[int, int, int]] = []  # (id(node), output_nr, position) for gradient capture
         for pos, t in enumerate(outs):
-            if t.requires_grad:
-                gf = t.grad_fn
-                if gf is not None:
-                    if not any(gf is n for n in roots):
-                        roots.append(gf)
+            gf = t.grad_fn
+            if gf is not None:
+                if gf not in roots:
+                    roots.append(gf)
+                if cap is not None:
                     where.append((id(gf), t.output_nr, pos))
         if cap is not None:
             cap.nout = len(outs)
@@ -781,71 +840,45 @@ class _Run:
         # The nodes this call created have sequence numbers above b (created after its inputs' nodes); the one
         # with the lowest number runs last in the backward (the engine runs the highest ready number first).
         lo, hi, last = _MAX_SEQ, -1, None
-        stack = list(roots)
-        seen = set()
-        while stack and len(seen) < _WALK_LIMIT:
-            n = stack.pop()
-            i = id(n)
-            if i in seen:
-                continue
-            seen.add(i)
+        firsts = []
+        stack = []
+        for n in roots:
             s = n._sequence_nr()
-            if s == _MAX_SEQ or s <= b:
-                continue
+            if b < s < _MAX_SEQ:
+                firsts.append(n)
+                stack.append((n, s))
+        seen = set()
+        while stack:
+            n, s = stack.pop()
             if s < lo:
                 lo, last = s, n
             if s > hi:
                 hi = s
             for nxt, _ in n.next_functions:
                 if nxt is not None:
-                    stack.append(nxt)
+                    i = id(nxt)
+                    if i not in seen:
+                        seen.add(i)
+                        s2 = nxt._sequence_nr()
+                        if b < s2 < _MAX_SEQ:
+                            stack.append((nxt, s2))
+            if len(seen) > _WALK_LIMIT:
+                break
         if last is None:
             return  # the layer returned its input (Identity, Dropout in eval): no backward work of its own
         tid = threading.get_ident()
         if hi > self.last_seq.get(tid, -1):
             self.last_seq[tid] = hi
-        call = _Call(slot, lo, hi, cap)
-        run = self
-        firsts = [n for n in roots if n._sequence_nr() > b]
-
-        # The closures hold no autograd node (a node -> hook -> closure -> node cycle would keep graphs alive).
-        def on_start(grad_outputs: Any, node_id: int = 0) -> None:
-            if not run.active:
-                return None
-            run._enter_graph_task()
-            if call.capture is not None and node_id:
-                run.capture_grads(call.capture, node_id, grad_outputs, where)
-            if call.active:
-                return None
-            call.active = True
-            bst = run.bstack
-            while bst and not (bst[-1].lo <= call.lo and call.hi <= bst[-1].hi):
-                bst.pop().active = False  # ended without its end marker (interleaved branches)
-            bst.append(call)
-            run.calls[call.slot] += 1
-            run.mark(call.slot)
-            return None
-
-        def on_end(grad_inputs: Any, grad_outputs: Any) -> None:
-            if not run.active or not call.active:
-                return None
-            call.active = False
-            bst = run.bstack
-            for i in range(len(bst) - 1, -1, -1):
-                if bst[i] is call:
-                    for c in bst[i + 1 :]:
-                        c.active = False
-                    del bst[i:]
-                    break
-            run.mark(run.idle_slot())
-            return None
-
-        for n in firsts:
-            if cap is not None:
-                n.register_prehook(lambda g, nid=id(n): on_start(g, nid))
-            else:
-                n.register_prehook(on_start)
-        last.register_hook(on_end)
+        call = _Call(self, slot, lo, hi, cap, where)
+        # Bound methods of the call: no autograd node is referenced (a node -> hook -> node cycle would keep
+        # graphs alive).
+        if cap is None:
+            for n in firsts:
+                n.register_prehook(call.on_start)
+        else:
+            for n in firsts:
+                n.register_prehook(functools.partial(call.on_start, node_id=id(n)))
+        last.register_hook(call.on_end)
 
     def register_root_backward(self, output: Any) -> None:
         outs: List[Any] = []
@@ -853,7 +886,7 @@ class _Run:
         run = self
         bslot = 2 * self._outside_row(OUTSIDE_BACKWARD, TRAIN) + 1
         seen: List[Any] = []
-        root_call = _Call(bslot, -1, _MAX_SEQ)
+        root_call = _Call(self, bslot, -1, _MAX_SEQ)
 
         def on_root(grad_outputs: Any) -> None:
             if not run.active:
@@ -1069,7 +1102,7 @@ class LayerwiseMeasurementTool:
         interval: Optional[float] = None,
         replay_seconds: float = 1.0,
         replay_min_share: float = 0.005,
-        replay_capture_bytes: int = 16 << 20,
+        replay_capture_bytes: int = 4 << 20,
         resolve_interval: float = 0.5,
         max_pending: int = 8192,
         anchor_max_age: float = 10.0,

@@ -175,7 +175,8 @@ def test_summary_prints(cpu_fake, capsys):
 def test_shares_follow_known_costs(cpu_fake):
     """A big, a middle and a tiny Linear: with a constant-power GPU the energy shares follow their time."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(1024, 1024), nn.Linear(1024, 128), nn.Linear(128, 2))
+    # multiply-adds per sample, forward + backward: 4.2M, 0.4M, 0.0004M
+    model = nn.Sequential(nn.Linear(1024, 2048), nn.Linear(2048, 64), nn.Linear(64, 2))
     x = torch.randn(512, 1024)
     tracker = LayerwiseMeasurementTool(None, gpu_num=0)
     tracker.start(model)
