@@ -6,6 +6,9 @@ once:
 * ``EnergyMeasurementTool``: one window per epoch (``snippets.csv``);
 * ``AsynchronousMeasurementTool``: a row every 0.1 s for the whole run (``async.csv``).
 
+Then ``LayerwiseMeasurementTool`` measures the energy of each layer of the same model over a short training epoch
+and a few batches of inference (``layers.csv``).
+
 On a machine where PyTorch sees a CUDA GPU it trains there and measures that GPU and the CPU; otherwise it says
 so and measures the CPU.  It ends with a short summary: time, CPU and GPU energy, and which values are
 estimates and why.
@@ -218,6 +221,46 @@ def _read_rows(path: str) -> List[Dict[str, str]]:
 
 # Parts run in order; later issues append theirs (layer-wise energy, the power-cap profiler).
 PARTS: List[Callable[[Setup], None]] = [part_training]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Part: energy per layer of the same model (LayerwiseMeasurementTool), training then inference
+
+
+def part_layerwise(s: Setup) -> None:
+    from . import LayerwiseMeasurementTool
+
+    torch, args = s.torch, s.args
+    torch.manual_seed(0)
+    model = build_model(torch).to(s.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    batches = min(args.batches, 100)
+    data = make_data(torch, batches, args.batch_size, s.device, seed=1)
+    test = data[: max(1, batches // 5)]
+    layers_csv = os.path.join(s.out_dir, "layers.csv")
+    tracker = LayerwiseMeasurementTool(layers_csv, gpu_num=s.gpu_num)
+
+    s.say("")
+    s.say("Layer-wise: %d training batches, then %d batches of inference (torch.no_grad), energy per layer"
+          % (batches, len(test)))
+    model = tracker.start(model)
+    train_epoch(torch, model, data, optimizer, loss_fn)
+    model.eval()
+    with torch.no_grad():
+        for x, _ in test:
+            model(x)
+    result = tracker.stop()
+    s.files.append(layers_csv)
+    s.say("")
+    for line in result.summary(top=6, print_it=False).splitlines():
+        s.say("  " + line)
+    s.say("Layer-wise tool: %d rows (a row per layer and phase, plus the energy outside layers) -> %s"
+          % (len(result.rows), layers_csv))
+    s.note_estimates(result.estimates)
+
+
+PARTS.append(part_layerwise)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1031,7 +1031,8 @@ class LayerwiseResult:
         note = "mode %s; layer times from %s" % (self.mode, "CUDA events" if self.clock.get("kind") == "cuda"
                                                    else "the host clock")
         if self.estimates:
-            note += "; estimates: " + "; ".join("%s: %s" % kv for kv in self.estimates.items())
+            note += "; estimated: %s (see .estimates)" % ", ".join(
+                "CPU" if k == "cpu" else k.upper() for k in self.estimates)
         buf.write(note + "\n")
         text = buf.getvalue()
         if print_it:

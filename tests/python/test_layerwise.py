@@ -685,3 +685,22 @@ def test_tool_with_event_clock(cpu_fake, monkeypatch):
     assert_adds_up(result)
     assert result.clock["kind"] == "cuda" and result.clock["events"] > 100
     assert result.row("block.relu")["calls"] == 16
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The built-in example's part
+
+
+def test_example_part(cpu_fake, tmp_path):
+    from joulecap import example
+
+    assert example.PARTS[-1] is example.part_layerwise or example.part_layerwise in example.PARTS
+    args = example.parse_args(["--quick", "--quiet", "--out", str(tmp_path)])
+    s = example.Setup(args=args, torch=torch, device=torch.device("cpu"), gpu_num=None, out_dir=str(tmp_path))
+    example.part_layerwise(s)
+    text = "\n".join(s.summary)
+    assert "Layer-wise" in text and "total (measured)" in text and "(outside) other" in text
+    with open(tmp_path / "layers.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["phase"] for r in rows} == {"train", "infer"}
+    assert str(tmp_path / "layers.csv") in s.files
