@@ -381,6 +381,16 @@ def main():
                     w.writerow([spec, x[0], x[1], x[2], x[3], x[4], x[5]])
 
     summary = overview(report, [m for m in methods if m != 'seed'])
+    oracle = ['| variant | best coarse cap, 25 W grid: median | p90 | worst | best cap, 12.5 W grid: median | p90 | '
+              'worst |', '|---|---|---|---|---|---|---|']
+    for spec in report:
+        cells = []
+        for step in (25.0, 12.5):
+            r = grid_oracle(sweeps, spec, step)
+            cells.append(f'{np.median(r):.2f}% | {np.percentile(r, 90):.2f}% | {r.max():.2f}%')
+        oracle.append(f'| {spec} | ' + ' | '.join(cells) + ' |')
+    oracle = '\n'.join(oracle)
+    print('\n' + oracle)
     print('\n' + summary)
 
     cmd = 'python3 bench/profiler_regret.py ' + shlex.join(sys.argv[1:])
@@ -408,6 +418,12 @@ def main():
         '',
         summary,
         '',
+        'For scale, the regret of the truly best cap among a grid of equal steps from the default (the step '
+        'doubled above 500 W), chosen knowing the truth and without noise: what any method that measures only '
+        'such caps gets at best.',
+        '',
+        oracle,
+        '',
     ]
     for spec, (label, results) in report.items():
         lines += [f'**{label}** (`{spec}`)', '', table(results, names(methods)), '']
@@ -418,6 +434,19 @@ def main():
     with open(a.out, 'w') as f:
         f.write('\n'.join(lines))
     print(f'\nwrote {os.path.relpath(a.out, REPO)}')
+
+
+def grid_oracle(sweeps, spec, step):
+    """Regrets of the best cap (chosen knowing the truth) among a grid of equal steps down from the default
+    (step doubled for a default above 500 W) and the minimum: what measuring only such caps allows at best."""
+    out = []
+    for sw0 in sweeps:
+        _, sw = variant(sw0, spec)
+        _, c, t, p, mn, mx, df = sw
+        st = step * (2 if df > 500 else 1)
+        caps = np.append(np.arange(df, mn + 0.5 * st, -st), mn)
+        out.append(min(regret_of(x, sw) for x in caps) * 100)
+    return np.array(out)
 
 
 def overview(report, methods):
