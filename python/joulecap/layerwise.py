@@ -1108,6 +1108,7 @@ class LayerwiseMeasurementTool:
         max_pending: int = 8192,
         anchor_max_age: float = 10.0,
         _host_shadow: bool = False,
+        _keep_run: bool = False,
     ):
         if mode not in _MODES:
             raise InvalidArgument("mode=%r: pass 'attribute' (default) or 'replay'" % (mode,))
@@ -1133,6 +1134,8 @@ class LayerwiseMeasurementTool:
         self.max_pending = max_pending
         self.anchor_max_age = float(anchor_max_age)
         self._host_shadow = _host_shadow
+        self._keep_run = _keep_run
+        self._last_run: Optional[_Run] = None
         self._want_gpu = _requested_gpu(gpu_num)
         kwargs = {} if interval is None else {"interval": float(interval)}
         self._ctx = _open_context(gpu_num, **kwargs)
@@ -1283,6 +1286,8 @@ class LayerwiseMeasurementTool:
         result = self._build_result(run, whole, replayed, replay_power)
         self.result = result
         run.tool = None  # type: ignore[assignment]
+        if self._keep_run:  # the benchmark reuses the captured inputs
+            self._last_run = run
         ctx.close()  # a tool measures one run: free the sampler now
         if self.out_file is not None:
             _write_csv(self.out_file, result)
@@ -1590,78 +1595,112 @@ class _Replayer:
         return out, power
 
     def _measure(self, module: Any, cap: _Capture, phase: int, backward: bool) -> Tuple[List[float], float, int]:
-        torch, tool = self.torch, self.tool
-        ctx = tool._ctx
-        cuda = tool._device_type == "cuda"
-        dev = self.run_.clock.device if cuda else None
+        tool = self.tool
+        m = measure_alone(self.torch, tool._ctx, module, cap, phase, backward, tool.replay_seconds,
+                          tool._device_type, self.run_.clock.device if tool._device_type == "cuda" else None)
+        return m["power_w"], m["seconds"], m["iterations"]
 
-        def sync() -> None:
-            if cuda:
-                torch.cuda.synchronize(dev)
 
-        saved = [(b, b.detach().clone()) for b in module.buffers()]
-        was_training = module.training
-        params = [p for p in module.parameters() if p.requires_grad]
-        enabled, dtype = cap.autocast
-        state = {"clone": False}
+def measure_alone(torch: Any, ctx: Any, module: Any, cap: _Capture, phase: int, backward: bool, seconds: float,
+                  device_type: str, device: Any = None) -> Dict[str, Any]:
+    """Runs one layer alone on its captured inputs (forward, plus backward when asked) for ``seconds`` after a
+    short warm-up, and measures the energy of that stretch with a window of ``ctx``.
 
-        def step() -> None:
-            leaves: List[Any] = []
-            args = _make(cap.args, torch, leaves, state["clone"])
-            kwargs = _make(cap.kwargs, torch, leaves, state["clone"])
-            grad_ctx = torch.enable_grad() if phase == TRAIN else torch.no_grad()
-            ac = torch.autocast(tool._device_type, dtype=dtype, enabled=True) if enabled else _nullcontext()
-            with grad_ctx, ac:
-                out = module(*args, **kwargs)
-            if backward:
-                outs: List[Any] = []
-                _flatten_tensors(out, torch, outs)
-                ys, gs = [], []
-                for pos, t in enumerate(outs):
-                    spec = cap.grads.get(pos)
-                    if spec is not None and t.requires_grad:
-                        ys.append(t)
-                        gs.append(spec.make(torch).to(dtype=t.dtype))
-                wrt = leaves + params
-                if ys and wrt:
-                    torch.autograd.grad(ys, wrt, grad_outputs=gs, allow_unused=True)
+    Returns ``power_w`` and ``energy_j`` (lists per device of ctx), ``seconds``, ``iterations``.  The module is
+    left as it was: its buffers (BatchNorm statistics) and train/eval mode are restored, gradients are taken
+    with torch.autograd.grad (no .grad is touched).  The caller restores the random number generators."""
+    cuda = device_type == "cuda"
 
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    saved = [(b, b.detach().clone()) for b in module.buffers()]
+    was_training = module.training
+    params = [p for p in module.parameters() if p.requires_grad]
+    enabled, dtype = cap.autocast
+    leaves: List[Any] = []
+    args = _make(cap.args, torch, leaves, False)
+    kwargs = _make(cap.kwargs, torch, leaves, False)
+    grads = {pos: spec.make(torch) for pos, spec in cap.grads.items()}
+    wrt = leaves + params
+    state = {"clone": False}
+
+    def step() -> None:
+        a, k = args, kwargs
+        if state["clone"]:  # the layer works in place on an input that requires grad: give it a non-leaf
+            a, k = _clone_grad_tensors(args, torch), _clone_grad_tensors(kwargs, torch)
+        grad_ctx = torch.enable_grad() if phase == TRAIN else torch.no_grad()
+        ac = torch.autocast(device_type, dtype=dtype, enabled=True) if enabled else _nullcontext()
+        with grad_ctx, ac:
+            out = module(*a, **k)
+        if backward:
+            outs: List[Any] = []
+            _flatten_tensors(out, torch, outs)
+            ys, gs = [], []
+            for pos, t in enumerate(outs):
+                g = grads.get(pos)
+                if g is not None and t.requires_grad:
+                    if g.dtype != t.dtype:
+                        g = grads[pos] = g.to(dtype=t.dtype)
+                    ys.append(t)
+                    gs.append(g)
+            if ys and wrt:
+                torch.autograd.grad(ys, wrt, grad_outputs=gs, allow_unused=True)
+
+    try:
+        module.train(cap.training)
         try:
-            module.train(cap.training)
-            try:
-                step()
-            except RuntimeError:
-                state["clone"] = True  # e.g. an in-place op on a leaf that requires grad
-                step()
-            sync()
-            # Warm up (caches, allocator, kernel selection), then run for replay_seconds (>= 10 counter steps for
-            # the default 1 s): the window's energy over its time is the layer's power.
-            t0 = time.perf_counter_ns()
-            for i in range(1000):
-                step()
-                if i >= 1:
-                    sync()
-                    if time.perf_counter_ns() - t0 >= min(0.05, tool.replay_seconds / 4) * 1e9:
-                        break
-            t_a = _joulecap.now_ns()
-            w = ctx.start_at(t_a)
-            end = t_a + int(tool.replay_seconds * 1e9)
-            iters = 0
-            while iters < 2 or _joulecap.now_ns() < end:
-                step()
-                iters += 1
-            sync()
-            t_b = _joulecap.now_ns()
-            ctx.stop_at(w, t_b)
-            res = ctx.result(w, 10.0)
-            ctx.release(w)
-        finally:
-            module.train(was_training)
-            with torch.no_grad():
-                for b, v in saved:
-                    b.copy_(v)
-        secs = (t_b - t_a) * 1e-9
-        return [e / secs if secs > 0 else float("nan") for e in res["energy_j"]], secs, iters
+            step()
+        except RuntimeError:
+            state["clone"] = True  # e.g. an in-place op on a leaf that requires grad
+            step()
+        sync()
+        # Warm up (caches, allocator, kernel selection), then run for `seconds` (>= 10 counter steps for the
+        # default 1 s): the window's energy over its time is the layer's power.
+        t0 = time.perf_counter_ns()
+        for i in range(1000):
+            step()
+            if i >= 1:
+                sync()
+                if time.perf_counter_ns() - t0 >= min(0.05, seconds / 4) * 1e9:
+                    break
+        t_a = _joulecap.now_ns()
+        w = ctx.start_at(t_a)
+        end = t_a + int(seconds * 1e9)
+        iters = 0
+        while iters < 2 or _joulecap.now_ns() < end:
+            step()
+            iters += 1
+        sync()
+        t_b = _joulecap.now_ns()
+        ctx.stop_at(w, t_b)
+        res = ctx.result(w, 10.0)
+        ctx.release(w)
+    finally:
+        module.train(was_training)
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)
+    secs = (t_b - t_a) * 1e-9
+    return {
+        "power_w": [e / secs if secs > 0 else float("nan") for e in res["energy_j"]],
+        "energy_j": list(res["energy_j"]),
+        "seconds": secs,
+        "iterations": iters,
+    }
+
+
+def _clone_grad_tensors(obj: Any, torch: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.clone() if obj.requires_grad else obj
+    if isinstance(obj, tuple):
+        return tuple(_clone_grad_tensors(o, torch) for o in obj)
+    if isinstance(obj, list):
+        return [_clone_grad_tensors(o, torch) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _clone_grad_tensors(v, torch) for k, v in obj.items()}
+    return obj
 
 
 class _nullcontext:
