@@ -1045,6 +1045,848 @@ static PyTypeObject PendingType = {
 };
 
 /* ------------------------------------------------------------------------------------------------------ */
+/* Power caps: jc_cap_* (docs/caps.md).                                                                   */
+
+static PyObject *str_or_none(const char *s) {
+    if (!s || !*s) Py_RETURN_NONE;
+    return PyUnicode_DecodeUTF8(s, (Py_ssize_t)strlen(s), "replace");
+}
+
+static PyObject *cap_info_dict(const jc_cap_info *i) {
+    PyObject *d = PyDict_New();
+    if (!d) return NULL;
+    if (set_item(d, "index", PyLong_FromLong(i->index)) || set_item(d, "nvml_index", PyLong_FromLong(i->nvml_index)) ||
+        set_item(d, "name", PyUnicode_DecodeUTF8(i->name, (Py_ssize_t)strlen(i->name), "replace")) ||
+        set_item(d, "uuid", PyUnicode_DecodeUTF8(i->uuid, (Py_ssize_t)strlen(i->uuid), "replace")) ||
+        set_item(d, "pci_bus_id", PyUnicode_DecodeUTF8(i->pci_bus_id, (Py_ssize_t)strlen(i->pci_bus_id), "replace")) ||
+        set_item(d, "limit_w", PyFloat_FromDouble(i->limit_w)) ||
+        set_item(d, "enforced_limit_w", PyFloat_FromDouble(i->enforced_limit_w)) ||
+        set_item(d, "default_limit_w", PyFloat_FromDouble(i->default_limit_w)) ||
+        set_item(d, "min_limit_w", PyFloat_FromDouble(i->min_limit_w)) ||
+        set_item(d, "max_limit_w", PyFloat_FromDouble(i->max_limit_w)) ||
+        set_item(d, "manager", PyUnicode_FromString(jc_cap_manager_name(i->manager))) ||
+        set_item(d, "saved_limit_w", PyFloat_FromDouble(i->saved_limit_w)) ||
+        set_item(d, "set_limit_w", PyFloat_FromDouble(i->set_limit_w)) ||
+        set_item(d, "persistent_saved_limit_w", PyFloat_FromDouble(i->persistent_saved_limit_w)) ||
+        set_item(d, "owner_pid", PyLong_FromLong(i->owner_pid)) ||
+        set_item(d, "guardian_pid", PyLong_FromLong(i->guardian_pid)) ||
+        set_item(d, "guardian_alive", PyBool_FromLong(i->guardian_alive)) ||
+        set_item(d, "owner_command", str_or_none(i->owner_command)) ||
+        set_item(d, "journal_created", PyFloat_FromDouble(i->journal_created)) ||
+        set_item(d, "journal_path", str_or_none(i->journal_path))) {
+        Py_DECREF(d);
+        return NULL;
+    }
+    return d;
+}
+
+/* cap_list(gpus=None, *, state_dir=None) -> list of dicts (limits in W and who manages them). */
+static PyObject *mod_cap_list(PyObject *m, PyObject *args, PyObject *kwds) {
+    (void)m;
+    static char *kwlist[] = {"gpus", "state_dir", NULL};
+    const char *gpus = NULL, *state_dir = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|z$z:cap_list", kwlist, &gpus, &state_dir)) return NULL;
+    jc_cap_options o;
+    jc_cap_options_init(&o);
+    o.gpus = gpus;
+    o.state_dir = state_dir;
+    enum { MAXG = 64 };
+    jc_cap_info *info = calloc(MAXG, sizeof *info);
+    if (!info) return PyErr_NoMemory();
+    int n = 0;
+    jc_status st;
+    char detail[1024] = "";
+    Py_BEGIN_ALLOW_THREADS
+    st = jc_cap_list(&o, info, MAXG, &n);
+    if (st != JC_OK) snprintf(detail, sizeof detail, "%s", jc_last_detail());
+    Py_END_ALLOW_THREADS
+    if (st != JC_OK) {
+        free(info);
+        return raise_status(st, detail, "cap");
+    }
+    PyObject *list = PyList_New(n);
+    for (int i = 0; list && i < n; i++) {
+        PyObject *d = cap_info_dict(&info[i]);
+        if (!d) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, i, d);
+    }
+    free(info);
+    return list;
+}
+
+/* cap_get(gpu, *, state_dir=None) -> dict for one GPU ("0", "GPU-8f3c..."). */
+static PyObject *mod_cap_get(PyObject *m, PyObject *args, PyObject *kwds) {
+    (void)m;
+    static char *kwlist[] = {"gpu", "state_dir", NULL};
+    const char *gpu = NULL, *state_dir = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "s|$z:cap_get", kwlist, &gpu, &state_dir)) return NULL;
+    jc_cap_options o;
+    jc_cap_options_init(&o);
+    o.state_dir = state_dir;
+    jc_cap_info info;
+    jc_status st;
+    char detail[1024] = "";
+    Py_BEGIN_ALLOW_THREADS
+    st = jc_cap_get(gpu, &o, &info);
+    if (st != JC_OK) snprintf(detail, sizeof detail, "%s", jc_last_detail());
+    Py_END_ALLOW_THREADS
+    if (st != JC_OK) return raise_status(st, detail, "cap");
+    return cap_info_dict(&info);
+}
+
+/* cap_reset(gpu, *, state_dir=None) -> dict(did, limit_w, note): outside any session (jc_cap_reset). */
+static PyObject *mod_cap_reset(PyObject *m, PyObject *args, PyObject *kwds) {
+    (void)m;
+    static char *kwlist[] = {"gpu", "state_dir", NULL};
+    const char *gpu = NULL, *state_dir = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "s|$z:cap_reset", kwlist, &gpu, &state_dir)) return NULL;
+    jc_cap_options o;
+    jc_cap_options_init(&o);
+    o.state_dir = state_dir;
+    jc_cap_reset_kind did = JC_CAP_RESET_NONE;
+    double limit = NAN;
+    char note[1024] = "", detail[1024] = "";
+    jc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = jc_cap_reset(gpu, &o, &did, &limit, note, sizeof note);
+    if (st != JC_OK) snprintf(detail, sizeof detail, "%s", jc_last_detail());
+    Py_END_ALLOW_THREADS
+    if (st != JC_OK) return raise_status(st, detail, "cap");
+    return Py_BuildValue("{s:s,s:d,s:s}", "did", jc_cap_reset_kind_name(did), "limit_w", limit, "note", note);
+}
+
+static const char *restore_action_name(jc_cap_restore_action a) {
+    switch (a) {
+    case JC_CAP_RESTORED: return "restored";
+    case JC_CAP_LEFT_LIVE: return "left-live";
+    case JC_CAP_RESTORE_FAILED: return "failed";
+    }
+    return "unknown";
+}
+
+/* cap_restore(gpus=None, *, state_dir=None) -> list of dicts: repairs stale and persistent journals. */
+static PyObject *mod_cap_restore(PyObject *m, PyObject *args, PyObject *kwds) {
+    (void)m;
+    static char *kwlist[] = {"gpus", "state_dir", NULL};
+    const char *gpus = NULL, *state_dir = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|z$z:cap_restore", kwlist, &gpus, &state_dir)) return NULL;
+    jc_cap_options o;
+    jc_cap_options_init(&o);
+    o.gpus = gpus;
+    o.state_dir = state_dir;
+    enum { MAXE = 64 };
+    jc_cap_restore_entry *e = calloc(MAXE, sizeof *e);
+    if (!e) return PyErr_NoMemory();
+    int n = 0;
+    jc_status st;
+    char detail[1024] = "";
+    Py_BEGIN_ALLOW_THREADS
+    st = jc_cap_restore(&o, e, MAXE, &n);
+    if (st != JC_OK) snprintf(detail, sizeof detail, "%s", jc_last_detail());
+    Py_END_ALLOW_THREADS
+    if (st != JC_OK && n == 0) {
+        free(e);
+        return raise_status(st, detail, "cap");
+    }
+    PyObject *list = PyList_New(n);
+    for (int i = 0; list && i < n; i++) {
+        PyObject *status = status_or_none(e[i].status);
+        PyObject *d = status ? Py_BuildValue("{s:s,s:i,s:s,s:N,s:d,s:i,s:s,s:s}", "uuid", e[i].uuid, "index",
+                                             e[i].index, "action", restore_action_name(e[i].action), "status", status,
+                                             "limit_w", e[i].limit_w, "owner_pid", e[i].owner_pid, "was",
+                                             jc_cap_manager_name(e[i].was), "note", e[i].note)
+                             : NULL;
+        if (!d) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, i, d);
+    }
+    free(e);
+    return list;
+}
+
+/* --- CapSession ---------------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    jc_cap_session *s;
+    int busy; /* calls running without the GIL (guarded by the GIL) */
+    long pid; /* process that opened it */
+} CapSessionObject;
+
+static PyTypeObject CapSessionType;
+
+static int cap_session_check(CapSessionObject *self) {
+    if (!self->s) {
+        raise_state("this power-cap session is closed");
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *CapSession_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    (void)args;
+    (void)kwds;
+    CapSessionObject *self = (CapSessionObject *)type->tp_alloc(type, 0);
+    if (self) self->s = NULL;
+    return (PyObject *)self;
+}
+
+static int CapSession_init(CapSessionObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"gpus", "state_dir", "guardian_path", NULL};
+    const char *gpus = NULL, *state_dir = NULL, *guardian = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|z$zz:CapSession", kwlist, &gpus, &state_dir, &guardian))
+        return -1;
+    if (self->s) {
+        raise_state("CapSession.__init__ called twice");
+        return -1;
+    }
+    jc_cap_options o;
+    jc_cap_options_init(&o);
+    o.gpus = gpus;
+    o.state_dir = state_dir;
+    o.guardian_path = guardian;
+    jc_cap_session *s = NULL;
+    jc_status st;
+    char detail[1024] = "";
+    Py_BEGIN_ALLOW_THREADS
+    st = jc_cap_session_open(&o, &s);
+    if (st != JC_OK) snprintf(detail, sizeof detail, "%s", jc_last_detail());
+    Py_END_ALLOW_THREADS
+    if (st != JC_OK) {
+        raise_status(st, detail, "cap");
+        return -1;
+    }
+    self->s = s;
+    self->pid = (long)getpid();
+    return 0;
+}
+
+static jc_status cap_session_close_now(CapSessionObject *self, char *detail, size_t len) {
+    jc_cap_session *s = self->s;
+    if (!s) return JC_OK;
+    self->s = NULL;
+    jc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = jc_cap_session_close(s);
+    if (st != JC_OK && detail) snprintf(detail, len, "%s", jc_last_detail());
+    Py_END_ALLOW_THREADS
+    return st;
+}
+
+static void CapSession_dealloc(CapSessionObject *self) {
+    /* An unclosed session puts its limits back when it is freed (in a forked child: frees memory only). */
+    if (self->s) cap_session_close_now(self, NULL, 0);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *CapSession_close(CapSessionObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->busy) return raise_state("cannot close the power-cap session while another thread is using it");
+    char detail[1024] = "";
+    jc_status st = cap_session_close_now(self, detail, sizeof detail);
+    if (st != JC_OK) return raise_status(st, detail, "cap");
+    Py_RETURN_NONE;
+}
+
+/* set(gpu, watts): gpu is the CUDA index (-1: every GPU of the session). */
+static PyObject *CapSession_set(CapSessionObject *self, PyObject *args) {
+    int gpu;
+    double watts;
+    if (!PyArg_ParseTuple(args, "id:set", &gpu, &watts)) return NULL;
+    if (!cap_session_check(self)) return NULL;
+    jc_status st;
+    char detail[1024] = "";
+    self->busy++;
+    Py_BEGIN_ALLOW_THREADS
+    st = jc_cap_session_set(self->s, gpu, watts);
+    if (st != JC_OK) snprintf(detail, sizeof detail, "%s", jc_last_detail());
+    Py_END_ALLOW_THREADS
+    self->busy--;
+    if (st != JC_OK) return raise_status(st, detail, "cap");
+    Py_RETURN_NONE;
+}
+
+/* reset(gpu) -> "saved" | "default". */
+static PyObject *CapSession_reset(CapSessionObject *self, PyObject *args) {
+    int gpu;
+    if (!PyArg_ParseTuple(args, "i:reset", &gpu)) return NULL;
+    if (!cap_session_check(self)) return NULL;
+    jc_cap_reset_kind did = JC_CAP_RESET_NONE;
+    jc_status st;
+    char detail[1024] = "";
+    self->busy++;
+    Py_BEGIN_ALLOW_THREADS
+    st = jc_cap_session_reset(self->s, gpu, &did);
+    if (st != JC_OK) snprintf(detail, sizeof detail, "%s", jc_last_detail());
+    Py_END_ALLOW_THREADS
+    self->busy--;
+    if (st != JC_OK) return raise_status(st, detail, "cap");
+    return PyUnicode_FromString(jc_cap_reset_kind_name(did));
+}
+
+static PyObject *CapSession_restore(CapSessionObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (!cap_session_check(self)) return NULL;
+    jc_status st;
+    char detail[1024] = "";
+    self->busy++;
+    Py_BEGIN_ALLOW_THREADS
+    st = jc_cap_session_restore(self->s);
+    if (st != JC_OK) snprintf(detail, sizeof detail, "%s", jc_last_detail());
+    Py_END_ALLOW_THREADS
+    self->busy--;
+    if (st != JC_OK) return raise_status(st, detail, "cap");
+    Py_RETURN_NONE;
+}
+
+/* gpus() -> list of dicts (as cap_get), read now. */
+static PyObject *CapSession_gpus(CapSessionObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (!cap_session_check(self)) return NULL;
+    int n = jc_cap_session_gpu_count(self->s);
+    if (n < 0) n = 0;
+    jc_cap_info *info = calloc((size_t)(n > 0 ? n : 1), sizeof *info);
+    if (!info) return PyErr_NoMemory();
+    jc_status st = JC_OK;
+    char detail[1024] = "";
+    self->busy++;
+    Py_BEGIN_ALLOW_THREADS
+    for (int i = 0; i < n && st == JC_OK; i++) {
+        st = jc_cap_session_gpu(self->s, i, &info[i]);
+        if (st != JC_OK) snprintf(detail, sizeof detail, "%s", jc_last_detail());
+    }
+    Py_END_ALLOW_THREADS
+    self->busy--;
+    if (st != JC_OK) {
+        free(info);
+        return raise_status(st, detail, "cap");
+    }
+    PyObject *list = PyList_New(n);
+    for (int i = 0; list && i < n; i++) {
+        PyObject *d = cap_info_dict(&info[i]);
+        if (!d) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, i, d);
+    }
+    free(info);
+    return list;
+}
+
+static PyObject *CapSession_get_note(CapSessionObject *self, void *closure) {
+    (void)closure;
+    if (!self->s) Py_RETURN_NONE;
+    return str_or_none(jc_cap_session_note(self->s));
+}
+
+static PyObject *CapSession_get_closed(CapSessionObject *self, void *closure) {
+    (void)closure;
+    return PyBool_FromLong(self->s == NULL);
+}
+
+static PyObject *CapSession_get_pid(CapSessionObject *self, void *closure) {
+    (void)closure;
+    return PyLong_FromLong(self->pid);
+}
+
+static PyObject *CapSession_enter(CapSessionObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (!cap_session_check(self)) return NULL;
+    Py_INCREF(self);
+    return (PyObject *)self;
+}
+
+static PyObject *CapSession_exit(CapSessionObject *self, PyObject *args) {
+    (void)args;
+    return CapSession_close(self, NULL);
+}
+
+static PyMethodDef CapSession_methods[] = {
+    {"set", (PyCFunction)CapSession_set, METH_VARARGS,
+     "set(gpu, watts)\n--\n\nSets the cap of the session's GPU with CUDA index gpu (-1: all of them), in W."},
+    {"reset", (PyCFunction)CapSession_reset, METH_VARARGS,
+     "reset(gpu)\n--\n\nPuts back the saved limit when this session changed it ('saved'), else sets the default "
+     "limit ('default'), which the session's end undoes."},
+    {"restore", (PyCFunction)CapSession_restore, METH_NOARGS,
+     "restore()\n--\n\nPuts every saved limit back now; the session stays open."},
+    {"close", (PyCFunction)CapSession_close, METH_NOARGS,
+     "close()\n--\n\nPuts every saved limit back, removes the journals and stops the guardian."},
+    {"gpus", (PyCFunction)CapSession_gpus, METH_NOARGS,
+     "gpus()\n--\n\nLimits and journal of each of the session's GPUs (dicts as cap_get), read now."},
+    {"__enter__", (PyCFunction)CapSession_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)CapSession_exit, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef CapSession_getset[] = {
+    {"note", (getter)CapSession_get_note, NULL, "What opening repaired (stale journals), or None.", NULL},
+    {"closed", (getter)CapSession_get_closed, NULL, "True once closed.", NULL},
+    {"pid", (getter)CapSession_get_pid, NULL, "The process that opened the session.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject CapSessionType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "joulecap._joulecap.CapSession",
+    .tp_basicsize = sizeof(CapSessionObject),
+    .tp_dealloc = (destructor)CapSession_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "CapSession(gpus=None, *, state_dir=None, guardian_path=None)\n--\n\n"
+              "A jc_cap_session: takes the GPUs (permission checked, guardian started, journals written; no "
+              "limit changed), sets caps, and puts the saved limits back at close(), when freed, or - through "
+              "the guardian process - when this process dies.",
+    .tp_methods = CapSession_methods,
+    .tp_getset = CapSession_getset,
+    .tp_init = (initproc)CapSession_init,
+    .tp_new = CapSession_new,
+};
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Profiler: jc_profiler_* (docs/profiler.md), sweeps and the simulated GPU.                              */
+
+typedef struct {
+    PyObject_HEAD
+    jc_sweep *sw;
+} SweepObject;
+
+static PyTypeObject SweepType;
+
+static int parse_double_seq(PyObject *o, const char *what, double **out, Py_ssize_t *n) {
+    PyObject *seq = PySequence_Fast(o, what);
+    if (!seq) return 0;
+    Py_ssize_t k = PySequence_Fast_GET_SIZE(seq);
+    double *v = PyMem_Malloc((size_t)(k > 0 ? k : 1) * sizeof(double));
+    if (!v) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < k; i++) {
+        v[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+        if (v[i] == -1.0 && PyErr_Occurred()) {
+            PyMem_Free(v);
+            Py_DECREF(seq);
+            return 0;
+        }
+    }
+    Py_DECREF(seq);
+    *out = v;
+    *n = k;
+    return 1;
+}
+
+static PyObject *Sweep_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    (void)args;
+    (void)kwds;
+    SweepObject *self = (SweepObject *)type->tp_alloc(type, 0);
+    if (self) self->sw = NULL;
+    return (PyObject *)self;
+}
+
+/* Sweep(path) or Sweep(caps_w, times_s, powers_w, *, min_limit_w=nan, max_limit_w=nan, default_limit_w=nan). */
+static int Sweep_init(SweepObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"path_or_caps", "time_per_step_s", "avg_power_w", "min_limit_w", "max_limit_w",
+                             "default_limit_w", NULL};
+    PyObject *first = NULL, *times = NULL, *powers = NULL;
+    double mn = NAN, mx = NAN, df = NAN;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO$ddd:Sweep", kwlist, &first, &times, &powers, &mn, &mx, &df))
+        return -1;
+    if (self->sw) {
+        raise_state("Sweep.__init__ called twice");
+        return -1;
+    }
+    jc_status st;
+    if (!times && !powers) {
+        PyObject *b = NULL;
+        if (!PyUnicode_FSConverter(first, &b)) return -1;
+        st = jc_sweep_load(PyBytes_AS_STRING(b), &self->sw);
+        Py_DECREF(b);
+    } else {
+        if (!times || !powers) {
+            PyErr_SetString(PyExc_TypeError, "Sweep(caps_w, time_per_step_s, avg_power_w): give all three sequences");
+            return -1;
+        }
+        double *c = NULL, *t = NULL, *p = NULL;
+        Py_ssize_t nc = 0, nt = 0, np = 0;
+        if (!parse_double_seq(first, "caps_w must be a sequence of numbers", &c, &nc) ||
+            !parse_double_seq(times, "time_per_step_s must be a sequence of numbers", &t, &nt) ||
+            !parse_double_seq(powers, "avg_power_w must be a sequence of numbers", &p, &np)) {
+            PyMem_Free(c);
+            PyMem_Free(t);
+            return -1;
+        }
+        if (nc != nt || nc != np) {
+            PyMem_Free(c);
+            PyMem_Free(t);
+            PyMem_Free(p);
+            raise_status(JC_ERR_INVALID_ARGUMENT, "the three sequences of a sweep must have the same length", "sweep");
+            return -1;
+        }
+        st = jc_sweep_new(c, t, p, (size_t)nc, mn, mx, df, &self->sw);
+        PyMem_Free(c);
+        PyMem_Free(t);
+        PyMem_Free(p);
+    }
+    if (st != JC_OK) {
+        raise_last(st, "sweep");
+        return -1;
+    }
+    return 0;
+}
+
+static void Sweep_dealloc(SweepObject *self) {
+    jc_sweep_free(self->sw);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int sweep_check(SweepObject *self) {
+    if (!self->sw) {
+        raise_state("this Sweep was not initialised");
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *Sweep_get_limits(SweepObject *self, void *closure) {
+    (void)closure;
+    if (!sweep_check(self)) return NULL;
+    double mn, mx, df;
+    jc_sweep_limits(self->sw, &mn, &mx, &df);
+    return Py_BuildValue("(ddd)", mn, mx, df);
+}
+
+static PyObject *Sweep_eval(SweepObject *self, PyObject *arg) {
+    if (!sweep_check(self)) return NULL;
+    double cap = PyFloat_AsDouble(arg);
+    if (cap == -1.0 && PyErr_Occurred()) return NULL;
+    double t, p;
+    jc_sweep_eval(self->sw, cap, &t, &p);
+    return Py_BuildValue("(dd)", t, p);
+}
+
+static int parse_objective(PyObject *o, jc_objective *out) {
+    if (o == NULL || o == Py_None) {
+        *out = JC_OBJECTIVE_ED2P;
+        return 1;
+    }
+    const char *name = PyUnicode_AsUTF8(o);
+    if (!name) return 0;
+    jc_status st = jc_objective_parse(name, out);
+    if (st != JC_OK) {
+        raise_last(st, "profiler");
+        return 0;
+    }
+    return 1;
+}
+
+/* best_cap(objective="ed2p", max_slowdown=0.05, eta=0.5, grid_w=1.0) -> (cap_w, value) */
+static PyObject *Sweep_best_cap(SweepObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"objective", "max_slowdown", "eta", "grid_w", NULL};
+    PyObject *obj = NULL;
+    double ms = 0.05, eta = 0.5, grid = 1.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|Oddd:best_cap", kwlist, &obj, &ms, &eta, &grid)) return NULL;
+    if (!sweep_check(self)) return NULL;
+    jc_objective o;
+    if (!parse_objective(obj, &o)) return NULL;
+    double cap, value;
+    jc_status st = jc_sweep_best_cap(self->sw, o, ms, eta, grid, &cap, &value);
+    if (st != JC_OK) return raise_last(st, "sweep");
+    return Py_BuildValue("(dd)", cap, value);
+}
+
+static PyMethodDef Sweep_methods[] = {
+    {"eval", (PyCFunction)Sweep_eval, METH_O,
+     "eval(cap_w)\n--\n\n(time_per_step_s, avg_power_w) at a cap: linear between recorded caps, constant beyond."},
+    {"best_cap", (PyCFunction)(void (*)(void))Sweep_best_cap, METH_VARARGS | METH_KEYWORDS,
+     "best_cap(objective='ed2p', max_slowdown=0.05, eta=0.5, grid_w=1.0)\n--\n\n"
+     "(cap_w, value): the cap in [min, default] minimising the objective of the interpolated sweep."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Sweep_getset[] = {
+    {"limits", (getter)Sweep_get_limits, NULL, "(min_limit_w, max_limit_w, default_limit_w)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject SweepType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "joulecap._joulecap.Sweep",
+    .tp_basicsize = sizeof(SweepObject),
+    .tp_dealloc = (destructor)Sweep_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Sweep(path) or Sweep(caps_w, time_per_step_s, avg_power_w, *, min_limit_w=nan, max_limit_w=nan, "
+              "default_limit_w=nan)\n--\n\nA power-limit sweep (jc_sweep) for the simulated GPU.",
+    .tp_methods = Sweep_methods,
+    .tp_getset = Sweep_getset,
+    .tp_init = (initproc)Sweep_init,
+    .tp_new = Sweep_new,
+};
+
+/* --- Profiler ------------------------------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    jc_profiler *p;
+} ProfilerObject;
+
+static PyTypeObject ProfilerType;
+
+static PyObject *Profiler_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    (void)args;
+    (void)kwds;
+    ProfilerObject *self = (ProfilerObject *)type->tp_alloc(type, 0);
+    if (self) self->p = NULL;
+    return (PyObject *)self;
+}
+
+static int opt_double(PyObject *o, double *out) {
+    if (!o || o == Py_None) return 1;
+    double v = PyFloat_AsDouble(o);
+    if (v == -1.0 && PyErr_Occurred()) return 0;
+    *out = v;
+    return 1;
+}
+
+static int Profiler_init(ProfilerObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"min_limit_w", "max_limit_w", "default_limit_w", "objective", "max_slowdown", "eta",
+                             "caps", "time_budget", "counter_period", "settle_s", "settle_steps", "precision",
+                             "max_trial_s", "min_trial_s", "resolution_w", NULL};
+    jc_profiler_config c;
+    jc_profiler_config_init(&c);
+    PyObject *obj = NULL, *ms = NULL, *eta = NULL, *caps = NULL, *budget = NULL, *period = NULL, *settle = NULL,
+             *settle_steps = NULL, *prec = NULL, *maxt = NULL, *mint = NULL, *res = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ddd|$OOOOOOOOOOOO:Profiler", kwlist, &c.min_limit_w, &c.max_limit_w,
+                                     &c.default_limit_w, &obj, &ms, &eta, &caps, &budget, &period, &settle,
+                                     &settle_steps, &prec, &maxt, &mint, &res))
+        return -1;
+    if (self->p) {
+        raise_state("Profiler.__init__ called twice");
+        return -1;
+    }
+    if (!parse_objective(obj, &c.objective) || !opt_double(ms, &c.max_slowdown) || !opt_double(eta, &c.eta) ||
+        !opt_double(budget, &c.time_budget_s) || !opt_double(period, &c.counter_period_s) ||
+        !opt_double(settle, &c.settle_s) || !opt_double(prec, &c.precision) || !opt_double(maxt, &c.max_trial_s) ||
+        !opt_double(mint, &c.min_trial_s) || !opt_double(res, &c.resolution_w))
+        return -1;
+    if (settle_steps && settle_steps != Py_None) {
+        long v = PyLong_AsLong(settle_steps);
+        if (v == -1 && PyErr_Occurred()) return -1;
+        if (v < 0 || v > 1000000) {
+            raise_status(JC_ERR_INVALID_ARGUMENT, "profiler config: settle_steps must be in [0, 1000000]", "profiler");
+            return -1;
+        }
+        c.settle_steps = (int)v;
+    }
+    double *cv = NULL;
+    Py_ssize_t n = 0;
+    if (caps && caps != Py_None) {
+        if (!parse_double_seq(caps, "caps must be a sequence of numbers (W)", &cv, &n)) return -1;
+        if (n == 0) {
+            PyMem_Free(cv);
+            raise_status(JC_ERR_INVALID_ARGUMENT, "profiler config: caps is empty (give None for adaptive caps)",
+                         "profiler");
+            return -1;
+        }
+        c.caps_w = cv;
+        c.caps_count = (size_t)n;
+    }
+    jc_status st = jc_profiler_new(&c, &self->p);
+    PyMem_Free(cv);
+    if (st != JC_OK) {
+        raise_last(st, "profiler");
+        return -1;
+    }
+    return 0;
+}
+
+static void Profiler_dealloc(ProfilerObject *self) {
+    jc_profiler_free(self->p);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int profiler_check(ProfilerObject *self) {
+    if (!self->p) {
+        raise_state("this Profiler was not initialised");
+        return 0;
+    }
+    return 1;
+}
+
+static const char *action_name(jc_profiler_action_kind k) {
+    switch (k) {
+    case JC_PROFILER_SET_CAP: return "set_cap";
+    case JC_PROFILER_RUN: return "run";
+    case JC_PROFILER_DONE: return "done";
+    }
+    return "unknown";
+}
+
+/* next_action() -> (kind, cap_w), kind "set_cap" | "run" | "done". */
+static PyObject *Profiler_next_action(ProfilerObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (!profiler_check(self)) return NULL;
+    jc_profiler_action a;
+    jc_status st = jc_profiler_next_action(self->p, &a);
+    if (st != JC_OK) return raise_last(st, "profiler");
+    return Py_BuildValue("(sd)", action_name(a.kind), a.cap_w);
+}
+
+static PyObject *Profiler_cap_applied(ProfilerObject *self, PyObject *args) {
+    double cap, t, e;
+    if (!PyArg_ParseTuple(args, "ddd:cap_applied", &cap, &t, &e)) return NULL;
+    if (!profiler_check(self)) return NULL;
+    jc_status st = jc_profiler_cap_applied(self->p, cap, t, e);
+    if (st != JC_OK) return raise_last(st, "profiler");
+    Py_RETURN_NONE;
+}
+
+static PyObject *Profiler_observe_step(ProfilerObject *self, PyObject *args) {
+    double t, e;
+    if (!PyArg_ParseTuple(args, "dd:observe_step", &t, &e)) return NULL;
+    if (!profiler_check(self)) return NULL;
+    jc_status st = jc_profiler_observe_step(self->p, t, e);
+    if (st != JC_OK) return raise_last(st, "profiler");
+    Py_RETURN_NONE;
+}
+
+static PyObject *Profiler_finish(ProfilerObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (!profiler_check(self)) return NULL;
+    jc_status st = jc_profiler_finish(self->p);
+    if (st != JC_OK) return raise_last(st, "profiler");
+    Py_RETURN_NONE;
+}
+
+static PyObject *Profiler_result(ProfilerObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (!profiler_check(self)) return NULL;
+    jc_profiler_result r;
+    jc_status st = jc_profiler_result_get(self->p, &r);
+    if (st != JC_OK) return raise_last(st, "profiler");
+    PyObject *d = PyDict_New();
+    if (!d) return NULL;
+    if (set_item(d, "done", PyBool_FromLong(r.done)) ||
+        set_item(d, "objective", PyUnicode_FromString(jc_objective_name(r.objective) ? jc_objective_name(r.objective) : "")) ||
+        set_item(d, "cap_w", PyFloat_FromDouble(r.cap_w)) || set_item(d, "cap_measured", PyBool_FromLong(r.cap_measured)) ||
+        set_item(d, "time_per_step_s", PyFloat_FromDouble(r.time_per_step_s)) ||
+        set_item(d, "avg_power_w", PyFloat_FromDouble(r.avg_power_w)) ||
+        set_item(d, "energy_per_step_j", PyFloat_FromDouble(r.energy_per_step_j)) ||
+        set_item(d, "objective_value", PyFloat_FromDouble(r.objective_value)) ||
+        set_item(d, "best_measured_cap_w", PyFloat_FromDouble(r.best_measured_cap_w)) ||
+        set_item(d, "best_measured_objective", PyFloat_FromDouble(r.best_measured_objective)) ||
+        set_item(d, "reference_cap_w", PyFloat_FromDouble(r.reference_cap_w)) ||
+        set_item(d, "reference_time_per_step_s", PyFloat_FromDouble(r.reference_time_per_step_s)) ||
+        set_item(d, "reference_avg_power_w", PyFloat_FromDouble(r.reference_avg_power_w)) ||
+        set_item(d, "energy_saving", PyFloat_FromDouble(r.energy_saving)) ||
+        set_item(d, "slowdown", PyFloat_FromDouble(r.slowdown)) || set_item(d, "binding", PyBool_FromLong(r.binding)) ||
+        set_item(d, "profile_seconds", PyFloat_FromDouble(r.profile_seconds)) ||
+        set_item(d, "trial_count", PyLong_FromLong(r.trial_count)) ||
+        set_item(d, "total_steps", PyLong_FromLong(r.total_steps)) ||
+        set_item(d, "reason", PyUnicode_DecodeUTF8(r.reason, (Py_ssize_t)strlen(r.reason), "replace"))) {
+        Py_DECREF(d);
+        return NULL;
+    }
+    return d;
+}
+
+static PyObject *trial_dict(const jc_profiler_trial *t) {
+    return Py_BuildValue("{s:d,s:i,s:i,s:d,s:d,s:d,s:d,s:d,s:d,s:d,s:d,s:d,s:d,s:i,s:i}", "cap_w", t->cap_w, "steps",
+                         t->steps, "dropped_steps", t->dropped_steps, "start_s", t->start_s, "seconds", t->seconds,
+                         "energy_j", t->energy_j, "time_per_step_s", t->time_per_step_s, "avg_power_w",
+                         t->avg_power_w, "energy_per_step_j", t->energy_per_step_j, "objective", t->objective,
+                         "rel_se_time", t->rel_se_time, "rel_se_power", t->rel_se_power, "rel_se_objective",
+                         t->rel_se_objective, "stop_reason", t->stop_reason, "phase", t->phase);
+}
+
+static PyObject *Profiler_trials(ProfilerObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (!profiler_check(self)) return NULL;
+    int n = jc_profiler_trial_count(self->p);
+    PyObject *list = PyList_New(n > 0 ? n : 0);
+    for (int i = 0; list && i < n; i++) {
+        jc_profiler_trial t;
+        jc_status st = jc_profiler_trial_get(self->p, i, &t);
+        if (st != JC_OK) {
+            Py_DECREF(list);
+            return raise_last(st, "profiler");
+        }
+        PyObject *d = trial_dict(&t);
+        if (!d) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, i, d);
+    }
+    return list;
+}
+
+static PyObject *Profiler_predict(ProfilerObject *self, PyObject *arg) {
+    if (!profiler_check(self)) return NULL;
+    double cap = PyFloat_AsDouble(arg);
+    if (cap == -1.0 && PyErr_Occurred()) return NULL;
+    double t, p;
+    jc_status st = jc_profiler_predict(self->p, cap, &t, &p);
+    if (st != JC_OK) return raise_last(st, "profiler");
+    return Py_BuildValue("(dd)", t, p);
+}
+
+/* run_simulated(sweep, *, step_s=0.05, noise=0.02, counter_period=0.1, settle_s=0.3, seed=1): drives the
+ * profiler against a simulated GPU playing the sweep back on a virtual clock, until DONE. */
+static PyObject *Profiler_run_simulated(ProfilerObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"sweep", "step_s", "noise", "counter_period", "settle_s", "seed", NULL};
+    PyObject *sw = NULL;
+    jc_sim_options o;
+    jc_sim_options_init(&o);
+    unsigned long long seed = o.seed;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!|$ddddK:run_simulated", kwlist, &SweepType, &sw, &o.step_s,
+                                     &o.noise, &o.counter_period_s, &o.settle_s, &seed))
+        return NULL;
+    if (!profiler_check(self) || !sweep_check((SweepObject *)sw)) return NULL;
+    o.seed = (uint64_t)seed;
+    jc_simgpu *g = NULL;
+    jc_status st = jc_simgpu_new(((SweepObject *)sw)->sw, &o, &g);
+    if (st != JC_OK) return raise_last(st, "simulate");
+    char detail[1024] = "";
+    Py_BEGIN_ALLOW_THREADS
+    st = jc_profiler_run_simulated(self->p, g);
+    if (st != JC_OK) snprintf(detail, sizeof detail, "%s", jc_last_detail());
+    Py_END_ALLOW_THREADS
+    jc_simgpu_free(g);
+    if (st != JC_OK) return raise_status(st, detail, "simulate");
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Profiler_methods[] = {
+    {"next_action", (PyCFunction)Profiler_next_action, METH_NOARGS,
+     "next_action()\n--\n\n(kind, cap_w): kind 'set_cap' (set cap_w, then cap_applied), 'run' (run a step, then "
+     "observe_step) or 'done' (cap_w is the recommendation)."},
+    {"cap_applied", (PyCFunction)Profiler_cap_applied, METH_VARARGS,
+     "cap_applied(cap_w, t_s, energy_j)\n--\n\nThe cap asked for is in force; clock and energy counter now."},
+    {"observe_step", (PyCFunction)Profiler_observe_step, METH_VARARGS,
+     "observe_step(t_s, energy_j)\n--\n\nA step ended at t_s with the energy counter at energy_j (J, cumulative)."},
+    {"finish", (PyCFunction)Profiler_finish, METH_NOARGS,
+     "finish()\n--\n\nStops now and recommends from what was measured."},
+    {"result", (PyCFunction)Profiler_result, METH_NOARGS, "result()\n--\n\nThe recommendation and its reason (dict)."},
+    {"trials", (PyCFunction)Profiler_trials, METH_NOARGS, "trials()\n--\n\nEvery cap tried, in order (dicts)."},
+    {"predict", (PyCFunction)Profiler_predict, METH_O,
+     "predict(cap_w)\n--\n\n(time_per_step_s, avg_power_w) of the model at a cap."},
+    {"run_simulated", (PyCFunction)(void (*)(void))Profiler_run_simulated, METH_VARARGS | METH_KEYWORDS,
+     "run_simulated(sweep, *, step_s=0.05, noise=0.02, counter_period=0.1, settle_s=0.3, seed=1)\n--\n\n"
+     "Runs the profiler to the end against a simulated GPU playing a Sweep back on a virtual clock."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ProfilerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "joulecap._joulecap.Profiler",
+    .tp_basicsize = sizeof(ProfilerObject),
+    .tp_dealloc = (destructor)Profiler_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Profiler(min_limit_w, max_limit_w, default_limit_w, *, objective='ed2p', max_slowdown=0.05, eta=0.5, "
+              "caps=None, time_budget=0, counter_period=0.1, settle_s=0.3, settle_steps=1, precision=0.01, "
+              "max_trial_s=3, min_trial_s=0, resolution_w=0)\n--\n\n"
+              "The power-cap profiler's state machine (jc_profiler); None keeps a default.  Not thread-safe.",
+    .tp_methods = Profiler_methods,
+    .tp_init = (initproc)Profiler_init,
+    .tp_new = Profiler_new,
+};
+
+/* ------------------------------------------------------------------------------------------------------ */
 /* Module                                                                                                 */
 
 static PyObject *mod_now_ns(PyObject *m, PyObject *Py_UNUSED(ignored)) {
@@ -1076,6 +1918,15 @@ static PyMethodDef module_methods[] = {
     {"version", mod_version, METH_NOARGS, "version()\n--\n\nVersion of libjoulecap."},
     {"status_name", mod_status_name, METH_O, "status_name(status)\n--\n\n'JC_ERR_...' for a status code."},
     {"strerror", mod_strerror, METH_O, "strerror(status)\n--\n\nOne-line text for a status code."},
+    {"cap_list", (PyCFunction)(void (*)(void))mod_cap_list, METH_VARARGS | METH_KEYWORDS,
+     "cap_list(gpus=None, *, state_dir=None)\n--\n\nPower limits (W) and who manages them, per selected GPU."},
+    {"cap_get", (PyCFunction)(void (*)(void))mod_cap_get, METH_VARARGS | METH_KEYWORDS,
+     "cap_get(gpu, *, state_dir=None)\n--\n\nPower limits (W) and who manages them for one GPU ('0', a UUID)."},
+    {"cap_reset", (PyCFunction)(void (*)(void))mod_cap_reset, METH_VARARGS | METH_KEYWORDS,
+     "cap_reset(gpu, *, state_dir=None)\n--\n\nOutside any session: a journal's saved limit back, else the default "
+     "limit; dict(did, limit_w, note)."},
+    {"cap_restore", (PyCFunction)(void (*)(void))mod_cap_restore, METH_VARARGS | METH_KEYWORDS,
+     "cap_restore(gpus=None, *, state_dir=None)\n--\n\nRepairs stale and persistent journals; one dict per journal."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1092,7 +1943,9 @@ PyMODINIT_FUNC PyInit__joulecap(void) {
         pthread_atfork(NULL, NULL, after_fork_child);
         atfork_done = 1;
     }
-    if (PyType_Ready(&ContextType) < 0 || PyType_Ready(&PendingType) < 0) return NULL;
+    if (PyType_Ready(&ContextType) < 0 || PyType_Ready(&PendingType) < 0 || PyType_Ready(&CapSessionType) < 0 ||
+        PyType_Ready(&SweepType) < 0 || PyType_Ready(&ProfilerType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
     Py_INCREF(&ContextType);
@@ -1106,6 +1959,18 @@ PyMODINIT_FUNC PyInit__joulecap(void) {
         Py_DECREF(&PendingType);
         Py_DECREF(m);
         return NULL;
+    }
+    struct {
+        const char *name;
+        PyTypeObject *type;
+    } types[] = {{"CapSession", &CapSessionType}, {"Sweep", &SweepType}, {"Profiler", &ProfilerType}};
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        Py_INCREF(types[i].type);
+        if (PyModule_AddObject(m, types[i].name, (PyObject *)types[i].type) < 0) {
+            Py_DECREF(types[i].type);
+            Py_DECREF(m);
+            return NULL;
+        }
     }
     struct {
         const char *name;

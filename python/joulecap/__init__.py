@@ -3,7 +3,9 @@
     from joulecap import EnergyMeasurementTool, AsynchronousMeasurementTool, LayerwiseMeasurementTool
 
 The tools keep the seed's names, arguments and CSV columns (see ``joulecap.measurement``); errors are the
-classes of ``joulecap.errors``; ``joulecap.read_csv`` reads the CSV files back (with pandas).  ``python -m
+classes of ``joulecap.errors``; ``joulecap.read_csv`` reads the CSV files back (with pandas).  Power caps:
+``set_power_cap``, ``reset_power_cap``, ``get_power_cap`` (``joulecap.caps``); the power-cap profiler:
+``power_cap_profiler`` and the online ``PowerCapOptimizer`` (``joulecap.profiler``).  ``python -m
 joulecap.example`` measures a small PyTorch training run.
 """
 
@@ -13,6 +15,8 @@ from . import errors
 from ._joulecap import LIB_VERSION as _LIB_VERSION
 from .errors import JoulecapError
 from .io import read_csv
+from .caps import CapReset, PowerCap, get_power_cap, reset_power_cap, restore_power_caps, set_power_cap
+from .profiler import PowerCapOptimizer, ProfileResult, power_cap_profiler
 from .measurement import AsynchronousMeasurementTool, EnergyMeasurementTool, LayerwiseMeasurementTool, Measurement
 
 __version__ = "0.1.0"
@@ -27,6 +31,15 @@ __all__ = [
     "errors",
     "read_csv",
     "devices",
+    "set_power_cap",
+    "reset_power_cap",
+    "get_power_cap",
+    "restore_power_caps",
+    "PowerCap",
+    "CapReset",
+    "power_cap_profiler",
+    "PowerCapOptimizer",
+    "ProfileResult",
     "__version__",
 ]
 

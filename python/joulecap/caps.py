@@ -1,0 +1,278 @@
+"""GPU power caps from Python: ``set_power_cap``, ``reset_power_cap``, ``get_power_cap``.
+
+    from joulecap import set_power_cap, reset_power_cap, get_power_cap
+
+    set_power_cap(0, 300)          # GPU 0 (CUDA numbering) to 300 W, until reset or the end of this process
+    print(get_power_cap(0))        # PowerCap(gpu_num=0, limit_w=300.0, default_limit_w=700.0, ...)
+    reset_power_cap(0)             # the limit in force before set_power_cap, and says so
+
+Every change goes through a *cap session* of the C library (``jc_cap_session_*``, docs/caps.md), one per GPU,
+opened lazily by the first change in this process and closed (every saved limit put back) by ``atexit``, by
+``restore_power_caps()``, or when ``reset_power_cap`` has put the saved limit back.  Opening a session checks
+the permission to set limits (root, or CAP_SYS_ADMIN in a container) before anything changes, and starts the
+*guardian*: a fresh exec of the bundled ``joulecap`` binary (``joulecap/bin/joulecap``) tied to this process by
+a socket, which puts the saved limits back when this process dies in any way (SIGKILL, a crash, SIGTERM
+without a handler).  ``joulecap cap restore`` repairs what is left if the guardian died too.
+
+The caps set here last as long as this process: this is what makes them safe to use in training scripts.  For
+a cap that outlives the process use ``joulecap cap set`` (persistent, like ``nvidia-smi -pl``).
+
+Errors are exceptions of :mod:`joulecap.errors`: a cap outside the GPU's range raises ``InvalidArgument``
+stating the range; no permission raises ``PermissionDenied`` saying that root or CAP_SYS_ADMIN gives it; a GPU
+whose cap another live process manages raises ``Busy`` naming that process's pid and command.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+from . import _joulecap, _paths
+from .errors import GPUNotFound, InvalidArgument, JoulecapWarning, NotFound
+
+__all__ = ["PowerCap", "CapReset", "set_power_cap", "reset_power_cap", "get_power_cap", "restore_power_caps"]
+
+_log = logging.getLogger("joulecap")
+
+
+@dataclass(frozen=True)
+class PowerCap:
+    """A GPU's power limits (W) and who manages them, as read by :func:`get_power_cap`.
+
+    ``limit_w`` is the requested limit (what a cap sets and what is saved), ``enforced_limit_w`` what the GPU
+    applies (it can be lower); ``manager`` is ``"none"`` (joulecap has not changed it), ``"session"`` (a live
+    process's session: ``owner_pid``), ``"persistent"`` (``joulecap cap set``) or ``"stale"`` (a dead owner:
+    ``joulecap cap restore`` repairs it); ``saved_limit_w`` is the limit that will be put back (NaN without a
+    journal).
+    """
+
+    gpu_num: int
+    limit_w: float
+    default_limit_w: float
+    min_limit_w: float
+    max_limit_w: float
+    enforced_limit_w: float
+    manager: str
+    saved_limit_w: float
+    owner_pid: int
+    owner_command: Optional[str]
+    name: str
+    uuid: str
+
+    @classmethod
+    def _of(cls, d: Dict[str, Any]) -> "PowerCap":
+        return cls(
+            gpu_num=d["index"],
+            limit_w=d["limit_w"],
+            default_limit_w=d["default_limit_w"],
+            min_limit_w=d["min_limit_w"],
+            max_limit_w=d["max_limit_w"],
+            enforced_limit_w=d["enforced_limit_w"],
+            manager=d["manager"],
+            saved_limit_w=d["saved_limit_w"],
+            owner_pid=d["owner_pid"],
+            owner_command=d["owner_command"],
+            name=d["name"],
+            uuid=d["uuid"],
+        )
+
+
+@dataclass(frozen=True)
+class CapReset:
+    """What :func:`reset_power_cap` did: ``did`` is ``"saved"`` (the limit in force before joulecap changed it
+    is back) or ``"default"`` (joulecap had not changed the limit: the default limit was set, until the end of
+    this process); ``limit_w`` is the limit now in force; ``message`` says it in words."""
+
+    gpu_num: int
+    did: str
+    limit_w: float
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# --------------------------------------------------------------------------------------------------------------
+# GPU selection
+
+
+def _one_gpu(gpu_num: Any) -> str:
+    """The library's selection string for exactly one GPU (CUDA numbering, a UUID, "cuda:1", a torch.device)."""
+    from .measurement import _gpu_selection
+
+    if gpu_num is None:
+        raise InvalidArgument("gpu_num=None: power caps need a GPU; pass its CUDA number, such as 0")
+    sel = _gpu_selection(gpu_num)
+    if sel.lower() in ("all", "none") or "," in sel:
+        raise InvalidArgument("gpu_num=%r: power caps take one GPU at a time; pass its CUDA number, such as 0" % (gpu_num,))
+    return sel
+
+
+def _info(gpu_num: Any) -> Dict[str, Any]:
+    try:
+        return _joulecap.cap_get(_one_gpu(gpu_num))
+    except NotFound as e:  # the selection names no GPU: the message lists those that exist
+        raise GPUNotFound(str(e), status=e.status, detail=e.detail) from None
+
+
+def _watts(cap: Any, what: str = "cap") -> float:
+    if isinstance(cap, bool):
+        raise InvalidArgument("%s=%r: give the power cap in watts, such as 300" % (what, cap))
+    try:
+        w = float(cap)
+    except (TypeError, ValueError):
+        raise InvalidArgument("%s=%r: give the power cap in watts, such as 300" % (what, cap)) from None
+    if not math.isfinite(w) or w <= 0:
+        raise InvalidArgument("%s=%r: give the power cap in watts, a positive number such as 300" % (what, cap))
+    return w
+
+
+def _check_range(info: Dict[str, Any], watts: float, what: str = "cap") -> None:
+    lo, hi = info["min_limit_w"], info["max_limit_w"]
+    if math.isfinite(lo) and math.isfinite(hi) and not (lo - 1e-3 <= watts <= hi + 1e-3):
+        raise InvalidArgument(
+            "%s %g W for GPU %d (%s, %s) is out of range: it accepts %g W to %g W"
+            % (what, watts, info["index"], info["name"], info["uuid"], lo, hi)
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The process's cap sessions, one per GPU (keyed by UUID), opened lazily
+
+
+class _Sessions:
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.pid = os.getpid()
+        self.by_uuid: Dict[str, Any] = {}
+
+    def _check_fork(self) -> None:
+        # A child made by fork() inherits no ownership (the C library refuses it there): start afresh, without
+        # touching the parent's sessions (dropping them in the child only frees memory).
+        if self.pid != os.getpid():
+            self.by_uuid = {}
+            self.pid = os.getpid()
+
+    def get(self, uuid: str) -> Optional[Any]:
+        with self.lock:
+            self._check_fork()
+            return self.by_uuid.get(uuid)
+
+    def open(self, info: Dict[str, Any]) -> Any:
+        """The session of this GPU, opened now when there is none (permission checked, guardian started)."""
+        with self.lock:
+            self._check_fork()
+            s = self.by_uuid.get(info["uuid"])
+            if s is None or s.closed:
+                s = _joulecap.CapSession(info["uuid"], guardian_path=_paths.cli_binary())
+                self.by_uuid[info["uuid"]] = s
+                if s.note:
+                    _log.warning("joulecap: %s", s.note)
+            return s
+
+    def close(self, uuid: str) -> None:
+        with self.lock:
+            self._check_fork()
+            s = self.by_uuid.pop(uuid, None)
+            if s is not None:
+                s.close()
+
+    def close_all(self) -> None:
+        with self.lock:
+            if self.pid != os.getpid():
+                return
+            first = None
+            for uuid in list(self.by_uuid):
+                try:
+                    self.close(uuid)
+                except Exception as e:  # noqa: BLE001 - close the others, then report the first
+                    first = first or e
+            if first is not None:
+                raise first
+
+
+_sessions = _Sessions()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    try:
+        _sessions.close_all()
+    except Exception as e:  # noqa: BLE001 - at exit: say it, the guardian and `joulecap cap restore` remain
+        _log.error("joulecap: putting back the power limits at exit failed: %s (run `joulecap cap restore`)", e)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The seed's API
+
+
+def get_power_cap(gpu_num: Any = 0) -> PowerCap:
+    """The power limits of one GPU (W) and who manages them.  Needs no permission.
+
+    gpu_num: the CUDA device number (as torch.cuda numbers it), a UUID (or unique prefix), "cuda:1" or a
+    torch.device.
+    """
+    return PowerCap._of(_info(gpu_num))
+
+
+def set_power_cap(gpu_num: Any, cap: Any) -> PowerCap:
+    """Sets the power cap of one GPU to ``cap`` watts until :func:`reset_power_cap`, :func:`restore_power_caps`
+    or the end of this process (also if it is killed), and returns the limits now in force.
+
+    Before the first change the limit in force is saved: that limit (not the default, not the maximum) is what
+    comes back.  Raises ``InvalidArgument`` (stating the GPU's range) for a cap outside [min, max],
+    ``PermissionDenied`` (root or CAP_SYS_ADMIN gives it) and ``Busy`` (another live process manages this GPU's
+    cap, named in the message) before anything changes.
+    """
+    watts = _watts(cap)
+    info = _info(gpu_num)
+    _check_range(info, watts)
+    session = _sessions.open(info)
+    session.set(info["index"], watts)
+    now = PowerCap._of(_joulecap.cap_get(info["uuid"]))
+    _log.info("joulecap: GPU %d power cap set to %g W (was %g W)", info["index"], now.limit_w, info["limit_w"])
+    return now
+
+
+def reset_power_cap(gpu_num: Any = 0) -> CapReset:
+    """Resets the power cap of one GPU and says which limit it put back.
+
+    * joulecap changed the limit in this process: the limit saved before that change comes back
+      (``did == "saved"``), and the GPU is released (its journal removed, its guardian stopped);
+    * otherwise: the GPU's default limit is set (``did == "default"``).  Like every change made from Python it
+      lasts until the end of this process, which puts back the limit found before.  A JoulecapWarning says so.
+
+    The return value's ``message`` says what happened; it is also logged (logger "joulecap", INFO).
+    """
+    info = _info(gpu_num)
+    session = _sessions.open(info)
+    did = session.reset(info["index"])
+    now = _joulecap.cap_get(info["uuid"])
+    gpu = "GPU %d (%s)" % (info["index"], info["uuid"])
+    if did == "saved":
+        message = "%s: put back the limit in force before joulecap changed it: %g W" % (gpu, now["limit_w"])
+        _sessions.close(info["uuid"])
+        _log.info("joulecap: %s", message)
+    elif abs(info["limit_w"] - now["limit_w"]) < 1e-3:
+        message = "%s: joulecap had not changed this limit, which is the default limit, %g W" % (gpu, now["limit_w"])
+        _sessions.close(info["uuid"])  # nothing to undo
+        _log.info("joulecap: %s", message)
+    else:
+        message = (
+            "%s: joulecap had not changed this limit, so the default limit %g W is set (it was %g W); the end of "
+            "this process puts %g W back" % (gpu, now["limit_w"], info["limit_w"], info["limit_w"])
+        )
+        _log.info("joulecap: %s", message)
+        warnings.warn(message, JoulecapWarning, stacklevel=2)
+    return CapReset(gpu_num=info["index"], did=did, limit_w=now["limit_w"], message=message)
+
+
+def restore_power_caps() -> None:
+    """Puts back every limit this process changed (closes its cap sessions).  atexit does it too."""
+    _sessions.close_all()

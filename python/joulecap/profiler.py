@@ -1,0 +1,851 @@
+"""The power-cap profiler from Python: the seed's ``power_cap_profiler`` and an online ``PowerCapOptimizer``.
+
+    from joulecap.profiler import power_cap_profiler, PowerCapOptimizer
+
+    cap = power_cap_profiler(model, dataloader, gpu_num=0, train=True, loss_fn=loss_fn, optimizer=optimizer,
+                             out_file="caps.csv")               # the cap (W) with the lowest ED2P; limit restored
+
+    with PowerCapOptimizer(gpu_num=0) as pco:                    # online: no step is wasted
+        for x, y in dataloader:
+            train_step(x, y)
+            pco.step()                                           # profiles during the first steps, then keeps the cap
+
+Both drive the C library's profiler state machine (``jc_profiler_*``, docs/profiler.md): it says which cap to set
+and when to run a step; the driver here sets the cap through the process's cap session (``joulecap.caps``: the
+limit in force is saved, and put back at the end, on an exception, and by the guardian if the process is
+killed), runs or waits for the step, and reports the step's end time and the GPU's cumulative energy.
+
+Energy: each driver opens a measurement context on its GPU (the library's sampler thread reads the NVML energy
+counter just after each of its 100 ms steps) and reports the newest counter value at each step boundary
+(``Context.read_latest``): a cumulative reading that costs no NVML call and never blocks the step.  The C
+profiler is built for such stepped counters (it fits the counter's update phase).  Time is the library's
+monotonic clock.
+
+See docs/python.md, "Power caps and the profiler".
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from . import _joulecap
+from .caps import (
+    CapReset,
+    PowerCap,
+    _check_range,
+    _info,
+    _sessions,
+    _watts,
+    get_power_cap,
+    reset_power_cap,
+    restore_power_caps,
+    set_power_cap,
+)
+from .errors import FileError, InvalidArgument, JoulecapWarning, PermissionDenied, StateError
+
+__all__ = [
+    "power_cap_profiler",
+    "PowerCapOptimizer",
+    "ProfileResult",
+    "OBJECTIVES",
+    "set_power_cap",
+    "reset_power_cap",
+    "get_power_cap",
+    "restore_power_caps",
+    "PowerCap",
+    "CapReset",
+]
+
+_log = logging.getLogger("joulecap")
+
+#: The objectives (docs/profiler.md): ED2P per unit of work is the default.
+OBJECTIVES = ("ed2p", "edp", "energy", "time", "energy-slowdown", "zeus")
+
+#: Columns of the out_file CSV.
+CSV_COLUMNS = [
+    "row",
+    "cap_w",
+    "steps",
+    "dropped_steps",
+    "seconds",
+    "energy_j",
+    "time_per_step_s",
+    "power_w",
+    "energy_per_step_j",
+    "objective",
+    "objective_name",
+    "rel_se_objective",
+    "phase",
+    "binding",
+    "reason",
+]
+
+_STOP = {1: "precise enough", 2: "clearly worse than the best", 3: "max_trial_s", 4: "budget or finish"}
+_PHASE = {1: "coarse", 2: "refine", 3: "race"}
+
+
+@dataclass(frozen=True)
+class ProfileResult:
+    """A finished profile: the recommended ``cap_w`` and why (``reason``), whether caps bind at all
+    (``binding``), the time, power and energy per step predicted (or measured, ``cap_measured``) there, savings
+    against ``reference_cap_w`` (the highest cap measured, normally the default limit), and every trial.
+
+    Under torch.distributed, power and energy are summed over the ranks' GPUs and time per step is the slowest
+    rank's.
+    """
+
+    cap_w: float
+    objective: str
+    binding: bool
+    reason: str
+    cap_measured: bool
+    time_per_step_s: float
+    avg_power_w: float
+    energy_per_step_j: float
+    objective_value: float
+    energy_saving: float
+    slowdown: float
+    reference_cap_w: float
+    profile_seconds: float
+    total_steps: int
+    gpu_num: int
+    limit_before_w: float
+    trials: Tuple[Dict[str, Any], ...] = field(default_factory=tuple)
+
+    @classmethod
+    def _of(cls, r: Dict[str, Any], trials: List[Dict[str, Any]], gpu_num: int, before: float) -> "ProfileResult":
+        return cls(
+            cap_w=r["cap_w"],
+            objective=r["objective"],
+            binding=bool(r["binding"]),
+            reason=r["reason"],
+            cap_measured=bool(r["cap_measured"]),
+            time_per_step_s=r["time_per_step_s"],
+            avg_power_w=r["avg_power_w"],
+            energy_per_step_j=r["energy_per_step_j"],
+            objective_value=r["objective_value"],
+            energy_saving=r["energy_saving"],
+            slowdown=r["slowdown"],
+            reference_cap_w=r["reference_cap_w"],
+            profile_seconds=r["profile_seconds"],
+            total_steps=r["total_steps"],
+            gpu_num=gpu_num,
+            limit_before_w=before,
+            trials=tuple(trials),
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Argument checks (all of them before any cap changes)
+
+
+def _objective(objective: Any, max_slowdown: Any) -> Tuple[str, Optional[float]]:
+    if not isinstance(objective, str) or objective.lower() not in OBJECTIVES:
+        raise InvalidArgument("objective=%r: choose one of %s" % (objective, ", ".join(OBJECTIVES)))
+    objective = objective.lower()
+    if max_slowdown is None:
+        return objective, None
+    if objective != "energy-slowdown":
+        raise InvalidArgument(
+            "max_slowdown=%r applies to objective='energy-slowdown' only (the objective is %r)" % (max_slowdown, objective)
+        )
+    try:
+        ms = float(max_slowdown)
+    except (TypeError, ValueError):
+        ms = float("nan")
+    if isinstance(max_slowdown, bool) or not (ms > 0) or not math.isfinite(ms):
+        raise InvalidArgument("max_slowdown=%r: give the allowed slowdown as a fraction > 0, such as 0.05" % (max_slowdown,))
+    return objective, ms
+
+
+def _time_budget(time_budget: Any) -> float:
+    if time_budget is None:
+        return 0.0  # automatic: max(20 s, 300 steps at the first cap)
+    try:
+        b = float(time_budget)
+    except (TypeError, ValueError):
+        b = float("nan")
+    if isinstance(time_budget, bool) or not (b > 0) or not math.isfinite(b):
+        raise InvalidArgument("time_budget=%r: give the profiling time in seconds (> 0), or None" % (time_budget,))
+    return b
+
+
+def _caps(caps: Any, info: Dict[str, Any]) -> Optional[List[float]]:
+    if caps is None:
+        return None
+    if isinstance(caps, (str, bytes)) or not hasattr(caps, "__iter__"):
+        raise InvalidArgument("caps=%r: give a list of caps in watts, such as [700, 500, 300], or None" % (caps,))
+    out = [_watts(c, "caps") for c in caps]
+    if not out:
+        raise InvalidArgument("caps is empty: give a list of caps in watts, or None to choose them adaptively")
+    if len(out) > 64:
+        raise InvalidArgument("caps: %d caps given; at most 64" % len(out))
+    for w in out:
+        _check_range(info, w, "caps:")
+    return out
+
+
+def _open_out_file(out_file: Any):
+    if out_file is None:
+        return None
+    path = os.fspath(out_file)
+    try:
+        return open(path, "w", newline="")
+    except PermissionError as e:
+        raise PermissionDenied("cannot create the CSV file %s: %s; choose a writable path" % (path, e.strerror)) from None
+    except OSError as e:
+        raise FileError("cannot create the CSV file %s: %s; choose a writable path" % (path, e.strerror)) from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Energy of the GPU: the sampler's newest counter value
+
+
+class _GpuMeter:
+    """Cumulative energy (J) of one GPU at the newest energy-counter step, and the library's clock (s)."""
+
+    def __init__(self, uuid: str) -> None:
+        self.ctx = _joulecap.Context(uuid, flags=_joulecap.NO_CPU)
+        dev = self.ctx.devices()
+        if len(dev) < 2:
+            self.ctx.close()
+            raise StateError("joulecap cannot measure GPU %s (NVML is not available)" % uuid)
+        src = dev[1]["energy_source"]
+        if src not in ("counter", "integrated-power"):
+            note = dev[1]["energy_note"]
+            self.ctx.close()
+            raise StateError("the profiler needs the energy of GPU %s, which joulecap cannot read: %s" % (uuid, note))
+        # NVML's counter moves in ~100 ms steps; energy integrated from power by the sampler moves every 10 ms.
+        self.counter_period = 0.1 if src == "counter" else 0.01
+        self.ctx.sync()
+        self.last_e = 0.0
+
+    def read(self) -> Tuple[float, float]:
+        t = _joulecap.now_ns() * 1e-9
+        e = self.ctx.read_latest(1)["energy_j"]
+        if not math.isfinite(e) or e < self.last_e:
+            e = self.last_e
+        self.last_e = e
+        return t, e
+
+    def close(self) -> None:
+        self.ctx.close()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The cap during profiling: taken through the process's session, put back as found
+
+
+class _CapHold:
+    """Sets caps on one GPU through the process's cap session and puts back the limit found in force."""
+
+    def __init__(self, info: Dict[str, Any]) -> None:
+        self.info = info
+        self.uuid = info["uuid"]
+        self.index = info["index"]
+        self.had_session = _sessions.get(self.uuid) is not None
+        self.session = _sessions.open(info)  # PermissionDenied / Busy here, before any change
+        self.found_w = _joulecap.cap_get(self.uuid)["limit_w"]
+        self.changed = False
+
+    def set(self, watts: float) -> None:
+        self.changed = True
+        self.session.set(self.index, watts)
+
+    def restore(self) -> None:
+        """The limit found in force is back; a session opened for profiling is closed (journal removed)."""
+        if self.had_session:
+            if self.changed:
+                self.session.set(self.index, self.found_w)
+        else:
+            _sessions.close(self.uuid)  # puts back the saved limit, which is the one found
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Running steps: the seed's loop over the dataloader
+
+
+def _to_device(obj: Any, device: Any) -> Any:
+    if hasattr(obj, "to") and hasattr(obj, "device") and getattr(obj, "device", None) != device:
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(o, device) for o in obj) if not hasattr(obj, "_fields") else obj
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+class _Batches:
+    """The dataloader's batches, cycling: at its end it is iterated again."""
+
+    def __init__(self, dataloader: Any) -> None:
+        self.dataloader = dataloader
+        try:
+            self.it: Iterator[Any] = iter(dataloader)
+        except TypeError:
+            raise InvalidArgument("dataloader=%r is not iterable: give a DataLoader or a list of batches" % (dataloader,)) from None
+        try:
+            self.first: Any = next(self.it)
+        except StopIteration:
+            raise InvalidArgument("the dataloader yields no batch: profiling needs at least one") from None
+        self.has_first = True
+        self.count = 0
+
+    def next(self) -> Any:
+        if self.has_first:
+            self.has_first = False
+            self.count += 1
+            return self.first
+        try:
+            b = next(self.it)
+        except StopIteration:
+            self.it = iter(self.dataloader)
+            try:
+                b = next(self.it)
+            except StopIteration:
+                raise InvalidArgument(
+                    "the dataloader ran out after %d batches and yields nothing when iterated again: give one that "
+                    "can be iterated more than once (a DataLoader, a list)" % self.count
+                ) from None
+        self.count += 1
+        return b
+
+
+def _model_device(model: Any) -> Any:
+    params = getattr(model, "parameters", None)
+    if params is None:
+        return None
+    for p in params():
+        return p.device
+    return None
+
+
+class _StepRunner:
+    """One training or inference step on the next batch, then a synchronisation of the device."""
+
+    def __init__(self, model: Any, batches: _Batches, train: bool, loss_fn: Any, optimizer: Any, gpu_index: int):
+        import torch
+
+        self.torch = torch
+        self.model, self.batches, self.train = model, batches, train
+        self.loss_fn, self.optimizer = loss_fn, optimizer
+        self.device = _model_device(model)
+        cuda = torch.cuda.is_available()
+        if self.device is not None and self.device.type == "cuda":
+            self.sync_device = self.device
+        elif cuda and self.device is None:
+            self.sync_device = torch.device("cuda", gpu_index)
+        else:
+            self.sync_device = None
+
+    def __call__(self) -> None:
+        batch = self.batches.next()
+        if self.device is not None:
+            batch = _to_device(batch, self.device)
+        if isinstance(batch, dict):
+            inputs, targets, kw = None, batch, True
+        elif isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
+            inputs, targets, kw = batch[0], (batch[1] if len(batch) > 1 else None), False
+        else:
+            inputs, targets, kw = batch, None, False
+        if self.train:
+            self.optimizer.zero_grad(set_to_none=True)
+            out = self.model(**inputs) if kw else self.model(inputs)
+            loss = self.loss_fn(out, targets) if targets is not None else self.loss_fn(out)
+            loss.backward()
+            self.optimizer.step()
+        else:
+            with self.torch.no_grad():
+                if kw:
+                    self.model(**batch)
+                else:
+                    self.model(inputs)
+        if self.sync_device is not None:
+            self.torch.cuda.synchronize(self.sync_device)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Model and optimizer state: copied before profiling, loaded back after
+
+
+def _clone_cpu(obj: Any) -> Any:
+    import copy
+
+    if hasattr(obj, "detach") and hasattr(obj, "to"):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        out = type(obj)((k, _clone_cpu(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):  # module versions, read by load_state_dict
+            out._metadata = copy.deepcopy(obj._metadata)
+        return out
+    if isinstance(obj, list):
+        return [_clone_cpu(v) for v in obj]
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(_clone_cpu(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+class _Snapshot:
+    """What profiling steps change, to be put back after profiling: the model's train/eval mode and, for
+    training steps, its weights and buffers, its gradients and the optimizer's state, copied to the CPU (so
+    profiling needs no extra GPU memory).  Inference steps run in eval mode under torch.no_grad() and change
+    no state, so only the mode is kept for them."""
+
+    def __init__(self, model: Any, optimizer: Any, train: bool) -> None:
+        self.model, self.optimizer = model, optimizer
+        self.training = getattr(model, "training", None)
+        self.state = self.opt_state = None
+        self.grads: List[Tuple[Any, Any]] = []
+        if train:
+            if hasattr(model, "state_dict"):
+                self.state = _clone_cpu(model.state_dict())
+            params = list(model.parameters()) if hasattr(model, "parameters") else []
+            self.grads = [(p, None if p.grad is None else p.grad.detach().to("cpu", copy=True)) for p in params]
+            self.opt_state = _clone_cpu(optimizer.state_dict())
+        if hasattr(model, "train"):
+            model.train(bool(train))
+
+    def restore(self) -> None:
+        if self.state is not None:
+            self.model.load_state_dict(self.state)
+        for p, g in self.grads:
+            p.grad = None if g is None else g.to(p.device)
+        if self.opt_state is not None:
+            self.optimizer.load_state_dict(self.opt_state)
+        if self.training is not None and hasattr(self.model, "train"):
+            self.model.train(self.training)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The out_file CSV
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, float):
+        return "" if not math.isfinite(v) else "%.10g" % v
+    return str(v)
+
+
+def _write_csv(f: Any, result: ProfileResult) -> None:
+    w = csv.writer(f)
+    w.writerow(CSV_COLUMNS)
+    for t in result.trials:
+        w.writerow(
+            [
+                "trial",
+                _fmt(t["cap_w"]),
+                t["steps"],
+                t["dropped_steps"],
+                _fmt(t["seconds"]),
+                _fmt(t["energy_j"]),
+                _fmt(t["time_per_step_s"]),
+                _fmt(t["avg_power_w"]),
+                _fmt(t["energy_per_step_j"]),
+                _fmt(t["objective"]),
+                result.objective,
+                _fmt(t["rel_se_objective"]),
+                _PHASE.get(t["phase"], str(t["phase"])),
+                "",
+                "stopped: %s" % _STOP.get(t["stop_reason"], str(t["stop_reason"])),
+            ]
+        )
+    w.writerow(
+        [
+            "recommended",
+            _fmt(result.cap_w),
+            result.total_steps,
+            "",
+            _fmt(result.profile_seconds),
+            "",
+            _fmt(result.time_per_step_s),
+            _fmt(result.avg_power_w),
+            _fmt(result.energy_per_step_j),
+            _fmt(result.objective_value),
+            result.objective,
+            "",
+            "measured" if result.cap_measured else "predicted",
+            _fmt(result.binding),
+            result.reason,
+        ]
+    )
+    f.flush()
+
+
+def _report(result: ProfileResult) -> None:
+    _log.info("joulecap: power-cap profiler: %s", result.reason)
+    if not result.binding:
+        warnings.warn(
+            "power caps do not bind on GPU %d for this workload: %s" % (result.gpu_num, result.reason),
+            JoulecapWarning,
+            stacklevel=3,
+        )
+
+
+def _new_profiler(info: Dict[str, Any], objective: str, max_slowdown: Optional[float], caps: Optional[List[float]],
+                  budget: float, counter_period: float) -> Any:
+    return _joulecap.Profiler(
+        info["min_limit_w"],
+        info["max_limit_w"],
+        info["default_limit_w"],
+        objective=objective,
+        max_slowdown=max_slowdown,
+        caps=caps,
+        time_budget=budget,
+        counter_period=counter_period,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The seed's offline profiler
+
+
+def power_cap_profiler(
+    model: Any,
+    dataloader: Any,
+    gpu_num: Any = 0,
+    train: bool = False,
+    loss_fn: Any = None,
+    optimizer: Any = None,
+    out_file: Any = None,
+    *,
+    objective: str = "ed2p",
+    max_slowdown: Optional[float] = None,
+    caps: Optional[Sequence[float]] = None,
+    time_budget: Optional[float] = None,
+) -> float:
+    """Finds the power cap (W) of GPU ``gpu_num`` with the lowest ``objective`` for one step of ``model`` on
+    ``dataloader``'s batches, and returns it.  The GPU's limit is what it was before when this returns (also on
+    an exception or Ctrl-C), and so are the model's weights and the optimizer's state.
+
+    * Each step runs the model on the next batch (the dataloader is iterated again at its end): with
+      ``train=True`` a training step (``optimizer.zero_grad()``, ``loss_fn(model(inputs), targets).backward()``,
+      ``optimizer.step()``), otherwise a forward pass under ``torch.no_grad()``.  A batch is
+      ``(inputs, targets, ...)``, a tensor of inputs (``loss_fn(outputs)``), or a dict of keyword arguments
+      (``loss_fn(outputs, batch)``); tensors are moved to the model's device.  On CUDA each step ends with
+      ``torch.cuda.synchronize``.
+    * ``objective``: ``"ed2p"`` (default: E·t² per step), ``"edp"``, ``"energy"``, ``"time"``,
+      ``"energy-slowdown"`` (least energy with at most ``max_slowdown``, default 0.05, slower steps than at the
+      default limit), ``"zeus"``.  ``caps``: only these caps (W) are tried.  ``time_budget``: seconds of
+      profiling (default: max(20 s, 300 steps)).
+    * ``out_file``: a CSV with a header, one ``trial`` row per cap tried and a last ``recommended`` row (see
+      docs/python.md).  The result with every trial is also in ``power_cap_profiler.last_result``.
+    * Before any cap changes: the arguments are checked (``train=True`` needs ``loss_fn`` and ``optimizer``;
+      caps within the GPU's range; a known objective; ``max_slowdown > 0`` with ``"energy-slowdown"`` only; a
+      dataloader with at least one batch), the CSV is created, and the permission to set caps is checked
+      (``PermissionDenied`` says that root or CAP_SYS_ADMIN gives it).
+    * Unlike the seed, the model is not left trained by the profiling steps: its weights, buffers, gradients and
+      train/eval mode, and the optimizer's state, are copied to the CPU before and loaded back after.
+    * When caps do not bind (the workload draws well below every cap tried) a JoulecapWarning says so, and the
+      CSV's ``binding`` column is 0.
+    """
+    if train and (loss_fn is None or optimizer is None):
+        raise InvalidArgument("train=True needs loss_fn and optimizer (the profiler runs real training steps)")
+    objective, max_slowdown = _objective(objective, max_slowdown)
+    budget = _time_budget(time_budget)
+    if not callable(model):
+        raise InvalidArgument("model=%r is not callable: give a torch.nn.Module" % (model,))
+    info = _info(gpu_num)
+    cap_list = _caps(caps, info)
+    batches = _Batches(dataloader)
+    runner = _StepRunner(model, batches, bool(train), loss_fn, optimizer, info["index"])
+    f = _open_out_file(out_file)
+    meter = None
+    try:
+        meter = _GpuMeter(info["uuid"])
+        prof = _new_profiler(info, objective, max_slowdown, cap_list, budget, meter.counter_period)
+        hold = _CapHold(info)  # PermissionDenied / Busy here, before any change
+        try:
+            snapshot = _Snapshot(model, optimizer, bool(train))
+            try:
+                while True:
+                    kind, cap = prof.next_action()
+                    if kind == "done":
+                        break
+                    if kind == "set_cap":
+                        hold.set(cap)
+                        t, e = meter.read()
+                        prof.cap_applied(cap, t, e)
+                    else:
+                        runner()
+                        t, e = meter.read()
+                        prof.observe_step(t, e)
+            finally:
+                snapshot.restore()
+        finally:
+            hold.restore()
+        result = ProfileResult._of(prof.result(), prof.trials(), info["index"], hold.found_w)
+    except BaseException:
+        if f is not None:
+            f.close()
+        raise
+    finally:
+        if meter is not None:
+            meter.close()
+    power_cap_profiler.last_result = result  # type: ignore[attr-defined]
+    if f is not None:
+        with f:
+            _write_csv(f, result)
+    _report(result)
+    return result.cap_w
+
+
+power_cap_profiler.last_result = None  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Online mode
+
+
+_CODE = {"run": 0.0, "set_cap": 1.0, "done": 2.0, "error": 3.0}
+_KIND = {v: k for k, v in _CODE.items()}
+
+
+class _Group:
+    """torch.distributed when initialised with more than one rank, else a group of one."""
+
+    def __init__(self, process_group: Any) -> None:
+        self.dist = None
+        self.group = process_group
+        self.rank, self.size = 0, 1
+        try:
+            import torch.distributed as dist
+        except ImportError:
+            return
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size(process_group) > 1:
+            import torch
+
+            self.dist, self.torch = dist, torch
+            self.rank = dist.get_rank(process_group)
+            self.size = dist.get_world_size(process_group)
+            backend = dist.get_backend(process_group)
+            self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+            # The rank that decides: rank 0 of the group, as a global rank for broadcast's src.
+            self.src = dist.get_global_rank(process_group, 0) if process_group is not None else 0
+
+    def gather(self, t: float, e: float) -> Tuple[float, float]:
+        """(latest step end over the ranks, sum of the ranks' cumulative energies)."""
+        if self.dist is None:
+            return t, e
+        out = [self.torch.zeros(2, dtype=self.torch.float64, device=self.device) for _ in range(self.size)]
+        self.dist.all_gather(out, self.torch.tensor([t, e], dtype=self.torch.float64, device=self.device), group=self.group)
+        vals = [o.tolist() for o in out]
+        return max(v[0] for v in vals), sum(v[1] for v in vals)
+
+    def broadcast(self, kind: str, cap: float) -> Tuple[str, float]:
+        if self.dist is None:
+            return kind, cap
+        x = self.torch.tensor([_CODE[kind], cap], dtype=self.torch.float64, device=self.device)
+        self.dist.broadcast(x, src=self.src, group=self.group)
+        code, cap = x.tolist()
+        return _KIND[code], cap
+
+    def broadcast_object(self, obj: Any) -> Any:
+        if self.dist is None:
+            return obj
+        box = [obj]
+        self.dist.broadcast_object_list(box, src=self.src, group=self.group)
+        return box[0]
+
+    def all_objects(self, obj: Any) -> List[Any]:
+        if self.dist is None:
+            return [obj]
+        out: List[Any] = [None] * self.size
+        self.dist.all_gather_object(out, obj, group=self.group)
+        return out
+
+
+class PowerCapOptimizer:
+    """Chooses the power cap during the real training loop: call :meth:`step` once per training step.
+
+    It profiles during the first steps (setting the caps the profiler asks for, as in
+    :func:`power_cap_profiler`, but on the job's own steps, so none is wasted), then sets the recommended cap and
+    keeps it; after that ``step()`` returns at once.  ``done``, ``cap_w`` (the cap in force, then the
+    recommendation) and ``result`` (a :class:`ProfileResult` once done) tell where it is.  :meth:`close` (or the
+    end of a ``with`` block, or the process's exit) puts back the limit found in force; the guardian does it if
+    the process is killed.
+
+    Arguments as :func:`power_cap_profiler`'s; ``gpu_num`` None means the current CUDA device
+    (``torch.cuda.current_device()``) when torch sees CUDA, else 0.  ``out_file`` gets the CSV when profiling
+    ends (rank 0).
+
+    Under torch.distributed (initialised, more than one rank in ``process_group``, default the world) every rank
+    creates its optimizer on its own GPU and calls ``step()`` at every step, as DDP requires of collectives.
+    Rank 0 runs the state machine on all ranks' measurements (each step: the latest step end and the sum of the
+    GPUs' energies, by all_gather) and broadcasts each decision; every rank sets the same cap on its own GPU.
+    """
+
+    def __init__(
+        self,
+        gpu_num: Any = None,
+        objective: str = "ed2p",
+        *,
+        max_slowdown: Optional[float] = None,
+        caps: Optional[Sequence[float]] = None,
+        time_budget: Optional[float] = None,
+        out_file: Any = None,
+        process_group: Any = None,
+    ) -> None:
+        self.objective, self.max_slowdown = _objective(objective, max_slowdown)
+        self._budget = _time_budget(time_budget)
+        if gpu_num is None:
+            gpu_num = 0
+            try:
+                import torch
+
+                if torch.cuda.is_available():
+                    gpu_num = torch.cuda.current_device()
+            except ImportError:
+                pass
+        self._info = _info(gpu_num)
+        self.gpu_num: int = self._info["index"]
+        self._caps = _caps(caps, self._info)
+        self._group = _Group(process_group)
+        self._out = _open_out_file(out_file) if self._group.rank == 0 else None
+        self.done = False
+        self.result: Optional[ProfileResult] = None
+        self.cap_w: float = self._info["limit_w"]
+        self.steps = 0
+        self._closed = False
+        self._prof = None
+        self._meter = None
+        self._hold = None
+        self._started = False
+        if self._group.size > 1:
+            uuids = self._group.all_objects(self._info["uuid"])
+            if len(set(uuids)) != len(uuids):
+                raise InvalidArgument(
+                    "ranks share a GPU (%s): give each rank its own gpu_num (its local rank)" % ", ".join(uuids)
+                )
+        # Each rank's clock counts from here (the collective above is a common instant), so that the latest step
+        # end over the ranks means the same on hosts whose monotonic clocks differ.
+        self._t0 = _joulecap.now_ns() * 1e-9
+        try:
+            self._meter = _GpuMeter(self._info["uuid"])
+            if self._group.rank == 0:
+                self._prof = _new_profiler(
+                    self._info, self.objective, self.max_slowdown, self._caps, self._budget, self._meter.counter_period
+                )
+            self._hold = _CapHold(self._info)  # PermissionDenied / Busy here, before any change
+        except BaseException:
+            self._release()
+            raise
+
+    # -- the loop
+
+    def step(self) -> float:
+        """Call once at the end of every training step (after the step's work is done; on CUDA after
+        ``torch.cuda.synchronize()`` for exact timing, though the next step's start is close enough).  Returns
+        the cap in force (W)."""
+        if self._closed:
+            raise StateError("this PowerCapOptimizer is closed: its cap was put back; create a new one to profile again")
+        self.steps += 1
+        if self.done:
+            return self.cap_w
+        t, e = self._meter.read()
+        t, e = self._group.gather(t - self._t0, e)
+        if not self._started:
+            self._started = True
+            kind, cap = self._decide(None, t, e)
+        else:
+            kind, cap = self._decide("step", t, e)
+        while kind == "set_cap":
+            self._hold.set(cap)
+            self.cap_w = cap
+            t, e = self._meter.read()
+            t, e = self._group.gather(t - self._t0, e)
+            kind, cap = self._decide("applied", t, e, cap)
+        if kind == "done":
+            self._finish(cap)
+        return self.cap_w
+
+    on_step_end = step
+
+    def _decide(self, what: Optional[str], t: float, e: float, cap: float = 0.0) -> Tuple[str, float]:
+        """Rank 0: report the measurement and ask what comes next; broadcast it to the other ranks."""
+        kind, next_cap, err = "error", 0.0, None
+        if self._group.rank == 0:
+            try:
+                if what == "step":
+                    self._prof.observe_step(t, e)
+                elif what == "applied":
+                    self._prof.cap_applied(cap, t, e)
+                kind, next_cap = self._prof.next_action()
+            except Exception as ex:  # noqa: BLE001 - tell the other ranks before raising
+                err = ex
+                kind, next_cap = "error", 0.0
+        kind, next_cap = self._group.broadcast(kind, next_cap)
+        if kind == "error":
+            if err is not None:
+                raise err
+            raise StateError("the power-cap profiler failed on rank 0 (see its error)")
+        return kind, next_cap
+
+    def _finish(self, cap: float) -> None:
+        self._hold.set(cap)
+        self.cap_w = cap
+        self.done = True
+        payload = None
+        if self._group.rank == 0:
+            payload = (self._prof.result(), self._prof.trials())
+        payload = self._group.broadcast_object(payload)
+        self.result = ProfileResult._of(payload[0], payload[1], self.gpu_num, self._hold.found_w)
+        if self._out is not None:
+            with self._out:
+                _write_csv(self._out, self.result)
+            self._out = None
+        if self._group.rank == 0:
+            _report(self.result)
+        self._meter.close()
+        self._meter = None
+
+    # -- the end
+
+    def close(self) -> None:
+        """Puts back the limit found in force (also when profiling had not finished: the recommendation so far
+        is then in ``result``).  Under torch.distributed call it on every rank."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if not self.done and self._prof is not None and self._started:
+                try:
+                    self._prof.finish()
+                    self.result = ProfileResult._of(self._prof.result(), self._prof.trials(), self.gpu_num,
+                                                    self._hold.found_w)
+                except Exception:  # noqa: BLE001 - nothing measured: no result
+                    pass
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        try:
+            if self._hold is not None:
+                self._hold.restore()
+                self._hold = None
+        finally:
+            if self._meter is not None:
+                self._meter.close()
+                self._meter = None
+            if self._out is not None:
+                self._out.close()
+                self._out = None
+
+    def __enter__(self) -> "PowerCapOptimizer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "done" if self.done else ("profiling" if self._started else "not started")
+        return "PowerCapOptimizer(gpu_num=%d, objective=%r, %s, cap_w=%g)" % (self.gpu_num, self.objective, state, self.cap_w)

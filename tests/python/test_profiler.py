@@ -1,0 +1,480 @@
+"""The power-cap profiler from Python (power_cap_profiler, PowerCapOptimizer) on the fake NVML in sweep mode.
+
+The fake GPU of tests/scenarios/h100-sweep.scn draws the power that tests/scenarios/h100-sweep.csv gives at the
+limit in force; the fake cannot slow the test's code down, so the workload (SweepWorkload below) reads the limit
+through joulecap and takes the sweep's time per step at that limit (docs/fake-nvml.md, "Sweep mode").  The
+sweep's ED2P optimum is 420 W (its knee), with the 50 W coarse caps either side 2.5% and 3.1% worse.
+"""
+
+import bisect
+import copy
+import csv
+import json
+import os
+import time
+import warnings
+
+import pytest
+
+import joulecap
+from joulecap import _joulecap
+from joulecap.errors import FileError, InvalidArgument, JoulecapWarning, PermissionDenied
+
+torch = pytest.importorskip("torch")
+
+from conftest import SCENARIOS  # noqa: E402
+
+SWEEP_CSV = SCENARIOS / "h100-sweep.csv"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The workload helper (tests only, not part of joulecap)
+
+
+class SweepWorkload:
+    """A step that takes as long as the sweep says at the GPU's current power limit (read through joulecap).
+
+    The fake GPU's power follows its limit by itself (sweep mode); its speed must be played by the caller.
+    Steps follow one another on a fixed schedule: a step ends time_per_step(limit) after the previous one
+    ended, so the caller's own work between steps (the training step's CPU work, the profiler's bookkeeping)
+    is part of the step as it would overlap with the GPU's work, unless it took longer than half a step.
+    """
+
+    def __init__(self, path=SWEEP_CSV, gpu_num=0):
+        with open(path, newline="") as f:
+            rows = sorted(csv.DictReader(f), key=lambda r: float(r["power_limit_w"]))
+        self.caps = [float(r["power_limit_w"]) for r in rows]
+        self.times = [float(r["time_per_step_s"]) for r in rows]
+        self.powers = [float(r["avg_power_w"]) for r in rows]
+        self.gpu_num = gpu_num
+        self.steps = 0
+        self.limits = []
+        self._last_end = None
+
+    def time_per_step(self, cap):
+        return self._interp(cap, self.times)
+
+    def power(self, cap):
+        return self._interp(cap, self.powers)
+
+    def _interp(self, cap, ys):
+        c = self.caps
+        if cap <= c[0]:
+            return ys[0]
+        if cap >= c[-1]:
+            return ys[-1]
+        i = bisect.bisect_left(c, cap)
+        return ys[i - 1] + (ys[i] - ys[i - 1]) * (cap - c[i - 1]) / (c[i] - c[i - 1])
+
+    def ed2p(self, cap):
+        t = self.time_per_step(cap)
+        return self.power(cap) * t**3
+
+    def step(self):
+        now = time.monotonic()
+        limit = joulecap.get_power_cap(self.gpu_num).limit_w
+        t = self.time_per_step(limit)
+        start = self._last_end if self._last_end is not None and now - self._last_end < 0.5 * t else now
+        end = start + t
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(left)
+        self._last_end = end
+        self.steps += 1
+        self.limits.append(limit)
+
+
+class SweepModel(torch.nn.Module):
+    """A tiny model whose forward pass is one SweepWorkload step."""
+
+    def __init__(self, workload, fail_at=None, exc=RuntimeError):
+        super().__init__()
+        self.workload = workload
+        self.lin = torch.nn.Linear(8, 4)
+        self.bn = torch.nn.BatchNorm1d(4)
+        self.fail_at, self.exc = fail_at, exc
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.fail_at is not None and self.calls >= self.fail_at:
+            raise self.exc("boom at step %d" % self.calls)
+        self.workload.step()
+        return self.bn(self.lin(x))
+
+
+def batches(n=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 8, generator=g), torch.randint(0, 4, (16,), generator=g)) for _ in range(n)]
+
+
+def trained(model, data):
+    """A model and an Adam optimizer with state (two steps taken), as in a job that already trained a little."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    for x, y in data[:2]:
+        opt.zero_grad()
+        loss_fn(model.bn(model.lin(x)), y).backward()
+        opt.step()
+    return opt, loss_fn
+
+
+def tensors_equal(a, b):
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(tensors_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(tensors_equal(x, y) for x, y in zip(a, b))
+    if hasattr(a, "shape"):
+        return torch.equal(a, b)
+    return a == b
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # On a busy 2-core machine torch's second intra-op thread wakes late after every sleep and adds ~10 ms to
+    # random steps; the tiny model needs no threads.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def sweep_env(fake_env, tmp_path, monkeypatch):
+    """fake_env plus a state file shared with the guardian and the CLI, and a private journal directory."""
+
+    def setup(scenario="h100-sweep.scn"):
+        fake_env(scenario=scenario, sysfs="norapl", proc="qemu")
+        monkeypatch.setenv("JOULECAP_FAKE_NVML_STATE", str(tmp_path / "fake.state"))
+        monkeypatch.setenv("JOULECAP_STATE_DIR", str(tmp_path / "journals"))
+        monkeypatch.delenv("JOULECAP_CLI", raising=False)
+        return dict(os.environ)
+
+    yield setup
+    joulecap.restore_power_caps()
+
+
+def journals(env):
+    d = env["JOULECAP_STATE_DIR"]
+    return sorted(f for f in os.listdir(d) if not f.endswith(".lock")) if os.path.isdir(d) else []
+
+
+def assert_untouched(env, limit=700.0):
+    cap = joulecap.get_power_cap(0)
+    assert cap.limit_w == limit and cap.manager == "none"
+    assert journals(env) == []
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The fake's sweep mode
+
+
+def test_sweep_mode_power_follows_the_limit(sweep_env):
+    sweep_env()
+    wl = SweepWorkload()
+    tool = joulecap.EnergyMeasurementTool(None, gpu_num=0)
+    try:
+        for cap in (420, 700, 300):
+            joulecap.set_power_cap(0, cap)
+            time.sleep(0.15)  # the new limit takes effect at the next 100 ms counter step
+            tool.start()
+            time.sleep(0.5)
+            m = tool.stop()
+            assert m.gpu_energy_j[0] / m.elapsed_s == pytest.approx(wl.power(cap), rel=0.07)
+    finally:
+        tool.close()
+    joulecap.reset_power_cap(0)
+
+
+def test_sweep_key_errors_are_reported(sweep_env, tmp_path, capfd):
+    sweep_env()
+    bad = tmp_path / "bad.scn"
+    bad.write_text("[device]\nloaded_w = 300\nsweep = %s\n" % SWEEP_CSV)
+    os.environ["JOULECAP_FAKE_NVML_SCENARIO"] = str(bad)
+    with pytest.raises(joulecap.JoulecapError):
+        joulecap.get_power_cap(0)
+    assert "sweep and loaded_w both set" in capfd.readouterr().err
+    missing = tmp_path / "missing.scn"
+    missing.write_text("[device]\nsweep = no-such.csv\n")
+    os.environ["JOULECAP_FAKE_NVML_SCENARIO"] = str(missing)
+    with pytest.raises(joulecap.JoulecapError):
+        joulecap.get_power_cap(0)
+    assert "no-such.csv" in capfd.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------------------
+# power_cap_profiler
+
+
+def test_profiler_finds_the_known_optimum_and_leaves_everything_as_it_was(sweep_env, tmp_path):
+    env = sweep_env()
+    wl = SweepWorkload()
+    model = SweepModel(wl)
+    data = batches()
+    opt, loss_fn = trained(model, data)
+    weights = copy.deepcopy(model.state_dict())
+    opt_state = copy.deepcopy(opt.state_dict())
+    model.eval()
+    out = tmp_path / "caps.csv"
+
+    t0 = time.monotonic()
+    cap = joulecap.power_cap_profiler(model, data, 0, train=True, loss_fn=loss_fn, optimizer=opt, out_file=out,
+                                      time_budget=15)
+    took = time.monotonic() - t0
+    assert took < 20
+
+    best_cap, best = _joulecap.Sweep(str(SWEEP_CSV)).best_cap("ed2p")
+    assert best_cap == 420
+    assert 200 <= cap <= 700
+    assert abs(cap - best_cap) <= 40, cap
+    assert wl.ed2p(cap) <= 1.035 * wl.ed2p(best_cap), (cap, wl.ed2p(cap) / wl.ed2p(best_cap))
+
+    # The limit found in force is back, the session is closed, the model and optimizer are as they were.
+    assert_untouched(env)
+    assert tensors_equal(model.state_dict(), weights)
+    assert tensors_equal(opt.state_dict(), opt_state)
+    assert model.training is False
+    assert all(p.grad is not None for p in model.parameters())  # as trained() left them
+    assert min(wl.limits) < 700 and max(wl.limits) == 700  # caps did change while profiling
+
+    r = joulecap.power_cap_profiler.last_result
+    assert r.cap_w == cap and r.binding and r.objective == "ed2p" and r.limit_before_w == 700
+    assert 12 <= r.profile_seconds <= 15.5
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0].keys()) == joulecap.profiler.CSV_COLUMNS
+    trials = [row for row in rows if row["row"] == "trial"]
+    assert len(trials) == len(r.trials) >= 11 and rows[-1]["row"] == "recommended"
+    assert float(rows[-1]["cap_w"]) == cap and rows[-1]["binding"] == "1" and "ED2P" in rows[-1]["reason"]
+    assert {float(t["cap_w"]) for t in trials} >= {700.0, 650.0, 450.0, 400.0, 200.0}
+    for t in trials:
+        assert 200 <= float(t["cap_w"]) <= 700
+        p = float(t["power_w"])
+        assert p == pytest.approx(wl.power(float(t["cap_w"])), rel=0.05)
+
+
+@pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
+def test_profiler_restores_the_cap_after_an_exception(sweep_env, exc):
+    env = sweep_env()
+    wl = SweepWorkload()
+    model = SweepModel(wl, fail_at=30, exc=exc)  # ~1.2 s in: the second cap is in force
+    data = batches()
+    opt, loss_fn = trained(model, data)
+    weights = copy.deepcopy(model.state_dict())
+    with pytest.raises(exc, match="boom"):
+        joulecap.power_cap_profiler(model, data, 0, train=True, loss_fn=loss_fn, optimizer=opt, time_budget=10)
+    assert wl.limits[-1] < 700
+    assert_untouched(env)
+    assert tensors_equal(model.state_dict(), weights)
+
+
+def test_profiler_restores_a_cap_set_before(sweep_env):
+    """The limit found in force (here set by set_power_cap) is what comes back, and the session keeps it."""
+    env = sweep_env()
+    joulecap.set_power_cap(0, 600)
+    wl = SweepWorkload()
+    cap = joulecap.power_cap_profiler(SweepModel(wl), batches(), 0, caps=[500, 400], time_budget=3)
+    assert cap in (500, 400)
+    assert set(wl.limits) <= {600.0, 500.0, 400.0} and 400.0 in wl.limits
+    now = joulecap.get_power_cap(0)
+    assert now.limit_w == 600 and now.manager == "session" and now.saved_limit_w == 700
+    assert joulecap.reset_power_cap(0).did == "saved"
+    assert_untouched(env)
+
+
+def _invalid_calls(model, data, tmp_path):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    p = joulecap.power_cap_profiler
+    return [
+        (lambda: p(model, data, 0, train=True), "loss_fn and optimizer"),
+        (lambda: p(model, data, 0, train=True, loss_fn=loss_fn), "loss_fn and optimizer"),
+        (lambda: p(model, data, 0, objective="joules"), "ed2p, edp, energy"),
+        (lambda: p(model, data, 0, objective="energy-slowdown", max_slowdown=0), "max_slowdown"),
+        (lambda: p(model, data, 0, objective="energy-slowdown", max_slowdown=-0.1), "max_slowdown"),
+        (lambda: p(model, data, 0, max_slowdown=0.05), "energy-slowdown"),
+        (lambda: p(model, data, 0, caps=[500, 150]), "200 W to 700 W"),
+        (lambda: p(model, data, 0, caps=[800]), "200 W to 700 W"),
+        (lambda: p(model, data, 0, caps=[]), "caps is empty"),
+        (lambda: p(model, data, 0, time_budget=0), "time_budget"),
+        (lambda: p(model, [], 0), "no batch"),
+        (lambda: p(model, iter([]), 0), "no batch"),
+        (lambda: p(model, data, 7), "GPU"),
+        (lambda: p(model, data, 0, out_file=tmp_path / "no-such-dir" / "x.csv"), "cannot create the CSV file"),
+    ]
+
+
+def test_profiler_checks_its_arguments_before_any_change(sweep_env, tmp_path):
+    env = sweep_env()
+    model = SweepModel(SweepWorkload())
+    for call, words in _invalid_calls(model, batches(2), tmp_path):
+        with pytest.raises(joulecap.JoulecapError, match=words) as e:
+            call()
+        assert isinstance(e.value, (InvalidArgument, FileError, LookupError)), e.value
+        assert model.calls == 0
+        assert_untouched(env)
+
+
+def test_profiler_without_permission_says_so_before_any_step(sweep_env):
+    env = sweep_env("h100-sweep-no-permission.scn")
+    model = SweepModel(SweepWorkload())
+    with pytest.raises(PermissionDenied, match="CAP_SYS_ADMIN") as e:
+        joulecap.power_cap_profiler(model, batches(2), 0, time_budget=3)
+    assert "root" in str(e.value)
+    assert model.calls == 0
+    assert_untouched(env)
+    with pytest.raises(PermissionDenied):
+        joulecap.PowerCapOptimizer(0)
+    assert_untouched(env)
+
+
+class ConstantStep(torch.nn.Module):
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+        self.lin = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        time.sleep(self.seconds)
+        return self.lin(x)
+
+
+def test_profiler_reports_caps_that_do_not_bind(sweep_env, tmp_path):
+    env = sweep_env("h100-constant-300w.scn")  # the GPU draws 300 W whatever the cap above it
+    out = tmp_path / "caps.csv"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cap = joulecap.power_cap_profiler(ConstantStep(0.02), batches(4), 0, caps=[700, 550, 400], out_file=out,
+                                          time_budget=4)
+    assert cap in (700, 550, 400)
+    msgs = [str(w.message) for w in caught if issubclass(w.category, JoulecapWarning)]
+    assert any("do not bind" in m for m in msgs), msgs
+    r = joulecap.power_cap_profiler.last_result
+    assert not r.binding and "bind" in r.reason
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[-1]["row"] == "recommended" and rows[-1]["binding"] == "0"
+    assert_untouched(env)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# PowerCapOptimizer
+
+
+def test_online_optimizer_profiles_in_the_loop_then_keeps_its_cap(sweep_env, tmp_path):
+    env = sweep_env()
+    wl = SweepWorkload()
+    model = SweepModel(wl)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    data = batches(8)
+    out = tmp_path / "online.csv"
+    ran = after = 0
+    with joulecap.PowerCapOptimizer(0, time_budget=6, out_file=out) as pco:
+        assert not pco.done and pco.cap_w == 700
+        while after < 10 and ran < 1000:
+            x, y = data[ran % len(data)]
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+            ran += 1
+            pco.step()
+            if pco.done:
+                after += 1
+                assert joulecap.get_power_cap(0).limit_w == pytest.approx(pco.cap_w)
+        assert pco.done and pco.steps == ran == wl.steps
+        assert 200 <= pco.cap_w <= 700 and pco.cap_w == pco.result.cap_w
+        assert pco.result.binding and len(pco.result.trials) >= 5
+        assert 4.5 <= pco.result.profile_seconds <= 6.5
+        # Every step ran at a cap the profiler set; after profiling at the chosen one.
+        assert wl.limits[-10:] == [pytest.approx(pco.cap_w)] * 10
+        assert min(wl.limits) < 700
+    assert_untouched(env)
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[-1]["row"] == "recommended" and float(rows[-1]["cap_w"]) == pco.cap_w
+
+
+def test_online_optimizer_close_before_done_restores(sweep_env):
+    env = sweep_env()
+    wl = SweepWorkload()
+    pco = joulecap.PowerCapOptimizer(0, time_budget=20)
+    for _ in range(40):
+        wl.step()
+        pco.step()
+    assert not pco.done and wl.limits[-1] < 700
+    pco.close()
+    assert pco.result is not None and 200 <= pco.result.cap_w <= 700  # the recommendation so far
+    assert_untouched(env)
+    pco.close()  # twice is fine
+
+
+# --------------------------------------------------------------------------------------------------------------
+# torch.distributed: two ranks on two fake GPUs agree on one cap
+
+
+def _ddp_rank(rank, world, port, env, out_dir):
+    os.environ.update(env)
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:%d" % port, rank=rank, world_size=world)
+    try:
+        wl = SweepWorkload(gpu_num=rank)
+        model = torch.nn.parallel.DistributedDataParallel(SweepModel(wl))
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        data = batches(4, seed=rank)
+        caps_seen = []
+        ran = after = 0
+        with joulecap.PowerCapOptimizer(gpu_num=rank, time_budget=5) as pco:
+            while after < 5 and ran < 1000:
+                x, y = data[ran % len(data)]
+                opt.zero_grad()
+                loss_fn(model(x), y).backward()
+                opt.step()
+                ran += 1
+                pco.step()
+                if pco.done:
+                    after += 1
+                    caps_seen.append(joulecap.get_power_cap(rank).limit_w)
+            res = {"rank": rank, "done": pco.done, "cap_w": pco.cap_w, "steps": pco.steps, "ran": ran,
+                   "caps_seen": caps_seen, "result_cap": pco.result.cap_w, "trials": len(pco.result.trials),
+                   "limits": sorted(set(wl.limits))}
+        res["after_close"] = joulecap.get_power_cap(rank).limit_w
+        with open(os.path.join(out_dir, "rank%d.json" % rank), "w") as f:
+            json.dump(res, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_ranks_choose_one_cap(sweep_env, tmp_path):
+    env = sweep_env("h100x2-sweep.scn")
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_rank, args=(2, _free_port(), env, str(tmp_path)), nprocs=2, join=True)
+    res = [json.loads((tmp_path / ("rank%d.json" % r)).read_text()) for r in range(2)]
+    for r in res:
+        assert r["done"] and r["steps"] == r["ran"]
+        assert r["caps_seen"] == [r["cap_w"]] * 5 and r["result_cap"] == r["cap_w"] and r["trials"] >= 3
+        assert r["after_close"] == 700 and min(r["limits"]) < 700
+    assert res[0]["cap_w"] == res[1]["cap_w"] and 200 <= res[0]["cap_w"] <= 700
+    assert res[0]["limits"] == res[1]["limits"]  # every cap was set on both GPUs
+    for g in range(2):
+        cap = joulecap.get_power_cap(g)
+        assert cap.limit_w == 700 and cap.manager == "none"
+    assert journals(env) == []
