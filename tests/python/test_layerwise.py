@@ -706,3 +706,28 @@ def test_example_part(cpu_fake, tmp_path):
         rows = list(csv.DictReader(f))
     assert {r["phase"] for r in rows} == {"train", "infer"}
     assert str(tmp_path / "layers.csv") in s.files
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The GPU benchmark's --quick mode (tiny models on the CPU, fake NVML): the script runs end to end
+
+
+def test_bench_quick(cpu_fake, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from conftest import REPO
+
+    p = subprocess.run([sys.executable, str(REPO / "bench" / "bench_layerwise.py"), "--quick", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=600, env=cpu_fake)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "layer MAE" in p.stdout and "resnet50" in p.stdout and "encoder" in p.stdout
+    recs = [json.loads(line) for line in open(tmp_path / "layerwise-quick.jsonl")]
+    kinds = {r["kind"] for r in recs}
+    assert {"meta", "overhead", "layer", "isolated", "block", "summary", "table", "replay"} <= kinds
+    summaries = [r for r in recs if r["kind"] == "summary"]
+    assert [s["workload"] for s in summaries] == ["resnet50", "encoder"]
+    for s in summaries:
+        assert s["layers_in_metric"] > 0 and s["blocks"] == 2
+        assert s["layer_mae_attribute_pct"] is not None and s["overhead_pct"] is not None
+    assert (tmp_path / "layerwise-quick-table.txt").exists()
