@@ -141,6 +141,13 @@ def select_layers(model: Any, depth: Optional[int] = None) -> List[Tuple[str, An
     return out
 
 
+def _graph_task_id(torch: Any) -> int:
+    """The id of the backward pass running on this thread, -1 outside one.  (A torch without the call: 0, one id
+    for every backward pass; nested ones, as in reentrant checkpointing, are then not told apart.)"""
+    f = getattr(torch._C, "_current_graph_task_id", None)
+    return f() if f is not None else 0
+
+
 def _display_name(name: str) -> str:
     return name if name else ROOT_NAME
 
@@ -782,7 +789,7 @@ class _Run:
         checkpointing recomputes forwards inside one) that is a new step: forget the backward state that a
         backward which raised may have left, and resolve markers now and then."""
         if self.bw_tasks:
-            if self.torch._C._current_graph_task_id() != -1:
+            if _graph_task_id(self.torch) != -1:
                 return
             self.bw_tasks.clear()
         self.cur_phase = phase
@@ -796,7 +803,7 @@ class _Run:
 
     def _enter_graph_task(self) -> None:
         torch = self.torch
-        tid = torch._C._current_graph_task_id()
+        tid = _graph_task_id(torch)
         if tid in self.bw_tasks:
             return
         if not self.bw_tasks:
