@@ -264,6 +264,195 @@ PARTS.append(part_layerwise)
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Part: the power-cap profiler (joulecap.power_cap_profiler)
+#
+# It changes a GPU's power limit, which needs root (or CAP_SYS_ADMIN) and, on a shared machine, the owner's
+# consent: on a real GPU it runs only with --profile-caps.  Otherwise it shows the same profiler on something
+# that is not a real GPU, and says so:
+#   * no CUDA GPU: a child process points joulecap at its bundled fake NVML with a fake H100 whose power follows
+#     its limit as DEMO_SWEEP says; each step waits the time DEMO_SWEEP gives at the limit in force.  The caps,
+#     the cap session and its guardian, the energy readings and the profiler are joulecap's real code, in real
+#     time; the GPU and the job are simulated.
+#   * a GPU without --profile-caps, or without permission: the profiler's logic against the library's simulator
+#     (DEMO_SWEEP on a virtual clock, no waiting).
+
+# A synthetic H100-like power-limit sweep (not a measurement): time per step flat above a knee at 420 W, power
+# still rising above it, so ED2P is lowest at 420 W.  The same numbers as tests/scenarios/h100-sweep.csv.
+DEMO_SWEEP = {
+    "power_limit_w": [200, 250, 300, 350, 400, 420, 450, 500, 550, 600, 650, 700],
+    "time_per_step_s": [0.0840, 0.0640, 0.0530, 0.0462, 0.0426, 0.0416, 0.0412, 0.0409, 0.0407, 0.0405, 0.0404,
+                        0.0403],
+    "avg_power_w": [197, 245, 292, 338, 382, 398, 420, 452, 478, 498, 512, 520],
+}
+
+_DEMO_SCENARIO = """# Written by python -m joulecap.example: a fake H100 whose power follows its limit (sweep.csv).
+[device]
+name = NVIDIA H100 80GB HBM3 (fake)
+min_limit_w = 200
+max_limit_w = 700
+default_limit_w = 700
+idle_w = 70
+sweep = sweep.csv
+load = 1
+energy_latency_ms = 3
+energy_latency_jitter_ms = 3
+"""
+
+
+def _demo_time_per_step(cap: float) -> float:
+    c, t = DEMO_SWEEP["power_limit_w"], DEMO_SWEEP["time_per_step_s"]
+    if cap <= c[0]:
+        return t[0]
+    for i in range(1, len(c)):
+        if cap <= c[i]:
+            return t[i - 1] + (t[i] - t[i - 1]) * (cap - c[i - 1]) / (c[i] - c[i - 1])
+    return t[-1]
+
+
+def _say_profile(s: Setup, r: Any, csv_path: Optional[str]) -> None:
+    s.say("  %-8s %6s %9s %9s %12s" % ("cap (W)", "steps", "step (ms)", "power (W)", "objective"))
+    for t in r.trials:
+        s.say("  %-8g %6d %9.1f %9.0f %12.4g" % (t["cap_w"], t["steps"], 1e3 * t["time_per_step_s"],
+                                                t["avg_power_w"], t["objective"]))
+    s.say("  recommended: %g W. %s" % (r.cap_w, r.reason))
+    if csv_path:
+        s.say("  trials and recommendation -> %s" % csv_path)
+
+
+def _simulated_profile(s: Setup, budget: float) -> None:
+    from . import _joulecap
+    from .profiler import ProfileResult
+
+    sweep = _joulecap.Sweep(DEMO_SWEEP["power_limit_w"], DEMO_SWEEP["time_per_step_s"], DEMO_SWEEP["avg_power_w"])
+    prof = _joulecap.Profiler(*sweep.limits, time_budget=budget)
+    prof.run_simulated(sweep, step_s=DEMO_SWEEP["time_per_step_s"][-1], noise=0.02, seed=1)
+    r = ProfileResult._of(prof.result(), prof.trials(), -1, sweep.limits[2])
+    best, _ = sweep.best_cap("ed2p")
+    s.say("  [simulator: a synthetic H100-like sweep on a virtual clock, %.0f simulated seconds; nothing ran on a "
+          "GPU]" % r.profile_seconds)
+    _say_profile(s, r, None)
+    s.say("  the sweep's own ED2P optimum: %g W" % best)
+
+
+def _fake_gpu_child(out_csv: str, budget: float) -> None:
+    """Runs in the child process of part_power_caps, whose environment points joulecap at the fake NVML."""
+    import warnings
+
+    import torch
+
+    from . import get_power_cap, power_cap_profiler
+
+    torch.set_num_threads(1)
+
+    class FakeGpuStep(torch.nn.Module):
+        """One step of the simulated job: it waits the time DEMO_SWEEP gives at the fake GPU's limit."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(1, 1)
+
+        def forward(self, x: Any) -> Any:
+            end = time.monotonic() + _demo_time_per_step(get_power_cap(0).limit_w)
+            while time.monotonic() < end:
+                time.sleep(max(0.0, end - time.monotonic()))
+            return self.lin(x)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        power_cap_profiler(FakeGpuStep(), [torch.zeros(1, 1)] * 4, 0, out_file=out_csv, time_budget=budget)
+    r = power_cap_profiler.last_result
+    lines = Setup(args=argparse.Namespace(quiet=True), torch=torch, device=None, gpu_num=None)
+    _say_profile(lines, r, out_csv)
+    lines.say("  the fake GPU's limit afterwards: %g W (as found)" % get_power_cap(0).limit_w)
+    for line in lines.summary:
+        print(line, flush=True)
+
+
+def _fake_gpu_profile(s: Setup, budget: float) -> None:
+    import subprocess
+
+    from . import _paths
+
+    lib = _paths.fake_nvml_library()
+    if lib is None:
+        s.say("  skipped: this install of joulecap has no fake NVML (joulecap/_fake/) to demonstrate it on")
+        return
+    d = os.path.join(s.out_dir, "power-caps")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "sweep.csv"), "w") as f:
+        f.write("power_limit_w,time_per_step_s,avg_power_w\n")
+        for row in zip(*(DEMO_SWEEP[k] for k in ("power_limit_w", "time_per_step_s", "avg_power_w"))):
+            f.write("%g,%g,%g\n" % row)
+    with open(os.path.join(d, "fake-h100.scn"), "w") as f:
+        f.write(_DEMO_SCENARIO)
+    state = os.path.join(d, "fake-nvml.state")
+    if os.path.exists(state):
+        os.unlink(state)  # a fresh fake GPU at its default limit
+    env = dict(os.environ, JOULECAP_NVML_LIBRARY=lib, JOULECAP_FAKE_NVML_SCENARIO=os.path.join(d, "fake-h100.scn"),
+               JOULECAP_FAKE_NVML_STATE=state, JOULECAP_STATE_DIR=os.path.join(d, "journals"))
+    for k in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "JOULECAP_CLI"):
+        env.pop(k, None)  # the fake GPU is GPU 0; the guardian is the bundled joulecap
+    out_csv = os.path.join(s.out_dir, "power_caps.csv")
+    code = "import sys; from joulecap.example import _fake_gpu_child; _fake_gpu_child(sys.argv[1], float(sys.argv[2]))"
+    s.say("  [fake GPU: joulecap's fake NVML with a synthetic H100-like sweep; each step waits the sweep's time at the "
+          "fake GPU's limit. Caps, energy readings and profiler are joulecap's real code in real time, the GPU and "
+          "the job are simulated]")
+    p = subprocess.run([sys.executable, "-c", code, out_csv, str(budget)], env=env, capture_output=True, text=True,
+                       timeout=budget + 120)
+    for line in p.stdout.splitlines():
+        s.say(line)
+    if p.returncode != 0:
+        s.say("  the fake-GPU run failed: %s" % (p.stderr.strip().splitlines() or ["exit %d" % p.returncode])[-1])
+        return
+    s.files.append(out_csv)
+
+
+def part_power_caps(s: Setup) -> None:
+    from .errors import JoulecapError, PermissionDenied
+
+    torch, args = s.torch, s.args
+    budget = 6.0 if args.quick else 20.0
+    s.say("")
+    if s.gpu_num is None:
+        s.say("Power-cap profiler (ED2P, %g s): no CUDA GPU here, so it runs on a fake GPU." % budget)
+        _fake_gpu_profile(s, budget)
+        return
+    if not args.profile_caps:
+        s.say("Power-cap profiler: GPU %d's power limit is left alone (pass --profile-caps to profile it for about "
+              "%g s; that needs root or CAP_SYS_ADMIN, and the limit is put back afterwards). On the simulator "
+              "instead:" % (s.gpu_num, budget))
+        _simulated_profile(s, budget)
+        return
+    from . import power_cap_profiler
+
+    torch.manual_seed(0)
+    model = build_model(torch).to(s.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    data = make_data(torch, 20, args.batch_size, s.device, seed=2)
+    out_csv = os.path.join(s.out_dir, "power_caps.csv")
+    s.say("Power-cap profiler (ED2P, %g s) on GPU %d: training steps of the CNN at the caps it chooses"
+          % (budget, s.gpu_num))
+    try:
+        power_cap_profiler(model, data, s.gpu_num, train=True, loss_fn=torch.nn.CrossEntropyLoss(),
+                           optimizer=optimizer, out_file=out_csv, time_budget=budget)
+    except PermissionDenied as e:
+        s.say("  not allowed to set GPU %d's power limit (%s). On the simulator instead:" % (s.gpu_num, e))
+        _simulated_profile(s, budget)
+        return
+    except JoulecapError as e:
+        s.say("  cannot profile GPU %d: %s. On the simulator instead:" % (s.gpu_num, e))
+        _simulated_profile(s, budget)
+        return
+    r = power_cap_profiler.last_result
+    _say_profile(s, r, out_csv)
+    s.say("  GPU %d's limit is back to %g W" % (s.gpu_num, r.limit_before_w))
+    s.files.append(out_csv)
+
+
+PARTS.append(part_power_caps)
+
+
+# --------------------------------------------------------------------------------------------------------------
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -275,6 +464,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--interval", type=float, default=0.1, help="asynchronous tool's interval, s (default 0.1)")
     p.add_argument("--quick", action="store_true", help="a few seconds' run (1 epoch of 5 batches), for tests")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--profile-caps", action="store_true",
+                   help="on a GPU, run the power-cap profiler on it (changes its power limit for about 20 s, then "
+                        "puts it back; needs root or CAP_SYS_ADMIN). Without it: the simulator (a fake GPU when "
+                        "there is no GPU)")
     args = p.parse_args(argv)
     if args.quick:
         args.epochs, args.batches = 1, 5
