@@ -191,7 +191,7 @@ class _CudaClock:
     """
 
     kind = "cuda"
-    PROBE_SPIN_NS = 200_000  # how long a resolve point waits to see whether the GPU is idle
+    PROBE_SPIN_NS = 50_000  # a resolve point's probe: the GPU is idle if it stamps an event this soon
 
     def __init__(
         self,
@@ -229,16 +229,19 @@ class _CudaClock:
         return ev
 
     def _try_anchor(self, spin_ns: int) -> bool:
-        """Records an event and, if the GPU stamps it within spin_ns (it was idle), makes it the anchor."""
+        """Records an event and, if the GPU stamps it within spin_ns of the record call (it was idle), makes it the
+        anchor; the event's time is then within [h0, h2] of the host clock, and h1 is taken for it."""
         ev = self._new_event()
         h0 = self.now()
         ev.record(self._stream())
         h1 = self.now()
-        deadline = h1 + spin_ns
+        deadline = h0 + spin_ns
         while not ev.query():
             if self.now() > deadline:
                 return False
         h2 = self.now()
+        if h2 > deadline:
+            return False
         if self.anchor is not None:
             predicted = self.anchor_host + int(round(self.anchor.elapsed_time(ev) * 1e6))
             self.drift_max_ns = max(self.drift_max_ns, abs(h1 - predicted))
@@ -291,8 +294,16 @@ class _CudaClock:
                     break
                 pool.append(tok)
                 tok = h
+            elif tok < prev:
+                # A host marker (start, stop) is exact: mapped event times past it come from the anchor's
+                # uncertainty or drift; pull them back to it.
+                j = k - 1
+                while j >= 1 and times[j] > tok:  # (times[0] may already carry energy: left alone)
+                    times[j] = tok
+                    j -= 1
+                prev = tok
             if tok < prev:
-                tok = prev  # markers of one stream are ordered; clamp anchor jitter
+                tok = prev  # markers of one stream are ordered; clamp the mapping's jitter
             times[k] = prev = tok
             k += 1
         return k
@@ -499,6 +510,7 @@ class _Run:
         self.bstack: List[_Call] = []
         self.bw_tasks: List[int] = []
         self.cur_phase: Optional[int] = None
+        self.first_phase: Optional[int] = None
         self.last_seq: Dict[int, int] = {}
         self.lock = threading.Lock()
         self.next_pass_ns = 0
@@ -579,7 +591,7 @@ class _Run:
         """Converts completed markers to host times, then gives each interval whose samples exist its energy.
 
         final_timeout: at stop(), wait that long for the samples after the last marker."""
-        if not self.lock.acquire(False):
+        if not self.lock.acquire(final_timeout is not None):  # a pass already running elsewhere is enough
             return
         try:
             self.passes += 1
@@ -793,6 +805,8 @@ class _Run:
                 return
             self.bw_tasks.clear()
         self.cur_phase = phase
+        if self.first_phase is None:
+            self.first_phase = phase
         if self.bstack:
             for c in self.bstack:
                 c.active = False
@@ -1310,7 +1324,7 @@ class LayerwiseMeasurementTool:
         ndev = len(labels)
         # Time before the first forward pass belongs to the phase of that pass.
         first = run.pre_first
-        target_phase = run.cur_phase
+        target_phase = run.first_phase
         rows = run.rows
         if target_phase is None:
             rows[first].phase = None
