@@ -586,8 +586,9 @@ def test_no_gpu_measures_the_cpu(cpu_fake):
 class FakeGPU:
     """A GPU timer that runs `lag_ns` behind the host's submissions and drifts by `ppm` against it."""
 
-    def __init__(self, lag_ns=2_000_000, ppm=20.0, offset_ns=123_456_789):
+    def __init__(self, lag_ns=2_000_000, ppm=20.0, offset_ns=123_456_789, work_ns=0):
         self.lag_ns, self.ppm, self.offset_ns = lag_ns, ppm, offset_ns
+        self.work_ns = work_ns  # GPU work queued before each event (a GPU that runs behind the host)
         self.busy_until = 0
         self.now = time.perf_counter_ns
 
@@ -609,8 +610,9 @@ class FakeEvent:
 
     def record(self, stream=None):
         now = self.gpu.now()
+        self.gpu.busy_until = max(self.gpu.busy_until, now) + self.gpu.work_ns
         self.done_at = max(now + 5_000, self.gpu.busy_until)  # 5 us launch latency, queued behind the work
-        self.gpu.busy_until = max(self.gpu.busy_until, self.done_at)
+        self.gpu.busy_until = self.done_at
 
     def query(self):
         return self.gpu.now() >= self.done_at
@@ -731,3 +733,26 @@ def test_bench_quick(cpu_fake, tmp_path):
         assert s["layers_in_metric"] > 0 and s["blocks"] == 2
         assert s["layer_mae_attribute_pct"] is not None and s["overhead_pct"] is not None
     assert (tmp_path / "layerwise-quick-table.txt").exists()
+
+
+def test_event_clock_gives_gpu_time_not_host_time(cpu_fake, monkeypatch):
+    """Each marker enqueues 300 us of (fake) GPU work, far more than the host needs between markers: the GPU runs
+    behind, events complete late and are resolved lazily, and each layer's time is its GPU time."""
+    work = 300_000
+    gpu = FakeGPU(ppm=0.0, work_ns=work)
+    monkeypatch.setattr(lw, "_HostClock", lambda: fake_clock(gpu))
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_pending=64, resolve_interval=0.01)
+    tracker.start(model)
+    x = torch.randn(4, 8)
+    for _ in range(40):
+        model(x).sum().backward()
+    host_done = time.perf_counter_ns()
+    result = tracker.stop()
+    assert gpu.busy_until > host_done  # the GPU was behind: stop() waited for it
+    assert_adds_up(result)
+    for r in result.layer_rows():
+        # one interval of GPU work per forward call and per backward pass
+        assert r["forward_time_s"] == pytest.approx(r["calls"] * work * 1e-9, rel=0.05)
+        assert r["backward_time_s"] == pytest.approx(r["backward_calls"] * work * 1e-9, rel=0.05)
+    assert result.clock["events"] > 40 * 10
