@@ -344,7 +344,7 @@ class Bench:
     # -- one workload ------------------------------------------------------------------------------------------
 
     def workload(self, wl):
-        torch, rec, lab = self.torch, self.rec, self.label
+        rec, lab = self.rec, self.label
         say("%s: %s" % (wl.name, wl.note))
         rec.write("workload", workload=wl.name, note=wl.note)
         # 1. warm-up, and the number of steps per phase
@@ -669,7 +669,8 @@ def main(argv=None):
             torch.cuda.empty_cache()
     text = table(summaries)
     rec.write("table", text=text, total_s=elapsed())
-    with open(os.path.join(out_dir, "layerwise-table.txt" if not args.quick else "layerwise-quick-table.txt"), "w") as f:
+    table_path = os.path.join(out_dir, "layerwise-quick-table.txt" if args.quick else "layerwise-table.txt")
+    with open(table_path, "w") as f:
         f.write(text + "\n")
     print()
     print(text)

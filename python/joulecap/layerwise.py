@@ -34,7 +34,6 @@ import csv
 import functools
 import io
 import math
-import os
 import threading
 import time
 import warnings
@@ -1500,8 +1499,6 @@ def _row_dict(run: _Run, r: int, row: _Row, e: List[List[float]], labels: List[s
 
 
 def _write_csv(path: str, result: LayerwiseResult) -> None:
-    from .measurement import _create_file  # noqa: F401  (same error mapping when the file went away)
-
     try:
         with open(path, "w", newline="") as f:
             w = csv.writer(f)

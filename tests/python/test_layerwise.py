@@ -6,7 +6,6 @@ constant-power GPU the energy shares follow the time shares.  The CUDA-event clo
 
 import csv
 import gc
-import math
 import time
 
 import pytest
