@@ -510,7 +510,8 @@ def test_stop_before_start_and_twice(cpu_fake):
     tracker.start(model)
     with pytest.raises(StateError, match="twice"):
         tracker.start(model)
-    tracker.stop()
+    with pytest.warns(joulecap.errors.JoulecapWarning, match="no layer of the model ran"):
+        tracker.stop()
     with pytest.raises(StateError, match="twice"):
         tracker.stop()
     with pytest.raises(StateError, match="new LayerwiseMeasurementTool"):
@@ -536,8 +537,8 @@ def test_no_measurable_layers(cpu_fake):
         tracker.start(lambda x: x)
     # depth=0 measures a model without submodules as one layer
     t0 = LayerwiseMeasurementTool(None, gpu_num=0, depth=0)
-    t0.start(Functional())
-    t0.stop()
+    t0.start(Functional())(torch.ones(2))
+    assert [r["layer"] for r in t0.stop().layer_rows()] == [lw.ROOT_NAME]
 
 
 def test_model_on_another_gpu(cpu_fake):
