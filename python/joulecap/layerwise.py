@@ -446,25 +446,35 @@ def _flatten_tensors(obj: Any, torch: Any, out: List[Any], depth: int = 0) -> No
             _flatten_tensors(o, torch, out, depth + 1)
 
 
-def _spec_of(obj: Any, torch: Any, max_bytes: int, depth: int = 0) -> Any:
+def _spec_of(obj: Any, torch: Any, max_bytes: int, memo: Dict[int, Any], depth: int = 0) -> Any:
+    """Tensors -> _TensorSpec, the rest kept.  The same tensor passed twice (self-attention's query, key, value)
+    gives the same spec, so that replay passes one tensor twice too (MultiheadAttention takes another path
+    otherwise)."""
     if isinstance(obj, torch.Tensor):
-        return _TensorSpec(obj, max_bytes, torch)
-    if depth < 3 and isinstance(obj, (tuple, list)):
-        return type(obj)(_spec_of(o, torch, max_bytes, depth + 1) for o in obj) if isinstance(obj, tuple) else [
-            _spec_of(o, torch, max_bytes, depth + 1) for o in obj
-        ]
+        spec = memo.get(id(obj))
+        if spec is None:
+            spec = memo[id(obj)] = _TensorSpec(obj, max_bytes, torch)
+        return spec
+    if depth < 3 and isinstance(obj, tuple):
+        return tuple(_spec_of(o, torch, max_bytes, memo, depth + 1) for o in obj)
+    if depth < 3 and isinstance(obj, list):
+        return [_spec_of(o, torch, max_bytes, memo, depth + 1) for o in obj]
     if depth < 3 and isinstance(obj, dict):
-        return {k: _spec_of(v, torch, max_bytes, depth + 1) for k, v in obj.items()}
+        return {k: _spec_of(v, torch, max_bytes, memo, depth + 1) for k, v in obj.items()}
     return obj
 
 
-def _key_of(obj: Any) -> Any:
+def _key_of(obj: Any, memo: Optional[Dict[int, int]] = None) -> Any:
+    """A hashable description of captured arguments: shapes, dtypes, which tensors are the same one."""
+    if memo is None:
+        memo = {}
     if isinstance(obj, _TensorSpec):
-        return ("T", obj.shape, str(obj.dtype), obj.requires_grad, obj.channels_last)
+        alias = memo.setdefault(id(obj), len(memo))
+        return ("T", obj.shape, str(obj.dtype), obj.requires_grad, obj.channels_last, alias)
     if isinstance(obj, (tuple, list)):
-        return tuple(_key_of(o) for o in obj)
+        return tuple(_key_of(o, memo) for o in obj)
     if isinstance(obj, dict):
-        return tuple((k, _key_of(v)) for k, v in obj.items())
+        return tuple((k, _key_of(v, memo)) for k, v in obj.items())
     try:
         hash(obj)
         return obj
@@ -472,21 +482,23 @@ def _key_of(obj: Any) -> Any:
         return ("id", id(obj))
 
 
-def _make(obj: Any, torch: Any, leaves: List[Any], clone: bool) -> Any:
+def _make(obj: Any, torch: Any, leaves: List[Any], memo: Dict[int, Any]) -> Any:
+    """Builds the replay inputs from specs (the same spec twice gives the same tensor twice)."""
     if isinstance(obj, _TensorSpec):
-        t = obj.make(torch)
-        if obj.requires_grad and (t.is_floating_point() or t.is_complex()):
-            t.requires_grad_(True)
-            leaves.append(t)
-            if clone:  # a layer that works in place on its input needs a non-leaf
-                t = t.clone()
+        t = memo.get(id(obj))
+        if t is None:
+            t = obj.make(torch)
+            if obj.requires_grad and (t.is_floating_point() or t.is_complex()):
+                t.requires_grad_(True)
+                leaves.append(t)
+            memo[id(obj)] = t
         return t
     if isinstance(obj, tuple):
-        return tuple(_make(o, torch, leaves, clone) for o in obj)
+        return tuple(_make(o, torch, leaves, memo) for o in obj)
     if isinstance(obj, list):
-        return [_make(o, torch, leaves, clone) for o in obj]
+        return [_make(o, torch, leaves, memo) for o in obj]
     if isinstance(obj, dict):
-        return {k: _make(v, torch, leaves, clone) for k, v in obj.items()}
+        return {k: _make(v, torch, leaves, memo) for k, v in obj.items()}
     return obj
 
 
@@ -942,8 +954,9 @@ class _Run:
         torch = self.torch
         cap = _Capture()
         mb = self.tool.replay_capture_bytes
-        cap.args = _spec_of(tuple(args), torch, mb)
-        cap.kwargs = _spec_of(dict(kwargs or {}), torch, mb)
+        memo: Dict[int, Any] = {}
+        cap.args = _spec_of(tuple(args), torch, mb, memo)
+        cap.kwargs = _spec_of(dict(kwargs or {}), torch, mb, memo)
         cap.training = bool(module.training)
         dev_type = self.tool._device_type
         try:
@@ -1649,8 +1662,9 @@ def measure_alone(torch: Any, ctx: Any, module: Any, cap: _Capture, phase: int, 
     params = [p for p in module.parameters() if p.requires_grad]
     enabled, dtype = cap.autocast
     leaves: List[Any] = []
-    args = _make(cap.args, torch, leaves, False)
-    kwargs = _make(cap.kwargs, torch, leaves, False)
+    memo: Dict[int, Any] = {}
+    args = _make(cap.args, torch, leaves, memo)
+    kwargs = _make(cap.kwargs, torch, leaves, memo)
     grads = {pos: spec.make(torch) for pos, spec in cap.grads.items()}
     wrt = leaves + params
     state = {"clone": False}
@@ -1658,7 +1672,8 @@ def measure_alone(torch: Any, ctx: Any, module: Any, cap: _Capture, phase: int, 
     def step() -> None:
         a, k = args, kwargs
         if state["clone"]:  # the layer works in place on an input that requires grad: give it a non-leaf
-            a, k = _clone_grad_tensors(args, torch), _clone_grad_tensors(kwargs, torch)
+            clones: Dict[int, Any] = {}
+            a, k = _clone_grad_tensors(args, torch, clones), _clone_grad_tensors(kwargs, torch, clones)
         grad_ctx = torch.enable_grad() if phase == TRAIN else torch.no_grad()
         ac = torch.autocast(device_type, dtype=dtype, enabled=True) if enabled else _nullcontext()
         with grad_ctx, ac:
@@ -1720,15 +1735,20 @@ def measure_alone(torch: Any, ctx: Any, module: Any, cap: _Capture, phase: int, 
     }
 
 
-def _clone_grad_tensors(obj: Any, torch: Any) -> Any:
+def _clone_grad_tensors(obj: Any, torch: Any, memo: Dict[int, Any]) -> Any:
     if isinstance(obj, torch.Tensor):
-        return obj.clone() if obj.requires_grad else obj
+        if not obj.requires_grad:
+            return obj
+        c = memo.get(id(obj))
+        if c is None:
+            c = memo[id(obj)] = obj.clone()
+        return c
     if isinstance(obj, tuple):
-        return tuple(_clone_grad_tensors(o, torch) for o in obj)
+        return tuple(_clone_grad_tensors(o, torch, memo) for o in obj)
     if isinstance(obj, list):
-        return [_clone_grad_tensors(o, torch) for o in obj]
+        return [_clone_grad_tensors(o, torch, memo) for o in obj]
     if isinstance(obj, dict):
-        return {k: _clone_grad_tensors(v, torch) for k, v in obj.items()}
+        return {k: _clone_grad_tensors(v, torch, memo) for k, v in obj.items()}
     return obj
 
 

@@ -484,6 +484,37 @@ def test_replay_mode(cpu_fake, tmp_path):
             assert r["gpu0_power_w"] == pytest.approx(300, rel=0.1)
 
 
+def test_replay_keeps_self_attention_aliasing(cpu_fake):
+    """MultiheadAttention(x, x, x) takes its packed path only when query, key and value are one tensor: the capture
+    and the replayed inputs keep that."""
+    class SelfAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(8, 8)
+            self.att = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x):
+            y = self.proj(x)
+            return self.att(y, y, y, need_weights=False)[0]
+
+    model = SelfAttention()
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, mode="replay", replay_seconds=0.02, _keep_run=True)
+    tracker.start(model)
+    for _ in range(2):
+        model(torch.randn(2, 5, 8)).sum().backward()
+    result = tracker.stop()
+    assert any(r["layer"] == "att" for r in result.replayed)
+    run = tracker._last_run
+    r = next(r for r in run.captures if run.rows[r].name == "att")
+    cap = run.captures[r]
+    assert cap.args[0] is cap.args[1] is cap.args[2]
+    leaves = []
+    args = lw._make(cap.args, torch, leaves, {})
+    assert args[0] is args[1] is args[2] and len(leaves) == 1
+    assert lw._key_of(cap.args) == lw._key_of(cap.args) and lw._key_of(cap.args)[1][-1] == 0
+    assert set(cap.grads) == {0}  # the attention output's gradient (the weights output is None)
+
+
 def test_replay_split_uses_time_times_power():
     class FakeRun:
         acc_t = [2_000_000_000, 0, 1_000_000_000, 1_000_000_000, 1_000_000_000, 0]
