@@ -632,14 +632,15 @@ class _Group:
             # The rank that decides: rank 0 of the group, as a global rank for broadcast's src.
             self.src = dist.get_global_rank(process_group, 0) if process_group is not None else 0
 
-    def gather(self, t: float, e: float) -> Tuple[float, float]:
-        """(latest step end over the ranks, sum of the ranks' cumulative energies)."""
+    def gather(self, t: float, e: float, ok: bool = True) -> Tuple[float, float, List[int]]:
+        """(latest step end over the ranks, sum of the ranks' cumulative energies, ranks that are not ok)."""
         if self.dist is None:
-            return t, e
-        out = [self.torch.zeros(2, dtype=self.torch.float64, device=self.device) for _ in range(self.size)]
-        self.dist.all_gather(out, self.torch.tensor([t, e], dtype=self.torch.float64, device=self.device), group=self.group)
+            return t, e, ([] if ok else [0])
+        out = [self.torch.zeros(3, dtype=self.torch.float64, device=self.device) for _ in range(self.size)]
+        mine = self.torch.tensor([t, e, 1.0 if ok else 0.0], dtype=self.torch.float64, device=self.device)
+        self.dist.all_gather(out, mine, group=self.group)
         vals = [o.tolist() for o in out]
-        return max(v[0] for v in vals), sum(v[1] for v in vals)
+        return max(v[0] for v in vals), sum(v[1] for v in vals), [r for r, v in enumerate(vals) if v[2] != 1.0]
 
     def broadcast(self, kind: str, cap: float) -> Tuple[str, float]:
         if self.dist is None:
@@ -729,6 +730,7 @@ class PowerCapOptimizer:
         # Each rank's clock counts from here (the collective above is a common instant), so that the latest step
         # end over the ranks means the same on hosts whose monotonic clocks differ.
         self._t0 = _joulecap.now_ns() * 1e-9
+        err: Optional[BaseException] = None
         try:
             self._meter = _GpuMeter(self._info["uuid"])
             if self._group.rank == 0:
@@ -736,9 +738,16 @@ class PowerCapOptimizer:
                     self._info, self.objective, self.max_slowdown, self._caps, self._budget, self._meter.counter_period
                 )
             self._hold = _CapHold(self._info)  # PermissionDenied / Busy here, before any change
-        except BaseException:
+        except BaseException as e:  # noqa: BLE001 - under torch.distributed every rank must learn of it
+            err = e
+        if self._group.size > 1:
+            # Every rank fails if one does (no rank may wait in a collective for a rank that gave up).
+            failed = [(r, m) for r, m in enumerate(self._group.all_objects(None if err is None else repr(err))) if m]
+            if failed and err is None:
+                err = StateError("PowerCapOptimizer failed on rank %d: %s" % failed[0])
+        if err is not None:
             self._release()
-            raise
+            raise err
 
     # -- the loop
 
@@ -752,20 +761,29 @@ class PowerCapOptimizer:
         if self.done:
             return self.cap_w
         t, e = self._meter.read()
-        t, e = self._group.gather(t - self._t0, e)
+        t, e, _ = self._group.gather(t - self._t0, e)
         if not self._started:
             self._started = True
             kind, cap = self._decide(None, t, e)
         else:
             kind, cap = self._decide("step", t, e)
-        while kind == "set_cap":
-            self._hold.set(cap)
-            self.cap_w = cap
+        while kind in ("set_cap", "done"):
+            err = None
+            try:
+                self._hold.set(cap)
+                self.cap_w = cap
+            except Exception as ex:  # noqa: BLE001 - every rank must learn of it before raising
+                err = ex
             t, e = self._meter.read()
-            t, e = self._group.gather(t - self._t0, e)
+            t, e, failed = self._group.gather(t - self._t0, e, err is None)
+            if failed:
+                if err is not None:
+                    raise err
+                raise StateError("setting the power cap failed on rank %d (see its error)" % failed[0])
+            if kind == "done":
+                self._finish()
+                break
             kind, cap = self._decide("applied", t, e, cap)
-        if kind == "done":
-            self._finish(cap)
         return self.cap_w
 
     on_step_end = step
@@ -790,9 +808,7 @@ class PowerCapOptimizer:
             raise StateError("the power-cap profiler failed on rank 0 (see its error)")
         return kind, next_cap
 
-    def _finish(self, cap: float) -> None:
-        self._hold.set(cap)
-        self.cap_w = cap
+    def _finish(self) -> None:
         self.done = True
         payload = None
         if self._group.rank == 0:

@@ -483,6 +483,46 @@ def test_ddp_ranks_choose_one_cap(sweep_env, tmp_path):
     assert journals(env) == []
 
 
+def _ddp_rank_setup_error(rank, world, port, env, out_dir):
+    os.environ.update(env)
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:%d" % port, rank=rank, world_size=world)
+    try:
+        try:
+            joulecap.PowerCapOptimizer(gpu_num=rank, time_budget=5)
+            got = "no error"
+        except Exception as e:  # noqa: BLE001
+            got = "%s: %s" % (type(e).__name__, e)
+        with open(os.path.join(out_dir, "rank%d.txt" % rank), "w") as f:
+            f.write(got)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_a_rank_that_cannot_cap_fails_every_rank(sweep_env, tmp_path):
+    """Rank 1 may not set its GPU's limit: both ranks raise at construction (none waits for the other)."""
+    text = (SCENARIOS / "h100x2-sweep.scn").read_text().replace("h100-sweep.csv", str(SWEEP_CSV))
+    (tmp_path / "x2-rank1-no-permission.scn").write_text(text + "allow_set_limit = 0\n")  # the last device
+    env = sweep_env(str(tmp_path / "x2-rank1-no-permission.scn"))
+    import torch.multiprocessing as mp
+
+    ctx = mp.spawn(_ddp_rank_setup_error, args=(2, _free_port(), env, str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + 60
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("a rank hung")
+    got = [(tmp_path / ("rank%d.txt" % r)).read_text() for r in range(2)]
+    assert got[1].startswith("PermissionDenied") and "CAP_SYS_ADMIN" in got[1]
+    assert got[0].startswith("StateError") and "rank 1" in got[0]
+    for g in range(2):
+        cap = joulecap.get_power_cap(g)
+        assert cap.limit_w == 700 and cap.manager == "none"
+    assert journals(env) == []
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The example's profiler part
 
