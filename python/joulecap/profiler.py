@@ -272,10 +272,12 @@ class _CapHold:
 
 
 def _to_device(obj: Any, device: Any) -> Any:
-    if hasattr(obj, "to") and hasattr(obj, "device") and getattr(obj, "device", None) != device:
-        return obj.to(device, non_blocking=True)
+    if hasattr(obj, "to") and hasattr(obj, "device"):
+        return obj.to(device, non_blocking=True) if obj.device != device else obj
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a namedtuple
+        return type(obj)(*(_to_device(o, device) for o in obj))
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(o, device) for o in obj) if not hasattr(obj, "_fields") else obj
+        return type(obj)(_to_device(o, device) for o in obj)
     if isinstance(obj, dict):
         return {k: _to_device(v, device) for k, v in obj.items()}
     return obj
@@ -348,24 +350,26 @@ class _StepRunner:
         batch = self.batches.next()
         if self.device is not None:
             batch = _to_device(batch, self.device)
+        # (inputs, targets, ...) as in the seed's `for inputs, labels in dataloader`; a dict of keyword arguments;
+        # anything else is the inputs.
         if isinstance(batch, dict):
-            inputs, targets, kw = None, batch, True
-        elif isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
-            inputs, targets, kw = batch[0], (batch[1] if len(batch) > 1 else None), False
+            targets = batch
+            forward = lambda: self.model(**batch)  # noqa: E731
+        elif isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields") and len(batch) > 0:
+            targets = batch[1] if len(batch) > 1 else None
+            forward = lambda: self.model(batch[0])  # noqa: E731
         else:
-            inputs, targets, kw = batch, None, False
+            targets = None
+            forward = lambda: self.model(batch)  # noqa: E731
         if self.train:
             self.optimizer.zero_grad(set_to_none=True)
-            out = self.model(**inputs) if kw else self.model(inputs)
+            out = forward()
             loss = self.loss_fn(out, targets) if targets is not None else self.loss_fn(out)
             loss.backward()
             self.optimizer.step()
         else:
             with self.torch.no_grad():
-                if kw:
-                    self.model(**batch)
-                else:
-                    self.model(inputs)
+                forward()
         if self.sync_device is not None:
             self.torch.cuda.synchronize(self.sync_device)
 

@@ -291,6 +291,36 @@ def test_profiler_restores_a_cap_set_before(sweep_env):
     assert_untouched(env)
 
 
+class KwModel(torch.nn.Module):
+    def __init__(self, workload):
+        super().__init__()
+        self.workload, self.lin, self.seen = workload, torch.nn.Linear(8, 4), []
+
+    def forward(self, x, y=None):
+        self.workload.step()
+        self.seen.append(("kw" if y is not None else "x", tuple(x.shape)))
+        return self.lin(x)
+
+
+def test_profiler_batch_forms(sweep_env):
+    """A dict of keyword arguments (loss_fn(outputs, batch)) for training; bare input tensors for inference."""
+    env = sweep_env()
+    wl = SweepWorkload()
+    model = KwModel(wl)
+    data = [{"x": x, "y": y} for x, y in batches(3)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = copy.deepcopy(model.state_dict())
+    cap = joulecap.power_cap_profiler(model, data, 0, train=True, loss_fn=lambda out, b: out.sum() * 0 + out.mean(),
+                                      optimizer=opt, caps=[700, 450], time_budget=2.5)
+    assert cap in (700, 450) and model.seen and all(k == "kw" for k, _ in model.seen)
+    assert tensors_equal(model.state_dict(), before)
+    model.seen.clear()
+    model.train()
+    cap = joulecap.power_cap_profiler(model, [x for x, _ in batches(3)], 0, caps=[450], time_budget=1.5)
+    assert cap == 450 and all(k == "x" for k, _ in model.seen) and model.training  # mode put back
+    assert_untouched(env)
+
+
 def _invalid_calls(model, data, tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     loss_fn = torch.nn.CrossEntropyLoss()
