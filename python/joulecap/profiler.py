@@ -562,6 +562,13 @@ def power_cap_profiler(
     cap_list = _caps(caps, info)
     batches = _Batches(dataloader)
     runner = _StepRunner(model, batches, bool(train), loss_fn, optimizer, info["index"])
+    if runner.device is not None and runner.device.type == "cuda" and runner.device.index not in (None, info["index"]):
+        warnings.warn(
+            "the model is on %s but gpu_num=%r is GPU %d: the profiler caps GPU %d while the steps run elsewhere"
+            % (runner.device, gpu_num, info["index"], info["index"]),
+            JoulecapWarning,
+            stacklevel=2,
+        )
     f = _open_out_file(out_file)
     meter = None
     try:
