@@ -408,7 +408,7 @@ static int cmd_restore(const cap_args *a, const jc_cap_options *o, const char *d
     } else {
         if (n == 0) printf("nothing to restore: no joulecap journal%s in %s\n", a->gpus ? " for these GPUs" : "", dir);
         for (int i = 0; i < n; i++) {
-            char label[48];
+            char label[128];
             if (e[i].index >= 0) snprintf(label, sizeof label, "GPU %d (%s)", e[i].index, e[i].uuid);
             else snprintf(label, sizeof label, "%s", e[i].uuid);
             const char *what = e[i].action == JC_CAP_RESTORED ? "restored" : e[i].action == JC_CAP_LEFT_LIVE
