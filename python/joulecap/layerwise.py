@@ -209,6 +209,8 @@ class _CudaClock:
         self._new_event = event_factory or (lambda: cuda.Event(enable_timing=True))
         self._synchronize = synchronize or (lambda: cuda.synchronize(device))
         self._stream = stream or (lambda: cuda.current_stream(device))
+        self._real = event_factory is None and stream is None  # real CUDA events: the fast paths below apply
+        self._elapsed: Optional[Callable[[Any, Any], float]] = None
         self.now = now or _host_clock()
         self._pool: List[Any] = []
         self.anchor: Any = None
@@ -219,13 +221,59 @@ class _CudaClock:
         self.uncertainty_max_ns = 0
         self.events = 0
 
-    # Hot path: one event per marker, no synchronisation.
+    POOL_WARM = 2048  # events created (and their CUDA events with them) at begin(), off the hot path
+
+    # Hot path: one event per marker, no synchronisation.  begin() replaces this method by _fast_mark()'s closure.
     def mark(self) -> Any:
         pool = self._pool
         ev = pool.pop() if pool else self._new_event()
         ev.record(self._stream())
-        self.events += 1
         return ev
+
+    def _fast_mark(self) -> Callable[[], Any]:
+        """The marker function: an event from the pool, recorded on the current stream.
+
+        With real CUDA events it skips torch's Python wrappers: the stream current at begin() is cached, and a
+        marker asks only for the raw handle of the current stream (one cheap call) to check it is still that one;
+        when it is not (work under ``torch.cuda.stream(s)``), the marker goes on the current stream as before."""
+        pool = self._pool
+        pop = pool.pop
+        new = self._new_event
+        if not self._real:
+            stream = self._stream
+
+            def mark() -> Any:
+                ev = pop() if pool else new()
+                ev.record(stream())
+                return ev
+
+            return mark
+        torch = self.torch
+        base = torch._C._CudaEventBase
+        record = base.record
+        self._elapsed = base.elapsed_time
+        cur = self._stream
+        s0 = cur()
+        raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+        idx = getattr(s0, "device_index", None)
+        raw0 = getattr(s0, "cuda_stream", None)
+        if raw is None or idx is None or raw0 is None or raw(idx) != raw0:
+            def mark() -> Any:
+                ev = pop() if pool else new()
+                record(ev, cur())
+                return ev
+
+            return mark
+
+        def mark() -> Any:
+            ev = pop() if pool else new()
+            if raw(idx) == raw0:
+                record(ev, s0)
+            else:
+                record(ev, cur())
+            return ev
+
+        return mark
 
     def _try_anchor(self, spin_ns: int) -> bool:
         """Records an event and, if the GPU stamps it within spin_ns of the record call (it was idle), makes it the
@@ -250,6 +298,14 @@ class _CudaClock:
         return True
 
     def begin(self) -> int:
+        if self._real and not self._pool:
+            # Create the events (and their CUDA events, made at the first record) now rather than in the hooks.
+            stream = self._stream()
+            for _ in range(self.POOL_WARM):
+                ev = self._new_event()
+                ev.record(stream)
+                self._pool.append(ev)
+        self.mark = self._fast_mark()  # type: ignore[method-assign]
         self._synchronize()
         if not self._try_anchor(10**9):
             raise StateError("the GPU did not stamp an event within 1 s of a synchronisation: is it busy elsewhere?")
@@ -295,14 +351,17 @@ class _CudaClock:
         anchor, base = self.anchor, self.anchor_host
         prev = times[k - 1] if k > 0 else 0
         pool = self._pool
+        elapsed = self._elapsed or type(anchor).elapsed_time
+        events = 0
         while k < n:
             tok = times[k]
             if not isinstance(tok, int):
                 try:
-                    h = base + int(round(anchor.elapsed_time(tok) * 1e6))
+                    h = base + round(elapsed(anchor, tok) * 1e6)
                 except RuntimeError:  # an event of another stream, not complete yet
                     break
                 pool.append(tok)
+                events += 1
                 tok = h
             elif tok < prev:
                 # A host marker (start, stop) is exact: mapped event times past it come from the anchor's
@@ -316,6 +375,7 @@ class _CudaClock:
                 tok = prev  # markers of one stream are ordered; clamp the mapping's jitter
             times[k] = prev = tok
             k += 1
+        self.events += events
         return k
 
     def finish(self) -> int:
@@ -359,18 +419,22 @@ class _Call:
         run = self.run
         if not run.active:
             return None
-        run._enter_graph_task()
+        tid = run.graph_task_id()
+        if tid not in run.bw_tasks:
+            run._enter_graph_task(tid)
         if self.capture is not None and node_id:
             run.capture_grads(self.capture, node_id, grad_outputs, self.where)
         if self.active:
             return None
         self.active = True
         bst = run.bstack
-        while bst and not (bst[-1].lo <= self.lo and self.hi <= bst[-1].hi):
+        lo, hi = self.lo, self.hi
+        while bst and not (bst[-1].lo <= lo and hi <= bst[-1].hi):
             bst.pop().active = False  # ended without its end marker (interleaved branches)
         bst.append(self)
-        run.calls[self.slot] += 1
-        run.mark(self.slot)
+        slot = self.slot
+        run.calls[slot] += 1
+        run.mark(slot)
         return None
 
     def on_end(self, grad_inputs: Any, grad_outputs: Any) -> None:
@@ -379,13 +443,19 @@ class _Call:
             return None
         self.active = False
         bst = run.bstack
-        for i in range(len(bst) - 1, -1, -1):
-            if bst[i] is self:
-                for c in bst[i + 1 :]:
-                    c.active = False
-                del bst[i:]
-                break
-        run.mark(run.idle_slot())
+        if bst and bst[-1] is self:
+            bst.pop()
+        else:
+            for i in range(len(bst) - 1, -1, -1):
+                if bst[i] is self:
+                    for c in bst[i + 1 :]:
+                        c.active = False
+                    del bst[i:]
+                    break
+        if bst and not run.fstack and run.bw_tasks:
+            run.mark(bst[-1].slot)  # back to the enclosing layer's backward (idle_slot(), its common case)
+        else:
+            run.mark(run.idle_slot())
         return None
 
 
@@ -534,6 +604,8 @@ class _Run:
         self.cur_phase: Optional[int] = None
         self.first_phase: Optional[int] = None
         self.last_seq: Dict[int, int] = {}
+        f = getattr(torch._C, "_current_graph_task_id", None)
+        self.graph_task_id: Callable[[], int] = f if f is not None else (lambda: 0)  # see _graph_task_id
         self.lock = threading.Lock()
         self.next_pass_ns = 0
         self.check_at = tool.max_pending
@@ -544,6 +616,7 @@ class _Run:
         self.t_end = 0
         self.window = 0
         self.passes = 0
+        self.resolve_ns = 0  # host time spent in resolve passes
         self.pre_first = self._outside_row(OUTSIDE_OTHER, None)
 
     # -- rows and slots ----------------------------------------------------------------------------------------
@@ -591,6 +664,8 @@ class _Run:
     # -- markers -----------------------------------------------------------------------------------------------
 
     def mark(self, slot: int) -> None:
+        """Time from now on belongs to slot (2 x row + forward 0 / backward 1).  install() replaces it by the
+        closure of _make_mark(), which does the same with fewer lookups."""
         if slot == self.last_slot:
             return
         self.last_slot = slot
@@ -598,10 +673,39 @@ class _Run:
         self.ms.append(slot)
         if self.mh is not None:
             self.mh.append(time.perf_counter_ns())
+        if len(self.mt) >= self.check_at:
+            self._check_pending()
+
+    def _check_pending(self) -> None:
         n = len(self.mt)
-        if n >= self.check_at:
-            self.resolve(force=n - self.k >= self.tool.max_pending)
-            self.check_at = len(self.mt) + max(64, self.tool.max_pending // 2)
+        self.resolve(force=n - self.k >= self.tool.max_pending)
+        self.check_at = len(self.mt) + max(64, self.tool.max_pending // 2)
+
+    def _make_mark(self) -> Callable[[int], None]:
+        run = self
+        cmark = self.clock.mark
+        mt, mh = self.mt, self.mh
+        mt_append, ms_append = mt.append, self.ms.append
+        if mh is None:
+            def mark(slot: int) -> None:
+                if slot != run.last_slot:
+                    run.last_slot = slot
+                    mt_append(cmark())
+                    ms_append(slot)
+                    if len(mt) >= run.check_at:
+                        run._check_pending()
+        else:
+            mh_append, host_ns = mh.append, time.perf_counter_ns
+
+            def mark(slot: int) -> None:
+                if slot != run.last_slot:
+                    run.last_slot = slot
+                    mt_append(cmark())
+                    ms_append(slot)
+                    mh_append(host_ns())
+                    if len(mt) >= run.check_at:
+                        run._check_pending()
+        return mark
 
     def maybe_resolve(self) -> None:
         now = time.perf_counter_ns()
@@ -615,6 +719,7 @@ class _Run:
         final_timeout: at stop(), wait that long for the samples after the last marker."""
         if not self.lock.acquire(final_timeout is not None):  # a pass already running elsewhere is enough
             return
+        t_in = time.perf_counter_ns()
         try:
             self.passes += 1
             mt, ms, mh = self.mt, self.ms, self.mh
@@ -646,17 +751,30 @@ class _Run:
                         e = self._gone_fallback(e, r["source"], tg)
                     span = tg - tj
                     t0 = tj
-                    for i in range(j, g):
-                        t1 = mt[i + 1]
-                        dt = t1 - t0
-                        if dt:
-                            sl = ms[i]
-                            acc_t[sl] += dt
-                            row = acc_e[sl]
-                            f = dt / span
-                            for d in range(ndev):
-                                row[d] += e[d] * f
-                        t0 = t1
+                    if ndev == 2:  # the usual case (CPU + one GPU), unrolled
+                        p0, p1 = e[0] / span, e[1] / span
+                        for i in range(j, g):
+                            t1 = mt[i + 1]
+                            dt = t1 - t0
+                            if dt:
+                                sl = ms[i]
+                                acc_t[sl] += dt
+                                row = acc_e[sl]
+                                row[0] += p0 * dt
+                                row[1] += p1 * dt
+                            t0 = t1
+                    else:
+                        rates = [v / span for v in e]
+                        for i in range(j, g):
+                            t1 = mt[i + 1]
+                            dt = t1 - t0
+                            if dt:
+                                sl = ms[i]
+                                acc_t[sl] += dt
+                                row = acc_e[sl]
+                                for d in range(ndev):
+                                    row[d] += rates[d] * dt
+                            t0 = t1
                 if mh is not None:
                     for i in range(j, g):
                         acc_th[ms[i]] += mh[i + 1] - mh[i]
@@ -670,6 +788,7 @@ class _Run:
             if final_timeout is None:
                 self._keep(ctx, mt[0])
         finally:
+            self.resolve_ns += time.perf_counter_ns() - t_in
             self.lock.release()
 
     def _keep(self, ctx: Any, t0: int) -> None:
@@ -716,9 +835,15 @@ class _Run:
         replay = self.tool.mode == "replay"
         get_ident = threading.get_ident
         last_seq = self.last_seq
+        last_seq_get = last_seq.get
+        # Hot-path state, bound once: these lists are only ever changed in place.
+        self.mark = mark = self._make_mark()  # type: ignore[method-assign]
+        fstack, calls, captures = self.fstack, self.calls, self.captures
+        fstack_append, fstack_pop = fstack.append, fstack.pop
+        register_backward = self.register_backward
 
         def input_seq(args: Any, kwargs: Any) -> int:
-            b = last_seq.get(get_ident(), -1)
+            b = last_seq_get(get_ident(), -1)
             for a in args:
                 if isinstance(a, Tensor):
                     gf = a.grad_fn
@@ -737,23 +862,29 @@ class _Run:
             return b
 
         def make_pre(li: int, module: Any) -> Callable:
+            lrows = self.layer_rows[li]
+
             def pre(mod: Any, args: Any, kwargs: Any) -> None:
                 if not run.active:
                     return None
-                ph = TRAIN if grad_enabled() else INFER
-                if not run.fstack:
+                if grad_enabled():
+                    ph = TRAIN
+                    b = input_seq(args, kwargs)
+                else:
+                    ph = INFER
+                    b = -1
+                if not fstack:
                     run.outermost_forward(ph)
-                r = run.layer_rows[li][ph]
+                r = lrows[ph]
                 if r is None:
                     r = run.layer_row(li, ph)
                 slot = 2 * r
-                run.calls[slot] += 1
-                b = input_seq(args, kwargs) if ph == TRAIN else -1
+                calls[slot] += 1
                 cap = None
-                if replay and r not in run.captures:
+                if replay and r not in captures:
                     cap = run.capture_inputs(r, module, args, kwargs)
-                run.fstack.append((slot, li, ph, b, cap))
-                run.mark(slot)
+                fstack_append((slot, li, ph, b, cap))
+                mark(slot)
                 return None
 
             return pre
@@ -762,18 +893,32 @@ class _Run:
             def post(mod: Any, args: Any, kwargs: Any, output: Any) -> None:
                 if not run.active:
                     return None
-                fs = run.fstack
+                fs = fstack
                 if fs and fs[-1][1] == li:
-                    entry = fs.pop()
+                    entry = fstack_pop()
                 else:  # an exception unwound inner calls
                     idx = next((i for i in range(len(fs) - 1, -1, -1) if fs[i][1] == li), None)
                     if idx is None:
                         return None
                     entry = fs[idx]
                     del fs[idx:]
-                run.mark(run.idle_slot())
+                mark(fs[-1][0] if fs else run.idle_slot())
                 if entry[2] == TRAIN:
-                    run.register_backward(entry[0] + 1, output, entry[3], entry[4])
+                    if entry[4] is None and isinstance(output, Tensor):
+                        # register_backward's fast path, inlined: one node created by the call
+                        gf = output.grad_fn
+                        if gf is None:
+                            return None
+                        s = gf._sequence_nr()
+                        if s == entry[3] + 1:
+                            tid = get_ident()
+                            if s > last_seq_get(tid, -1):
+                                last_seq[tid] = s
+                            call = _Call(run, entry[0] + 1, s, s)
+                            gf.register_prehook(call.on_start)
+                            gf.register_hook(call.on_end)
+                            return None
+                    register_backward(entry[0] + 1, output, entry[3], entry[4])
                 return None
 
             return post
@@ -837,9 +982,10 @@ class _Run:
 
     # -- backward ----------------------------------------------------------------------------------------------
 
-    def _enter_graph_task(self) -> None:
+    def _enter_graph_task(self, tid: Optional[int] = None) -> None:
         torch = self.torch
-        tid = _graph_task_id(torch)
+        if tid is None:
+            tid = self.graph_task_id()
         if tid in self.bw_tasks:
             return
         if not self.bw_tasks:
@@ -863,6 +1009,22 @@ class _Run:
         """Hooks the autograd nodes that this layer call created: the first to run in the backward (its outputs'
         nodes) marks the start of its backward, the last to run (the one created first) marks its end."""
         if isinstance(output, self.Tensor):
+            if cap is None:
+                gf = output.grad_fn
+                if gf is None:
+                    return
+                s = gf._sequence_nr()
+                if s == b + 1:
+                    # The call created exactly one node, its output's (nothing else was made on this thread since
+                    # its inputs' nodes): the walk below would find that node alone.  The common case (a conv
+                    # without autocast, a norm, an activation, in place or not), without next_functions.
+                    tid = threading.get_ident()
+                    if s > self.last_seq.get(tid, -1):
+                        self.last_seq[tid] = s
+                    call = _Call(self, slot, s, s)
+                    gf.register_prehook(call.on_start)
+                    gf.register_hook(call.on_end)
+                    return
             outs: Sequence[Any] = (output,)
         else:
             outs = []
@@ -1399,6 +1561,7 @@ class LayerwiseMeasurementTool:
                 estimates[label] = "not measured: " + (note or "no energy source")
         clock = run.clock.info()
         clock["resolve_passes"] = run.passes
+        clock["resolve_host_s"] = run.resolve_ns * 1e-9
         if run.mh is not None:
             clock["host_time_s"] = {rows[r].name + "|" + (PHASES[rows[r].phase] if rows[r].phase is not None else ""):
                                     (run.acc_th[2 * r] * 1e-9, run.acc_th[2 * r + 1] * 1e-9)
