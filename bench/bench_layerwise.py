@@ -342,6 +342,44 @@ class Bench:
             }
         return out
 
+    def marker_cost(self, n=2000):
+        """Host cost of one layer-time marker on this machine: the tool's marker (an event from its pool, recorded
+        on the cached stream), the plain torch way it replaced (a reused torch.cuda.Event recorded with
+        ev.record(torch.cuda.current_stream())), and turning one event into a host time (elapsed_time)."""
+        torch = self.torch
+        if self.device.type != "cuda":
+            return None
+        from joulecap import layerwise as lw
+
+        clock = lw._CudaClock(torch, self.device)
+        clock.begin()
+        out = {}
+        evs = []
+        self.sync()
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            evs.append(clock.mark())
+        out["tool_marker_us"] = (time.perf_counter_ns() - t0) / n / 1e3
+        self.sync()
+        dev = self.device
+        plain = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        for ev in plain:
+            ev.record()
+        self.sync()
+        t0 = time.perf_counter_ns()
+        for ev in plain:
+            ev.record(torch.cuda.current_stream(dev))
+        out["plain_marker_us"] = (time.perf_counter_ns() - t0) / n / 1e3
+        self.sync()
+        times = [clock.anchor_host] + evs
+        t0 = time.perf_counter_ns()
+        clock.convert(times, 1, False)
+        out["convert_us_per_event"] = (time.perf_counter_ns() - t0) / n / 1e3
+        self.rec.write("marker_cost", **out)
+        say("  host cost per marker: tool %.2f us, plain torch %.2f us; conversion %.2f us per event" % (
+            out["tool_marker_us"], out["plain_marker_us"], out["convert_us_per_event"]))
+        return out
+
     # -- one workload ------------------------------------------------------------------------------------------
 
     def workload(self, wl):
@@ -358,12 +396,14 @@ class Bench:
         per = self.run_steps(wl, 3) / 3
         steps = max(3, int(round(self.phase_s / per)))
         say("  step %.2f ms; %d steps per phase" % (per * 1e3, steps))
+        self.marker_cost()
         rec.write("warmup", workload=wl.name, step_s=per, steps_per_phase=steps, warmup_s=time.perf_counter() - t0)
 
         # 2. rounds: no tool, tool on leaf layers, tool at depth 2
         depths = [None] + ([wl.block_depth] if wl.block_depth else [])
         runs = {d: [] for d in depths}
         ratios = []
+        ratios_depth = []
         for k in range(self.rounds):
             off = self.run_steps(wl, steps) / steps
             row = {"round": k, "off_step_s": off}
@@ -377,10 +417,18 @@ class Bench:
                     row["clock_info"] = {k2: v for k2, v in res.clock.items() if k2 != "host_time_s"}
                     row["outside_share_pct"] = sum(r["share_pct"] for r in res.rows if r["type"] == "outside")
             ratios.append(row["on_step_s"] / off)
+            if wl.block_depth:
+                ratios_depth.append(row["on_depth%d_step_s" % wl.block_depth] / off)
+            say("  round %d: %.2f ms/step without the tool, %.2f with it (leaf layers; %.1f ms of it resolving)" % (
+                k, off * 1e3, row["on_step_s"] * 1e3, 1e3 * row["clock_info"].get("resolve_host_s", 0) / steps))
             rec.write("overhead_round", workload=wl.name, **row)
         overhead = statistics.median(ratios) - 1
         say("  overhead of the hooks (leaf layers): %+.2f%% step time" % (100 * overhead))
-        rec.write("overhead", workload=wl.name, overhead_pct=100 * overhead, ratios=ratios, rounds=self.rounds,
+        if wl.block_depth:
+            d_over = statistics.median(ratios_depth) - 1
+            say("  overhead at depth %d: %+.2f%% step time" % (wl.block_depth, 100 * d_over))
+        rec.write("overhead", workload=wl.name, overhead_pct=100 * overhead, ratios=ratios, ratios_depth=ratios_depth,
+                  rounds=self.rounds,
                   steps=steps)
 
         # 3. replay runs

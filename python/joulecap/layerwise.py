@@ -616,7 +616,7 @@ class _Run:
         self.t_end = 0
         self.window = 0
         self.passes = 0
-        self.resolve_ns = 0  # host time spent in resolve passes
+        self.resolve_ns = 0  # host time spent in resolve passes while measuring
         self.pre_first = self._outside_row(OUTSIDE_OTHER, None)
 
     # -- rows and slots ----------------------------------------------------------------------------------------
@@ -788,7 +788,8 @@ class _Run:
             if final_timeout is None:
                 self._keep(ctx, mt[0])
         finally:
-            self.resolve_ns += time.perf_counter_ns() - t_in
+            if final_timeout is None:  # (the pass at stop() waits for the last samples: not counted)
+                self.resolve_ns += time.perf_counter_ns() - t_in
             self.lock.release()
 
     def _keep(self, ctx: Any, t0: int) -> None:
