@@ -56,6 +56,7 @@ ROOT_NAME = "(root)"
 _MAX_SEQ = 2**64 - 1  # sequence number of AccumulateGrad nodes
 _WALK_LIMIT = 2048  # autograd nodes inspected per layer call, at most
 _GROUP_NS = 1_000_000  # intervals are given energy in groups spanning at least this (1 ms)
+_ONE_NODE_FAST_PATH = True  # layer calls that made one autograd node skip the graph walk (tests turn it off)
 
 
 def _import_torch():
@@ -842,6 +843,7 @@ class _Run:
         fstack, calls, captures = self.fstack, self.calls, self.captures
         fstack_append, fstack_pop = fstack.append, fstack.pop
         register_backward = self.register_backward
+        one_node = _ONE_NODE_FAST_PATH
 
         def input_seq(args: Any, kwargs: Any) -> int:
             b = last_seq_get(get_ident(), -1)
@@ -905,7 +907,7 @@ class _Run:
                     del fs[idx:]
                 mark(fs[-1][0] if fs else run.idle_slot())
                 if entry[2] == TRAIN:
-                    if entry[4] is None and isinstance(output, Tensor):
+                    if one_node and entry[4] is None and isinstance(output, Tensor):
                         # register_backward's fast path, inlined: one node created by the call
                         gf = output.grad_fn
                         if gf is None:
@@ -1010,7 +1012,7 @@ class _Run:
         """Hooks the autograd nodes that this layer call created: the first to run in the backward (its outputs'
         nodes) marks the start of its backward, the last to run (the one created first) marks its end."""
         if isinstance(output, self.Tensor):
-            if cap is None:
+            if cap is None and _ONE_NODE_FAST_PATH:
                 gf = output.grad_fn
                 if gf is None:
                     return

@@ -787,3 +787,62 @@ def test_event_clock_gives_gpu_time_not_host_time(cpu_fake, monkeypatch):
         assert r["forward_time_s"] == pytest.approx(r["calls"] * work * 1e-9, rel=0.05)
         assert r["backward_time_s"] == pytest.approx(r["backward_calls"] * work * 1e-9, rel=0.05)
     assert result.clock["events"] > 40 * 10
+
+
+def test_event_clock_marker_uses_the_current_stream_and_recycles_events():
+    """Markers go on the stream current at each marker (fake path: asked each time); converted events return to the
+    pool and are reused; info() counts the converted events."""
+    gpu = FakeGPU(ppm=0.0)
+    streams = ["s0"]
+    seen = []
+
+    class StreamEvent(FakeEvent):
+        def record(self, stream=None):
+            seen.append(stream)
+            super().record(stream)
+
+    clock = lw._CudaClock(torch, None, event_factory=lambda: StreamEvent(gpu), synchronize=gpu.synchronize,
+                          stream=lambda: streams[-1], now=time.perf_counter_ns)
+    t0 = clock.begin()
+    seen.clear()
+    times = [t0] + [clock.mark() for _ in range(5)]
+    streams.append("s1")  # work under torch.cuda.stream(s1)
+    times.append(clock.mark())
+    assert seen == ["s0"] * 5 + ["s1"]
+    gpu.synchronize()
+    assert clock.convert(times, 1, force=True) == len(times)
+    assert all(isinstance(t, int) for t in times) and clock.info()["events"] == 6
+    pooled = list(clock._pool)
+    assert len(pooled) == 6
+    ev = clock.mark()
+    assert ev is pooled[-1]  # reused, not created
+
+
+def test_one_node_fast_path_matches_the_graph_walk(cpu_fake, monkeypatch):
+    """Layers that create one autograd node skip the graph walk; the rows are those the walk gives."""
+    walks = []
+    orig_rb = lw._Run.register_backward
+    monkeypatch.setattr(lw._Run, "register_backward", lambda self, *a: (walks.append(1), orig_rb(self, *a))[1])
+
+    def run(fast):
+        monkeypatch.setattr(lw, "_ONE_NODE_FAST_PATH", fast)
+        del walks[:]
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(inplace=True), nn.Linear(8, 8), nn.Tanh(), nn.Identity(),
+                              nn.Linear(8, 4))
+        tracker = LayerwiseMeasurementTool(None, gpu_num=0)
+        tracker.start(model)
+        x = torch.randn(4, 8)
+        for _ in range(3):
+            model(x).sum().backward()
+        return tracker.stop(), len(walks)
+
+    fast, n_fast = run(True)
+    slow, n_slow = run(False)
+    assert n_slow == 3 * 6 and n_fast < n_slow  # the Linear layers (addmm, or t + addmm for the first) may walk
+    key = lambda r: (r["layer"], r["phase"], r["calls"], r["backward_calls"])  # noqa: E731
+    assert sorted(map(key, fast.layer_rows())) == sorted(map(key, slow.layer_rows()))
+    for r in fast.layer_rows():
+        if r["type"] != "Identity":
+            assert r["backward_calls"] == 3 and r["backward_time_s"] > 0, r["layer"]
+    assert_adds_up(fast)
