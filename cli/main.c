@@ -60,21 +60,6 @@ static const char MAIN_HELP[] =
     "\n"
     "Other: joulecap --version, joulecap --help.  Documentation: docs/cli.md.\n";
 
-/* cmd_cap.c and cmd_profile.c may not be in every build: these weak definitions stand in for them. */
-__attribute__((weak)) int jc_cmd_cap(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "joulecap: 'cap' is not available in this build\n");
-    return JC_EXIT_FAILURE;
-}
-
-__attribute__((weak)) int jc_cmd_profile(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "joulecap: 'profile' is not available in this build\n");
-    return JC_EXIT_FAILURE;
-}
-
 typedef int (*cmd_fn)(int argc, char **argv);
 
 static const struct {
