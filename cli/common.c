@@ -129,6 +129,12 @@ int jc_cli_parse(const char *cmd, int argc, char **argv, unsigned allowed, doubl
                 return jc_cli_usage_err(cmd, "bad interval '%s' for -i: use a number of seconds from %g to %g "
                                         "(for example -i 0.1, or -i 100ms)", val, lo, hi);
             o->interval_text = val;
+        } else if ((allowed & JC_OPT_COUNTER) && is_opt(a, "--counter-interval")) {
+            if ((rc = opt_value(cmd, argc, argv, &i, "--counter-interval", &val))) return rc;
+            if (!jc_cli_parse_seconds(val, 0, 60, &o->counter_interval_s))
+                return jc_cli_usage_err(cmd, "bad interval '%s' for --counter-interval: use 0 (a read after every "
+                                        "counter step) to 60 seconds", val);
+            o->counter_text = val;
         } else if (a[1] != '-' && a[2] != '\0' && strchr("oig", a[1]) &&
                    ((a[1] == 'o' && (allowed & JC_OPT_OUTPUT)) || (a[1] == 'i' && (allowed & JC_OPT_INTERVAL)) ||
                     (a[1] == 'g' && (allowed & JC_OPT_GPU)))) {

@@ -27,6 +27,7 @@ enum {
     JC_OPT_INTERVAL = 1u << 3, /* -i SECONDS, --interval SECONDS */
     JC_OPT_QUIET = 1u << 4,    /* -q, --quiet */
     JC_OPT_COMMAND = 1u << 5,  /* -- CMD ARGS... (or the first non-option argument starts the command) */
+    JC_OPT_COUNTER = 1u << 6,  /* --counter-interval SECONDS */
 };
 
 typedef struct jc_cli_opts {
@@ -34,6 +35,8 @@ typedef struct jc_cli_opts {
     const char *output;   /* NULL = none */
     const char *interval_text;
     double interval_s;    /* valid when interval_text != NULL */
+    const char *counter_text;
+    double counter_interval_s; /* valid when counter_text != NULL */
     int json, quiet, help;
     char **command;       /* NULL-terminated argv of the command, NULL when none */
     int command_argc;

@@ -80,7 +80,8 @@ typedef struct jc_options {
     /* GPU energy counter reads (4.2 ms of CPU each on an H100, which steps its counter every 100 ms on a regular
      * clock): the sampler locks on to the steps' clock and reads once just after each step, so every step's
      * instant is known.  counter_interval_s > 0 reads only the first step after each such interval: less CPU,
-     * coarser short windows (BENCHMARKS.md).  0 = every step (default).  Must lie in [0, 60]. */
+     * coarser short windows (BENCHMARKS.md), and a window's result waits up to that long for the knot after
+     * its end.  0 = every step (default).  Must lie in [0, 60]. */
     double counter_interval_s;
     /* Optional CSV sink: one row per csv_interval_s, written and flushed as it is taken. NULL = none. */
     const char *csv_path;

@@ -589,6 +589,19 @@ TEST(run_json_energy) {
     free_result(&r);
 }
 
+/* Fewer counter reads (one per second) still measure a whole command right; a bad value is a usage error. */
+TEST(run_counter_interval) {
+    use_env("h100-constant-300w", NULL, NULL);
+    result_t r = cli("run", "--json", "-q", "--counter-interval", "1", "--", "sleep", "2", NULL);
+    EXPECT_CODE(r, 0);
+    ASSERT_NEAR(json_number(r.out, "gpu0_energy_j"), 300.0 * json_number(r.out, "elapsed_s"), 15.0);
+    free_result(&r);
+    r = cli("run", "--counter-interval", "-1", "--", "true", NULL);
+    EXPECT_CODE(r, 2);
+    ASSERT_CONTAINS(r.err, "--counter-interval");
+    free_result(&r);
+}
+
 TEST(run_json_escaping) {
     use_env("h100-constant-300w", NULL, NULL);
     result_t r = cli("run", "--json", "-q", "--", "sh", "-c", "exit 0", "x",
@@ -777,5 +790,5 @@ JC_TEST_MAIN(TEST_ENTRY(help_and_version), TEST_ENTRY(usage_errors),
              TEST_ENTRY(bad_intervals), TEST_ENTRY(info_fake_gpu), TEST_ENTRY(info_driver_not_loaded),
              TEST_ENTRY(info_cpu_sources), TEST_ENTRY(info_no_energy_counter), TEST_ENTRY(info_two_gpus), TEST_ENTRY(run_exit_status),
              TEST_ENTRY(run_exec_failures), TEST_ENTRY(run_bad_gpu), TEST_ENTRY(run_unwritable_output),
-             TEST_ENTRY(run_json_energy), TEST_ENTRY(run_json_escaping), TEST_ENTRY(run_output_files),
+             TEST_ENTRY(run_json_energy), TEST_ENTRY(run_counter_interval), TEST_ENTRY(run_json_escaping), TEST_ENTRY(run_output_files),
              TEST_ENTRY(run_forwards_signals), TEST_ENTRY(monitor_rows), TEST_ENTRY(monitor_sigint))

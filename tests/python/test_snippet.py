@@ -11,7 +11,7 @@ import pytest
 from conftest import write_atomic
 
 from joulecap import EnergyMeasurementTool, Measurement
-from joulecap.errors import StateError
+from joulecap.errors import InvalidArgument, StateError
 
 STEP_J = 30.0  # the 300 W scenario's counter steps: 100 ms of 300 W
 
@@ -36,6 +36,18 @@ def test_constant_300w_for_2s_gives_600j(fake, tmp_path):
     assert r.total_gpu_energy_j == pytest.approx(r.gpu_energy_j[0])
     assert r.resolved and not r.is_estimate and r.estimates == {}
     tool.close()
+
+
+def test_fewer_counter_reads_still_measure_long_windows(fake, tmp_path):
+    # counter_interval=1: a counter read about once a second (the low-CPU setting); a 2 s window is still right.
+    tool = EnergyMeasurementTool(tmp_path / "e.csv", gpu_num=0, counter_interval=1.0)
+    tool.start()
+    time.sleep(2.0)
+    r = tool.stop()
+    assert abs(r.gpu_energy_j[0] - 300.0 * r.elapsed_s) <= STEP_J + 3.0
+    tool.close()
+    with pytest.raises(InvalidArgument, match="counter interval"):
+        EnergyMeasurementTool(None, gpu_num=0, counter_interval=-1)
 
 
 def test_short_windows_are_not_quantised_to_counter_steps(fake, tmp_path):
