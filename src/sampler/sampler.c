@@ -44,7 +44,9 @@ int jc__sampler_read_failed(jc_context *ctx, jc__device *d, nvmlReturn_t r, uint
     return 0;
 }
 
-static void integrate(jc_context *ctx, jc__device *d, uint64_t t, double p_w) {
+/* Integrates a power series into knots.  held = 1: p_w held over the interval that ends at t (an estimate
+ * computed from that interval); held = 0: trapezoid between the previous sample and this one. */
+static void integrate(jc_context *ctx, jc__device *d, uint64_t t, double p_w, int held) {
     if (!d->integ_started) {
         d->integ_started = 1;
         d->integ_t_ns = t;
@@ -53,7 +55,7 @@ static void integrate(jc_context *ctx, jc__device *d, uint64_t t, double p_w) {
         return;
     }
     if (t <= d->integ_t_ns) return;
-    d->integ_j += 0.5 * (d->integ_p_w + p_w) * jc__s(t - d->integ_t_ns);
+    d->integ_j += (held ? p_w : 0.5 * (d->integ_p_w + p_w)) * jc__s(t - d->integ_t_ns);
     d->integ_t_ns = t;
     d->integ_p_w = p_w;
     commit_knot(ctx, d, t, d->integ_j);
@@ -82,7 +84,7 @@ static void gpu_cheap(jc_context *ctx, jc__device *d, uint64_t now) {
                     t = (uint64_t)mono_us * 1000;
             }
             d->last_power_ts_us = ts;
-            if (d->info.energy_source == JC_SOURCE_INTEGRATED) integrate(ctx, d, t, p);
+            if (d->info.energy_source == JC_SOURCE_INTEGRATED) integrate(ctx, d, t, p, 0);
         }
     } else if (jc__sampler_read_failed(ctx, d, r, b, "power")) {
         return;
@@ -149,15 +151,7 @@ static void cpu_sample(jc_context *ctx, jc__device *d, uint64_t now) {
             if (ctx->use_estimate) {
                 /* The estimate is constant over the /proc/stat interval it was computed from. */
                 double p = jc__cpu_estimate_power_w(&ctx->estimate, u);
-                if (!d->integ_started) {
-                    d->integ_started = 1;
-                    d->integ_t_ns = now;
-                    commit_knot(ctx, d, now, 0.0);
-                } else {
-                    d->integ_j += p * jc__s(now - d->integ_t_ns);
-                    d->integ_t_ns = now;
-                    commit_knot(ctx, d, now, d->integ_j);
-                }
+                integrate(ctx, d, now, p, 1);
                 pthread_mutex_lock(&ctx->lock);
                 d->latest.power_w = p;
                 d->latest.t_ns = now;
@@ -252,12 +246,10 @@ static void wait_first_knots(jc_context *ctx, double timeout_s) {
 }
 
 jc_status jc__sampler_start(jc_context *ctx) {
-    uint64_t now = jc_now_ns();
     ctx->next_row_ns = UINT64_MAX;
     int rc = pthread_create(&ctx->thread, NULL, sampler_main, ctx);
     if (rc != 0) return jc__fail(JC_ERR_THREAD, "cannot start the sampler thread: %s", strerror(rc));
     ctx->thread_started = 1;
-    (void)now;
     wait_first_knots(ctx, 2.0);
     pthread_mutex_lock(&ctx->lock);
     ctx->epoch_ns = jc_now_ns();
