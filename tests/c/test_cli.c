@@ -594,7 +594,9 @@ TEST(run_counter_interval) {
     use_env("h100-constant-300w", NULL, NULL);
     result_t r = cli("run", "--json", "-q", "--counter-interval", "1", "--", "sleep", "2", NULL);
     EXPECT_CODE(r, 0);
-    ASSERT_NEAR(json_number(r.out, "gpu0_energy_j"), 300.0 * json_number(r.out, "elapsed_s"), 15.0);
+    /* Within one 100 ms counter step (30 J) plus slack: with reads a second apart, a loaded machine can place
+     * an edge's knot most of a step off (seen: 23.7 J under ASan with both cores busy). */
+    ASSERT_NEAR(json_number(r.out, "gpu0_energy_j"), 300.0 * json_number(r.out, "elapsed_s"), 33.0);
     free_result(&r);
     r = cli("run", "--counter-interval", "-1", "--", "true", NULL);
     EXPECT_CODE(r, 2);
