@@ -34,6 +34,7 @@ import csv
 import functools
 import io
 import math
+import statistics
 import threading
 import time
 import warnings
@@ -51,6 +52,10 @@ FWD, BWD = 0, 1
 OUTSIDE_FORWARD = "(outside) forward"
 OUTSIDE_BACKWARD = "(outside) backward"
 OUTSIDE_OTHER = "(outside) other"
+OUTSIDE_LEAD = "(outside) joulecap lead"  # the GPU-side delay the tool puts before a sampled step (see _Run.lead)
+OUTSIDE_UNSAMPLED = "(outside) not sampled"  # steps of a phase of which no step was sampled
+SAMPLES = ("auto", "all")
+_OUTSIDE_ORDER = [OUTSIDE_FORWARD, OUTSIDE_BACKWARD, OUTSIDE_OTHER, OUTSIDE_LEAD, OUTSIDE_UNSAMPLED]
 ROOT_NAME = "(root)"
 
 _MAX_SEQ = 2**64 - 1  # sequence number of AccumulateGrad nodes
@@ -176,6 +181,11 @@ class _HostClock:
     def maybe_reanchor(self) -> None:
         pass
 
+    has_lead = False
+
+    def lead(self, seconds: float) -> bool:
+        return False
+
     def info(self) -> Dict[str, Any]:
         return {"kind": "host", "clock": "CLOCK_MONOTONIC (time.perf_counter_ns)"}
 
@@ -202,6 +212,7 @@ class _CudaClock:
         synchronize: Optional[Callable[[], None]] = None,
         stream: Optional[Callable[[], Any]] = None,
         now: Optional[Callable[[], int]] = None,
+        lead: Optional[Callable[[float], None]] = None,
     ) -> None:
         self.torch = torch
         self.device = device
@@ -221,6 +232,8 @@ class _CudaClock:
         self.drift_max_ns = 0
         self.uncertainty_max_ns = 0
         self.events = 0
+        self.cycles_per_s: Optional[float] = None
+        self._lead: Optional[Callable[[float], None]] = lead  # (fake GPUs in tests pass their own)
 
     POOL_WARM = 2048  # events created (and their CUDA events with them) at begin(), off the hot path
 
@@ -308,9 +321,42 @@ class _CudaClock:
                 self._pool.append(ev)
         self.mark = self._fast_mark()  # type: ignore[method-assign]
         self._synchronize()
+        if self._real:
+            self.calibrate_lead()
+            self._synchronize()
         if not self._try_anchor(10**9):
             raise StateError("the GPU did not stamp an event within 1 s of a synchronisation: is it busy elsewhere?")
         return self.now()
+
+    def calibrate_lead(self) -> None:
+        """Measures the rate of ``torch.cuda._sleep`` (a kernel that spins a number of GPU clock cycles), which the
+        lead of a sampled step uses; without it (or with fake events) there is no lead."""
+        self.cycles_per_s = None
+        f = getattr(getattr(self.torch, "cuda", None), "_sleep", None)
+        if f is None or not self._real:
+            return
+        stream = self._stream()
+        e0, e1 = self._new_event(), self._new_event()
+        f(1000)
+        e0.record(stream)
+        f(2_000_000)
+        e1.record(stream)
+        e1.synchronize()
+        ms = e0.elapsed_time(e1)
+        if ms > 0:
+            rate = self.cycles_per_s = 2_000_000 / (ms * 1e-3)
+            self._lead = lambda seconds: f(int(seconds * rate))
+
+    @property
+    def has_lead(self) -> bool:
+        return self._lead is not None
+
+    def lead(self, seconds: float) -> bool:
+        """Enqueues ``seconds`` of GPU-side delay on the current stream (no host wait); False without a lead."""
+        if self._lead is None:
+            return False
+        self._lead(seconds)
+        return True
 
     def maybe_reanchor(self) -> None:
         age = self.now() - self.anchor_host
@@ -392,6 +438,7 @@ class _CudaClock:
             "forced_syncs": self.forced_syncs,
             "anchor_uncertainty_max_s": self.uncertainty_max_ns * 1e-9,
             "drift_max_s": self.drift_max_ns * 1e-9,
+            "lead": self._lead is not None,
         }
 
 
@@ -619,6 +666,18 @@ class _Run:
         self.passes = 0
         self.resolve_ns = 0  # host time spent in resolve passes while measuring
         self.pre_first = self._outside_row(OUTSIDE_OTHER, None)
+        # Step sampling (see step_pre): a step is a forward of the model itself, up to the next one.
+        self.sample_all = tool.sample == "all"
+        self.steps = [0, 0]  # per phase
+        self.sampled = [0, 0]
+        self.dur_sampled: List[List[int]] = [[], []]  # host ns of the sampled steps
+        self.dur_plain: List[List[int]] = [[], []]  # host ns of recent steps not sampled (warm-up excluded)
+        self.lead_ns = 0  # GPU-side lead enqueued, in total
+        self.unit: Optional[Tuple[int, bool, int, int, bool]] = None  # (phase, sampled, t0, lead ns, warm-up)
+        self.attached = False
+        self.stopped = False
+        self.t_start_host = time.perf_counter_ns()
+        self.first_unit_ns = 50_000_000  # the warm-up step's host time, once known
 
     # -- rows and slots ----------------------------------------------------------------------------------------
 
@@ -952,19 +1011,169 @@ class _Run:
                 run.register_root_backward(output)
             return None
 
+        # Hooks of the model itself stay for the whole run (a few calls per step); the layers' hooks are attached
+        # for the sampled steps only (attach/detach), since PyTorch's hook machinery alone is what costs.
         handles = self.handles
+        handles.append(root.register_forward_pre_hook(self.make_step_pre(), with_kwargs=True, prepend=True))
+        self.layer_hooks: List[Tuple[Any, Callable, Callable]] = []
         if not root_selected:
             handles.append(root.register_forward_pre_hook(root_pre, with_kwargs=True))
         for li, (name, m) in enumerate(self.layers):
-            handles.append(m.register_forward_pre_hook(make_pre(li, m), with_kwargs=True))
-            handles.append(m.register_forward_hook(make_post(li), with_kwargs=True, always_call=True))
+            if m is root:
+                handles.append(m.register_forward_pre_hook(make_pre(li, m), with_kwargs=True))
+                handles.append(m.register_forward_hook(make_post(li), with_kwargs=True, always_call=True))
+            else:
+                self.layer_hooks.append((m, make_pre(li, m), make_post(li)))
         if not root_selected:
             handles.append(root.register_forward_hook(root_post, with_kwargs=True, always_call=True))
+        self.layer_handles: List[Any] = []
+        if not self.layer_hooks:
+            self.sample_all = True  # the model is the only layer: its hooks run anyway, sampling saves nothing
+        self.attach()  # until the model itself is first called (layers called directly are all measured)
+
+    def attach(self) -> None:
+        hs = self.layer_handles
+        for m, pre, post in self.layer_hooks:
+            hs.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+            hs.append(m.register_forward_hook(post, with_kwargs=True, always_call=True))
+        self.attached = True
+
+    def detach(self) -> None:
+        for h in self.layer_handles:
+            h.remove()
+        self.layer_handles = []
+        self.attached = False
 
     def remove_hooks(self) -> None:
+        self.stopped = True
         for h in self.handles:
             h.remove()
         self.handles = []
+        if getattr(self, "layer_handles", None):
+            self.detach()
+
+    # -- step sampling -----------------------------------------------------------------------------------------
+
+    def make_step_pre(self) -> Callable:
+        """The model's first forward pre-hook: a forward of the model that no measured forward or backward encloses
+        begins a step (it lasts until the next one).  Decides whether the step is sampled: the layers' hooks are
+        attached for it, and on a GPU a lead is enqueued first; a step not sampled has only this hook and one
+        marker, its time and energy go to the phase's "not sampled" slot and are split at the end like those of
+        the sampled steps (see LayerwiseMeasurementTool._extrapolate)."""
+        run = self
+        grad_enabled = self.torch.is_grad_enabled
+        host_ns = time.perf_counter_ns
+
+        def step_pre(mod: Any, args: Any, kwargs: Any) -> None:
+            if run.stopped or run.fstack:
+                return None
+            if run.bw_tasks and _graph_task_id(run.torch) != -1:
+                return None  # a recomputation inside a backward (activation checkpointing of the whole model)
+            now = host_ns()
+            ph = TRAIN if grad_enabled() else INFER
+            run.end_unit(now)
+            warm = run.steps[ph] < run.tool.warmup_steps and not run.sample_all
+            sample = run.decide(ph, now, warm)
+            run.steps[ph] += 1
+            lead_ns = 0
+            if sample:
+                run.sampled[ph] += 1
+                if not run.attached:
+                    run.attach()
+                run.active = True
+                if run.tool.lead:
+                    lead_ns = run.lead(ph)
+            else:
+                run.active = False
+                if run.attached:
+                    run.detach()
+                run.forget_step_state()
+                run.cur_phase = ph
+                if run.first_phase is None:
+                    run.first_phase = ph
+                slot = 2 * run._outside_row(OUTSIDE_UNSAMPLED, ph)
+                run.calls[slot] += 1
+                run.mark(slot)
+                run.maybe_resolve()
+            run.unit = (ph, sample, now, lead_ns, warm)
+            return None
+
+        return step_pre
+
+    def end_unit(self, now: int) -> None:
+        if self.unit is None:
+            return
+        ph, sampled, t0, lead_ns, warm = self.unit
+        self.unit = None
+        if sampled:
+            if not self.sample_all:
+                self.dur_sampled[ph].append(now - t0)
+            self.lead_ns += lead_ns
+        elif warm:
+            self.first_unit_ns = now - t0
+        else:
+            d = self.dur_plain[ph]
+            d.append(now - t0)
+            if len(d) > 32:
+                del d[0]
+
+    def decide(self, ph: int, now: int, warm: bool) -> bool:
+        """Sample this step?  Every step with sample="all".  Otherwise not the warm-up steps (cuDNN autotuning,
+        allocations, lazy initialisation make them unlike the others), then the phase's first step, then whenever
+        the extra time spent on sampled steps (their duration beyond a step not sampled, plus their leads) stays
+        within max_overhead of the time elapsed, counting the step about to be sampled."""
+        if self.sample_all:
+            return True
+        if warm:
+            return False
+        if self.sampled[ph] == 0:
+            return True
+        base = [statistics.median(d) if d else None for d in self.dur_plain]
+        if base[ph] is None:
+            return False  # no step of the phase was timed without the hooks yet: time one first
+        spent = self.lead_ns
+        for p in (TRAIN, INFER):
+            if base[p] is not None:
+                spent += sum(d - base[p] for d in self.dur_sampled[p])
+        ds = self.dur_sampled[ph]
+        expect = max(0.0, sum(ds) / len(ds) - base[ph]) + self.lead_seconds(ph) * 1e9
+        return spent + expect <= self.tool.max_overhead * (now - self.t_start_host + base[ph])
+
+    def lead_seconds(self, ph: int) -> float:
+        """How far the host must run ahead: about the host time of a sampled step (the last ones' mean, else three
+        steps not sampled, else the warm-up's), between 2 ms and 0.25 s."""
+        if not self.tool.lead or not getattr(self.clock, "has_lead", False):
+            return 0.0
+        ds = self.dur_sampled[ph]
+        if ds:
+            guess = sum(ds[-4:]) / len(ds[-4:])
+        elif self.dur_plain[ph]:
+            guess = 3 * statistics.median(self.dur_plain[ph])
+        else:
+            guess = self.first_unit_ns
+        return min(0.25, max(0.002, 1.25 * guess * 1e-9))
+
+    def lead(self, ph: int) -> int:
+        """On a GPU, a sampled step starts with a lead: a kernel that keeps the GPU waiting while the host, slowed
+        by the hooks, queues the step's work.  The GPU then runs the step's kernels back to back, as it would
+        without the hooks, and the layers' intervals hold their kernels rather than the hooks' host time.  The
+        lead's own time and energy go to the row "(outside) joulecap lead"."""
+        secs = self.lead_seconds(ph)
+        if secs <= 0:
+            return 0
+        slot = 2 * self._outside_row(OUTSIDE_LEAD, ph)
+        self.calls[slot] += 1
+        self.mark(slot)
+        if not self.clock.lead(secs):
+            return 0
+        return int(secs * 1e9)
+
+    def forget_step_state(self) -> None:
+        self.fstack.clear()
+        for c in self.bstack:
+            c.active = False
+        self.bstack.clear()
+        self.bw_tasks.clear()
 
     def outermost_forward(self, phase: int) -> None:
         """A forward begins that no other measured forward encloses.  Outside a backward (activation
@@ -1309,6 +1518,10 @@ class LayerwiseMeasurementTool:
         *,
         depth: Optional[int] = None,
         mode: str = "attribute",
+        sample: str = "auto",
+        max_overhead: float = 0.05,
+        warmup_steps: int = 1,
+        lead: bool = True,
         interval: Optional[float] = None,
         replay_seconds: float = 1.0,
         replay_min_share: float = 0.005,
@@ -1321,6 +1534,15 @@ class LayerwiseMeasurementTool:
     ):
         if mode not in _MODES:
             raise InvalidArgument("mode=%r: pass 'attribute' (default) or 'replay'" % (mode,))
+        if sample not in SAMPLES:
+            raise InvalidArgument("sample=%r: pass 'auto' (default: sampled steps within max_overhead) or 'all' "
+                                  "(every step)" % (sample,))
+        if isinstance(max_overhead, bool) or not isinstance(max_overhead, (int, float)) or \
+                not (0.0 < max_overhead <= 10.0):
+            raise InvalidArgument("max_overhead=%r: pass the fraction of the run's time the sampled steps may add, "
+                                  "e.g. 0.05 (5%%), in (0, 10]" % (max_overhead,))
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise InvalidArgument("warmup_steps=%r: pass an int >= 0 (steps per phase never sampled)" % (warmup_steps,))
         if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
             raise InvalidArgument("depth=%r: pass None (leaf modules) or an int >= 0 (0 is the whole model)" % (depth,))
         for name, v, lo in (("replay_seconds", replay_seconds, 0.0), ("resolve_interval", resolve_interval, 0.0),
@@ -1336,6 +1558,10 @@ class LayerwiseMeasurementTool:
         self.gpu_num = gpu_num
         self.depth = depth
         self.mode = mode
+        self.sample = sample
+        self.max_overhead = float(max_overhead)
+        self.warmup_steps = warmup_steps
+        self.lead = bool(lead)
         self.replay_seconds = float(replay_seconds)
         self.replay_min_share = float(replay_min_share)
         self.replay_capture_bytes = int(replay_capture_bytes)
@@ -1535,6 +1761,7 @@ class LayerwiseMeasurementTool:
         attribution = {r: "interval" for r in range(len(rows))}
         if replay_power:
             _apply_replay(run, energies, replay_power, attribution, ndev)
+        sampling = _extrapolate(run, energies, attribution, ndev)
         # Order: layers in the model's order (train, then infer), then the outside rows.
         order = sorted(
             (r for r in range(len(rows)) if rows[r].kind == "layer"),
@@ -1542,7 +1769,7 @@ class LayerwiseMeasurementTool:
         )
         out_order = [
             run.outside[k]
-            for k in sorted(run.outside, key=lambda k: ([OUTSIDE_FORWARD, OUTSIDE_BACKWARD, OUTSIDE_OTHER].index(k[0]),
+            for k in sorted(run.outside, key=lambda k: (_OUTSIDE_ORDER.index(k[0]),
                                                         -1 if k[1] is None else k[1]))
         ]
         total_j = sum(v for v in total.values() if not math.isnan(v))
@@ -1569,8 +1796,16 @@ class LayerwiseMeasurementTool:
             clock["host_time_s"] = {rows[r].name + "|" + (PHASES[rows[r].phase] if rows[r].phase is not None else ""):
                                     (run.acc_th[2 * r] * 1e-9, run.acc_th[2 * r + 1] * 1e-9)
                                     for r in range(len(rows))}
-        return LayerwiseResult(columns, result_rows, total, (run.t_end - run.t_start) * 1e-9, self.mode, clock,
-                               replayed, sources, estimates, labels, self.out_file)
+        for d in result_rows:
+            ph = d["phase"]
+            if ph:
+                d["steps"] = run.steps[PHASES.index(ph)]
+                d["sampled_steps"] = run.sampled[PHASES.index(ph)]
+        clock["lead_s"] = run.lead_ns * 1e-9
+        result = LayerwiseResult(columns, result_rows, total, (run.t_end - run.t_start) * 1e-9, self.mode, clock,
+                                 replayed, sources, estimates, labels, self.out_file)
+        result.sampling = sampling
+        return result
 
     # -- convenience -------------------------------------------------------------------------------------------
 
@@ -1637,7 +1872,8 @@ def _model_device(model: Any, torch: Any) -> Any:
 
 
 def _columns(labels: List[str]) -> List[str]:
-    cols = ["layer", "type", "phase", "calls", "backward_calls", "time_s", "forward_time_s", "backward_time_s"]
+    cols = ["layer", "type", "phase", "steps", "sampled_steps", "calls", "backward_calls", "time_s", "forward_time_s",
+            "backward_time_s"]
     for lab in labels[1:] + labels[:1]:  # GPUs first, then the CPU
         cols += ["%s_energy_j" % lab, "%s_forward_energy_j" % lab, "%s_forward_energy_j_per_call" % lab,
                  "%s_backward_energy_j" % lab, "%s_backward_energy_j_per_call" % lab, "%s_power_w" % lab]
@@ -1655,6 +1891,8 @@ def _row_dict(run: _Run, r: int, row: _Row, e: List[List[float]], labels: List[s
         "layer": row.name,
         "type": row.type,
         "phase": "" if row.phase is None else PHASES[row.phase],
+        "steps": "",
+        "sampled_steps": "",
         "calls": cf if not (outside and row.name == OUTSIDE_OTHER) else "",
         "backward_calls": cb if not outside else (cb if row.name == OUTSIDE_BACKWARD else ""),
         "time_s": tf + tb,
@@ -1682,7 +1920,7 @@ def _row_dict(run: _Run, r: int, row: _Row, e: List[List[float]], labels: List[s
     d["energy_j"] = tot
     d["energy_j_per_call"] = tot / cf if cf and not outside else ""
     d["share_pct"] = 100.0 * tot / total_j if total_j > 0 else float("nan")
-    d["attribution"] = "measured" if outside else attribution
+    d["attribution"] = attribution if attribution == "not sampled" or not outside else "measured"
     for lab, src in zip(labels, whole["source"]):
         d["%s_energy_source" % lab] = src
     return d
@@ -1715,6 +1953,72 @@ def _cell(v: Any) -> Any:
 
 # --------------------------------------------------------------------------------------------------------------
 # Replay
+
+
+def _extrapolate(run: _Run, energies: Dict[int, List[List[float]]], attribution: Dict[int, str],
+                 ndev: int) -> Dict[str, Any]:
+    """Gives the steps that were not sampled to the rows, per phase, and returns what was done.
+
+    A step not sampled has one interval (its "not sampled" slot) with its measured time and energy.  Each layer
+    row, and the forward / backward outside rows, get the steps not sampled times their time, energy and calls
+    per sampled step: the same kernels do the same work in every step, and in a sampled step (run back to back
+    behind the lead) their intervals hold that work.  What the steps not sampled measured beyond that goes to
+    "(outside) other" of the phase: the host gaps, optimizer, data loading and idle time of those steps, and
+    the warm-up's extra work.  Where the sampled steps' share exceeds what was measured (a device whose steps
+    not sampled used less), the shares are scaled down to it.  The rows still add up to the whole run.  A phase
+    with no sampled step keeps a "(outside) not sampled" row."""
+    out: Dict[str, Any] = {}
+    for ph in (TRAIN, INFER):
+        u = run.outside.get((OUTSIDE_UNSAMPLED, ph))
+        k = run.sampled[ph]
+        info = {"steps": run.steps[ph], "sampled_steps": k, "extrapolated": False}
+        if run.steps[ph]:
+            out[PHASES[ph]] = info
+        if u is None:
+            continue
+        n = run.calls[2 * u]
+        if k == 0:
+            attribution[u] = "not sampled"
+            warnings.warn(
+                "no %s step was sampled layer by layer (%d step(s), %d warm-up): its energy stays in the row %r; "
+                "run more steps, or pass warmup_steps=0 or sample='all'"
+                % (PHASES[ph], n, run.tool.warmup_steps if run.tool else 0, OUTSIDE_UNSAMPLED),
+                JoulecapWarning, stacklevel=4)
+            continue
+        info["extrapolated"] = True
+        f = n / k
+        rows = [r for r, row in enumerate(run.rows) if row.phase == ph and r != u and
+                (row.kind == "layer" or row.name in (OUTSIDE_FORWARD, OUTSIDE_BACKWARD))]
+        other = run._outside_row(OUTSIDE_OTHER, ph)
+        if other not in energies:
+            energies[other] = [[0.0] * ndev, [0.0] * ndev]
+            attribution[other] = "interval"
+        ut, ue = run.acc_t[2 * u], energies[u][0]
+        add_t = sum(run.acc_t[2 * r + d] for r in rows for d in (0, 1)) * f
+        st = min(1.0, ut / add_t) if add_t > 0 else 0.0
+        se = []
+        for i in range(ndev):
+            add = sum(energies[r][d][i] for r in rows for d in (0, 1)) * f
+            se.append(min(1.0, ue[i] / add) if add > 0 and not math.isnan(add) else 0.0)
+        for r in rows:
+            for d in (0, 1):
+                sl = 2 * r + d
+                t = run.acc_t[sl] * f * st
+                run.acc_t[sl] += int(t)
+                ut -= int(t)
+                run.calls[sl] += int(round(run.calls[sl] * f))
+                for i in range(ndev):
+                    e = energies[r][d][i] * f * se[i]
+                    energies[r][d][i] += e
+                    ue[i] -= e
+        run.acc_t[2 * other] += ut
+        for i in range(ndev):
+            energies[other][0][i] += ue[i]
+        run.acc_t[2 * u] = 0
+        run.calls[2 * u] = 0
+        energies[u][0] = [0.0] * ndev
+        info["not_sampled_steps"] = n
+    return out
 
 
 def _apply_replay(run: _Run, energies: Dict[int, List[List[float]]], power: Dict[int, List[float]],

@@ -282,7 +282,7 @@ def test_outputs_and_gradients_bit_identical(cpu_fake, mode):
 def test_hooks_removed_at_stop(cpu_fake):
     model = Net()
     before = {n: (dict(m._forward_hooks), dict(m._forward_pre_hooks)) for n, m in model.named_modules()}
-    tracker = LayerwiseMeasurementTool(None, gpu_num=0)
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, sample="all")
     tracker.start(model)
     assert any(m._forward_pre_hooks for m in model.modules())
     x, y = make_data(1)[0]
@@ -418,7 +418,7 @@ def test_a_forward_that_raises_leaves_the_tool_consistent(cpu_fake):
             return x
 
     model = nn.Sequential(nn.Linear(4, 4), Flaky())
-    tracker = LayerwiseMeasurementTool(None, gpu_num=0)
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, sample="all")
     tracker.start(model)
     with pytest.raises(ValueError):
         model(torch.randn(2, 4))
@@ -442,7 +442,7 @@ def test_activation_checkpointing(cpu_fake):
             return checkpoint(lambda t: self.b(torch.relu(self.a(t))), x, use_reentrant=False)
 
     model = Ckpt()
-    tracker = LayerwiseMeasurementTool(None, gpu_num=0)
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, sample="all")
     tracker.start(model)
     model(torch.randn(4, 8, requires_grad=True)).sum().backward()
     result = tracker.stop()
@@ -711,7 +711,7 @@ def test_tool_with_event_clock(cpu_fake, monkeypatch):
     gpu = FakeGPU(ppm=50.0)
     monkeypatch.setattr(lw, "_HostClock", lambda: fake_clock(gpu))
     model = Net()
-    tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_pending=64, resolve_interval=0.05)
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_pending=64, resolve_interval=0.05, sample="all")
     tracker.start(model)
     run = tracker._run
     train(model, make_data(8))
@@ -773,7 +773,8 @@ def test_event_clock_gives_gpu_time_not_host_time(cpu_fake, monkeypatch):
     gpu = FakeGPU(ppm=0.0, work_ns=work)
     monkeypatch.setattr(lw, "_HostClock", lambda: fake_clock(gpu))
     model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
-    tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_pending=64, resolve_interval=0.01)
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_pending=64, resolve_interval=0.01,
+                                       sample="all")
     tracker.start(model)
     x = torch.randn(4, 8)
     for _ in range(40):
@@ -830,7 +831,7 @@ def test_one_node_fast_path_matches_the_graph_walk(cpu_fake, monkeypatch):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(inplace=True), nn.Linear(8, 8), nn.Tanh(), nn.Identity(),
                               nn.Linear(8, 4))
-        tracker = LayerwiseMeasurementTool(None, gpu_num=0)
+        tracker = LayerwiseMeasurementTool(None, gpu_num=0, sample="all")
         tracker.start(model)
         x = torch.randn(4, 8)
         for _ in range(3):
@@ -846,3 +847,146 @@ def test_one_node_fast_path_matches_the_graph_walk(cpu_fake, monkeypatch):
         if r["type"] != "Identity":
             assert r["backward_calls"] == 3 and r["backward_time_s"] > 0, r["layer"]
     assert_adds_up(fast)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Step sampling and the GPU lead
+
+
+def _hooks_seen_per_step(model, leaf):
+    """Records, after each forward of the model, whether the tool's hooks were on `leaf` during it."""
+    seen = []
+    model.register_forward_hook(lambda m, a, o: seen.append(len(leaf._forward_pre_hooks) > 0))
+    return seen
+
+
+def test_sampling_attaches_hooks_on_sampled_steps_only_and_extrapolates(cpu_fake, tmp_path):
+    torch.manual_seed(0)
+    model = Net()
+    seen = _hooks_seen_per_step(model, model.block.conv1)
+    out = tmp_path / "layers.csv"
+    tracker = LayerwiseMeasurementTool(out, gpu_num=0, max_overhead=0.05)
+    tracker.start(model)
+    train(model, make_data(40, batch=4))
+    result = tracker.stop()
+    assert_adds_up(result)
+    s = result.sampling["train"]
+    assert s["steps"] == 40 and s["extrapolated"]
+    assert seen[0] is False  # the warm-up step is never sampled
+    assert seen[1] is True  # the phase's first step after it always is
+    assert sum(seen) == s["sampled_steps"] and 2 <= s["sampled_steps"] < 40
+    for r in result.layer_rows():
+        # calls are the same in every step: sampled calls x steps / sampled steps is exact
+        assert r["calls"] == (80 if r["layer"] == "block.relu" else 40), r["layer"]
+        assert r["steps"] == 40 and r["sampled_steps"] == s["sampled_steps"]
+    assert not any(r["layer"] == lw.OUTSIDE_UNSAMPLED for r in result.rows)
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert {"steps", "sampled_steps"} <= set(rows[0])
+
+
+def test_sampling_follows_the_overhead_budget(cpu_fake):
+    def sampled(max_overhead):
+        torch.manual_seed(0)
+        model = Net()
+        tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=max_overhead)
+        tracker.start(model)
+        train(model, make_data(30, batch=4))
+        return tracker.stop().sampling["train"]["sampled_steps"]
+
+    # a generous budget samples every step but the warm-up and the one step timed without hooks
+    assert sampled(10.0) == 28
+    # a tight one samples the first step after the warm-up and then rarely (the hooks cost a sizeable fraction of
+    # a step of this small model on the CPU)
+    assert 1 <= sampled(0.01) <= 8
+
+
+def test_sampled_energy_per_call_matches_every_step_measurement(cpu_fake):
+    """On a constant-power GPU, sampled per-call time and energy of the big layers agree with sample='all'."""
+    def run(sample):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 8))
+        tracker = LayerwiseMeasurementTool(None, gpu_num=0, sample=sample, max_overhead=0.2)
+        tracker.start(model)
+        x = torch.randn(256, 512)
+        for _ in range(30):
+            model(x).sum().backward()
+        return tracker.stop()
+
+    every, some = run("all"), run("auto")
+    assert some.sampling["train"]["sampled_steps"] < 30
+    for name in ("0", "2"):
+        a, b = every.row(name), some.row(name)
+        assert b["calls"] == a["calls"] == 30
+        assert b["gpu0_forward_energy_j_per_call"] == pytest.approx(a["gpu0_forward_energy_j_per_call"], rel=0.35), name
+
+
+def test_a_phase_without_sampled_step_keeps_its_energy_and_warns(cpu_fake):
+    model = Net()
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0)
+    tracker.start(model)
+    with torch.no_grad():
+        model(make_data(1)[0][0])  # one inference step: the warm-up
+    with pytest.warns(lw.JoulecapWarning, match="no infer step was sampled"):
+        result = tracker.stop()
+    assert_adds_up(result)
+    row = result.row(lw.OUTSIDE_UNSAMPLED, "infer")
+    assert row["attribution"] == "not sampled" and row["calls"] == 1 and row["energy_j"] > 0
+    # warmup_steps=0 samples it
+    model = Net()
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, warmup_steps=0)
+    tracker.start(model)
+    with torch.no_grad():
+        model(make_data(1)[0][0])
+    result = tracker.stop()
+    assert result.row("fc", "infer")["calls"] == 1
+
+
+def test_layers_called_directly_are_measured_without_a_step(cpu_fake):
+    model = Net()
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0)
+    tracker.start(model)
+    model.fc(torch.randn(2, 8)).sum().backward()  # the model itself is never called
+    result = tracker.stop()
+    assert result.row("fc")["calls"] == 1 and result.row("fc")["backward_calls"] == 1
+
+
+def test_lead_runs_before_each_sampled_step_on_a_gpu(cpu_fake, monkeypatch):
+    """With (fake) CUDA events, each sampled step starts with a lead: GPU-side delay in its own row."""
+    gpu = FakeGPU(ppm=0.0)
+    leads = []
+
+    def lead(seconds):
+        leads.append(seconds)
+        gpu.busy_until = max(gpu.busy_until, time.perf_counter_ns()) + int(seconds * 1e9)
+
+    monkeypatch.setattr(lw, "_HostClock", lambda: lw._CudaClock(
+        torch, None, event_factory=gpu.event, synchronize=gpu.synchronize, stream=lambda: None,
+        now=time.perf_counter_ns, lead=lead))
+    model = Net()
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=0.5)
+    tracker.start(model)
+    train(model, make_data(12, batch=4))
+    result = tracker.stop()
+    assert_adds_up(result)
+    k = result.sampling["train"]["sampled_steps"]
+    assert k >= 2 and len(leads) == k
+    assert all(0.002 <= s <= 0.25 for s in leads)
+    row = result.row(lw.OUTSIDE_LEAD, "train")
+    assert row["calls"] == k
+    assert row["time_s"] == pytest.approx(sum(leads), rel=0.2)
+    assert result.clock["lead_s"] == pytest.approx(sum(leads), rel=1e-6)
+    # without a lead, no such row
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=0.5, lead=False)
+    tracker.start(model)
+    train(model, make_data(6, batch=4))
+    assert not any(r["layer"] == lw.OUTSIDE_LEAD for r in tracker.stop().rows)
+
+
+def test_sampling_arguments_are_checked(cpu_fake):
+    with pytest.raises(InvalidArgument, match="sample='x'.*'auto'"):
+        LayerwiseMeasurementTool(None, gpu_num=0, sample="x")
+    with pytest.raises(InvalidArgument, match="max_overhead"):
+        LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=0)
+    with pytest.raises(InvalidArgument, match="warmup_steps"):
+        LayerwiseMeasurementTool(None, gpu_num=0, warmup_steps=-1)
