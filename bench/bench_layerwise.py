@@ -293,7 +293,7 @@ class Bench:
         if args.quick:
             self.warmup_s, self.phase_s, self.rounds, self.abl_s = 0.3, 0.25, 2, 0.2
         else:
-            self.warmup_s, self.phase_s, self.rounds, self.abl_s = 3.0 * s, 2.0 * s, 3, 3.0 * s
+            self.warmup_s, self.phase_s, self.rounds, self.abl_s = 3.0 * s, 2.0 * s, 4, 3.0 * s
 
     def sync(self):
         if self.device.type == "cuda":
@@ -399,37 +399,42 @@ class Bench:
         self.marker_cost()
         rec.write("warmup", workload=wl.name, step_s=per, steps_per_phase=steps, warmup_s=time.perf_counter() - t0)
 
-        # 2. rounds: no tool, tool on leaf layers, tool at depth 2
-        depths = [None] + ([wl.block_depth] if wl.block_depth else [])
-        runs = {d: [] for d in depths}
-        ratios = []
-        ratios_depth = []
+        # 2. rounds: [no tool, tool (default: sampled steps), tool on every step (sample="all"), no tool], leaf
+        # layers.  Each tool run is compared with the mean of the two runs without it around it (the shared
+        # machine's speed drifts).  Attribute estimates come from the default runs; the seed's method (host time in
+        # hooks on every step) from the sample="all" runs.
+        depths = [None]
+        runs = {None: []}
+        runs_all = []
+        ratios, ratios_all = [], []
         for k in range(self.rounds):
-            off = self.run_steps(wl, steps) / steps
-            row = {"round": k, "off_step_s": off}
-            for d in depths:
-                t, res, secs, stop_s = self.tool_run(wl, steps, depth=d)
-                runs[d].append(self.estimates(res, steps))
-                row["on_step_s" if d is None else "on_depth%d_step_s" % d] = secs / steps
-                row["stop_s" if d is None else "stop_depth%d_s" % d] = stop_s
-                if d is None:
-                    row["clock"] = res.clock.get("kind")
-                    row["clock_info"] = {k2: v for k2, v in res.clock.items() if k2 != "host_time_s"}
-                    row["outside_share_pct"] = sum(r["share_pct"] for r in res.rows if r["type"] == "outside")
+            off_a = self.run_steps(wl, steps) / steps
+            t, res, secs, stop_s = self.tool_run(wl, steps)
+            runs[None].append(self.estimates(res, steps))
+            t2, res_all, secs_all, stop_all_s = self.tool_run(wl, steps, sample="all")
+            runs_all.append(self.estimates(res_all, steps))
+            off_b = self.run_steps(wl, steps) / steps
+            off = 0.5 * (off_a + off_b)
+            row = {"round": k, "off_step_s": [off_a, off_b], "on_step_s": secs / steps, "stop_s": stop_s,
+                   "all_step_s": secs_all / steps, "stop_all_s": stop_all_s, "sampling": res.sampling,
+                   "clock": res.clock.get("kind"),
+                   "clock_info": {k2: v for k2, v in res.clock.items() if k2 != "host_time_s"},
+                   "outside_share_pct": sum(r["share_pct"] for r in res.rows if r["type"] == "outside"),
+                   "outside_rows": {r["layer"]: r["share_pct"] for r in res.rows if r["type"] == "outside"}}
             ratios.append(row["on_step_s"] / off)
-            if wl.block_depth:
-                ratios_depth.append(row["on_depth%d_step_s" % wl.block_depth] / off)
-            say("  round %d: %.2f ms/step without the tool, %.2f with it (leaf layers; %.1f ms of it resolving)" % (
-                k, off * 1e3, row["on_step_s"] * 1e3, 1e3 * row["clock_info"].get("resolve_host_s", 0) / steps))
+            ratios_all.append(row["all_step_s"] / off)
+            sm = res.sampling.get("train", {})
+            say("  round %d: %.2f ms/step without the tool, %.2f with it (%d of %d steps sampled, lead %.0f ms), "
+                "%.2f on every step" % (k, off * 1e3, row["on_step_s"] * 1e3, sm.get("sampled_steps", 0),
+                                        sm.get("steps", 0), 1e3 * res.clock.get("lead_s", 0),
+                                        row["all_step_s"] * 1e3))
             rec.write("overhead_round", workload=wl.name, **row)
         overhead = statistics.median(ratios) - 1
-        say("  overhead of the hooks (leaf layers): %+.2f%% step time" % (100 * overhead))
-        if wl.block_depth:
-            d_over = statistics.median(ratios_depth) - 1
-            say("  overhead at depth %d: %+.2f%% step time" % (wl.block_depth, 100 * d_over))
-        rec.write("overhead", workload=wl.name, overhead_pct=100 * overhead, ratios=ratios, ratios_depth=ratios_depth,
-                  rounds=self.rounds,
-                  steps=steps)
+        overhead_all = statistics.median(ratios_all) - 1
+        say("  overhead of the tool (default, sampled steps): %+.2f%% step time; on every step: %+.2f%%"
+            % (100 * overhead, 100 * overhead_all))
+        rec.write("overhead", workload=wl.name, overhead_pct=100 * overhead, overhead_all_pct=100 * overhead_all,
+                  ratios=ratios, ratios_all=ratios_all, rounds=self.rounds, steps=steps)
 
         # 3. replay runs
         replay = {}
@@ -463,48 +468,67 @@ class Bench:
         big = [k for k in keys if k[1] == "train" and layer_time[k] >= 0.01 * total_t
                and all(r[k]["calls"] == steps for r in leaf if k in r)]
 
-        # 4. isolated reference
-        iso = self.isolated(wl, kept_run, big)
+        # 4. isolated references: each layer alone in a CUDA graph (its kernels back to back: the reference), and
+        # in a Python loop (the earlier reference: short layers leave the GPU idle between launches)
+        iso = self.isolated(wl, kept_run, big, graph=True)
+        iso_eager = self.isolated(wl, kept_run, big, graph=False)
 
         results = []
         for k in keys:
             calls = mean([r[k]["calls"] for r in leaf if k in r])
             e_attr = mean([r[k]["energy_j"] for r in leaf if k in r])
-            e_seed = mean([r[k]["seed_energy_j"] for r in leaf if k in r])
+            t_attr = mean([r[k]["time_s"] for r in leaf if k in r])
+            calls_all = mean([r[k]["calls"] for r in runs_all if k in r])
+            e_seed = mean([r[k]["seed_energy_j"] for r in runs_all if k in r])
+            e_all = mean([r[k]["energy_j"] for r in runs_all if k in r])
             rp = replay.get(None, {}).get(k)
             e_rep = rp["%s_energy_j" % lab] if rp else float("nan")
             rep_calls = rp["calls"] if rp else float("nan")
-            ref = iso.get(k)
+            ref = iso.get(k, {}).get("j_per_call")
             item = {
                 "workload": wl.name, "layer": k[0], "phase": k[1], "type": leaf[0][k]["type"], "calls_per_run": calls,
                 "time_share_pct": 100 * layer_time[k] / total_t if total_t else float("nan"),
                 "attribute_j_per_call": e_attr / calls if calls else float("nan"),
+                "every_step_j_per_call": e_all / calls_all if calls_all else float("nan"),
                 "replay_j_per_call": e_rep / rep_calls if rep_calls else float("nan"),
-                "seed_j_per_call": e_seed / calls if calls else float("nan"),
+                "seed_j_per_call": e_seed / calls_all if calls_all else float("nan"),
+                "attribute_s_per_call": t_attr / calls if calls else float("nan"),
                 "isolated_j_per_call": ref,
+                "isolated_s_per_call": iso.get(k, {}).get("s_per_call"),
+                "isolated_graph": iso.get(k, {}).get("graph"),
+                "isolated_eager_j_per_call": iso_eager.get(k, {}).get("j_per_call"),
                 "in_metric": k in big and ref is not None,
             }
-            for m in ("attribute", "replay", "seed"):
+            for m in ("attribute", "every_step", "replay", "seed"):
                 item["%s_err" % m] = rel_err(item["%s_j_per_call" % m], ref)
+                item["%s_err_eager_ref" % m] = rel_err(item["%s_j_per_call" % m], item["isolated_eager_j_per_call"])
+            item["attribute_time_err"] = rel_err(item["attribute_s_per_call"], item["isolated_s_per_call"])
             results.append(item)
             rec.write("layer", **item)
 
         # 5. ablation reference
-        blocks = self.ablation(wl, steps, runs, replay)
-        summary = {"workload": wl.name, "overhead_pct": 100 * overhead, "step_s": per, "steps": steps}
-        for m in ("attribute", "replay", "seed"):
+        blocks = self.ablation(wl, steps, runs[None], runs_all, replay)
+        summary = {"workload": wl.name, "overhead_pct": 100 * overhead, "overhead_all_pct": 100 * overhead_all,
+                   "step_s": per, "steps": steps}
+        for m in ("attribute", "every_step", "replay", "seed"):
             errs = [r["%s_err" % m] for r in results if r["in_metric"]]
             summary["layer_mae_%s_pct" % m] = 100 * mean(errs)
             summary["layer_max_%s_pct" % m] = 100 * max([e for e in errs if math.isfinite(e)] or [float("nan")])
-            berrs = [b["%s_err" % m] for b in blocks if b.get("truth_j_per_step") is not None]
-            summary["block_mae_%s_pct" % m] = 100 * mean(berrs)
+            summary["layer_mae_%s_eager_ref_pct" % m] = 100 * mean(
+                [r["%s_err_eager_ref" % m] for r in results if r["in_metric"]])
+            if m != "every_step":
+                berrs = [b["%s_err" % m] for b in blocks if b.get("truth_j_per_step") is not None]
+                summary["block_mae_%s_pct" % m] = 100 * mean(berrs)
+        summary["layer_time_mae_attribute_pct"] = 100 * mean(
+            [r["attribute_time_err"] for r in results if r["in_metric"]])
         summary["layers_in_metric"] = sum(r["in_metric"] for r in results)
         summary["blocks"] = len([b for b in blocks if b.get("truth_j_per_step") is not None])
         rec.write("summary", **summary)
         return summary
 
-    def isolated(self, wl, run, keys):
-        """Energy per call of each layer run alone on its captured inputs (forward + backward)."""
+    def isolated(self, wl, run, keys, graph):
+        """Energy and time per call of each layer run alone on its captured inputs (forward + backward), in a CUDA
+        graph (graph=True, falling back to a Python loop where capture fails) or in a Python loop."""
         from joulecap import layerwise as lw
 
         out = {}
@@ -534,17 +558,19 @@ class Bench:
             if key not in by_key:
                 try:
                     m = lw.measure_alone(torch, ctx, module, cap, lw.TRAIN, backward, iso_s, self.device.type,
-                                         self.device if self.device.type == "cuda" else None)
+                                         self.device if self.device.type == "cuda" else None, graph=graph)
                 except Exception as e:
                     self.rec.write("skipped", workload=wl.name, what="isolated %s" % (k,), reason=repr(e))
                     continue
-                by_key[key] = m["energy_j"][li] / m["iterations"]
-                self.rec.write("isolated", workload=wl.name, layer=k[0], phase=k[1], j_per_call=by_key[key],
-                               power_w=m["power_w"][li], seconds=m["seconds"], iterations=m["iterations"],
-                               backward=backward)
+                by_key[key] = {"j_per_call": m["energy_j"][li] / m["iterations"],
+                               "s_per_call": m["seconds"] / m["iterations"], "graph": m["graph"]}
+                self.rec.write("isolated", workload=wl.name, layer=k[0], phase=k[1], power_w=m["power_w"][li],
+                               seconds=m["seconds"], iterations=m["iterations"], backward=backward,
+                               asked_graph=graph, **by_key[key])
             out[k] = by_key[key]
         torch.set_rng_state(rng)
-        say("  isolated references: %d layers (%d run alone)" % (len(out), len(by_key)))
+        say("  isolated references (%s): %d layers (%d run alone, %d as CUDA graphs)" % (
+            "graph" if graph else "Python loop", len(out), len(by_key), sum(v["graph"] for v in by_key.values())))
         return out
 
     def energy_per_step(self, wl, n):
@@ -557,7 +583,7 @@ class Bench:
             secs = time.perf_counter() - t0
         return w.result.energy_j[self.label] / n, secs / n
 
-    def ablation(self, wl, steps, runs, replay):
+    def ablation(self, wl, steps, runs, runs_all, replay):
         lab = self.label
         n = max(3, int(round(steps * self.abl_s / self.phase_s)))
         warm = max(2, n // 10)
@@ -568,9 +594,7 @@ class Bench:
             self.rec.write("skipped", workload=wl.name, what="ablation", reason="budget")
             return out
         base_before, base_t = self.energy_per_step(wl, n)
-        d = wl.block_depth
-        est_runs = runs[d] if d else runs[None]
-        rep = replay.get(d if d else None, {})
+        rep = replay.get(None, {})
         for b in wl.blocks:
             if self.over_budget(2 * self.abl_s + 2):
                 self.rec.write("skipped", workload=wl.name, what="ablation %s" % b["name"], reason="budget")
@@ -586,22 +610,24 @@ class Bench:
                 wl.step()
             base_after, base_t2 = self.energy_per_step(wl, n)
             truth = 0.5 * (base_before + base_after) - abl
-            keys = [(name, "train") for name in b["rows"]]
+            # a block's leaf rows: the listed names and the layers inside them (the residual add of a ResNet block
+            # is in "(outside) forward", not counted)
+            keys = sorted({k for r in runs + runs_all for k in r if k[1] == "train" and
+                           any(k[0] == p or k[0].startswith(p + ".") for p in b["rows"])})
 
-            def per_step(field):
-                vals = []
-                for r in est_runs:
-                    vals.append(sum(r[k][field] for k in keys if k in r) / r[keys[0]]["steps"] if keys[0] in r
-                                else float("nan"))
+            def per_step(field, est_runs):
+                vals = [sum(r[k][field] for k in keys if k in r) / r[keys[0]]["steps"] for r in est_runs
+                        if keys and keys[0] in r]
                 return mean(vals)
 
             item = {
                 "workload": wl.name, "block": b["name"], "rows": b["rows"], "steps": n,
                 "baseline_j_per_step": [base_before, base_after], "ablated_j_per_step": abl,
                 "truth_j_per_step": truth, "baseline_step_s": 0.5 * (base_t + base_t2), "ablated_step_s": abl_t,
-                "attribute_j_per_step": per_step("energy_j"), "seed_j_per_step": per_step("seed_energy_j"),
+                "attribute_j_per_step": per_step("energy_j", runs),
+                "seed_j_per_step": per_step("seed_energy_j", runs_all),
                 "replay_j_per_step": (sum(rep[k]["%s_energy_j" % lab] for k in keys if k in rep) / steps
-                                      if rep and keys[0] in rep else float("nan")),
+                                      if rep and keys and keys[0] in rep else float("nan")),
             }
             for m in ("attribute", "replay", "seed"):
                 item["%s_err" % m] = rel_err(item["%s_j_per_step" % m], truth)
@@ -651,15 +677,23 @@ def collect_meta(args, torch, device):
 
 def table(summaries):
     lines = []
-    lines.append("%-9s %9s %7s | %-26s | %-26s" % ("workload", "overhead", "layers", "layer MAE (isolated ref.)",
-                                                   "block MAE (ablation ref.)"))
-    lines.append("%-9s %9s %7s | %8s %8s %8s | %8s %8s %8s" % ("", "", "", "attrib.", "replay*", "seed",
-                                                              "attrib.", "replay", "seed"))
+    lines.append("%-9s %17s %7s | %-44s | %-16s | %-26s" % (
+        "workload", "overhead", "layers", "layer MAE vs isolated (CUDA graph)", "vs Python loop",
+        "block MAE (ablation ref.)"))
+    lines.append("%-9s %8s %8s %7s | %8s %8s %8s %8s %8s | %7s %8s | %8s %8s %8s" % (
+        "", "default", "every", "", "attrib.", "every", "replay*", "seed", "time", "attrib.", "seed",
+        "attrib.", "replay", "seed"))
     for s in summaries:
-        lines.append("%-9s %+8.2f%% %7d | %7.1f%% %7.1f%% %7.1f%% | %7.1f%% %7.1f%% %7.1f%%  (%d blocks)" % (
-            s["workload"], s["overhead_pct"], s["layers_in_metric"], s["layer_mae_attribute_pct"],
-            s["layer_mae_replay_pct"], s["layer_mae_seed_pct"], s["block_mae_attribute_pct"],
-            s["block_mae_replay_pct"], s["block_mae_seed_pct"], s["blocks"]))
+        lines.append(
+            "%-9s %+7.2f%% %+7.2f%% %7d | %7.1f%% %7.1f%% %7.1f%% %7.1f%% %7.1f%% | %6.1f%% %7.1f%% | "
+            "%7.1f%% %7.1f%% %7.1f%%  (%d blocks)" % (
+                s["workload"], s["overhead_pct"], s["overhead_all_pct"], s["layers_in_metric"],
+                s["layer_mae_attribute_pct"], s["layer_mae_every_step_pct"], s["layer_mae_replay_pct"],
+                s["layer_mae_seed_pct"], s["layer_time_mae_attribute_pct"],
+                s["layer_mae_attribute_eager_ref_pct"], s["layer_mae_seed_eager_ref_pct"],
+                s["block_mae_attribute_pct"], s["block_mae_replay_pct"], s["block_mae_seed_pct"], s["blocks"]))
+    lines.append("default: sampled steps within 5% (lead on); every: sample='all'; time: MAE of the default's time per "
+                 "call vs the graph reference's.")
     lines.append("* replay measures layer power the way the isolated reference does: not an independent check.")
     lines.append("layers: train-phase layers with >= 1% of the layers' time; errors on GPU energy per call "
                  "(layers) and per step (blocks).")

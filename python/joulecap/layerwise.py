@@ -672,6 +672,10 @@ class _Run:
         self.sampled = [0, 0]
         self.dur_sampled: List[List[int]] = [[], []]  # host ns of the sampled steps
         self.dur_plain: List[List[int]] = [[], []]  # host ns of recent steps not sampled (warm-up excluded)
+        self.sum_sampled = [0, 0]
+        self.n_plain = [0, 0]
+        self._base: List[Optional[float]] = [None, None]
+        self._base_n = [-1, -1]
         self.lead_ns = 0  # GPU-side lead enqueued, in total
         self.unit: Optional[Tuple[int, bool, int, int, bool]] = None  # (phase, sampled, t0, lead ns, warm-up)
         self.attached = False
@@ -1081,7 +1085,7 @@ class _Run:
                 if not run.attached:
                     run.attach()
                 run.active = True
-                if run.tool.lead:
+                if run.tool.lead and not run.sample_all:
                     lead_ns = run.lead(ph)
             else:
                 run.active = False
@@ -1108,12 +1112,14 @@ class _Run:
         if sampled:
             if not self.sample_all:
                 self.dur_sampled[ph].append(now - t0)
+                self.sum_sampled[ph] += now - t0
             self.lead_ns += lead_ns
         elif warm:
             self.first_unit_ns = now - t0
         else:
             d = self.dur_plain[ph]
             d.append(now - t0)
+            self.n_plain[ph] += 1
             if len(d) > 32:
                 del d[0]
 
@@ -1128,21 +1134,31 @@ class _Run:
             return False
         if self.sampled[ph] == 0:
             return True
-        base = [statistics.median(d) if d else None for d in self.dur_plain]
+        base = self.base_ns()
         if base[ph] is None:
             return False  # no step of the phase was timed without the hooks yet: time one first
         spent = self.lead_ns
         for p in (TRAIN, INFER):
             if base[p] is not None:
-                spent += sum(d - base[p] for d in self.dur_sampled[p])
+                spent += self.sum_sampled[p] - len(self.dur_sampled[p]) * base[p]
         ds = self.dur_sampled[ph]
-        expect = max(0.0, sum(ds) / len(ds) - base[ph]) + self.lead_seconds(ph) * 1e9
+        expect = max(0.0, self.sum_sampled[ph] / len(ds) - base[ph]) + self.lead_seconds(ph) * 1e9
         return spent + expect <= self.tool.max_overhead * (now - self.t_start_host + base[ph])
+
+    def base_ns(self) -> List[Optional[float]]:
+        """Host time of a step not sampled, per phase: the median of the recent ones (recomputed every 8)."""
+        cached = self._base
+        for p in (TRAIN, INFER):
+            d = self.dur_plain[p]
+            if d and (cached[p] is None or self._base_n[p] != self.n_plain[p] // 8):
+                cached[p] = statistics.median(d)
+                self._base_n[p] = self.n_plain[p] // 8
+        return cached
 
     def lead_seconds(self, ph: int) -> float:
         """How far the host must run ahead: about the host time of a sampled step (the last ones' mean, else three
         steps not sampled, else the warm-up's), between 2 ms and 0.25 s."""
-        if not self.tool.lead or not getattr(self.clock, "has_lead", False):
+        if not self.tool.lead or self.sample_all or not getattr(self.clock, "has_lead", False):
             return 0.0
         ds = self.dur_sampled[ph]
         if ds:
@@ -2055,6 +2071,7 @@ class _Replayer:
         self.tool = tool
         self.run_ = run
         self.torch = run.torch
+        self.last_graph = False  # the last layer ran as a CUDA graph
 
     def run(self) -> Tuple[List[Dict[str, Any]], Dict[int, List[float]]]:
         run, torch, tool = self.run_, self.torch, self.tool
@@ -2093,7 +2110,7 @@ class _Replayer:
                                       % (row.name, type(e).__name__, e), JoulecapWarning, stacklevel=3)
                         continue
                     by_key[key] = p
-                    info.update(seconds=secs, iterations=iters)
+                    info.update(seconds=secs, iterations=iters, graph=self.last_graph)
                 info["key"] = key
                 info.update({"%s_power_w" % lab: v for lab, v in zip(tool._devices.labels, p)})
                 out.append(info)
@@ -2109,18 +2126,25 @@ class _Replayer:
     def _measure(self, module: Any, cap: _Capture, phase: int, backward: bool) -> Tuple[List[float], float, int]:
         tool = self.tool
         m = measure_alone(self.torch, tool._ctx, module, cap, phase, backward, tool.replay_seconds,
-                          tool._device_type, self.run_.clock.device if tool._device_type == "cuda" else None)
+                          tool._device_type, self.run_.clock.device if tool._device_type == "cuda" else None,
+                          graph=True)
+        self.last_graph = bool(m["graph"])
         return m["power_w"], m["seconds"], m["iterations"]
 
 
 def measure_alone(torch: Any, ctx: Any, module: Any, cap: _Capture, phase: int, backward: bool, seconds: float,
-                  device_type: str, device: Any = None) -> Dict[str, Any]:
+                  device_type: str, device: Any = None, graph: bool = False) -> Dict[str, Any]:
     """Runs one layer alone on its captured inputs (forward, plus backward when asked) for ``seconds`` after a
     short warm-up, and measures the energy of that stretch with a window of ``ctx``.
 
     Returns ``power_w`` and ``energy_j`` (lists per device of ctx), ``seconds``, ``iterations``.  The module is
     left as it was: its buffers (BatchNorm statistics) and train/eval mode are restored, gradients are taken
-    with torch.autograd.grad (no .grad is touched).  The caller restores the random number generators."""
+    with torch.autograd.grad (no .grad is touched).  The caller restores the random number generators.
+
+    graph (CUDA): capture the forward and backward (8 of them) in a CUDA graph and replay it, so that the layer's
+    kernels run back to back however short they are (a Python loop launching a layer of a few µs leaves the GPU
+    idle most of the time); falls back to the Python loop, with ``graph`` False in the result, when capture
+    fails (ops that synchronise or allocate on the host)."""
     cuda = device_type == "cuda"
 
     def sync() -> None:
@@ -2137,7 +2161,7 @@ def measure_alone(torch: Any, ctx: Any, module: Any, cap: _Capture, phase: int, 
     kwargs = _make(cap.kwargs, torch, leaves, memo)
     grads = {pos: spec.make(torch) for pos, spec in cap.grads.items()}
     wrt = leaves + params
-    state = {"clone": False}
+    state = {"clone": False, "graph": False}
 
     def step() -> None:
         a, k = args, kwargs
@@ -2145,7 +2169,10 @@ def measure_alone(torch: Any, ctx: Any, module: Any, cap: _Capture, phase: int, 
             clones: Dict[int, Any] = {}
             a, k = _clone_grad_tensors(args, torch, clones), _clone_grad_tensors(kwargs, torch, clones)
         grad_ctx = torch.enable_grad() if phase == TRAIN else torch.no_grad()
-        ac = torch.autocast(device_type, dtype=dtype, enabled=True) if enabled else _nullcontext()
+        if enabled:  # (CUDA graphs need autocast's cast cache off)
+            ac: Any = torch.autocast(device_type, dtype=dtype, enabled=True, cache_enabled=not state["graph"])
+        else:
+            ac = _nullcontext()
         with grad_ctx, ac:
             out = module(*a, **k)
         if backward:
@@ -2179,13 +2206,21 @@ def measure_alone(torch: Any, ctx: Any, module: Any, cap: _Capture, phase: int, 
                 sync()
                 if time.perf_counter_ns() - t0 >= min(0.05, seconds / 4) * 1e9:
                     break
+        run_once, per = step, 1
+        if graph and cuda:
+            captured = _capture_graph(torch, device, step, state, 8)
+            if captured is not None:
+                run_once, per = captured.replay, 8
+                for _ in range(3):
+                    run_once()
+                sync()
         t_a = _joulecap.now_ns()
         w = ctx.start_at(t_a)
         end = t_a + int(seconds * 1e9)
         iters = 0
         while iters < 2 or _joulecap.now_ns() < end:
-            step()
-            iters += 1
+            run_once()
+            iters += per
         sync()
         t_b = _joulecap.now_ns()
         ctx.stop_at(w, t_b)
@@ -2202,7 +2237,30 @@ def measure_alone(torch: Any, ctx: Any, module: Any, cap: _Capture, phase: int, 
         "energy_j": list(res["energy_j"]),
         "seconds": secs,
         "iterations": iters,
+        "graph": state["graph"],
     }
+
+
+def _capture_graph(torch: Any, device: Any, step: Callable[[], None], state: Dict[str, Any], n: int) -> Any:
+    """A CUDA graph of n calls of step (warmed up on a side stream, as torch.cuda.graph asks), or None."""
+    state["graph"] = True
+    try:
+        side = torch.cuda.Stream(device)
+        cur = torch.cuda.current_stream(device)
+        side.wait_stream(cur)
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                step()
+        cur.wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for _ in range(n):
+                step()
+        return g
+    except Exception:
+        state["graph"] = False
+        torch.cuda.synchronize(device)
+        return None
 
 
 def _clone_grad_tensors(obj: Any, torch: Any, memo: Dict[int, Any]) -> Any:
