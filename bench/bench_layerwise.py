@@ -30,7 +30,7 @@ Errors: |estimate - reference| / reference per layer (per call) or per block (pe
 the layers with >= 1% of the time, and over the blocks.  GPU energy only: the seed's run-wide power was CPU + GPU;
 here it is the GPU's alone, the quantity compared (this machine's CPU energy is an estimate anyway).
 
-About 4 minutes on an H100 (--budget, default 225 s: later sections are cut short, and say so, when it runs out).
+About 6 minutes on an H100 (--budget, default 480 s: later sections are cut short, and say so, when it runs out).
 ``--quick`` runs tiny models on the CPU against joulecap's fake NVML, to check the script:
 
   JOULECAP_NVML_LIBRARY=$(python -c 'import joulecap._paths as p; print(p.fake_nvml_library())') \\
@@ -292,8 +292,10 @@ class Bench:
         s = args.scale
         if args.quick:
             self.warmup_s, self.phase_s, self.rounds, self.abl_s = 0.3, 0.25, 2, 0.2
+            self.sampled_s = 1.0
         else:
-            self.warmup_s, self.phase_s, self.rounds, self.abl_s = 3.0 * s, 2.0 * s, 4, 3.0 * s
+            self.warmup_s, self.phase_s, self.rounds, self.abl_s = 3.0 * s, 2.0 * s, args.rounds, 3.0 * s
+            self.sampled_s = args.sampled_seconds * s
 
     def sync(self):
         if self.device.type == "cuda":
@@ -407,15 +409,17 @@ class Bench:
         runs = {None: []}
         runs_all = []
         ratios, ratios_all = [], []
+        steps_auto = max(steps, int(round(self.sampled_s / per)))
         for k in range(self.rounds):
             off_a = self.run_steps(wl, steps) / steps
-            t, res, secs, stop_s = self.tool_run(wl, steps)
-            runs[None].append(self.estimates(res, steps))
+            t, res, secs, stop_s = self.tool_run(wl, steps_auto)
+            runs[None].append(self.estimates(res, steps_auto))
             t2, res_all, secs_all, stop_all_s = self.tool_run(wl, steps, sample="all")
             runs_all.append(self.estimates(res_all, steps))
             off_b = self.run_steps(wl, steps) / steps
             off = 0.5 * (off_a + off_b)
-            row = {"round": k, "off_step_s": [off_a, off_b], "on_step_s": secs / steps, "stop_s": stop_s,
+            row = {"round": k, "off_step_s": [off_a, off_b], "on_step_s": secs / steps_auto, "stop_s": stop_s,
+                   "on_steps": steps_auto,
                    "all_step_s": secs_all / steps, "stop_all_s": stop_all_s, "sampling": res.sampling,
                    "clock": res.clock.get("kind"),
                    "clock_info": {k2: v for k2, v in res.clock.items() if k2 != "host_time_s"},
@@ -424,10 +428,10 @@ class Bench:
             ratios.append(row["on_step_s"] / off)
             ratios_all.append(row["all_step_s"] / off)
             sm = res.sampling.get("train", {})
-            say("  round %d: %.2f ms/step without the tool, %.2f with it (%d of %d steps sampled, lead %.0f ms), "
-                "%.2f on every step" % (k, off * 1e3, row["on_step_s"] * 1e3, sm.get("sampled_steps", 0),
-                                        sm.get("steps", 0), 1e3 * res.clock.get("lead_s", 0),
-                                        row["all_step_s"] * 1e3))
+            say("  round %d: %.2f ms/step without the tool, %.2f with it (%d of %d steps sampled, lead %.0f ms, "
+                "%d bursts corrected), %.2f on every step" % (
+                    k, off * 1e3, row["on_step_s"] * 1e3, sm.get("sampled_steps", 0), sm.get("steps", 0),
+                    1e3 * res.clock.get("lead_s", 0), res.clock.get("bursts_corrected", 0), row["all_step_s"] * 1e3))
             rec.write("overhead_round", workload=wl.name, **row)
         overhead = statistics.median(ratios) - 1
         overhead_all = statistics.median(ratios_all) - 1
@@ -466,7 +470,7 @@ class Bench:
         # shared relu: three shapes) is run alone on its first call's inputs only, so its reference would not
         # match its average call.
         big = [k for k in keys if k[1] == "train" and layer_time[k] >= 0.01 * total_t
-               and all(r[k]["calls"] == steps for r in leaf if k in r)]
+               and all(r[k]["calls"] == r[k]["steps"] for r in leaf if k in r)]
 
         # 4. isolated references: each layer alone in a CUDA graph (its kernels back to back: the reference), and
         # in a Python loop (the earlier reference: short layers leave the GPU idle between launches)
@@ -712,7 +716,11 @@ def main(argv=None):
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies the phase durations")
     ap.add_argument("--replay-seconds", type=float, default=1.0, help="replay mode: seconds per layer (>= 10 steps)")
     ap.add_argument("--iso-seconds", type=float, default=1.5, help="isolated reference: seconds per layer")
-    ap.add_argument("--budget", type=float, default=225.0, help="seconds; later sections are cut short past it")
+    ap.add_argument("--rounds", type=int, default=2, help="overhead rounds (default 2)")
+    ap.add_argument("--sampled-seconds", type=float, default=30.0,
+                    help="length of the default (sampled) tool's run per round, s (default 30: sampling needs a "
+                         "run long against a burst)")
+    ap.add_argument("--budget", type=float, default=480.0, help="seconds; later sections are cut short past it")
     args = ap.parse_args(argv)
     if args.quick:
         args.replay_seconds = min(args.replay_seconds, 0.05)

@@ -60,6 +60,7 @@ ROOT_NAME = "(root)"
 
 _MAX_SEQ = 2**64 - 1  # sequence number of AccumulateGrad nodes
 _WALK_LIMIT = 2048  # autograd nodes inspected per layer call, at most
+_COUNTER_STEP_NS = 100_000_000  # the GPU energy counter's step (NVML, measured on the H100: BENCHMARKS.md)
 _GROUP_NS = 1_000_000  # intervals are given energy in groups spanning at least this (1 ms)
 _ONE_NODE_FAST_PATH = True  # layer calls that made one autograd node skip the graph walk (tests turn it off)
 
@@ -446,6 +447,17 @@ class _CudaClock:
 # The state of one measurement
 
 
+class _Burst:
+    """Consecutive sampled steps behind one lead: their intervals (time and interpolated energy per slot)."""
+
+    __slots__ = ("lead_slot", "t_a", "t_b", "steps", "slots", "lead_e")
+
+    def __init__(self, lead_slot: int, t_a: int, steps: int, ndev: int):
+        self.lead_slot, self.t_a, self.t_b, self.steps = lead_slot, t_a, 0, steps
+        self.slots: Dict[int, List[Any]] = {}
+        self.lead_e = [0.0] * ndev
+
+
 class _Row:
     __slots__ = ("name", "type", "phase", "kind", "layer")
 
@@ -681,6 +693,17 @@ class _Run:
         self.attached = False
         self.stopped = False
         self.t_start_host = time.perf_counter_ns()
+        # bursts: consecutive sampled steps behind one lead (see make_step_pre, _track_bursts, _finish_bursts)
+        self.lead_slots: set = set()
+        self.plain_slots: set = set()
+        self.burst_left = 0
+        self.burst_phase = TRAIN
+        self.burst_plan: List[int] = []  # steps of the bursts whose lead markers are not resolved yet
+        self.burst: Optional[_Burst] = None
+        self.bursts_closed: List[_Burst] = []
+        self.bursts_corrected = 0
+        self.bursts_uncorrected = 0
+        self.work_ns: Optional[float] = None  # GPU time of a sampled step, measured on the last burst
         self.first_unit_ns = 50_000_000  # the warm-up step's host time, once known
 
     # -- rows and slots ----------------------------------------------------------------------------------------
@@ -815,7 +838,9 @@ class _Run:
                         e = self._gone_fallback(e, r["source"], tg)
                     span = tg - tj
                     t0 = tj
-                    if ndev == 2:  # the usual case (CPU + one GPU), unrolled
+                    if self.lead_slots:  # leads were enqueued: follow the bursts (see _Burst)
+                        self._track_bursts(j, g, [v / span for v in e])
+                    elif ndev == 2:  # the usual case (CPU + one GPU), unrolled
                         p0, p1 = e[0] / span, e[1] / span
                         for i in range(j, g):
                             t1 = mt[i + 1]
@@ -849,12 +874,98 @@ class _Run:
                 if mh is not None:
                     del mh[:j]
                 self.k -= j
+            if final_timeout is not None and self.burst is not None and len(mt) == 1:
+                self._close_burst(self.burst, mt[0])  # stop() during a burst
+            if self.bursts_closed:
+                self._finish_bursts(timeout)
             if final_timeout is None:
                 self._keep(ctx, mt[0])
         finally:
             if final_timeout is None:  # (the pass at stop() waits for the last samples: not counted)
                 self.resolve_ns += time.perf_counter_ns() - t_in
             self.lock.release()
+
+    def _track_bursts(self, j: int, g: int, rates: List[float]) -> None:
+        """The intervals j..g-1 of one group, with the group's power per device: accumulated as usual, and
+        followed through the bursts: a lead interval opens one, intervals after it belong to it, the next step
+        not sampled closes it."""
+        mt, ms = self.mt, self.ms
+        acc_t, acc_e = self.acc_t, self.acc_e
+        ndev = self.ndev
+        lead_slots, plain_slots = self.lead_slots, self.plain_slots
+        b = self.burst
+        t0 = mt[j]
+        for i in range(j, g):
+            t1 = mt[i + 1]
+            dt = t1 - t0
+            sl = ms[i]
+            if sl in lead_slots:
+                if b is not None:
+                    self._close_burst(b, t0)
+                steps = self.burst_plan.pop(0) if self.burst_plan else 1
+                b = self.burst = _Burst(sl, t1, steps, ndev)
+                for d in range(ndev):
+                    b.lead_e[d] += rates[d] * dt
+            elif b is not None:
+                if sl in plain_slots:
+                    self._close_burst(b, t0)
+                    b = None
+                else:
+                    rec = b.slots.get(sl)
+                    if rec is None:
+                        rec = b.slots[sl] = [0, [0.0] * ndev]
+                    rec[0] += dt
+                    er = rec[1]
+                    for d in range(ndev):
+                        er[d] += rates[d] * dt
+            if dt:
+                acc_t[sl] += dt
+                row = acc_e[sl]
+                for d in range(ndev):
+                    row[d] += rates[d] * dt
+            t0 = t1
+
+    def _close_burst(self, b: "_Burst", t_b: int) -> None:
+        b.t_b = t_b
+        self.burst = None
+        self.bursts_closed.append(b)
+        if b.steps and t_b > b.t_a:
+            self.work_ns = (t_b - b.t_a) / b.steps
+
+    def _finish_bursts(self, timeout: float) -> None:
+        """Gives each closed burst the power measured over its interior: the stretch 100 ms (one counter step)
+        inside both ends holds counter steps that saw nothing but the burst's back-to-back work, whereas the
+        linear interpolation mixed the lead (an idle GPU) and the neighbouring steps into the steps at its ends.
+        Each interval of the burst gets that power; what the interpolation had given the burst beyond it goes to
+        the burst's lead (it came from the counter steps shared with the lead), never below zero.  Bursts whose
+        work is too short for an interior keep the interpolation (``clock["bursts_uncorrected"]``)."""
+        ctx = self.tool._ctx
+        left = []
+        for b in self.bursts_closed:
+            a, z = b.t_a + _COUNTER_STEP_NS, b.t_b - _COUNTER_STEP_NS
+            if z - a < _COUNTER_STEP_NS // 2:
+                self.bursts_uncorrected += 1
+                continue
+            r = ctx.energy_between(a, z, timeout)
+            if not r["resolved"]:
+                left.append(b)
+                continue
+            total_t = sum(rec[0] for rec in b.slots.values())
+            if total_t <= 0:
+                continue
+            lead_row = self.acc_e[b.lead_slot]
+            for d in range(self.ndev):
+                p = r["energy_j"][d] / (z - a)
+                if math.isnan(p):
+                    continue
+                interp = sum(rec[1][d] for rec in b.slots.values())
+                new = min(p * total_t, interp + b.lead_e[d])
+                q = new / total_t
+                for sl, rec in b.slots.items():
+                    self.acc_e[sl][d] += q * rec[0] - rec[1][d]
+                lead_row[d] += interp - new
+            self.bursts_corrected += 1
+        self.bursts_closed = left
 
     def _keep(self, ctx: Any, t0: int) -> None:
         """Keeps a library window open at the start of the oldest open interval: if no marker comes for longer
@@ -1077,16 +1188,23 @@ class _Run:
             ph = TRAIN if grad_enabled() else INFER
             run.end_unit(now)
             warm = run.steps[ph] < run.tool.warmup_steps and not run.sample_all
-            sample = run.decide(ph, now, warm)
-            run.steps[ph] += 1
             lead_ns = 0
+            if run.burst_left > 0 and run.burst_phase == ph:
+                run.burst_left -= 1
+                sample = True
+            else:
+                run.burst_left = 0
+                sample = run.decide(ph, now, warm)
+                if sample and run.leads():
+                    steps, secs = run.plan_burst(ph)
+                    run.burst_left, run.burst_phase = steps - 1, ph
+                    lead_ns = run.lead(ph, secs, steps)
+            run.steps[ph] += 1
             if sample:
                 run.sampled[ph] += 1
                 if not run.attached:
                     run.attach()
                 run.active = True
-                if run.tool.lead and not run.sample_all:
-                    lead_ns = run.lead(ph)
             else:
                 run.active = False
                 if run.attached:
@@ -1096,6 +1214,7 @@ class _Run:
                 if run.first_phase is None:
                     run.first_phase = ph
                 slot = 2 * run._outside_row(OUTSIDE_UNSAMPLED, ph)
+                run.plain_slots.add(slot)
                 run.calls[slot] += 1
                 run.mark(slot)
                 run.maybe_resolve()
@@ -1142,8 +1261,9 @@ class _Run:
             if base[p] is not None:
                 spent += self.sum_sampled[p] - len(self.dur_sampled[p]) * base[p]
         ds = self.dur_sampled[ph]
-        expect = max(0.0, self.sum_sampled[ph] / len(ds) - base[ph]) + self.lead_seconds(ph) * 1e9
-        return spent + expect <= self.tool.max_overhead * (now - self.t_start_host + base[ph])
+        steps, lead_s = self.plan_burst(ph) if self.leads() else (1, 0.0)
+        expect = steps * max(0.0, self.sum_sampled[ph] / len(ds) - base[ph]) + lead_s * 1e9
+        return spent + expect <= self.tool.max_overhead * (now - self.t_start_host + steps * base[ph])
 
     def base_ns(self) -> List[Optional[float]]:
         """Host time of a step not sampled, per phase: the median of the recent ones (recomputed every 8)."""
@@ -1155,34 +1275,36 @@ class _Run:
                 self._base_n[p] = self.n_plain[p] // 8
         return cached
 
-    def lead_seconds(self, ph: int) -> float:
-        """How far the host must run ahead: about the host time of a sampled step (the last ones' mean, else three
-        steps not sampled, else the warm-up's), between 2 ms and 0.25 s."""
-        if not self.tool.lead or self.sample_all or not getattr(self.clock, "has_lead", False):
-            return 0.0
-        ds = self.dur_sampled[ph]
-        if ds:
-            guess = sum(ds[-4:]) / len(ds[-4:])
-        elif self.dur_plain[ph]:
-            guess = 3 * statistics.median(self.dur_plain[ph])
-        else:
-            guess = self.first_unit_ns
-        return min(0.25, max(0.002, 1.25 * guess * 1e-9))
+    def leads(self) -> bool:
+        return self.tool.lead and not self.sample_all and getattr(self.clock, "has_lead", False)
 
-    def lead(self, ph: int) -> int:
-        """On a GPU, a sampled step starts with a lead: a kernel that keeps the GPU waiting while the host, slowed
-        by the hooks, queues the step's work.  The GPU then runs the step's kernels back to back, as it would
-        without the hooks, and the layers' intervals hold their kernels rather than the hooks' host time.  The
-        lead's own time and energy go to the row "(outside) joulecap lead"."""
-        secs = self.lead_seconds(ph)
-        if secs <= 0:
-            return 0
+    def plan_burst(self, ph: int) -> Tuple[int, float]:
+        """On a GPU, steps are sampled in bursts: enough consecutive steps for about ``burst_seconds`` of GPU work
+        (several 100 ms counter steps, so that the counter measures the burst's own power: _finish_bursts),
+        behind one lead long enough for the host, slowed by the hooks, to stay ahead of the GPU through the
+        burst.  Returns (steps, lead seconds).  The GPU time of a step comes from the last burst; before one, a
+        step not sampled stands for it (its host time: the GPU's at most, in a host-bound run)."""
+        base = self.base_ns()[ph] or self.first_unit_ns
+        work = self.work_ns or base
+        steps = max(1, min(256, int(math.ceil(self.tool.burst_seconds * 1e9 / max(work, 1.0)))))
+        ds = self.dur_sampled[ph]
+        host = self.sum_sampled[ph] / len(ds) if ds else 2.0 * base
+        lead = 1.2 * steps * max(host - work, 0.1 * host) + 5e6
+        return steps, min(1.5, lead * 1e-9)
+
+    def lead(self, ph: int, seconds: float, steps: int) -> int:
+        """A burst starts with a lead: a kernel that keeps the GPU waiting while the host, slowed by the hooks,
+        queues the burst's work.  The GPU then runs the burst's kernels back to back, as it would without the
+        hooks, and the layers' intervals hold their kernels rather than the hooks' host time.  The lead's own
+        time and energy go to the row "(outside) joulecap lead"."""
         slot = 2 * self._outside_row(OUTSIDE_LEAD, ph)
+        self.lead_slots.add(slot)
         self.calls[slot] += 1
+        self.burst_plan.append(steps)
         self.mark(slot)
-        if not self.clock.lead(secs):
+        if not self.clock.lead(seconds):
             return 0
-        return int(secs * 1e9)
+        return int(seconds * 1e9)
 
     def forget_step_state(self) -> None:
         self.fstack.clear()
@@ -1538,6 +1660,7 @@ class LayerwiseMeasurementTool:
         max_overhead: float = 0.05,
         warmup_steps: int = 1,
         lead: bool = True,
+        burst_seconds: float = 0.4,
         interval: Optional[float] = None,
         replay_seconds: float = 1.0,
         replay_min_share: float = 0.005,
@@ -1562,6 +1685,7 @@ class LayerwiseMeasurementTool:
         if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
             raise InvalidArgument("depth=%r: pass None (leaf modules) or an int >= 0 (0 is the whole model)" % (depth,))
         for name, v, lo in (("replay_seconds", replay_seconds, 0.0), ("resolve_interval", resolve_interval, 0.0),
+                            ("burst_seconds", burst_seconds, 0.0),
                             ("anchor_max_age", anchor_max_age, 1.0)):
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < lo:
                 raise InvalidArgument("%s=%r: pass a number of seconds >= %g" % (name, v, lo))
@@ -1578,6 +1702,7 @@ class LayerwiseMeasurementTool:
         self.max_overhead = float(max_overhead)
         self.warmup_steps = warmup_steps
         self.lead = bool(lead)
+        self.burst_seconds = float(burst_seconds)
         self.replay_seconds = float(replay_seconds)
         self.replay_min_share = float(replay_min_share)
         self.replay_capture_bytes = int(replay_capture_bytes)
@@ -1818,6 +1943,8 @@ class LayerwiseMeasurementTool:
                 d["steps"] = run.steps[PHASES.index(ph)]
                 d["sampled_steps"] = run.sampled[PHASES.index(ph)]
         clock["lead_s"] = run.lead_ns * 1e-9
+        clock["bursts_corrected"] = run.bursts_corrected
+        clock["bursts_uncorrected"] = run.bursts_uncorrected + len(run.bursts_closed)
         result = LayerwiseResult(columns, result_rows, total, (run.t_end - run.t_start) * 1e-9, self.mode, clock,
                                  replayed, sources, estimates, labels, self.out_file)
         result.sampling = sampling

@@ -970,12 +970,14 @@ def test_lead_runs_before_each_sampled_step_on_a_gpu(cpu_fake, monkeypatch):
     result = tracker.stop()
     assert_adds_up(result)
     k = result.sampling["train"]["sampled_steps"]
-    assert k >= 2 and len(leads) == k
-    assert all(0.002 <= s <= 0.25 for s in leads)
+    # steps are sampled in bursts (enough steps for burst_seconds of GPU work), one lead each
+    assert k >= 2 and 1 <= len(leads) < k
+    assert all(0.002 <= s <= 1.5 for s in leads)
     row = result.row(lw.OUTSIDE_LEAD, "train")
-    assert row["calls"] == k
+    assert row["calls"] == len(leads)
     assert row["time_s"] == pytest.approx(sum(leads), rel=0.2)
     assert result.clock["lead_s"] == pytest.approx(sum(leads), rel=1e-6)
+    assert result.clock["bursts_corrected"] + result.clock["bursts_uncorrected"] == len(leads)
     # without a lead, no such row
     tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=0.5, lead=False)
     tracker.start(model)
@@ -990,3 +992,49 @@ def test_sampling_arguments_are_checked(cpu_fake):
         LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=0)
     with pytest.raises(InvalidArgument, match="warmup_steps"):
         LayerwiseMeasurementTool(None, gpu_num=0, warmup_steps=-1)
+
+
+def test_a_burst_gets_the_power_measured_over_its_interior(cpu_fake):
+    """The counter steps at a burst's ends also hold its lead and its neighbours; the interval energies inside it
+    are replaced by the power over its interior, and the difference goes to the lead row (never below zero)."""
+    model = Net()
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0)
+    tracker.start(model)
+    run = tracker._run
+    real_ctx = tracker._ctx
+    lead = 2 * run._outside_row(lw.OUTSIDE_LEAD, lw.TRAIN)
+    a = 2 * run.layer_row(0, lw.TRAIN)
+    asked = []
+
+    class Ctx:
+        def __init__(self, watts):
+            self.watts = watts
+
+        def energy_between(self, t0, t1, timeout):
+            asked.append((t0, t1))
+            return {"resolved": True, "energy_j": [0.0, self.watts * (t1 - t0) * 1e-9], "source": ["estimate", "counter"]}
+
+    def burst():
+        b = lw._Burst(lead, 10**9, 4, run.ndev)
+        b.t_b = b.t_a + 400_000_000  # 0.4 s of work: 300 ms in the layer's forward, 100 ms in its backward
+        b.slots = {a: [300_000_000, [0.0, 60.0]], a + 1: [100_000_000, [0.0, 20.0]]}  # interpolated: 200 W
+        b.lead_e = [0.0, 40.0]  # the lead got the neighbours' power
+        return b
+
+    def deltas(watts):
+        before = [list(run.acc_e[sl]) for sl in (a, a + 1, lead)]
+        tracker._ctx = Ctx(watts)
+        run.bursts_closed = [burst()]
+        try:
+            run._finish_bursts(0.0)
+        finally:
+            tracker._ctx = real_ctx
+        return [run.acc_e[sl][1] - b[1] for sl, b in zip((a, a + 1, lead), before)]
+
+    # 250 W inside: the work gets 100 J (75 + 25) instead of 80, the lead 20 J less
+    assert deltas(250.0) == pytest.approx([15.0, 5.0, -20.0])
+    assert asked[-1] == (10**9 + 100_000_000, 10**9 + 300_000_000)  # one counter step in from both ends
+    # 500 W inside would take more than the lead had: the work gets all of it (120 J), the lead none
+    assert deltas(500.0) == pytest.approx([30.0, 10.0, -40.0])
+    assert run.bursts_corrected == 2
+    tracker.stop()
