@@ -187,6 +187,9 @@ class _HostClock:
     def lead(self, seconds: float) -> bool:
         return False
 
+    def reserve(self, n: int) -> None:
+        pass
+
     def info(self) -> Dict[str, Any]:
         return {"kind": "host", "clock": "CLOCK_MONOTONIC (time.perf_counter_ns)"}
 
@@ -328,6 +331,19 @@ class _CudaClock:
         if not self._try_anchor(10**9):
             raise StateError("the GPU did not stamp an event within 1 s of a synchronisation: is it busy elsewhere?")
         return self.now()
+
+    def reserve(self, n: int) -> None:
+        """Makes the pool hold at least n events (created and recorded once here, not in the hooks)."""
+        if not self._real:
+            return
+        pool = self._pool
+        if len(pool) >= n:
+            return
+        stream = self._stream()
+        for _ in range(n - len(pool)):
+            ev = self._new_event()
+            ev.record(stream)
+            pool.append(ev)
 
     def calibrate_lead(self) -> None:
         """Measures the rate of ``torch.cuda._sleep`` (a kernel that spins a number of GPU clock cycles), which the
@@ -698,6 +714,8 @@ class _Run:
         self.plain_slots: set = set()
         self.burst_left = 0
         self.burst_phase = TRAIN
+        self.burst_mark0: Optional[Tuple[int, int]] = None
+        self.marks_per_step = 5.0 * len(layers)  # a guess until a burst has been counted
         self.burst_plan: List[int] = []  # steps of the bursts whose lead markers are not resolved yet
         self.burst: Optional[_Burst] = None
         self.bursts_closed: List[_Burst] = []
@@ -795,6 +813,8 @@ class _Run:
         return mark
 
     def maybe_resolve(self) -> None:
+        if self.burst_left > 0:
+            return  # inside a burst the host must stay ahead of the GPU: resolve after it
         now = time.perf_counter_ns()
         if now >= self.next_pass_ns:
             self.next_pass_ns = now + int(self.tool.resolve_interval * 1e9)
@@ -1199,6 +1219,11 @@ class _Run:
                     steps, secs = run.plan_burst(ph)
                     run.burst_left, run.burst_phase = steps - 1, ph
                     lead_ns = run.lead(ph, secs, steps)
+                    # while the GPU waits: events for the whole burst, and no resolve pass inside it
+                    need = int(1.2 * steps * run.marks_per_step) + 64
+                    run.clock.reserve(min(need, 1 << 17))
+                    run.check_at = max(run.check_at, len(run.mt) + need + run.tool.max_pending)
+                    run.burst_mark0 = (len(run.mt), steps)
             run.steps[ph] += 1
             if sample:
                 run.sampled[ph] += 1
@@ -1207,6 +1232,11 @@ class _Run:
                 run.active = True
             else:
                 run.active = False
+                if run.burst_mark0 is not None:  # a burst ended: markers per sampled step
+                    n0, steps = run.burst_mark0
+                    run.burst_mark0 = None
+                    if len(run.mt) > n0:
+                        run.marks_per_step = (len(run.mt) - n0) / steps
                 if run.attached:
                     run.detach()
                 run.forget_step_state()
@@ -1288,8 +1318,10 @@ class _Run:
         work = self.work_ns or base
         steps = max(1, min(256, int(math.ceil(self.tool.burst_seconds * 1e9 / max(work, 1.0)))))
         ds = self.dur_sampled[ph]
-        host = self.sum_sampled[ph] / len(ds) if ds else 2.0 * base
-        lead = 1.2 * steps * max(host - work, 0.1 * host) + 5e6
+        host = self.sum_sampled[ph] / len(ds) if ds else 2.5 * base
+        # margin: the host's speed varies, and the events for the burst are made while the lead runs
+        missing = max(0.0, 1.2 * steps * self.marks_per_step - len(getattr(self.clock, "_pool", ())))
+        lead = 1.5 * steps * max(host - work, 0.1 * host) + 10_000 * missing + 5e6
         return steps, min(1.5, lead * 1e-9)
 
     def lead(self, ph: int, seconds: float, steps: int) -> int:

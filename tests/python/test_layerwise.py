@@ -963,12 +963,17 @@ def test_lead_runs_before_each_sampled_step_on_a_gpu(cpu_fake, monkeypatch):
     monkeypatch.setattr(lw, "_HostClock", lambda: lw._CudaClock(
         torch, None, event_factory=gpu.event, synchronize=gpu.synchronize, stream=lambda: None,
         now=time.perf_counter_ns, lead=lead))
+    in_burst = []
+    orig_resolve = lw._Run.resolve
+    monkeypatch.setattr(lw._Run, "resolve", lambda self, force=False, final_timeout=None: (
+        in_burst.append(self.burst_left > 0 and final_timeout is None), orig_resolve(self, force, final_timeout))[1])
     model = Net()
-    tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=0.5)
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=0.5, max_pending=16, resolve_interval=0.0)
     tracker.start(model)
     train(model, make_data(12, batch=4))
     result = tracker.stop()
     assert_adds_up(result)
+    assert in_burst and not any(in_burst)  # the host never stops to resolve inside a burst
     k = result.sampling["train"]["sampled_steps"]
     # steps are sampled in bursts (enough steps for burst_seconds of GPU work), one lead each
     assert k >= 2 and 1 <= len(leads) < k
