@@ -507,6 +507,7 @@ class Bench:
                 item["%s_err" % m] = rel_err(item["%s_j_per_call" % m], ref)
                 item["%s_err_eager_ref" % m] = rel_err(item["%s_j_per_call" % m], item["isolated_eager_j_per_call"])
             item["attribute_time_err"] = rel_err(item["attribute_s_per_call"], item["isolated_s_per_call"])
+
             results.append(item)
             rec.write("layer", **item)
 
@@ -525,6 +526,7 @@ class Bench:
                 summary["block_mae_%s_pct" % m] = 100 * mean(berrs)
         summary["layer_time_mae_attribute_pct"] = 100 * mean(
             [r["attribute_time_err"] for r in results if r["in_metric"]])
+
         summary["layers_in_metric"] = sum(r["in_metric"] for r in results)
         summary["blocks"] = len([b for b in blocks if b.get("truth_j_per_step") is not None])
         rec.write("summary", **summary)

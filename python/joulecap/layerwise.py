@@ -61,6 +61,8 @@ ROOT_NAME = "(root)"
 _MAX_SEQ = 2**64 - 1  # sequence number of AccumulateGrad nodes
 _WALK_LIMIT = 2048  # autograd nodes inspected per layer call, at most
 _COUNTER_STEP_NS = 100_000_000  # the GPU energy counter's step (NVML, measured on the H100: BENCHMARKS.md)
+_OPEN_LEAD_NS = 300_000_000  # a burst's opening lead: its interior (0.1 s in from both ends) measures a waiting GPU
+LEAD_EVERY = 256  # markers between short leads inside a burst (~500 CUDA commands: half the launch queue)
 _GROUP_NS = 1_000_000  # intervals are given energy in groups spanning at least this (1 ms)
 _ONE_NODE_FAST_PATH = True  # layer calls that made one autograd node skip the graph walk (tests turn it off)
 
@@ -464,14 +466,20 @@ class _CudaClock:
 
 
 class _Burst:
-    """Consecutive sampled steps behind one lead: their intervals (time and interpolated energy per slot)."""
+    """Consecutive sampled steps after one opening lead: the lead [t_open, t_a], the work up to t_b (time and
+    interpolated energy per slot, with the short leads inside it apart)."""
 
-    __slots__ = ("lead_slot", "t_a", "t_b", "steps", "slots", "lead_e")
+    __slots__ = ("lead_slot", "t_open", "t_a", "t_b", "steps", "slots", "lead_e", "inner", "inner_t", "inner_e",
+                 "marks")
 
-    def __init__(self, lead_slot: int, t_a: int, steps: int, ndev: int):
-        self.lead_slot, self.t_a, self.t_b, self.steps = lead_slot, t_a, 0, steps
+    def __init__(self, lead_slot: int, t_open: int, t_a: int, steps: int, ndev: int):
+        self.lead_slot, self.t_open, self.t_a, self.t_b, self.steps = lead_slot, t_open, t_a, 0, steps
         self.slots: Dict[int, List[Any]] = {}
         self.lead_e = [0.0] * ndev
+        self.inner: List[Tuple[int, int]] = []
+        self.inner_t = 0
+        self.inner_e = [0.0] * ndev
+        self.marks = 0
 
 
 class _Row:
@@ -704,7 +712,8 @@ class _Run:
         self.n_plain = [0, 0]
         self._base: List[Optional[float]] = [None, None]
         self._base_n = [-1, -1]
-        self.lead_ns = 0  # GPU-side lead enqueued, in total
+        self.lead_ns = 0  # opening leads enqueued, in total (counted in the overhead budget)
+        self.lead_inner_ns = 0  # short leads enqueued inside bursts, in total
         self.unit: Optional[Tuple[int, bool, int, int, bool]] = None  # (phase, sampled, t0, lead ns, warm-up)
         self.attached = False
         self.stopped = False
@@ -721,7 +730,8 @@ class _Run:
         self.bursts_closed: List[_Burst] = []
         self.bursts_corrected = 0
         self.bursts_uncorrected = 0
-        self.work_ns: Optional[float] = None  # GPU time of a sampled step, measured on the last burst
+        self.work_per_mark: Optional[float] = None  # GPU ns of work per marker, measured on the last burst
+        self.lead_host_ns = 0
         self.first_unit_ns = 50_000_000  # the warm-up step's host time, once known
 
     # -- rows and slots ----------------------------------------------------------------------------------------
@@ -782,6 +792,9 @@ class _Run:
             self._check_pending()
 
     def _check_pending(self) -> None:
+        if self.burst_left > 0 or self.burst_mark0 is not None:
+            self._inner_lead()  # inside a burst: no resolve pass, a short lead every LEAD_EVERY markers
+            return
         n = len(self.mt)
         self.resolve(force=n - self.k >= self.tool.max_pending)
         self.check_at = len(self.mt) + max(64, self.tool.max_pending // 2)
@@ -813,7 +826,7 @@ class _Run:
         return mark
 
     def maybe_resolve(self) -> None:
-        if self.burst_left > 0:
+        if self.burst_left > 0 or self.burst_mark0 is not None:
             return  # inside a burst the host must stay ahead of the GPU: resolve after it
         now = time.perf_counter_ns()
         if now >= self.next_pass_ns:
@@ -907,29 +920,34 @@ class _Run:
 
     def _track_bursts(self, j: int, g: int, rates: List[float]) -> None:
         """The intervals j..g-1 of one group, with the group's power per device: accumulated as usual, and
-        followed through the bursts: a lead interval opens one, intervals after it belong to it, the next step
-        not sampled closes it."""
+        followed through the bursts: an opening lead opens one, the intervals after it belong to it (short leads
+        apart), the next step not sampled closes it."""
         mt, ms = self.mt, self.ms
         acc_t, acc_e = self.acc_t, self.acc_e
         ndev = self.ndev
-        lead_slots, plain_slots = self.lead_slots, self.plain_slots
+        open_slots, plain_slots = self.lead_slots, self.plain_slots
         b = self.burst
         t0 = mt[j]
         for i in range(j, g):
             t1 = mt[i + 1]
             dt = t1 - t0
             sl = ms[i]
-            if sl in lead_slots:
+            if sl in open_slots:
                 if b is not None:
                     self._close_burst(b, t0)
                 steps = self.burst_plan.pop(0) if self.burst_plan else 1
-                b = self.burst = _Burst(sl, t1, steps, ndev)
+                b = self.burst = _Burst(sl, t0, t1, steps, ndev)
                 for d in range(ndev):
                     b.lead_e[d] += rates[d] * dt
             elif b is not None:
                 if sl in plain_slots:
                     self._close_burst(b, t0)
                     b = None
+                elif sl - 1 in open_slots:  # a short lead
+                    b.inner.append((t0, t1))
+                    b.inner_t += dt
+                    for d in range(ndev):
+                        b.inner_e[d] += rates[d] * dt
                 else:
                     rec = b.slots.get(sl)
                     if rec is None:
@@ -938,6 +956,7 @@ class _Run:
                     er = rec[1]
                     for d in range(ndev):
                         er[d] += rates[d] * dt
+                    b.marks += 1
             if dt:
                 acc_t[sl] += dt
                 row = acc_e[sl]
@@ -949,41 +968,60 @@ class _Run:
         b.t_b = t_b
         self.burst = None
         self.bursts_closed.append(b)
-        if b.steps and t_b > b.t_a:
-            self.work_ns = (t_b - b.t_a) / b.steps
+        work = sum(rec[0] for rec in b.slots.values())
+        if b.marks and work > 0:
+            self.work_per_mark = work / b.marks
 
     def _finish_bursts(self, timeout: float) -> None:
-        """Gives each closed burst the power measured over its interior: the stretch 100 ms (one counter step)
-        inside both ends holds counter steps that saw nothing but the burst's back-to-back work, whereas the
-        linear interpolation mixed the lead (an idle GPU) and the neighbouring steps into the steps at its ends.
-        Each interval of the burst gets that power; what the interpolation had given the burst beyond it goes to
-        the burst's lead (it came from the counter steps shared with the lead), never below zero.  Bursts whose
-        work is too short for an interior keep the interpolation (``clock["bursts_uncorrected"]``)."""
+        """Gives each closed burst the power of its work, measured by the counter over the burst's interior.
+
+        The linear interpolation gives every interval the average power of the counter steps around it, which
+        inside a burst mixes the work with the leads (a waiting GPU draws far less) and, at its ends, with the
+        neighbouring steps.  Here: the opening lead's interior (0.1 s, one counter step, in from both ends)
+        gives the power of a waiting GPU, P_lead; the burst's interior (the same margin) holds only the burst,
+        work and short leads, so its energy is P_lead x (short leads' time in it) + P_work x (the rest), which
+        gives P_work.  The burst's work intervals get P_work, its short leads P_lead, and the opening lead what
+        the interpolation had given the whole burst beyond that (never below zero: the work is scaled down
+        instead), so the rows still add up.  A burst too short for both interiors keeps the interpolation
+        (``clock["bursts_uncorrected"]``)."""
         ctx = self.tool._ctx
         left = []
+        margin = _COUNTER_STEP_NS
         for b in self.bursts_closed:
-            a, z = b.t_a + _COUNTER_STEP_NS, b.t_b - _COUNTER_STEP_NS
-            if z - a < _COUNTER_STEP_NS // 2:
+            a, z = b.t_a + margin, b.t_b - margin
+            la, lz = b.t_open + margin, b.t_a - margin
+            if z - a < margin // 2 or lz - la < margin // 2:
                 self.bursts_uncorrected += 1
                 continue
             r = ctx.energy_between(a, z, timeout)
-            if not r["resolved"]:
+            rl = ctx.energy_between(la, lz, timeout) if r["resolved"] else r
+            if not (r["resolved"] and rl["resolved"]):
                 left.append(b)
                 continue
-            total_t = sum(rec[0] for rec in b.slots.values())
-            if total_t <= 0:
+            work_t = sum(rec[0] for rec in b.slots.values())
+            if work_t <= 0:
                 continue
-            lead_row = self.acc_e[b.lead_slot]
+            lead_win = sum(max(0, min(t1, z) - max(t0, a)) for t0, t1 in b.inner)
+            work_win = (z - a) - lead_win
+            if work_win <= 0:
+                self.bursts_uncorrected += 1
+                continue
             for d in range(self.ndev):
-                p = r["energy_j"][d] / (z - a)
-                if math.isnan(p):
+                p_lead = rl["energy_j"][d] / (lz - la)
+                p_work = (r["energy_j"][d] - p_lead * lead_win) / work_win
+                if math.isnan(p_lead) or math.isnan(p_work):
                     continue
-                interp = sum(rec[1][d] for rec in b.slots.values())
-                new = min(p * total_t, interp + b.lead_e[d])
-                q = new / total_t
+                p_work = max(0.0, p_work)
+                total = sum(rec[1][d] for rec in b.slots.values()) + b.inner_e[d] + b.lead_e[d]
+                new_work, new_inner = p_work * work_t, p_lead * b.inner_t
+                if new_work + new_inner > total > 0:
+                    f = total / (new_work + new_inner)
+                    new_work, new_inner = new_work * f, new_inner * f
+                q = new_work / work_t
                 for sl, rec in b.slots.items():
                     self.acc_e[sl][d] += q * rec[0] - rec[1][d]
-                lead_row[d] += interp - new
+                self.acc_e[b.lead_slot + 1][d] += new_inner - b.inner_e[d]
+                self.acc_e[b.lead_slot][d] += (total - new_work - new_inner) - b.lead_e[d]
             self.bursts_corrected += 1
         self.bursts_closed = left
 
@@ -1216,14 +1254,9 @@ class _Run:
                 run.burst_left = 0
                 sample = run.decide(ph, now, warm)
                 if sample and run.leads():
-                    steps, secs = run.plan_burst(ph)
+                    steps, _ = run.plan_burst(ph)
                     run.burst_left, run.burst_phase = steps - 1, ph
-                    lead_ns = run.lead(ph, secs, steps)
-                    # while the GPU waits: events for the whole burst, and no resolve pass inside it
-                    need = int(1.2 * steps * run.marks_per_step) + 64
-                    run.clock.reserve(min(need, 1 << 17))
-                    run.check_at = max(run.check_at, len(run.mt) + need + run.tool.max_pending)
-                    run.burst_mark0 = (len(run.mt), steps)
+                    lead_ns = run.open_burst(ph, steps)
             run.steps[ph] += 1
             if sample:
                 run.sampled[ph] += 1
@@ -1237,6 +1270,7 @@ class _Run:
                     run.burst_mark0 = None
                     if len(run.mt) > n0:
                         run.marks_per_step = (len(run.mt) - n0) / steps
+                    run.check_at = len(run.mt) + max(64, run.tool.max_pending // 2)
                 if run.attached:
                     run.detach()
                 run.forget_step_state()
@@ -1291,8 +1325,8 @@ class _Run:
             if base[p] is not None:
                 spent += self.sum_sampled[p] - len(self.dur_sampled[p]) * base[p]
         ds = self.dur_sampled[ph]
-        steps, lead_s = self.plan_burst(ph) if self.leads() else (1, 0.0)
-        expect = steps * max(0.0, self.sum_sampled[ph] / len(ds) - base[ph]) + lead_s * 1e9
+        steps, lead_ns = (self.plan_burst(ph)[0], _OPEN_LEAD_NS) if self.leads() else (1, 0)
+        expect = steps * max(0.0, self.sum_sampled[ph] / len(ds) - base[ph]) + lead_ns
         return spent + expect <= self.tool.max_overhead * (now - self.t_start_host + steps * base[ph])
 
     def base_ns(self) -> List[Optional[float]]:
@@ -1309,34 +1343,59 @@ class _Run:
         return self.tool.lead and not self.sample_all and getattr(self.clock, "has_lead", False)
 
     def plan_burst(self, ph: int) -> Tuple[int, float]:
-        """On a GPU, steps are sampled in bursts: enough consecutive steps for about ``burst_seconds`` of GPU work
-        (several 100 ms counter steps, so that the counter measures the burst's own power: _finish_bursts),
-        behind one lead long enough for the host, slowed by the hooks, to stay ahead of the GPU through the
-        burst.  Returns (steps, lead seconds).  The GPU time of a step comes from the last burst; before one, a
-        step not sampled stands for it (its host time: the GPU's at most, in a host-bound run)."""
+        """On a GPU, steps are sampled in bursts of consecutive steps lasting about ``burst_seconds`` (several
+        100 ms counter steps, so that the counter can measure the burst's power: _finish_bursts).  Returns
+        (steps, seconds of leads expected).  A sampled step lasts about its host time (the leads fill the GPU's
+        wait for the slowed host); before one was timed, 2.5 steps not sampled stand for it."""
         base = self.base_ns()[ph] or self.first_unit_ns
-        work = self.work_ns or base
-        steps = max(1, min(256, int(math.ceil(self.tool.burst_seconds * 1e9 / max(work, 1.0)))))
         ds = self.dur_sampled[ph]
         host = self.sum_sampled[ph] / len(ds) if ds else 2.5 * base
-        # margin: the host's speed varies, and the events for the burst are made while the lead runs
-        missing = max(0.0, 1.2 * steps * self.marks_per_step - len(getattr(self.clock, "_pool", ())))
-        lead = 1.5 * steps * max(host - work, 0.1 * host) + 10_000 * missing + 5e6
-        return steps, min(1.5, lead * 1e-9)
+        steps = max(1, min(256, int(math.ceil(self.tool.burst_seconds * 1e9 / max(host, 1.0)))))
+        work = self.work_per_mark * self.marks_per_step if self.work_per_mark else 0.5 * base
+        return steps, (_OPEN_LEAD_NS + 1.2 * steps * max(0.0, host - work)) * 1e-9
 
-    def lead(self, ph: int, seconds: float, steps: int) -> int:
-        """A burst starts with a lead: a kernel that keeps the GPU waiting while the host, slowed by the hooks,
-        queues the burst's work.  The GPU then runs the burst's kernels back to back, as it would without the
-        hooks, and the layers' intervals hold their kernels rather than the hooks' host time.  The lead's own
-        time and energy go to the row "(outside) joulecap lead"."""
-        slot = 2 * self._outside_row(OUTSIDE_LEAD, ph)
-        self.lead_slots.add(slot)
-        self.calls[slot] += 1
+    def open_burst(self, ph: int, steps: int) -> int:
+        """A burst starts with an opening lead: a kernel that keeps the GPU waiting, long enough (0.3 s) for
+        the counter to measure the power of a waiting GPU, which the short leads inside the burst draw
+        (_finish_bursts).  Events for the burst are made while it runs, and the pending markers are not
+        resolved until the burst ends: inside it, every LEAD_EVERY markers, _inner_lead enqueues a short lead
+        instead.  The leads' time and energy go to the row "(outside) joulecap lead"."""
+        r = self._outside_row(OUTSIDE_LEAD, ph)
+        self.lead_slots.add(2 * r)  # opening leads (the row's forward half); short leads use 2 * r + 1
+        self.calls[2 * r] += 1
         self.burst_plan.append(steps)
-        self.mark(slot)
-        if not self.clock.lead(seconds):
+        # events first: recording them while the GPU waits would fill the launch queue and stall the host
+        self.clock.reserve(min(int(1.2 * steps * self.marks_per_step) + 64, 1 << 17))
+        self.mark(2 * r)
+        if not self.clock.lead(_OPEN_LEAD_NS * 1e-9):
             return 0
-        return int(seconds * 1e9)
+        self.mark(self.fstack[-1][0] if self.fstack else self.idle_slot())
+        self.burst_mark0 = (len(self.mt), steps)
+        self.check_at = len(self.mt) + LEAD_EVERY
+        self.lead_host_ns = time.perf_counter_ns()
+        return _OPEN_LEAD_NS
+
+    def _inner_lead(self) -> None:
+        """A short lead inside a burst: the CUDA launch queue holds about a thousand commands, so the host can be
+        ahead of the GPU by about that much; every LEAD_EVERY markers (a few hundred commands) the GPU waits
+        for about the host time those markers took beyond their GPU time, so that it runs the next ones back to
+        back instead of waiting on the host between kernels."""
+        now = time.perf_counter_ns()
+        n = len(self.mt)
+        host_per_mark = (now - self.lead_host_ns) / LEAD_EVERY
+        self.lead_host_ns = now
+        work = self.work_per_mark if self.work_per_mark else 0.5 * (self.base_ns()[self.burst_phase] or
+                                                                     self.first_unit_ns) / self.marks_per_step
+        secs = min(0.1, max(0.0005, 1.2 * LEAD_EVERY * (host_per_mark - work) * 1e-9))
+        self.check_at = n + LEAD_EVERY
+        slot = self.ms[-1] if self.ms else self.idle_slot()
+        r = self._outside_row(OUTSIDE_LEAD, self.burst_phase)
+        self.mark(2 * r + 1)
+        if self.clock.lead(secs):
+            self.lead_inner_ns += int(secs * 1e9)  # (paid by the hooks' host time already: not in the budget)
+        self.calls[2 * r + 1] += 1
+        self.mark(slot)
+        self.check_at = len(self.mt) + LEAD_EVERY
 
     def forget_step_state(self) -> None:
         self.fstack.clear()
@@ -1974,7 +2033,7 @@ class LayerwiseMeasurementTool:
             if ph:
                 d["steps"] = run.steps[PHASES.index(ph)]
                 d["sampled_steps"] = run.sampled[PHASES.index(ph)]
-        clock["lead_s"] = run.lead_ns * 1e-9
+        clock["lead_s"] = (run.lead_ns + run.lead_inner_ns) * 1e-9
         clock["bursts_corrected"] = run.bursts_corrected
         clock["bursts_uncorrected"] = run.bursts_uncorrected + len(run.bursts_closed)
         result = LayerwiseResult(columns, result_rows, total, (run.t_end - run.t_start) * 1e-9, self.mode, clock,

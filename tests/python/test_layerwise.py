@@ -975,14 +975,16 @@ def test_lead_runs_before_each_sampled_step_on_a_gpu(cpu_fake, monkeypatch):
     assert_adds_up(result)
     assert in_burst and not any(in_burst)  # the host never stops to resolve inside a burst
     k = result.sampling["train"]["sampled_steps"]
-    # steps are sampled in bursts (enough steps for burst_seconds of GPU work), one lead each
-    assert k >= 2 and 1 <= len(leads) < k
-    assert all(0.002 <= s <= 1.5 for s in leads)
+    # steps are sampled in bursts (enough steps for burst_seconds), each opened by a 0.3 s lead, with short leads
+    # every LEAD_EVERY markers inside
+    opening = [x for x in leads if x == pytest.approx(0.3)]
+    assert k >= 2 and 1 <= len(opening) < k
+    assert len(leads) > len(opening) and all(0.0005 <= x <= 0.1 for x in leads if x not in opening)
     row = result.row(lw.OUTSIDE_LEAD, "train")
-    assert row["calls"] == len(leads)
+    assert row["calls"] == len(opening)
     assert row["time_s"] == pytest.approx(sum(leads), rel=0.2)
     assert result.clock["lead_s"] == pytest.approx(sum(leads), rel=1e-6)
-    assert result.clock["bursts_corrected"] + result.clock["bursts_uncorrected"] == len(leads)
+    assert result.clock["bursts_corrected"] + result.clock["bursts_uncorrected"] == len(opening)
     # without a lead, no such row
     tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=0.5, lead=False)
     tracker.start(model)
@@ -1000,46 +1002,57 @@ def test_sampling_arguments_are_checked(cpu_fake):
 
 
 def test_a_burst_gets_the_power_measured_over_its_interior(cpu_fake):
-    """The counter steps at a burst's ends also hold its lead and its neighbours; the interval energies inside it
-    are replaced by the power over its interior, and the difference goes to the lead row (never below zero)."""
+    """Inside a burst the interpolation mixes the work with the leads (a waiting GPU) and the neighbours.  The
+    opening lead's interior gives the waiting power, the burst's interior then the work's; work intervals get it,
+    short leads the waiting power, the opening lead the rest (never below zero)."""
     model = Net()
     tracker = LayerwiseMeasurementTool(None, gpu_num=0)
     tracker.start(model)
     run = tracker._run
     real_ctx = tracker._ctx
-    lead = 2 * run._outside_row(lw.OUTSIDE_LEAD, lw.TRAIN)
+    r = run._outside_row(lw.OUTSIDE_LEAD, lw.TRAIN)
+    lead, inner = 2 * r, 2 * r + 1
     a = 2 * run.layer_row(0, lw.TRAIN)
+    S = 10**9  # 1 s in ns
     asked = []
 
     class Ctx:
-        def __init__(self, watts):
-            self.watts = watts
+        """The GPU draws 100 W while it waits (leads) and `work` W otherwise, between 1.0 s and 1.9 s."""
+
+        def __init__(self, work):
+            self.segments = [(1.0, 1.3, 100.0), (1.3, 1.4, work), (1.4, 1.5, 100.0), (1.5, 1.6, work),
+                             (1.6, 1.7, 100.0), (1.7, 1.9, work)]
 
         def energy_between(self, t0, t1, timeout):
             asked.append((t0, t1))
-            return {"resolved": True, "energy_j": [0.0, self.watts * (t1 - t0) * 1e-9], "source": ["estimate", "counter"]}
+            e = sum(w * max(0.0, min(t1 / S, z) - max(t0 / S, a_)) for a_, z, w in self.segments)
+            return {"resolved": True, "energy_j": [0.0, e], "source": ["estimate", "counter"]}
 
     def burst():
-        b = lw._Burst(lead, 10**9, 4, run.ndev)
-        b.t_b = b.t_a + 400_000_000  # 0.4 s of work: 300 ms in the layer's forward, 100 ms in its backward
-        b.slots = {a: [300_000_000, [0.0, 60.0]], a + 1: [100_000_000, [0.0, 20.0]]}  # interpolated: 200 W
-        b.lead_e = [0.0, 40.0]  # the lead got the neighbours' power
+        b = lw._Burst(lead, 1 * S, 13 * S // 10, 4, run.ndev)  # opening lead 1.0-1.3 s
+        b.t_b = 19 * S // 10
+        b.slots = {a: [300_000_000, [0.0, 90.0]], a + 1: [100_000_000, [0.0, 30.0]]}  # interpolated: 300 W
+        b.inner = [(14 * S // 10, 15 * S // 10), (16 * S // 10, 17 * S // 10)]
+        b.inner_t, b.inner_e = 200_000_000, [0.0, 60.0]
+        b.lead_e = [0.0, 60.0]  # 200 W: the opening lead got some of the work's power
         return b
 
-    def deltas(watts):
-        before = [list(run.acc_e[sl]) for sl in (a, a + 1, lead)]
-        tracker._ctx = Ctx(watts)
+    def deltas(work):
+        before = [run.acc_e[sl][1] for sl in (a, a + 1, inner, lead)]
+        tracker._ctx = Ctx(work)
         run.bursts_closed = [burst()]
         try:
             run._finish_bursts(0.0)
         finally:
             tracker._ctx = real_ctx
-        return [run.acc_e[sl][1] - b[1] for sl, b in zip((a, a + 1, lead), before)]
+        return [run.acc_e[sl][1] - b for sl, b in zip((a, a + 1, inner, lead), before)]
 
-    # 250 W inside: the work gets 100 J (75 + 25) instead of 80, the lead 20 J less
-    assert deltas(250.0) == pytest.approx([15.0, 5.0, -20.0])
-    assert asked[-1] == (10**9 + 100_000_000, 10**9 + 300_000_000)  # one counter step in from both ends
-    # 500 W inside would take more than the lead had: the work gets all of it (120 J), the lead none
-    assert deltas(500.0) == pytest.approx([30.0, 10.0, -40.0])
+    # 500 W of work: 150 + 50 J for the work (was 90 + 30), 20 J for the short leads (was 60), 20 J left for the
+    # opening lead (was 60)
+    assert deltas(500.0) == pytest.approx([60.0, 20.0, -40.0, -40.0])
+    assert sorted(asked[-2:]) == [(11 * S // 10, 12 * S // 10), (14 * S // 10, 18 * S // 10)]  # the interiors
+    # 900 W would give the work more than the burst measured in all: scaled down to it, the opening lead gets 0
+    f = 240.0 / (900 * 0.4 + 100 * 0.2)
+    assert deltas(900.0) == pytest.approx([900 * 0.3 * f - 90, 900 * 0.1 * f - 30, 100 * 0.2 * f - 60, -60.0])
     assert run.bursts_corrected == 2
     tracker.stop()
