@@ -62,6 +62,7 @@ _MAX_SEQ = 2**64 - 1  # sequence number of AccumulateGrad nodes
 _WALK_LIMIT = 2048  # autograd nodes inspected per layer call, at most
 _COUNTER_STEP_NS = 100_000_000  # the GPU energy counter's step (NVML, measured on the H100: BENCHMARKS.md)
 _OPEN_LEAD_NS = 300_000_000  # a burst's opening lead: its interior (0.1 s in from both ends) measures a waiting GPU
+_SETTLE_STEPS = 4  # steps not sampled after sampled ones that do not time a base (the GPU catches up first)
 LEAD_EVERY = 256  # markers between short leads inside a burst (~500 CUDA commands: half the launch queue)
 _GROUP_NS = 1_000_000  # intervals are given energy in groups spanning at least this (1 ms)
 _ONE_NODE_FAST_PATH = True  # layer calls that made one autograd node skip the graph walk (tests turn it off)
@@ -709,6 +710,10 @@ class _Run:
         self.dur_sampled: List[List[int]] = [[], []]  # host ns of the sampled steps
         self.dur_plain: List[List[int]] = [[], []]  # host ns of recent steps not sampled (warm-up excluded)
         self.sum_sampled = [0, 0]
+        self.unbilled: List[List[int]] = [[], []]  # sampled steps' host ns not yet compared with a base
+        self.extra_ns = [0.0, 0.0]  # what the sampled steps cost beyond steps not sampled, per phase
+        self.billed = [0, 0]
+        self.since_sampled = 0
         self.n_plain = [0, 0]
         self._base: List[Optional[float]] = [None, None]
         self._base_n = [-1, -1]
@@ -1293,18 +1298,23 @@ class _Run:
         ph, sampled, t0, lead_ns, warm = self.unit
         self.unit = None
         if sampled:
+            self.since_sampled = 0
             if not self.sample_all:
                 self.dur_sampled[ph].append(now - t0)
                 self.sum_sampled[ph] += now - t0
+                self.unbilled[ph].append(now - t0)
             self.lead_ns += lead_ns
         elif warm:
             self.first_unit_ns = now - t0
         else:
-            d = self.dur_plain[ph]
-            d.append(now - t0)
-            self.n_plain[ph] += 1
-            if len(d) > 32:
-                del d[0]
+            self.since_sampled += 1
+            # The first steps after sampled ones also wait for the GPU to work off the leads: not a base.
+            if self.since_sampled > _SETTLE_STEPS:
+                d = self.dur_plain[ph]
+                d.append(now - t0)
+                self.n_plain[ph] += 1
+                if len(d) > 32:
+                    del d[0]
 
     def decide(self, ph: int, now: int, warm: bool) -> bool:
         """Sample this step?  Every step with sample="all".  Otherwise not the warm-up steps (cuDNN autotuning,
@@ -1320,13 +1330,15 @@ class _Run:
         base = self.base_ns()
         if base[ph] is None:
             return False  # no step of the phase was timed without the hooks yet: time one first
-        spent = self.lead_ns
-        for p in (TRAIN, INFER):
-            if base[p] is not None:
-                spent += self.sum_sampled[p] - len(self.dur_sampled[p]) * base[p]
-        ds = self.dur_sampled[ph]
+        for p in (TRAIN, INFER):  # a sampled step costs its time beyond a step not sampled, never less than 0
+            if base[p] is not None and self.unbilled[p]:
+                self.extra_ns[p] += sum(max(0.0, d - base[p]) for d in self.unbilled[p])
+                self.billed[p] += len(self.unbilled[p])
+                self.unbilled[p] = []
+        spent = self.lead_ns + self.extra_ns[TRAIN] + self.extra_ns[INFER]
+        per_step = self.extra_ns[ph] / self.billed[ph] if self.billed[ph] else base[ph]
         steps, lead_ns = (self.plan_burst(ph)[0], _OPEN_LEAD_NS) if self.leads() else (1, 0)
-        expect = steps * max(0.0, self.sum_sampled[ph] / len(ds) - base[ph]) + lead_ns
+        expect = steps * per_step + lead_ns
         return spent + expect <= self.tool.max_overhead * (now - self.t_start_host + steps * base[ph])
 
     def base_ns(self) -> List[Optional[float]]:
