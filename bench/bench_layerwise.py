@@ -450,14 +450,15 @@ class Bench:
             t = self.tool(depth=d, mode="replay", _keep_run=(d is None))
             self.sync()
             t.start(wl.model)
-            self.run_steps(wl, steps)
+            self.run_steps(wl, steps_auto)  # as long as the default's runs: sampling needs a long run
             t1 = time.perf_counter()
             res = t.stop()
             rs = time.perf_counter() - t1
+            self.replay_steps = steps_auto
             replay[d] = {(r["layer"], r["phase"]): r for r in res.layer_rows()}
             say("  replay (depth %s): %d layers replayed in %.1f s" % (d, sum("same_as" not in r for r in res.replayed),
                                                                       rs))
-            rec.write("replay", workload=wl.name, depth=d, stop_s=rs, replayed=res.replayed, steps=steps)
+            rec.write("replay", workload=wl.name, depth=d, stop_s=rs, replayed=res.replayed, steps=steps_auto)
             if d is None:
                 kept_run = t._last_run
 
@@ -632,7 +633,7 @@ class Bench:
                 "truth_j_per_step": truth, "baseline_step_s": 0.5 * (base_t + base_t2), "ablated_step_s": abl_t,
                 "attribute_j_per_step": per_step("energy_j", runs),
                 "seed_j_per_step": per_step("seed_energy_j", runs_all),
-                "replay_j_per_step": (sum(rep[k]["%s_energy_j" % lab] for k in keys if k in rep) / steps
+                "replay_j_per_step": (sum(rep[k]["%s_energy_j" % lab] for k in keys if k in rep) / self.replay_steps
                                       if rep and keys and keys[0] in rep else float("nan")),
             }
             for m in ("attribute", "replay", "seed"):
