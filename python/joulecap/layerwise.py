@@ -26,6 +26,14 @@ How it works (docs/python.md, "Layer-wise", says it for users):
   so intervals sharing a step share its average power (``mode="attribute"``).  ``mode="replay"`` then runs each
   layer alone for ``replay_seconds`` to measure its own power and splits the layers' measured energy by
   time x replayed power.
+* **Sampling** (``sample="auto"``, the default).  PyTorch's hook machinery alone can slow a host-bound step by
+  tens of percent, so the layers' hooks are attached for sampled steps only, chosen so that their extra time
+  stays within ``max_overhead`` of the run; a step not sampled costs one hook on the model and one marker, and
+  its time and energy are given to the rows at the end (_extrapolate).  On a GPU, steps are sampled in *bursts*
+  of about ``burst_seconds``: an opening lead (a 0.3 s GPU-side wait) then, every LEAD_EVERY markers, a short
+  lead, so that the GPU runs the sampled kernels back to back although the hooks slow the host (the CUDA
+  launch queue lets the host run only ~1000 commands ahead).  The counter measures the waiting GPU over the
+  opening lead and the burst over its interior; the burst's work gets the difference (_finish_bursts).
 """
 
 from __future__ import annotations
@@ -1746,6 +1754,12 @@ class LayerwiseMeasurementTool:
       100 ms energy-counter step the layers share the step's average power, so the split is by time there.
       ``"replay"`` additionally runs each layer alone after the run, for ``replay_seconds``, to measure its own
       power, and splits the energy measured for the layers by time x that power.  See docs/python.md.
+    * ``sample``: ``"auto"`` (default) hooks the layers on sampled steps only, within ``max_overhead`` (default
+      0.05: the sampled steps may add 5% to the run's time), never on the first ``warmup_steps`` (default 1) of
+      each phase, and extends the sampled steps to the whole run; ``"all"`` hooks every step.  A step is a
+      forward of the model itself up to the next one.
+    * ``lead`` (default True) and ``burst_seconds`` (default 0.4): on a GPU, sampled steps come in bursts of
+      about ``burst_seconds`` behind GPU-side leads, so that their kernels run back to back (see docs/python.md).
     * ``interval``: the sampler's period for the cheap reads (default 0.01 s).
 
     Training and inference may be mixed in one measurement: a forward pass under ``torch.no_grad()`` or
