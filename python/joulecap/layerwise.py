@@ -1628,6 +1628,7 @@ class LayerwiseResult:
         self.estimates = estimates
         self.labels = labels
         self.csv_path = csv_path
+        self.sampling: Dict[str, Dict[str, Any]] = {}  # per phase: steps, sampled_steps, extrapolated
 
     @property
     def total_j(self) -> float:
@@ -1697,6 +1698,10 @@ class LayerwiseResult:
         buf.write(tot + "\n")
         note = "mode %s; layer times from %s" % (self.mode, "CUDA events" if self.clock.get("kind") == "cuda"
                                                    else "the host clock")
+        sampled = [(ph, v) for ph, v in self.sampling.items() if v["sampled_steps"] < v["steps"]]
+        if sampled:
+            note += "; layers measured on %s, the rest of the run given by those" % ", ".join(
+                "%d of %d %s steps" % (v["sampled_steps"], v["steps"], ph) for ph, v in sampled)
         if self.estimates:
             note += "; estimated: %s (see .estimates)" % ", ".join(
                 "CPU" if k == "cpu" else k.upper() for k in self.estimates)
