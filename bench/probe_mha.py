@@ -46,7 +46,8 @@ def main():
 
     for _ in range(20):
         step()
-    tool = LayerwiseMeasurementTool(None, gpu_num=0, sample="all", _keep_run=True)
+    tool = LayerwiseMeasurementTool(None, gpu_num=0, sample="all", mode="replay", replay_min_share=0.999,
+                                    _keep_run=True)
     tool.start(layer)
     for _ in range(50):
         step()
@@ -59,6 +60,48 @@ def main():
     print("encoder step                    %.3f ms" % step_ms, flush=True)
 
     mha = layer.self_attn
+    # the backward of one MHA call inside the encoder layer: its autograd nodes in execution order, with the GPU
+    # time between each node's start and end (events, one synchronisation at the end)
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        box = {}
+        h = mha.register_forward_hook(lambda m, a, o: box.setdefault("out", o[0]))
+        loss = layer(x).float().square().mean()
+        h.remove()
+    seen, stack, nodes = set(), [box["out"].grad_fn], []
+    while stack:
+        n = stack.pop()
+        if n is None or id(n) in seen or n._sequence_nr() >= 2**63:
+            continue
+        seen.add(id(n))
+        nodes.append(n)
+        stack += [f for f, _ in n.next_functions]
+    log = []
+    for n in nodes:
+        def pre(g, n=n):
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            log.append([n.name(), n._sequence_nr(), e, None])
+
+        def post(gi, go, n=n):
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            for item in reversed(log):
+                if item[1] == n._sequence_nr() and item[3] is None:
+                    item[3] = e
+                    break
+        n.register_prehook(pre)
+        n.register_hook(post)
+    e_all = torch.cuda.Event(enable_timing=True)
+    e_all.record()
+    loss.backward()
+    torch.cuda.synchronize()
+    lowest = min(n._sequence_nr() for n in nodes)
+    print("MHA backward nodes in execution order (lowest sequence number %d):" % lowest)
+    for name, seq, e0, e1 in log:
+        print("  %-40s seq %6d  start +%.3f ms  took %.3f ms%s" % (
+            name, seq, e_all.elapsed_time(e0), e0.elapsed_time(e1) if e1 is not None else float("nan"),
+            "   <- lowest" if seq == lowest else ""))
     params = [p for p in mha.parameters() if p.requires_grad]
     g = torch.randn(32, 512, 1024, device=dev, dtype=torch.bfloat16)
 
