@@ -102,6 +102,21 @@ def main():
         print("  %-40s seq %6d  start +%.3f ms  took %.3f ms%s" % (
             name, seq, e_all.elapsed_time(e0), e0.elapsed_time(e1) if e1 is not None else float("nan"),
             "   <- lowest" if seq == lowest else ""))
+    # the tool's markers over one training step (nothing resolved before the end): where its intervals fall
+    tool2 = LayerwiseMeasurementTool(None, gpu_num=0, sample="all", resolve_interval=1e6, max_pending=1 << 20)
+    tool2.start(layer)
+    step()
+    run2 = tool2._run
+    torch.cuda.synchronize()
+    run2.clock.convert(run2.mt, run2.k, True)
+    names = {}
+    for r, row in enumerate(run2.rows):
+        names[2 * r], names[2 * r + 1] = row.name + " fwd", row.name + " bwd"
+    t0 = run2.mt[0]
+    print("tool markers over one step (time from start, slot from then on):")
+    for t, sl in zip(run2.mt, run2.ms):
+        print("  +%8.3f ms  %s" % ((t - t0) * 1e-6, names.get(sl, sl)))
+    tool2.stop()
     params = [p for p in mha.parameters() if p.requires_grad]
     g = torch.randn(32, 512, 1024, device=dev, dtype=torch.bfloat16)
 
@@ -128,7 +143,7 @@ def main():
     if ctx is None:
         from joulecap import _joulecap
         ctx = _joulecap.Context("0")
-    for graph in (False, True):
+    for graph in (False,):
         m = lw.measure_alone(torch, ctx, mha, cap, lw.TRAIN, True, 0.5, "cuda", dev, graph=graph)
         print("captured, %-5s                 %.3f ms per call (graph used: %s)" % (
             "graph" if graph else "loop", 1e3 * m["seconds"] / m["iterations"], m["graph"]), flush=True)
