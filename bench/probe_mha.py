@@ -81,7 +81,7 @@ def main():
         def pre(g, n=n):
             e = torch.cuda.Event(enable_timing=True)
             e.record()
-            log.append([n.name(), n._sequence_nr(), e, None])
+            log.append([n.name(), n._sequence_nr(), e, None, torch.cuda.current_stream().cuda_stream])
 
         def post(gi, go, n=n):
             e = torch.cuda.Event(enable_timing=True)
@@ -98,9 +98,10 @@ def main():
     torch.cuda.synchronize()
     lowest = min(n._sequence_nr() for n in nodes)
     print("MHA backward nodes in execution order (lowest sequence number %d):" % lowest)
-    for name, seq, e0, e1 in log:
-        print("  %-40s seq %6d  start +%.3f ms  took %.3f ms%s" % (
-            name, seq, e_all.elapsed_time(e0), e0.elapsed_time(e1) if e1 is not None else float("nan"),
+    print("  main thread's stream %#x" % torch.cuda.current_stream().cuda_stream)
+    for name, seq, e0, e1, st in log:
+        print("  %-40s seq %6d  stream %#x  start +%.3f ms  took %.3f ms%s" % (
+            name, seq, st, e_all.elapsed_time(e0), e0.elapsed_time(e1) if e1 is not None else float("nan"),
             "   <- lowest" if seq == lowest else ""))
     # the tool's markers over one training step (nothing resolved before the end): where its intervals fall
     tool2 = LayerwiseMeasurementTool(None, gpu_num=0, sample="all", resolve_interval=1e6, max_pending=1 << 20)
