@@ -474,6 +474,42 @@ class _CudaClock:
 # The state of one measurement
 
 
+def _walk_call_nodes(roots: List[Any], b: int) -> Tuple[List[Any], int, int, Any]:
+    """The autograd nodes one layer call created, from its outputs' nodes (roots): those with sequence numbers
+    above b (created after its inputs' nodes).  Returns (roots among them, lowest and highest number, the node
+    with the lowest number: it runs last in the backward, the engine running the highest ready number first).
+
+    Every node object seen is kept until the walk ends: torch makes a node's Python object on demand and drops
+    it with its last reference, so the id() of a dropped one can come back for another node, which a set of
+    ids would then skip (it cut multi-head attention's backward short, to its output projection, on the H100)."""
+    lo, hi, last = _MAX_SEQ, -1, None
+    firsts = []
+    stack = []
+    for n in roots:
+        s = n._sequence_nr()
+        if b < s < _MAX_SEQ:
+            firsts.append(n)
+            stack.append((n, s))
+    seen: Dict[int, Any] = {}
+    while stack:
+        n, s = stack.pop()
+        if s < lo:
+            lo, last = s, n
+        if s > hi:
+            hi = s
+        for nxt, _ in n.next_functions:
+            if nxt is not None:
+                i = id(nxt)
+                if i not in seen:
+                    seen[i] = nxt
+                    s2 = nxt._sequence_nr()
+                    if b < s2 < _MAX_SEQ:
+                        stack.append((nxt, s2))
+        if len(seen) > _WALK_LIMIT:
+            break
+    return firsts, lo, hi, last
+
+
 class _Burst:
     """Consecutive sampled steps after one opening lead: the lead [t_open, t_a], the work up to t_b (time and
     interpolated energy per slot, with the short leads inside it apart)."""
@@ -1503,33 +1539,7 @@ class _Run:
             cap.nout = len(outs)
         if not roots:
             return
-        # The nodes this call created have sequence numbers above b (created after its inputs' nodes); the one
-        # with the lowest number runs last in the backward (the engine runs the highest ready number first).
-        lo, hi, last = _MAX_SEQ, -1, None
-        firsts = []
-        stack = []
-        for n in roots:
-            s = n._sequence_nr()
-            if b < s < _MAX_SEQ:
-                firsts.append(n)
-                stack.append((n, s))
-        seen = set()
-        while stack:
-            n, s = stack.pop()
-            if s < lo:
-                lo, last = s, n
-            if s > hi:
-                hi = s
-            for nxt, _ in n.next_functions:
-                if nxt is not None:
-                    i = id(nxt)
-                    if i not in seen:
-                        seen.add(i)
-                        s2 = nxt._sequence_nr()
-                        if b < s2 < _MAX_SEQ:
-                            stack.append((nxt, s2))
-            if len(seen) > _WALK_LIMIT:
-                break
+        firsts, lo, hi, last = _walk_call_nodes(roots, b)
         if last is None:
             return  # the layer returned its input (Identity, Dropout in eval): no backward work of its own
         tid = threading.get_ident()

@@ -1076,3 +1076,36 @@ def test_sampled_steps_faster_than_plain_ones_do_not_earn_budget(cpu_fake):
     run.lead_ns = 60_000_000  # 60 ms of leads in 1 s: over a 5% budget
     assert not run.decide(0, now, False)
     tracker.stop()
+
+
+def test_graph_walk_survives_node_objects_coming_and_going():
+    """torch makes an autograd node's Python object on demand and drops it with its last reference; a new one can
+    get the id() of a dropped one.  Fake nodes that behave so: each next_functions access makes new objects.
+    The walk must still find the first node a call created."""
+
+    class Node:  # the C++ node
+        def __init__(self, seq, nexts):
+            self.seq, self.nexts = seq, nexts
+
+    class Wrapper:  # its Python object, made anew on each access (as when nothing holds the previous one)
+        __slots__ = ("node",)
+
+        def __init__(self, node):
+            self.node = node
+
+        def _sequence_nr(self):
+            return self.node.seq
+
+        @property
+        def next_functions(self):
+            return tuple((Wrapper(n) if n is not None else None, 0) for n in self.node.nexts)
+
+    # a chain of 300 nodes, each also pointing at a leaf-like node (AccumulateGrad: the largest number) and at an
+    # input node created before the call (number below b): both are dropped at once by the walk
+    acc = Node(2**64 - 1, [])
+    before = Node(5, [])
+    node = Node(10, [acc, before])
+    for seq in range(11, 310):
+        node = Node(seq, [node, acc, before])
+    firsts, lo, hi, last = lw._walk_call_nodes([Wrapper(node)], b=9)
+    assert (lo, hi) == (10, 309) and last._sequence_nr() == 10 and len(firsts) == 1
