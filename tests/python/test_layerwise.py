@@ -1075,7 +1075,8 @@ def test_sampled_steps_faster_than_plain_ones_do_not_earn_budget(cpu_fake):
     assert run.extra_ns[0] == 0.0  # ... and earned nothing
     run.lead_ns = 60_000_000  # 60 ms of leads in 1 s: over a 5% budget
     assert not run.decide(0, now, False)
-    tracker.stop()
+    with pytest.warns(lw.JoulecapWarning, match="no layer of the model ran"):
+        tracker.stop()
 
 
 def test_graph_walk_survives_node_objects_coming_and_going():
