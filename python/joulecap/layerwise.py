@@ -60,7 +60,7 @@ FWD, BWD = 0, 1
 OUTSIDE_FORWARD = "(outside) forward"
 OUTSIDE_BACKWARD = "(outside) backward"
 OUTSIDE_OTHER = "(outside) other"
-OUTSIDE_LEAD = "(outside) joulecap lead"  # the GPU-side delay the tool puts before a sampled step (see _Run.lead)
+OUTSIDE_LEAD = "(outside) joulecap lead"  # the GPU-side waits the tool puts in sampled bursts (_Run.open_burst)
 OUTSIDE_UNSAMPLED = "(outside) not sampled"  # steps of a phase of which no step was sampled
 SAMPLES = ("auto", "all")
 _OUTSIDE_ORDER = [OUTSIDE_FORWARD, OUTSIDE_BACKWARD, OUTSIDE_OTHER, OUTSIDE_LEAD, OUTSIDE_UNSAMPLED]
@@ -514,11 +514,10 @@ class _Burst:
     """Consecutive sampled steps after one opening lead: the lead [t_open, t_a], the work up to t_b (time and
     interpolated energy per slot, with the short leads inside it apart)."""
 
-    __slots__ = ("lead_slot", "t_open", "t_a", "t_b", "steps", "slots", "lead_e", "inner", "inner_t", "inner_e",
-                 "marks")
+    __slots__ = ("lead_slot", "t_open", "t_a", "t_b", "slots", "lead_e", "inner", "inner_t", "inner_e", "marks")
 
-    def __init__(self, lead_slot: int, t_open: int, t_a: int, steps: int, ndev: int):
-        self.lead_slot, self.t_open, self.t_a, self.t_b, self.steps = lead_slot, t_open, t_a, 0, steps
+    def __init__(self, lead_slot: int, t_open: int, t_a: int, ndev: int):
+        self.lead_slot, self.t_open, self.t_a, self.t_b = lead_slot, t_open, t_a, 0
         self.slots: Dict[int, List[Any]] = {}
         self.lead_e = [0.0] * ndev
         self.inner: List[Tuple[int, int]] = []
@@ -774,7 +773,6 @@ class _Run:
         self.burst_phase = TRAIN
         self.burst_mark0: Optional[Tuple[int, int]] = None
         self.marks_per_step = 5.0 * len(layers)  # a guess until a burst has been counted
-        self.burst_plan: List[int] = []  # steps of the bursts whose lead markers are not resolved yet
         self.burst: Optional[_Burst] = None
         self.bursts_closed: List[_Burst] = []
         self.bursts_corrected = 0
@@ -984,8 +982,7 @@ class _Run:
             if sl in open_slots:
                 if b is not None:
                     self._close_burst(b, t0)
-                steps = self.burst_plan.pop(0) if self.burst_plan else 1
-                b = self.burst = _Burst(sl, t0, t1, steps, ndev)
+                b = self.burst = _Burst(sl, t0, t1, ndev)
                 for d in range(ndev):
                     b.lead_e[d] += rates[d] * dt
             elif b is not None:
@@ -1303,7 +1300,7 @@ class _Run:
                 run.burst_left = 0
                 sample = run.decide(ph, now, warm)
                 if sample and run.leads():
-                    steps, _ = run.plan_burst(ph)
+                    steps = run.plan_burst(ph)
                     run.burst_left, run.burst_phase = steps - 1, ph
                     lead_ns = run.open_burst(ph, steps)
             run.steps[ph] += 1
@@ -1381,7 +1378,7 @@ class _Run:
                 self.unbilled[p] = []
         spent = self.lead_ns + self.extra_ns[TRAIN] + self.extra_ns[INFER]
         per_step = self.extra_ns[ph] / self.billed[ph] if self.billed[ph] else base[ph]
-        steps, lead_ns = (self.plan_burst(ph)[0], _OPEN_LEAD_NS) if self.leads() else (1, 0)
+        steps, lead_ns = (self.plan_burst(ph), _OPEN_LEAD_NS) if self.leads() else (1, 0)
         expect = steps * per_step + lead_ns
         return spent + expect <= self.tool.max_overhead * (now - self.t_start_host + steps * base[ph])
 
@@ -1398,28 +1395,25 @@ class _Run:
     def leads(self) -> bool:
         return self.tool.lead and not self.sample_all and getattr(self.clock, "has_lead", False)
 
-    def plan_burst(self, ph: int) -> Tuple[int, float]:
+    def plan_burst(self, ph: int) -> int:
         """On a GPU, steps are sampled in bursts of consecutive steps lasting about ``burst_seconds`` (several
-        100 ms counter steps, so that the counter can measure the burst's power: _finish_bursts).  Returns
-        (steps, seconds of leads expected).  A sampled step lasts about its host time (the leads fill the GPU's
-        wait for the slowed host); before one was timed, 2.5 steps not sampled stand for it."""
+        100 ms counter steps, so that the counter can measure the burst's power: _finish_bursts).  Returns the
+        number of steps.  A sampled step lasts about its host time (the short leads fill the GPU's wait for the
+        slowed host); before one was timed, 2.5 steps not sampled stand for it."""
         base = self.base_ns()[ph] or self.first_unit_ns
         ds = self.dur_sampled[ph]
         host = self.sum_sampled[ph] / len(ds) if ds else 2.5 * base
-        steps = max(1, min(256, int(math.ceil(self.tool.burst_seconds * 1e9 / max(host, 1.0)))))
-        work = self.work_per_mark * self.marks_per_step if self.work_per_mark else 0.5 * base
-        return steps, (_OPEN_LEAD_NS + 1.2 * steps * max(0.0, host - work)) * 1e-9
+        return max(1, min(256, int(math.ceil(self.tool.burst_seconds * 1e9 / max(host, 1.0)))))
 
     def open_burst(self, ph: int, steps: int) -> int:
         """A burst starts with an opening lead: a kernel that keeps the GPU waiting, long enough (0.3 s) for
         the counter to measure the power of a waiting GPU, which the short leads inside the burst draw
-        (_finish_bursts).  Events for the burst are made while it runs, and the pending markers are not
+        (_finish_bursts).  The events for the burst are made just before it, and the pending markers are not
         resolved until the burst ends: inside it, every LEAD_EVERY markers, _inner_lead enqueues a short lead
         instead.  The leads' time and energy go to the row "(outside) joulecap lead"."""
         r = self._outside_row(OUTSIDE_LEAD, ph)
         self.lead_slots.add(2 * r)  # opening leads (the row's forward half); short leads use 2 * r + 1
         self.calls[2 * r] += 1
-        self.burst_plan.append(steps)
         # events first: recording them while the GPU waits would fill the launch queue and stall the host
         self.clock.reserve(min(int(1.2 * steps * self.marks_per_step) + 64, 1 << 17))
         self.mark(2 * r)
@@ -2174,7 +2168,7 @@ def _row_dict(run: _Run, r: int, row: _Row, e: List[List[float]], labels: List[s
         "forward_time_s": tf,
         "backward_time_s": tb,
     }
-    if outside and row.name == OUTSIDE_OTHER:
+    if outside and row.name in (OUTSIDE_OTHER, OUTSIDE_LEAD):  # (the lead row's halves: opening / short leads)
         d["forward_time_s"] = d["backward_time_s"] = ""
     if outside and row.name == OUTSIDE_BACKWARD:
         d["calls"] = ""
@@ -2189,7 +2183,7 @@ def _row_dict(run: _Run, r: int, row: _Row, e: List[List[float]], labels: List[s
         d["%s_power_w" % lab] = (ef + eb) / (tf + tb) if tf + tb > 0 else float("nan")
         if not math.isnan(ef + eb):
             tot += ef + eb
-    if outside and row.name == OUTSIDE_OTHER:
+    if outside and row.name in (OUTSIDE_OTHER, OUTSIDE_LEAD):
         for lab in labels:
             d["%s_forward_energy_j" % lab] = d["%s_backward_energy_j" % lab] = ""
     d["energy_j"] = tot

@@ -1030,7 +1030,7 @@ def test_a_burst_gets_the_power_measured_over_its_interior(cpu_fake):
             return {"resolved": True, "energy_j": [0.0, e], "source": ["estimate", "counter"]}
 
     def burst():
-        b = lw._Burst(lead, 1 * S, 13 * S // 10, 4, run.ndev)  # opening lead 1.0-1.3 s
+        b = lw._Burst(lead, 1 * S, 13 * S // 10, run.ndev)  # opening lead 1.0-1.3 s
         b.t_b = 19 * S // 10
         b.slots = {a: [300_000_000, [0.0, 90.0]], a + 1: [100_000_000, [0.0, 30.0]]}  # interpolated: 300 W
         b.inner = [(14 * S // 10, 15 * S // 10), (16 * S // 10, 17 * S // 10)]
