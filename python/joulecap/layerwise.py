@@ -1993,7 +1993,7 @@ class LayerwiseMeasurementTool:
         ctx.close()  # a tool measures one run: free the sampler now
         if self.out_file is not None:
             _write_csv(self.out_file, result)
-        if not result.layer_rows():
+        if not result.layer_rows() and not any(v["steps"] and not v["sampled_steps"] for v in result.sampling.values()):
             warnings.warn("no layer of the model ran between start() and stop()", JoulecapWarning, stacklevel=2)
         return result
 
