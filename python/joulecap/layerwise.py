@@ -762,7 +762,7 @@ class _Run:
         self._base_n = [-1, -1]
         self.lead_ns = 0  # opening leads enqueued, in total (counted in the overhead budget)
         self.lead_inner_ns = 0  # short leads enqueued inside bursts, in total
-        self.unit: Optional[Tuple[int, bool, int, int, bool]] = None  # (phase, sampled, t0, lead ns, warm-up)
+        self.unit: Optional[Tuple[int, bool, int, bool]] = None  # (phase, sampled, t0 host ns, warm-up)
         self.attached = False
         self.stopped = False
         self.t_start_host = time.perf_counter_ns()
@@ -1292,7 +1292,6 @@ class _Run:
             ph = TRAIN if grad_enabled() else INFER
             run.end_unit(now)
             warm = run.steps[ph] < run.tool.warmup_steps and not run.sample_all
-            lead_ns = 0
             if run.burst_left > 0 and run.burst_phase == ph:
                 run.burst_left -= 1
                 sample = True
@@ -1302,7 +1301,7 @@ class _Run:
                 if sample and run.leads():
                     steps = run.plan_burst(ph)
                     run.burst_left, run.burst_phase = steps - 1, ph
-                    lead_ns = run.open_burst(ph, steps)
+                    run.open_burst(ph, steps)
             run.steps[ph] += 1
             if sample:
                 run.sampled[ph] += 1
@@ -1328,7 +1327,7 @@ class _Run:
                 run.calls[slot] += 1
                 run.mark(slot)
                 run.maybe_resolve()
-            run.unit = (ph, sample, now, lead_ns, warm)
+            run.unit = (ph, sample, now, warm)
             return None
 
         return step_pre
@@ -1336,7 +1335,7 @@ class _Run:
     def end_unit(self, now: int) -> None:
         if self.unit is None:
             return
-        ph, sampled, t0, lead_ns, warm = self.unit
+        ph, sampled, t0, warm = self.unit
         self.unit = None
         if sampled:
             self.since_sampled = 0
@@ -1344,7 +1343,6 @@ class _Run:
                 self.dur_sampled[ph].append(now - t0)
                 self.sum_sampled[ph] += now - t0
                 self.unbilled[ph].append(now - t0)
-            self.lead_ns += lead_ns
         elif warm:
             self.first_unit_ns = now - t0
         else:
@@ -1405,7 +1403,7 @@ class _Run:
         host = self.sum_sampled[ph] / len(ds) if ds else 2.5 * base
         return max(1, min(256, int(math.ceil(self.tool.burst_seconds * 1e9 / max(host, 1.0)))))
 
-    def open_burst(self, ph: int, steps: int) -> int:
+    def open_burst(self, ph: int, steps: int) -> None:
         """A burst starts with an opening lead: a kernel that keeps the GPU waiting, long enough (0.3 s) for
         the counter to measure the power of a waiting GPU, which the short leads inside the burst draw
         (_finish_bursts).  The events for the burst are made just before it, and the pending markers are not
@@ -1418,12 +1416,12 @@ class _Run:
         self.clock.reserve(min(int(1.2 * steps * self.marks_per_step) + 64, 1 << 17))
         self.mark(2 * r)
         if not self.clock.lead(_OPEN_LEAD_NS * 1e-9):
-            return 0
+            return
+        self.lead_ns += _OPEN_LEAD_NS
         self.mark(self.fstack[-1][0] if self.fstack else self.idle_slot())
         self.burst_mark0 = (len(self.mt), steps)
         self.check_at = len(self.mt) + LEAD_EVERY
         self.lead_host_ns = time.perf_counter_ns()
-        return _OPEN_LEAD_NS
 
     def _inner_lead(self) -> None:
         """A short lead inside a burst: the CUDA launch queue holds about a thousand commands, so the host can be
