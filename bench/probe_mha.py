@@ -9,7 +9,6 @@ encoder layer?  Times its forward + backward per call, bf16 autocast, on one GPU
 
 Usage (GPU machine): python3 bench/probe_mha.py   (prints one line per way, ms per call)
 """
-import time
 
 import torch
 from joulecap import LayerwiseMeasurementTool

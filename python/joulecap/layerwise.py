@@ -327,13 +327,7 @@ class _CudaClock:
         return True
 
     def begin(self) -> int:
-        if self._real and not self._pool:
-            # Create the events (and their CUDA events, made at the first record) now rather than in the hooks.
-            stream = self._stream()
-            for _ in range(self.POOL_WARM):
-                ev = self._new_event()
-                ev.record(stream)
-                self._pool.append(ev)
+        self.reserve(self.POOL_WARM)
         self.mark = self._fast_mark()  # type: ignore[method-assign]
         self._synchronize()
         if self._real:
@@ -344,7 +338,8 @@ class _CudaClock:
         return self.now()
 
     def reserve(self, n: int) -> None:
-        """Makes the pool hold at least n events (created and recorded once here, not in the hooks)."""
+        """Makes the pool hold at least n events: created, and their CUDA events with them (made at the first
+        record), here rather than in the hooks."""
         if not self._real:
             return
         pool = self._pool
@@ -750,7 +745,7 @@ class _Run:
         self.sample_all = tool.sample == "all"
         self.steps = [0, 0]  # per phase
         self.sampled = [0, 0]
-        self.dur_sampled: List[List[int]] = [[], []]  # host ns of the sampled steps
+        self.n_sampled_timed = [0, 0]  # sampled steps whose host time is in sum_sampled (sample="auto")
         self.dur_plain: List[List[int]] = [[], []]  # host ns of recent steps not sampled (warm-up excluded)
         self.sum_sampled = [0, 0]
         self.unbilled: List[List[int]] = [[], []]  # sampled steps' host ns not yet compared with a base
@@ -765,9 +760,11 @@ class _Run:
         self.unit: Optional[Tuple[int, bool, int, bool]] = None  # (phase, sampled, t0 host ns, warm-up)
         self.attached = False
         self.stopped = False
+        self.layer_hooks: List[Tuple[Any, Callable, Callable]] = []  # (module, pre, post) attached when sampling
+        self.layer_handles: List[Any] = []
         self.t_start_host = time.perf_counter_ns()
-        # bursts: consecutive sampled steps behind one lead (see make_step_pre, _track_bursts, _finish_bursts)
-        self.lead_slots: set = set()
+        # bursts: consecutive sampled steps behind one lead (see make_step_pre, _accumulate, _finish_bursts)
+        self.open_lead_slots: set = set()  # slots of opening leads (a lead row's forward half)
         self.plain_slots: set = set()
         self.burst_left = 0
         self.burst_phase = TRAIN
@@ -918,9 +915,7 @@ class _Run:
                         e = self._gone_fallback(e, r["source"], tg)
                     span = tg - tj
                     t0 = tj
-                    if self.lead_slots:  # leads were enqueued: follow the bursts (see _Burst)
-                        self._track_bursts(j, g, [v / span for v in e])
-                    elif ndev == 2:  # the usual case (CPU + one GPU), unrolled
+                    if ndev == 2 and not self.open_lead_slots:  # the usual case (CPU + one GPU), unrolled
                         p0, p1 = e[0] / span, e[1] / span
                         for i in range(j, g):
                             t1 = mt[i + 1]
@@ -932,18 +927,8 @@ class _Run:
                                 row[0] += p0 * dt
                                 row[1] += p1 * dt
                             t0 = t1
-                    else:
-                        rates = [v / span for v in e]
-                        for i in range(j, g):
-                            t1 = mt[i + 1]
-                            dt = t1 - t0
-                            if dt:
-                                sl = ms[i]
-                                acc_t[sl] += dt
-                                row = acc_e[sl]
-                                for d in range(ndev):
-                                    row[d] += rates[d] * dt
-                            t0 = t1
+                    else:  # any number of devices, and the bursts followed
+                        self._accumulate(j, g, [v / span for v in e])
                 if mh is not None:
                     for i in range(j, g):
                         acc_th[ms[i]] += mh[i + 1] - mh[i]
@@ -965,14 +950,14 @@ class _Run:
                 self.resolve_ns += time.perf_counter_ns() - t_in
             self.lock.release()
 
-    def _track_bursts(self, j: int, g: int, rates: List[float]) -> None:
-        """The intervals j..g-1 of one group, with the group's power per device: accumulated as usual, and
-        followed through the bursts: an opening lead opens one, the intervals after it belong to it (short leads
-        apart), the next step not sampled closes it."""
+    def _accumulate(self, j: int, g: int, rates: List[float]) -> None:
+        """The intervals j..g-1 of one group, with the group's power per device: their time and energy added to
+        their slots, and, once leads were enqueued, followed through the bursts: an opening lead opens one, the
+        intervals after it belong to it (short leads apart), the next step not sampled closes it."""
         mt, ms = self.mt, self.ms
         acc_t, acc_e = self.acc_t, self.acc_e
         ndev = self.ndev
-        open_slots, plain_slots = self.lead_slots, self.plain_slots
+        open_slots, plain_slots = self.open_lead_slots, self.plain_slots
         b = self.burst
         t0 = mt[j]
         for i in range(j, g):
@@ -1234,7 +1219,6 @@ class _Run:
         # for the sampled steps only (attach/detach), since PyTorch's hook machinery alone is what costs.
         handles = self.handles
         handles.append(root.register_forward_pre_hook(self.make_step_pre(), with_kwargs=True, prepend=True))
-        self.layer_hooks: List[Tuple[Any, Callable, Callable]] = []
         if not root_selected:
             handles.append(root.register_forward_pre_hook(root_pre, with_kwargs=True))
         for li, (name, m) in enumerate(self.layers):
@@ -1245,7 +1229,6 @@ class _Run:
                 self.layer_hooks.append((m, make_pre(li, m), make_post(li)))
         if not root_selected:
             handles.append(root.register_forward_hook(root_post, with_kwargs=True, always_call=True))
-        self.layer_handles: List[Any] = []
         if not self.layer_hooks:
             self.sample_all = True  # the model is the only layer: its hooks run anyway, sampling saves nothing
         self.attach()  # until the model itself is first called (layers called directly are all measured)
@@ -1268,7 +1251,7 @@ class _Run:
         for h in self.handles:
             h.remove()
         self.handles = []
-        if getattr(self, "layer_handles", None):
+        if self.layer_handles:
             self.detach()
 
     # -- step sampling -----------------------------------------------------------------------------------------
@@ -1318,15 +1301,11 @@ class _Run:
                     run.check_at = len(run.mt) + max(64, run.tool.max_pending // 2)
                 if run.attached:
                     run.detach()
-                run.forget_step_state()
-                run.cur_phase = ph
-                if run.first_phase is None:
-                    run.first_phase = ph
+                run.outermost_forward(ph)  # (no measured forward is open: fstack is empty here)
                 slot = 2 * run._outside_row(OUTSIDE_UNSAMPLED, ph)
                 run.plain_slots.add(slot)
                 run.calls[slot] += 1
                 run.mark(slot)
-                run.maybe_resolve()
             run.unit = (ph, sample, now, warm)
             return None
 
@@ -1340,7 +1319,7 @@ class _Run:
         if sampled:
             self.since_sampled = 0
             if not self.sample_all:
-                self.dur_sampled[ph].append(now - t0)
+                self.n_sampled_timed[ph] += 1
                 self.sum_sampled[ph] += now - t0
                 self.unbilled[ph].append(now - t0)
         elif warm:
@@ -1391,7 +1370,7 @@ class _Run:
         return cached
 
     def leads(self) -> bool:
-        return self.tool.lead and not self.sample_all and getattr(self.clock, "has_lead", False)
+        return self.tool.lead and not self.sample_all and self.clock.has_lead
 
     def plan_burst(self, ph: int) -> int:
         """On a GPU, steps are sampled in bursts of consecutive steps lasting about ``burst_seconds`` (several
@@ -1399,8 +1378,8 @@ class _Run:
         number of steps.  A sampled step lasts about its host time (the short leads fill the GPU's wait for the
         slowed host); before one was timed, 2.5 steps not sampled stand for it."""
         base = self.base_ns()[ph] or self.first_unit_ns
-        ds = self.dur_sampled[ph]
-        host = self.sum_sampled[ph] / len(ds) if ds else 2.5 * base
+        n = self.n_sampled_timed[ph]
+        host = self.sum_sampled[ph] / n if n else 2.5 * base
         return max(1, min(256, int(math.ceil(self.tool.burst_seconds * 1e9 / max(host, 1.0)))))
 
     def open_burst(self, ph: int, steps: int) -> None:
@@ -1410,7 +1389,7 @@ class _Run:
         resolved until the burst ends: inside it, every LEAD_EVERY markers, _inner_lead enqueues a short lead
         instead.  The leads' time and energy go to the row "(outside) joulecap lead"."""
         r = self._outside_row(OUTSIDE_LEAD, ph)
-        self.lead_slots.add(2 * r)  # opening leads (the row's forward half); short leads use 2 * r + 1
+        self.open_lead_slots.add(2 * r)  # short leads use the row's other half, 2 * r + 1
         self.calls[2 * r] += 1
         # events first: recording them while the GPU waits would fill the launch queue and stall the host
         self.clock.reserve(min(int(1.2 * steps * self.marks_per_step) + 64, 1 << 17))
@@ -1445,13 +1424,6 @@ class _Run:
         self.mark(slot)
         self.check_at = len(self.mt) + LEAD_EVERY
 
-    def forget_step_state(self) -> None:
-        self.fstack.clear()
-        for c in self.bstack:
-            c.active = False
-        self.bstack.clear()
-        self.bw_tasks.clear()
-
     def outermost_forward(self, phase: int) -> None:
         """A forward begins that no other measured forward encloses.  Outside a backward (activation
         checkpointing recomputes forwards inside one) that is a new step: forget the backward state that a
@@ -1463,11 +1435,13 @@ class _Run:
         self.cur_phase = phase
         if self.first_phase is None:
             self.first_phase = phase
-        if self.bstack:
-            for c in self.bstack:
-                c.active = False
-            self.bstack.clear()
+        self.drop_backward_stack()
         self.maybe_resolve()
+
+    def drop_backward_stack(self) -> None:
+        for c in self.bstack:
+            c.active = False
+        self.bstack.clear()
 
     # -- backward ----------------------------------------------------------------------------------------------
 
@@ -1486,9 +1460,7 @@ class _Run:
             if tid in run.bw_tasks:
                 run.bw_tasks.remove(tid)
             if not run.bw_tasks:
-                for c in run.bstack:
-                    c.active = False
-                run.bstack.clear()
+                run.drop_backward_stack()
             if run.active:
                 run.mark(run.idle_slot())
 
