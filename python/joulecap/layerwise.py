@@ -583,17 +583,16 @@ class _Call:
 
 
 class _TensorSpec:
-    """A tensor argument seen by a layer: its shape and a sample of its values (a slice along dim 0)."""
+    """A tensor argument seen by a layer: its shape, its memory layout and a sample of its values (a slice along
+    dim 0)."""
 
-    __slots__ = ("shape", "dtype", "requires_grad", "sample", "channels_last")
+    __slots__ = ("shape", "dtype", "requires_grad", "sample", "order")
 
     def __init__(self, t: Any, max_bytes: int, torch: Any):
         self.shape = tuple(t.shape)
         self.dtype = t.dtype
         self.requires_grad = bool(t.requires_grad)
-        self.channels_last = t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(
-            memory_format=torch.channels_last
-        )
+        self.order = _memory_order(t, torch)
         d = t.detach()
         nbytes = d.numel() * d.element_size()
         if nbytes > max_bytes and d.dim() > 0 and d.shape[0] > 1:
@@ -602,15 +601,31 @@ class _TensorSpec:
         self.sample = d.clone()
 
     def make(self, torch: Any) -> Any:
+        """A tensor of the seen shape and memory layout: a layer's kernels run at another speed on a transposed
+        (MultiheadAttention's output with batch_first) or channels_last input than on a contiguous one."""
         s = self.sample
         if tuple(s.shape) != self.shape:
             reps = -(-self.shape[0] // s.shape[0])
             s = s.repeat((reps,) + (1,) * (s.dim() - 1))[: self.shape[0]]
-        if self.channels_last:
-            s = s.contiguous(memory_format=torch.channels_last)
-        else:
+        if self.order is None:
             s = s.contiguous()
+        else:
+            inverse = [0] * len(self.order)
+            for pos, dim in enumerate(self.order):
+                inverse[dim] = pos
+            s = s.permute(self.order).contiguous().permute(inverse)
         return s.clone() if s.data_ptr() == self.sample.data_ptr() else s
+
+
+def _memory_order(t: Any, torch: Any) -> Optional[Tuple[int, ...]]:
+    """The dimensions of a strided tensor from the outermost in memory to the innermost, or None when that is
+    the contiguous order.  Dimensions of size 1 (any stride, no bearing on the layout) go innermost; gaps (a
+    slice of a larger tensor) and repeats (expand) are not kept."""
+    if t.dim() < 2 or t.layout != torch.strided or t.is_contiguous():
+        return None
+    dims = range(t.dim())
+    order = tuple(sorted(dims, key=lambda i: (-t.stride(i) if t.shape[i] > 1 else 0, i)))
+    return None if order == tuple(dims) else order
 
 
 class _Capture:
@@ -663,7 +678,7 @@ def _key_of(obj: Any, memo: Optional[Dict[int, int]] = None) -> Any:
         memo = {}
     if isinstance(obj, _TensorSpec):
         alias = memo.setdefault(id(obj), len(memo))
-        return ("T", obj.shape, str(obj.dtype), obj.requires_grad, obj.channels_last, alias)
+        return ("T", obj.shape, str(obj.dtype), obj.requires_grad, obj.order, alias)
     if isinstance(obj, (tuple, list)):
         return tuple(_key_of(o, memo) for o in obj)
     if isinstance(obj, dict):

@@ -516,6 +516,39 @@ def test_replay_keeps_self_attention_aliasing(cpu_fake):
     assert set(cap.grads) == {0}  # the attention output's gradient (the weights output is None)
 
 
+def test_replay_keeps_the_memory_layout(cpu_fake):
+    """A layer's kernels run at another speed on a transposed or channels_last input: replay gets the layout the
+    layer saw (here the dropout after batch_first attention gets a transposed view, the conv a channels_last
+    image), with the captured values."""
+    class Net2(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.drop = nn.Dropout(0.0)
+
+        def forward(self, x, y):
+            return self.conv(x).sum() + self.drop(y.transpose(0, 1)).sum()
+
+    model = Net2()
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, mode="replay", replay_seconds=0.02, _keep_run=True)
+    tracker.start(model)
+    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    y = torch.randn(5, 6, 7)
+    for _ in range(2):
+        model(x, y).backward()
+    tracker.stop()
+    run = tracker._last_run
+    made = {}
+    for r, cap in run.captures.items():
+        made[run.rows[r].name] = lw._make(cap.args, torch, [], {})[0]
+    assert made["conv"].is_contiguous(memory_format=torch.channels_last) and not made["conv"].is_contiguous()
+    assert torch.equal(made["conv"], x)
+    yt = y.transpose(0, 1)
+    assert made["drop"].shape == yt.shape and made["drop"].stride() == yt.stride()
+    assert torch.equal(made["drop"], yt)
+    assert lw._TensorSpec(torch.randn(3, 4), 1 << 20, torch).order is None
+
+
 def test_replay_split_uses_time_times_power():
     class FakeRun:
         acc_t = [2_000_000_000, 0, 1_000_000_000, 1_000_000_000, 1_000_000_000, 0]
