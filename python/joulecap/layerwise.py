@@ -509,16 +509,26 @@ class _Burst:
     """Consecutive sampled steps after one opening lead: the lead [t_open, t_a], the work up to t_b (time and
     interpolated energy per slot, with the short leads inside it apart)."""
 
-    __slots__ = ("lead_slot", "t_open", "t_a", "t_b", "slots", "lead_e", "inner", "inner_t", "inner_e", "marks")
+    __slots__ = ("lead_slot", "t_open", "t_a", "t_b", "slots", "lead_e", "inner", "inner_t", "inner_e", "marks",
+                 "index", "work_t", "lead_win", "work_win", "p_lead", "p_work", "total", "q")
 
-    def __init__(self, lead_slot: int, t_open: int, t_a: int, ndev: int):
+    def __init__(self, lead_slot: int, t_open: int, t_a: int, ndev: int, index: int):
         self.lead_slot, self.t_open, self.t_a, self.t_b = lead_slot, t_open, t_a, 0
         self.slots: Dict[int, List[Any]] = {}
-        self.lead_e = [0.0] * ndev
+        self.lead_e = [0.0] * ndev  # the opening lead's energy (interpolated, then what _apply_burst_power gave)
         self.inner: List[Tuple[int, int]] = []
         self.inner_t = 0
-        self.inner_e = [0.0] * ndev
+        self.inner_e = [0.0] * ndev  # the short leads' energy, likewise
         self.marks = 0
+        self.index = index  # the n-th burst opened (_Run.burst_steps[index])
+        # set when corrected (_finish_bursts): work time, the interior's lead and work time, the powers measured
+        self.work_t = 0
+        self.lead_win = 0
+        self.work_win = 0
+        self.p_lead = [float("nan")] * ndev
+        self.p_work = [float("nan")] * ndev
+        self.total: List[Optional[float]] = [None] * ndev  # the burst's whole energy, kept by every correction
+        self.q: List[Optional[float]] = [None] * ndev  # the work's power as applied (None: interpolated)
 
 
 class _Row:
@@ -789,6 +799,10 @@ class _Run:
         self.bursts_closed: List[_Burst] = []
         self.bursts_corrected = 0
         self.bursts_uncorrected = 0
+        self.bursts_done: List[_Burst] = []  # corrected (see _refine_work_power)
+        self.n_bursts = 0  # bursts seen by _accumulate
+        self.burst_steps: List[int] = []  # sampled steps of each burst opened, in order
+        self.work_power: Dict[str, Any] = {}  # per phase: the work's power from the bursts and from the whole run
         self.work_per_mark: Optional[float] = None  # GPU ns of work per marker, measured on the last burst
         self.lead_host_ns = 0
         self.first_unit_ns = 50_000_000  # the warm-up step's host time, once known
@@ -982,7 +996,8 @@ class _Run:
             if sl in open_slots:
                 if b is not None:
                     self._close_burst(b, t0)
-                b = self.burst = _Burst(sl, t0, t1, ndev)
+                b = self.burst = _Burst(sl, t0, t1, ndev, self.n_bursts)
+                self.n_bursts += 1
                 for d in range(ndev):
                     b.lead_e[d] += rates[d] * dt
             elif b is not None:
@@ -1052,24 +1067,85 @@ class _Run:
             if work_win <= 0:
                 self.bursts_uncorrected += 1
                 continue
+            b.work_t, b.lead_win, b.work_win = work_t, lead_win, work_win
             for d in range(self.ndev):
                 p_lead = rl["energy_j"][d] / (lz - la)
                 p_work = (r["energy_j"][d] - p_lead * lead_win) / work_win
                 if math.isnan(p_lead) or math.isnan(p_work):
                     continue
-                p_work = max(0.0, p_work)
-                total = sum(rec[1][d] for rec in b.slots.values()) + b.inner_e[d] + b.lead_e[d]
-                new_work, new_inner = p_work * work_t, p_lead * b.inner_t
-                if new_work + new_inner > total > 0:
-                    f = total / (new_work + new_inner)
-                    new_work, new_inner = new_work * f, new_inner * f
-                q = new_work / work_t
-                for sl, rec in b.slots.items():
-                    self.acc_e[sl][d] += q * rec[0] - rec[1][d]
-                self.acc_e[b.lead_slot + 1][d] += new_inner - b.inner_e[d]
-                self.acc_e[b.lead_slot][d] += (total - new_work - new_inner) - b.lead_e[d]
+                b.p_lead[d], b.p_work[d] = p_lead, p_work
+                self._apply_burst_power(b, d, p_work)
+            self.bursts_done.append(b)
             self.bursts_corrected += 1
         self.bursts_closed = left
+
+    def _apply_burst_power(self, b: "_Burst", d: int, p_work: float) -> None:
+        """Gives a burst's work intervals the power p_work (W per ns: energies are per ns here), its short leads
+        P_lead, its opening lead the rest of the burst's energy (the interpolation's, kept: the rows still add
+        up; never below zero: the work and short leads are scaled down instead).  Can be applied again with
+        another p_work (_refine_work_power)."""
+        if b.total[d] is None:
+            b.total[d] = sum(rec[1][d] for rec in b.slots.values()) + b.inner_e[d] + b.lead_e[d]
+        total = b.total[d]
+        new_work, new_inner = max(0.0, p_work) * b.work_t, b.p_lead[d] * b.inner_t
+        if new_work + new_inner > total > 0:
+            f = total / (new_work + new_inner)
+            new_work, new_inner = new_work * f, new_inner * f
+        q, q_old = new_work / b.work_t, b.q[d]
+        acc_e = self.acc_e
+        for sl, rec in b.slots.items():
+            acc_e[sl][d] += q * rec[0] - (rec[1][d] if q_old is None else q_old * rec[0])
+        acc_e[b.lead_slot + 1][d] += new_inner - b.inner_e[d]
+        acc_e[b.lead_slot][d] += (total - new_work - new_inner) - b.lead_e[d]
+        b.q[d], b.inner_e[d], b.lead_e[d] = q, new_inner, total - new_work - new_inner
+
+    def refine_work_power(self) -> None:
+        """At stop(): the power of the bursts' work measured over the whole run, where that is better conditioned.
+
+        A burst's interior holds work and short leads, E = P_work x work + P_wait x leads, and P_wait is taken
+        from the opening lead: an error in it moves P_work by (leads / work) times as much, and where the hooks
+        slow the host a lot the short leads fill most of the burst (2/3 on a transformer layer: P_work came out
+        above the card's power limit).  The steps not sampled do the same work without the tool: their energy
+        is P_work x busy + P_wait x idle, busy = their number x the GPU time of a sampled step (the bursts'
+        work per step, leads apart), idle = their time beyond it.  Where idle / busy is the smaller ratio (a
+        GPU-bound job: no idle time), P_work from those steps, measured over most of the run, replaces the
+        bursts' own; otherwise the bursts' stays.  ``result.clock["work_power"]`` gives both per phase."""
+        for ph in (TRAIN, INFER):
+            bursts = [b for b in self.bursts_done if self.rows[b.lead_slot // 2].phase == ph]
+            u = self.outside.get((OUTSIDE_UNSAMPLED, ph))
+            if not bursts or u is None:
+                continue
+            steps = sum(self.burst_steps[b.index] for b in bursts if b.index < len(self.burst_steps))
+            work_t = sum(b.work_t for b in bursts)
+            n_u, t_u = self.calls[2 * u], self.acc_t[2 * u]
+            if steps <= 0 or n_u <= 0 or t_u <= 0:
+                continue
+            busy = min(t_u, n_u * work_t / steps)
+            idle = t_u - busy
+            rho_bursts = sum(b.lead_win for b in bursts) / sum(b.work_win for b in bursts)
+            rho_run = idle / busy
+            wait_t = sum(b.lead_win + b.work_win for b in bursts)
+            info: Dict[str, Any] = {"busy_share_not_sampled": busy / t_u,
+                                    "lead_share_bursts": rho_bursts / (1.0 + rho_bursts),
+                                    "from": "bursts", "bursts_w": [], "run_w": []}
+            p_run = []
+            for d in range(self.ndev):
+                # P_wait: the opening leads' power, weighted like the bursts' interiors
+                p_wait = sum(b.p_lead[d] * (b.lead_win + b.work_win) for b in bursts) / wait_t
+                p_b = sum(b.p_work[d] * b.work_win for b in bursts) / sum(b.work_win for b in bursts)
+                p = (self.acc_e[2 * u][d] - p_wait * idle) / busy
+                info["bursts_w"].append(p_b * 1e9)
+                info["run_w"].append(p * 1e9)
+                p_run.append(p)
+            if rho_run < rho_bursts:
+                info["from"] = "steps not sampled"
+                for d in range(self.ndev):
+                    if math.isnan(p_run[d]) or p_run[d] <= 0:
+                        continue  # (a device that measured nothing)
+                    for b in bursts:
+                        if b.q[d] is not None:
+                            self._apply_burst_power(b, d, p_run[d])
+            self.work_power[PHASES[ph]] = info
 
     def _keep(self, ctx: Any, t0: int) -> None:
         """Keeps a library window open at the start of the oldest open interval: if no marker comes for longer
@@ -1292,6 +1368,7 @@ class _Run:
             warm = run.steps[ph] < run.tool.warmup_steps and not run.sample_all
             if run.burst_left > 0 and run.burst_phase == ph:
                 run.burst_left -= 1
+                run.burst_steps[-1] += 1
                 sample = True
             else:
                 run.burst_left = 0
@@ -1406,6 +1483,7 @@ class _Run:
         r = self._outside_row(OUTSIDE_LEAD, ph)
         self.open_lead_slots.add(2 * r)  # short leads use the row's other half, 2 * r + 1
         self.calls[2 * r] += 1
+        self.burst_steps.append(1)
         # events first: recording them while the GPU waits would fill the launch queue and stall the host
         self.clock.reserve(min(int(1.2 * steps * self.marks_per_step) + 64, 1 << 17))
         self.mark(2 * r)
@@ -1961,6 +2039,7 @@ class LayerwiseMeasurementTool:
         if run.mh is not None:
             run.mh.append(time.perf_counter_ns())
         run.resolve(final_timeout=10.0)
+        run.refine_work_power()
         run._drop_keep(self._ctx)
         ctx = self._ctx
         ctx.stop_at(run.window, t_end)
@@ -2056,6 +2135,8 @@ class LayerwiseMeasurementTool:
         clock["lead_s"] = (run.lead_ns + run.lead_inner_ns) * 1e-9
         clock["bursts_corrected"] = run.bursts_corrected
         clock["bursts_uncorrected"] = run.bursts_uncorrected + len(run.bursts_closed)
+        if run.work_power:
+            clock["work_power"] = run.work_power
         result = LayerwiseResult(columns, result_rows, total, (run.t_end - run.t_start) * 1e-9, self.mode, clock,
                                  replayed, sources, estimates, labels, self.out_file)
         result.sampling = sampling

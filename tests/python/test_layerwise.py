@@ -1094,7 +1094,7 @@ def test_a_burst_gets_the_power_measured_over_its_interior(cpu_fake):
             return {"resolved": True, "energy_j": [0.0, e], "source": ["estimate", "counter"]}
 
     def burst():
-        b = lw._Burst(lead, 1 * S, 13 * S // 10, run.ndev)  # opening lead 1.0-1.3 s
+        b = lw._Burst(lead, 1 * S, 13 * S // 10, run.ndev, 0)  # opening lead 1.0-1.3 s
         b.t_b = 19 * S // 10
         b.slots = {a: [300_000_000, [0.0, 90.0]], a + 1: [100_000_000, [0.0, 30.0]]}  # interpolated: 300 W
         b.inner = [(14 * S // 10, 15 * S // 10), (16 * S // 10, 17 * S // 10)]
@@ -1120,6 +1120,59 @@ def test_a_burst_gets_the_power_measured_over_its_interior(cpu_fake):
     f = 240.0 / (900 * 0.4 + 100 * 0.2)
     assert deltas(900.0) == pytest.approx([900 * 0.3 * f - 90, 900 * 0.1 * f - 30, 100 * 0.2 * f - 60, -60.0])
     assert run.bursts_corrected == 2
+    tracker.stop()
+
+
+@pytest.mark.parametrize("not_sampled_s, expect_from", [(10.0, "steps not sampled"), (30.0, "bursts")])
+def test_work_power_from_the_whole_run_where_better_conditioned(cpu_fake, not_sampled_s, expect_from):
+    """The bursts' work power depends on the waiting power times leads / work; the steps not sampled give it
+    too, times idle / busy.  The better conditioned one is applied: a GPU-bound job (the steps not sampled keep
+    the GPU busy) takes the run's, a host-bound one (idle twice as long as busy) keeps the bursts'."""
+    model = Net()
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0)
+    tracker.start(model)
+    run = tracker._run
+    real_ctx = tracker._ctx
+    r = run._outside_row(lw.OUTSIDE_LEAD, lw.TRAIN)
+    lead, inner = 2 * r, 2 * r + 1
+    a = 2 * run.layer_row(0, lw.TRAIN)
+    u = 2 * run._outside_row(lw.OUTSIDE_UNSAMPLED, lw.TRAIN)
+    S = 10**9
+
+    class Ctx:  # waiting 100 W, work 500 W (as in the test above): interior 1.4-1.8 s, half leads, half work
+        def energy_between(self, t0, t1, timeout):
+            segs = [(1.0, 1.3, 100.0), (1.3, 1.4, 500.0), (1.4, 1.5, 100.0), (1.5, 1.6, 500.0), (1.6, 1.7, 100.0),
+                    (1.7, 1.9, 500.0)]
+            e = sum(w * max(0.0, min(t1 / S, z) - max(t0 / S, a_)) for a_, z, w in segs)
+            return {"resolved": True, "energy_j": [0.0, e], "source": ["estimate", "counter"]}
+
+    b = lw._Burst(lead, 1 * S, 13 * S // 10, run.ndev, 0)
+    b.t_b = 19 * S // 10
+    b.slots = {a: [300_000_000, [0.0, 90.0]], a + 1: [100_000_000, [0.0, 30.0]]}  # 0.4 s of work in 4 steps
+    b.inner = [(14 * S // 10, 15 * S // 10), (16 * S // 10, 17 * S // 10)]
+    b.inner_t, b.inner_e, b.lead_e = 200_000_000, [0.0, 60.0], [0.0, 60.0]
+    for sl, e in ((a, 90.0), (a + 1, 30.0), (inner, 60.0), (lead, 60.0)):
+        run.acc_e[sl][1] = e
+    run.burst_steps = [4]
+    # 100 steps not sampled: 0.1 s of work each at 450 W (4500 J), then idle at 100 W for the rest
+    run.calls[u], run.acc_t[u] = 100, int(not_sampled_s * S)
+    run.acc_e[u][1] = 4500.0 + 100.0 * (not_sampled_s - 10.0)
+    tracker._ctx = Ctx()
+    try:
+        run.bursts_closed = [b]
+        run._finish_bursts(0.0)
+        run.refine_work_power()
+    finally:
+        tracker._ctx = real_ctx
+    info = run.work_power["train"]
+    assert info["from"] == expect_from
+    assert info["bursts_w"][1] == pytest.approx(500.0) and info["run_w"][1] == pytest.approx(450.0)
+    assert info["busy_share_not_sampled"] == pytest.approx(10.0 / not_sampled_s)
+    assert info["lead_share_bursts"] == pytest.approx(0.5)
+    p = 450.0 if expect_from == "steps not sampled" else 500.0
+    got = [run.acc_e[sl][1] for sl in (a, a + 1, inner, lead)]
+    assert got == pytest.approx([0.3 * p, 0.1 * p, 20.0, 240.0 - 0.4 * p - 20.0])  # the burst still holds 240 J
+    run.bursts_done = []
     tracker.stop()
 
 
