@@ -278,6 +278,49 @@ def make_encoder(torch, device, args):
 # Measuring
 
 
+class SmClock:
+    """Mean SM clock (MHz) over a stretch, read every 5 ms by a thread through pynvml (read-only), to tell whether
+    a layer run alone ran at other clocks than in the network (a GEMM alone at the power limit is throttled).
+    None without pynvml or a GPU."""
+
+    def __init__(self, index):
+        self.handle = self.nvml = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.nvml = pynvml
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        except Exception:
+            self.handle = None
+
+    def __enter__(self):
+        import threading
+
+        self.readings, self.stop_evt = [], threading.Event()
+        if self.handle is not None:
+            def loop():
+                while not self.stop_evt.wait(0.005):
+                    try:
+                        self.readings.append(self.nvml.nvmlDeviceGetClockInfo(self.handle, self.nvml.NVML_CLOCK_SM))
+                    except Exception:
+                        return
+
+            self.thread = threading.Thread(target=loop, daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_evt.set()
+        if self.handle is not None:
+            self.thread.join()
+        return False
+
+    @property
+    def mhz(self):
+        return mean(self.readings) if self.readings else None
+
+
 class Bench:
     def __init__(self, args, torch, device, gpu_arg, label, rec):
         self.args = args
@@ -289,6 +332,7 @@ class Bench:
         from joulecap import EnergyMeasurementTool
 
         self.meter = EnergyMeasurementTool(None, gpu_num=gpu_arg)
+        self.sm = SmClock(device.index or 0) if device.type == "cuda" else SmClock(-1)
         s = args.scale
         if args.quick:
             self.warmup_s, self.phase_s, self.rounds, self.abl_s = 0.3, 0.25, 2, 0.2
@@ -564,8 +608,9 @@ class Bench:
                    backward)
             if key not in by_key:
                 try:
-                    m = lw.measure_alone(torch, ctx, module, cap, lw.TRAIN, backward, iso_s, self.device.type,
-                                         self.device if self.device.type == "cuda" else None, graph=graph)
+                    with self.sm as clk:
+                        m = lw.measure_alone(torch, ctx, module, cap, lw.TRAIN, backward, iso_s, self.device.type,
+                                             self.device if self.device.type == "cuda" else None, graph=graph)
                 except Exception as e:
                     self.rec.write("skipped", workload=wl.name, what="isolated %s" % (k,), reason=repr(e))
                     continue
@@ -573,7 +618,7 @@ class Bench:
                                "s_per_call": m["seconds"] / m["iterations"], "graph": m["graph"]}
                 self.rec.write("isolated", workload=wl.name, layer=k[0], phase=k[1], power_w=m["power_w"][li],
                                seconds=m["seconds"], iterations=m["iterations"], backward=backward,
-                               asked_graph=graph, **by_key[key])
+                               asked_graph=graph, sm_mhz=clk.mhz, **by_key[key])
             out[k] = by_key[key]
         torch.set_rng_state(rng)
         say("  isolated references (%s): %d layers (%d run alone, %d as CUDA graphs)" % (
@@ -582,12 +627,14 @@ class Bench:
 
     def energy_per_step(self, wl, n):
         self.sync()
-        with self.meter.window() as w:
+        with self.meter.window() as w, self.sm as clk:
             t0 = time.perf_counter()
             for _ in range(n):
                 wl.step()
             self.sync()
             secs = time.perf_counter() - t0
+        self.rec.write("steady", workload=wl.name, steps=n, j_per_step=w.result.energy_j[self.label] / n,
+                       step_s=secs / n, sm_mhz=clk.mhz)
         return w.result.energy_j[self.label] / n, secs / n
 
     def ablation(self, wl, steps, runs, runs_all, replay):
