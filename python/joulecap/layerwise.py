@@ -805,6 +805,9 @@ class _Run:
         self.work_power: Dict[str, Any] = {}  # per phase: the work's power from the bursts and from the whole run
         self.work_per_mark: Optional[float] = None  # GPU ns of work per marker, measured on the last burst
         self.lead_host_ns = 0
+        self.host_per_mark_min: Optional[float] = None  # the burst's least host time per marker (_inner_lead)
+        self.lead_end: Any = None  # the marker after the burst's last lead (an event: has the GPU got there?)
+        self.leads_skipped = 0
         self.first_unit_ns = 50_000_000  # the warm-up step's host time, once known
 
     # -- rows and slots ----------------------------------------------------------------------------------------
@@ -1387,7 +1390,7 @@ class _Run:
                 run.active = False
                 if run.burst_mark0 is not None:  # a burst ended: markers per sampled step
                     n0, steps = run.burst_mark0
-                    run.burst_mark0 = None
+                    run.burst_mark0 = run.lead_end = None
                     if len(run.mt) > n0:
                         run.marks_per_step = (len(run.mt) - n0) / steps
                     run.check_at = len(run.mt) + max(64, run.tool.max_pending // 2)
@@ -1491,6 +1494,7 @@ class _Run:
             return
         self.lead_ns += _OPEN_LEAD_NS
         self.mark(self.fstack[-1][0] if self.fstack else self.idle_slot())
+        self.lead_end, self.host_per_mark_min = self.mt[-1], None
         self.burst_mark0 = (len(self.mt), steps)
         self.check_at = len(self.mt) + LEAD_EVERY
         self.lead_host_ns = time.perf_counter_ns()
@@ -1499,22 +1503,37 @@ class _Run:
         """A short lead inside a burst: the CUDA launch queue holds about a thousand commands, so the host can be
         ahead of the GPU by about that much; every LEAD_EVERY markers (a few hundred commands) the GPU waits
         for about the host time those markers took beyond their GPU time, so that it runs the next ones back to
-        back instead of waiting on the host between kernels."""
+        back instead of waiting on the host between kernels.
+
+        No lead while the GPU has not reached the end of the previous one (its marker's event is not done): it
+        is behind the host already, and a lead then would fill the launch queue, block the host, and the
+        blocked time would make the next lead longer still (a feedback seen on the H100: short leads grew to
+        their 0.1 s cap and cost more than the sampled steps).  For the same reason the host time per marker
+        used is the least seen in the burst: blocking only ever adds to it."""
         now = time.perf_counter_ns()
         n = len(self.mt)
-        host_per_mark = (now - self.lead_host_ns) / LEAD_EVERY
+        per_mark = (now - self.lead_host_ns) / LEAD_EVERY
         self.lead_host_ns = now
+        self.check_at = n + LEAD_EVERY
+        low = self.host_per_mark_min
+        low = self.host_per_mark_min = per_mark if low is None else min(low, per_mark)
+        ev = self.lead_end
+        query = getattr(ev, "query", None)
+        if query is not None and not query():
+            self.leads_skipped += 1
+            return
         work = self.work_per_mark if self.work_per_mark else 0.5 * (self.base_ns()[self.burst_phase] or
                                                                      self.first_unit_ns) / self.marks_per_step
-        secs = min(0.1, max(0.0005, 1.2 * LEAD_EVERY * (host_per_mark - work) * 1e-9))
-        self.check_at = n + LEAD_EVERY
+        secs = min(0.1, max(0.0005, 1.2 * LEAD_EVERY * (low - work) * 1e-9))
         slot = self.ms[-1] if self.ms else self.idle_slot()
         r = self._outside_row(OUTSIDE_LEAD, self.burst_phase)
         self.mark(2 * r + 1)
-        if self.clock.lead(secs):
+        ok = self.clock.lead(secs)
+        if ok:
             self.lead_inner_ns += int(secs * 1e9)  # (paid by the hooks' host time already: not in the budget)
         self.calls[2 * r + 1] += 1
         self.mark(slot)
+        self.lead_end = self.mt[-1] if ok else None
         self.check_at = len(self.mt) + LEAD_EVERY
 
     def outermost_forward(self, phase: int) -> None:
@@ -2133,6 +2152,7 @@ class LayerwiseMeasurementTool:
                 d["steps"] = run.steps[PHASES.index(ph)]
                 d["sampled_steps"] = run.sampled[PHASES.index(ph)]
         clock["lead_s"] = (run.lead_ns + run.lead_inner_ns) * 1e-9
+        clock["short_leads_skipped"] = run.leads_skipped
         clock["bursts_corrected"] = run.bursts_corrected
         clock["bursts_uncorrected"] = run.bursts_uncorrected + len(run.bursts_closed)
         if run.work_power:
