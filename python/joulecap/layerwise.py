@@ -38,6 +38,7 @@ How it works (docs/python.md, "Layer-wise", says it for users):
 
 from __future__ import annotations
 
+import collections
 import csv
 import functools
 import io
@@ -46,7 +47,7 @@ import statistics
 import threading
 import time
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from . import _joulecap
 from .errors import InvalidArgument, JoulecapWarning, StateError
@@ -770,9 +771,9 @@ class _Run:
         self.sample_all = tool.sample == "all"
         self.steps = [0, 0]  # per phase
         self.sampled = [0, 0]
-        self.n_sampled_timed = [0, 0]  # sampled steps whose host time is in sum_sampled (sample="auto")
+        # host ns of the recent sampled steps (sample="auto"), for plan_burst
+        self.dur_sampled: List[Deque[int]] = [collections.deque(maxlen=32), collections.deque(maxlen=32)]
         self.dur_plain: List[List[int]] = [[], []]  # host ns of recent steps not sampled (warm-up excluded)
-        self.sum_sampled = [0, 0]
         self.unbilled: List[List[int]] = [[], []]  # sampled steps' host ns not yet compared with a base
         self.extra_ns = [0.0, 0.0]  # what the sampled steps cost beyond steps not sampled, per phase
         self.billed = [0, 0]
@@ -797,9 +798,7 @@ class _Run:
         self.marks_per_step = 5.0 * len(layers)  # a guess until a burst has been counted
         self.burst: Optional[_Burst] = None
         self.bursts_closed: List[_Burst] = []
-        self.bursts_corrected = 0
-        self.bursts_uncorrected = 0
-        self.bursts_done: List[_Burst] = []  # corrected (see _refine_work_power)
+        self.bursts_done: List[_Burst] = []  # measured (see _finish_bursts, refine_work_power)
         self.n_bursts = 0  # bursts seen by _accumulate
         self.burst_steps: List[int] = []  # sampled steps of each burst opened, in order
         self.work_power: Dict[str, Any] = {}  # per phase: the work's power from the bursts and from the whole run
@@ -1046,41 +1045,48 @@ class _Run:
         work and short leads, so its energy is P_lead x (short leads' time in it) + P_work x (the rest), which
         gives P_work.  The burst's work intervals get P_work, its short leads P_lead, and the opening lead what
         the interpolation had given the whole burst beyond that (never below zero: the work is scaled down
-        instead), so the rows still add up.  A burst too short for both interiors keeps the interpolation
-        (``clock["bursts_uncorrected"]``)."""
+        instead), so the rows still add up.  A burst too short for an interior keeps the interpolation here;
+        refine_work_power gives it the work's power measured over the whole run at stop() where it can.  Without
+        the opening lead's interior either, it keeps the interpolation (``clock["bursts_uncorrected"]``)."""
         ctx = self.tool._ctx
         left = []
         margin = _COUNTER_STEP_NS
         for b in self.bursts_closed:
             a, z = b.t_a + margin, b.t_b - margin
             la, lz = b.t_open + margin, b.t_a - margin
-            if z - a < margin // 2 or lz - la < margin // 2:
-                self.bursts_uncorrected += 1
+            if lz - la < margin // 2:
                 continue
-            r = ctx.energy_between(a, z, timeout)
-            rl = ctx.energy_between(la, lz, timeout) if r["resolved"] else r
+            work_t = sum(rec[0] for rec in b.slots.values())
+            lead_win = sum(max(0, min(t1, z) - max(t0, a)) for t0, t1 in b.inner)
+            work_win = (z - a) - lead_win
+            interior = z - a >= margin // 2 and work_win > 0
+            rl = ctx.energy_between(la, lz, timeout)
+            r = ctx.energy_between(a, z, timeout) if interior and rl["resolved"] else rl
             if not (r["resolved"] and rl["resolved"]):
                 left.append(b)
                 continue
-            work_t = sum(rec[0] for rec in b.slots.values())
             if work_t <= 0:
                 continue
-            lead_win = sum(max(0, min(t1, z) - max(t0, a)) for t0, t1 in b.inner)
-            work_win = (z - a) - lead_win
-            if work_win <= 0:
-                self.bursts_uncorrected += 1
-                continue
-            b.work_t, b.lead_win, b.work_win = work_t, lead_win, work_win
+            b.work_t = work_t
+            if interior:
+                b.lead_win, b.work_win = lead_win, work_win
             for d in range(self.ndev):
                 p_lead = rl["energy_j"][d] / (lz - la)
-                p_work = (r["energy_j"][d] - p_lead * lead_win) / work_win
-                if math.isnan(p_lead) or math.isnan(p_work):
+                if math.isnan(p_lead):
                     continue
-                b.p_lead[d], b.p_work[d] = p_lead, p_work
-                self._apply_burst_power(b, d, p_work)
+                b.p_lead[d] = p_lead
+                if interior:
+                    p_work = (r["energy_j"][d] - p_lead * lead_win) / work_win
+                    if not math.isnan(p_work):
+                        b.p_work[d] = p_work
+                        self._apply_burst_power(b, d, p_work)
             self.bursts_done.append(b)
-            self.bursts_corrected += 1
         self.bursts_closed = left
+
+    def burst_counts(self) -> Tuple[int, int]:
+        """Bursts whose work got a measured power (from their interior or the whole run), and the others."""
+        done = sum(1 for b in self.bursts_done if any(q is not None for q in b.q))
+        return done, max(0, self.n_bursts - done)
 
     def _apply_burst_power(self, b: "_Burst", d: int, p_work: float) -> None:
         """Gives a burst's work intervals the power p_work (W per ns: energies are per ns here), its short leads
@@ -1125,29 +1131,34 @@ class _Run:
                 continue
             busy = min(t_u, n_u * work_t / steps)
             idle = t_u - busy
-            rho_bursts = sum(b.lead_win for b in bursts) / sum(b.work_win for b in bursts)
+            work_win = sum(b.work_win for b in bursts)
+            rho_bursts = sum(b.lead_win for b in bursts) / work_win if work_win else math.inf
             rho_run = idle / busy
-            wait_t = sum(b.lead_win + b.work_win for b in bursts)
             info: Dict[str, Any] = {"busy_share_not_sampled": busy / t_u,
-                                    "lead_share_bursts": rho_bursts / (1.0 + rho_bursts),
+                                    "lead_share_bursts": (rho_bursts / (1.0 + rho_bursts) if work_win else None),
                                     "from": "bursts", "bursts_w": [], "run_w": []}
             p_run = []
             for d in range(self.ndev):
-                # P_wait: the opening leads' power, weighted like the bursts' interiors
-                p_wait = sum(b.p_lead[d] * (b.lead_win + b.work_win) for b in bursts) / wait_t
-                p_b = sum(b.p_work[d] * b.work_win for b in bursts) / sum(b.work_win for b in bursts)
-                p = (self.acc_e[2 * u][d] - p_wait * idle) / busy
+                # P_wait: the opening leads' power, weighted by the bursts' work
+                pl = [(b.p_lead[d], b.work_t) for b in bursts if not math.isnan(b.p_lead[d])]
+                p_wait = sum(x * w for x, w in pl) / sum(w for _, w in pl) if pl else math.nan
+                p_b = sum(b.p_work[d] * b.work_win for b in bursts) / work_win if work_win else math.nan
+                p = (self.acc_e[2 * u][d] - (p_wait * idle if idle else 0.0)) / busy
                 info["bursts_w"].append(p_b * 1e9)
                 info["run_w"].append(p * 1e9)
                 p_run.append(p)
-            if rho_run < rho_bursts:
+            run_better = rho_run < rho_bursts
+            if run_better:
                 info["from"] = "steps not sampled"
-                for d in range(self.ndev):
-                    if math.isnan(p_run[d]) or p_run[d] <= 0:
-                        continue  # (a device that measured nothing)
-                    for b in bursts:
-                        if b.q[d] is not None:
-                            self._apply_burst_power(b, d, p_run[d])
+            for d in range(self.ndev):
+                if math.isnan(p_run[d]) or p_run[d] <= 0:
+                    continue  # (a device that measured nothing)
+                for b in bursts:
+                    # the run's power where better conditioned, and for bursts too short for an interior
+                    if not math.isnan(b.p_lead[d]) and (run_better or b.q[d] is None):
+                        self._apply_burst_power(b, d, p_run[d])
+            if not run_better and any(b.q[d] is None for b in bursts for d in range(self.ndev)):
+                info["from"] = "bursts, steps not sampled for the bursts without an interior"
             self.work_power[PHASES[ph]] = info
 
     def _keep(self, ctx: Any, t0: int) -> None:
@@ -1414,8 +1425,7 @@ class _Run:
         if sampled:
             self.since_sampled = 0
             if not self.sample_all:
-                self.n_sampled_timed[ph] += 1
-                self.sum_sampled[ph] += now - t0
+                self.dur_sampled[ph].append(now - t0)
                 self.unbilled[ph].append(now - t0)
         elif warm:
             self.first_unit_ns = now - t0
@@ -1471,10 +1481,12 @@ class _Run:
         """On a GPU, steps are sampled in bursts of consecutive steps lasting about ``burst_seconds`` (several
         100 ms counter steps, so that the counter can measure the burst's power: _finish_bursts).  Returns the
         number of steps.  A sampled step lasts about its host time (the short leads fill the GPU's wait for the
-        slowed host); before one was timed, 2.5 steps not sampled stand for it."""
+        slowed host): the median of the recent ones, since the first steps of a burst also hold the host's wait
+        on a launch queue filled behind the opening lead; before one was timed, 2.5 steps not sampled stand for
+        it."""
         base = self.base_ns()[ph] or self.first_unit_ns
-        n = self.n_sampled_timed[ph]
-        host = self.sum_sampled[ph] / n if n else 2.5 * base
+        d = self.dur_sampled[ph]
+        host = statistics.median(d) if d else 2.5 * base
         return max(1, min(256, int(math.ceil(self.tool.burst_seconds * 1e9 / max(host, 1.0)))))
 
     def open_burst(self, ph: int, steps: int) -> None:
@@ -2153,8 +2165,7 @@ class LayerwiseMeasurementTool:
                 d["sampled_steps"] = run.sampled[PHASES.index(ph)]
         clock["lead_s"] = (run.lead_ns + run.lead_inner_ns) * 1e-9
         clock["short_leads_skipped"] = run.leads_skipped
-        clock["bursts_corrected"] = run.bursts_corrected
-        clock["bursts_uncorrected"] = run.bursts_uncorrected + len(run.bursts_closed)
+        clock["bursts_corrected"], clock["bursts_uncorrected"] = run.burst_counts()
         if run.work_power:
             clock["work_power"] = run.work_power
         result = LayerwiseResult(columns, result_rows, total, (run.t_end - run.t_start) * 1e-9, self.mode, clock,
