@@ -1089,46 +1089,56 @@ def test_sampling_arguments_are_checked(cpu_fake):
         LayerwiseMeasurementTool(None, gpu_num=0, warmup_steps=-1)
 
 
+S = 10**9  # 1 s in ns
+
+
+class BurstCtx:
+    """Stands in for the library context of a run: a burst whose opening lead is 1.0-1.3 s, work 1.3-1.9 s with
+    short leads at 1.4-1.5 s and 1.6-1.7 s.  The GPU draws 100 W while it waits (leads) and `work` W otherwise."""
+
+    def __init__(self, work, asked=None):
+        self.segments = [(1.0, 1.3, 100.0), (1.3, 1.4, work), (1.4, 1.5, 100.0), (1.5, 1.6, work),
+                         (1.6, 1.7, 100.0), (1.7, 1.9, work)]
+        self.asked = asked if asked is not None else []
+
+    def energy_between(self, t0, t1, timeout):
+        self.asked.append((t0, t1))
+        e = sum(w * max(0.0, min(t1 / S, z) - max(t0 / S, a_)) for a_, z, w in self.segments)
+        return {"resolved": True, "energy_j": [0.0, e], "source": ["estimate", "counter"]}
+
+    @staticmethod
+    def burst(run, lead, a, t_b=19 * S // 10):
+        """That burst as _accumulate records it, interpolated: 0.4 s of work in two slots at 300 W (90 + 30 J),
+        0.2 s of short leads at 300 W (60 J), the opening lead at 200 W (60 J: it got some of the work's power)."""
+        b = lw._Burst(lead, 1 * S, 13 * S // 10, run.ndev, 0)
+        b.t_b = t_b
+        b.slots = {a: [300_000_000, [0.0, 90.0]], a + 1: [100_000_000, [0.0, 30.0]]}
+        b.inner = [(14 * S // 10, 15 * S // 10), (16 * S // 10, 17 * S // 10)]
+        b.inner_t, b.inner_e, b.lead_e = 200_000_000, [0.0, 60.0], [0.0, 60.0]
+        return b
+
+
+def burst_rig():
+    """A started tracker, its run, and the slots a burst touches: opening lead, short leads, one layer's two."""
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0)
+    tracker.start(Net())
+    run = tracker._run
+    r = run._outside_row(lw.OUTSIDE_LEAD, lw.TRAIN)
+    return tracker, run, 2 * r, 2 * r + 1, 2 * run.layer_row(0, lw.TRAIN)
+
+
 def test_a_burst_gets_the_power_measured_over_its_interior(cpu_fake):
     """Inside a burst the interpolation mixes the work with the leads (a waiting GPU) and the neighbours.  The
     opening lead's interior gives the waiting power, the burst's interior then the work's; work intervals get it,
     short leads the waiting power, the opening lead the rest (never below zero)."""
-    model = Net()
-    tracker = LayerwiseMeasurementTool(None, gpu_num=0)
-    tracker.start(model)
-    run = tracker._run
+    tracker, run, lead, inner, a = burst_rig()
     real_ctx = tracker._ctx
-    r = run._outside_row(lw.OUTSIDE_LEAD, lw.TRAIN)
-    lead, inner = 2 * r, 2 * r + 1
-    a = 2 * run.layer_row(0, lw.TRAIN)
-    S = 10**9  # 1 s in ns
     asked = []
-
-    class Ctx:
-        """The GPU draws 100 W while it waits (leads) and `work` W otherwise, between 1.0 s and 1.9 s."""
-
-        def __init__(self, work):
-            self.segments = [(1.0, 1.3, 100.0), (1.3, 1.4, work), (1.4, 1.5, 100.0), (1.5, 1.6, work),
-                             (1.6, 1.7, 100.0), (1.7, 1.9, work)]
-
-        def energy_between(self, t0, t1, timeout):
-            asked.append((t0, t1))
-            e = sum(w * max(0.0, min(t1 / S, z) - max(t0 / S, a_)) for a_, z, w in self.segments)
-            return {"resolved": True, "energy_j": [0.0, e], "source": ["estimate", "counter"]}
-
-    def burst():
-        b = lw._Burst(lead, 1 * S, 13 * S // 10, run.ndev, 0)  # opening lead 1.0-1.3 s
-        b.t_b = 19 * S // 10
-        b.slots = {a: [300_000_000, [0.0, 90.0]], a + 1: [100_000_000, [0.0, 30.0]]}  # interpolated: 300 W
-        b.inner = [(14 * S // 10, 15 * S // 10), (16 * S // 10, 17 * S // 10)]
-        b.inner_t, b.inner_e = 200_000_000, [0.0, 60.0]
-        b.lead_e = [0.0, 60.0]  # 200 W: the opening lead got some of the work's power
-        return b
 
     def deltas(work):
         before = [run.acc_e[sl][1] for sl in (a, a + 1, inner, lead)]
-        tracker._ctx = Ctx(work)
-        run.bursts_closed = [burst()]
+        tracker._ctx = BurstCtx(work, asked)
+        run.bursts_closed = [BurstCtx.burst(run, lead, a)]
         try:
             run._finish_bursts(0.0)
         finally:
@@ -1154,36 +1164,18 @@ def test_work_power_from_the_whole_run_where_better_conditioned(cpu_fake, not_sa
     too, times idle / busy.  The better conditioned one is applied: a GPU-bound job (the steps not sampled keep
     the GPU busy) takes the run's, a host-bound one (idle twice as long as busy) keeps the bursts'.  A burst too
     short for an interior (one counter step in from both ends) gets the run's in any case."""
-    model = Net()
-    tracker = LayerwiseMeasurementTool(None, gpu_num=0)
-    tracker.start(model)
-    run = tracker._run
+    tracker, run, lead, inner, a = burst_rig()
     real_ctx = tracker._ctx
-    r = run._outside_row(lw.OUTSIDE_LEAD, lw.TRAIN)
-    lead, inner = 2 * r, 2 * r + 1
-    a = 2 * run.layer_row(0, lw.TRAIN)
     u = 2 * run._outside_row(lw.OUTSIDE_UNSAMPLED, lw.TRAIN)
-    S = 10**9
-
-    class Ctx:  # waiting 100 W, work 500 W (as in the test above): interior 1.4-1.8 s, half leads, half work
-        def energy_between(self, t0, t1, timeout):
-            segs = [(1.0, 1.3, 100.0), (1.3, 1.4, 500.0), (1.4, 1.5, 100.0), (1.5, 1.6, 500.0), (1.6, 1.7, 100.0),
-                    (1.7, 1.9, 500.0)]
-            e = sum(w * max(0.0, min(t1 / S, z) - max(t0 / S, a_)) for a_, z, w in segs)
-            return {"resolved": True, "energy_j": [0.0, e], "source": ["estimate", "counter"]}
-
-    b = lw._Burst(lead, 1 * S, 13 * S // 10, run.ndev, 0)
-    b.t_b = 145 * S // 100 if short else 19 * S // 10
-    b.slots = {a: [300_000_000, [0.0, 90.0]], a + 1: [100_000_000, [0.0, 30.0]]}  # 0.4 s of work in 4 steps
-    b.inner = [(14 * S // 10, 15 * S // 10), (16 * S // 10, 17 * S // 10)]
-    b.inner_t, b.inner_e, b.lead_e = 200_000_000, [0.0, 60.0], [0.0, 60.0]
+    # 500 W of work in the burst: its interior, 1.4-1.8 s, is half leads, half work; 4 sampled steps
+    b = BurstCtx.burst(run, lead, a, t_b=145 * S // 100 if short else 19 * S // 10)
     for sl, e in ((a, 90.0), (a + 1, 30.0), (inner, 60.0), (lead, 60.0)):
         run.acc_e[sl][1] = e
     run.burst_steps = [4]
     # 100 steps not sampled: 0.1 s of work each at 450 W (4500 J), then idle at 100 W for the rest
     run.calls[u], run.acc_t[u] = 100, int(not_sampled_s * S)
     run.acc_e[u][1] = 4500.0 + 100.0 * (not_sampled_s - 10.0)
-    tracker._ctx = Ctx()
+    tracker._ctx = BurstCtx(500.0)
     try:
         run.bursts_closed = [b]
         run._finish_bursts(0.0)
