@@ -1054,7 +1054,8 @@ def test_lead_runs_before_each_sampled_step_on_a_gpu(cpu_fake, monkeypatch):
     monkeypatch.setattr(lw._Run, "resolve", lambda self, force=False, final_timeout=None: (
         in_burst.append(self.burst_left > 0 and final_timeout is None), orig_resolve(self, force, final_timeout))[1])
     model = Net()
-    tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=0.5, max_pending=16, resolve_interval=0.0)
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=0.5, max_pending=16, resolve_interval=0.0,
+                                       burst_seconds=5.0)  # (bursts of many markers, even on a loaded machine)
     tracker.start(model)
     train(model, make_data(12, batch=4))
     result = tracker.stop()
@@ -1072,7 +1073,11 @@ def test_lead_runs_before_each_sampled_step_on_a_gpu(cpu_fake, monkeypatch):
     assert row["calls"] == len(opening)
     assert row["time_s"] == pytest.approx(sum(leads), rel=0.2)
     assert result.clock["lead_s"] == pytest.approx(sum(leads), rel=1e-6)
-    assert result.clock["bursts_corrected"] + result.clock["bursts_uncorrected"] == len(opening)
+    # every burst's work got a measured power: these bursts are too short for an interior, so the run's, from the
+    # step not sampled (the warm-up).  The fake GPU draws 300 W whatever runs, but its counter moves in 30 J
+    # steps read 3-6 ms late, so windows of tens of ms are off by several %, times idle / busy here.
+    assert result.clock["bursts_corrected"] == len(opening) and result.clock["bursts_uncorrected"] == 0
+    assert result.clock["work_power"]["train"]["run_w"][1] == pytest.approx(300.0, rel=0.25)
     # without a lead, no such row
     tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=0.5, lead=False)
     tracker.start(model)
