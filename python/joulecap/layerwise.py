@@ -1800,6 +1800,9 @@ class LayerwiseResult:
         if sampled:
             note += "; layers measured on %s, the rest of the run given by those" % ", ".join(
                 "%d of %d %s steps" % (v["sampled_steps"], v["steps"], ph) for ph, v in sampled)
+        if self.mode == "attribute" and layers:
+            note += "; the layers of a step share its measured power, split by time (mode='replay' measures " \
+                    "each layer's own)"
         if self.estimates:
             note += "; estimated: %s (see .estimates)" % ", ".join(
                 "CPU" if k == "cpu" else k.upper() for k in self.estimates)

@@ -171,6 +171,7 @@ def test_summary_prints(cpu_fake, capsys):
     tracker.summary(top=3)
     text = capsys.readouterr().out
     assert "GPU0 (J)" in text and "CPU (J)" in text and "more layers" in text and "share" in text
+    assert "mode attribute" in text and "mode='replay' measures each layer's own" in text
 
 
 def test_shares_follow_known_costs(cpu_fake):
