@@ -70,6 +70,7 @@ ROOT_NAME = "(root)"
 _MAX_SEQ = 2**64 - 1  # sequence number of AccumulateGrad nodes
 _WALK_LIMIT = 2048  # autograd nodes inspected per layer call, at most
 _COUNTER_STEP_NS = 100_000_000  # the GPU energy counter's step (NVML, measured on the H100: BENCHMARKS.md)
+_MAX_IDLE_PER_BUSY = 1.0  # refine_work_power: the run's work power only where idle <= busy in the steps not sampled
 _OPEN_LEAD_NS = 300_000_000  # a burst's opening lead: its interior (0.1 s in from both ends) measures a waiting GPU
 _SETTLE_STEPS = 4  # steps not sampled after sampled ones that do not time a base (the GPU catches up first)
 LEAD_EVERY = 256  # markers between short leads inside a burst (~500 CUDA commands: half the launch queue)
@@ -1118,7 +1119,9 @@ class _Run:
         is P_work x busy + P_wait x idle, busy = their number x the GPU time of a sampled step (the bursts'
         work per step, leads apart), idle = their time beyond it.  Where idle / busy is the smaller ratio (a
         GPU-bound job: no idle time), P_work from those steps, measured over most of the run, replaces the
-        bursts' own; otherwise the bursts' stays.  ``result.clock["work_power"]`` gives both per phase."""
+        bursts' own, and a burst too short for an interior gets it in any case; otherwise the bursts' stays.
+        Never where idle exceeds busy (_MAX_IDLE_PER_BUSY): a short run whose only step not sampled is a slow
+        warm-up gave 2.3 times the card's power that way.  ``result.clock["work_power"]`` gives both per phase."""
         for ph in (TRAIN, INFER):
             bursts = [b for b in self.bursts_done if self.rows[b.lead_slot // 2].phase == ph]
             u = self.outside.get((OUTSIDE_UNSAMPLED, ph))
@@ -1147,17 +1150,20 @@ class _Run:
                 info["bursts_w"].append(p_b * 1e9)
                 info["run_w"].append(p * 1e9)
                 p_run.append(p)
-            run_better = rho_run < rho_bursts
+            # The run's estimate only where the waiting power's error is not amplified (idle <= busy): a run
+            # whose steps not sampled are mostly idle (a host-bound job, or only a slow warm-up step) says little.
+            run_ok = rho_run <= _MAX_IDLE_PER_BUSY
+            run_better = run_ok and rho_run < rho_bursts
             if run_better:
                 info["from"] = "steps not sampled"
             for d in range(self.ndev):
-                if math.isnan(p_run[d]) or p_run[d] <= 0:
-                    continue  # (a device that measured nothing)
+                if not run_ok or math.isnan(p_run[d]) or p_run[d] <= 0:
+                    continue  # (or a device that measured nothing)
                 for b in bursts:
                     # the run's power where better conditioned, and for bursts too short for an interior
                     if not math.isnan(b.p_lead[d]) and (run_better or b.q[d] is None):
                         self._apply_burst_power(b, d, p_run[d])
-            if not run_better and any(b.q[d] is None for b in bursts for d in range(self.ndev)):
+            if run_ok and not run_better and any(b.q[d] is None for b in bursts for d in range(self.ndev)):
                 info["from"] = "bursts, steps not sampled for the bursts without an interior"
             self.work_power[PHASES[ph]] = info
 

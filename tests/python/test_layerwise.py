@@ -1074,11 +1074,15 @@ def test_lead_runs_before_each_sampled_step_on_a_gpu(cpu_fake, monkeypatch):
     assert row["calls"] == len(opening)
     assert row["time_s"] == pytest.approx(sum(leads), rel=0.2)
     assert result.clock["lead_s"] == pytest.approx(sum(leads), rel=1e-6)
-    # every burst's work got a measured power: these bursts are too short for an interior, so the run's, from the
-    # step not sampled (the warm-up).  The fake GPU draws 300 W whatever runs, but its counter moves in 30 J
-    # steps read 3-6 ms late, so windows of tens of ms are off by several %, times idle / busy here.
-    assert result.clock["bursts_corrected"] == len(opening) and result.clock["bursts_uncorrected"] == 0
-    assert result.clock["work_power"]["train"]["run_w"][1] == pytest.approx(300.0, rel=0.25)
+    assert result.clock["bursts_corrected"] + result.clock["bursts_uncorrected"] == len(opening)
+    # A burst too short for an interior gets the run's work power, from the only step not sampled (the warm-up),
+    # where that step was busy at least half its time (else too little to go on: it keeps the interpolation).
+    # The fake GPU draws 300 W whatever runs, but its counter moves in 30 J steps read 3-6 ms late.
+    info = result.clock["work_power"]["train"]
+    if info["busy_share_not_sampled"] >= 0.5:
+        assert result.clock["bursts_corrected"] == len(opening)
+    if info["from"] != "bursts":
+        assert info["run_w"][1] == pytest.approx(300.0, rel=0.25)
     # without a lead, no such row
     tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=0.5, lead=False)
     tracker.start(model)
@@ -1164,12 +1168,14 @@ def test_a_burst_gets_the_power_measured_over_its_interior(cpu_fake):
 
 @pytest.mark.parametrize("not_sampled_s, short, expect_from", [(10.0, False, "steps not sampled"),
                                                               (30.0, False, "bursts"),
-                                                              (30.0, True, "steps not sampled")])
+                                                              (15.0, True, "steps not sampled"),
+                                                              (30.0, True, "bursts")])
 def test_work_power_from_the_whole_run_where_better_conditioned(cpu_fake, not_sampled_s, short, expect_from):
     """The bursts' work power depends on the waiting power times leads / work; the steps not sampled give it
     too, times idle / busy.  The better conditioned one is applied: a GPU-bound job (the steps not sampled keep
     the GPU busy) takes the run's, a host-bound one (idle twice as long as busy) keeps the bursts'.  A burst too
-    short for an interior (one counter step in from both ends) gets the run's in any case."""
+    short for an interior (one counter step in from both ends) gets the run's if idle <= busy there (half as long
+    here), else keeps the interpolation."""
     tracker, run, lead, inner, a = burst_rig()
     real_ctx = tracker._ctx
     u = 2 * run._outside_row(lw.OUTSIDE_UNSAMPLED, lw.TRAIN)
@@ -1196,10 +1202,13 @@ def test_work_power_from_the_whole_run_where_better_conditioned(cpu_fake, not_sa
         assert math.isnan(info["bursts_w"][1]) and info["lead_share_bursts"] is None
     else:
         assert info["bursts_w"][1] == pytest.approx(500.0) and info["lead_share_bursts"] == pytest.approx(0.5)
-    assert run.burst_counts()[0] == 1
-    p = 450.0 if expect_from == "steps not sampled" else 500.0
     got = [run.acc_e[sl][1] for sl in (a, a + 1, inner, lead)]
-    assert got == pytest.approx([0.3 * p, 0.1 * p, 20.0, 240.0 - 0.4 * p - 20.0])  # the burst still holds 240 J
+    if short and expect_from == "bursts":  # not measured: the interpolation stays
+        assert run.burst_counts()[0] == 0 and got == [90.0, 30.0, 60.0, 60.0]
+    else:
+        assert run.burst_counts()[0] == 1
+        p = 450.0 if expect_from == "steps not sampled" else 500.0
+        assert got == pytest.approx([0.3 * p, 0.1 * p, 20.0, 240.0 - 0.4 * p - 20.0])  # the burst holds 240 J
     run.bursts_done = []
     tracker.stop()
 
