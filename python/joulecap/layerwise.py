@@ -523,7 +523,7 @@ class _Burst:
         self.inner_e = [0.0] * ndev  # the short leads' energy, likewise
         self.marks = 0
         self.index = index  # the n-th burst opened (_Run.burst_steps[index])
-        # set when corrected (_finish_bursts): work time, the interior's lead and work time, the powers measured
+        # set by _finish_bursts: work time, the interior's lead and work time (0 without an interior), the powers
         self.work_t = 0
         self.lead_win = 0
         self.work_win = 0
@@ -1090,10 +1090,10 @@ class _Run:
         return done, max(0, self.n_bursts - done)
 
     def _apply_burst_power(self, b: "_Burst", d: int, p_work: float) -> None:
-        """Gives a burst's work intervals the power p_work (W per ns: energies are per ns here), its short leads
+        """Gives a burst's work intervals the power p_work (in J per ns, as times are in ns here), its short leads
         P_lead, its opening lead the rest of the burst's energy (the interpolation's, kept: the rows still add
         up; never below zero: the work and short leads are scaled down instead).  Can be applied again with
-        another p_work (_refine_work_power)."""
+        another p_work (refine_work_power)."""
         if b.total[d] is None:
             b.total[d] = sum(rec[1][d] for rec in b.slots.values()) + b.inner_e[d] + b.lead_e[d]
         total = b.total[d]
