@@ -95,6 +95,18 @@ def mean(xs):
     return sum(xs) / len(xs) if xs else float("nan")
 
 
+def excess_over_median(durs):
+    """Time of the steps beyond as many median steps, as a fraction of that: in a run of the default tool, the
+    cost of its sampled steps and leads (and of the steps after a burst that wait for the GPU) over a step not
+    sampled, measured inside one run and so immune to the shared machine's drift between runs.  Minus the same
+    for runs without the tool (steps vary by themselves), it is the tool's overhead but for its per-step pre-hook
+    and marker (tens of µs; in the A/B figure)."""
+    if not durs:
+        return float("nan")
+    med = statistics.median(durs)
+    return sum(durs) / (len(durs) * med) - 1 if med > 0 else float("nan")
+
+
 def rel_err(est, ref):
     if est is None or ref is None or not (ref > 0) or not math.isfinite(est):
         return float("nan")
@@ -345,11 +357,20 @@ class Bench:
         if self.device.type == "cuda":
             self.torch.cuda.synchronize(self.device)
 
-    def run_steps(self, wl, n):
+    def run_steps(self, wl, n, durs=None):
+        """Seconds for n steps (synchronised at both ends); durs, a list, gets each step's host time."""
         self.sync()
         t0 = time.perf_counter()
-        for _ in range(n):
-            wl.step()
+        if durs is None:
+            for _ in range(n):
+                wl.step()
+        else:
+            t = t0
+            for _ in range(n):
+                wl.step()
+                t1 = time.perf_counter()
+                durs.append(t1 - t)
+                t = t1
         self.sync()
         return time.perf_counter() - t0
 
@@ -363,11 +384,11 @@ class Bench:
         kw.setdefault("replay_min_share", 0.01)
         return LayerwiseMeasurementTool(None, gpu_num=self.gpu_arg, _host_shadow=True, **kw)
 
-    def tool_run(self, wl, n, **kw):
+    def tool_run(self, wl, n, durs=None, **kw):
         t = self.tool(**kw)
         self.sync()
         t.start(wl.model)
-        secs = self.run_steps(wl, n)
+        secs = self.run_steps(wl, n, durs)
         t0 = time.perf_counter()
         res = t.stop()
         return t, res, secs, time.perf_counter() - t0
@@ -452,18 +473,20 @@ class Bench:
         depths = [None]
         runs = {None: []}
         runs_all = []
-        ratios, ratios_all = [], []
+        ratios, ratios_all, within = [], [], []
         steps_auto = max(steps, int(round(self.sampled_s / per)))
         for k in range(self.rounds):
-            off_a = self.run_steps(wl, steps) / steps
-            t, res, secs, stop_s = self.tool_run(wl, steps_auto)
+            d_off, d_on = [], []
+            off_a = self.run_steps(wl, steps, d_off) / steps
+            t, res, secs, stop_s = self.tool_run(wl, steps_auto, d_on)
             runs[None].append(self.estimates(res, steps_auto))
             t2, res_all, secs_all, stop_all_s = self.tool_run(wl, steps, sample="all")
             runs_all.append(self.estimates(res_all, steps))
-            off_b = self.run_steps(wl, steps) / steps
+            off_b = self.run_steps(wl, steps, d_off) / steps
             off = 0.5 * (off_a + off_b)
+            within.append(excess_over_median(d_on) - excess_over_median(d_off))
             row = {"round": k, "off_step_s": [off_a, off_b], "on_step_s": secs / steps_auto, "stop_s": stop_s,
-                   "on_steps": steps_auto,
+                   "on_steps": steps_auto, "within_run_overhead_pct": 100 * within[-1],
                    "all_step_s": secs_all / steps, "stop_all_s": stop_all_s, "sampling": res.sampling,
                    "clock": res.clock.get("kind"),
                    "clock_info": {k2: v for k2, v in res.clock.items() if k2 != "host_time_s"},
@@ -473,15 +496,18 @@ class Bench:
             ratios_all.append(row["all_step_s"] / off)
             sm = res.sampling.get("train", {})
             say("  round %d: %.2f ms/step without the tool, %.2f with it (%d of %d steps sampled, lead %.0f ms, "
-                "%d bursts corrected), %.2f on every step" % (
+                "%d bursts corrected; within the run %+.2f%%), %.2f on every step" % (
                     k, off * 1e3, row["on_step_s"] * 1e3, sm.get("sampled_steps", 0), sm.get("steps", 0),
-                    1e3 * res.clock.get("lead_s", 0), res.clock.get("bursts_corrected", 0), row["all_step_s"] * 1e3))
+                    1e3 * res.clock.get("lead_s", 0), res.clock.get("bursts_corrected", 0), 100 * within[-1],
+                    row["all_step_s"] * 1e3))
             rec.write("overhead_round", workload=wl.name, **row)
         overhead = statistics.median(ratios) - 1
         overhead_all = statistics.median(ratios_all) - 1
-        say("  overhead of the tool (default, sampled steps): %+.2f%% step time; on every step: %+.2f%%"
-            % (100 * overhead, 100 * overhead_all))
+        overhead_within = statistics.median(within)
+        say("  overhead of the tool (default, sampled steps): %+.2f%% step time (within its runs %+.2f%%); on every "
+            "step: %+.2f%%" % (100 * overhead, 100 * overhead_within, 100 * overhead_all))
         rec.write("overhead", workload=wl.name, overhead_pct=100 * overhead, overhead_all_pct=100 * overhead_all,
+                  overhead_within_pct=100 * overhead_within, within=within,
                   ratios=ratios, ratios_all=ratios_all, rounds=self.rounds, steps=steps)
 
         # 3. replay runs
@@ -559,7 +585,7 @@ class Bench:
         # 5. ablation reference
         blocks = self.ablation(wl, steps, runs[None], runs_all, replay)
         summary = {"workload": wl.name, "overhead_pct": 100 * overhead, "overhead_all_pct": 100 * overhead_all,
-                   "step_s": per, "steps": steps}
+                   "overhead_within_pct": 100 * overhead_within, "step_s": per, "steps": steps}
         for m in ("attribute", "every_step", "replay", "seed"):
             errs = [r["%s_err" % m] for r in results if r["in_metric"]]
             summary["layer_mae_%s_pct" % m] = 100 * mean(errs)
@@ -731,23 +757,25 @@ def collect_meta(args, torch, device):
 
 def table(summaries):
     lines = []
-    lines.append("%-9s %17s %7s | %-44s | %-16s | %-26s" % (
+    lines.append("%-9s %26s %7s | %-44s | %-16s | %-26s" % (
         "workload", "overhead", "layers", "layer MAE vs isolated (CUDA graph)", "vs Python loop",
         "block MAE (ablation ref.)"))
-    lines.append("%-9s %8s %8s %7s | %8s %8s %8s %8s %8s | %7s %8s | %8s %8s %8s" % (
-        "", "default", "every", "", "attrib.", "every", "replay*", "seed", "time", "attrib.", "seed",
+    lines.append("%-9s %8s %8s %8s %7s | %8s %8s %8s %8s %8s | %7s %8s | %8s %8s %8s" % (
+        "", "default", "within", "every", "", "attrib.", "every", "replay*", "seed", "time", "attrib.", "seed",
         "attrib.", "replay", "seed"))
     for s in summaries:
         lines.append(
-            "%-9s %+7.2f%% %+7.2f%% %7d | %7.1f%% %7.1f%% %7.1f%% %7.1f%% %7.1f%% | %6.1f%% %7.1f%% | "
+            "%-9s %+7.2f%% %+7.2f%% %+7.2f%% %7d | %7.1f%% %7.1f%% %7.1f%% %7.1f%% %7.1f%% | %6.1f%% %7.1f%% | "
             "%7.1f%% %7.1f%% %7.1f%%  (%d blocks)" % (
-                s["workload"], s["overhead_pct"], s["overhead_all_pct"], s["layers_in_metric"],
+                s["workload"], s["overhead_pct"], s["overhead_within_pct"], s["overhead_all_pct"],
+                s["layers_in_metric"],
                 s["layer_mae_attribute_pct"], s["layer_mae_every_step_pct"], s["layer_mae_replay_pct"],
                 s["layer_mae_seed_pct"], s["layer_time_mae_attribute_pct"],
                 s["layer_mae_attribute_eager_ref_pct"], s["layer_mae_seed_eager_ref_pct"],
                 s["block_mae_attribute_pct"], s["block_mae_replay_pct"], s["block_mae_seed_pct"], s["blocks"]))
-    lines.append("default: sampled steps within 5% (lead on); every: sample='all'; time: MAE of the default's time per "
-                 "call vs the graph reference's.")
+    lines.append("default: sampled steps within 5% (lead on), against runs without the tool; within: the same runs' "
+                 "steps beyond their median step (minus the same without the tool); every: sample='all'; time: MAE "
+                 "of the default's time per call vs the graph reference's.")
     lines.append("* replay measures layer power the way the isolated reference does: not an independent check.")
     lines.append("layers: train-phase layers with >= 1% of the layers' time; errors on GPU energy per call "
                  "(layers) and per step (blocks).")

@@ -823,6 +823,7 @@ def test_bench_quick(cpu_fake, tmp_path):
     for s in summaries:
         assert s["layers_in_metric"] > 0 and s["blocks"] == 2
         assert s["layer_mae_attribute_pct"] is not None and s["overhead_pct"] is not None
+        assert s["overhead_within_pct"] is not None
     assert (tmp_path / "layerwise-quick-table.txt").exists()
 
 
