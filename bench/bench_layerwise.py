@@ -12,7 +12,8 @@ Per workload, in this order:
   1. warm-up;
   2. rounds of [no tool | tool, leaf layers | tool, depth 2 (ResNet-50 only)], the same number of steps each, every
      phase timed with a synchronisation at both ends.  Overhead = median over rounds of (step time with the tool /
-     step time without it in the same round) - 1.  The tool's runs give the "attribute" estimates (mode
+     step time without it in the same round) - 1; and "within" the tool's own runs, immune to drift between
+     runs: (their time / (steps x their median step)) - 1, minus the same for the runs without the tool.  The tool's runs give the "attribute" estimates (mode
      "attribute") and, from host timestamps taken at the same hook points (``_host_shadow``), the seed's method:
      layer time by the host clock (``time.time()`` in hooks) x the run-wide average GPU power;
   3. a tool run in mode "replay" (leaf layers; and depth 2 for ResNet-50);
