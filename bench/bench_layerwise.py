@@ -13,9 +13,10 @@ Per workload, in this order:
   2. rounds of [no tool | tool, leaf layers | tool, depth 2 (ResNet-50 only)], the same number of steps each, every
      phase timed with a synchronisation at both ends.  Overhead = median over rounds of (step time with the tool /
      step time without it in the same round) - 1; and "within" the tool's own runs, immune to drift between
-     runs: (their time / (steps x their median step)) - 1, minus the same for the runs without the tool.  The tool's runs give the "attribute" estimates (mode
-     "attribute") and, from host timestamps taken at the same hook points (``_host_shadow``), the seed's method:
-     layer time by the host clock (``time.time()`` in hooks) x the run-wide average GPU power;
+     runs: (their time / (steps x their median step)) - 1, minus the same for the runs without the tool.  The
+     tool's runs give the "attribute" estimates (mode "attribute") and, from host timestamps taken at the same
+     hook points (``_host_shadow``), the seed's method: layer time by the host clock (``time.time()`` in hooks) x
+     the run-wide average GPU power;
   3. a tool run in mode "replay" (leaf layers; and depth 2 for ResNet-50);
   4. reference "isolated" (per layer): each layer with >= 1% of the layers' time (and one call per step), run alone
      on its captured inputs
