@@ -35,30 +35,8 @@ static PyObject *cap_info_dict(const jc_cap_info *i) {
     return d;
 }
 
-/* cap_list(gpus=None, *, state_dir=None) -> list of dicts (limits in W and who manages them). */
-PyObject *mod_cap_list(PyObject *m, PyObject *args, PyObject *kwds) {
-    (void)m;
-    static char *kwlist[] = {"gpus", "state_dir", NULL};
-    const char *gpus = NULL, *state_dir = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|z$z:cap_list", kwlist, &gpus, &state_dir)) return NULL;
-    jc_cap_options o;
-    jc_cap_options_init(&o);
-    o.gpus = gpus;
-    o.state_dir = state_dir;
-    enum { MAXG = 64 };
-    jc_cap_info *info = calloc(MAXG, sizeof *info);
-    if (!info) return PyErr_NoMemory();
-    int n = 0;
-    jc_status st;
-    char detail[1024] = "";
-    Py_BEGIN_ALLOW_THREADS
-    st = jc_cap_list(&o, info, MAXG, &n);
-    if (st != JC_OK) snprintf(detail, sizeof detail, "%s", jc_last_detail());
-    Py_END_ALLOW_THREADS
-    if (st != JC_OK) {
-        free(info);
-        return raise_status(st, detail, "cap");
-    }
+/* A list of cap_info_dict()s, or NULL with the exception set. */
+static PyObject *cap_info_list(const jc_cap_info *info, int n) {
     PyObject *list = PyList_New(n);
     for (int i = 0; list && i < n; i++) {
         PyObject *d = cap_info_dict(&info[i]);
@@ -68,6 +46,42 @@ PyObject *mod_cap_list(PyObject *m, PyObject *args, PyObject *kwds) {
         }
         PyList_SET_ITEM(list, i, d);
     }
+    return list;
+}
+
+/* Parses (selection, *, state_dir=None) by fmt ("s|$z:name" for one GPU, "|z$z:name" for a list) into o. */
+static int parse_cap_args(PyObject *args, PyObject *kwds, const char *fmt, const char **sel, jc_cap_options *o) {
+    static char *kw_gpu[] = {"gpu", "state_dir", NULL};
+    static char *kw_gpus[] = {"gpus", "state_dir", NULL};
+    const char *state_dir = NULL;
+    jc_cap_options_init(o);
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, fmt, fmt[0] == 's' ? kw_gpu : kw_gpus, sel, &state_dir)) return 0;
+    o->state_dir = state_dir;
+    return 1;
+}
+
+/* st = call, run without the GIL; on failure detail (a char array) gets this thread's jc_last_detail(). */
+#define CAP_CALL(st, detail, call)                                                                  \
+    do {                                                                                            \
+        Py_BEGIN_ALLOW_THREADS                                                                      \
+        (st) = (call);                                                                              \
+        if ((st) != JC_OK) snprintf((detail), sizeof(detail), "%s", jc_last_detail());              \
+        Py_END_ALLOW_THREADS                                                                        \
+    } while (0)
+
+/* cap_list(gpus=None, *, state_dir=None) -> list of dicts (limits in W and who manages them). */
+PyObject *mod_cap_list(PyObject *m, PyObject *args, PyObject *kwds) {
+    (void)m;
+    jc_cap_options o;
+    if (!parse_cap_args(args, kwds, "|z$z:cap_list", &o.gpus, &o)) return NULL;
+    enum { MAXG = 64 };
+    jc_cap_info *info = calloc(MAXG, sizeof *info);
+    if (!info) return PyErr_NoMemory();
+    int n = 0;
+    jc_status st;
+    char detail[1024] = "";
+    CAP_CALL(st, detail, jc_cap_list(&o, info, MAXG, &n));
+    PyObject *list = st == JC_OK ? cap_info_list(info, n) : raise_status(st, detail, "cap");
     free(info);
     return list;
 }
@@ -75,19 +89,13 @@ PyObject *mod_cap_list(PyObject *m, PyObject *args, PyObject *kwds) {
 /* cap_get(gpu, *, state_dir=None) -> dict for one GPU ("0", "GPU-8f3c..."). */
 PyObject *mod_cap_get(PyObject *m, PyObject *args, PyObject *kwds) {
     (void)m;
-    static char *kwlist[] = {"gpu", "state_dir", NULL};
-    const char *gpu = NULL, *state_dir = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "s|$z:cap_get", kwlist, &gpu, &state_dir)) return NULL;
+    const char *gpu = NULL;
     jc_cap_options o;
-    jc_cap_options_init(&o);
-    o.state_dir = state_dir;
+    if (!parse_cap_args(args, kwds, "s|$z:cap_get", &gpu, &o)) return NULL;
     jc_cap_info info;
     jc_status st;
     char detail[1024] = "";
-    Py_BEGIN_ALLOW_THREADS
-    st = jc_cap_get(gpu, &o, &info);
-    if (st != JC_OK) snprintf(detail, sizeof detail, "%s", jc_last_detail());
-    Py_END_ALLOW_THREADS
+    CAP_CALL(st, detail, jc_cap_get(gpu, &o, &info));
     if (st != JC_OK) return raise_status(st, detail, "cap");
     return cap_info_dict(&info);
 }
@@ -95,20 +103,14 @@ PyObject *mod_cap_get(PyObject *m, PyObject *args, PyObject *kwds) {
 /* cap_reset(gpu, *, state_dir=None) -> dict(did, limit_w, note): outside any session (jc_cap_reset). */
 PyObject *mod_cap_reset(PyObject *m, PyObject *args, PyObject *kwds) {
     (void)m;
-    static char *kwlist[] = {"gpu", "state_dir", NULL};
-    const char *gpu = NULL, *state_dir = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "s|$z:cap_reset", kwlist, &gpu, &state_dir)) return NULL;
+    const char *gpu = NULL;
     jc_cap_options o;
-    jc_cap_options_init(&o);
-    o.state_dir = state_dir;
+    if (!parse_cap_args(args, kwds, "s|$z:cap_reset", &gpu, &o)) return NULL;
     jc_cap_reset_kind did = JC_CAP_RESET_NONE;
     double limit = NAN;
     char note[1024] = "", detail[1024] = "";
     jc_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = jc_cap_reset(gpu, &o, &did, &limit, note, sizeof note);
-    if (st != JC_OK) snprintf(detail, sizeof detail, "%s", jc_last_detail());
-    Py_END_ALLOW_THREADS
+    CAP_CALL(st, detail, jc_cap_reset(gpu, &o, &did, &limit, note, sizeof note));
     if (st != JC_OK) return raise_status(st, detail, "cap");
     return Py_BuildValue("{s:s,s:d,s:s}", "did", jc_cap_reset_kind_name(did), "limit_w", limit, "note", note);
 }
@@ -125,23 +127,15 @@ static const char *restore_action_name(jc_cap_restore_action a) {
 /* cap_restore(gpus=None, *, state_dir=None) -> list of dicts: repairs stale and persistent journals. */
 PyObject *mod_cap_restore(PyObject *m, PyObject *args, PyObject *kwds) {
     (void)m;
-    static char *kwlist[] = {"gpus", "state_dir", NULL};
-    const char *gpus = NULL, *state_dir = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|z$z:cap_restore", kwlist, &gpus, &state_dir)) return NULL;
     jc_cap_options o;
-    jc_cap_options_init(&o);
-    o.gpus = gpus;
-    o.state_dir = state_dir;
+    if (!parse_cap_args(args, kwds, "|z$z:cap_restore", &o.gpus, &o)) return NULL;
     enum { MAXE = 64 };
     jc_cap_restore_entry *e = calloc(MAXE, sizeof *e);
     if (!e) return PyErr_NoMemory();
     int n = 0;
     jc_status st;
     char detail[1024] = "";
-    Py_BEGIN_ALLOW_THREADS
-    st = jc_cap_restore(&o, e, MAXE, &n);
-    if (st != JC_OK) snprintf(detail, sizeof detail, "%s", jc_last_detail());
-    Py_END_ALLOW_THREADS
+    CAP_CALL(st, detail, jc_cap_restore(&o, e, MAXE, &n));
     if (st != JC_OK && n == 0) {
         free(e);
         return raise_status(st, detail, "cap");
@@ -207,10 +201,7 @@ static int CapSession_init(CapSessionObject *self, PyObject *args, PyObject *kwd
     jc_cap_session *s = NULL;
     jc_status st;
     char detail[1024] = "";
-    Py_BEGIN_ALLOW_THREADS
-    st = jc_cap_session_open(&o, &s);
-    if (st != JC_OK) snprintf(detail, sizeof detail, "%s", jc_last_detail());
-    Py_END_ALLOW_THREADS
+    CAP_CALL(st, detail, jc_cap_session_open(&o, &s));
     if (st != JC_OK) {
         raise_status(st, detail, "cap");
         return -1;
@@ -255,10 +246,7 @@ static PyObject *CapSession_set(CapSessionObject *self, PyObject *args) {
     jc_status st;
     char detail[1024] = "";
     self->busy++;
-    Py_BEGIN_ALLOW_THREADS
-    st = jc_cap_session_set(self->s, gpu, watts);
-    if (st != JC_OK) snprintf(detail, sizeof detail, "%s", jc_last_detail());
-    Py_END_ALLOW_THREADS
+    CAP_CALL(st, detail, jc_cap_session_set(self->s, gpu, watts));
     self->busy--;
     if (st != JC_OK) return raise_status(st, detail, "cap");
     Py_RETURN_NONE;
@@ -273,10 +261,7 @@ static PyObject *CapSession_reset(CapSessionObject *self, PyObject *args) {
     jc_status st;
     char detail[1024] = "";
     self->busy++;
-    Py_BEGIN_ALLOW_THREADS
-    st = jc_cap_session_reset(self->s, gpu, &did);
-    if (st != JC_OK) snprintf(detail, sizeof detail, "%s", jc_last_detail());
-    Py_END_ALLOW_THREADS
+    CAP_CALL(st, detail, jc_cap_session_reset(self->s, gpu, &did));
     self->busy--;
     if (st != JC_OK) return raise_status(st, detail, "cap");
     return PyUnicode_FromString(jc_cap_reset_kind_name(did));
@@ -287,10 +272,7 @@ static PyObject *CapSession_restore(CapSessionObject *self, PyObject *Py_UNUSED(
     jc_status st;
     char detail[1024] = "";
     self->busy++;
-    Py_BEGIN_ALLOW_THREADS
-    st = jc_cap_session_restore(self->s);
-    if (st != JC_OK) snprintf(detail, sizeof detail, "%s", jc_last_detail());
-    Py_END_ALLOW_THREADS
+    CAP_CALL(st, detail, jc_cap_session_restore(self->s));
     self->busy--;
     if (st != JC_OK) return raise_status(st, detail, "cap");
     Py_RETURN_NONE;
@@ -313,19 +295,7 @@ static PyObject *CapSession_gpus(CapSessionObject *self, PyObject *Py_UNUSED(ign
     }
     Py_END_ALLOW_THREADS
     self->busy--;
-    if (st != JC_OK) {
-        free(info);
-        return raise_status(st, detail, "cap");
-    }
-    PyObject *list = PyList_New(n);
-    for (int i = 0; list && i < n; i++) {
-        PyObject *d = cap_info_dict(&info[i]);
-        if (!d) {
-            Py_CLEAR(list);
-            break;
-        }
-        PyList_SET_ITEM(list, i, d);
-    }
+    PyObject *list = st == JC_OK ? cap_info_list(info, n) : raise_status(st, detail, "cap");
     free(info);
     return list;
 }
