@@ -14,27 +14,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "jc_cli_run.h"
 #include "jc_test.h"
 #include "joulecap.h"
 #include "sources/nvml_api.h"
 
-#define MAX_OUT (1 << 20)
-
-static char tmpdir[256];
 static char journal_dir[320];
 static char scenario_name[64];
-
-static const char *env_or_die(const char *name) {
-    const char *v = getenv(name);
-    if (!v || !*v) JC_FAILF("environment variable %s is not set (run the test through ctest)", name);
-    return v;
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static void sleep_ms(int ms) {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -161,91 +147,6 @@ static int pid_gone(int pid) {
     text[n] = '\0';
     const char *p = strrchr(text, ')');
     return p && (p[2] == 'Z' || p[2] == 'X');
-}
-
-/* ------------------------------------------------------------------------------------------------------
- * The CLI.
- * ---------------------------------------------------------------------------------------------------- */
-
-typedef struct {
-    int code;
-    char *out, *err;
-} result_t;
-
-static char *slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    ASSERT_TRUE(f != NULL);
-    char *buf = malloc(MAX_OUT + 1);
-    ASSERT_TRUE(buf != NULL);
-    size_t n = fread(buf, 1, MAX_OUT, f);
-    buf[n] = '\0';
-    fclose(f);
-    return buf;
-}
-
-static result_t cli(const char *first, ...) {
-    static int seq;
-    const char *argv[64];
-    int n = 0;
-    argv[n++] = env_or_die("JC_CLI");
-    va_list ap;
-    va_start(ap, first);
-    for (const char *a = first; a && n < 63; a = va_arg(ap, const char *)) argv[n++] = a;
-    va_end(ap);
-    argv[n] = NULL;
-    char out[400], err[400];
-    seq++;
-    snprintf(out, sizeof out, "%s/cli-out.%d", tmpdir, seq);
-    snprintf(err, sizeof err, "%s/cli-err.%d", tmpdir, seq);
-    fflush(NULL);
-    pid_t pid = fork();
-    ASSERT_TRUE(pid >= 0);
-    if (pid == 0) {
-        int o = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644), e = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int in = open("/dev/null", O_RDONLY);
-        if (o < 0 || e < 0 || in < 0) _exit(99);
-        dup2(in, 0);
-        dup2(o, 1);
-        dup2(e, 2);
-        execv(argv[0], (char *const *)argv);
-        _exit(98);
-    }
-    int status;
-    while (waitpid(pid, &status, 0) < 0) ASSERT_TRUE(errno == EINTR);
-    result_t r;
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    ASSERT_TRUE(r.code != 98 && r.code != 99);
-    r.out = slurp(out);
-    r.err = slurp(err);
-    return r;
-}
-
-static void free_result(result_t *r) {
-    free(r->out);
-    free(r->err);
-}
-
-#define EXPECT_CODE(r, want)                                                                               \
-    do {                                                                                                   \
-        if ((r).code != (want)) {                                                                          \
-            fprintf(stderr, "--- exit %d, stdout:\n%s--- stderr:\n%s---\n", (r).code, (r).out, (r).err);   \
-            ASSERT_EQ((r).code, (want));                                                                   \
-        }                                                                                                  \
-    } while (0)
-
-static void assert_valid_json_text(const char *text) {
-    char path[400];
-    static int seq;
-    snprintf(path, sizeof path, "%s/json.%d", tmpdir, ++seq);
-    FILE *f = fopen(path, "w");
-    ASSERT_TRUE(f != NULL);
-    fputs(text, f);
-    fclose(f);
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "python3 -c 'import json,sys; json.load(open(sys.argv[1], encoding=\"utf-8\"))' '%s'",
-             path);
-    int rc = system(cmd);
-    if (rc != 0) JC_FAILF("not valid JSON (python3 exit %d):\n%s", rc, text);
 }
 
 /* ------------------------------------------------------------------------------------------------------
