@@ -1247,6 +1247,31 @@ def test_sampled_steps_faster_than_plain_ones_do_not_earn_budget(cpu_fake):
         tracker.stop()
 
 
+def test_backward_ends_where_the_inputs_get_their_gradient():
+    """Under autocast a conv whose input is already bf16 first creates its weight's cast node; that node runs after
+    the one that computes the input's gradient, and in between the engine adds that gradient to the input's
+    others (a residual path): a tensor-sized add that is not the conv's.  The call's backward ends on the node
+    that hands the input its gradient.  A Linear whose input needs a cast: the input's cast node is that node
+    (the weight's and bias's casts run after it)."""
+    conv, lin = nn.Conv2d(8, 4, 1), nn.Linear(8, 4)
+    x = (torch.randn(2, 8, 5, 5, requires_grad=True) * 2).to(torch.bfloat16)  # an input with a grad_fn
+    b = x.grad_fn._sequence_nr()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+    firsts, lo, hi, end = lw._walk_call_nodes([y.grad_fn], b)
+    names = {n.name() for n, _ in y.grad_fn.next_functions if n is not None}
+    assert "ToCopyBackward0" in names  # the weight's cast, created before the conv's node
+    assert end is y.grad_fn or end.name() == y.grad_fn.name()  # not the cast (the lowest number)
+    assert end._sequence_nr() == hi > lo
+    x32 = torch.randn(3, 8, requires_grad=True) * 2  # fp32: Linear casts it
+    b = x32.grad_fn._sequence_nr()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = lin(x32)
+    firsts, lo, hi, end = lw._walk_call_nodes([z.grad_fn], b)
+    assert end.name() == "ToCopyBackward0" and lo <= end._sequence_nr() < hi
+    assert [n._sequence_nr() for n, _ in end.next_functions if n is not None] == [b]
+
+
 def test_graph_walk_survives_node_objects_coming_and_going():
     """torch makes an autograd node's Python object on demand and drops it with its last reference; a new one can
     get the id() of a dropped one.  Fake nodes that behave so: each next_functions access makes new objects.
