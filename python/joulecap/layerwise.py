@@ -471,7 +471,7 @@ class _CudaClock:
 # The state of one measurement
 
 
-def _walk_call_nodes(roots: List[Any], b: int) -> Tuple[List[Any], int, int, Any]:
+def _walk_call_nodes(roots: List[Any], b: int, leaf: bool = True) -> Tuple[List[Any], int, int, Any]:
     """The autograd nodes one layer call created, from its outputs' nodes (roots): those with sequence numbers
     above b (created after its inputs' nodes).  Returns (roots among them, lowest and highest number, the node
     whose end is the end of the call's backward).
@@ -482,7 +482,9 @@ def _walk_call_nodes(roots: List[Any], b: int) -> Tuple[List[Any], int, int, Any
     input is already in the autocast dtype first creates its weight's cast node, which runs after the node that
     computes the input's gradient, and in between the engine adds that gradient to the others the input gets
     (the residual path): a whole tensor-sized add that is not the layer's (ResNet's first 1x1 convolution of
-    each block measured +60% on the H100).  A post-hook runs before the engine adds the node's outputs.
+    each block measured +60% on the H100, the size of that add).  A post-hook runs before the engine adds the
+    node's outputs.  For a module with children (leaf False) the end stays the lowest number: the merges of the
+    gradients its own branches give its inputs (a residual block's) are its work.
 
     Every node object seen is kept until the walk ends: torch makes a node's Python object on demand and drops
     it with its last reference, so the id() of a dropped one can come back for another node, which a set of
@@ -518,7 +520,7 @@ def _walk_call_nodes(roots: List[Any], b: int) -> Tuple[List[Any], int, int, Any
                     end, end_s = n, s
         if len(seen) > _WALK_LIMIT:
             break
-    return firsts, lo, hi, (end if end is not None else last)
+    return firsts, lo, hi, (end if end is not None and leaf else last)
 
 
 class _Burst:
@@ -746,6 +748,9 @@ class _Run:
         self.Tensor = torch.Tensor
         self.model = model
         self.layers = layers
+        # leaf modules' backward ends where their inputs get their gradient; a module with children keeps the
+        # gradient merges of its own inputs (a residual block's branches) in its backward (_walk_call_nodes)
+        self.leaf = [next(iter(m.children()), None) is None for _, m in layers]
         self.clock = clock
         self.ndev = ndev
         self.active = False
@@ -1231,6 +1236,7 @@ class _Run:
         fstack, calls, captures = self.fstack, self.calls, self.captures
         fstack_append, fstack_pop = fstack.append, fstack.pop
         register_backward = self.register_backward
+        leaf = self.leaf
         one_node = _ONE_NODE_FAST_PATH
 
         def input_seq(args: Any, kwargs: Any) -> int:
@@ -1309,7 +1315,7 @@ class _Run:
                             gf.register_prehook(call.on_start)
                             gf.register_hook(call.on_end)
                             return None
-                    register_backward(entry[0] + 1, output, entry[3], entry[4])
+                    register_backward(entry[0] + 1, output, entry[3], entry[4], leaf[entry[1]])
                 return None
 
             return post
@@ -1610,7 +1616,7 @@ class _Run:
 
         torch.autograd.Variable._execution_engine.queue_callback(task_done)
 
-    def register_backward(self, slot: int, output: Any, b: int, cap: Optional[_Capture]) -> None:
+    def register_backward(self, slot: int, output: Any, b: int, cap: Optional[_Capture], leaf: bool = True) -> None:
         """Hooks the autograd nodes that this layer call created: the first to run in the backward (its outputs'
         nodes) marks the start of its backward, the last to run that gives its inputs their gradient marks its
         end (_walk_call_nodes)."""
@@ -1648,7 +1654,7 @@ class _Run:
             cap.nout = len(outs)
         if not roots:
             return
-        firsts, lo, hi, last = _walk_call_nodes(roots, b)
+        firsts, lo, hi, last = _walk_call_nodes(roots, b, leaf)
         if last is None:
             return  # the layer returned its input (Identity, Dropout in eval): no backward work of its own
         tid = threading.get_ident()

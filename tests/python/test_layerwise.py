@@ -1270,6 +1270,8 @@ def test_backward_ends_where_the_inputs_get_their_gradient():
     firsts, lo, hi, end = lw._walk_call_nodes([z.grad_fn], b)
     assert end.name() == "ToCopyBackward0" and lo <= end._sequence_nr() < hi
     assert [n._sequence_nr() for n, _ in end.next_functions if n is not None] == [b]
+    # a module with children keeps the lowest number: the merges of its own branches' gradients are its work
+    assert lw._walk_call_nodes([z.grad_fn], b, leaf=False)[3]._sequence_nr() == lo
 
 
 def test_graph_walk_survives_node_objects_coming_and_going():
