@@ -11,9 +11,9 @@ How it works (docs/python.md, "Layer-wise", says it for users):
 * **Timeline.**  Hooks put *markers* on one timeline: "from here on, the time belongs to X", where X is a layer's
   forward or backward (of the training or the inference phase) or one of the "outside layers" rows.  Forward
   markers come from forward pre/post hooks; backward markers from hooks on the autograd graph's nodes (the
-  first node of a layer's backward and the last one), which, unlike ``register_full_backward_hook``, work with
-  in-place ops such as ``ReLU(inplace=True)``.  The intervals between markers tile ``[start(), stop()]``
-  exactly, so the rows add up to the whole run.
+  first node of a layer's backward and the last that hands its inputs a gradient), which, unlike
+  ``register_full_backward_hook``, work with in-place ops such as ``ReLU(inplace=True)``.  The intervals between
+  markers tile ``[start(), stop()]`` exactly, so the rows add up to the whole run.
 * **Clocks.**  On the CPU a marker is ``time.perf_counter_ns()`` (CLOCK_MONOTONIC, the library's clock).  On a
   GPU it is a CUDA event recorded on the current stream: no synchronisation per layer.  Events are turned into
   CLOCK_MONOTONIC times lazily (at most every ``resolve_interval`` s, from a model forward pre-hook), relative to
