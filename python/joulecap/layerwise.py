@@ -539,8 +539,8 @@ class _Burst:
         self.inner_e = [0.0] * ndev  # the short leads' energy, likewise
         self.marks = 0
         self.index = index  # the n-th burst opened (_Run.burst_steps[index])
-        # set by _finish_bursts: work time, the interior's lead and work time (0 without an interior), the powers
-        self.work_t = 0
+        self.work_t = 0  # time of its work intervals, set when it closes
+        # set by _finish_bursts: the interior's lead and work time (0 without an interior), the powers measured
         self.lead_win = 0
         self.work_win = 0
         self.p_lead = [float("nan")] * ndev
@@ -1051,7 +1051,7 @@ class _Run:
         b.t_b = t_b
         self.burst = None
         self.bursts_closed.append(b)
-        work = sum(rec[0] for rec in b.slots.values())
+        work = b.work_t = sum(rec[0] for rec in b.slots.values())
         if b.marks and work > 0:
             self.work_per_mark = work / b.marks
 
@@ -1076,7 +1076,6 @@ class _Run:
             la, lz = b.t_open + margin, b.t_a - margin
             if lz - la < margin // 2:
                 continue
-            work_t = sum(rec[0] for rec in b.slots.values())
             lead_win = sum(max(0, min(t1, z) - max(t0, a)) for t0, t1 in b.inner)
             work_win = (z - a) - lead_win
             interior = z - a >= margin // 2 and work_win > 0
@@ -1085,9 +1084,8 @@ class _Run:
             if not (r["resolved"] and rl["resolved"]):
                 left.append(b)
                 continue
-            if work_t <= 0:
+            if b.work_t <= 0:
                 continue
-            b.work_t = work_t
             if interior:
                 b.lead_win, b.work_win = lead_win, work_win
             for d in range(self.ndev):
@@ -1164,7 +1162,8 @@ class _Run:
                 # P_wait: the opening leads' power, weighted by the bursts' work
                 pl = [(b.p_lead[d], b.work_t) for b in bursts if not math.isnan(b.p_lead[d])]
                 p_wait = sum(x * w for x, w in pl) / sum(w for _, w in pl) if pl else math.nan
-                p_b = sum(b.p_work[d] * b.work_win for b in bursts) / work_win if work_win else math.nan
+                # (the bursts with an interior: the others have no power of their own)
+                p_b = sum(b.p_work[d] * b.work_win for b in bursts if b.work_win) / work_win if work_win else math.nan
                 p = (self.acc_e[2 * u][d] - (p_wait * idle if idle else 0.0)) / busy
                 info["bursts_w"].append(p_b * 1e9)
                 info["run_w"].append(p * 1e9)
@@ -1654,8 +1653,8 @@ class _Run:
             cap.nout = len(outs)
         if not roots:
             return
-        firsts, lo, hi, last = _walk_call_nodes(roots, b, leaf)
-        if last is None:
+        firsts, lo, hi, end = _walk_call_nodes(roots, b, leaf)
+        if end is None:
             return  # the layer returned its input (Identity, Dropout in eval): no backward work of its own
         tid = threading.get_ident()
         if hi > self.last_seq.get(tid, -1):
@@ -1669,7 +1668,7 @@ class _Run:
         else:
             for n in firsts:
                 n.register_prehook(functools.partial(call.on_start, node_id=id(n)))
-        last.register_hook(call.on_end)
+        end.register_hook(call.on_end)
 
     def register_root_backward(self, output: Any) -> None:
         outs: List[Any] = []

@@ -1124,6 +1124,7 @@ class BurstCtx:
         b = lw._Burst(lead, 1 * S, 13 * S // 10, run.ndev, 0)
         b.t_b = t_b
         b.slots = {a: [300_000_000, [0.0, 90.0]], a + 1: [100_000_000, [0.0, 30.0]]}
+        b.work_t = 400_000_000  # (as _close_burst sets it)
         b.inner = [(14 * S // 10, 15 * S // 10), (16 * S // 10, 17 * S // 10)]
         b.inner_t, b.inner_e, b.lead_e = 200_000_000, [0.0, 60.0], [0.0, 60.0]
         return b
@@ -1210,6 +1211,31 @@ def test_work_power_from_the_whole_run_where_better_conditioned(cpu_fake, not_sa
         assert run.burst_counts()[0] == 1
         p = 450.0 if expect_from == "steps not sampled" else 500.0
         assert got == pytest.approx([0.3 * p, 0.1 * p, 20.0, 240.0 - 0.4 * p - 20.0])  # the burst holds 240 J
+    run.bursts_done = []
+    tracker.stop()
+
+
+def test_bursts_power_reported_over_the_bursts_with_an_interior(cpu_fake):
+    """clock["work_power"]["bursts_w"] averages the bursts that have an interior; a burst too short for one has
+    no power of its own and must not turn that average into NaN."""
+    tracker, run, lead, inner, a = burst_rig()
+    real_ctx = tracker._ctx
+    u = 2 * run._outside_row(lw.OUTSIDE_UNSAMPLED, lw.TRAIN)
+    long_b = BurstCtx.burst(run, lead, a)
+    short_b = BurstCtx.burst(run, lead, a, t_b=145 * S // 100)
+    short_b.index = 1
+    run.burst_steps = [4, 4]
+    run.calls[u], run.acc_t[u], run.acc_e[u][1] = 100, 15 * S, 4500.0 + 100.0 * 5.0  # 10 s busy, 5 s idle
+    tracker._ctx = BurstCtx(500.0)
+    try:
+        run.bursts_closed = [long_b, short_b]
+        run._finish_bursts(0.0)
+        run.refine_work_power()
+    finally:
+        tracker._ctx = real_ctx
+    info = run.work_power["train"]
+    assert info["bursts_w"][1] == pytest.approx(500.0)
+    assert run.burst_counts()[0] == 2
     run.bursts_done = []
     tracker.stop()
 
