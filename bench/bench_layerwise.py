@@ -10,14 +10,14 @@ Workloads (synthetic data, on one GPU; training with SGD + momentum, bf16 autoca
 
 Per workload, in this order:
   1. warm-up;
-  2. rounds of [no tool | tool, leaf layers | tool, depth 2 (ResNet-50 only)], the same number of steps each, every
-     phase timed with a synchronisation at both ends.  Overhead = median over rounds of (step time with the tool /
-     step time without it in the same round) - 1; and "within" the tool's own runs, immune to drift between
-     runs: (their time / (steps x their median step)) - 1, minus the same for the runs without the tool.  The
-     tool's runs give the "attribute" estimates (mode "attribute") and, from host timestamps taken at the same
-     hook points (``_host_shadow``), the seed's method: layer time by the host clock (``time.time()`` in hooks) x
-     the run-wide average GPU power;
-  3. a tool run in mode "replay" (leaf layers; and depth 2 for ResNet-50);
+  2. rounds of [no tool | tool, default (sampled steps) | tool, every step (sample="all") | no tool], leaf
+     layers, every phase timed with a synchronisation at both ends.  Overhead = median over rounds of (step time
+     with the tool / step time without it in the same round) - 1; and "within" the tool's own runs, immune to
+     drift between runs: (their time / (steps x their median step)) - 1, minus the same for the runs without the
+     tool.  The default runs give the "attribute" estimates (mode "attribute"); the every-step runs, from host
+     timestamps taken at the same hook points (``_host_shadow``), the seed's method: layer time by the host clock
+     (``time.time()`` in hooks) x the run-wide average GPU power;
+  3. a tool run in mode "replay" (leaf layers, as long as a default run);
   4. reference "isolated" (per layer): each layer with >= 1% of the layers' time (and one call per step), run alone
      on its captured inputs
      (forward + backward) for --iso-seconds with the energy counter: its energy per call.  NB: this is the same
@@ -26,8 +26,8 @@ Per workload, in this order:
   5. reference "ablation" (per block): energy per step of long steady runs with and without a block (a ResNet
      bottleneck without a downsample replaced by nn.Identity; the encoder's attention or feed-forward sublayer
      replaced by zeros), baselines interleaved (B A1 B A2 B ...), truth = mean of the neighbouring baselines -
-     ablated.  Independent of every method.  The tool's value of a block: its depth-2 row (ResNet-50: includes
-     the residual add), the sum of its leaf rows (encoder; the residual add is in "(outside) forward").
+     ablated.  Independent of every method.  The tool's value of a block: the sum of its leaf rows (the residual
+     add is in "(outside) forward").
 Errors: |estimate - reference| / reference per layer (per call) or per block (per step); mean absolute error over
 the layers with >= 1% of the time, and over the blocks.  GPU energy only: the seed's run-wide power was CPU + GPU;
 here it is the GPU's alone, the quantity compared (this machine's CPU energy is an estimate anyway).
@@ -183,14 +183,13 @@ def resnet50_inline(nn, layers=(3, 4, 6, 3), width=64, num_classes=1000):
 class Workload:
     """A model, its training step, and its blocks (for the ablation reference)."""
 
-    def __init__(self, name, torch, model, make_batch, loss_fn, device, amp_dtype, block_depth, blocks, note):
+    def __init__(self, name, torch, model, make_batch, loss_fn, device, amp_dtype, blocks, note):
         self.name = name
         self.torch = torch
         self.model = model
         self.device = device
         self.amp_dtype = amp_dtype
-        self.block_depth = block_depth  # None: a block's value is the sum of its leaf rows
-        self.blocks = blocks  # list of dicts: name, rows (leaf row names, or the depth-2 row), ablate, restore
+        self.blocks = blocks  # list of dicts: name, rows (names whose leaf rows make the block), ablate, restore
         self.note = note
         self.x, self.y = make_batch()
         self.loss_fn = loss_fn
@@ -252,7 +251,7 @@ def make_resnet(torch, device, args):
         blocks.append({"name": name, "rows": [name], "ablate": ablate, "restore": restore})
     amp = None if args.precision == "fp32" or device.type != "cuda" else torch.bfloat16
     note = "%s, batch %d at %dx%d, %s" % (src, batch, size, size, "bf16 autocast" if amp else "fp32")
-    return Workload("resnet50", torch, model, make_batch, nn.functional.cross_entropy, device, amp, 2, blocks, note)
+    return Workload("resnet50", torch, model, make_batch, nn.functional.cross_entropy, device, amp, blocks, note)
 
 
 def make_encoder(torch, device, args):
@@ -285,7 +284,7 @@ def make_encoder(torch, device, args):
     amp = None if args.precision == "fp32" or device.type != "cuda" else torch.bfloat16
     note = "TransformerEncoderLayer(%d, %d heads, ff %d, GELU module), batch %d x %d tokens, %s" % (
         d, heads, ff, batch, seq, "bf16 autocast" if amp else "fp32")
-    return Workload("encoder", torch, layer, make_batch, loss_fn, device, amp, None, blocks, note)
+    return Workload("encoder", torch, layer, make_batch, loss_fn, device, amp, blocks, note)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -472,16 +471,14 @@ class Bench:
         # layers.  Each tool run is compared with the mean of the two runs without it around it (the shared
         # machine's speed drifts).  Attribute estimates come from the default runs; the seed's method (host time in
         # hooks on every step) from the sample="all" runs.
-        depths = [None]
-        runs = {None: []}
-        runs_all = []
+        runs, runs_all = [], []
         ratios, ratios_all, within = [], [], []
         steps_auto = max(steps, int(round(self.sampled_s / per)))
         for k in range(self.rounds):
             d_off, d_on = [], []
             off_a = self.run_steps(wl, steps, d_off) / steps
             t, res, secs, stop_s = self.tool_run(wl, steps_auto, d_on)
-            runs[None].append(self.estimates(res, steps_auto))
+            runs.append(self.estimates(res, steps_auto))
             t2, res_all, secs_all, stop_all_s = self.tool_run(wl, steps, sample="all")
             runs_all.append(self.estimates(res_all, steps))
             off_b = self.run_steps(wl, steps, d_off) / steps
@@ -512,14 +509,13 @@ class Bench:
                   overhead_within_pct=100 * overhead_within, within=within,
                   ratios=ratios, ratios_all=ratios_all, rounds=self.rounds, steps=steps)
 
-        # 3. replay runs
+        # 3. a replay run (its captured inputs also serve the isolated references)
         replay = {}
         kept_run = None
-        for d in depths:
-            if self.over_budget(10):
-                rec.write("skipped", workload=wl.name, what="replay depth %s" % d, reason="budget")
-                continue
-            t = self.tool(depth=d, mode="replay", _keep_run=(d is None))
+        if self.over_budget(10):
+            rec.write("skipped", workload=wl.name, what="replay", reason="budget")
+        else:
+            t = self.tool(mode="replay", _keep_run=True)
             self.sync()
             t.start(wl.model)
             self.run_steps(wl, steps_auto)  # as long as the default's runs: sampling needs a long run
@@ -527,15 +523,13 @@ class Bench:
             res = t.stop()
             rs = time.perf_counter() - t1
             self.replay_steps = steps_auto
-            replay[d] = {(r["layer"], r["phase"]): r for r in res.layer_rows()}
-            say("  replay (depth %s): %d layers replayed in %.1f s" % (d, sum("same_as" not in r for r in res.replayed),
-                                                                      rs))
-            rec.write("replay", workload=wl.name, depth=d, stop_s=rs, replayed=res.replayed, steps=steps_auto)
-            if d is None:
-                kept_run = t._last_run
+            replay = {(r["layer"], r["phase"]): r for r in res.layer_rows()}
+            say("  replay: %d layers replayed in %.1f s" % (sum("same_as" not in r for r in res.replayed), rs))
+            rec.write("replay", workload=wl.name, depth=None, stop_s=rs, replayed=res.replayed, steps=steps_auto)
+            kept_run = t._last_run
 
-        # per-layer table from the leaf runs
-        leaf = runs[None]
+        # per-layer table from the default runs
+        leaf = runs
         keys = list(leaf[0])
         layer_time = {k: mean([r[k]["time_s"] for r in leaf if k in r]) for k in keys}
         total_t = sum(layer_time.values())
@@ -558,7 +552,7 @@ class Bench:
             calls_all = mean([r[k]["calls"] for r in runs_all if k in r])
             e_seed = mean([r[k]["seed_energy_j"] for r in runs_all if k in r])
             e_all = mean([r[k]["energy_j"] for r in runs_all if k in r])
-            rp = replay.get(None, {}).get(k)
+            rp = replay.get(k)
             e_rep = rp["%s_energy_j" % lab] if rp else float("nan")
             rep_calls = rp["calls"] if rp else float("nan")
             ref = iso.get(k, {}).get("j_per_call")
@@ -585,7 +579,7 @@ class Bench:
             rec.write("layer", **item)
 
         # 5. ablation reference
-        blocks = self.ablation(wl, steps, runs[None], runs_all, replay)
+        blocks = self.ablation(wl, steps, runs, runs_all, replay)
         summary = {"workload": wl.name, "overhead_pct": 100 * overhead, "overhead_all_pct": 100 * overhead_all,
                    "overhead_within_pct": 100 * overhead_within, "step_s": per, "steps": steps}
         for m in ("attribute", "every_step", "replay", "seed"):
@@ -676,7 +670,6 @@ class Bench:
             self.rec.write("skipped", workload=wl.name, what="ablation", reason="budget")
             return out
         base_before, base_t = self.energy_per_step(wl, n)
-        rep = replay.get(None, {})
         for b in wl.blocks:
             if self.over_budget(2 * self.abl_s + 2):
                 self.rec.write("skipped", workload=wl.name, what="ablation %s" % b["name"], reason="budget")
@@ -708,8 +701,8 @@ class Bench:
                 "truth_j_per_step": truth, "baseline_step_s": 0.5 * (base_t + base_t2), "ablated_step_s": abl_t,
                 "attribute_j_per_step": per_step("energy_j", runs),
                 "seed_j_per_step": per_step("seed_energy_j", runs_all),
-                "replay_j_per_step": (sum(rep[k]["%s_energy_j" % lab] for k in keys if k in rep) / self.replay_steps
-                                      if rep and keys and keys[0] in rep else float("nan")),
+                "replay_j_per_step": (sum(replay[k]["%s_energy_j" % lab] for k in keys if k in replay)
+                                      / self.replay_steps if replay and keys and keys[0] in replay else float("nan")),
             }
             for m in ("attribute", "replay", "seed"):
                 item["%s_err" % m] = rel_err(item["%s_j_per_step" % m], truth)
