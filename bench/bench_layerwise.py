@@ -347,7 +347,7 @@ class Bench:
         from joulecap import EnergyMeasurementTool
 
         self.meter = EnergyMeasurementTool(None, gpu_num=gpu_arg)
-        self.sm = SmClock(device.index or 0 if device.type == "cuda" else None)
+        self.sm = SmClock((device.index or 0) if device.type == "cuda" else None)
         s = args.scale
         if args.quick:
             self.warmup_s, self.phase_s, self.rounds, self.abl_s = 0.3, 0.25, 2, 0.2
