@@ -527,7 +527,8 @@ class Bench:
             self.replay_steps = steps_auto
             replay = {(r["layer"], r["phase"]): r for r in res.layer_rows()}
             say("  replay: %d layers replayed in %.1f s" % (sum("same_as" not in r for r in res.replayed), rs))
-            rec.write("replay", workload=wl.name, depth=None, stop_s=rs, replayed=res.replayed, steps=steps_auto)
+            rec.write("replay", workload=wl.name, depth=None, stop_s=rs, replayed=res.replayed, steps=steps_auto,
+                      clock_info={k: v for k, v in res.clock.items() if k != "host_time_s"}, sampling=res.sampling)
             kept_run = t._last_run
 
         # per-layer table from the default runs
@@ -564,6 +565,7 @@ class Bench:
                 "attribute_j_per_call": e_attr / calls if calls else float("nan"),
                 "every_step_j_per_call": e_all / calls_all if calls_all else float("nan"),
                 "replay_j_per_call": e_rep / rep_calls if rep_calls else float("nan"),
+                "replay_s_per_call": rp["time_s"] / rep_calls if rp and rep_calls else float("nan"),
                 "seed_j_per_call": e_seed / calls_all if calls_all else float("nan"),
                 "attribute_s_per_call": t_attr / calls if calls else float("nan"),
                 "isolated_j_per_call": ref,
