@@ -780,6 +780,11 @@ class _Run:
         self.check_at = tool.max_pending
         self.keep_win: Optional[Tuple[int, int]] = None  # (window id, start ns) opened at mt[0]
         self.captures: Dict[int, _Capture] = {}
+        # replay: a phase's first warm-up step runs the layers' hooks with the markers muted, to capture inputs
+        # and output gradients outside the sampled steps (begin_capture)
+        self.captured = [False, False]
+        self.muted = False
+        self.calls_before_capture: Optional[List[int]] = None
         self.handles: List[Any] = []
         self.t_start = 0
         self.t_end = 0
@@ -876,7 +881,7 @@ class _Run:
     def mark(self, slot: int) -> None:
         """Time from now on belongs to slot (2 x row + forward 0 / backward 1).  install() replaces it by the
         closure of _make_mark(), which does the same with fewer lookups."""
-        if slot == self.last_slot:
+        if slot == self.last_slot or self.muted:
             return
         self.last_slot = slot
         self.mt.append(self.clock.mark())
@@ -901,7 +906,7 @@ class _Run:
         mt_append, ms_append = mt.append, self.ms.append
         if mh is None:
             def mark(slot: int) -> None:
-                if slot != run.last_slot:
+                if slot != run.last_slot and not run.muted:
                     run.last_slot = slot
                     mt_append(cmark())
                     ms_append(slot)
@@ -911,7 +916,7 @@ class _Run:
             mh_append, host_ns = mh.append, time.perf_counter_ns
 
             def mark(slot: int) -> None:
-                if slot != run.last_slot:
+                if slot != run.last_slot and not run.muted:
                     run.last_slot = slot
                     mt_append(cmark())
                     ms_append(slot)
@@ -1430,19 +1435,51 @@ class _Run:
                     if len(run.mt) > n0:
                         run.marks_per_step = (len(run.mt) - n0) / steps
                     run.check_at = len(run.mt) + max(64, run.tool.max_pending // 2)
-                if run.attached:
+                capture = warm and run.tool.mode == "replay" and not run.captured[ph]
+                if run.attached and not capture:
                     run.detach()
                 run.outermost_forward(ph)  # (no measured forward is open: fstack is empty here)
                 slot = 2 * run._outside_row(OUTSIDE_UNSAMPLED, ph)
                 run.plain_slots.add(slot)
                 run.calls[slot] += 1
                 run.mark(slot)
+                if capture:
+                    run.begin_capture(ph)
             run.unit = (ph, sample, now, warm)
             return None
 
         return step_pre
 
+    def begin_capture(self, ph: int) -> None:
+        """Replay needs each layer's inputs and output gradients.  Taking them costs host time (a graph walk per
+        call, copies) and GPU time (the copies) in the step that takes them, and a sampled step is what the rows
+        are made of: with few sampled steps (5-6 in 30 s of ResNet-50 training on the H200) one such step is a
+        fifth of them.  So they are taken in the phase's first warm-up step, which is never sampled anyway: the
+        layers' hooks run with the markers muted (the step keeps its one "not sampled" interval, its extra time
+        goes to "(outside) other" like the rest of the warm-up's), and the calls they count are taken back at
+        the step's end (end_capture).  Without a warm-up step (warmup_steps=0, sample="all") the first sampled
+        call of each layer captures, as before."""
+        self.captured[ph] = True
+        if not self.attached:
+            self.attach()
+        self.calls_before_capture = list(self.calls)
+        self.muted = True
+        self.active = True
+
+    def end_capture(self) -> None:
+        saved = self.calls_before_capture
+        if saved is None:
+            return
+        self.calls_before_capture = None
+        self.muted = False
+        calls = self.calls  # changed in place: the hooks hold it
+        calls[: len(saved)] = saved
+        for i in range(len(saved), len(calls)):
+            calls[i] = 0
+        self.drop_backward_stack()
+
     def end_unit(self, now: int) -> None:
+        self.end_capture()
         if self.unit is None:
             return
         ph, sampled, t0, warm = self.unit
@@ -2089,6 +2126,7 @@ class LayerwiseMeasurementTool:
             raise StateError("stop() called before start(): call model = tracker.start(model) before the loop")
         self._run = None
         run.remove_hooks()
+        run.end_capture()
         try:
             t_end = run.clock.finish()
         finally:
@@ -2150,8 +2188,7 @@ class LayerwiseMeasurementTool:
         total = dict(zip(labels, whole["energy_j"]))
         energies = {r: [list(run.acc_e[2 * r]), list(run.acc_e[2 * r + 1])] for r in range(len(rows))}
         attribution = {r: "interval" for r in range(len(rows))}
-        if replay_power:
-            _apply_replay(run, energies, replay_power, attribution, ndev)
+        replay_scale = _apply_replay(run, energies, replay_power, attribution, ndev) if replay_power else {}
         sampling = _extrapolate(run, energies, attribution, ndev)
         # Order: layers in the model's order (train, then infer), then the outside rows.
         order = sorted(
@@ -2168,9 +2205,8 @@ class LayerwiseMeasurementTool:
         result_rows = []
         for r in order + out_order:
             row = rows[r]
-            if row.kind == "outside" and run.calls[2 * r] == 0 and run.calls[2 * r + 1] == 0 and \
-                    run.acc_t[2 * r] + run.acc_t[2 * r + 1] == 0:
-                continue
+            if run.calls[2 * r] == 0 and run.calls[2 * r + 1] == 0 and run.acc_t[2 * r] + run.acc_t[2 * r + 1] == 0:
+                continue  # (a layer row: called only in a replay capture step)
             result_rows.append(_row_dict(run, r, row, energies[r], labels, total_j, attribution[r], whole))
         sources = dict(zip(labels, whole["source"]))
         estimates = {}
@@ -2197,6 +2233,8 @@ class LayerwiseMeasurementTool:
         clock["bursts_corrected"], clock["bursts_uncorrected"] = run.burst_counts()
         if run.work_power:
             clock["work_power"] = run.work_power
+        if replay_scale:
+            clock["replay_scale"] = {ph: dict(zip(labels, ks)) for ph, ks in replay_scale.items()}
         result = LayerwiseResult(columns, result_rows, total, (run.t_end - run.t_start) * 1e-9, self.mode, clock,
                                  replayed, sources, estimates, labels, self.out_file)
         result.sampling = sampling
@@ -2417,30 +2455,54 @@ def _extrapolate(run: _Run, energies: Dict[int, List[List[float]]], attribution:
 
 
 def _apply_replay(run: _Run, energies: Dict[int, List[List[float]]], power: Dict[int, List[float]],
-                  attribution: Dict[int, str], ndev: int) -> None:
-    """Splits the energy measured for the replayed layers among them by time x replayed power, per device.
+                  attribution: Dict[int, str], ndev: int) -> Dict[str, List[Optional[float]]]:
+    """Gives the replayed layers their replayed power, scaled to what was measured, per phase and device.
 
-    The replayed rows' measured (interval) energy, summed, is kept; only its split changes.  Rows not replayed
-    and the outside rows keep their measured energy, so every column still adds up to the whole run."""
-    rows = list(power)
-    for r in rows:
+    The pool is every layer row of the phase: its measured (interval) energy, summed, is kept, and split by
+    time x power, where a replayed row's power is its replayed power and a row not replayed keeps its measured
+    power.  So one factor k maps the powers alone onto the network (a GEMM alone at the power limit runs at lower
+    clocks than among lighter layers), estimated from as much of the pool as was replayed: where every layer
+    was replayed this is the replayed rows' split of their own energy, and where only a few were (a ResNet's
+    layers above replay_min_share), they get about their own power instead of absorbing the whole pool's
+    difference from it (seen on the H200: the BatchNorms and max-pool, 440-540 W alone in a run whose work drew
+    445 W, were all scaled by the few layers that were replayed).  The outside rows keep their measured energy,
+    so every column still adds up to the whole run.  Returns k per phase and device (None: not applied)."""
+    scale: Dict[str, List[Optional[float]]] = {}
+    for r in power:
         attribution[r] = "replay"
-    for i in range(ndev):
-        measured = sum(energies[r][0][i] + energies[r][1][i] for r in rows)
-        weights = {}
-        for r in rows:
-            t = (run.acc_t[2 * r] + run.acc_t[2 * r + 1]) * 1e-9
-            weights[r] = t * power[r][i]
-        wsum = sum(weights.values())
-        if not (wsum > 0) or math.isnan(measured) or math.isnan(wsum):
+    for ph in (TRAIN, INFER):
+        replayed = [r for r in power if run.rows[r].phase == ph]
+        if not replayed:
             continue
-        k = measured / wsum
-        for r in rows:
-            tf, tb = run.acc_t[2 * r], run.acc_t[2 * r + 1]
-            e = k * weights[r]
-            if tf + tb > 0:
-                energies[r][0][i] = e * tf / (tf + tb)
-                energies[r][1][i] = e * tb / (tf + tb)
+        ks: List[Optional[float]] = scale.setdefault(PHASES[ph], [None] * ndev)
+        pool = [r for r, row in enumerate(run.rows) if row.kind == "layer" and row.phase == ph]
+        for i in range(ndev):
+            measured = 0.0
+            weights = {}
+            for r in pool:
+                e = energies[r][0][i] + energies[r][1][i]
+                measured += e
+                if r in power:
+                    t = (run.acc_t[2 * r] + run.acc_t[2 * r + 1]) * 1e-9
+                    weights[r] = t * power[r][i]
+                else:
+                    weights[r] = e  # its time x its measured power
+            wsum = sum(weights.values())
+            if not (wsum > 0) or math.isnan(measured) or math.isnan(wsum):
+                continue
+            k = ks[i] = measured / wsum
+            for r in pool:
+                tf, tb = run.acc_t[2 * r], run.acc_t[2 * r + 1]
+                e = k * weights[r]
+                if r not in power:
+                    old = energies[r][0][i] + energies[r][1][i]
+                    f = e / old if old > 0 else 0.0
+                    energies[r][0][i] *= f
+                    energies[r][1][i] *= f
+                elif tf + tb > 0:
+                    energies[r][0][i] = e * tf / (tf + tb)
+                    energies[r][1][i] = e * tb / (tf + tb)
+    return scale
 
 
 class _Replayer:

@@ -552,18 +552,82 @@ def test_replay_keeps_the_memory_layout(cpu_fake):
     assert lw._TensorSpec(torch.randn(3, 4), 1 << 20, torch).order is None
 
 
-def test_replay_split_uses_time_times_power():
-    class FakeRun:
-        acc_t = [2_000_000_000, 0, 1_000_000_000, 1_000_000_000, 1_000_000_000, 0]
+class _SplitRun:
+    """What _apply_replay reads of a run: rows (phase, kind) and their accumulated time, ns, forward/backward."""
 
+    def __init__(self, rows, acc_t):
+        self.rows = [lw._Row("r%d" % i, "Linear", ph, kind, i) for i, (ph, kind) in enumerate(rows)]
+        self.acc_t = acc_t
+
+
+def test_replay_split_uses_time_times_power():
+    # every layer of the phase replayed (100 W and 400 W): the 1500 J measured for them is split 2*100 : 2*400;
+    # the outside row keeps its energy
+    run = _SplitRun([(lw.TRAIN, "layer"), (lw.TRAIN, "layer"), (lw.TRAIN, "outside")],
+                    [2_000_000_000, 0, 1_000_000_000, 1_000_000_000, 1_000_000_000, 0])
     energies = {0: [[500.0], [0.0]], 1: [[500.0], [500.0]], 2: [[300.0], [0.0]]}
     attribution = {0: "interval", 1: "interval", 2: "interval"}
-    # rows 0 and 1 replayed at 100 W and 400 W: the 1500 J measured for them is split 2*100 : 2*400
-    lw._apply_replay(FakeRun(), energies, {0: [100.0], 1: [400.0]}, attribution, 1)
+    scale = lw._apply_replay(run, energies, {0: [100.0], 1: [400.0]}, attribution, 1)
     assert energies[0] == [[pytest.approx(300.0)], [0.0]]
     assert energies[1] == [[pytest.approx(600.0)], [pytest.approx(600.0)]]
-    assert energies[2] == [[300.0], [0.0]]  # not replayed: kept
+    assert energies[2] == [[300.0], [0.0]]  # not a layer: kept
     assert attribution == {0: "replay", 1: "replay", 2: "interval"}
+    assert scale == {"train": [pytest.approx(1.5)]}
+
+
+def test_replay_of_a_few_layers_gives_them_about_their_own_power():
+    """Three layers of 1 s at a measured 500 W each (one power for a whole step: attribute mode); only the first
+    is replayed, at 200 W.  It keeps about its own power (the factor comes from the whole pool, not from its own
+    measured energy, which would give it 500 W back), the others take the rest, every phase apart, and the
+    layers' sum is kept."""
+    run = _SplitRun([(lw.TRAIN, "layer"), (lw.TRAIN, "layer"), (lw.TRAIN, "layer"), (lw.INFER, "layer")],
+                    [1_000_000_000, 0] * 4)
+    energies = {r: [[500.0], [0.0]] for r in range(4)}
+    attribution = {r: "interval" for r in range(4)}
+    scale = lw._apply_replay(run, energies, {0: [200.0]}, attribution, 1)
+    k = 1500.0 / (200.0 + 1000.0)
+    assert scale == {"train": [pytest.approx(k)]}
+    assert energies[0][0][0] == pytest.approx(200.0 * k)  # 250 J: near its own 200 W, not the 500 W measured
+    assert energies[1][0][0] == energies[2][0][0] == pytest.approx(500.0 * k)
+    assert sum(energies[r][0][0] for r in range(3)) == pytest.approx(1500.0)
+    assert energies[3] == [[500.0], [0.0]]  # the inference phase: nothing replayed there
+    assert attribution == {0: "replay", 1: "interval", 2: "interval", 3: "interval"}
+
+
+def test_replay_captures_in_the_warm_up_step(cpu_fake, monkeypatch):
+    """Taking a layer's inputs and gradients for replay is slow; it happens in the warm-up step, which is not
+    sampled, so no sampled step pays for it and the calls it sees are not counted twice."""
+    calls = {"inputs": 0, "steps": []}
+    slow = lw._Run.capture_inputs
+
+    def capture_inputs(self, r, module, args, kwargs):
+        calls["inputs"] += 1
+        calls["steps"].append(self.steps[lw.TRAIN])
+        time.sleep(0.05)
+        return slow(self, r, module, args, kwargs)
+
+    monkeypatch.setattr(lw._Run, "capture_inputs", capture_inputs)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, mode="replay", replay_seconds=0.02, replay_min_share=0,
+                                       max_overhead=0.5, _keep_run=True)
+    tracker.start(model)
+    for _ in range(8):
+        model(torch.randn(8, 16)).sum().backward()
+    result = tracker.stop()
+    assert_adds_up(result)
+    assert calls["inputs"] == 3 and calls["steps"] == [1, 1, 1]  # in the first step (steps[] counts it already)
+    run = tracker._last_run
+    assert all(cap.grads for cap in run.captures.values())  # output gradients taken in that step's backward
+    assert {r["layer"] for r in result.replayed} == {"0", "1", "2"}
+    s = result.sampling["train"]
+    assert 1 <= s["sampled_steps"] < 8
+    for r in result.layer_rows():
+        assert r["calls"] == 8 and r["backward_calls"] == 8, r["layer"]
+        assert r["time_s"] < 0.05, r["layer"]  # the layers take microseconds
+    # a capture in a sampled step fell into the interval before its layer's, and was then extrapolated to every
+    # step: 0.15 s x steps / sampled steps
+    assert result.row(lw.OUTSIDE_FORWARD, "train")["time_s"] < 0.05
 
 
 # ------------------------------------------------------------------------------------------------------------
