@@ -2397,9 +2397,12 @@ def _extrapolate(run: _Run, energies: Dict[int, List[List[float]]], attribution:
     per sampled step: the same kernels do the same work in every step, and in a sampled step (run back to back
     behind the lead) their intervals hold that work.  What the steps not sampled measured beyond that goes to
     "(outside) other" of the phase: the host gaps, optimizer, data loading and idle time of those steps, and
-    the warm-up's extra work.  Where the sampled steps' share exceeds what was measured (a device whose steps
-    not sampled used less), the shares are scaled down to it.  The rows still add up to the whole run.  A phase
-    with no sampled step keeps a "(outside) not sampled" row."""
+    the warm-up's extra work.  Where the sampled steps' share exceeds what was measured, the outside rows' share
+    is scaled down first, then, only if that is not enough, the layers' (_fit): a sampled step longer on the GPU
+    than a step not sampled holds gaps, where the GPU waited for the host slowed by the hooks, and those fall
+    between the layers' intervals, into the outside rows (a layer's interval holds its own kernels, launched
+    between its two markers).  The rows still add up to the whole run.  A phase with no sampled step keeps a
+    "(outside) not sampled" row."""
     out: Dict[str, Any] = {}
     for ph in (TRAIN, INFER):
         u = run.outside.get((OUTSIDE_UNSAMPLED, ph))
@@ -2427,21 +2430,23 @@ def _extrapolate(run: _Run, energies: Dict[int, List[List[float]]], attribution:
             energies[other] = [[0.0] * ndev, [0.0] * ndev]
             attribution[other] = "interval"
         ut, ue = run.acc_t[2 * u], energies[u][0]
-        add_t = sum(run.acc_t[2 * r + d] for r in rows for d in (0, 1)) * f
-        st = min(1.0, ut / add_t) if add_t > 0 else 0.0
-        se = []
-        for i in range(ndev):
-            add = sum(energies[r][d][i] for r in rows for d in (0, 1)) * f
-            se.append(min(1.0, ue[i] / add) if add > 0 and not math.isnan(add) else 0.0)
-        for r in rows:
+        is_layer = [run.rows[r].kind == "layer" for r in rows]
+
+        def share(values: List[float]) -> Tuple[float, float]:
+            return (sum(v for v, lay in zip(values, is_layer) if lay) * f,
+                    sum(v for v, lay in zip(values, is_layer) if not lay) * f)
+
+        st = _fit(ut, *share([run.acc_t[2 * r] + run.acc_t[2 * r + 1] for r in rows]))
+        se = [_fit(ue[i], *share([energies[r][0][i] + energies[r][1][i] for r in rows])) for i in range(ndev)]
+        for r, lay in zip(rows, is_layer):
             for d in (0, 1):
                 sl = 2 * r + d
-                t = run.acc_t[sl] * f * st
+                t = run.acc_t[sl] * f * st[0 if lay else 1]
                 run.acc_t[sl] += int(t)
                 ut -= int(t)
                 run.calls[sl] += int(round(run.calls[sl] * f))
                 for i in range(ndev):
-                    e = energies[r][d][i] * f * se[i]
+                    e = energies[r][d][i] * f * se[i][0 if lay else 1]
                     energies[r][d][i] += e
                     ue[i] -= e
         run.acc_t[2 * other] += ut
@@ -2452,6 +2457,18 @@ def _extrapolate(run: _Run, energies: Dict[int, List[List[float]]], attribution:
         energies[u][0] = [0.0] * ndev
         info["not_sampled_steps"] = n
     return out
+
+
+def _fit(measured: float, layers: float, outside: float) -> Tuple[float, float]:
+    """Factors for the layers' and the outside rows' extrapolated shares so that together they fit in what the
+    steps not sampled measured: the outside rows give way first (see _extrapolate)."""
+    if math.isnan(layers) or math.isnan(outside):
+        return 0.0, 0.0
+    if math.isnan(measured) or layers + outside <= measured:  # (nothing measured to fit in: as sampled)
+        return 1.0, 1.0
+    if layers <= measured:
+        return 1.0, (measured - layers) / outside
+    return (max(0.0, measured) / layers if layers > 0 else 0.0), 0.0
 
 
 def _apply_replay(run: _Run, energies: Dict[int, List[List[float]]], power: Dict[int, List[float]],

@@ -1024,6 +1024,41 @@ class Hooked(nn.Module):
         return x @ self.weight
 
 
+def test_gaps_of_the_sampled_steps_come_off_the_outside_rows(cpu_fake):
+    """A sampled step can take longer than one not sampled: the hooks slow the host, and the time it spends
+    between two layers is where a GPU would wait (the idle slot: an outside row).  Extrapolated, the sampled
+    steps then give more than the steps not sampled measured; that excess comes off the outside rows, not off
+    the layers, whose time per call stays what it was."""
+    class GapsWhenHooked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = Hooked(base_s=0.003)
+            self.b = nn.Linear(8, 8)
+
+        def forward(self, x):
+            y = self.a(x)
+            if self.a._forward_pre_hooks:
+                time.sleep(0.01)
+            return self.b(y)
+
+    torch.manual_seed(0)
+    model = GapsWhenHooked()
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=0.5)
+    tracker.start(model)
+    for _ in range(30):
+        model(torch.randn(4, 8)).sum().backward()
+    result = tracker.stop()
+    assert_adds_up(result)
+    s = result.sampling["train"]
+    assert s["extrapolated"] and 2 <= s["sampled_steps"] < 30
+    a = result.row("a", "train")
+    assert a["calls"] == 30
+    assert a["forward_time_s"] / a["calls"] >= 0.0028  # it sleeps 3 ms a call (scaled by the gaps: ~1 ms)
+    assert a["gpu0_power_w"] == pytest.approx(300, rel=0.05)
+    # what the gaps gave the outside forward row was cut back to what the steps not sampled measured
+    assert result.row(lw.OUTSIDE_FORWARD, "train")["time_s"] < 0.01 * s["sampled_steps"] + 0.005 * 30
+
+
 def test_sampling_follows_the_overhead_budget(cpu_fake):
     def sampled(max_overhead):
         model = nn.Sequential(Hooked(base_s=0.002, hooked_s=0.004), nn.ReLU(), nn.Linear(8, 4))
