@@ -776,6 +776,29 @@ class FakeEvent:
         return float(torch.tensor(ms, dtype=torch.float32))  # cudaEventElapsedTime gives a float
 
 
+def test_replay_keeps_few_launches_ahead_of_the_gpu():
+    """A launch returns at once: a replay loop that only watched the clock queued launches up to the launch
+    queue's depth, and the GPU worked them off long after the deadline (7 s for a 1 s replay on the H200).  The
+    loop keeps 4 queued: it ends about on time, with the GPU never idle between launches."""
+    gpu = FakeGPU(ppm=0.0, queue=1000)
+    launch_ns = 5_000_000
+
+    def run_once():  # one graph launch: 5 ms of GPU work, queued behind what is there
+        gpu.wait_for_slot()
+        gpu.busy_until = max(gpu.busy_until, gpu.now()) + launch_ns
+        gpu.pending.append(gpu.busy_until)
+
+    t0 = time.perf_counter_ns()
+    calls = lw._run_until(run_once, 8, t0 + 100_000_000, time.perf_counter_ns,
+                          (gpu.event, lambda ev: ev.record()))
+    gpu.synchronize()
+    took = (time.perf_counter_ns() - t0) * 1e-9
+    assert 0.1 <= took < 0.2  # 4 launches (20 ms) queued at the deadline, at most (without: 1000, 5 s)
+    assert calls % 8 == 0 and 0.1 / 0.005 * 8 <= calls <= (took / 0.005 + 1) * 8  # back to back
+    # without events (the CPU, where a call returns when done): the plain loop, at least two calls
+    assert lw._run_until(lambda: None, 1, 0, time.perf_counter_ns) == 2
+
+
 def fake_clock(gpu, max_age=10.0):
     return lw._CudaClock(torch, None, anchor_max_age_s=max_age, event_factory=gpu.event, synchronize=gpu.synchronize,
                          stream=lambda: None, now=time.perf_counter_ns)
