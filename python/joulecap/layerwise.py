@@ -2206,7 +2206,7 @@ class LayerwiseMeasurementTool:
         for r in order + out_order:
             row = rows[r]
             if run.calls[2 * r] == 0 and run.calls[2 * r + 1] == 0 and run.acc_t[2 * r] + run.acc_t[2 * r + 1] == 0:
-                continue  # (a layer row: called only in a replay capture step)
+                continue  # a row that never ran: an outside row unused, a layer seen only in a replay capture step
             result_rows.append(_row_dict(run, r, row, energies[r], labels, total_j, attribution[r], whole))
         sources = dict(zip(labels, whole["source"]))
         estimates = {}
@@ -2489,8 +2489,7 @@ def _apply_replay(run: _Run, energies: Dict[int, List[List[float]]], power: Dict
     for r in power:
         attribution[r] = "replay"
     for ph in (TRAIN, INFER):
-        replayed = [r for r in power if run.rows[r].phase == ph]
-        if not replayed:
+        if not any(run.rows[r].phase == ph for r in power):
             continue
         ks: List[Optional[float]] = scale.setdefault(PHASES[ph], [None] * ndev)
         pool = [r for r, row in enumerate(run.rows) if row.kind == "layer" and row.phase == ph]
@@ -2510,14 +2509,13 @@ def _apply_replay(run: _Run, energies: Dict[int, List[List[float]]], power: Dict
                 continue
             k = ks[i] = measured / wsum
             for r in pool:
-                tf, tb = run.acc_t[2 * r], run.acc_t[2 * r + 1]
-                e = k * weights[r]
                 if r not in power:
-                    old = energies[r][0][i] + energies[r][1][i]
-                    f = e / old if old > 0 else 0.0
-                    energies[r][0][i] *= f
-                    energies[r][1][i] *= f
-                elif tf + tb > 0:
+                    energies[r][0][i] *= k
+                    energies[r][1][i] *= k
+                    continue
+                tf, tb = run.acc_t[2 * r], run.acc_t[2 * r + 1]
+                if tf + tb > 0:
+                    e = k * weights[r]
                     energies[r][0][i] = e * tf / (tf + tb)
                     energies[r][1][i] = e * tb / (tf + tb)
     return scale
@@ -2675,9 +2673,12 @@ def measure_alone(torch: Any, ctx: Any, module: Any, cap: _Capture, phase: int, 
                 sync()
         t_a = _joulecap.now_ns()
         w = ctx.start_at(t_a)
-        mark = (lambda: torch.cuda.Event(), lambda ev: ev.record(torch.cuda.current_stream(device))) if cuda \
-            else None
-        iters = _run_until(run_once, per, t_a + int(seconds * 1e9), _joulecap.now_ns, mark)
+        def record() -> Any:
+            ev = torch.cuda.Event()
+            ev.record(torch.cuda.current_stream(device))
+            return ev
+
+        iters = _run_until(run_once, per, t_a + int(seconds * 1e9), _joulecap.now_ns, record if cuda else None)
         sync()
         t_b = _joulecap.now_ns()
         ctx.stop_at(w, t_b)
@@ -2699,27 +2700,23 @@ def measure_alone(torch: Any, ctx: Any, module: Any, cap: _Capture, phase: int, 
 
 
 def _run_until(run_once: Callable[[], None], per: int, end_ns: int, now: Callable[[], int],
-               mark: Optional[Tuple[Callable[[], Any], Callable[[Any], None]]] = None, ahead: int = 4) -> int:
+               record: Optional[Callable[[], Any]] = None, ahead: int = 4) -> int:
     """Calls run_once (``per`` layer calls each) until ``end_ns`` (at least twice) and returns the layer calls.
 
-    On a GPU (``mark``: make an event, record it) the host keeps at most ``ahead`` launches queued: a launch
+    On a GPU (``record``: records an event after a launch and returns it) the host keeps at most ``ahead`` launches queued: a launch
     returns at once, so without that the host queued launches until the CUDA launch queue was full, and the
     GPU then worked that off after the deadline (on the H200, ResNet-50's stem convolution, 7 ms a graph
     launch, ran 7.2 s for a 1 s replay, and the whole replay took 35 s for 10 layers).  With ``ahead`` queued
     the GPU still runs them back to back."""
-    ring = [mark[0]() for _ in range(ahead)] if mark is not None else []
-    calls = i = 0
+    queued: Deque[Any] = collections.deque()
+    calls = 0
     while calls < 2 or now() < end_ns:
-        ev = None
-        if ring:
-            ev = ring[i % ahead]
-            if i >= ahead:
-                ev.synchronize()  # the GPU has finished the launch of `ahead` ago
+        if len(queued) == ahead:
+            queued.popleft().synchronize()  # the GPU has finished the launch of `ahead` ago
         run_once()
-        if ev is not None:
-            mark[1](ev)  # type: ignore[index]
+        if record is not None:
+            queued.append(record())
         calls += per
-        i += 1
     return calls
 
 

@@ -788,9 +788,13 @@ def test_replay_keeps_few_launches_ahead_of_the_gpu():
         gpu.busy_until = max(gpu.busy_until, gpu.now()) + launch_ns
         gpu.pending.append(gpu.busy_until)
 
+    def record():  # the event after a launch
+        ev = gpu.event()
+        ev.record()
+        return ev
+
     t0 = time.perf_counter_ns()
-    calls = lw._run_until(run_once, 8, t0 + 100_000_000, time.perf_counter_ns,
-                          (gpu.event, lambda ev: ev.record()))
+    calls = lw._run_until(run_once, 8, t0 + 100_000_000, time.perf_counter_ns, record)
     gpu.synchronize()
     took = (time.perf_counter_ns() - t0) * 1e-9
     assert 0.1 <= took < 0.2  # 4 launches (20 ms) queued at the deadline, at most (without: 1000, 5 s)
