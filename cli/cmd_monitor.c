@@ -58,7 +58,7 @@ int jc_cmd_monitor(int argc, char **argv) {
     if (!o.output)
         return jc_cli_usage_err("monitor", "monitor needs the CSV file to write: -o FILE (or -o - for stdout)");
     double interval = o.interval_text ? o.interval_s : 1.0;
-    const char *path = strcmp(o.output, "-") == 0 ? "/dev/stdout" : o.output;
+    const char *path = o.output; /* "-": the inherited standard output, as it is */
 
     /* Signals first: a Ctrl-C from here on closes the file cleanly. */
     if (jc_cli_signals_install() != 0) return JC_EXIT_FAILURE;
@@ -127,7 +127,13 @@ int jc_cmd_monitor(int argc, char **argv) {
     jc_window_stop_at(ctx, w, end_ns);
     rc = jc_cli_summary_collect(ctx, w, 3.0, &s);
     jc_window_release(ctx, w);
-    jc_close(ctx); /* writes the last row and closes the file */
+    uint64_t rows = 0;
+    jc_status sink = jc_csv_close(ctx, &rows); /* writes the last row and closes the file */
+    jc_close(ctx);
+    if (sink != JC_OK) {
+        jc_cli_err("%s", jc_last_detail());
+        return code ? code : JC_EXIT_FAILURE;
+    }
     if (rc) return code ? code : rc;
     if (!o.quiet) {
         jc_cli_summary_text(stderr, &s);

@@ -67,6 +67,11 @@ typedef struct jc_context jc_context;
 enum jc_flags {
     JC_NO_GPU = 1u << 0, /* do not open NVML at all */
     JC_NO_CPU = 1u << 1, /* do not read RAPL, /proc/stat, hwmon */
+    /* Read the GPU energy counter at every step all the time, for energies of intervals taken after the fact
+     * (jc_energy_between, jc_read_latest) while no window is open.  Without it, and with counter_interval_s 0,
+     * the counter is read at every step only while a window is open (and 10 s after one), or CSV rows are
+     * under 1 s apart; otherwise about once a second (under 1% of a CPU core instead of ~8% on an H100). */
+    JC_EVERY_STEP = 1u << 2,
 };
 
 typedef struct jc_options {
@@ -81,7 +86,7 @@ typedef struct jc_options {
      * clock): the sampler locks on to the steps' clock and reads once just after each step, so every step's
      * instant is known.  counter_interval_s > 0 reads only the first step after each such interval: less CPU,
      * coarser short windows (BENCHMARKS.md), and a window's result waits up to that long for the knot after
-     * its end.  0 = every step (default).  Must lie in [0, 60]. */
+     * its end.  0 = every step while something needs it (see JC_EVERY_STEP; default).  Must lie in [0, 60]. */
     double counter_interval_s;
     /* Optional CSV sink: one row per csv_interval_s, written and flushed as it is taken. NULL = none. */
     const char *csv_path;
@@ -94,6 +99,9 @@ typedef struct jc_options {
      * them (their energy is then NaN).  Each unreleased window holds ~80 bytes + 18 per device.
      * 0 = default 65536; 64 to 100000000. */
     size_t history_points;
+    /* A device read still in flight after stall_s marks the device stalled: windows and CSV rows stop waiting
+     * for it (their values for it end at its last sample, with coverage < 1).  0 = default 1.0; 0.05 to 600. */
+    double stall_s;
 } jc_options;
 
 JC_API void jc_options_init(jc_options *opts);
@@ -127,6 +135,26 @@ typedef enum jc_energy_source {
 
 JC_API const char *jc_energy_source_name(jc_energy_source source); /* "counter", "rapl", "estimate", ... */
 
+/* Health of a device's measurements.  Values taken while a device is ok or degraded are whole; a stalled or
+ * lost device's values stop at its last good sample, and windows that reach past it say so (coverage). */
+typedef enum jc_health {
+    JC_HEALTH_OK = 0,       /* readings arrive and pass the plausibility checks */
+    JC_HEALTH_DEGRADED = 1, /* values are whole but less sure: rejected readings, slow or failing reads, a
+                               counter that disagrees with integrated power, RAPL stuck (estimate used) */
+    JC_HEALTH_STALLED = 2,  /* a read has been in flight longer than stall_s, or reads keep failing: windows
+                               and rows do not wait for it */
+    JC_HEALTH_LOST = 3,     /* the device or its energy source is gone for good (GPU lost, counter refused) */
+} jc_health;
+
+JC_API const char *jc_health_name(jc_health health); /* "ok", "degraded", "stalled", "lost" */
+
+/* One change of a device's health. */
+typedef struct jc_health_event {
+    uint64_t t_ns;     /* when it changed (jc_now_ns clock) */
+    jc_health health;  /* the state from then on */
+    char reason[232];  /* why; empty for a return to ok */
+} jc_health_event;
+
 /* Availability of each quantity: 0 = readable; otherwise the status explaining why not (with text in the
  * corresponding note). */
 typedef struct jc_device_info {
@@ -142,10 +170,16 @@ typedef struct jc_device_info {
     char power_note[256], util_note[256], temp_note[256];
     /* Power limits (GPU), 0 when unknown. */
     unsigned limit_mw, enforced_limit_mw, default_limit_mw, min_limit_mw, max_limit_mw;
+    jc_health health;         /* current state, since health_since_ns, because health_note */
+    uint64_t health_since_ns;
+    char health_note[256];
 } jc_device_info;
 
 JC_API int jc_device_count(const jc_context *ctx);
 JC_API jc_status jc_device_info_get(const jc_context *ctx, int device, jc_device_info *out);
+/* The changes of a device's health since the context opened, oldest first (the last 32 are kept): copies up to
+ * max of them into out and sets *count to how many there were in all.  [any thread] */
+JC_API jc_status jc_device_health(jc_context *ctx, int device, jc_health_event *out, size_t max, size_t *count);
 /* Driver version and NVML status for `joulecap info`; note says why NVML is absent when it is. */
 JC_API jc_status jc_gpu_driver(const jc_context *ctx, char *version, size_t version_len, char *note,
                                size_t note_len);
@@ -178,6 +212,13 @@ typedef struct jc_window_result {
     double energy_j[JC_MAX_DEVICES];   /* NaN where the device has no energy source */
     jc_energy_source source[JC_MAX_DEVICES];
     int resolved;                      /* 1 when every edge was covered by samples */
+    /* Share of the window that energy_j covers: 1 = whole; below 1 the device stalled or was lost inside the
+     * window and energy_j is the energy up to its last sample; 0 = nothing (energy_j NaN). */
+    double coverage[JC_MAX_DEVICES];
+    /* Half-width of a 95% interval around energy_j, from where the counter's steps fall against the window's
+     * edges and the power around them (0 for exact edges; NaN when energy_j is NaN). */
+    double uncertainty_j[JC_MAX_DEVICES];
+    jc_health health[JC_MAX_DEVICES];  /* the worst state of the device during the window */
 } jc_window_result;
 
 /* [any thread] Opens a window now.  name may be NULL; it is copied. */
@@ -206,11 +247,23 @@ JC_API jc_status jc_sync(jc_context *ctx, uint64_t t_ns, double timeout_s);
  * CSV sink columns (written by the sampler when csv_path is set):
  *   elapsed_s, cpu_energy_kwh, cpu_util_pct, cpu_temp_c, then for each GPU g (CUDA index):
  *   gpu{g}_energy_kwh, gpu{g}_util_pct, gpu{g}_temp_c, gpu{g}_power_w, then cpu_energy_source and
- *   gpu{g}_energy_source.  Empty cells where a value is unreadable.  Energies are since the context opened.
+ *   gpu{g}_energy_source, then cpu_state and gpu{g}_state (jc_health_name of the device at the row's time).
+ *   Empty cells where a value is unreadable, or not whole (a stalled or lost device).  Energies are since the
+ *   context opened.  csv_path "-" writes to the process's standard output (file descriptor 1).
+ * Rows are written by a thread of their own, each with one write() of whole lines.  A write error stops the
+ * sink: the file is cut back to its last whole row and the error is kept for jc_csv_status().
  * ------------------------------------------------------------------------------------------------------- */
 
-/* Flushes the CSV sink (rows are already flushed as written; this also fsyncs). */
+/* Waits for the rows resolved so far to be written, then fsyncs (not for standard output).  Returns the sink's
+ * error if it has one. */
 JC_API jc_status jc_csv_sync(jc_context *ctx);
+/* JC_OK while every row taken has been written (or is on its way); else the first write error, with the file,
+ * the errno text and the rows kept in the detail.  rows_written may be NULL. */
+JC_API jc_status jc_csv_status(jc_context *ctx, uint64_t *rows_written);
+/* Writes a last row at the instant of the call, waits for the rows still due (at most stall_s + 0.5 s), closes
+ * the file and returns the sink's status (as jc_csv_status).  jc_close() does the same when this was not
+ * called, but cannot report an error. */
+JC_API jc_status jc_csv_close(jc_context *ctx, uint64_t *rows_written);
 
 /* ---------------------------------------------------------------------------------------------------------
  * Power caps (set / reset / restore).

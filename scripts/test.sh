@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test: the C tests (warnings as errors), the same C tests under ASan + UBSan, and the Python tests
+# Runs every test: the C tests (warnings as errors), the same C tests under ASan + UBSan and under TSan, and the
+# Python tests
 # against the installed package.  Uses the fake NVML and fake sysfs trees; needs no GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,11 @@ cmake -S . -B build/asan -DJC_WERROR=ON -DJC_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debu
 cmake --build build/asan -j"$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --test-dir build/asan --output-on-failure -j"$jobs"
+
+echo "== C tests under ThreadSanitizer"
+cmake -S . -B build/tsan -DJC_WERROR=ON -DJC_TSAN=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
+cmake --build build/tsan -j"$jobs"
+TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build/tsan --output-on-failure -j"$jobs"
 
 if [ -f pyproject.toml ]; then
     echo "== Python tests"

@@ -142,6 +142,7 @@ PyMODINIT_FUNC PyInit__joulecap(void) {
     } consts[] = {
         {"NO_GPU", JC_NO_GPU},
         {"NO_CPU", JC_NO_CPU},
+        {"EVERY_STEP", JC_EVERY_STEP},
         {"MAX_DEVICES", JC_MAX_DEVICES},
         {"OK", JC_OK},
         {"ERR_INVALID_ARGUMENT", JC_ERR_INVALID_ARGUMENT},

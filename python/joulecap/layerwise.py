@@ -2000,6 +2000,8 @@ class LayerwiseMeasurementTool:
         self._last_run: Optional[_Run] = None
         self._want_gpu = _requested_gpu(gpu_num)
         kwargs = {} if interval is None else {"interval": float(interval)}
+        # Intervals are measured after the fact (energy_between): the counter is read at every step throughout.
+        kwargs["flags"] = _joulecap.EVERY_STEP
         self._ctx = _open_context(gpu_num, **kwargs)
         try:
             self._devices = _Devices(self._ctx)

@@ -211,7 +211,7 @@ class _GpuMeter:
     """Cumulative energy (J) of one GPU at the newest energy-counter step, and the library's clock (s)."""
 
     def __init__(self, uuid: str) -> None:
-        self.ctx = _joulecap.Context(uuid, flags=_joulecap.NO_CPU)
+        self.ctx = _joulecap.Context(uuid, flags=_joulecap.NO_CPU | _joulecap.EVERY_STEP)
         dev = self.ctx.devices()
         if len(dev) < 2:
             self.ctx.close()

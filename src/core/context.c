@@ -1,5 +1,6 @@
 /* jc_open / jc_close: validates options, opens every source (a missing one degrades to an empty value with a
- * reason), and starts the sampler. */
+ * reason, a failing GPU is listed with its reason while the others are measured), and starts the readers and
+ * the coordinator. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,7 +52,10 @@ static jc_status validate(jc_options *o) {
     if (o->history_points < 64 || o->history_points > 100000000)
         return jc__fail(JC_ERR_INVALID_ARGUMENT, "history of %zu points is out of range: use 64 to 100000000",
                         o->history_points);
-    if (o->flags & ~(unsigned)(JC_NO_GPU | JC_NO_CPU))
+    if (o->stall_s == 0) o->stall_s = 1.0;
+    if (bad_period(o->stall_s, 0.05, 600))
+        return jc__fail(JC_ERR_INVALID_ARGUMENT, "stall time %g s is out of range: use 0.05 s to 600 s", o->stall_s);
+    if (o->flags & ~(unsigned)(JC_NO_GPU | JC_NO_CPU | JC_EVERY_STEP))
         return jc__fail(JC_ERR_INVALID_ARGUMENT, "unknown flags 0x%x", o->flags);
     return JC_OK;
 }
@@ -133,6 +137,7 @@ static void read_limits(jc__nvml *nvml, jc__device *d) {
 static void probe_gpu(jc__nvml *nvml, jc__device *d) {
     jc_device_info *i = &d->info;
     read_limits(nvml, d);
+    d->max_power_w = i->max_limit_mw ? i->max_limit_mw * 1e-3 : 1000.0;
     unsigned long long mj;
     nvmlReturn_t r = nvml->nvmlDeviceGetTotalEnergyConsumption
                          ? nvml->nvmlDeviceGetTotalEnergyConsumption(d->handle, &mj)
@@ -171,6 +176,26 @@ static void probe_gpu(jc__nvml *nvml, jc__device *d) {
     i->temp_status = jc__nvml_status(nvml, r, "temperature");
     if (r != NVML_SUCCESS) jc__fmt(i->temp_note, sizeof i->temp_note, "%s", jc_last_detail());
     jc__clear_detail();
+    if (i->power_status == JC_ERR_GPU_LOST || i->util_status == JC_ERR_GPU_LOST) {
+        i->energy_source = JC_SOURCE_NONE;
+        d->dead = 1;
+        d->dead_ns = jc_now_ns();
+        jc__health_set(d, JC_HEALTH_LOST, d->dead_ns, "GPU lost: %s", i->power_note);
+    }
+}
+
+/* A GPU that NVML cannot even identify: listed, lost, with the reason. */
+static void lost_gpu(jc__device *d, const char *why) {
+    jc_device_info *i = &d->info;
+    i->energy_source = JC_SOURCE_NONE;
+    jc__fmt(i->energy_note, sizeof i->energy_note, "%s", why);
+    i->power_status = i->util_status = i->temp_status = JC_ERR_GPU_LOST;
+    jc__fmt(i->power_note, sizeof i->power_note, "%s", why);
+    jc__fmt(i->util_note, sizeof i->util_note, "%s", why);
+    jc__fmt(i->temp_note, sizeof i->temp_note, "%s", why);
+    d->dead = 1;
+    d->dead_ns = jc_now_ns();
+    jc__health_set(d, JC_HEALTH_LOST, d->dead_ns, "%s", why);
 }
 
 static jc_status open_gpus(jc_context *ctx) {
@@ -190,9 +215,15 @@ static jc_status open_gpus(jc_context *ctx) {
     if (n > JC_MAX_DEVICES - 1) n = JC_MAX_DEVICES - 1;
     jc__gpu_ident ids[JC_MAX_DEVICES];
     nvmlDevice_t handles[JC_MAX_DEVICES];
+    char failed[JC_MAX_DEVICES][200];
     for (unsigned i = 0; i < n; i++) {
-        st = jc__nvml_identify(ctx->nvml, i, &handles[i], &ids[i]);
-        if (st != JC_OK) return st;
+        /* One GPU that fails stops nothing: it is listed as lost with its reason. */
+        failed[i][0] = '\0';
+        if (jc__nvml_identify(ctx->nvml, i, &handles[i], &ids[i]) != JC_OK) {
+            jc__fmt(failed[i], sizeof failed[i], "%s", jc_last_detail());
+            jc__clear_detail();
+            jc__fmt(ids[i].name, sizeof ids[i].name, "NVIDIA GPU (unreadable)");
+        }
     }
     int nvml_idx[JC_MAX_DEVICES], cuda_idx[JC_MAX_DEVICES], count = 0;
     st = jc__gpu_select(ids, (int)n, getenv("CUDA_VISIBLE_DEVICES"), getenv("CUDA_DEVICE_ORDER"), sel, nvml_idx,
@@ -209,7 +240,10 @@ static jc_status open_gpus(jc_context *ctx) {
         jc__fmt(info->name, sizeof info->name, "%s", ids[ni].name);
         jc__fmt(info->uuid, sizeof info->uuid, "%s", ids[ni].uuid);
         jc__fmt(info->pci_bus_id, sizeof info->pci_bus_id, "%s", ids[ni].pci_bus_id);
-        probe_gpu(ctx->nvml, d);
+        if (failed[ni][0])
+            lost_gpu(d, failed[ni]);
+        else
+            probe_gpu(ctx->nvml, d);
     }
     return JC_OK;
 }
@@ -227,22 +261,27 @@ jc_status jc_open(jc_context **out, const jc_options *opts_in) {
     if (st != JC_OK) return st;
     jc_context *ctx = calloc(1, sizeof *ctx);
     if (!ctx) return jc__fail(JC_ERR_NO_MEMORY, "cannot allocate a context");
+    atomic_init(&ctx->refs, 1);
     ctx->opts = o;
     ctx->gpus_sel = dup_or_null(o.gpus);
-    ctx->csv_path = dup_or_null(o.csv_path);
     ctx->opts.gpus = ctx->gpus_sel;
-    ctx->opts.csv_path = ctx->csv_path;
+    ctx->opts.csv_path = NULL; /* the sink keeps its own copy */
+    ctx->stall_ns = (uint64_t)(o.stall_s * 1e9);
     pthread_mutex_init(&ctx->lock, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&ctx->data_cv, &ca);
-    pthread_cond_init(&ctx->stop_cv, &ca);
+    pthread_cond_init(&ctx->wake_cv, &ca);
     pthread_condattr_destroy(&ca);
     ctx->dev = calloc(JC_MAX_DEVICES, sizeof *ctx->dev);
-    if ((o.gpus && !ctx->gpus_sel) || (o.csv_path && !ctx->csv_path) || !ctx->dev) {
+    if ((o.gpus && !ctx->gpus_sel) || !ctx->dev) {
         jc_close(ctx);
         return jc__fail(JC_ERR_NO_MEMORY, "cannot allocate a context");
+    }
+    for (int i = 0; i < JC_MAX_DEVICES; i++) {
+        ctx->dev[i].ctx = ctx;
+        ctx->dev[i].id = i;
     }
     ctx->ndev = 1;
     open_cpu(ctx, &ctx->dev[0]);
@@ -252,14 +291,14 @@ jc_status jc_open(jc_context **out, const jc_options *opts_in) {
         ctx->dev[i].latest.energy_j = ctx->dev[i].latest.power_w = NAN;
         ctx->dev[i].latest.util_pct = ctx->dev[i].latest.temp_c = NAN;
     }
-    if (st == JC_OK && ctx->csv_path) st = jc__csv_open(ctx);
+    if (st == JC_OK && o.csv_path) st = jc__csv_open(ctx, o.csv_path);
     if (st == JC_OK) {
         struct timespec rt;
         clock_gettime(CLOCK_REALTIME, &rt);
         uint64_t mono = jc_now_ns();
         ctx->realtime_minus_mono_us =
             ((int64_t)rt.tv_sec * 1000000 + rt.tv_nsec / 1000) - (int64_t)(mono / 1000);
-        st = jc__sampler_start(ctx);
+        st = jc__coordinator_start(ctx);
     }
     if (st != JC_OK) {
         char keep[1024];
@@ -271,25 +310,30 @@ jc_status jc_open(jc_context **out, const jc_options *opts_in) {
     return JC_OK;
 }
 
-void jc_close(jc_context *ctx) {
-    if (!ctx) return;
-    jc__csv_finish(ctx, 0.5);
-    jc__sampler_stop(ctx);
-    jc__csv_close(ctx);
-    jc__meter_free(ctx);
-    for (int i = 0; ctx->dev && i < ctx->ndev; i++) {
-        jc__ring_free(&ctx->dev[i].knots);
-    }
+void jc__context_free(jc_context *ctx);
+/* Frees what readers use; called by the last of jc_close() and any reader left behind in a driver call. */
+void jc__context_free(jc_context *ctx) {
+    for (int i = 0; ctx->dev && i < ctx->ndev; i++) jc__ring_free(&ctx->dev[i].knots);
     free(ctx->dev);
     jc__rapl_close(ctx->rapl);
     jc__cputemp_close(ctx->cputemp);
     jc__nvml_close(ctx->nvml);
     pthread_cond_destroy(&ctx->data_cv);
-    pthread_cond_destroy(&ctx->stop_cv);
+    pthread_cond_destroy(&ctx->wake_cv);
     pthread_mutex_destroy(&ctx->lock);
     free(ctx->gpus_sel);
-    free(ctx->csv_path);
     free(ctx);
+}
+
+void jc_close(jc_context *ctx) {
+    if (!ctx) return;
+    jc__csv_finish(ctx, 0.5);
+    jc__coordinator_stop(ctx);
+    /* A reader stuck in a driver call is not waited for past stall_s: it frees the rest when it returns. */
+    jc__readers_stop(ctx, jc__s(ctx->stall_ns));
+    jc__csv_close(ctx);
+    jc__meter_free(ctx);
+    if (atomic_fetch_sub(&ctx->refs, 1) == 1) jc__context_free(ctx);
 }
 
 int jc_device_count(const jc_context *ctx) { return ctx ? ctx->ndev : 0; }

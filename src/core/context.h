@@ -1,9 +1,18 @@
-/* The context: every source, the sampler's series and the windows.  One mutex guards the series, the
- * windows and the latest readings; the sampler does its slow reads without holding it. */
+/* The context: the devices with their reader threads, the windows, the CSV sink, and the coordinator thread.
+ *
+ * Threads: one reader per device does that device's slow reads (NVML, RAPL, /proc) and commits its samples;
+ * the coordinator marks stalled devices and resolves windows and CSV rows; the CSV writer writes finished rows.
+ * One mutex (ctx->lock) guards every series, reading, health record, window and row; no thread holds it across
+ * a device read or a file write, so a hung device or a slow disk holds up nobody else.
+ *
+ * Lifetime: a reader stuck in a driver call past jc_close() is left behind (detached).  It keeps a reference to
+ * the context, which is freed by the last of jc_close() and such readers; NVML stays loaded while one lives. */
 #ifndef JC_CORE_CONTEXT_H
 #define JC_CORE_CONTEXT_H
 
 #include <pthread.h>
+#include <sys/types.h>
+#include <stdatomic.h>
 #include <stdio.h>
 
 #include "../sampler/series.h"
@@ -14,11 +23,11 @@
 /* Counter tracking of one GPU: finds the instants at which the energy counter steps (every 100 ms on an H100,
  * on a very regular clock).  While unlocked it polls back to back and brackets each step; once the step
  * period and phase are fitted it reads once just after each predicted step, and brackets one step now and
- * then to keep the fit honest (sampler.c). */
+ * then to keep the fit honest (counter.c). */
 #define JC__FIT_POINTS 32
 typedef struct jc__counter_track {
     int have_raw, have_knot, locked, probing;
-    unsigned long long raw_mj, base_mj;
+    unsigned long long raw_mj;
     uint64_t prev_mid_ns;  /* instant of the previous read (middle of the call) */
     uint64_t next_ns;      /* when to read next */
     uint64_t last_knot_ns;
@@ -30,52 +39,113 @@ typedef struct jc__counter_track {
     int reads_since_probe;
     uint64_t expect_ns;    /* the predicted step the next read targets (locked) */
     double jitter_ns;      /* RMS of probe residuals: how far steps stray from the fit */
+    /* plausibility (plausible.c): raw readings map to a stitched cumulative energy */
+    double offset_j;       /* cumulative J = raw mJ * 1e-3 + offset_j */
+    unsigned long long good_mj; /* last raw value accepted */
+    uint64_t good_ns;
+    int suspect;           /* consecutive readings rejected */
+    unsigned long long suspect_mj;
+    uint64_t suspect_ns;
+    uint64_t raw_changed_ns; /* last time the raw value moved (stuck counter) */
+    int stuck_reported;
     /* statistics, for benchmarks and `joulecap info --verbose` */
-    uint64_t n_reads, n_probes, n_late, n_unlocks;
+    uint64_t n_reads, n_probes, n_late, n_unlocks, n_rejected;
 } jc__counter_track;
 
+#define JC__HEALTH_EVENTS 32
+
 typedef struct jc__device {
+    jc_context *ctx;
+    int id; /* index in ctx->dev */
     jc_device_info info;
-    jc__ring knots; /* (t, cumulative J since the first knot) */
+    jc__ring knots; /* (t, cumulative J) */
     jc_reading latest;
-    int dead;       /* the source failed for good: edges after dead_ns resolve to NaN */
+    /* health: the current state is info.health / health_note / health_since_ns; changes are kept here */
+    jc_health_event events[JC__HEALTH_EVENTS];
+    size_t nevents;             /* total changes (the ring keeps the last JC__HEALTH_EVENTS) */
+    char degraded_why[200];     /* the reason while degraded, kept while a stall comes and goes */
+    int degraded;
+    int dead;       /* the energy source ended for good: edges after dead_ns resolve to what came before */
     uint64_t dead_ns;
+    uint64_t read_since_ns;     /* a read is in flight since then (0: none) */
+    uint64_t last_read_ns;      /* end of the reader's last round of reads */
+    uint64_t degraded_until_ns; /* a degraded state without new cause returns to ok then */
+    int fine;                   /* reader's copy of jc__reader_fine() */
+    uint64_t stall_from_ns;     /* stalled since (0: not stalled) */
+    int fail_streak;            /* consecutive failed reads */
+    uint64_t fail_since_ns;
+    /* reader thread (reader.c); touches only this struct, its sources and ctx->lock */
+    pthread_t thread;
+    int thread_started, thread_exited;
     /* GPU */
     nvmlDevice_t handle;
     jc__counter_track counter;
     int64_t last_power_ts_us;
     uint64_t next_cheap_ns;
-    int transient_errors;
+    double max_power_w;         /* plausibility bound: what the card can draw */
+    double knot_sigma_ns;       /* timing error of the knots (the counter fit's jitter), published under the lock */
+    /* start-up cross-check: counter against integrated instant power over the first second */
+    int xcheck_done;
+    double xcheck_j, xcheck_p_w;
+    uint64_t xcheck_t0_ns, xcheck_t_ns;
+    double xcheck_e0_j;
     /* integration (GPU without counter, CPU estimate) */
     double integ_j;
     uint64_t integ_t_ns;
     double integ_p_w;
     int integ_started;
+    /* CPU */
+    uint64_t next_cpu_ns, next_util_ns, next_temp_ns;
+    double cpu_util_pct;
+    double rapl_last_j;
+    uint64_t rapl_changed_ns;   /* last time the RAPL counter moved */
     /* energy at the epoch (context open), resolved like a window edge */
     double epoch_j;
     int epoch_resolved;
 } jc__device;
+
+/* One edge of a window for one device. */
+typedef struct jc__edge {
+    double e;        /* cumulative J at t_eff */
+    uint64_t t_eff;  /* where the value holds: t, or an earlier knot when the device stopped before t */
+    double var_j2;   /* variance of e from interpolation inside a step */
+    unsigned char state; /* 0 pending, 1 exact, 2 cut (t_eff < t), 3 none */
+} jc__edge;
 
 typedef struct jc__window {
     uint32_t gen;
     int in_use;
     uint64_t t0, t1; /* t1 == 0 while open */
     char *name;
-    /* Per-device edge energies and "resolved" flags, sized by the context's device count (the storage
-     * follows the struct in the same allocation). */
-    double *e0, *e1;
-    unsigned char *r0, *r1;
+    jc__edge *e0, *e1; /* per device, sized by the context's device count (same allocation) */
 } jc__window;
 
-typedef struct jc__csv_row {
-    uint64_t t_ns;
-} jc__csv_row;
+/* CSV sink (src/sink/csv.c). */
+typedef struct jc__csv {
+    int fd;
+    char *path;
+    uint64_t next_row_ns;
+    uint64_t *rows;          /* instants of rows not yet resolved, oldest first */
+    size_t nrows, caprows;
+    char *out;               /* formatted whole rows waiting for the writer */
+    size_t outlen, outcap;
+    off_t whole_bytes;       /* bytes of whole rows on disk */
+    uint64_t rows_written, rows_dropped;
+    jc_status error;         /* sticky: the first write error */
+    char error_text[512];
+    int writing, writer_stop;
+    pthread_t writer;
+    int writer_started;
+    pthread_cond_t cv;       /* wakes the writer (ctx->lock) */
+} jc__csv;
 
 struct jc_context {
+    atomic_int refs; /* jc_close's and every reader still running */
     jc_options opts;
-    char *gpus_sel, *csv_path;
+    char *gpus_sel;
     uint64_t epoch_ns;
     int64_t realtime_minus_mono_us;
+    uint64_t stall_ns;
 
     int ndev;
     jc__device *dev;
@@ -84,25 +154,26 @@ struct jc_context {
     char nvml_note[512];
     char gpu_note[512];
 
-    /* CPU sources */
+    /* CPU sources (device 0's reader owns them) */
     jc__rapl *rapl;
     jc__procstat procstat;
     int have_procstat;
     jc__cputemp *cputemp;
     jc__cpu_estimate estimate;
     int use_estimate;
-    uint64_t next_cpu_ns, next_util_ns, next_temp_ns;
-    double cpu_util_pct;
 
-    /* sampler thread */
-    pthread_t thread;
-    int thread_started;
     pthread_mutex_t lock;
     pthread_cond_t data_cv; /* broadcast after each commit */
-    pthread_cond_t stop_cv; /* wakes the sampler for shutdown */
+    pthread_cond_t wake_cv; /* wakes readers and the coordinator (shutdown, a window opened) */
     int stopping;
+    /* coordinator thread */
+    pthread_t thread;
+    int thread_started;
     uint64_t cycles;
     uint64_t last_cycle_ns;
+    /* fine counter reads are needed while windows are open or were in the last few seconds */
+    size_t open_windows;
+    uint64_t last_window_ns;
 
     /* windows */
     jc__window **win;
@@ -110,27 +181,52 @@ struct jc_context {
     size_t *free_slots; /* released slots (1-based), reused first */
     size_t nfree;
 
-    /* CSV sink */
-    FILE *csv;
-    uint64_t next_row_ns;
-    jc__csv_row *rows; /* pending rows, oldest first */
-    size_t nrows, caprows;
+    jc__csv *csv;
 };
 
-/* sampler.c */
-jc_status jc__sampler_start(jc_context *ctx);
-/* A read failed: GPU lost ends the device (returns 1); anything else is counted and retried (returns 0). */
-int jc__sampler_read_failed(jc_context *ctx, jc__device *d, nvmlReturn_t r, uint64_t t, const char *what);
+/* health.c (lock held): state changes of a device, recorded with their time and reason. */
+void jc__health_set(jc__device *d, jc_health state, uint64_t t, const char *fmt, ...) JC__PRINTF(4, 5);
+/* A reason to distrust the device's values, kept until cleared (lock held). */
+void jc__health_degrade(jc__device *d, uint64_t t, const char *fmt, ...) JC__PRINTF(3, 4);
+/* The device answered again after a stall or failing reads (lock held). */
+void jc__health_recovered(jc__device *d, uint64_t t);
+/* The worst state of the device over [t0, t1] (t0 == t1: the state at that instant), from its changes. */
+jc_health jc__health_worst(const jc__device *d, uint64_t t0, uint64_t t1);
+
+/* reader.c */
+jc_status jc__readers_start(jc_context *ctx);
+/* Stops the readers; a reader still inside a read after wait_s is left behind.  Returns how many were. */
+int jc__readers_stop(jc_context *ctx, double wait_s);
+/* A read failed (called by the reader, lock not held): GPU lost or a permanent error ends the device's
+ * energy (returns 1); anything else is counted and retried with back-off (returns 0). */
+int jc__reader_read_failed(jc__device *d, nvmlReturn_t r, uint64_t t, const char *what, int energy);
+/* Marks the start and end of a slow read, for stall detection. */
+void jc__reader_busy(jc__device *d, int busy);
+/* 1 while reads of the energy counter at every step are needed (lock held). */
+int jc__reader_fine(const jc_context *ctx, uint64_t now);
+
+/* The reader's start-up cross-check, fed with each accepted counter knot. */
+void jc__reader_xcheck_knot(jc__device *d, uint64_t t, double e_j);
+
 /* counter.c: reads the GPU energy counter when due and turns its steps into knots. */
-void jc__counter_read(jc_context *ctx, jc__device *d, uint64_t now);
-void jc__sampler_stop(jc_context *ctx);
+void jc__counter_read(jc__device *d, uint64_t now);
+/* Fine reads are needed again (a window opened): the next read goes to the next step, not a second away. */
+void jc__counter_refine(jc__device *d, uint64_t now);
+/* plausible.c: checks a raw counter reading and commits its knot; returns 0 when rejected. */
+int jc__counter_commit(jc__device *d, uint64_t t, unsigned long long mj);
+
+/* coordinator (sampler.c) */
+jc_status jc__coordinator_start(jc_context *ctx);
+void jc__coordinator_stop(jc_context *ctx);
+
 /* meter.c: resolves pending edges of every window; called with ctx->lock held. */
 void jc__meter_resolve_all(jc_context *ctx);
-/* Resolves one edge at t for every device; returns 1 when every device is resolved. Lock held. */
-int jc__resolve_edge(jc_context *ctx, uint64_t t, double *e, unsigned char *r);
+/* Resolves one edge at t for every device; returns 1 when every device is resolved.  Lock held. */
+int jc__resolve_edge(jc_context *ctx, uint64_t t, jc__edge *e, int is_end);
 void jc__meter_free(jc_context *ctx);
-/* csv.c */
-jc_status jc__csv_open(jc_context *ctx);
+
+/* sink/csv.c */
+jc_status jc__csv_open(jc_context *ctx, const char *path);
 void jc__csv_pump(jc_context *ctx, uint64_t now); /* lock held */
 /* Writes the rows still pending plus one at the instant of closing (waits up to timeout_s for their samples). */
 void jc__csv_finish(jc_context *ctx, double timeout_s);

@@ -1,4 +1,5 @@
-/* Windows: start and stop take a timestamp under the context lock and nothing else.  Each edge's energy is
+/* Windows: start and stop take a timestamp under the context lock and nothing else.  A window's value per
+ * device is whole, or cut where the device stalled or was lost (coverage < 1), or empty; never a silent part.  Each edge's energy is
  * resolved from the sampler's series as soon as a knot after it exists (the sampler resolves pending edges
  * after every cycle, so a window longer than the kept history still has its start), and a result waits at
  * most about one counter step for its end. */
@@ -12,27 +13,77 @@
 #define SLOT_BITS 24
 #define SLOT_MASK ((1u << SLOT_BITS) - 1)
 
-/* Resolves device d's energy at t: 1 when final (a value, or NaN for a source that cannot give one). */
-static int resolve_one(jc_context *ctx, int i, uint64_t t, double *e) {
-    jc__device *d = &ctx->dev[i];
-    if (d->info.energy_source == JC_SOURCE_NONE) {
-        *e = NAN;
-        return 1;
-    }
-    jc__at at = jc__energy_at(&d->knots, t, e);
-    if (at == JC__AT_OK) return 1;
-    if (at == JC__AT_GONE || d->dead || ctx->stopping) {
-        *e = NAN;
-        return 1;
-    }
-    return 0;
+/* Standard deviation of an interpolated edge, relative to the power swing around its step: the energy of a
+ * step is known, its spread inside the step is not.  Calibrated on the H100 (BENCHMARKS.md). */
+#define EDGE_SPREAD 0.5
+/* Timing error of a knot when the source does not say (RAPL and integrated power: the read's own length). */
+#define KNOT_SIGMA_NS 1000000.0
+
+static double step_power(const jc__ring *k, size_t i) { /* power between knots i-1 and i */
+    const jc__point *a = jc__ring_at(k, i - 1), *b = jc__ring_at(k, i);
+    return b->t_ns > a->t_ns ? (b->v - a->v) / jc__s(b->t_ns - a->t_ns) : 0;
 }
 
-int jc__resolve_edge(jc_context *ctx, uint64_t t, double *e, unsigned char *r) {
+/* Variance (J^2) of the energy at t interpolated inside the knots' step that holds it. */
+static double edge_var(const jc__device *d, uint64_t t) {
+    const jc__ring *k = &d->knots;
+    size_t i = jc__ring_lower_bound(k, t);
+    if (i == 0 || i >= k->len) return 0;
+    const jc__point *lo = jc__ring_at(k, i - 1), *hi = jc__ring_at(k, i);
+    double span = jc__s(hi->t_ns - lo->t_ns);
+    double p = step_power(k, i);
+    double swing = 0.05 * fabs(p);
+    if (i >= 2 && fabs(step_power(k, i - 1) - p) > swing) swing = fabs(step_power(k, i - 1) - p);
+    if (i + 1 < k->len && fabs(step_power(k, i + 1) - p) > swing) swing = fabs(step_power(k, i + 1) - p);
+    double f = hi->t_ns == t ? 0 : (double)(t - lo->t_ns) / (double)(hi->t_ns - lo->t_ns);
+    double spread = EDGE_SPREAD * swing * span * sqrt(f * (1 - f));
+    double sigma_t = d->info.energy_source == JC_SOURCE_COUNTER && d->knot_sigma_ns > 0 ? d->knot_sigma_ns
+                                                                                          : KNOT_SIGMA_NS;
+    double timing = p * sigma_t * 1e-9;
+    return spread * spread + timing * timing;
+}
+
+/* Resolves device i's energy at t: 1 when final.  An end edge past the last sample of a stalled or lost device
+ * is cut back to that sample; a start edge there waits (a stalled device may come back). */
+static int resolve_one(jc_context *ctx, int i, uint64_t t, jc__edge *e, int is_end) {
+    jc__device *d = &ctx->dev[i];
+    e->var_j2 = 0;
+    if (d->info.energy_source == JC_SOURCE_NONE) {
+        e->e = NAN;
+        e->state = 3;
+        return 1;
+    }
+    jc__at at = jc__energy_at(&d->knots, t, &e->e);
+    if (at == JC__AT_OK) {
+        e->t_eff = t;
+        e->var_j2 = edge_var(d, t);
+        e->state = 1;
+        return 1;
+    }
+    if (at == JC__AT_GONE) {
+        e->e = NAN;
+        e->state = 3;
+        return 1;
+    }
+    if (!(d->dead || d->stall_from_ns || ctx->stopping)) return 0;
+    const jc__point *last = jc__ring_last(&d->knots);
+    if (is_end && last) {
+        e->e = last->v;
+        e->t_eff = last->t_ns;
+        e->state = 2;
+        return 1;
+    }
+    if (!is_end && !d->dead && !ctx->stopping) return 0;
+    e->e = NAN;
+    e->state = 3;
+    return 1;
+}
+
+int jc__resolve_edge(jc_context *ctx, uint64_t t, jc__edge *e, int is_end) {
     int all = 1;
     for (int i = 0; i < ctx->ndev; i++) {
-        if (!r[i]) r[i] = (unsigned char)resolve_one(ctx, i, t, &e[i]);
-        if (!r[i]) all = 0;
+        if (!e[i].state) resolve_one(ctx, i, t, &e[i], is_end);
+        if (!e[i].state) all = 0;
     }
     return all;
 }
@@ -41,20 +92,18 @@ void jc__meter_resolve_all(jc_context *ctx) {
     for (int i = 0; i < ctx->ndev; i++) {
         jc__device *d = &ctx->dev[i];
         if (!d->epoch_resolved && ctx->epoch_ns) {
-            unsigned char r = 0;
-            double e;
-            if (resolve_one(ctx, i, ctx->epoch_ns, &e)) {
-                r = 1;
-                d->epoch_j = e;
+            jc__edge e = {0};
+            if (resolve_one(ctx, i, ctx->epoch_ns, &e, 0)) {
+                d->epoch_resolved = 1;
+                d->epoch_j = e.e;
             }
-            d->epoch_resolved = r;
         }
     }
     for (size_t k = 0; k < ctx->nwin; k++) {
         jc__window *w = ctx->win[k];
         if (!w || !w->in_use) continue;
-        jc__resolve_edge(ctx, w->t0, w->e0, w->r0);
-        if (w->t1) jc__resolve_edge(ctx, w->t1, w->e1, w->r1);
+        jc__resolve_edge(ctx, w->t0, w->e0, 0);
+        if (w->t1) jc__resolve_edge(ctx, w->t1, w->e1, 1);
     }
 }
 
@@ -115,12 +164,10 @@ jc_status jc_window_start_at(jc_context *ctx, const char *name, uint64_t t_ns, j
             ctx->capwin = cap;
         }
         size_t n = (size_t)ctx->ndev;
-        jc__window *w = calloc(1, sizeof *w + n * (2 * sizeof(double) + 2));
+        jc__window *w = calloc(1, sizeof *w + 2 * n * sizeof(jc__edge));
         if (w) {
-            w->e0 = (double *)(w + 1);
+            w->e0 = (jc__edge *)(w + 1);
             w->e1 = w->e0 + n;
-            w->r0 = (unsigned char *)(w->e1 + n);
-            w->r1 = w->r0 + n;
         }
         if (!w) {
             pthread_mutex_unlock(&ctx->lock);
@@ -134,13 +181,17 @@ jc_status jc_window_start_at(jc_context *ctx, const char *name, uint64_t t_ns, j
     uint32_t gen = (w->gen + 1) & 0x7fffffffu;
     if (gen == 0) gen = 1;
     w->t1 = 0;
-    memset(w->r0, 0, (size_t)ctx->ndev);
-    memset(w->r1, 0, (size_t)ctx->ndev);
+    memset(w->e0, 0, (size_t)ctx->ndev * sizeof *w->e0);
+    memset(w->e1, 0, (size_t)ctx->ndev * sizeof *w->e1);
     w->gen = gen;
     w->in_use = 1;
     w->t0 = t_ns;
     w->name = copy;
     *out = (jc_window)(((uint64_t)gen << SLOT_BITS) | slot);
+    int was_fine = jc__reader_fine(ctx, t_ns);
+    ctx->open_windows++;
+    if (t_ns > ctx->last_window_ns) ctx->last_window_ns = t_ns;
+    if (!was_fine) pthread_cond_broadcast(&ctx->wake_cv); /* readers go back to a counter read per step */
     pthread_mutex_unlock(&ctx->lock);
     return JC_OK;
 }
@@ -160,15 +211,20 @@ jc_status jc_window_stop_at(jc_context *ctx, jc_window id, uint64_t t_ns) {
         st = jc__fail(JC_ERR_STATE, "window '%s' was already stopped", w->name ? w->name : "");
     else if (t_ns < w->t0)
         st = jc__fail(JC_ERR_INVALID_ARGUMENT, "a window cannot stop before it started");
-    else
+    else {
+        int was_fine = jc__reader_fine(ctx, t_ns);
         w->t1 = t_ns;
+        ctx->open_windows--;
+        if (t_ns > ctx->last_window_ns) ctx->last_window_ns = t_ns;
+        if (!was_fine) pthread_cond_broadcast(&ctx->wake_cv);
+    }
     pthread_mutex_unlock(&ctx->lock);
     return st;
 }
 
 jc_status jc_window_stop(jc_context *ctx, jc_window id) { return jc_window_stop_at(ctx, id, jc_now_ns()); }
 
-static void fill_result(jc_context *ctx, uint64_t t0, uint64_t t1, const double *e0, const double *e1,
+static void fill_result(jc_context *ctx, uint64_t t0, uint64_t t1, const jc__edge *e0, const jc__edge *e1,
                         int resolved, jc_window_result *out) {
     memset(out, 0, sizeof *out);
     out->start_ns = t0;
@@ -178,37 +234,60 @@ static void fill_result(jc_context *ctx, uint64_t t0, uint64_t t1, const double 
     out->resolved = resolved;
     for (int i = 0; i < ctx->ndev; i++) {
         out->source[i] = ctx->dev[i].info.energy_source;
-        double v = e1[i] - e0[i];
-        out->energy_j[i] = (isnan(v) || v < 0) ? (isnan(v) ? NAN : 0.0) : v;
+        out->health[i] = jc__health_worst(&ctx->dev[i], t0, t1);
+        double v = e1[i].e - e0[i].e;
+        int have = e0[i].state && e0[i].state != 3 && e1[i].state && e1[i].state != 3 && !isnan(v) &&
+                   e1[i].t_eff >= e0[i].t_eff;
+        if (!have) {
+            out->energy_j[i] = out->uncertainty_j[i] = NAN;
+            out->coverage[i] = 0;
+            continue;
+        }
+        out->energy_j[i] = v < 0 ? 0.0 : v;
+        out->uncertainty_j[i] = 1.96 * sqrt(e0[i].var_j2 + e1[i].var_j2);
+        out->coverage[i] = t1 > t0 ? (double)(e1[i].t_eff - e0[i].t_eff) / (double)(t1 - t0) : 1.0;
+        if (e1[i].state == 1 && e0[i].t_eff == t0) out->coverage[i] = 1.0;
     }
 }
 
 /* Best estimate for an edge that has not resolved yet: the newest knot (energy up to the last step). */
-static void provisional(jc_context *ctx, uint64_t t, const double *e, const unsigned char *r, double *out) {
+static void provisional(jc_context *ctx, uint64_t t, const jc__edge *e, jc__edge *out) {
     for (int i = 0; i < ctx->ndev; i++) {
-        if (r[i]) {
-            out[i] = e[i];
-            continue;
-        }
+        out[i] = e[i];
+        if (e[i].state) continue;
         const jc__point *last = jc__ring_last(&ctx->dev[i].knots);
-        out[i] = (last && last->t_ns <= t) ? last->v : NAN;
+        out[i].e = (last && last->t_ns <= t) ? last->v : NAN;
+        out[i].t_eff = last ? last->t_ns : 0;
+        out[i].state = last && last->t_ns <= t ? 2 : 3;
     }
 }
 
-static jc_status wait_edges(jc_context *ctx, uint64_t t0, uint64_t t1, double *e0, unsigned char *r0, double *e1,
-                            unsigned char *r1, double timeout_s, jc_window_result *out, jc__window *w) {
+/* Ends when every end edge is final; a start edge still waiting then (the device stalled through the whole
+ * window) has nothing. */
+static int edges_done(jc_context *ctx, uint64_t t0, uint64_t t1, jc__edge *e0, jc__edge *e1) {
+    jc__resolve_edge(ctx, t0, e0, 0);
+    int done = jc__resolve_edge(ctx, t1, e1, 1);
+    if (!done) return 0;
+    for (int i = 0; i < ctx->ndev; i++)
+        if (!e0[i].state) {
+            e0[i].state = 3;
+            e0[i].e = NAN;
+        }
+    return 1;
+}
+
+static jc_status wait_edges(jc_context *ctx, uint64_t t0, uint64_t t1, jc__edge *e0, jc__edge *e1, double timeout_s,
+                            jc_window_result *out, jc__window *w) {
     uint64_t deadline = jc_now_ns() + (uint64_t)(timeout_s * 1e9);
     for (;;) {
-        int done = jc__resolve_edge(ctx, t0, e0, r0);
-        done = jc__resolve_edge(ctx, t1, e1, r1) && done;
-        if (done) {
+        if (edges_done(ctx, t0, t1, e0, e1)) {
             fill_result(ctx, t0, t1, e0, e1, 1, out);
             return JC_OK;
         }
         if (jc_now_ns() >= deadline) {
-            double p0[JC_MAX_DEVICES], p1[JC_MAX_DEVICES];
-            provisional(ctx, t0, e0, r0, p0);
-            provisional(ctx, t1, e1, r1, p1);
+            jc__edge p0[JC_MAX_DEVICES], p1[JC_MAX_DEVICES];
+            provisional(ctx, t0, e0, p0);
+            provisional(ctx, t1, e1, p1);
             fill_result(ctx, t0, t1, p0, p1, 0, out);
             return jc__fail(JC_ERR_TIMEOUT, "the samples covering window%s%s%s have not arrived within %g s",
                             w && w->name ? " '" : "", w && w->name ? w->name : "", w && w->name ? "'" : "",
@@ -237,7 +316,7 @@ jc_status jc_window_result_get(jc_context *ctx, jc_window id, double timeout_s, 
     else if (!w->t1)
         st = jc__fail(JC_ERR_STATE, "window '%s' is still open: stop it first", w->name ? w->name : "");
     else
-        st = wait_edges(ctx, w->t0, w->t1, w->e0, w->r0, w->e1, w->r1, timeout_s, out, w);
+        st = wait_edges(ctx, w->t0, w->t1, w->e0, w->e1, timeout_s, out, w);
     pthread_mutex_unlock(&ctx->lock);
     return st;
 }
@@ -262,6 +341,7 @@ jc_status jc_window_release(jc_context *ctx, jc_window id) {
         free(w->name);
         w->name = NULL;
         w->in_use = 0;
+        if (!w->t1) ctx->open_windows--;
         ctx->free_slots[ctx->nfree++] = (size_t)(id & SLOT_MASK);
         pthread_cond_broadcast(&ctx->data_cv);
     }
@@ -274,10 +354,9 @@ jc_status jc_energy_between(jc_context *ctx, uint64_t t0, uint64_t t1, double ti
     jc_status st = check_timeout(timeout_s);
     if (st != JC_OK) return st;
     if (t1 < t0) return jc__fail(JC_ERR_INVALID_ARGUMENT, "the interval ends before it starts");
-    double e0[JC_MAX_DEVICES], e1[JC_MAX_DEVICES];
-    unsigned char r0[JC_MAX_DEVICES] = {0}, r1[JC_MAX_DEVICES] = {0};
+    jc__edge e0[JC_MAX_DEVICES] = {{0}}, e1[JC_MAX_DEVICES] = {{0}};
     pthread_mutex_lock(&ctx->lock);
-    st = wait_edges(ctx, t0, t1, e0, r0, e1, r1, timeout_s, out, NULL);
+    st = wait_edges(ctx, t0, t1, e0, e1, timeout_s, out, NULL);
     pthread_mutex_unlock(&ctx->lock);
     return st;
 }

@@ -7,7 +7,8 @@
  *     puts the knot at the predicted instant (one read per step); every PROBE_EVERY reads it brackets a step
  *     again (a read just before it, then back to back) to keep the fit current; a step that comes late or
  *     off the prediction unlocks it.
- * With counter_interval_s > 0 it reads only the first predicted step after each interval: fewer reads, knots
+ * With an interval (counter_interval_s, or 1 s while no window needs every step) it reads only the first
+ * predicted step after each interval: fewer reads, knots
  * further apart (see BENCHMARKS.md for what that costs short windows).  A counter that changes faster than
  * MIN_PERIOD (no steps to find) is read every 100 ms (or counter_interval_s) with the knot at the read. */
 #include <math.h>
@@ -19,20 +20,6 @@
 #define MIN_PERIOD_NS (20 * MS)
 #define PROBE_EVERY 16
 #define CONTINUOUS_POLL_NS (100 * MS) /* a counter without steps: a read (a knot) every 100 ms */
-
-static void commit(jc_context *ctx, jc__device *d, uint64_t t, unsigned long long mj) {
-    jc__counter_track *c = &d->counter;
-    if (!c->have_knot) {
-        c->have_knot = 1;
-        c->base_mj = mj;
-    }
-    if (mj < c->base_mj) c->base_mj = mj; /* driver reload: restart from here */
-    if (c->have_knot && t <= c->last_knot_ns) return;
-    pthread_mutex_lock(&ctx->lock);
-    jc__ring_push(&d->knots, t, (double)(mj - c->base_mj) * 1e-3);
-    pthread_mutex_unlock(&ctx->lock);
-    c->last_knot_ns = t;
-}
 
 static int64_t step_index(const jc__counter_track *c, uint64_t t) {
     return (int64_t)floor(((double)t - (double)c->phase_ns) / c->period_ns);
@@ -96,11 +83,18 @@ static void unlock(jc__counter_track *c, uint64_t keep_point) {
     add_fit_point(c, keep_point);
 }
 
+/* Seconds between the reads of the counter: the option when given; else every step while fine resolution
+ * is needed (jc__reader_fine), about once a second otherwise. */
+static double every_s(const jc__device *d) {
+    double opt = d->ctx->opts.counter_interval_s;
+    return opt > 0 ? opt : (d->fine ? 0.0 : 1.0);
+}
+
 /* Schedules the read after [a, b] while locked. */
-static void schedule_locked(jc_context *ctx, jc__counter_track *c, uint64_t a, uint64_t b) {
+static void schedule_locked(const jc__device *d, jc__counter_track *c, uint64_t a, uint64_t b) {
     uint64_t dur = b - a;
     int64_t k = step_index(c, b) + 1;
-    double every = ctx->opts.counter_interval_s * 1e9;
+    double every = every_s(d) * 1e9;
     if (every > c->period_ns && c->last_knot_ns) {
         int64_t kmin = step_index(c, c->last_knot_ns + (uint64_t)every - (uint64_t)(c->period_ns / 2));
         if (kmin > k) k = kmin;
@@ -124,18 +118,45 @@ static void schedule_locked(jc_context *ctx, jc__counter_track *c, uint64_t a, u
     }
 }
 
-void jc__counter_read(jc_context *ctx, jc__device *d, uint64_t now) {
+void jc__counter_refine(jc__device *d, uint64_t now) {
     jc__counter_track *c = &d->counter;
+    if (!c->locked || !(c->period_ns > 0)) return;
+    uint64_t s = step_time(c, step_index(c, now) + 1) + 3 * MS;
+    if (s < c->next_ns) {
+        c->next_ns = s;
+        c->expect_ns = s - 3 * MS;
+        c->probing = 0;
+    }
+}
+
+void jc__counter_read(jc__device *d, uint64_t now) {
+    jc__counter_track *c = &d->counter;
+    jc_context *ctx = d->ctx;
     if (now < c->next_ns) return;
     unsigned long long mj = 0;
+    jc__reader_busy(d, 1);
     uint64_t a = jc_now_ns();
     nvmlReturn_t r = ctx->nvml->nvmlDeviceGetTotalEnergyConsumption(d->handle, &mj);
     uint64_t b = jc_now_ns();
+    jc__reader_busy(d, 0);
     uint64_t mid = a + (b - a) / 2, dur = b - a;
     c->n_reads++;
     if (r != NVML_SUCCESS) {
-        if (!jc__sampler_read_failed(ctx, d, r, mid, "energy counter")) c->next_ns = b + MS;
+        /* Transient errors: retried with back-off, 10 ms doubling up to 1 s. */
+        int n = d->fail_streak < 7 ? d->fail_streak : 7;
+        if (!jc__reader_read_failed(d, r, mid, "energy counter", 1)) c->next_ns = b + (10 * MS << n);
         return;
+    }
+    if (!c->have_raw || mj != c->raw_mj) {
+        c->raw_changed_ns = mid;
+        c->stuck_reported = 0;
+    } else if (!c->stuck_reported && mid - c->raw_changed_ns > 2000 * MS && d->latest.power_w > 10) {
+        c->stuck_reported = 1;
+        pthread_mutex_lock(&ctx->lock);
+        jc__health_degrade(d, mid, "energy counter has not moved for %.1f s while the GPU draws %.0f W",
+                           jc__s(mid - c->raw_changed_ns), d->latest.power_w);
+        d->degraded_until_ns = UINT64_MAX;
+        pthread_mutex_unlock(&ctx->lock);
     }
     int changed = c->have_raw && mj != c->raw_mj;
     uint64_t bracket = changed ? mid - c->prev_mid_ns : 0;
@@ -149,7 +170,7 @@ void jc__counter_read(jc_context *ctx, jc__device *d, uint64_t now) {
         if (changed) {
             /* A stepping counter stepped inside the bracket; a continuous one holds the value at the read. */
             uint64_t step = continuous ? mid : c->prev_mid_ns + bracket / 2;
-            commit(ctx, d, step, mj);
+            jc__counter_commit(d, step, mj);
             if (tight) add_fit_point(c, step);
             double worst = refit(c);
             if (worst >= 0 && worst < 0.1 * c->period_ns) {
@@ -161,11 +182,10 @@ void jc__counter_read(jc_context *ctx, jc__device *d, uint64_t now) {
             }
         }
         if (c->locked)
-            schedule_locked(ctx, c, a, b);
+            schedule_locked(d, c, a, b);
         else if (continuous)
-            c->next_ns = b + (ctx->opts.counter_interval_s * 1e9 > CONTINUOUS_POLL_NS
-                                  ? (uint64_t)(ctx->opts.counter_interval_s * 1e9)
-                                  : CONTINUOUS_POLL_NS);
+            c->next_ns = b + (every_s(d) * 1e9 > CONTINUOUS_POLL_NS ? (uint64_t)(every_s(d) * 1e9)
+                                                                    : CONTINUOUS_POLL_NS);
         else
             c->next_ns = b + MS;
     } else if (changed) {
@@ -174,7 +194,7 @@ void jc__counter_read(jc_context *ctx, jc__device *d, uint64_t now) {
             uint64_t step = c->prev_mid_ns + bracket / 2;
             uint64_t predicted = step_time(c, step_index(c, step + (uint64_t)(c->period_ns / 2)));
             double err = fabs((double)step - (double)predicted);
-            commit(ctx, d, step, mj);
+            jc__counter_commit(d, step, mj);
             c->jitter_ns = sqrt(0.9 * c->jitter_ns * c->jitter_ns + 0.1 * err * err);
             if (err > 0.15 * c->period_ns) {
                 c->n_unlocks++;
@@ -184,12 +204,12 @@ void jc__counter_read(jc_context *ctx, jc__device *d, uint64_t now) {
                 add_fit_point(c, step);
                 refit(c);
                 c->reads_since_probe = 0;
-                schedule_locked(ctx, c, a, b);
+                schedule_locked(d, c, a, b);
             }
         } else {
             /* The value is the counter at the last step before the read began. */
-            commit(ctx, d, step_time(c, step_index(c, a)), mj);
-            schedule_locked(ctx, c, a, b);
+            jc__counter_commit(d, step_time(c, step_index(c, a)), mj);
+            schedule_locked(d, c, a, b);
         }
     } else {
         /* No step yet: late, or a probe's first read.  Poll back to back until it comes. */

@@ -31,6 +31,7 @@ static jc_context *open_ctx(const char *gpus, const char *csv) {
     o.gpus = gpus;
     o.csv_path = csv;
     o.csv_interval_s = csv ? 0.1 : 0;
+    o.flags = JC_EVERY_STEP; /* these tests measure intervals after the fact */
     jc_context *ctx = NULL;
     ASSERT_OK(jc_open(&ctx, &o));
     return ctx;
