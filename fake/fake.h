@@ -72,6 +72,7 @@ struct nvmlDevice_st {
     double instant_period_ms, instant_phase_ms, average_window_ms;
     double energy_latency_ms, energy_latency_jitter_ms;
     int allow_set_limit;
+    int set_limit_noop;   /* 1: nvmlDeviceSetPowerManagementLimit succeeds but changes nothing */
     int nerrors;
     fake_error errors[FAKE_MAX_ERRORS];
 };

@@ -461,6 +461,8 @@ nvmlReturn_t nvmlDeviceSetPowerManagementLimit(nvmlDevice_t device, unsigned int
     if (r == NVML_SUCCESS && !c.dev->allow_set_limit) r = NVML_ERROR_NO_PERMISSION;
     if (r == NVML_SUCCESS && (mw < to_mw(c.dev->min_limit_w) || mw > to_mw(c.dev->max_limit_w)))
         r = NVML_ERROR_INVALID_ARGUMENT;
+    /* A driver that accepts the call and ignores it: only reading the limit back shows it. */
+    if (r == NVML_SUCCESS && c.dev->set_limit_noop) return leave(NVML_SUCCESS);
     if (r == NVML_SUCCESS) {
         set_limit_arg a = {c.dev, c.t_ms, mw};
         char msg[FAKE_MSG_LEN];

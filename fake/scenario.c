@@ -426,6 +426,7 @@ static int device_key(parser *p, const char *key, char *value) {
     if (strcmp(key, "energy_latency_jitter_ms") == 0)
         return parse_nonneg(p, key, value, &d->energy_latency_jitter_ms);
     if (strcmp(key, "allow_set_limit") == 0) return parse_bool(p, key, value, &d->allow_set_limit);
+    if (strcmp(key, "set_limit_noop") == 0) return parse_bool(p, key, value, &d->set_limit_noop);
     if (strcmp(key, "error") == 0) return parse_error(p, value, d->errors, &d->nerrors);
     return fail(p, "unknown device key '%s'", key);
 }

@@ -442,6 +442,22 @@ TEST(no_permission) {
     NV_OK(nv.nvmlShutdown());
 }
 
+TEST(set_limit_noop) {
+    use("limit-noop.scn", NULL);
+    NV_OK(nv.nvmlInit_v2());
+    nvmlDevice_t d = device(0);
+    /* Accepted (still checked against the range), ignored: the old limit reads back and stays in force. */
+    NV_EQ(nv.nvmlDeviceSetPowerManagementLimit(d, 199999), NVML_ERROR_INVALID_ARGUMENT);
+    NV_OK(nv.nvmlDeviceSetPowerManagementLimit(d, 250000));
+    ASSERT_EQ(limit(d), 700000);
+    unsigned mw = 0;
+    NV_OK(nv.nvmlDeviceGetEnforcedPowerLimit(d, &mw));
+    ASSERT_EQ(mw, 700000);
+    sleep_ms(220);
+    ASSERT_EQ(instant(d), 300000);
+    NV_OK(nv.nvmlShutdown());
+}
+
 TEST(no_energy_counter) {
     use("no-energy-counter.scn", NULL);
     NV_OK(nv.nvmlInit_v2());
@@ -561,5 +577,5 @@ JC_TEST_MAIN(TEST_ENTRY(uninitialized_and_error_strings), TEST_ENTRY(driver_not_
              TEST_ENTRY(constant_energy_counter_steps), TEST_ENTRY(limit_clamps_power),
              TEST_ENTRY(second_process_shares_state),
              TEST_ENTRY(power_reads_not_blocked_by_energy_reads), TEST_ENTRY(gpu_lost_after_one_second),
-             TEST_ENTRY(no_permission), TEST_ENTRY(no_energy_counter), TEST_ENTRY(two_gpus),
+             TEST_ENTRY(no_permission), TEST_ENTRY(set_limit_noop), TEST_ENTRY(no_energy_counter), TEST_ENTRY(two_gpus),
              TEST_ENTRY(square_wave_instant_follows_average_lags), TEST_ENTRY(segments_and_injected_errors))
