@@ -34,6 +34,21 @@ typedef struct fake_error {
     nvmlReturn_t code;
 } fake_error;
 
+/* An injected delay: calls of functions matching func that start while t lies in [from_ms, to_ms) sleep
+ * delay_ms (outside the library's lock) before doing their work: a slow or hung GPU. */
+typedef struct fake_delay {
+    char func[FAKE_FUNC_LEN];
+    double from_ms, to_ms, delay_ms;
+} fake_delay;
+
+/* What one section of the scenario (the global part or a device) injects into the calls it covers. */
+typedef struct fake_faults {
+    int nerrors;
+    fake_error errors[FAKE_MAX_ERRORS];
+    int ndelays;
+    fake_delay delays[FAKE_MAX_ERRORS];
+} fake_faults;
+
 /* Between from_ms and to_ms the load is `load` instead of the base schedule. */
 typedef struct fake_segment {
     double from_ms, to_ms, load;
@@ -73,16 +88,14 @@ struct nvmlDevice_st {
     double energy_latency_ms, energy_latency_jitter_ms;
     int allow_set_limit;
     int set_limit_noop;   /* 1: nvmlDeviceSetPowerManagementLimit succeeds but changes nothing */
-    int nerrors;
-    fake_error errors[FAKE_MAX_ERRORS];
+    fake_faults faults;   /* this device's injected errors and delays */
 };
 typedef struct nvmlDevice_st fake_device;
 
 typedef struct fake_scenario {
     char driver_version[NVML_SYSTEM_DRIVER_VERSION_BUFFER_SIZE];
     nvmlReturn_t init_error; /* NVML_SUCCESS: nvmlInit_v2 works */
-    int nerrors;             /* errors for every device and for the system functions */
-    fake_error errors[FAKE_MAX_ERRORS];
+    fake_faults faults;      /* errors and delays for every device and for the system functions */
     unsigned ndevices;
     fake_device devices[FAKE_MAX_DEVICES];
 } fake_scenario;

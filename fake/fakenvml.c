@@ -3,9 +3,9 @@
  * buffers) and read the fake GPUs' behaviour from the scenario (scenario.c), the physics (model.c) and the
  * state shared with other processes (state.c).
  *
- * All mutable state of the library is the one static struct below, guarded by its mutex.  The only slow call,
- * nvmlDeviceGetTotalEnergyConsumption, sleeps outside the mutex, so that a power read in another thread is not
- * held up by it (as on real hardware). */
+ * All mutable state of the library is the one static struct below, guarded by its mutex.  The slow calls
+ * (nvmlDeviceGetTotalEnergyConsumption's read latency, any call an injected `delay` slows down) sleep outside
+ * the mutex, so that calls in other threads are not held up by them (as on real hardware). */
 #include <errno.h>
 #include <fnmatch.h>
 #include <limits.h>
@@ -82,27 +82,69 @@ typedef struct call {
     double t_ms;            /* time of the fake GPUs now */
 } call;
 
-static nvmlReturn_t injected(const fake_error *errors, int n, const char *func, double t_ms) {
-    for (int i = 0; i < n; i++) {
-        const fake_error *e = &errors[i];
+/* The first error of f that covers func at t_ms, or NVML_SUCCESS. */
+static nvmlReturn_t injected(const fake_faults *f, const char *func, double t_ms) {
+    for (int i = 0; i < f->nerrors; i++) {
+        const fake_error *e = &f->errors[i];
         if (t_ms >= e->from_ms && t_ms < e->to_ms && fnmatch(e->func, func, FNM_PATHNAME) == 0) return e->code;
     }
     return NVML_SUCCESS;
 }
 
+/* Global errors first, then the device's. */
 static nvmlReturn_t device_injected(const fake_device *d, const char *func, double t_ms) {
-    nvmlReturn_t r = injected(lib.sc.errors, lib.sc.nerrors, func, t_ms);
-    return r != NVML_SUCCESS ? r : injected(d->errors, d->nerrors, func, t_ms);
+    nvmlReturn_t r = injected(&lib.sc.faults, func, t_ms);
+    return r != NVML_SUCCESS ? r : injected(&d->faults, func, t_ms);
 }
 
-/* Locks the library; the caller must call leave() whatever this returns. */
-static nvmlReturn_t enter_system(call *c, const char *func) {
+/* The delay (ms) of the first delay entry covering func at t_ms, global ones first; 0 if none. */
+static double delay_ms(const fake_device *d, const char *func, double t_ms) {
+    const fake_faults *sections[2] = {&lib.sc.faults, d ? &d->faults : NULL};
+    for (int k = 0; k < 2 && sections[k]; k++) {
+        const fake_faults *f = sections[k];
+        for (int i = 0; i < f->ndelays; i++) {
+            const fake_delay *e = &f->delays[i];
+            if (t_ms >= e->from_ms && t_ms < e->to_ms && fnmatch(e->func, func, FNM_PATHNAME) == 0)
+                return e->delay_ms;
+        }
+    }
+    return 0;
+}
+
+static double now_t_ms(void) { return (double)(mono_ns() - lib.start_ns) / 1e6; }
+
+static int valid_device(nvmlDevice_t device) {
+    uintptr_t base = (uintptr_t)lib.sc.devices, p = (uintptr_t)device;
+    return p >= base && p < base + lib.sc.ndevices * sizeof(fake_device) && (p - base) % sizeof(fake_device) == 0;
+}
+
+/* Sleeps ms with lib.mu released, so that other threads' calls go on meanwhile (a slow GPU holds up only its
+ * own callers), then takes it again.  The library may have been shut down (and even started with another
+ * scenario) in between: UNINITIALIZED, or NVML_SUCCESS and the caller checks its handle again. */
+static nvmlReturn_t sleep_unlocked(double ms) {
+    pthread_mutex_unlock(&lib.mu);
+    sleep_ns((long long)(ms * 1e6));
+    pthread_mutex_lock(&lib.mu);
+    return lib.refcount == 0 ? NVML_ERROR_UNINITIALIZED : NVML_SUCCESS;
+}
+
+/* Locks the library; the caller must call leave() whatever this returns.  The delays of device `index`
+ * apply besides the global ones if there is such a device (nvmlDeviceGetHandleByIndex_v2's), none if
+ * index < 0. */
+static nvmlReturn_t enter_system(call *c, const char *func, long index) {
     pthread_mutex_lock(&lib.mu);
     c->dev = NULL;
     c->t_ms = 0;
     if (lib.refcount == 0) return NVML_ERROR_UNINITIALIZED;
-    c->t_ms = (double)(mono_ns() - lib.start_ns) / 1e6;
-    return injected(lib.sc.errors, lib.sc.nerrors, func, c->t_ms);
+    c->t_ms = now_t_ms();
+    const fake_device *dev = index >= 0 && index < (long)lib.sc.ndevices ? &lib.sc.devices[index] : NULL;
+    double ms = delay_ms(dev, func, c->t_ms);
+    if (ms > 0) {
+        nvmlReturn_t r = sleep_unlocked(ms);
+        if (r != NVML_SUCCESS) return r;
+        c->t_ms = now_t_ms();
+    }
+    return injected(&lib.sc.faults, func, c->t_ms);
 }
 
 static nvmlReturn_t enter_device(call *c, nvmlDevice_t device, const char *func) {
@@ -110,11 +152,29 @@ static nvmlReturn_t enter_device(call *c, nvmlDevice_t device, const char *func)
     c->dev = NULL;
     c->t_ms = 0;
     if (lib.refcount == 0) return NVML_ERROR_UNINITIALIZED;
-    uintptr_t base = (uintptr_t)lib.sc.devices, p = (uintptr_t)device;
-    if (p < base || p >= base + lib.sc.ndevices * sizeof(fake_device) || (p - base) % sizeof(fake_device) != 0)
-        return NVML_ERROR_INVALID_ARGUMENT;
+    if (!valid_device(device)) return NVML_ERROR_INVALID_ARGUMENT;
+    c->t_ms = now_t_ms();
+    double ms = delay_ms(device, func, c->t_ms);
+    if (ms > 0) {
+        nvmlReturn_t r = sleep_unlocked(ms);
+        if (r != NVML_SUCCESS) return r;
+        if (!valid_device(device)) return NVML_ERROR_INVALID_ARGUMENT;
+        c->t_ms = now_t_ms();
+    }
     c->dev = device;
-    c->t_ms = (double)(mono_ns() - lib.start_ns) / 1e6;
+    return device_injected(c->dev, func, c->t_ms);
+}
+
+/* enter_device again in the same call, after a sleep outside the lock (the energy read's latency): the
+ * time-window errors are checked at the new time; no delay. */
+static nvmlReturn_t reenter_device(call *c, nvmlDevice_t device, const char *func) {
+    pthread_mutex_lock(&lib.mu);
+    c->dev = NULL;
+    c->t_ms = 0;
+    if (lib.refcount == 0) return NVML_ERROR_UNINITIALIZED;
+    if (!valid_device(device)) return NVML_ERROR_INVALID_ARGUMENT;
+    c->t_ms = now_t_ms();
+    c->dev = device;
     return device_injected(c->dev, func, c->t_ms);
 }
 
@@ -249,14 +309,14 @@ const char *nvmlErrorString(nvmlReturn_t result) {
 
 nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length) {
     call c;
-    nvmlReturn_t r = enter_system(&c, __func__);
+    nvmlReturn_t r = enter_system(&c, __func__, -1);
     if (r == NVML_SUCCESS) r = copy_out(lib.sc.driver_version, version, length);
     return leave(r);
 }
 
 nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
     call c;
-    nvmlReturn_t r = enter_system(&c, __func__);
+    nvmlReturn_t r = enter_system(&c, __func__, -1);
     if (r == NVML_SUCCESS && !count) r = NVML_ERROR_INVALID_ARGUMENT;
     if (r == NVML_SUCCESS) *count = lib.sc.ndevices;
     return leave(r);
@@ -264,9 +324,10 @@ nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
 
 nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *device) {
     call c;
-    nvmlReturn_t r = enter_system(&c, __func__);
+    /* The device it would return is the one whose delays and errors apply. */
+    nvmlReturn_t r = enter_system(&c, __func__, (long)index);
     if (r == NVML_SUCCESS && (!device || index >= lib.sc.ndevices)) r = NVML_ERROR_INVALID_ARGUMENT;
-    if (r == NVML_SUCCESS) r = device_injected(&lib.sc.devices[index], __func__, c.t_ms);
+    if (r == NVML_SUCCESS) r = injected(&lib.sc.devices[index].faults, __func__, c.t_ms);
     if (r == NVML_SUCCESS) *device = &lib.sc.devices[index];
     return leave(r);
 }
@@ -320,7 +381,7 @@ nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t device, unsigned l
     leave(NVML_SUCCESS);
     if (ms > 0) sleep_ns((long long)(ms * 1e6));
 
-    r = enter_device(&c, device, __func__);
+    r = reenter_device(&c, device, __func__);
     fake_dev_state s;
     if (r == NVML_SUCCESS && !c.dev->energy_counter) r = NVML_ERROR_NOT_SUPPORTED; /* re-init, new scenario */
     if (r == NVML_SUCCESS) r = read_state(&c, &s);

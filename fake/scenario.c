@@ -156,20 +156,50 @@ static int split(char *s, char **words, int max) {
     return n;
 }
 
+/* A time window "<from_ms> <to_ms|end>" of key; to must be after from. */
+static int parse_window(parser *p, const char *key, const char *from, const char *to, double *from_ms,
+                        double *to_ms) {
+    char what[64];
+    snprintf(what, sizeof what, "%s from_ms", key);
+    if (parse_double(p, what, from, from_ms) != 0) return -1;
+    snprintf(what, sizeof what, "%s to_ms", key);
+    if (strcmp(to, "end") == 0 || strcmp(to, "inf") == 0) *to_ms = INFINITY;
+    else if (parse_double(p, what, to, to_ms) != 0) return -1;
+    if (!(*to_ms > *from_ms)) return fail(p, "%s: to_ms must be after from_ms", key);
+    return 0;
+}
+
+static int parse_error_code(parser *p, const char *key, const char *text, nvmlReturn_t *code) {
+    if (fake_return_code(text, code) != 0 || *code == NVML_SUCCESS)
+        return fail(p, "%s: unknown NVML return code '%s' (use e.g. GPU_IS_LOST, NOT_SUPPORTED)", key, text);
+    return 0;
+}
+
 /* error = <function pattern> <from_ms> <to_ms|end> <RETURN_CODE> */
-static int parse_error(parser *p, char *value, fake_error *errors, int *nerrors) {
+static int parse_error(parser *p, char *value, fake_faults *f) {
     char *w[4];
     if (split(value, w, 4) != 4) return fail(p, "error: expected '<function> <from_ms> <to_ms|end> <CODE>'");
-    if (*nerrors == FAKE_MAX_ERRORS) return fail(p, "error: more than %d in one section", FAKE_MAX_ERRORS);
-    fake_error *e = &errors[*nerrors];
+    if (f->nerrors == FAKE_MAX_ERRORS) return fail(p, "error: more than %d in one section", FAKE_MAX_ERRORS);
+    fake_error *e = &f->errors[f->nerrors];
     if (copy_string(p, "error", w[0], e->func, sizeof e->func) != 0) return -1;
-    if (parse_double(p, "error from_ms", w[1], &e->from_ms) != 0) return -1;
-    if (strcmp(w[2], "end") == 0 || strcmp(w[2], "inf") == 0) e->to_ms = INFINITY;
-    else if (parse_double(p, "error to_ms", w[2], &e->to_ms) != 0) return -1;
-    if (!(e->to_ms > e->from_ms)) return fail(p, "error: to_ms must be after from_ms");
-    if (fake_return_code(w[3], &e->code) != 0 || e->code == NVML_SUCCESS)
-        return fail(p, "error: unknown NVML return code '%s' (use e.g. GPU_IS_LOST, NOT_SUPPORTED)", w[3]);
-    (*nerrors)++;
+    if (parse_window(p, "error", w[1], w[2], &e->from_ms, &e->to_ms) != 0) return -1;
+    if (parse_error_code(p, "error", w[3], &e->code) != 0) return -1;
+    f->nerrors++;
+    return 0;
+}
+
+/* delay = <function pattern> <from_ms> <to_ms|end> <delay_ms> */
+static int parse_delay(parser *p, char *value, fake_faults *f) {
+    char *w[4];
+    if (split(value, w, 4) != 4) return fail(p, "delay: expected '<function> <from_ms> <to_ms|end> <delay_ms>'");
+    if (f->ndelays == FAKE_MAX_ERRORS) return fail(p, "delay: more than %d in one section", FAKE_MAX_ERRORS);
+    fake_delay *e = &f->delays[f->ndelays];
+    if (copy_string(p, "delay", w[0], e->func, sizeof e->func) != 0) return -1;
+    if (parse_window(p, "delay", w[1], w[2], &e->from_ms, &e->to_ms) != 0) return -1;
+    if (parse_nonneg(p, "delay delay_ms", w[3], &e->delay_ms) != 0) return -1;
+    /* A day is far beyond any test's patience and keeps the sleep's arithmetic small. */
+    if (e->delay_ms > 86400e3) return fail(p, "delay: delay_ms above a day (got %s)", w[3]);
+    f->ndelays++;
     return 0;
 }
 
@@ -359,7 +389,8 @@ static int global_key(parser *p, const char *key, char *value) {
             return fail(p, "init_error: unknown NVML return code '%s'", value);
         return 0;
     }
-    if (strcmp(key, "error") == 0) return parse_error(p, value, sc->errors, &sc->nerrors);
+    if (strcmp(key, "error") == 0) return parse_error(p, value, &sc->faults);
+    if (strcmp(key, "delay") == 0) return parse_delay(p, value, &sc->faults);
     return fail(p, "unknown global key '%s' (device keys belong after a [device] line)", key);
 }
 
@@ -427,7 +458,8 @@ static int device_key(parser *p, const char *key, char *value) {
         return parse_nonneg(p, key, value, &d->energy_latency_jitter_ms);
     if (strcmp(key, "allow_set_limit") == 0) return parse_bool(p, key, value, &d->allow_set_limit);
     if (strcmp(key, "set_limit_noop") == 0) return parse_bool(p, key, value, &d->set_limit_noop);
-    if (strcmp(key, "error") == 0) return parse_error(p, value, d->errors, &d->nerrors);
+    if (strcmp(key, "error") == 0) return parse_error(p, value, &d->faults);
+    if (strcmp(key, "delay") == 0) return parse_delay(p, value, &d->faults);
     return fail(p, "unknown device key '%s'", key);
 }
 

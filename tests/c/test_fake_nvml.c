@@ -185,6 +185,15 @@ TEST(bad_scenarios) {
     write_file(scn, "[device]\nerror = * 0 end NO_SUCH_CODE\n");
     NV_EQ(init_capturing_stderr(err, sizeof err), NVML_ERROR_UNKNOWN);
     ASSERT_CONTAINS(err, ":2: error: unknown NVML return code");
+    write_file(scn, "delay = * 0 end\n");
+    NV_EQ(init_capturing_stderr(err, sizeof err), NVML_ERROR_UNKNOWN);
+    ASSERT_CONTAINS(err, ":1: delay: expected '<function> <from_ms> <to_ms|end> <delay_ms>'");
+    write_file(scn, "[device]\ndelay = * 100 50 10\n");
+    NV_EQ(init_capturing_stderr(err, sizeof err), NVML_ERROR_UNKNOWN);
+    ASSERT_CONTAINS(err, ":2: delay: to_ms must be after from_ms");
+    write_file(scn, "[device]\ndelay = * 0 end -1\n");
+    NV_EQ(init_capturing_stderr(err, sizeof err), NVML_ERROR_UNKNOWN);
+    ASSERT_CONTAINS(err, ":2: delay delay_ms: must not be negative");
     unlink(scn);
     unsigned n;
     NV_EQ(nv.nvmlDeviceGetCount_v2(&n), NVML_ERROR_UNINITIALIZED);
@@ -572,10 +581,92 @@ TEST(segments_and_injected_errors) {
     unlink(scn);
 }
 
+typedef struct timed_call {
+    nvmlDevice_t dev;
+    nvmlReturn_t r;
+    double took_ms;
+} timed_call;
+
+static void *power_usage_timed(void *arg) {
+    timed_call *tc = arg;
+    unsigned mw;
+    double a = now_ms();
+    tc->r = nv.nvmlDeviceGetPowerUsage(tc->dev, &mw);
+    tc->took_ms = now_ms() - a;
+    return NULL;
+}
+
+TEST(injected_delays) {
+    char scn[512];
+    temp_path(scn, sizeof scn, "delay.scn");
+    write_file(scn, "delay = nvmlDeviceGetUUID 0 end 100\n"
+                    "delay = nvmlSystemGetDriverVersion 0 end 60\n"
+                    "[device]\n"
+                    "loaded_w = 300\n"
+                    "load = 1\n"
+                    "energy_latency_ms = 0\n"
+                    "[device]\n"
+                    "loaded_w = 300\n"
+                    "load = 1\n"
+                    "energy_latency_ms = 0\n"
+                    "delay = nvmlDeviceGetPowerU* 0 500 300\n"
+                    "error = nvmlDeviceGetPowerUsage 200 400 TIMEOUT\n");
+    use(scn, NULL);
+    double t0 = now_ms();
+    NV_OK(nv.nvmlInit_v2());
+    nvmlDevice_t a = device(0), b = device(1);
+
+    /* GPU 1's power read takes 300 ms; meanwhile every other call, on either GPU, is as quick as ever. */
+    timed_call slow = {b, NVML_SUCCESS, 0};
+    pthread_t th;
+    ASSERT_EQ(pthread_create(&th, NULL, power_usage_timed, &slow), 0);
+    sleep_ms(30);
+    double start = now_ms();
+    ASSERT_EQ(power_usage(a), 300000);
+    energy(a);
+    energy(b);
+    char name[96];
+    NV_OK(nv.nvmlDeviceGetName(b, name, sizeof name));
+    ASSERT_EQ(instant(b), 300000);
+    ASSERT_TRUE(now_ms() - start < 50);
+    pthread_join(th, NULL);
+    ASSERT_TRUE(slow.took_ms >= 299 && slow.took_ms < 400);
+    /* The error is checked after the delay, at the time the call does its work (~330 ms). */
+    NV_EQ(slow.r, NVML_ERROR_TIMEOUT);
+
+    /* Global delays hold up the system functions and every GPU's calls. */
+    start = now_ms();
+    NV_OK(nv.nvmlSystemGetDriverVersion(name, sizeof name));
+    ASSERT_TRUE(now_ms() - start >= 59);
+    start = now_ms();
+    NV_OK(nv.nvmlDeviceGetUUID(a, name, sizeof name));
+    NV_OK(nv.nvmlDeviceGetUUID(b, name, sizeof name));
+    ASSERT_TRUE(now_ms() - start >= 199);
+
+    /* After the window (from 500 ms on) GPU 1's power reads are quick again. */
+    sleep_ms(520 - (now_ms() - t0));
+    start = now_ms();
+    ASSERT_EQ(power_usage(b), 300000);
+    ASSERT_TRUE(now_ms() - start < 50);
+
+    /* A call sleeping in a delay when the library shuts down comes back UNINITIALIZED. */
+    NV_OK(nv.nvmlShutdown());
+    write_file(scn, "[device]\ndelay = nvmlDeviceGetPowerUsage 0 end 200\n");
+    NV_OK(nv.nvmlInit_v2());
+    slow.dev = device(0);
+    ASSERT_EQ(pthread_create(&th, NULL, power_usage_timed, &slow), 0);
+    sleep_ms(50);
+    NV_OK(nv.nvmlShutdown());
+    pthread_join(th, NULL);
+    NV_EQ(slow.r, NVML_ERROR_UNINITIALIZED);
+    unlink(scn);
+}
+
 JC_TEST_MAIN(TEST_ENTRY(uninitialized_and_error_strings), TEST_ENTRY(driver_not_loaded), TEST_ENTRY(bad_scenarios),
              TEST_ENTRY(reference_counted_init), TEST_ENTRY(identity_and_limits), TEST_ENTRY(constant_power_fields),
              TEST_ENTRY(constant_energy_counter_steps), TEST_ENTRY(limit_clamps_power),
              TEST_ENTRY(second_process_shares_state),
              TEST_ENTRY(power_reads_not_blocked_by_energy_reads), TEST_ENTRY(gpu_lost_after_one_second),
              TEST_ENTRY(no_permission), TEST_ENTRY(set_limit_noop), TEST_ENTRY(no_energy_counter), TEST_ENTRY(two_gpus),
-             TEST_ENTRY(square_wave_instant_follows_average_lags), TEST_ENTRY(segments_and_injected_errors))
+             TEST_ENTRY(square_wave_instant_follows_average_lags), TEST_ENTRY(segments_and_injected_errors),
+             TEST_ENTRY(injected_delays))
