@@ -41,12 +41,25 @@ typedef struct fake_delay {
     double from_ms, to_ms, delay_ms;
 } fake_delay;
 
+/* An injected error by call count: the n-th call (1-based) matching func and the count - 1 after it return
+ * code (count FAKE_COUNT_END: every later one).  Each entry counts its own calls, in this process since
+ * nvmlInit_v2: a device's entry the calls about that device, a global one the calls of every device and the
+ * system functions.  The counts are the library's (fakenvml.c), not the scenario's. */
+typedef struct fake_error_call {
+    char func[FAKE_FUNC_LEN];
+    unsigned long long n, count;
+    nvmlReturn_t code;
+} fake_error_call;
+#define FAKE_COUNT_END (~0ull)
+
 /* What one section of the scenario (the global part or a device) injects into the calls it covers. */
 typedef struct fake_faults {
     int nerrors;
     fake_error errors[FAKE_MAX_ERRORS];
     int ndelays;
     fake_delay delays[FAKE_MAX_ERRORS];
+    int nerror_calls;
+    fake_error_call error_calls[FAKE_MAX_ERRORS];
 } fake_faults;
 
 /* Between from_ms and to_ms the load is `load` instead of the base schedule. */

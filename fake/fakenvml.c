@@ -29,6 +29,10 @@ static struct {
     pid_t state_owner;       /* ... if this process created it (not a forked child) */
     long long start_ns;      /* t = 0 of the fake GPUs, CLOCK_MONOTONIC */
     unsigned long long rng;  /* xorshift state for the latency jitter */
+    /* Calls counted by the error_call entries of the global section and of each device (same indexes as
+     * the entries); zeroed when the scenario is loaded. */
+    unsigned long long calls_global[FAKE_MAX_ERRORS];
+    unsigned long long calls_dev[FAKE_MAX_DEVICES][FAKE_MAX_ERRORS];
     char last_report[FAKE_MSG_LEN];
 } lib = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
@@ -82,19 +86,30 @@ typedef struct call {
     double t_ms;            /* time of the fake GPUs now */
 } call;
 
-/* The first error of f that covers func at t_ms, or NVML_SUCCESS. */
-static nvmlReturn_t injected(const fake_faults *f, const char *func, double t_ms) {
-    for (int i = 0; i < f->nerrors; i++) {
+/* The error f injects into a call of func at t_ms, or NVML_SUCCESS: the first time-window error that covers
+ * it, else the first error_call whose count it falls in.  calls (the section's counts, with lib.mu held)
+ * NULL: the error_call entries are neither counted nor looked at (a call already counted).  Every entry
+ * matching func counts the call, whatever decides its result, so that "the n-th call" means just that. */
+static nvmlReturn_t injected(const fake_faults *f, unsigned long long *calls, const char *func, double t_ms) {
+    nvmlReturn_t r = NVML_SUCCESS;
+    for (int i = 0; i < f->nerrors && r == NVML_SUCCESS; i++) {
         const fake_error *e = &f->errors[i];
-        if (t_ms >= e->from_ms && t_ms < e->to_ms && fnmatch(e->func, func, FNM_PATHNAME) == 0) return e->code;
+        if (t_ms >= e->from_ms && t_ms < e->to_ms && fnmatch(e->func, func, FNM_PATHNAME) == 0) r = e->code;
     }
-    return NVML_SUCCESS;
+    for (int i = 0; calls && i < f->nerror_calls; i++) {
+        const fake_error_call *e = &f->error_calls[i];
+        if (fnmatch(e->func, func, FNM_PATHNAME) != 0) continue;
+        unsigned long long k = ++calls[i];
+        if (r == NVML_SUCCESS && k >= e->n && k - e->n < e->count) r = e->code;
+    }
+    return r;
 }
 
-/* Global errors first, then the device's. */
-static nvmlReturn_t device_injected(const fake_device *d, const char *func, double t_ms) {
-    nvmlReturn_t r = injected(&lib.sc.faults, func, t_ms);
-    return r != NVML_SUCCESS ? r : injected(&d->faults, func, t_ms);
+/* Global errors first, then the device's (both sections count the call). */
+static nvmlReturn_t device_injected(const fake_device *d, const char *func, double t_ms, int count) {
+    nvmlReturn_t g = injected(&lib.sc.faults, count ? lib.calls_global : NULL, func, t_ms);
+    nvmlReturn_t r = injected(&d->faults, count ? lib.calls_dev[d->index] : NULL, func, t_ms);
+    return g != NVML_SUCCESS ? g : r;
 }
 
 /* The delay (ms) of the first delay entry covering func at t_ms, global ones first; 0 if none. */
@@ -144,7 +159,7 @@ static nvmlReturn_t enter_system(call *c, const char *func, long index) {
         if (r != NVML_SUCCESS) return r;
         c->t_ms = now_t_ms();
     }
-    return injected(&lib.sc.faults, func, c->t_ms);
+    return injected(&lib.sc.faults, lib.calls_global, func, c->t_ms);
 }
 
 static nvmlReturn_t enter_device(call *c, nvmlDevice_t device, const char *func) {
@@ -162,11 +177,11 @@ static nvmlReturn_t enter_device(call *c, nvmlDevice_t device, const char *func)
         c->t_ms = now_t_ms();
     }
     c->dev = device;
-    return device_injected(c->dev, func, c->t_ms);
+    return device_injected(c->dev, func, c->t_ms, 1);
 }
 
 /* enter_device again in the same call, after a sleep outside the lock (the energy read's latency): the
- * time-window errors are checked at the new time; no delay. */
+ * time-window errors are checked at the new time; no delay, and the call is not counted again. */
 static nvmlReturn_t reenter_device(call *c, nvmlDevice_t device, const char *func) {
     pthread_mutex_lock(&lib.mu);
     c->dev = NULL;
@@ -175,7 +190,7 @@ static nvmlReturn_t reenter_device(call *c, nvmlDevice_t device, const char *fun
     if (!valid_device(device)) return NVML_ERROR_INVALID_ARGUMENT;
     c->t_ms = now_t_ms();
     c->dev = device;
-    return device_injected(c->dev, func, c->t_ms);
+    return device_injected(c->dev, func, c->t_ms, 0);
 }
 
 static nvmlReturn_t leave(nvmlReturn_t r) {
@@ -229,6 +244,8 @@ nvmlReturn_t nvmlInit_v2(void) {
         return leave(NVML_ERROR_UNKNOWN);
     }
     if (lib.sc.init_error != NVML_SUCCESS) return leave(lib.sc.init_error);
+    memset(lib.calls_global, 0, sizeof lib.calls_global);
+    memset(lib.calls_dev, 0, sizeof lib.calls_dev);
 
     const char *state = getenv("JOULECAP_FAKE_NVML_STATE");
     if (state && *state) {
@@ -326,8 +343,11 @@ nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *dev
     call c;
     /* The device it would return is the one whose delays and errors apply. */
     nvmlReturn_t r = enter_system(&c, __func__, (long)index);
+    nvmlReturn_t dev_r = NVML_SUCCESS;
+    if (lib.refcount > 0 && index < lib.sc.ndevices) /* counted by the device even if a global error wins */
+        dev_r = injected(&lib.sc.devices[index].faults, lib.calls_dev[index], __func__, c.t_ms);
     if (r == NVML_SUCCESS && (!device || index >= lib.sc.ndevices)) r = NVML_ERROR_INVALID_ARGUMENT;
-    if (r == NVML_SUCCESS) r = injected(&lib.sc.devices[index].faults, __func__, c.t_ms);
+    if (r == NVML_SUCCESS) r = dev_r;
     if (r == NVML_SUCCESS) *device = &lib.sc.devices[index];
     return leave(r);
 }
@@ -433,7 +453,7 @@ nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t device, int count, nvmlFieldV
         v->latencyUsec = 0;
         v->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
         memset(&v->value, 0, sizeof v->value);
-        v->nvmlReturn = device_injected(c.dev, func, c.t_ms);
+        v->nvmlReturn = device_injected(c.dev, func, c.t_ms, 1);
         if (v->nvmlReturn != NVML_SUCCESS) continue;
         if (v->fieldId == NVML_FI_DEV_POWER_INSTANT) v->value.uiVal = to_mw(fake_power_at(c.dev, &s, u));
         else if (v->fieldId == NVML_FI_DEV_POWER_AVERAGE) v->value.uiVal = to_mw(average_w(&c, &s));

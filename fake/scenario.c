@@ -188,6 +188,27 @@ static int parse_error(parser *p, char *value, fake_faults *f) {
     return 0;
 }
 
+/* error_call = <function pattern> <n> <count|end> <RETURN_CODE> */
+static int parse_error_call(parser *p, char *value, fake_faults *f) {
+    char *w[4];
+    if (split(value, w, 4) != 4) return fail(p, "error_call: expected '<function> <n> <count|end> <CODE>'");
+    if (f->nerror_calls == FAKE_MAX_ERRORS)
+        return fail(p, "error_call: more than %d in one section", FAKE_MAX_ERRORS);
+    fake_error_call *e = &f->error_calls[f->nerror_calls];
+    if (copy_string(p, "error_call", w[0], e->func, sizeof e->func) != 0) return -1;
+    if (parse_uint(p, "error_call n", w[1], 1ull << 62, &e->n) != 0) return -1;
+    if (e->n == 0) return fail(p, "error_call: n counts from 1 (the first matching call)");
+    if (strcmp(w[2], "end") == 0 || strcmp(w[2], "inf") == 0) {
+        e->count = FAKE_COUNT_END;
+    } else {
+        if (parse_uint(p, "error_call count", w[2], 1ull << 62, &e->count) != 0) return -1;
+        if (e->count == 0) return fail(p, "error_call: count must be at least 1 (or end)");
+    }
+    if (parse_error_code(p, "error_call", w[3], &e->code) != 0) return -1;
+    f->nerror_calls++;
+    return 0;
+}
+
 /* delay = <function pattern> <from_ms> <to_ms|end> <delay_ms> */
 static int parse_delay(parser *p, char *value, fake_faults *f) {
     char *w[4];
@@ -391,6 +412,7 @@ static int global_key(parser *p, const char *key, char *value) {
     }
     if (strcmp(key, "error") == 0) return parse_error(p, value, &sc->faults);
     if (strcmp(key, "delay") == 0) return parse_delay(p, value, &sc->faults);
+    if (strcmp(key, "error_call") == 0) return parse_error_call(p, value, &sc->faults);
     return fail(p, "unknown global key '%s' (device keys belong after a [device] line)", key);
 }
 
@@ -460,6 +482,7 @@ static int device_key(parser *p, const char *key, char *value) {
     if (strcmp(key, "set_limit_noop") == 0) return parse_bool(p, key, value, &d->set_limit_noop);
     if (strcmp(key, "error") == 0) return parse_error(p, value, &d->faults);
     if (strcmp(key, "delay") == 0) return parse_delay(p, value, &d->faults);
+    if (strcmp(key, "error_call") == 0) return parse_error_call(p, value, &d->faults);
     return fail(p, "unknown device key '%s'", key);
 }
 

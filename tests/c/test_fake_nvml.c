@@ -194,6 +194,18 @@ TEST(bad_scenarios) {
     write_file(scn, "[device]\ndelay = * 0 end -1\n");
     NV_EQ(init_capturing_stderr(err, sizeof err), NVML_ERROR_UNKNOWN);
     ASSERT_CONTAINS(err, ":2: delay delay_ms: must not be negative");
+    write_file(scn, "[device]\nerror_call = * 0 1 GPU_IS_LOST\n");
+    NV_EQ(init_capturing_stderr(err, sizeof err), NVML_ERROR_UNKNOWN);
+    ASSERT_CONTAINS(err, ":2: error_call: n counts from 1");
+    write_file(scn, "error_call = * 1 0 GPU_IS_LOST\n");
+    NV_EQ(init_capturing_stderr(err, sizeof err), NVML_ERROR_UNKNOWN);
+    ASSERT_CONTAINS(err, ":1: error_call: count must be at least 1");
+    write_file(scn, "error_call = * 1 end SUCCESS\n");
+    NV_EQ(init_capturing_stderr(err, sizeof err), NVML_ERROR_UNKNOWN);
+    ASSERT_CONTAINS(err, ":1: error_call: unknown NVML return code 'SUCCESS'");
+    write_file(scn, "error_call = * 1.5 end UNKNOWN\n");
+    NV_EQ(init_capturing_stderr(err, sizeof err), NVML_ERROR_UNKNOWN);
+    ASSERT_CONTAINS(err, ":1: error_call n: '1.5' is not an integer");
     unlink(scn);
     unsigned n;
     NV_EQ(nv.nvmlDeviceGetCount_v2(&n), NVML_ERROR_UNINITIALIZED);
@@ -662,6 +674,92 @@ TEST(injected_delays) {
     unlink(scn);
 }
 
+static void *temperature_100_times(void *arg) {
+    nvmlDevice_t d = arg;
+    intptr_t failed = 0;
+    for (int i = 0; i < 100; i++) {
+        unsigned temp;
+        nvmlReturn_t r = nv.nvmlDeviceGetTemperature(d, NVML_TEMPERATURE_GPU, &temp);
+        if (r == NVML_ERROR_UNKNOWN) failed++;
+        else if (r != NVML_SUCCESS) return (void *)(intptr_t)-1000;
+    }
+    return (void *)failed;
+}
+
+TEST(errors_by_call_count) {
+    char scn[512];
+    temp_path(scn, sizeof scn, "error-call.scn");
+    write_file(scn, "error_call = nvmlDeviceGetName 2 1 TIMEOUT\n"
+                    "error_call = nvmlDeviceGetHandleByIndex_v2 3 1 UNKNOWN\n"
+                    "error_call = nvmlDeviceGetUUID 1 1 IN_USE\n"
+                    "[device]\n"
+                    "loaded_w = 300\n"
+                    "load = 1\n"
+                    "error_call = nvmlDeviceGetPowerUsage 3 2 NO_PERMISSION\n"
+                    "error_call = nvmlDeviceGetFieldValues/186 2 1 NOT_SUPPORTED\n"
+                    "error_call = nvmlDeviceGetUUID 1 2 MEMORY\n"
+                    "error_call = nvmlDeviceGetTemperature 101 50 UNKNOWN\n"
+                    "[device]\n"
+                    "loaded_w = 300\n"
+                    "load = 1\n"
+                    "error_call = nvmlDeviceGetPower* 2 end GPU_IS_LOST\n");
+    use(scn, NULL);
+    for (int round = 0; round < 2; round++) {
+        NV_OK(nv.nvmlInit_v2());
+        /* Global entries count the calls of every device: the third handle lookup fails, whichever GPU. */
+        nvmlDevice_t a = device(0), b = device(1), h;
+        NV_EQ(nv.nvmlDeviceGetHandleByIndex_v2(0, &h), NVML_ERROR_UNKNOWN);
+        NV_OK(nv.nvmlDeviceGetHandleByIndex_v2(0, &h));
+        char buf[96];
+        NV_OK(nv.nvmlDeviceGetName(a, buf, sizeof buf));
+        NV_EQ(nv.nvmlDeviceGetName(b, buf, sizeof buf), NVML_ERROR_TIMEOUT);
+        NV_OK(nv.nvmlDeviceGetName(a, buf, sizeof buf));
+
+        /* A device's entries count that device's calls: GPU 0's 3rd and 4th power reads fail, GPU 1's from
+         * the 2nd on (its pattern covers the limit reads too). */
+        unsigned mw;
+        ASSERT_EQ(power_usage(a), 300000);
+        ASSERT_EQ(power_usage(a), 300000);
+        ASSERT_EQ(power_usage(b), 300000);
+        NV_EQ(nv.nvmlDeviceGetPowerUsage(a, &mw), NVML_ERROR_NO_PERMISSION);
+        NV_EQ(nv.nvmlDeviceGetPowerUsage(b, &mw), NVML_ERROR_GPU_IS_LOST);
+        NV_EQ(nv.nvmlDeviceGetPowerUsage(a, &mw), NVML_ERROR_NO_PERMISSION);
+        ASSERT_EQ(power_usage(a), 300000);
+        NV_EQ(nv.nvmlDeviceGetPowerManagementLimit(b, &mw), NVML_ERROR_GPU_IS_LOST);
+        NV_EQ(nv.nvmlDeviceGetPowerUsage(b, &mw), NVML_ERROR_GPU_IS_LOST);
+        ASSERT_EQ(limit(a), 700000);
+
+        /* A field's entry counts the reads of that field: the 2nd fails in its nvmlReturn only. */
+        ASSERT_EQ(instant(a), 300000);
+        nvmlFieldValue_t v;
+        memset(&v, 0, sizeof v);
+        v.fieldId = NVML_FI_DEV_POWER_INSTANT;
+        NV_OK(nv.nvmlDeviceGetFieldValues(a, 1, &v));
+        NV_EQ(v.nvmlReturn, NVML_ERROR_NOT_SUPPORTED);
+        ASSERT_EQ(instant(a), 300000);
+
+        /* Every entry counts the call, whichever decides its result: the global entry wins GPU 0's 1st UUID
+         * read, which is also the 1st of the 2 its own entry fails. */
+        NV_EQ(nv.nvmlDeviceGetUUID(a, buf, sizeof buf), NVML_ERROR_IN_USE);
+        NV_EQ(nv.nvmlDeviceGetUUID(a, buf, sizeof buf), NVML_ERROR_MEMORY);
+        NV_OK(nv.nvmlDeviceGetUUID(a, buf, sizeof buf));
+
+        /* Threads share the counts: of 400 reads, calls 101-150 fail, exactly 50 whatever the interleaving. */
+        pthread_t th[4];
+        for (int i = 0; i < 4; i++) ASSERT_EQ(pthread_create(&th[i], NULL, temperature_100_times, a), 0);
+        intptr_t failed = 0;
+        for (int i = 0; i < 4; i++) {
+            void *ret;
+            pthread_join(th[i], &ret);
+            failed += (intptr_t)ret;
+        }
+        ASSERT_EQ(failed, 50);
+        /* The counts start again at the next init. */
+        NV_OK(nv.nvmlShutdown());
+    }
+    unlink(scn);
+}
+
 JC_TEST_MAIN(TEST_ENTRY(uninitialized_and_error_strings), TEST_ENTRY(driver_not_loaded), TEST_ENTRY(bad_scenarios),
              TEST_ENTRY(reference_counted_init), TEST_ENTRY(identity_and_limits), TEST_ENTRY(constant_power_fields),
              TEST_ENTRY(constant_energy_counter_steps), TEST_ENTRY(limit_clamps_power),
@@ -669,4 +767,4 @@ JC_TEST_MAIN(TEST_ENTRY(uninitialized_and_error_strings), TEST_ENTRY(driver_not_
              TEST_ENTRY(power_reads_not_blocked_by_energy_reads), TEST_ENTRY(gpu_lost_after_one_second),
              TEST_ENTRY(no_permission), TEST_ENTRY(set_limit_noop), TEST_ENTRY(no_energy_counter), TEST_ENTRY(two_gpus),
              TEST_ENTRY(square_wave_instant_follows_average_lags), TEST_ENTRY(segments_and_injected_errors),
-             TEST_ENTRY(injected_delays))
+             TEST_ENTRY(injected_delays), TEST_ENTRY(errors_by_call_count))
