@@ -25,6 +25,7 @@ JC_NVML_FUNCTIONS(FAKE__DECLARE)
 #define FAKE_FUNC_LEN 64
 #define FAKE_MSG_LEN 512
 #define FAKE_MAX_SWEEP 64 /* distinct caps of a sweep */
+#define FAKE_MAX_COUNTER_FAULTS 16 /* of each kind, per device */
 
 /* An injected error: calls of functions matching func (an fnmatch pattern) return code while the fake GPU's
  * time t (ms) lies in [from_ms, to_ms). */
@@ -62,6 +63,16 @@ typedef struct fake_faults {
     fake_error_call error_calls[FAKE_MAX_ERRORS];
 } fake_faults;
 
+/* Energy counter faults: from at_ms on the counter reads delta_mj more (or less). */
+typedef struct fake_counter_jump {
+    double at_ms;
+    long long delta_mj;
+} fake_counter_jump;
+
+typedef struct fake_window {
+    double from_ms, to_ms;
+} fake_window;
+
 /* Between from_ms and to_ms the load is `load` instead of the base schedule. */
 typedef struct fake_segment {
     double from_ms, to_ms, load;
@@ -96,6 +107,12 @@ struct nvmlDevice_st {
     double burst_factor;
     int energy_counter;   /* 0: nvmlDeviceGetTotalEnergyConsumption is not supported */
     unsigned long long energy_initial_mj;
+    /* Counter faults (model.c, fake_counter_at): jumps, restarts from 0 at the reset times, and windows in
+     * which the counter holds the value it had at their start (sorted by from_ms, not overlapping). */
+    int njumps, nresets, nstuck;
+    fake_counter_jump jumps[FAKE_MAX_COUNTER_FAULTS];
+    double reset_ms[FAKE_MAX_COUNTER_FAULTS];
+    fake_window stuck[FAKE_MAX_COUNTER_FAULTS];
     double counter_step_ms, counter_phase_ms;
     double instant_period_ms, instant_phase_ms, average_window_ms;
     double energy_latency_ms, energy_latency_jitter_ms;
@@ -143,6 +160,9 @@ double fake_power_at(const fake_device *d, const fake_dev_state *s, double t_ms)
 double fake_energy_to(const fake_device *d, const fake_dev_state *s, double t_ms);
 /* Latest energy-counter boundary at or before t (negative just after the start). */
 double fake_counter_boundary(const fake_device *d, double t_ms);
+/* What nvmlDeviceGetTotalEnergyConsumption reads at t (mJ): energy_initial_mj plus the energy to the latest
+ * boundary, with the counter faults applied. */
+unsigned long long fake_counter_at(const fake_device *d, const fake_dev_state *s, double t_ms);
 /* Latest instant-power update at or before t (negative just after the start). */
 double fake_instant_update(const fake_device *d, double t_ms);
 /* Records a new limit requested at time t (ms): it takes effect at the next counter boundary. */

@@ -405,15 +405,7 @@ nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t device, unsigned l
     fake_dev_state s;
     if (r == NVML_SUCCESS && !c.dev->energy_counter) r = NVML_ERROR_NOT_SUPPORTED; /* re-init, new scenario */
     if (r == NVML_SUCCESS) r = read_state(&c, &s);
-    if (r == NVML_SUCCESS) {
-        double e = fake_energy_to(c.dev, &s, fake_counter_boundary(c.dev, c.t_ms));
-        /* The counter reads energy_initial_mj at t = 0.  The epsilon keeps an exact integral such as
-         * 29999.99999 from flooring a whole mJ short. */
-        long long delta = (long long)floor(e + 1e-6);
-        unsigned long long base = c.dev->energy_initial_mj;
-        *mj = delta >= 0 ? base + (unsigned long long)delta
-                         : ((unsigned long long)-delta > base ? 0 : base - (unsigned long long)-delta);
-    }
+    if (r == NVML_SUCCESS) *mj = fake_counter_at(c.dev, &s, c.t_ms);
     return leave(r);
 }
 

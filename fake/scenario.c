@@ -224,6 +224,59 @@ static int parse_delay(parser *p, char *value, fake_faults *f) {
     return 0;
 }
 
+/* A signed whole number of mJ: an integer (exact to 64 bits) or a number such as 1e9 or -5e6. */
+static int parse_delta_mj(parser *p, const char *key, const char *text, long long *out) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (errno == 0 && end != text && *end == '\0') {
+        *out = v;
+        return 0;
+    }
+    double x;
+    if (parse_double(p, key, text, &x) != 0) return -1;
+    if (x != floor(x) || fabs(x) >= 9.2e18)
+        return fail(p, "%s: '%s' is not a whole number of mJ in 64 bits", key, text);
+    *out = (long long)x;
+    return 0;
+}
+
+/* counter_jump = <at_ms> <delta_mj> */
+static int parse_counter_jump(parser *p, char *value, fake_device *d) {
+    char *w[2];
+    if (split(value, w, 2) != 2) return fail(p, "counter_jump: expected '<at_ms> <delta_mj>'");
+    if (d->njumps == FAKE_MAX_COUNTER_FAULTS)
+        return fail(p, "counter_jump: more than %d", FAKE_MAX_COUNTER_FAULTS);
+    fake_counter_jump *j = &d->jumps[d->njumps];
+    if (parse_double(p, "counter_jump at_ms", w[0], &j->at_ms) != 0) return -1;
+    if (parse_delta_mj(p, "counter_jump delta_mj", w[1], &j->delta_mj) != 0) return -1;
+    d->njumps++;
+    return 0;
+}
+
+/* counter_reset = <at_ms> */
+static int parse_counter_reset(parser *p, char *value, fake_device *d) {
+    char *w[1];
+    if (split(value, w, 1) != 1) return fail(p, "counter_reset: expected '<at_ms>'");
+    if (d->nresets == FAKE_MAX_COUNTER_FAULTS)
+        return fail(p, "counter_reset: more than %d", FAKE_MAX_COUNTER_FAULTS);
+    if (parse_double(p, "counter_reset at_ms", w[0], &d->reset_ms[d->nresets]) != 0) return -1;
+    d->nresets++;
+    return 0;
+}
+
+/* counter_stuck = <from_ms> <to_ms|end> */
+static int parse_counter_stuck(parser *p, char *value, fake_device *d) {
+    char *w[2];
+    if (split(value, w, 2) != 2) return fail(p, "counter_stuck: expected '<from_ms> <to_ms|end>'");
+    if (d->nstuck == FAKE_MAX_COUNTER_FAULTS)
+        return fail(p, "counter_stuck: more than %d", FAKE_MAX_COUNTER_FAULTS);
+    fake_window *win = &d->stuck[d->nstuck];
+    if (parse_window(p, "counter_stuck", w[0], w[1], &win->from_ms, &win->to_ms) != 0) return -1;
+    d->nstuck++;
+    return 0;
+}
+
 /* load = <x> | constant <x> | square <period_ms> <duty> [<phase_ms> [<high> [<low>]]] */
 static int parse_load(parser *p, char *value, fake_load *l) {
     char *w[6];
@@ -464,6 +517,9 @@ static int device_key(parser *p, const char *key, char *value) {
         /* Leave head room so that the counter cannot wrap in any test. */
         return parse_uint(p, key, value, 1ull << 62, &d->energy_initial_mj);
     }
+    if (strcmp(key, "counter_jump") == 0) return parse_counter_jump(p, value, d);
+    if (strcmp(key, "counter_reset") == 0) return parse_counter_reset(p, value, d);
+    if (strcmp(key, "counter_stuck") == 0) return parse_counter_stuck(p, value, d);
     if (strcmp(key, "counter_step_ms") == 0) return parse_positive(p, key, value, &d->counter_step_ms);
     if (strcmp(key, "counter_phase_ms") == 0) {
         p->phase_set = 1;
@@ -519,6 +575,11 @@ static int cmp_segment(const void *a, const void *b) {
     return (x->from_ms > y->from_ms) - (x->from_ms < y->from_ms);
 }
 
+static int cmp_window(const void *a, const void *b) {
+    const fake_window *x = a, *y = b;
+    return (x->from_ms > y->from_ms) - (x->from_ms < y->from_ms);
+}
+
 /* Checks the device just finished and fills the defaults that depend on other keys. */
 static int device_finish(parser *p) {
     fake_device *d = p->dev;
@@ -551,6 +612,12 @@ static int device_finish(parser *p) {
             return fail(p, "device %u: segments overlap (%g-%g and %g-%g)", d->index,
                         d->load.segments[i - 1].from_ms, d->load.segments[i - 1].to_ms,
                         d->load.segments[i].from_ms, d->load.segments[i].to_ms);
+    }
+    qsort(d->stuck, (size_t)d->nstuck, sizeof d->stuck[0], cmp_window);
+    for (int i = 1; i < d->nstuck; i++) {
+        if (d->stuck[i].from_ms < d->stuck[i - 1].to_ms)
+            return fail(p, "device %u: counter_stuck windows overlap (%g-%g and %g-%g)", d->index,
+                        d->stuck[i - 1].from_ms, d->stuck[i - 1].to_ms, d->stuck[i].from_ms, d->stuck[i].to_ms);
     }
     return 0;
 }

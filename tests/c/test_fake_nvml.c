@@ -206,6 +206,21 @@ TEST(bad_scenarios) {
     write_file(scn, "error_call = * 1.5 end UNKNOWN\n");
     NV_EQ(init_capturing_stderr(err, sizeof err), NVML_ERROR_UNKNOWN);
     ASSERT_CONTAINS(err, ":1: error_call n: '1.5' is not an integer");
+    write_file(scn, "[device]\ncounter_jump = 100 1.5\n");
+    NV_EQ(init_capturing_stderr(err, sizeof err), NVML_ERROR_UNKNOWN);
+    ASSERT_CONTAINS(err, ":2: counter_jump delta_mj: '1.5' is not a whole number of mJ");
+    write_file(scn, "[device]\ncounter_jump = 100\n");
+    NV_EQ(init_capturing_stderr(err, sizeof err), NVML_ERROR_UNKNOWN);
+    ASSERT_CONTAINS(err, ":2: counter_jump: expected '<at_ms> <delta_mj>'");
+    write_file(scn, "[device]\ncounter_reset = soon\n");
+    NV_EQ(init_capturing_stderr(err, sizeof err), NVML_ERROR_UNKNOWN);
+    ASSERT_CONTAINS(err, ":2: counter_reset at_ms: 'soon' is not a number");
+    write_file(scn, "[device]\ncounter_stuck = 0 100\ncounter_stuck = 50 end\n");
+    NV_EQ(init_capturing_stderr(err, sizeof err), NVML_ERROR_UNKNOWN);
+    ASSERT_CONTAINS(err, "counter_stuck windows overlap");
+    write_file(scn, "counter_reset = 100\n");
+    NV_EQ(init_capturing_stderr(err, sizeof err), NVML_ERROR_UNKNOWN);
+    ASSERT_CONTAINS(err, ":1: unknown global key 'counter_reset'");
     unlink(scn);
     unsigned n;
     NV_EQ(nv.nvmlDeviceGetCount_v2(&n), NVML_ERROR_UNINITIALIZED);
@@ -760,11 +775,57 @@ TEST(errors_by_call_count) {
     unlink(scn);
 }
 
+TEST(energy_counter_faults) {
+    char scn[512];
+    temp_path(scn, sizeof scn, "counter.scn");
+    /* Five GPUs at 300 W with 100 ms counter steps on the same grid: 30 J a step, read without latency. */
+    char text[4096] = "";
+    const char *faults[5] = {
+        "",                                                       /* the true counter */
+        "counter_jump = 220 1e9\ncounter_jump = 420 -5000000\n", /* +1 MJ, then 5 kJ back */
+        "counter_reset = 220\n",                                  /* a driver reload */
+        "counter_stuck = 220 420\n",                              /* frozen for 200 ms */
+        "counter_jump = 220 -1000000000000\n",                    /* back below 0: reads 0 */
+    };
+    for (int i = 0; i < 5; i++)
+        snprintf(text + strlen(text), sizeof text - strlen(text),
+                 "[device]\nidle_w = 70\nloaded_w = 300\nload = 1\nenergy_initial_mj = 1000000000\n"
+                 "counter_step_ms = 100\ncounter_phase_ms = 0\nenergy_latency_ms = 0\n%s",
+                 faults[i]);
+    write_file(scn, text);
+    use(scn, NULL);
+    double t0 = now_ms();
+    NV_OK(nv.nvmlInit_v2());
+    nvmlDevice_t d[5];
+    for (int i = 0; i < 5; i++) d[i] = device(i);
+    /* Read all five half-way between counter steps: b is the boundary each read sees. */
+    const unsigned long long G = 1000000000ull;
+    const unsigned long long want[5][5] = {
+        /* t = 150        250            350            450                       550 */
+        {G + 30000, G + 60000, G + 90000, G + 120000, G + 150000},
+        {G + 30000, 2 * G + 60000, 2 * G + 90000, 2 * G + 120000 - 5000000, 2 * G + 150000 - 5000000},
+        {G + 30000, 0, 24000, 54000, 84000}, /* from 0 at 220 ms: 80 ms to the next step, then 100 ms steps */
+        {G + 30000, G + 60000, G + 60000, G + 120000, G + 150000}, /* the value at 220 ms until 420 ms */
+        {G + 30000, 0, 0, 0, 0},
+    };
+    for (int k = 0; k < 5; k++) {
+        sleep_ms(150 + 100 * k - (now_ms() - t0));
+        for (int i = 0; i < 5; i++) {
+            unsigned long long e = energy(d[i]);
+            if (e != want[i][k])
+                JC_FAILF("GPU %d at %d ms: counter %llu, want %llu", i, 150 + 100 * k, e, want[i][k]);
+        }
+    }
+    NV_OK(nv.nvmlShutdown());
+    unlink(scn);
+}
+
 JC_TEST_MAIN(TEST_ENTRY(uninitialized_and_error_strings), TEST_ENTRY(driver_not_loaded), TEST_ENTRY(bad_scenarios),
              TEST_ENTRY(reference_counted_init), TEST_ENTRY(identity_and_limits), TEST_ENTRY(constant_power_fields),
              TEST_ENTRY(constant_energy_counter_steps), TEST_ENTRY(limit_clamps_power),
              TEST_ENTRY(second_process_shares_state),
              TEST_ENTRY(power_reads_not_blocked_by_energy_reads), TEST_ENTRY(gpu_lost_after_one_second),
-             TEST_ENTRY(no_permission), TEST_ENTRY(set_limit_noop), TEST_ENTRY(no_energy_counter), TEST_ENTRY(two_gpus),
-             TEST_ENTRY(square_wave_instant_follows_average_lags), TEST_ENTRY(segments_and_injected_errors),
-             TEST_ENTRY(injected_delays), TEST_ENTRY(errors_by_call_count))
+             TEST_ENTRY(no_permission), TEST_ENTRY(set_limit_noop), TEST_ENTRY(no_energy_counter),
+             TEST_ENTRY(two_gpus), TEST_ENTRY(square_wave_instant_follows_average_lags),
+             TEST_ENTRY(segments_and_injected_errors), TEST_ENTRY(injected_delays),
+             TEST_ENTRY(errors_by_call_count), TEST_ENTRY(energy_counter_faults))
