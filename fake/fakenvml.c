@@ -7,10 +7,12 @@
  * (nvmlDeviceGetTotalEnergyConsumption's read latency, any call an injected `delay` slows down) sleep outside
  * the mutex, so that calls in other threads are not held up by them (as on real hardware). */
 #include <errno.h>
+#include <fcntl.h>
 #include <fnmatch.h>
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,8 +27,9 @@ static struct {
     int refcount;            /* nvmlInit_v2 calls not yet matched by nvmlShutdown */
     fake_scenario sc;        /* valid while refcount > 0 */
     char state_path[PATH_MAX];
-    int state_private;       /* the state file is ours alone: remove it at the last shutdown */
-    pid_t state_owner;       /* ... if this process created it (not a forked child) */
+    char state_dir[PATH_MAX]; /* the private state file's folder, made by mkdtemp */
+    int state_private;       /* the state file and its folder are ours alone: remove them at the last shutdown */
+    pid_t state_owner;       /* ... if this process created them (not a forked child) */
     long long start_ns;      /* t = 0 of the fake GPUs, CLOCK_MONOTONIC */
     unsigned long long rng;  /* xorshift state for the latency jitter */
     /* Calls counted by the error_call entries of the global section and of each device (same indexes as
@@ -227,6 +230,48 @@ static double average_w(const call *c, const fake_dev_state *s) {
 
 /* ------------------------------------------------------------------------------------------------------ */
 
+/* Removes the private state file and its folder (with lib.mu held). */
+static void remove_private_state_file(void) {
+    unlink(lib.state_path);
+    rmdir(lib.state_dir);
+}
+
+/* A message into msg (cut short if need be). */
+__attribute__((format(printf, 3, 4))) static void set_msg(char *msg, size_t msglen, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, msglen, fmt, ap);
+    va_end(ap);
+}
+
+/* A fresh private state file: $TMPDIR/joulecap-fakenvml-XXXXXX/state, the folder made by mkdtemp (mode 0700),
+ * the file created new (O_EXCL, not through a link, mode 0600), so that nobody else can read, replace or
+ * redirect it.  Returns 0, or -1 with a message. */
+static int make_private_state_file(char *msg, size_t msglen) {
+    const char *tmp = secure_getenv("TMPDIR");
+    if (!tmp || !*tmp) tmp = "/tmp";
+    int n = snprintf(lib.state_dir, sizeof lib.state_dir, "%s/joulecap-fakenvml-XXXXXX", tmp);
+    if (n < 0 || (size_t)n + sizeof "/state" > sizeof lib.state_dir) {
+        set_msg(msg, msglen, "TMPDIR is too long");
+        return -1;
+    }
+    if (!mkdtemp(lib.state_dir)) {
+        set_msg(msg, msglen, "cannot make a private folder %s: %s", lib.state_dir, strerror(errno));
+        return -1;
+    }
+    size_t dirlen = strlen(lib.state_dir); /* room for "/state" checked above */
+    memcpy(lib.state_path, lib.state_dir, dirlen);
+    memcpy(lib.state_path + dirlen, "/state", sizeof "/state");
+    int fd = open(lib.state_path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        set_msg(msg, msglen, "state file %s: cannot create: %s", lib.state_path, strerror(errno));
+        rmdir(lib.state_dir);
+        return -1;
+    }
+    close(fd);
+    return 0;
+}
+
 nvmlReturn_t nvmlInit_v2(void) {
     pthread_mutex_lock(&lib.mu);
     if (lib.refcount > 0) {
@@ -234,7 +279,8 @@ nvmlReturn_t nvmlInit_v2(void) {
         return leave(NVML_SUCCESS);
     }
     char msg[FAKE_MSG_LEN];
-    const char *path = getenv("JOULECAP_FAKE_NVML_SCENARIO");
+    /* secure_getenv: a set-user-ID program using the fake takes no file names from its caller. */
+    const char *path = secure_getenv("JOULECAP_FAKE_NVML_SCENARIO");
     if (!path || !*path) {
         report("JOULECAP_FAKE_NVML_SCENARIO is not set: point it at a scenario file (see docs/fake-nvml.md)");
         return leave(NVML_ERROR_UNKNOWN);
@@ -247,7 +293,7 @@ nvmlReturn_t nvmlInit_v2(void) {
     memset(lib.calls_global, 0, sizeof lib.calls_global);
     memset(lib.calls_dev, 0, sizeof lib.calls_dev);
 
-    const char *state = getenv("JOULECAP_FAKE_NVML_STATE");
+    const char *state = secure_getenv("JOULECAP_FAKE_NVML_STATE");
     if (state && *state) {
         if (strlen(state) >= sizeof lib.state_path) {
             report("JOULECAP_FAKE_NVML_STATE is too long");
@@ -256,15 +302,10 @@ nvmlReturn_t nvmlInit_v2(void) {
         snprintf(lib.state_path, sizeof lib.state_path, "%s", state);
         lib.state_private = 0;
     } else {
-        const char *tmp = getenv("TMPDIR");
-        if (!tmp || !*tmp) tmp = "/tmp";
-        int n = snprintf(lib.state_path, sizeof lib.state_path, "%s/joulecap-fakenvml-%ld.state", tmp,
-                         (long)getpid());
-        if (n < 0 || (size_t)n >= sizeof lib.state_path) {
-            report("TMPDIR is too long");
+        if (make_private_state_file(msg, sizeof msg) != 0) {
+            report(msg);
             return leave(NVML_ERROR_UNKNOWN);
         }
-        unlink(lib.state_path); /* a leftover of an earlier process with our pid */
         lib.state_private = 1;
         lib.state_owner = getpid();
     }
@@ -272,6 +313,7 @@ nvmlReturn_t nvmlInit_v2(void) {
     long long now = mono_ns();
     if (fake_state_open(lib.state_path, &lib.sc, now, &st, msg, sizeof msg) != 0) {
         report(msg);
+        if (lib.state_private) remove_private_state_file();
         return leave(NVML_ERROR_UNKNOWN);
     }
     lib.start_ns = st.start_ns;
@@ -284,15 +326,15 @@ nvmlReturn_t nvmlInit_v2(void) {
 nvmlReturn_t nvmlShutdown(void) {
     pthread_mutex_lock(&lib.mu);
     if (lib.refcount == 0) return leave(NVML_ERROR_UNINITIALIZED);
-    if (--lib.refcount == 0 && lib.state_private && lib.state_owner == getpid()) unlink(lib.state_path);
+    if (--lib.refcount == 0 && lib.state_private && lib.state_owner == getpid()) remove_private_state_file();
     return leave(NVML_SUCCESS);
 }
 
 /* A process that exits (or unloads us) without the last nvmlShutdown, a failing test say, leaves no private
- * state file behind. */
+ * state file or folder behind. */
 __attribute__((destructor)) static void remove_private_state(void) {
     if (pthread_mutex_trylock(&lib.mu) != 0) return; /* exit() while another thread is inside a call */
-    if (lib.refcount > 0 && lib.state_private && lib.state_owner == getpid()) unlink(lib.state_path);
+    if (lib.refcount > 0 && lib.state_private && lib.state_owner == getpid()) remove_private_state_file();
     pthread_mutex_unlock(&lib.mu);
 }
 

@@ -1,10 +1,12 @@
 /* Tests of the fake NVML library itself: it is loaded the way the NVML source loads libnvidia-ml (dlopen of
  * the path in JC_FAKE_NVML) and driven by the scenarios in tests/scenarios.  Timings are real but short. */
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -820,6 +822,97 @@ TEST(energy_counter_faults) {
     unlink(scn);
 }
 
+/* The one entry of folder dir other than . and .. into name (NULL if dir holds none); fails on more. */
+static const char *only_entry(const char *dir, char *name, size_t len) {
+    DIR *d = opendir(dir);
+    if (!d) JC_FAILF("opendir %s: %s", dir, strerror(errno));
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        if (n++ > 0) JC_FAILF("%s holds more than one entry (%s, %s)", dir, name, e->d_name);
+        snprintf(name, len, "%s", e->d_name);
+    }
+    closedir(d);
+    return n ? name : NULL;
+}
+
+TEST(private_state_file) {
+    /* A TMPDIR of our own, to see exactly what the library makes in it. */
+    char tmp[512], old_tmp[512] = "", name[256], path[1024];
+    const char *t = getenv("TMPDIR");
+    int had_tmp = t != NULL;
+    if (t) snprintf(old_tmp, sizeof old_tmp, "%s", t);
+    snprintf(tmp, sizeof tmp, "%s/jc-test-fake-nvml-XXXXXX", tmp_dir());
+    ASSERT_TRUE(mkdtemp(tmp) != NULL);
+    setenv("TMPDIR", tmp, 1);
+    use("h100-constant-300w.scn", NULL);
+
+    NV_OK(nv.nvmlInit_v2());
+    /* A folder made by mkdtemp, only ours, holding the state file, only ours. */
+    ASSERT_TRUE(only_entry(tmp, name, sizeof name) != NULL);
+    ASSERT_TRUE(strncmp(name, "joulecap-fakenvml-", 18) == 0 && strlen(name) == 24);
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s", tmp, name);
+    ASSERT_EQ(lstat(path, &st), 0);
+    ASSERT_TRUE(S_ISDIR(st.st_mode));
+    ASSERT_EQ(st.st_mode & 07777, 0700);
+    ASSERT_TRUE(only_entry(path, name, sizeof name) != NULL);
+    snprintf(path + strlen(path), sizeof path - strlen(path), "/%s", name);
+    ASSERT_EQ(lstat(path, &st), 0);
+    ASSERT_TRUE(S_ISREG(st.st_mode));
+    ASSERT_EQ(st.st_mode & 07777, 0600);
+    ASSERT_EQ(limit(device(0)), 700000);
+    /* Both go at the last shutdown. */
+    NV_OK(nv.nvmlInit_v2());
+    NV_OK(nv.nvmlShutdown());
+    ASSERT_TRUE(only_entry(tmp, name, sizeof name) != NULL);
+    NV_OK(nv.nvmlShutdown());
+    ASSERT_TRUE(only_entry(tmp, name, sizeof name) == NULL);
+
+    /* ... or at exit, without one. */
+    fflush(NULL);
+    pid_t pid = fork();
+    ASSERT_TRUE(pid >= 0);
+    if (pid == 0) exit(nv.nvmlInit_v2() == NVML_SUCCESS && only_entry(tmp, name, sizeof name) ? 0 : 1);
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFEXITED(status));
+    ASSERT_EQ(WEXITSTATUS(status), 0);
+    ASSERT_TRUE(only_entry(tmp, name, sizeof name) == NULL);
+
+    ASSERT_EQ(rmdir(tmp), 0);
+    if (had_tmp) setenv("TMPDIR", old_tmp, 1);
+    else unsetenv("TMPDIR");
+}
+
+TEST(shared_state_file_not_through_a_link) {
+    char target[512], link[512], err[2048];
+    temp_path(target, sizeof target, "target");
+    temp_path(link, sizeof link, "link.state");
+    write_file(target, "precious\n");
+    unlink(link);
+    ASSERT_EQ(symlink(target, link), 0);
+    use("h100-constant-300w.scn", link);
+    NV_EQ(init_capturing_stderr(err, sizeof err), NVML_ERROR_UNKNOWN);
+    ASSERT_CONTAINS(err, "link.state: is a symbolic link, refused");
+    FILE *f = fopen(target, "r");
+    ASSERT_TRUE(f != NULL);
+    char text[64] = "";
+    ASSERT_TRUE(fgets(text, sizeof text, f) != NULL);
+    fclose(f);
+    ASSERT_STR_EQ(text, "precious\n");
+    unlink(link);
+    unlink(target);
+    /* Not a regular file either. */
+    temp_path(target, sizeof target, "fifo.state");
+    unlink(target);
+    ASSERT_EQ(mkfifo(target, 0600), 0);
+    use("h100-constant-300w.scn", target);
+    NV_EQ(init_capturing_stderr(err, sizeof err), NVML_ERROR_UNKNOWN);
+    ASSERT_CONTAINS(err, "fifo.state: not a regular file");
+    unlink(target);
+}
+
 JC_TEST_MAIN(TEST_ENTRY(uninitialized_and_error_strings), TEST_ENTRY(driver_not_loaded), TEST_ENTRY(bad_scenarios),
              TEST_ENTRY(reference_counted_init), TEST_ENTRY(identity_and_limits), TEST_ENTRY(constant_power_fields),
              TEST_ENTRY(constant_energy_counter_steps), TEST_ENTRY(limit_clamps_power),
@@ -828,4 +921,5 @@ JC_TEST_MAIN(TEST_ENTRY(uninitialized_and_error_strings), TEST_ENTRY(driver_not_
              TEST_ENTRY(no_permission), TEST_ENTRY(set_limit_noop), TEST_ENTRY(no_energy_counter),
              TEST_ENTRY(two_gpus), TEST_ENTRY(square_wave_instant_follows_average_lags),
              TEST_ENTRY(segments_and_injected_errors), TEST_ENTRY(injected_delays),
-             TEST_ENTRY(errors_by_call_count), TEST_ENTRY(energy_counter_faults))
+             TEST_ENTRY(errors_by_call_count), TEST_ENTRY(energy_counter_faults), TEST_ENTRY(private_state_file),
+             TEST_ENTRY(shared_state_file_not_through_a_link))
