@@ -118,14 +118,14 @@ struct nvmlDevice_st {
     double energy_latency_ms, energy_latency_jitter_ms;
     int allow_set_limit;
     int set_limit_noop;   /* 1: nvmlDeviceSetPowerManagementLimit succeeds but changes nothing */
-    fake_faults faults;   /* this device's injected errors and delays */
+    fake_faults faults;   /* this device's injected errors (by time and by call count) and delays */
 };
 typedef struct nvmlDevice_st fake_device;
 
 typedef struct fake_scenario {
     char driver_version[NVML_SYSTEM_DRIVER_VERSION_BUFFER_SIZE];
     nvmlReturn_t init_error; /* NVML_SUCCESS: nvmlInit_v2 works */
-    fake_faults faults;      /* errors and delays for every device and for the system functions */
+    fake_faults faults;      /* injected into every device and the system functions */
     unsigned ndevices;
     fake_device devices[FAKE_MAX_DEVICES];
 } fake_scenario;

@@ -913,6 +913,122 @@ TEST(shared_state_file_not_through_a_link) {
     unlink(target);
 }
 
+/* The fault-matrix scenarios parse, and start (t < 500 ms) as their headers say. */
+TEST(fault_scenarios_parse) {
+    static const struct {
+        const char *file;
+        unsigned ndevices;
+        nvmlReturn_t gpu1; /* what nvmlDeviceGetHandleByIndex_v2(1) returns at the start */
+    } scenarios[] = {
+        {"gpu1-lost.scn", 2, NVML_ERROR_GPU_IS_LOST}, {"gpu1-lost-midrun.scn", 2, NVML_SUCCESS},
+        {"counter-fails-midrun.scn", 1, NVML_SUCCESS}, {"counter-backwards.scn", 1, NVML_SUCCESS},
+        {"counter-jump.scn", 1, NVML_SUCCESS},         {"counter-reset.scn", 1, NVML_SUCCESS},
+        {"counter-stuck.scn", 1, NVML_SUCCESS},        {"slow-gpu1.scn", 2, NVML_SUCCESS},
+        {"hung-gpu1.scn", 2, NVML_SUCCESS},            {"limit-noop.scn", 1, NVML_SUCCESS},
+    };
+    for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++) {
+        char err[2048];
+        use(scenarios[i].file, NULL);
+        double t0 = now_ms();
+        nvmlReturn_t r = init_capturing_stderr(err, sizeof err);
+        if (r != NVML_SUCCESS) JC_FAILF("%s: nvmlInit_v2 returned %d: %s", scenarios[i].file, r, err);
+        unsigned n = 0;
+        NV_OK(nv.nvmlDeviceGetCount_v2(&n));
+        ASSERT_EQ(n, scenarios[i].ndevices);
+        nvmlDevice_t d = device(0), d1;
+        ASSERT_EQ(power_usage(d), 300000);
+        ASSERT_TRUE(energy(d) > 0);
+        if (n > 1) NV_EQ(nv.nvmlDeviceGetHandleByIndex_v2(1, &d1), scenarios[i].gpu1);
+        ASSERT_TRUE(now_ms() - t0 < 400);
+        NV_OK(nv.nvmlShutdown());
+    }
+}
+
+/* Sleeps until t0 + ms. */
+static void sleep_until(double t0, double ms) { sleep_ms(ms - (now_ms() - t0)); }
+
+/* Checks, in a child process of its own, that a fault-matrix scenario does what its header says. */
+static void check_fault_scenario(const char *file) {
+    use(file, NULL);
+    double t0 = now_ms();
+    NV_OK(nv.nvmlInit_v2());
+    nvmlDevice_t d = device(0);
+    unsigned mw;
+    unsigned long long mj;
+    if (strcmp(file, "gpu1-lost-midrun.scn") == 0) {
+        nvmlDevice_t b = device(1);
+        ASSERT_EQ(power_usage(b), 300000);
+        sleep_until(t0, 1050);
+        NV_EQ(nv.nvmlDeviceGetPowerUsage(b, &mw), NVML_ERROR_GPU_IS_LOST);
+        NV_EQ(nv.nvmlDeviceGetHandleByIndex_v2(1, &b), NVML_ERROR_GPU_IS_LOST);
+        ASSERT_EQ(power_usage(d), 300000);
+    } else if (strcmp(file, "counter-fails-midrun.scn") == 0) {
+        energy(d);
+        sleep_until(t0, 1050);
+        NV_EQ(nv.nvmlDeviceGetTotalEnergyConsumption(d, &mj), NVML_ERROR_NO_PERMISSION);
+        ASSERT_EQ(power_usage(d), 300000);
+    } else if (strncmp(file, "counter-", 8) == 0) {
+        /* Reads half-way between the 100 ms steps (at 23 + 100 k ms): 950 ms sees the 923 ms step. */
+        sleep_until(t0, 950);
+        unsigned long long before = energy(d);
+        sleep_until(t0, 1150);
+        unsigned long long after = energy(d);
+        sleep_until(t0, 1250);
+        unsigned long long later = energy(d);
+        if (strcmp(file, "counter-backwards.scn") == 0) ASSERT_EQ(after, before + 60000 - 5000000);
+        if (strcmp(file, "counter-jump.scn") == 0) ASSERT_EQ(after, before + 60000 + 1000000000);
+        if (strcmp(file, "counter-reset.scn") == 0) ASSERT_EQ(after, 36900); /* 123 ms at 300 W */
+        if (strcmp(file, "counter-stuck.scn") == 0) ASSERT_TRUE(after == before && later == before);
+        else ASSERT_EQ(later, after + 30000);
+    } else {
+        /* slow-gpu1.scn, hung-gpu1.scn: from 500 ms GPU 1's reads take 1.5 s or 30 s; GPU 0's do not. */
+        nvmlDevice_t b = device(1);
+        sleep_until(t0, 520);
+        timed_call tc = {b, NVML_ERROR_UNKNOWN, 0};
+        pthread_t th;
+        ASSERT_EQ(pthread_create(&th, NULL, power_usage_timed, &tc), 0);
+        for (int i = 0; i < 10; i++) {
+            double a = now_ms();
+            ASSERT_EQ(power_usage(d), 300000);
+            ASSERT_TRUE(now_ms() - a < 50);
+            sleep_ms(100);
+        }
+        if (strcmp(file, "slow-gpu1.scn") == 0) {
+            pthread_join(th, NULL);
+            NV_OK(tc.r);
+            ASSERT_TRUE(tc.took_ms >= 1499 && tc.took_ms < 2500);
+        } else {
+            sleep_until(t0, 2100);
+            ASSERT_EQ(pthread_tryjoin_np(th, NULL), EBUSY); /* still in the call; _exit ends it */
+        }
+    }
+    NV_OK(nv.nvmlShutdown());
+}
+
+/* The fault-matrix scenarios with faults from 500 ms on, all at once (one child each): ~2 s in all. */
+TEST(fault_scenarios_behave) {
+    static const char *files[] = {"gpu1-lost-midrun.scn", "counter-fails-midrun.scn", "counter-backwards.scn",
+                                  "counter-jump.scn",     "counter-reset.scn",        "counter-stuck.scn",
+                                  "slow-gpu1.scn",        "hung-gpu1.scn"};
+    enum { N = sizeof files / sizeof files[0] };
+    pid_t pids[N];
+    fflush(NULL);
+    for (int i = 0; i < N; i++) {
+        pids[i] = fork();
+        ASSERT_TRUE(pids[i] >= 0);
+        if (pids[i] == 0) {
+            check_fault_scenario(files[i]);
+            fflush(NULL);
+            _exit(0);
+        }
+    }
+    for (int i = 0; i < N; i++) {
+        int status = 0;
+        ASSERT_EQ(waitpid(pids[i], &status, 0), pids[i]);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) JC_FAILF("%s: its check failed", files[i]);
+    }
+}
+
 JC_TEST_MAIN(TEST_ENTRY(uninitialized_and_error_strings), TEST_ENTRY(driver_not_loaded), TEST_ENTRY(bad_scenarios),
              TEST_ENTRY(reference_counted_init), TEST_ENTRY(identity_and_limits), TEST_ENTRY(constant_power_fields),
              TEST_ENTRY(constant_energy_counter_steps), TEST_ENTRY(limit_clamps_power),
@@ -922,4 +1038,5 @@ JC_TEST_MAIN(TEST_ENTRY(uninitialized_and_error_strings), TEST_ENTRY(driver_not_
              TEST_ENTRY(two_gpus), TEST_ENTRY(square_wave_instant_follows_average_lags),
              TEST_ENTRY(segments_and_injected_errors), TEST_ENTRY(injected_delays),
              TEST_ENTRY(errors_by_call_count), TEST_ENTRY(energy_counter_faults), TEST_ENTRY(private_state_file),
-             TEST_ENTRY(shared_state_file_not_through_a_link))
+             TEST_ENTRY(shared_state_file_not_through_a_link), TEST_ENTRY(fault_scenarios_parse),
+             TEST_ENTRY(fault_scenarios_behave))
