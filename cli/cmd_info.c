@@ -60,6 +60,8 @@ static void print_text(jc_context *ctx, const char *gpus_sel) {
         else
             printf("  energy:        %s%s%s\n", jc_energy_source_name(info.energy_source),
                    info.energy_note[0] ? " - " : "", info.energy_note);
+        printf("  state:         %s%s%s\n", jc_health_name(info.health), info.health_note[0] ? " - " : "",
+               info.health_note);
         printf("  power:         %s\n", availability(info.power_status, info.power_note, buf, sizeof buf));
         printf("  utilisation:   %s\n", availability(info.util_status, info.util_note, buf, sizeof buf));
         printf("  temperature:   %s\n", availability(info.temp_status, info.temp_note, buf, sizeof buf));
@@ -107,6 +109,10 @@ static void json_device(FILE *f, const jc_device_info *info) {
     jc_json_str(f, jc_energy_source_name(info->energy_source));
     jc_json_key(f, &first, "energy_note");
     jc_json_str(f, info->energy_note);
+    jc_json_key(f, &first, "state");
+    jc_json_str(f, jc_health_name(info->health));
+    jc_json_key(f, &first, "state_note");
+    jc_json_str(f, info->health_note);
     const struct {
         const char *key;
         jc_status st;

@@ -722,13 +722,25 @@ void jc_cli_summary_text(FILE *f, const jc_cli_summary *s) {
         } else
             fprintf(f, " %14s J  %-6s %10s  %s%s(%s)\n", num, label, pw, d->kind == JC_DEVICE_GPU ? d->name : "",
                     d->kind == JC_DEVICE_GPU ? " " : "", jc_energy_source_name(src));
+        double u = s->result.uncertainty_j[i];
+        if (isfinite(u) && u >= 0.0005 && src != JC_SOURCE_ESTIMATE)
+            fprintf(f, " %14s    %-6s %10s  +/- %.3g J (95%%)\n", "", "", "", u);
+        if (s->result.coverage[i] < 1)
+            fprintf(f, " %14s    %-6s %10s  PARTIAL: covers %.1f%% of the time (%s: %s)\n", "", "", "",
+                    100 * s->result.coverage[i], jc_health_name(d->health), d->health_note);
+        else if (s->result.health[i] != JC_HEALTH_OK)
+            fprintf(f, " %14s    %-6s %10s  %s during the run: %s\n", "", "", "",
+                    jc_health_name(s->result.health[i]), d->health_note[0] ? d->health_note : "see joulecap info");
     }
     int nm = 0;
     double t = total_energy(s, &nm);
     if (nm > 1) {
         snprintf(num, sizeof num, "%.*f", fabs(t) < 1 ? 6 : 3, t);
         snprintf(pw, sizeof pw, "%.1f W", avg_power(t, el));
-        fprintf(f, " %14s J  %-6s %10s  average power\n", num, "total", pw);
+        int partial = 0;
+        for (int i = 0; i < s->ndev; i++) partial |= isfinite(s->result.energy_j[i]) && s->result.coverage[i] < 1;
+        fprintf(f, " %14s J  %-6s %10s  average power%s\n", num, "total", pw,
+                partial ? " (PARTIAL: a device above covers only part of the time)" : "");
     }
     if (!s->resolved) fprintf(f, " (not fully resolved: the last samples were late; values are estimates)\n");
     fputc('\n', f);
@@ -799,6 +811,15 @@ void jc_cli_summary_json(FILE *f, const jc_cli_summary *s, const char *extra_key
         snprintf(key, sizeof key, "%s_energy_source", pre);
         jc_json_key(f, &first, key);
         jc_json_str(f, jc_energy_source_name(s->result.source[i]));
+        snprintf(key, sizeof key, "%s_coverage", pre);
+        jc_json_key(f, &first, key);
+        jc_json_num(f, s->result.coverage[i]);
+        snprintf(key, sizeof key, "%s_uncertainty_j", pre);
+        jc_json_key(f, &first, key);
+        jc_json_num(f, s->result.uncertainty_j[i]);
+        snprintf(key, sizeof key, "%s_state", pre);
+        jc_json_key(f, &first, key);
+        jc_json_str(f, jc_health_name(s->result.health[i]));
     }
     jc_json_key(f, &first, "devices");
     fputc('[', f);
@@ -830,6 +851,14 @@ void jc_cli_summary_json(FILE *f, const jc_cli_summary *s, const char *extra_key
         fputs(s->result.source[i] == JC_SOURCE_ESTIMATE ? "true" : "false", f);
         jc_json_key(f, &f2, "energy_note");
         jc_json_str(f, d->energy_note);
+        jc_json_key(f, &f2, "coverage");
+        jc_json_num(f, s->result.coverage[i]);
+        jc_json_key(f, &f2, "uncertainty_j");
+        jc_json_num(f, s->result.uncertainty_j[i]);
+        jc_json_key(f, &f2, "state");
+        jc_json_str(f, jc_health_name(s->result.health[i]));
+        jc_json_key(f, &f2, "state_note");
+        jc_json_str(f, d->health_note);
         fputc('}', f);
     }
     fputc(']', f);

@@ -72,6 +72,7 @@ typedef struct jc__device {
     uint64_t degraded_until_ns; /* a degraded state without new cause returns to ok then */
     int fine;                   /* reader's copy of jc__reader_fine() */
     uint64_t stall_from_ns;     /* stalled since (0: not stalled) */
+    int starved;                /* stalled because no knot came for too long (the reads themselves return) */
     int fail_streak;            /* consecutive failed reads */
     uint64_t fail_since_ns;
     /* reader thread (reader.c); touches only this struct, its sources and ctx->lock */
@@ -190,6 +191,8 @@ void jc__health_set(jc__device *d, jc_health state, uint64_t t, const char *fmt,
 void jc__health_degrade(jc__device *d, uint64_t t, const char *fmt, ...) JC__PRINTF(3, 4);
 /* The device answered again after a stall or failing reads (lock held). */
 void jc__health_recovered(jc__device *d, uint64_t t);
+/* A knot was committed: ends a stall that was only the lack of knots (lock held). */
+void jc__health_knot(jc__device *d, uint64_t t);
 /* The worst state of the device over [t0, t1] (t0 == t1: the state at that instant), from its changes. */
 jc_health jc__health_worst(const jc__device *d, uint64_t t0, uint64_t t1);
 

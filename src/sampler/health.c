@@ -49,12 +49,18 @@ void jc__health_degrade(jc__device *d, uint64_t t, const char *fmt, ...) {
 }
 
 void jc__health_recovered(jc__device *d, uint64_t t) {
-    if (d->info.health != JC_HEALTH_STALLED) return;
+    if (d->info.health != JC_HEALTH_STALLED || d->starved) return;
     d->stall_from_ns = 0;
     if (d->degraded)
         set_text(d, JC_HEALTH_DEGRADED, t, d->degraded_why);
     else
         set_text(d, JC_HEALTH_OK, t, "");
+}
+
+void jc__health_knot(jc__device *d, uint64_t t) {
+    if (!d->starved) return;
+    d->starved = 0;
+    if (!d->read_since_ns && !d->fail_streak) jc__health_recovered(d, t);
 }
 
 jc_status jc_device_health(jc_context *ctx, int device, jc_health_event *out, size_t max, size_t *count) {

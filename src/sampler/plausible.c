@@ -38,6 +38,7 @@ static void push(jc__device *d, uint64_t t, unsigned long long mj) {
     double e = (double)mj * 1e-3 + c->offset_j;
     jc__ring_push(&d->knots, t, e);
     d->knot_sigma_ns = c->jitter_ns;
+    jc__health_knot(d, t);
     c->good_mj = mj;
     c->good_ns = t;
     c->suspect = 0;

@@ -125,6 +125,7 @@ static void commit_knot(jc__device *d, uint64_t t, double e) {
     pthread_mutex_lock(&d->ctx->lock);
     jc__ring_push(&d->knots, t, e);
     read_ok(d, t);
+    jc__health_knot(d, t);
     pthread_cond_broadcast(&d->ctx->data_cv);
     pthread_mutex_unlock(&d->ctx->lock);
 }
@@ -289,6 +290,7 @@ static void cpu_sample(jc__device *d, uint64_t now) {
             jc__ring_push(&d->knots, t, e);
             d->latest.t_ns = t;
             read_ok(d, t);
+            jc__health_knot(d, t);
             pthread_cond_broadcast(&ctx->data_cv);
             pthread_mutex_unlock(&ctx->lock);
             if (ctx->have_procstat && t - d->rapl_changed_ns >= RAPL_STUCK_NS) rapl_stuck(d, t);

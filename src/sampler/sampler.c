@@ -20,6 +20,17 @@ static void watch_devices(jc_context *ctx, uint64_t now) {
             jc__health_set(d, JC_HEALTH_STALLED, d->read_since_ns, "a read has not returned for %.1f s",
                            jc__s(now - d->read_since_ns));
         }
+        /* Reads that return but bring no new knot (a counter that stopped moving) starve the windows alike. */
+        const jc__point *last = jc__ring_last(&d->knots);
+        double period = ctx->opts.counter_interval_s > 1.0 ? ctx->opts.counter_interval_s : 1.0;
+        uint64_t allowed = ctx->stall_ns + (uint64_t)((period + 0.2) * 1e9);
+        if (last && !d->dead && !d->stall_from_ns && d->info.energy_source != JC_SOURCE_NONE &&
+            now > last->t_ns + allowed) {
+            d->stall_from_ns = last->t_ns;
+            d->starved = 1;
+            jc__health_set(d, JC_HEALTH_STALLED, last->t_ns, "no new energy sample for %.1f s",
+                           jc__s(now - last->t_ns));
+        }
         if (d->degraded && now >= d->degraded_until_ns) {
             d->degraded = 0;
             d->degraded_why[0] = '\0';

@@ -60,7 +60,10 @@ static void list_gpus(char *buf, size_t len, const jc__gpu_ident *gpus, const in
     }
 }
 
+/* PCI order; a GPU NVML could not identify (no bus id) comes last, so that it renumbers no healthy GPU. */
 static int cmp_pci(const jc__gpu_ident *gpus, int a, int b) {
+    int ua = !gpus[a].pci_bus_id[0], ub = !gpus[b].pci_bus_id[0];
+    if (ua != ub) return ua - ub;
     int c = strcasecmp(gpus[a].pci_bus_id, gpus[b].pci_bus_id);
     return c ? c : (a - b);
 }
@@ -86,7 +89,7 @@ jc_status jc__gpu_select(const jc__gpu_ident *gpus, int n, const char *cuda_visi
     int pci_order = order_env && strcmp(order_env, "PCI_BUS_ID") == 0;
     if (!pci_order) {
         for (int i = 1; i < n; i++) {
-            if (strcmp(gpus[base[i]].name, gpus[0].name) != 0) {
+            if (gpus[base[i]].pci_bus_id[0] && strcmp(gpus[base[i]].name, gpus[base[0]].name) != 0) {
                 jc__fmt(note, notelen, "GPUs of different models and CUDA_DEVICE_ORDER is not PCI_BUS_ID: "
                         "CUDA numbers the fastest first, joulecap assumes PCI order; set "
                         "CUDA_DEVICE_ORDER=PCI_BUS_ID or select GPUs by UUID");

@@ -12,7 +12,7 @@ import pytest
 
 from joulecap import AsynchronousMeasurementTool
 
-UNIT_SUFFIXES = ("_s", "_kwh", "_pct", "_c", "_w", "_source")
+UNIT_SUFFIXES = ("_s", "_kwh", "_pct", "_c", "_w", "_source", "_state")
 
 
 def read_rows(path):
@@ -42,6 +42,8 @@ def test_rows_are_written_while_running(fake, tmp_path):
         "gpu0_power_w",
         "cpu_energy_source",
         "gpu0_energy_source",
+        "cpu_state",
+        "gpu0_state",
     ]
     assert all(c.endswith(UNIT_SUFFIXES) for c in rows[0])
     assert len(rows) - 1 >= 4

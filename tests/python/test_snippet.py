@@ -186,7 +186,7 @@ def test_cpu_only_and_no_file(fake):
     r = tool.stop()
     assert r.gpu_energy_j == {} and r.total_gpu_energy_j == 0.0
     assert r.sources == {"cpu": "rapl"}
-    assert r.cpu_energy_j == 0.0  # the fake RAPL counters stand still
+    assert r.cpu_energy_j > 0  # the fake RAPL counters move (conftest.RaplDriver)
     tool.close()
 
 
