@@ -53,8 +53,11 @@ typedef struct pending {
     double elapsed_s;
     int resolved;
     int ndev;
-    double *energy_j;          /* ndev values, in the same allocation */
-    jc_energy_source *source;  /* ndev values, in the same allocation */
+    double *energy_j;          /* ndev values each, in the same allocation */
+    double *coverage;
+    double *uncertainty_j;
+    jc_energy_source *source;
+    jc_health *health;
     char *name;
     struct pending *next;
 } pending;
@@ -62,11 +65,15 @@ typedef struct pending {
 static pending *pending_new(int ndev) {
     if (ndev < 1) ndev = 1;
     if (ndev > JC_MAX_DEVICES) ndev = JC_MAX_DEVICES;
-    pending *p = calloc(1, sizeof *p + (size_t)ndev * (sizeof(double) + sizeof(jc_energy_source)));
+    pending *p = calloc(1, sizeof *p + (size_t)ndev * (3 * sizeof(double) + sizeof(jc_energy_source) +
+                                                       sizeof(jc_health)));
     if (!p) return NULL;
     p->ndev = ndev;
     p->energy_j = (double *)(p + 1);
-    p->source = (jc_energy_source *)(p->energy_j + ndev);
+    p->coverage = p->energy_j + ndev;
+    p->uncertainty_j = p->coverage + ndev;
+    p->source = (jc_energy_source *)(p->uncertainty_j + ndev);
+    p->health = (jc_health *)(p->source + ndev);
     return p;
 }
 
@@ -80,7 +87,10 @@ static void pending_set(pending *p, const jc_window_result *r, jc_status st) {
     if (n < 0) n = 0;
     for (int i = 0; i < p->ndev; i++) {
         p->energy_j[i] = i < n ? r->energy_j[i] : NAN;
+        p->coverage[i] = i < n ? r->coverage[i] : 0.0;
+        p->uncertainty_j[i] = i < n ? r->uncertainty_j[i] : NAN;
         p->source[i] = i < n ? r->source[i] : JC_SOURCE_NONE;
+        p->health[i] = i < n ? r->health[i] : JC_HEALTH_OK;
     }
     if (st != JC_OK && st != JC_ERR_TIMEOUT) p->ndev = n;
 }
@@ -130,7 +140,12 @@ static int winlog_write_header(winlog *L) {
     for (int i = 1; i < L->ndev; i++) fprintf(f, ",gpu%d_energy_kwh", L->gpu_index[i]);
     fputs(",cpu_energy_source", f);
     for (int i = 1; i < L->ndev; i++) fprintf(f, ",gpu%d_energy_source", L->gpu_index[i]);
-    fputs(",window,start_s\n", f);
+    fputs(",window,start_s", f);
+    fputs(",cpu_coverage", f);
+    for (int i = 1; i < L->ndev; i++) fprintf(f, ",gpu%d_coverage", L->gpu_index[i]);
+    fputs(",cpu_state", f);
+    for (int i = 1; i < L->ndev; i++) fprintf(f, ",gpu%d_state", L->gpu_index[i]);
+    fputc('\n', f);
     return fflush(f) == 0 ? 0 : errno;
 }
 
@@ -146,7 +161,11 @@ static void winlog_write_row(winlog *L, const pending *p) {
         fprintf(f, ",%s", jc_energy_source_name(i < p->ndev ? p->source[i] : JC_SOURCE_NONE));
     fputc(',', f);
     csv_cell_text(f, p->name);
-    fprintf(f, ",%.6f\n", p->start_ns >= L->epoch_ns ? (double)(p->start_ns - L->epoch_ns) * 1e-9 : 0.0);
+    fprintf(f, ",%.6f", p->start_ns >= L->epoch_ns ? (double)(p->start_ns - L->epoch_ns) * 1e-9 : 0.0);
+    /* A value that covers only part of its window says so (coverage < 1) and why (the state). */
+    for (int i = 0; i < L->ndev; i++) fprintf(f, ",%.4g", i < p->ndev ? p->coverage[i] : 0.0);
+    for (int i = 0; i < L->ndev; i++) fprintf(f, ",%s", jc_health_name(i < p->ndev ? p->health[i] : JC_HEALTH_OK));
+    fputc('\n', f);
     if (ferror(f) && !L->write_error) L->write_error = errno ? errno : EIO;
 }
 
@@ -463,7 +482,9 @@ static PyObject *device_dict(const jc_device_info *i) {
         set_item(d, "enforced_limit_w", PyFloat_FromDouble(i->enforced_limit_mw * 1e-3)) ||
         set_item(d, "default_limit_w", PyFloat_FromDouble(i->default_limit_mw * 1e-3)) ||
         set_item(d, "min_limit_w", PyFloat_FromDouble(i->min_limit_mw * 1e-3)) ||
-        set_item(d, "max_limit_w", PyFloat_FromDouble(i->max_limit_mw * 1e-3))) {
+        set_item(d, "max_limit_w", PyFloat_FromDouble(i->max_limit_mw * 1e-3)) ||
+        set_item(d, "state", PyUnicode_FromString(jc_health_name(i->health))) ||
+        set_item(d, "state_note", PyUnicode_DecodeUTF8(i->health_note, (Py_ssize_t)strlen(i->health_note), "replace"))) {
         Py_DECREF(d);
         return NULL;
     }
@@ -635,37 +656,49 @@ static PyObject *Context_stop_pending(ContextObject *self, PyObject *arg) {
     return (PyObject *)po;
 }
 
-static PyObject *result_dict_of(uint64_t start_ns, uint64_t stop_ns, double elapsed_s, int n, const double *energy_j,
-                                const jc_energy_source *source, int resolved) {
-    if (n < 0) n = 0;
-    if (n > JC_MAX_DEVICES) n = JC_MAX_DEVICES;
-    PyObject *e = PyList_New(n), *s = PyList_New(n);
-    if (!e || !s) {
+/* The per-device values of a window, as lists. */
+typedef struct result_view {
+    uint64_t start_ns, stop_ns;
+    double elapsed_s;
+    int n, resolved;
+    const double *energy_j, *coverage, *uncertainty_j;
+    const jc_energy_source *source;
+    const jc_health *health;
+} result_view;
+
+static PyObject *result_dict_of(const result_view *r) {
+    int n = r->n < 0 ? 0 : r->n > JC_MAX_DEVICES ? JC_MAX_DEVICES : r->n;
+    PyObject *e = PyList_New(n), *s = PyList_New(n), *c = PyList_New(n), *u = PyList_New(n), *h = PyList_New(n);
+    int ok = e && s && c && u && h;
+    for (int i = 0; ok && i < n; i++) {
+        PyObject *items[5] = {PyFloat_FromDouble(r->energy_j[i]),
+                              PyUnicode_FromString(jc_energy_source_name(r->source[i])),
+                              PyFloat_FromDouble(r->coverage[i]), PyFloat_FromDouble(r->uncertainty_j[i]),
+                              PyUnicode_FromString(jc_health_name(r->health[i]))};
+        PyObject *lists[5] = {e, s, c, u, h};
+        for (int k = 0; k < 5; k++) {
+            if (items[k]) PyList_SET_ITEM(lists[k], i, items[k]);
+            else ok = 0;
+        }
+    }
+    if (!ok) {
         Py_XDECREF(e);
         Py_XDECREF(s);
+        Py_XDECREF(c);
+        Py_XDECREF(u);
+        Py_XDECREF(h);
         return NULL;
     }
-    for (int i = 0; i < n; i++) {
-        PyObject *v = PyFloat_FromDouble(energy_j[i]);
-        PyObject *name = PyUnicode_FromString(jc_energy_source_name(source[i]));
-        if (!v || !name) {
-            Py_XDECREF(v);
-            Py_XDECREF(name);
-            Py_DECREF(e);
-            Py_DECREF(s);
-            return NULL;
-        }
-        PyList_SET_ITEM(e, i, v);
-        PyList_SET_ITEM(s, i, name);
-    }
-    return Py_BuildValue("{s:K,s:K,s:d,s:N,s:N,s:O}", "start_ns", (unsigned long long)start_ns, "stop_ns",
-                         (unsigned long long)stop_ns, "elapsed_s", elapsed_s, "energy_j", e, "source", s,
-                         "resolved", resolved ? Py_True : Py_False);
+    return Py_BuildValue("{s:K,s:K,s:d,s:N,s:N,s:N,s:N,s:N,s:O}", "start_ns", (unsigned long long)r->start_ns,
+                         "stop_ns", (unsigned long long)r->stop_ns, "elapsed_s", r->elapsed_s, "energy_j", e,
+                         "source", s, "coverage", c, "uncertainty_j", u, "state", h, "resolved",
+                         r->resolved ? Py_True : Py_False);
 }
 
 static PyObject *result_dict(const jc_window_result *r, int ok) {
-    return result_dict_of(r->start_ns, r->stop_ns, r->elapsed_s, r->device_count, r->energy_j, r->source,
-                          ok && r->resolved);
+    result_view v = {r->start_ns, r->stop_ns, r->elapsed_s, r->device_count, ok && r->resolved, r->energy_j,
+                     r->coverage, r->uncertainty_j, r->source, r->health};
+    return result_dict_of(&v);
 }
 
 static int check_timeout(double timeout) {
@@ -779,6 +812,31 @@ static PyObject *Context_csv_sync(ContextObject *self, PyObject *Py_UNUSED(ignor
     Py_RETURN_NONE;
 }
 
+/* csv_status() -> rows written; raises the sampler CSV's write error (the file, the errno text, the rows kept). */
+static PyObject *Context_csv_status(ContextObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (!check_open(self)) return NULL;
+    uint64_t rows = 0;
+    jc_status st = jc_csv_status(self->ctx, &rows);
+    if (st != JC_OK) return raise_status(st, jc_last_detail(), "csv_status");
+    return PyLong_FromUnsignedLongLong(rows);
+}
+
+/* csv_close() -> rows written: the last row, the file closed; raises the sink's error. */
+static PyObject *Context_csv_close(ContextObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (!check_open(self)) return NULL;
+    jc_status st;
+    uint64_t rows = 0;
+    char detail[1024] = "";
+    self->busy++;
+    Py_BEGIN_ALLOW_THREADS
+    st = jc_csv_close(self->ctx, &rows);
+    if (st != JC_OK) snprintf(detail, sizeof detail, "%s", jc_last_detail());
+    Py_END_ALLOW_THREADS
+    self->busy--;
+    if (st != JC_OK) return raise_status(st, detail, "csv_close");
+    return PyLong_FromUnsignedLongLong(rows);
+}
+
 /* flush(timeout=None) -> bool: waits until every stopped window has been resolved and written. */
 static PyObject *Context_flush(ContextObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"timeout", NULL};
@@ -859,6 +917,11 @@ static PyMethodDef Context_methods[] = {
     {"sync", (PyCFunction)(void (*)(void))Context_sync, METH_VARARGS | METH_KEYWORDS,
      "sync(t_ns=now, timeout=10.0)\n--\n\nWaits until the sampler has taken a sample after t_ns."},
     {"csv_sync", (PyCFunction)Context_csv_sync, METH_NOARGS, "csv_sync()\n--\n\nFlushes and fsyncs the sampler CSV."},
+    {"csv_status", (PyCFunction)Context_csv_status, METH_NOARGS,
+     "csv_status()\n--\n\nRows of the sampler CSV written so far; raises the sink's write error."},
+    {"csv_close", (PyCFunction)Context_csv_close, METH_NOARGS,
+     "csv_close()\n--\n\nWrites the last row and closes the sampler CSV; returns the rows written, raises the "
+     "sink's write error."},
     {"flush", (PyCFunction)(void (*)(void))Context_flush, METH_VARARGS | METH_KEYWORDS,
      "flush(timeout=None)\n--\n\nWaits until every stopped window is resolved and its row written; returns True "
      "when none is left."},
@@ -961,7 +1024,9 @@ static PyObject *Pending_wait(PendingObject *self, PyObject *args, PyObject *kwd
                  p->status == JC_ERR_STATE ? ": its context was closed before the window was handed over" : "");
         return raise_status(p->status, msg, "result");
     }
-    return result_dict_of(p->start_ns, p->stop_ns, p->elapsed_s, p->ndev, p->energy_j, p->source, p->resolved);
+    result_view v = {p->start_ns, p->stop_ns, p->elapsed_s, p->ndev, p->resolved, p->energy_j,
+                     p->coverage, p->uncertainty_j, p->source, p->health};
+    return result_dict_of(&v);
 }
 
 static PyMethodDef Pending_methods[] = {

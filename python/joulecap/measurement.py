@@ -171,7 +171,9 @@ class _Devices:
     def csv_columns(self) -> List[str]:
         cols = ["elapsed_s", "cpu_energy_kwh"] + ["gpu%d_energy_kwh" % g for g in self.gpu_indices]
         cols += ["cpu_energy_source"] + ["gpu%d_energy_source" % g for g in self.gpu_indices]
-        return cols + ["window", "start_s"]
+        cols += ["window", "start_s"]
+        cols += ["cpu_coverage"] + ["gpu%d_coverage" % g for g in self.gpu_indices]
+        return cols + ["cpu_state"] + ["gpu%d_state" % g for g in self.gpu_indices]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -187,9 +189,10 @@ class Measurement:
 
     Values: ``elapsed_s``; ``cpu_energy_j`` / ``cpu_energy_kwh``; ``gpu_energy_j`` / ``gpu_energy_kwh`` (dicts
     keyed by CUDA device number); ``total_gpu_energy_j``, ``total_energy_j``; ``sources`` (``{"cpu": "rapl",
-    "gpu0": "counter"}``); ``estimates`` (device label -> why its value is an estimate or missing);
-    ``is_estimate``; ``resolved`` (False when the samples around an edge did not arrive in time).  NaN stands
-    for a value that cannot be measured here (see ``estimates``).
+    "gpu0": "counter"}``); ``estimates`` (device label -> why its value is an estimate, partial or missing);
+    ``is_estimate``; ``coverage`` (share of the window each value covers: 1.0 whole); ``uncertainty_j`` (95%
+    half-width); ``states`` (worst device health in the window); ``resolved`` (False when the samples around an
+    edge did not arrive in time).  NaN stands for a value that cannot be measured here (see ``estimates``).
     """
 
     __slots__ = ("name", "_pending", "_devices", "_data")
@@ -286,10 +289,33 @@ class Measurement:
                 out[label] = note or _ESTIMATED_SOURCES[src]
             elif src == "none":
                 out[label] = "not measured: " + (note or "no energy source")
+        for label, src, cov, state, info in zip(
+            self._devices.labels, d["source"], d["coverage"], d["state"], self._devices.info
+        ):
+            if src != "none" and cov < 1:
+                out.setdefault(label, "partial: covers %.1f%% of the window (%s: %s)" % (
+                    100 * cov, state, info.get("state_note", "") or "see devices"))
         if not d["resolved"]:
             for label in self._devices.labels:
                 out.setdefault(label, "partial: the samples around the window's end did not arrive in time")
         return out
+
+    @property
+    def coverage(self) -> Dict[str, float]:
+        """Share of the window each device's value covers: 1.0 whole; below 1 the device stalled or was lost
+        inside the window and its value is the energy up to its last sample; 0.0 nothing (NaN value)."""
+        return dict(zip(self._devices.labels, self._get()["coverage"]))
+
+    @property
+    def uncertainty_j(self) -> Dict[str, float]:
+        """Half-width (J) of a 95% interval around each device's energy, from where the counter's steps fall
+        against the window's edges."""
+        return dict(zip(self._devices.labels, self._get()["uncertainty_j"]))
+
+    @property
+    def states(self) -> Dict[str, str]:
+        """The worst health of each device during the window: ok, degraded, stalled or lost."""
+        return dict(zip(self._devices.labels, self._get()["state"]))
 
     @property
     def is_estimate(self) -> bool:
@@ -310,6 +336,9 @@ class Measurement:
             "total_energy_j": self.total_energy_j,
             "sources": self.sources,
             "estimates": self.estimates,
+            "coverage": self.coverage,
+            "uncertainty_j": self.uncertainty_j,
+            "states": self.states,
             "resolved": self.resolved,
         }
 
@@ -323,6 +352,10 @@ class Measurement:
             row["%s_energy_source" % label] = src
         row["window"] = self.name
         row["start_s"] = self.start_s
+        for label, cov in zip(self._devices.labels, d["coverage"]):
+            row["%s_coverage" % label] = cov
+        for label, state in zip(self._devices.labels, d["state"]):
+            row["%s_state" % label] = state
         return row
 
     def to_pandas(self):
@@ -575,8 +608,11 @@ class AsynchronousMeasurementTool:
 
     Columns (one header row, units in the names): ``elapsed_s, cpu_energy_kwh, cpu_util_pct, cpu_temp_c``, then
     per GPU g (CUDA number) ``gpu{g}_energy_kwh, gpu{g}_util_pct, gpu{g}_temp_c, gpu{g}_power_w``, then
-    ``cpu_energy_source`` and ``gpu{g}_energy_source``.  Energies are since ``start()``, in kWh; GPU power is
-    the instant power (W); empty cells where a value cannot be read.
+    ``cpu_energy_source`` and ``gpu{g}_energy_source``, then ``cpu_state`` and ``gpu{g}_state`` (``ok``,
+    ``degraded``, ``stalled``, ``lost``: see :meth:`EnergyMeasurementTool.devices`).  Energies are since
+    ``start()``, in kWh; GPU power is the instant power (W); empty cells where a value cannot be read or is not
+    whole (a stalled or lost device).  A write error (a full disk) stops the file on its last whole row and is
+    raised by the next ``latest()``, ``stop()`` or ``close()``.
 
     ``counter_interval`` (seconds, default 0): as for :class:`EnergyMeasurementTool`; with rows a second or more
     apart, ``counter_interval=1`` keeps the sampler under 1% of a CPU core.
@@ -632,27 +668,31 @@ class AsynchronousMeasurementTool:
             self.interval = v
             self._used = True
 
-    def stop(self) -> None:
-        """Writes the last row, flushes and closes the file."""
+    def stop(self) -> int:
+        """Writes the last row and closes the file; returns the rows written.  Raises the write error (a full
+        disk, say) if rows could not be written: the file then ends on its last whole row."""
         with self._lock:
             ctx, self._ctx = self._ctx, None
         if ctx is None:
             raise StateError("stop() called, but the asynchronous tool is not running: call start(interval) first")
-        ctx.close()
+        return _close_sink(ctx)
 
     def latest(self) -> Dict[str, Dict[str, float]]:
-        """The newest readings per device label (``{"cpu": {...}, "gpu0": {...}}``) while running."""
+        """The newest readings per device label (``{"cpu": {...}, "gpu0": {...}}``) while running.  Raises the
+        CSV's write error as soon as there is one."""
         ctx = self._ctx
         if ctx is None:
             raise StateError("the asynchronous tool is not running: call start(interval) first")
+        ctx.csv_status()
         labels = ["cpu"] + ["gpu%d" % g for g in self._gpu_indices]
         return {label: ctx.read_latest(i) for i, label in enumerate(labels)}
 
     def close(self) -> None:
+        """Stops if running (raising the CSV's write error, as stop() does)."""
         with self._lock:
             ctx, self._ctx = self._ctx, None
         if ctx is not None:
-            ctx.close()
+            _close_sink(ctx)
 
     def read(self):
         """The CSV as a pandas DataFrame."""
@@ -673,6 +713,14 @@ class AsynchronousMeasurementTool:
             self._gpu_indices,
             " running" if self.running else "",
         )
+
+
+def _close_sink(ctx: Any) -> int:
+    """Closes a context's sampler CSV, then the context, and raises the sink's error if it had one."""
+    try:
+        return ctx.csv_close()
+    finally:
+        ctx.close()
 
 
 # The layer-wise tool lives in its own module (it builds on the helpers above); exported here as in the seed.
