@@ -218,7 +218,7 @@ void jc__counter_refine(jc__device *d, uint64_t now);
 /* plausible.c: checks a raw counter reading and commits its knot; returns 0 when rejected. */
 int jc__counter_commit(jc__device *d, uint64_t t, unsigned long long mj);
 
-/* coordinator (sampler.c) */
+/* coordinator.c: the context's own thread (stalls, windows, CSV rows) */
 jc_status jc__coordinator_start(jc_context *ctx);
 void jc__coordinator_stop(jc_context *ctx);
 

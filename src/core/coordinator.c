@@ -6,7 +6,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "../core/context.h"
+#include "context.h"
 
 #define NS 1000000000ull
 #define TICK_NS 20000000ull /* the coordinator's longest sleep */
