@@ -92,6 +92,10 @@ typedef struct jc_options {
     const char *csv_path;
     /* Row period of the CSV sink. 0 = interval_s. Must be >= interval_s. */
     double csv_interval_s;
+    /* Optional window CSV: a row per window handed over with jc_window_finish(), written as soon as its values
+     * are known (about one counter step after its end), in the order the windows were finished.  "-" =
+     * standard output.  NULL = none.  Columns under "Window CSV" below. */
+    const char *window_csv_path;
     unsigned flags;        /* jc_flags */
     /* Knots (counter steps, RAPL reads) kept per device: 16 bytes each, so the default 65536 bounds the
      * history at 1 MiB per device (~1.8 h of 100 ms steps; RAPL at 100 Hz: ~11 min).  A window's edges are
@@ -228,6 +232,15 @@ JC_API jc_status jc_window_start_at(jc_context *ctx, const char *name, uint64_t 
 /* [any thread] Closes a window now.  Returns at once; the result resolves in the background. */
 JC_API jc_status jc_window_stop(jc_context *ctx, jc_window w);
 JC_API jc_status jc_window_stop_at(jc_context *ctx, jc_window w, uint64_t t_ns);
+/* [any thread] Stops a window at t_ns and hands it to the window CSV (when the context has one): its row is
+ * written once its values are known, in the order of jc_window_finish() calls.  The window stays the caller's
+ * until jc_window_release(), which may come at once (the row is still written).  For such a window
+ * jc_window_result_get() returns once its row is written, unless the window CSV failed. */
+JC_API jc_status jc_window_finish(jc_context *ctx, jc_window w, uint64_t t_ns);
+/* [any thread] Waits up to timeout_s until the row of every finished window is written.  JC_ERR_TIMEOUT when
+ * some are not (*pending gets how many, may be NULL), the window CSV's write error if it failed, JC_ERR_STATE
+ * when the context has no window CSV. */
+JC_API jc_status jc_window_csv_flush(jc_context *ctx, double timeout_s, size_t *pending);
 /* [any thread] Waits up to timeout_s for the samples covering the window and fills the result
  * (JC_ERR_TIMEOUT when they have not arrived; the result then holds the best estimate so far, resolved=0).
  * The window is kept until jc_window_release(). */
@@ -253,6 +266,13 @@ JC_API jc_status jc_sync(jc_context *ctx, uint64_t t_ns, double timeout_s);
  * Rows are written by a thread of their own, each with one write() of whole lines.  A write error stops the
  * sink: the file is cut back to its last whole row and the error is kept for jc_csv_status().
  * ------------------------------------------------------------------------------------------------------- */
+
+/* Window CSV columns (jc_options.window_csv_path), the seed's snippet CSV:
+ *   elapsed_s, cpu_energy_kwh, gpu{g}_energy_kwh..., cpu_energy_source, gpu{g}_energy_source..., window (the
+ *   name, quoted when needed), start_s (since the context opened), cpu_coverage, gpu{g}_coverage... (share of
+ *   the window the value covers), cpu_state, gpu{g}_state... (worst health in the window).
+ * Written like the CSV sink: a thread of its own, whole lines, cut back to the last whole row on an error,
+ * which jc_window_csv_flush() returns. */
 
 /* Waits for the rows resolved so far to be written, then fsyncs (not for standard output).  Returns the sink's
  * error if it has one. */
