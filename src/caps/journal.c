@@ -54,7 +54,7 @@ static int usable_dir(const char *path) {
 jc_status jc__cap_dir(const jc_cap_options *opts, char *buf, size_t len) {
     const char *explicit_dir = opts && opts->state_dir && *opts->state_dir ? opts->state_dir : NULL;
     if (!explicit_dir) {
-        const char *env = getenv("JOULECAP_STATE_DIR");
+        const char *env = secure_getenv("JOULECAP_STATE_DIR");
         if (env && *env) explicit_dir = env;
     }
     if (explicit_dir) {
@@ -65,7 +65,7 @@ jc_status jc__cap_dir(const jc_cap_options *opts, char *buf, size_t len) {
         jc__fmt(buf, len, "/var/lib/joulecap");
         return JC_OK;
     }
-    const char *xdg = getenv("XDG_RUNTIME_DIR");
+    const char *xdg = secure_getenv("XDG_RUNTIME_DIR");
     if (xdg && *xdg && usable_dir(xdg)) {
         jc__fmt(buf, len, "%s/joulecap", xdg);
         return mkdir_p(buf, 0700);

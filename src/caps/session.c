@@ -81,7 +81,7 @@ static void guardian_wait(int sock, int pid, int timeout_ms) {
 static jc_status spawn_guardian(jc_cap_session *s, const jc_cap_options *o) {
     const char *path = o->guardian_path, *how = "jc_cap_options.guardian_path";
     if (!path || !*path) {
-        path = getenv("JOULECAP_CLI");
+        path = secure_getenv("JOULECAP_CLI");
         how = "JOULECAP_CLI";
     }
     char self[1024];
