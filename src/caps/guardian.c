@@ -58,8 +58,10 @@ static int restore_owned(const char *dir, int owner, unsigned long long start) {
         int exists = 0;
         if (!jc__cap_name_ok(stems[k])) continue;
         if (jc__journal_read(dir, stems[k], &j, &exists) != JC_OK) {
-            /* Damaged: whose it is cannot be known; it is kept for 'joulecap cap restore' to report. */
-            fprintf(stderr, "joulecap cap guardian (owner pid %d): %s\n", owner, jc_last_detail());
+            /* Damaged: whose it is cannot be known; kept for 'joulecap cap restore'.  Said when the owner
+             * died (at a normal close the owner has put its own GPUs back). */
+            if (!jc__proc_alive(owner, start))
+                fprintf(stderr, "joulecap cap guardian (owner pid %d): %s\n", owner, jc_last_detail());
             continue;
         }
         if (exists && ours(&j, owner, start, me)) jc__fmt(uuids[n++], sizeof uuids[0], "%s", j.uuid);
@@ -109,8 +111,9 @@ static int restore_owned(const char *dir, int owner, unsigned long long start) {
             jc__cap_unlock(fd);
         }
         if (st != JC_OK) {
-            fprintf(stderr, "joulecap cap guardian (owner pid %d): could not restore %s: %s; run 'joulecap cap "
-                    "restore'\n", owner, uuids[k], jc_last_detail());
+            const char *d = jc_last_detail();
+            fprintf(stderr, "joulecap cap guardian (owner pid %d): %s: %s%s\n", owner, uuids[k], d,
+                    strstr(d, "joulecap cap restore") ? "" : "; run 'joulecap cap restore'");
             failed++;
         }
     }
