@@ -25,6 +25,7 @@ JC_NVML_FUNCTIONS(FAKE__DECLARE)
 #define FAKE_FUNC_LEN 64
 #define FAKE_MSG_LEN 512
 #define FAKE_MAX_SWEEP 64 /* distinct caps of a sweep */
+#define FAKE_MAX_COUNTER_FAULTS 16 /* of each kind, per device */
 
 /* An injected error: calls of functions matching func (an fnmatch pattern) return code while the fake GPU's
  * time t (ms) lies in [from_ms, to_ms). */
@@ -33,6 +34,44 @@ typedef struct fake_error {
     double from_ms, to_ms;
     nvmlReturn_t code;
 } fake_error;
+
+/* An injected delay: calls of functions matching func that start while t lies in [from_ms, to_ms) sleep
+ * delay_ms (outside the library's lock) before doing their work: a slow or hung GPU. */
+typedef struct fake_delay {
+    char func[FAKE_FUNC_LEN];
+    double from_ms, to_ms, delay_ms;
+} fake_delay;
+
+/* An injected error by call count: the n-th call (1-based) matching func and the count - 1 after it return
+ * code (count FAKE_COUNT_END: every later one).  Each entry counts its own calls, in this process since
+ * nvmlInit_v2: a device's entry the calls about that device, a global one the calls of every device and the
+ * system functions.  The counts are the library's (fakenvml.c), not the scenario's. */
+typedef struct fake_error_call {
+    char func[FAKE_FUNC_LEN];
+    unsigned long long n, count;
+    nvmlReturn_t code;
+} fake_error_call;
+#define FAKE_COUNT_END (~0ull)
+
+/* What one section of the scenario (the global part or a device) injects into the calls it covers. */
+typedef struct fake_faults {
+    int nerrors;
+    fake_error errors[FAKE_MAX_ERRORS];
+    int ndelays;
+    fake_delay delays[FAKE_MAX_ERRORS];
+    int nerror_calls;
+    fake_error_call error_calls[FAKE_MAX_ERRORS];
+} fake_faults;
+
+/* Energy counter faults: from at_ms on the counter reads delta_mj more (or less). */
+typedef struct fake_counter_jump {
+    double at_ms;
+    long long delta_mj;
+} fake_counter_jump;
+
+typedef struct fake_window {
+    double from_ms, to_ms;
+} fake_window;
 
 /* Between from_ms and to_ms the load is `load` instead of the base schedule. */
 typedef struct fake_segment {
@@ -68,20 +107,25 @@ struct nvmlDevice_st {
     double burst_factor;
     int energy_counter;   /* 0: nvmlDeviceGetTotalEnergyConsumption is not supported */
     unsigned long long energy_initial_mj;
+    /* Counter faults (model.c, fake_counter_at): jumps, restarts from 0 at the reset times, and windows in
+     * which the counter holds the value it had at their start (sorted by from_ms, not overlapping). */
+    int njumps, nresets, nstuck;
+    fake_counter_jump jumps[FAKE_MAX_COUNTER_FAULTS];
+    double reset_ms[FAKE_MAX_COUNTER_FAULTS];
+    fake_window stuck[FAKE_MAX_COUNTER_FAULTS];
     double counter_step_ms, counter_phase_ms;
     double instant_period_ms, instant_phase_ms, average_window_ms;
     double energy_latency_ms, energy_latency_jitter_ms;
     int allow_set_limit;
-    int nerrors;
-    fake_error errors[FAKE_MAX_ERRORS];
+    int set_limit_noop;   /* 1: nvmlDeviceSetPowerManagementLimit succeeds but changes nothing */
+    fake_faults faults;   /* this device's injected errors (by time and by call count) and delays */
 };
 typedef struct nvmlDevice_st fake_device;
 
 typedef struct fake_scenario {
     char driver_version[NVML_SYSTEM_DRIVER_VERSION_BUFFER_SIZE];
     nvmlReturn_t init_error; /* NVML_SUCCESS: nvmlInit_v2 works */
-    int nerrors;             /* errors for every device and for the system functions */
-    fake_error errors[FAKE_MAX_ERRORS];
+    fake_faults faults;      /* injected into every device and the system functions */
     unsigned ndevices;
     fake_device devices[FAKE_MAX_DEVICES];
 } fake_scenario;
@@ -116,6 +160,9 @@ double fake_power_at(const fake_device *d, const fake_dev_state *s, double t_ms)
 double fake_energy_to(const fake_device *d, const fake_dev_state *s, double t_ms);
 /* Latest energy-counter boundary at or before t (negative just after the start). */
 double fake_counter_boundary(const fake_device *d, double t_ms);
+/* What nvmlDeviceGetTotalEnergyConsumption reads at t (mJ): energy_initial_mj plus the energy to the latest
+ * boundary, with the counter faults applied. */
+unsigned long long fake_counter_at(const fake_device *d, const fake_dev_state *s, double t_ms);
 /* Latest instant-power update at or before t (negative just after the start). */
 double fake_instant_update(const fake_device *d, double t_ms);
 /* Records a new limit requested at time t (ms): it takes effect at the next counter boundary. */

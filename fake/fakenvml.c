@@ -3,14 +3,16 @@
  * buffers) and read the fake GPUs' behaviour from the scenario (scenario.c), the physics (model.c) and the
  * state shared with other processes (state.c).
  *
- * All mutable state of the library is the one static struct below, guarded by its mutex.  The only slow call,
- * nvmlDeviceGetTotalEnergyConsumption, sleeps outside the mutex, so that a power read in another thread is not
- * held up by it (as on real hardware). */
+ * All mutable state of the library is the one static struct below, guarded by its mutex.  The slow calls
+ * (nvmlDeviceGetTotalEnergyConsumption's read latency, any call an injected `delay` slows down) sleep outside
+ * the mutex, so that calls in other threads are not held up by them (as on real hardware). */
 #include <errno.h>
+#include <fcntl.h>
 #include <fnmatch.h>
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,10 +27,15 @@ static struct {
     int refcount;            /* nvmlInit_v2 calls not yet matched by nvmlShutdown */
     fake_scenario sc;        /* valid while refcount > 0 */
     char state_path[PATH_MAX];
-    int state_private;       /* the state file is ours alone: remove it at the last shutdown */
-    pid_t state_owner;       /* ... if this process created it (not a forked child) */
+    char state_dir[PATH_MAX]; /* the private state file's folder, made by mkdtemp */
+    int state_private;       /* the state file and its folder are ours alone: remove them at the last shutdown */
+    pid_t state_owner;       /* ... if this process created them (not a forked child) */
     long long start_ns;      /* t = 0 of the fake GPUs, CLOCK_MONOTONIC */
     unsigned long long rng;  /* xorshift state for the latency jitter */
+    /* Calls counted by the error_call entries of the global section and of each device (same indexes as
+     * the entries); zeroed when the scenario is loaded. */
+    unsigned long long calls_global[FAKE_MAX_ERRORS];
+    unsigned long long calls_dev[FAKE_MAX_DEVICES][FAKE_MAX_ERRORS];
     char last_report[FAKE_MSG_LEN];
 } lib = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
@@ -82,27 +89,80 @@ typedef struct call {
     double t_ms;            /* time of the fake GPUs now */
 } call;
 
-static nvmlReturn_t injected(const fake_error *errors, int n, const char *func, double t_ms) {
-    for (int i = 0; i < n; i++) {
-        const fake_error *e = &errors[i];
-        if (t_ms >= e->from_ms && t_ms < e->to_ms && fnmatch(e->func, func, FNM_PATHNAME) == 0) return e->code;
+/* The error f injects into a call of func at t_ms, or NVML_SUCCESS: the first time-window error that covers
+ * it, else the first error_call whose count it falls in.  calls (the section's counts, with lib.mu held)
+ * NULL: the error_call entries are neither counted nor looked at (a call already counted).  Every entry
+ * matching func counts the call, whatever decides its result, so that "the n-th call" means just that. */
+static nvmlReturn_t injected(const fake_faults *f, unsigned long long *calls, const char *func, double t_ms) {
+    nvmlReturn_t r = NVML_SUCCESS;
+    for (int i = 0; i < f->nerrors && r == NVML_SUCCESS; i++) {
+        const fake_error *e = &f->errors[i];
+        if (t_ms >= e->from_ms && t_ms < e->to_ms && fnmatch(e->func, func, FNM_PATHNAME) == 0) r = e->code;
     }
-    return NVML_SUCCESS;
+    for (int i = 0; calls && i < f->nerror_calls; i++) {
+        const fake_error_call *e = &f->error_calls[i];
+        if (fnmatch(e->func, func, FNM_PATHNAME) != 0) continue;
+        unsigned long long k = ++calls[i];
+        if (r == NVML_SUCCESS && k >= e->n && k - e->n < e->count) r = e->code;
+    }
+    return r;
 }
 
-static nvmlReturn_t device_injected(const fake_device *d, const char *func, double t_ms) {
-    nvmlReturn_t r = injected(lib.sc.errors, lib.sc.nerrors, func, t_ms);
-    return r != NVML_SUCCESS ? r : injected(d->errors, d->nerrors, func, t_ms);
+/* Global errors first, then the device's (both sections count the call). */
+static nvmlReturn_t device_injected(const fake_device *d, const char *func, double t_ms, int count) {
+    nvmlReturn_t g = injected(&lib.sc.faults, count ? lib.calls_global : NULL, func, t_ms);
+    nvmlReturn_t r = injected(&d->faults, count ? lib.calls_dev[d->index] : NULL, func, t_ms);
+    return g != NVML_SUCCESS ? g : r;
 }
 
-/* Locks the library; the caller must call leave() whatever this returns. */
-static nvmlReturn_t enter_system(call *c, const char *func) {
+/* The delay (ms) of the first delay entry covering func at t_ms, global ones first; 0 if none. */
+static double delay_ms(const fake_device *d, const char *func, double t_ms) {
+    const fake_faults *sections[2] = {&lib.sc.faults, d ? &d->faults : NULL};
+    for (int k = 0; k < 2 && sections[k]; k++) {
+        const fake_faults *f = sections[k];
+        for (int i = 0; i < f->ndelays; i++) {
+            const fake_delay *e = &f->delays[i];
+            if (t_ms >= e->from_ms && t_ms < e->to_ms && fnmatch(e->func, func, FNM_PATHNAME) == 0)
+                return e->delay_ms;
+        }
+    }
+    return 0;
+}
+
+static double now_t_ms(void) { return (double)(mono_ns() - lib.start_ns) / 1e6; }
+
+static int valid_device(nvmlDevice_t device) {
+    uintptr_t base = (uintptr_t)lib.sc.devices, p = (uintptr_t)device;
+    return p >= base && p < base + lib.sc.ndevices * sizeof(fake_device) && (p - base) % sizeof(fake_device) == 0;
+}
+
+/* Sleeps ms with lib.mu released, so that other threads' calls go on meanwhile (a slow GPU holds up only its
+ * own callers), then takes it again.  The library may have been shut down (and even started with another
+ * scenario) in between: UNINITIALIZED, or NVML_SUCCESS and the caller checks its handle again. */
+static nvmlReturn_t sleep_unlocked(double ms) {
+    pthread_mutex_unlock(&lib.mu);
+    sleep_ns((long long)(ms * 1e6));
+    pthread_mutex_lock(&lib.mu);
+    return lib.refcount == 0 ? NVML_ERROR_UNINITIALIZED : NVML_SUCCESS;
+}
+
+/* Locks the library; the caller must call leave() whatever this returns.  The delays of device `index`
+ * apply besides the global ones if there is such a device (nvmlDeviceGetHandleByIndex_v2's), none if
+ * index < 0. */
+static nvmlReturn_t enter_system(call *c, const char *func, long index) {
     pthread_mutex_lock(&lib.mu);
     c->dev = NULL;
     c->t_ms = 0;
     if (lib.refcount == 0) return NVML_ERROR_UNINITIALIZED;
-    c->t_ms = (double)(mono_ns() - lib.start_ns) / 1e6;
-    return injected(lib.sc.errors, lib.sc.nerrors, func, c->t_ms);
+    c->t_ms = now_t_ms();
+    const fake_device *dev = index >= 0 && index < (long)lib.sc.ndevices ? &lib.sc.devices[index] : NULL;
+    double ms = delay_ms(dev, func, c->t_ms);
+    if (ms > 0) {
+        nvmlReturn_t r = sleep_unlocked(ms);
+        if (r != NVML_SUCCESS) return r;
+        c->t_ms = now_t_ms();
+    }
+    return injected(&lib.sc.faults, lib.calls_global, func, c->t_ms);
 }
 
 static nvmlReturn_t enter_device(call *c, nvmlDevice_t device, const char *func) {
@@ -110,12 +170,30 @@ static nvmlReturn_t enter_device(call *c, nvmlDevice_t device, const char *func)
     c->dev = NULL;
     c->t_ms = 0;
     if (lib.refcount == 0) return NVML_ERROR_UNINITIALIZED;
-    uintptr_t base = (uintptr_t)lib.sc.devices, p = (uintptr_t)device;
-    if (p < base || p >= base + lib.sc.ndevices * sizeof(fake_device) || (p - base) % sizeof(fake_device) != 0)
-        return NVML_ERROR_INVALID_ARGUMENT;
+    if (!valid_device(device)) return NVML_ERROR_INVALID_ARGUMENT;
+    c->t_ms = now_t_ms();
+    double ms = delay_ms(device, func, c->t_ms);
+    if (ms > 0) {
+        nvmlReturn_t r = sleep_unlocked(ms);
+        if (r != NVML_SUCCESS) return r;
+        if (!valid_device(device)) return NVML_ERROR_INVALID_ARGUMENT;
+        c->t_ms = now_t_ms();
+    }
     c->dev = device;
-    c->t_ms = (double)(mono_ns() - lib.start_ns) / 1e6;
-    return device_injected(c->dev, func, c->t_ms);
+    return device_injected(c->dev, func, c->t_ms, 1);
+}
+
+/* enter_device again in the same call, after a sleep outside the lock (the energy read's latency): the
+ * time-window errors are checked at the new time; no delay, and the call is not counted again. */
+static nvmlReturn_t reenter_device(call *c, nvmlDevice_t device, const char *func) {
+    pthread_mutex_lock(&lib.mu);
+    c->dev = NULL;
+    c->t_ms = 0;
+    if (lib.refcount == 0) return NVML_ERROR_UNINITIALIZED;
+    if (!valid_device(device)) return NVML_ERROR_INVALID_ARGUMENT;
+    c->t_ms = now_t_ms();
+    c->dev = device;
+    return device_injected(c->dev, func, c->t_ms, 0);
 }
 
 static nvmlReturn_t leave(nvmlReturn_t r) {
@@ -152,6 +230,48 @@ static double average_w(const call *c, const fake_dev_state *s) {
 
 /* ------------------------------------------------------------------------------------------------------ */
 
+/* Removes the private state file and its folder (with lib.mu held). */
+static void remove_private_state_file(void) {
+    unlink(lib.state_path);
+    rmdir(lib.state_dir);
+}
+
+/* A message into msg (cut short if need be). */
+__attribute__((format(printf, 3, 4))) static void set_msg(char *msg, size_t msglen, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, msglen, fmt, ap);
+    va_end(ap);
+}
+
+/* A fresh private state file: $TMPDIR/joulecap-fakenvml-XXXXXX/state, the folder made by mkdtemp (mode 0700),
+ * the file created new (O_EXCL, not through a link, mode 0600), so that nobody else can read, replace or
+ * redirect it.  Returns 0, or -1 with a message. */
+static int make_private_state_file(char *msg, size_t msglen) {
+    const char *tmp = secure_getenv("TMPDIR");
+    if (!tmp || !*tmp) tmp = "/tmp";
+    int n = snprintf(lib.state_dir, sizeof lib.state_dir, "%s/joulecap-fakenvml-XXXXXX", tmp);
+    if (n < 0 || (size_t)n + sizeof "/state" > sizeof lib.state_dir) {
+        set_msg(msg, msglen, "TMPDIR is too long");
+        return -1;
+    }
+    if (!mkdtemp(lib.state_dir)) {
+        set_msg(msg, msglen, "cannot make a private folder %s: %s", lib.state_dir, strerror(errno));
+        return -1;
+    }
+    size_t dirlen = strlen(lib.state_dir); /* room for "/state" checked above */
+    memcpy(lib.state_path, lib.state_dir, dirlen);
+    memcpy(lib.state_path + dirlen, "/state", sizeof "/state");
+    int fd = open(lib.state_path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        set_msg(msg, msglen, "state file %s: cannot create: %s", lib.state_path, strerror(errno));
+        rmdir(lib.state_dir);
+        return -1;
+    }
+    close(fd);
+    return 0;
+}
+
 nvmlReturn_t nvmlInit_v2(void) {
     pthread_mutex_lock(&lib.mu);
     if (lib.refcount > 0) {
@@ -159,7 +279,8 @@ nvmlReturn_t nvmlInit_v2(void) {
         return leave(NVML_SUCCESS);
     }
     char msg[FAKE_MSG_LEN];
-    const char *path = getenv("JOULECAP_FAKE_NVML_SCENARIO");
+    /* secure_getenv: a set-user-ID program using the fake takes no file names from its caller. */
+    const char *path = secure_getenv("JOULECAP_FAKE_NVML_SCENARIO");
     if (!path || !*path) {
         report("JOULECAP_FAKE_NVML_SCENARIO is not set: point it at a scenario file (see docs/fake-nvml.md)");
         return leave(NVML_ERROR_UNKNOWN);
@@ -169,8 +290,10 @@ nvmlReturn_t nvmlInit_v2(void) {
         return leave(NVML_ERROR_UNKNOWN);
     }
     if (lib.sc.init_error != NVML_SUCCESS) return leave(lib.sc.init_error);
+    memset(lib.calls_global, 0, sizeof lib.calls_global);
+    memset(lib.calls_dev, 0, sizeof lib.calls_dev);
 
-    const char *state = getenv("JOULECAP_FAKE_NVML_STATE");
+    const char *state = secure_getenv("JOULECAP_FAKE_NVML_STATE");
     if (state && *state) {
         if (strlen(state) >= sizeof lib.state_path) {
             report("JOULECAP_FAKE_NVML_STATE is too long");
@@ -179,15 +302,10 @@ nvmlReturn_t nvmlInit_v2(void) {
         snprintf(lib.state_path, sizeof lib.state_path, "%s", state);
         lib.state_private = 0;
     } else {
-        const char *tmp = getenv("TMPDIR");
-        if (!tmp || !*tmp) tmp = "/tmp";
-        int n = snprintf(lib.state_path, sizeof lib.state_path, "%s/joulecap-fakenvml-%ld.state", tmp,
-                         (long)getpid());
-        if (n < 0 || (size_t)n >= sizeof lib.state_path) {
-            report("TMPDIR is too long");
+        if (make_private_state_file(msg, sizeof msg) != 0) {
+            report(msg);
             return leave(NVML_ERROR_UNKNOWN);
         }
-        unlink(lib.state_path); /* a leftover of an earlier process with our pid */
         lib.state_private = 1;
         lib.state_owner = getpid();
     }
@@ -195,6 +313,7 @@ nvmlReturn_t nvmlInit_v2(void) {
     long long now = mono_ns();
     if (fake_state_open(lib.state_path, &lib.sc, now, &st, msg, sizeof msg) != 0) {
         report(msg);
+        if (lib.state_private) remove_private_state_file();
         return leave(NVML_ERROR_UNKNOWN);
     }
     lib.start_ns = st.start_ns;
@@ -207,15 +326,15 @@ nvmlReturn_t nvmlInit_v2(void) {
 nvmlReturn_t nvmlShutdown(void) {
     pthread_mutex_lock(&lib.mu);
     if (lib.refcount == 0) return leave(NVML_ERROR_UNINITIALIZED);
-    if (--lib.refcount == 0 && lib.state_private && lib.state_owner == getpid()) unlink(lib.state_path);
+    if (--lib.refcount == 0 && lib.state_private && lib.state_owner == getpid()) remove_private_state_file();
     return leave(NVML_SUCCESS);
 }
 
 /* A process that exits (or unloads us) without the last nvmlShutdown, a failing test say, leaves no private
- * state file behind. */
+ * state file or folder behind. */
 __attribute__((destructor)) static void remove_private_state(void) {
     if (pthread_mutex_trylock(&lib.mu) != 0) return; /* exit() while another thread is inside a call */
-    if (lib.refcount > 0 && lib.state_private && lib.state_owner == getpid()) unlink(lib.state_path);
+    if (lib.refcount > 0 && lib.state_private && lib.state_owner == getpid()) remove_private_state_file();
     pthread_mutex_unlock(&lib.mu);
 }
 
@@ -249,14 +368,14 @@ const char *nvmlErrorString(nvmlReturn_t result) {
 
 nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length) {
     call c;
-    nvmlReturn_t r = enter_system(&c, __func__);
+    nvmlReturn_t r = enter_system(&c, __func__, -1);
     if (r == NVML_SUCCESS) r = copy_out(lib.sc.driver_version, version, length);
     return leave(r);
 }
 
 nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
     call c;
-    nvmlReturn_t r = enter_system(&c, __func__);
+    nvmlReturn_t r = enter_system(&c, __func__, -1);
     if (r == NVML_SUCCESS && !count) r = NVML_ERROR_INVALID_ARGUMENT;
     if (r == NVML_SUCCESS) *count = lib.sc.ndevices;
     return leave(r);
@@ -264,9 +383,13 @@ nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
 
 nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *device) {
     call c;
-    nvmlReturn_t r = enter_system(&c, __func__);
+    /* The device it would return is the one whose delays and errors apply. */
+    nvmlReturn_t r = enter_system(&c, __func__, (long)index);
+    nvmlReturn_t dev_r = NVML_SUCCESS;
+    if (lib.refcount > 0 && index < lib.sc.ndevices) /* counted by the device even if a global error wins */
+        dev_r = injected(&lib.sc.devices[index].faults, lib.calls_dev[index], __func__, c.t_ms);
     if (r == NVML_SUCCESS && (!device || index >= lib.sc.ndevices)) r = NVML_ERROR_INVALID_ARGUMENT;
-    if (r == NVML_SUCCESS) r = device_injected(&lib.sc.devices[index], __func__, c.t_ms);
+    if (r == NVML_SUCCESS) r = dev_r;
     if (r == NVML_SUCCESS) *device = &lib.sc.devices[index];
     return leave(r);
 }
@@ -320,19 +443,11 @@ nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t device, unsigned l
     leave(NVML_SUCCESS);
     if (ms > 0) sleep_ns((long long)(ms * 1e6));
 
-    r = enter_device(&c, device, __func__);
+    r = reenter_device(&c, device, __func__);
     fake_dev_state s;
     if (r == NVML_SUCCESS && !c.dev->energy_counter) r = NVML_ERROR_NOT_SUPPORTED; /* re-init, new scenario */
     if (r == NVML_SUCCESS) r = read_state(&c, &s);
-    if (r == NVML_SUCCESS) {
-        double e = fake_energy_to(c.dev, &s, fake_counter_boundary(c.dev, c.t_ms));
-        /* The counter reads energy_initial_mj at t = 0.  The epsilon keeps an exact integral such as
-         * 29999.99999 from flooring a whole mJ short. */
-        long long delta = (long long)floor(e + 1e-6);
-        unsigned long long base = c.dev->energy_initial_mj;
-        *mj = delta >= 0 ? base + (unsigned long long)delta
-                         : ((unsigned long long)-delta > base ? 0 : base - (unsigned long long)-delta);
-    }
+    if (r == NVML_SUCCESS) *mj = fake_counter_at(c.dev, &s, c.t_ms);
     return leave(r);
 }
 
@@ -372,7 +487,7 @@ nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t device, int count, nvmlFieldV
         v->latencyUsec = 0;
         v->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
         memset(&v->value, 0, sizeof v->value);
-        v->nvmlReturn = device_injected(c.dev, func, c.t_ms);
+        v->nvmlReturn = device_injected(c.dev, func, c.t_ms, 1);
         if (v->nvmlReturn != NVML_SUCCESS) continue;
         if (v->fieldId == NVML_FI_DEV_POWER_INSTANT) v->value.uiVal = to_mw(fake_power_at(c.dev, &s, u));
         else if (v->fieldId == NVML_FI_DEV_POWER_AVERAGE) v->value.uiVal = to_mw(average_w(&c, &s));
@@ -461,6 +576,8 @@ nvmlReturn_t nvmlDeviceSetPowerManagementLimit(nvmlDevice_t device, unsigned int
     if (r == NVML_SUCCESS && !c.dev->allow_set_limit) r = NVML_ERROR_NO_PERMISSION;
     if (r == NVML_SUCCESS && (mw < to_mw(c.dev->min_limit_w) || mw > to_mw(c.dev->max_limit_w)))
         r = NVML_ERROR_INVALID_ARGUMENT;
+    /* A driver that accepts the call and ignores it: only reading the limit back shows it. */
+    if (r == NVML_SUCCESS && c.dev->set_limit_noop) return leave(NVML_SUCCESS);
     if (r == NVML_SUCCESS) {
         set_limit_arg a = {c.dev, c.t_ms, mw};
         char msg[FAKE_MSG_LEN];

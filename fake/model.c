@@ -3,6 +3,7 @@
  * Times are ms since the fake GPU started, power is W, so energy comes out in W * ms = mJ.  Load is piecewise
  * constant, hence so is power, and every energy is an exact integral computed in closed form: a long run
  * costs no more than a short one. */
+#include <limits.h>
 #include <math.h>
 
 #include "fake.h"
@@ -97,6 +98,47 @@ static double grid_floor(double t, double phase, double period) {
 /* The fake GPUs ran their schedule before t = 0 too, so the first step after the start is a whole one. */
 double fake_counter_boundary(const fake_device *d, double t_ms) {
     return grid_floor(t_ms, d->counter_phase_ms, d->counter_step_ms);
+}
+
+static long long add_saturating(long long a, long long b) {
+    long long r;
+    if (__builtin_add_overflow(a, b, &r)) return b > 0 ? LLONG_MAX : LLONG_MIN;
+    return r;
+}
+
+/* Whole mJ of an energy.  The epsilon keeps an exact integral such as 29999.99999 from flooring a whole mJ
+ * short. */
+static long long whole_mj(double e) { return (long long)floor(e + 1e-6); }
+
+/* The counter at t with jumps and resets but not the stuck windows; may be negative (clamped by the caller). */
+static long long counter_unstuck(const fake_device *d, const fake_dev_state *s, double t_ms) {
+    double e = fake_energy_to(d, s, fake_counter_boundary(d, t_ms));
+    double reset = -INFINITY; /* the latest reset at or before t */
+    for (int i = 0; i < d->nresets; i++)
+        if (d->reset_ms[i] <= t_ms && d->reset_ms[i] > reset) reset = d->reset_ms[i];
+    long long v;
+    if (isinf(reset)) {
+        v = add_saturating((long long)d->energy_initial_mj, whole_mj(e));
+    } else {
+        /* Restarted from 0 at the reset, integrating the true power from there (0 until the first boundary
+         * after it). */
+        double since = e - fake_energy_to(d, s, reset);
+        v = since > 0 ? whole_mj(since) : 0;
+    }
+    for (int i = 0; i < d->njumps; i++)
+        if (d->jumps[i].at_ms <= t_ms && d->jumps[i].at_ms >= reset) v = add_saturating(v, d->jumps[i].delta_mj);
+    return v;
+}
+
+unsigned long long fake_counter_at(const fake_device *d, const fake_dev_state *s, double t_ms) {
+    for (int i = 0; i < d->nstuck; i++) {
+        if (t_ms >= d->stuck[i].from_ms && t_ms < d->stuck[i].to_ms) {
+            t_ms = d->stuck[i].from_ms; /* not inside another window: they do not overlap */
+            break;
+        }
+    }
+    long long v = counter_unstuck(d, s, t_ms);
+    return v < 0 ? 0 : (unsigned long long)v; /* an unsigned counter: one sent below 0 reads 0 */
 }
 
 double fake_instant_update(const fake_device *d, double t_ms) {

@@ -156,20 +156,124 @@ static int split(char *s, char **words, int max) {
     return n;
 }
 
+/* A time window "<from_ms> <to_ms|end>" of key; to must be after from. */
+static int parse_window(parser *p, const char *key, const char *from, const char *to, double *from_ms,
+                        double *to_ms) {
+    char what[64];
+    snprintf(what, sizeof what, "%s from_ms", key);
+    if (parse_double(p, what, from, from_ms) != 0) return -1;
+    snprintf(what, sizeof what, "%s to_ms", key);
+    if (strcmp(to, "end") == 0 || strcmp(to, "inf") == 0) *to_ms = INFINITY;
+    else if (parse_double(p, what, to, to_ms) != 0) return -1;
+    if (!(*to_ms > *from_ms)) return fail(p, "%s: to_ms must be after from_ms", key);
+    return 0;
+}
+
+static int parse_error_code(parser *p, const char *key, const char *text, nvmlReturn_t *code) {
+    if (fake_return_code(text, code) != 0 || *code == NVML_SUCCESS)
+        return fail(p, "%s: unknown NVML return code '%s' (use e.g. GPU_IS_LOST, NOT_SUPPORTED)", key, text);
+    return 0;
+}
+
 /* error = <function pattern> <from_ms> <to_ms|end> <RETURN_CODE> */
-static int parse_error(parser *p, char *value, fake_error *errors, int *nerrors) {
+static int parse_error(parser *p, char *value, fake_faults *f) {
     char *w[4];
     if (split(value, w, 4) != 4) return fail(p, "error: expected '<function> <from_ms> <to_ms|end> <CODE>'");
-    if (*nerrors == FAKE_MAX_ERRORS) return fail(p, "error: more than %d in one section", FAKE_MAX_ERRORS);
-    fake_error *e = &errors[*nerrors];
+    if (f->nerrors == FAKE_MAX_ERRORS) return fail(p, "error: more than %d in one section", FAKE_MAX_ERRORS);
+    fake_error *e = &f->errors[f->nerrors];
     if (copy_string(p, "error", w[0], e->func, sizeof e->func) != 0) return -1;
-    if (parse_double(p, "error from_ms", w[1], &e->from_ms) != 0) return -1;
-    if (strcmp(w[2], "end") == 0 || strcmp(w[2], "inf") == 0) e->to_ms = INFINITY;
-    else if (parse_double(p, "error to_ms", w[2], &e->to_ms) != 0) return -1;
-    if (!(e->to_ms > e->from_ms)) return fail(p, "error: to_ms must be after from_ms");
-    if (fake_return_code(w[3], &e->code) != 0 || e->code == NVML_SUCCESS)
-        return fail(p, "error: unknown NVML return code '%s' (use e.g. GPU_IS_LOST, NOT_SUPPORTED)", w[3]);
-    (*nerrors)++;
+    if (parse_window(p, "error", w[1], w[2], &e->from_ms, &e->to_ms) != 0) return -1;
+    if (parse_error_code(p, "error", w[3], &e->code) != 0) return -1;
+    f->nerrors++;
+    return 0;
+}
+
+/* error_call = <function pattern> <n> <count|end> <RETURN_CODE> */
+static int parse_error_call(parser *p, char *value, fake_faults *f) {
+    char *w[4];
+    if (split(value, w, 4) != 4) return fail(p, "error_call: expected '<function> <n> <count|end> <CODE>'");
+    if (f->nerror_calls == FAKE_MAX_ERRORS)
+        return fail(p, "error_call: more than %d in one section", FAKE_MAX_ERRORS);
+    fake_error_call *e = &f->error_calls[f->nerror_calls];
+    if (copy_string(p, "error_call", w[0], e->func, sizeof e->func) != 0) return -1;
+    if (parse_uint(p, "error_call n", w[1], 1ull << 62, &e->n) != 0) return -1;
+    if (e->n == 0) return fail(p, "error_call: n counts from 1 (the first matching call)");
+    if (strcmp(w[2], "end") == 0 || strcmp(w[2], "inf") == 0) {
+        e->count = FAKE_COUNT_END;
+    } else {
+        if (parse_uint(p, "error_call count", w[2], 1ull << 62, &e->count) != 0) return -1;
+        if (e->count == 0) return fail(p, "error_call: count must be at least 1 (or end)");
+    }
+    if (parse_error_code(p, "error_call", w[3], &e->code) != 0) return -1;
+    f->nerror_calls++;
+    return 0;
+}
+
+/* delay = <function pattern> <from_ms> <to_ms|end> <delay_ms> */
+static int parse_delay(parser *p, char *value, fake_faults *f) {
+    char *w[4];
+    if (split(value, w, 4) != 4) return fail(p, "delay: expected '<function> <from_ms> <to_ms|end> <delay_ms>'");
+    if (f->ndelays == FAKE_MAX_ERRORS) return fail(p, "delay: more than %d in one section", FAKE_MAX_ERRORS);
+    fake_delay *e = &f->delays[f->ndelays];
+    if (copy_string(p, "delay", w[0], e->func, sizeof e->func) != 0) return -1;
+    if (parse_window(p, "delay", w[1], w[2], &e->from_ms, &e->to_ms) != 0) return -1;
+    if (parse_nonneg(p, "delay delay_ms", w[3], &e->delay_ms) != 0) return -1;
+    /* A day is far beyond any test's patience and keeps the sleep's arithmetic small. */
+    if (e->delay_ms > 86400e3) return fail(p, "delay: delay_ms above a day (got %s)", w[3]);
+    f->ndelays++;
+    return 0;
+}
+
+/* A signed whole number of mJ: an integer (exact to 64 bits) or a number such as 1e9 or -5e6. */
+static int parse_delta_mj(parser *p, const char *key, const char *text, long long *out) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (errno == 0 && end != text && *end == '\0') {
+        *out = v;
+        return 0;
+    }
+    double x;
+    if (parse_double(p, key, text, &x) != 0) return -1;
+    if (x != floor(x) || fabs(x) >= 9.2e18)
+        return fail(p, "%s: '%s' is not a whole number of mJ in 64 bits", key, text);
+    *out = (long long)x;
+    return 0;
+}
+
+/* counter_jump = <at_ms> <delta_mj> */
+static int parse_counter_jump(parser *p, char *value, fake_device *d) {
+    char *w[2];
+    if (split(value, w, 2) != 2) return fail(p, "counter_jump: expected '<at_ms> <delta_mj>'");
+    if (d->njumps == FAKE_MAX_COUNTER_FAULTS)
+        return fail(p, "counter_jump: more than %d", FAKE_MAX_COUNTER_FAULTS);
+    fake_counter_jump *j = &d->jumps[d->njumps];
+    if (parse_double(p, "counter_jump at_ms", w[0], &j->at_ms) != 0) return -1;
+    if (parse_delta_mj(p, "counter_jump delta_mj", w[1], &j->delta_mj) != 0) return -1;
+    d->njumps++;
+    return 0;
+}
+
+/* counter_reset = <at_ms> */
+static int parse_counter_reset(parser *p, char *value, fake_device *d) {
+    char *w[1];
+    if (split(value, w, 1) != 1) return fail(p, "counter_reset: expected '<at_ms>'");
+    if (d->nresets == FAKE_MAX_COUNTER_FAULTS)
+        return fail(p, "counter_reset: more than %d", FAKE_MAX_COUNTER_FAULTS);
+    if (parse_double(p, "counter_reset at_ms", w[0], &d->reset_ms[d->nresets]) != 0) return -1;
+    d->nresets++;
+    return 0;
+}
+
+/* counter_stuck = <from_ms> <to_ms|end> */
+static int parse_counter_stuck(parser *p, char *value, fake_device *d) {
+    char *w[2];
+    if (split(value, w, 2) != 2) return fail(p, "counter_stuck: expected '<from_ms> <to_ms|end>'");
+    if (d->nstuck == FAKE_MAX_COUNTER_FAULTS)
+        return fail(p, "counter_stuck: more than %d", FAKE_MAX_COUNTER_FAULTS);
+    fake_window *win = &d->stuck[d->nstuck];
+    if (parse_window(p, "counter_stuck", w[0], w[1], &win->from_ms, &win->to_ms) != 0) return -1;
+    d->nstuck++;
     return 0;
 }
 
@@ -359,7 +463,9 @@ static int global_key(parser *p, const char *key, char *value) {
             return fail(p, "init_error: unknown NVML return code '%s'", value);
         return 0;
     }
-    if (strcmp(key, "error") == 0) return parse_error(p, value, sc->errors, &sc->nerrors);
+    if (strcmp(key, "error") == 0) return parse_error(p, value, &sc->faults);
+    if (strcmp(key, "delay") == 0) return parse_delay(p, value, &sc->faults);
+    if (strcmp(key, "error_call") == 0) return parse_error_call(p, value, &sc->faults);
     return fail(p, "unknown global key '%s' (device keys belong after a [device] line)", key);
 }
 
@@ -411,6 +517,9 @@ static int device_key(parser *p, const char *key, char *value) {
         /* Leave head room so that the counter cannot wrap in any test. */
         return parse_uint(p, key, value, 1ull << 62, &d->energy_initial_mj);
     }
+    if (strcmp(key, "counter_jump") == 0) return parse_counter_jump(p, value, d);
+    if (strcmp(key, "counter_reset") == 0) return parse_counter_reset(p, value, d);
+    if (strcmp(key, "counter_stuck") == 0) return parse_counter_stuck(p, value, d);
     if (strcmp(key, "counter_step_ms") == 0) return parse_positive(p, key, value, &d->counter_step_ms);
     if (strcmp(key, "counter_phase_ms") == 0) {
         p->phase_set = 1;
@@ -426,7 +535,10 @@ static int device_key(parser *p, const char *key, char *value) {
     if (strcmp(key, "energy_latency_jitter_ms") == 0)
         return parse_nonneg(p, key, value, &d->energy_latency_jitter_ms);
     if (strcmp(key, "allow_set_limit") == 0) return parse_bool(p, key, value, &d->allow_set_limit);
-    if (strcmp(key, "error") == 0) return parse_error(p, value, d->errors, &d->nerrors);
+    if (strcmp(key, "set_limit_noop") == 0) return parse_bool(p, key, value, &d->set_limit_noop);
+    if (strcmp(key, "error") == 0) return parse_error(p, value, &d->faults);
+    if (strcmp(key, "delay") == 0) return parse_delay(p, value, &d->faults);
+    if (strcmp(key, "error_call") == 0) return parse_error_call(p, value, &d->faults);
     return fail(p, "unknown device key '%s'", key);
 }
 
@@ -463,6 +575,11 @@ static int cmp_segment(const void *a, const void *b) {
     return (x->from_ms > y->from_ms) - (x->from_ms < y->from_ms);
 }
 
+static int cmp_window(const void *a, const void *b) {
+    const fake_window *x = a, *y = b;
+    return (x->from_ms > y->from_ms) - (x->from_ms < y->from_ms);
+}
+
 /* Checks the device just finished and fills the defaults that depend on other keys. */
 static int device_finish(parser *p) {
     fake_device *d = p->dev;
@@ -495,6 +612,12 @@ static int device_finish(parser *p) {
             return fail(p, "device %u: segments overlap (%g-%g and %g-%g)", d->index,
                         d->load.segments[i - 1].from_ms, d->load.segments[i - 1].to_ms,
                         d->load.segments[i].from_ms, d->load.segments[i].to_ms);
+    }
+    qsort(d->stuck, (size_t)d->nstuck, sizeof d->stuck[0], cmp_window);
+    for (int i = 1; i < d->nstuck; i++) {
+        if (d->stuck[i].from_ms < d->stuck[i - 1].to_ms)
+            return fail(p, "device %u: counter_stuck windows overlap (%g-%g and %g-%g)", d->index,
+                        d->stuck[i - 1].from_ms, d->stuck[i - 1].to_ms, d->stuck[i].from_ms, d->stuck[i].to_ms);
     }
     return 0;
 }

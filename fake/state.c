@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "fake.h"
@@ -22,10 +23,22 @@
 #define STATE_MAGIC "joulecap-fakenvml-state 1"
 #define STATE_BUF 4096
 
+/* Opens the state file, never through a symbolic link (another user's link in a shared /tmp must not make us
+ * write where it points), and only a regular file. */
 static int open_locked(const char *path, int create, int lock, int *fd_out, char *msg, size_t msglen) {
-    int fd = open(path, O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
+    int fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW | (create ? O_CREAT : 0), 0600);
+    if (fd < 0 && errno == ELOOP) {
+        snprintf(msg, msglen, "state file %s: is a symbolic link, refused (name the file itself)", path);
+        return -1;
+    }
     if (fd < 0) {
         snprintf(msg, msglen, "state file %s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        snprintf(msg, msglen, "state file %s: not a regular file", path);
+        close(fd);
         return -1;
     }
     while (flock(fd, lock) != 0) {
