@@ -529,6 +529,48 @@ TEST(state_dir_attacks_are_refused) {
 }
 
 /* ------------------------------------------------------------------------------------------------------
+ * 6. Read-back: a limit that does not take is an error, never a journal saying it took.
+ * ---------------------------------------------------------------------------------------------------- */
+
+#define NOOP_UUID "GPU-3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f"
+
+TEST(limit_that_does_not_take_is_an_error) {
+    use_scenario("limit-noop"); /* sets return SUCCESS and change nothing; the limit stays 700 W */
+    result_t r = cli("cap", "set", "--gpu", "0", "300", NULL);
+    EXPECT_CODE(r, 3);
+    ASSERT_CONTAINS(r.err, "did not take: asked 300 W, the GPU reports 700 W");
+    ASSERT_TRUE(strstr(r.out, "power limit 300 W") == NULL);
+    free_result(&r);
+    ASSERT_EQ(fake_limit_mw(), 700000);
+    ASSERT_EQ(journal_count(), 0); /* nothing changed: no journal */
+    ASSERT_STATUS(jc_cap_set_persistent("0", 250, NULL, NULL, 0), JC_ERR_NVML);
+    ASSERT_CONTAINS(jc_last_detail(), "asked 250 W, the GPU reports 700 W");
+    ASSERT_EQ(journal_count(), 0);
+    /* A session: the set fails, and its journal still says "not changed". */
+    jc_cap_session *s = open_gpu0();
+    ASSERT_STATUS(jc_cap_session_set(s, 0, 300), JC_ERR_NVML);
+    ASSERT_CONTAINS(jc_last_detail(), "asked 300 W, the GPU reports 700 W");
+    jc_cap_info info;
+    ASSERT_OK(jc_cap_session_gpu(s, 0, &info));
+    ASSERT_TRUE(isnan(info.set_limit_w));
+    ASSERT_NEAR(info.limit_w, 700, 1e-9);
+    ASSERT_OK(jc_cap_session_close(s));
+    ASSERT_EQ(journal_count(), 0);
+    /* A restore that does not take is a failure, its journal kept. */
+    char path[400];
+    snprintf(path, sizeof path, "%s/%s.journal", journal_dir, NOOP_UUID);
+    forge_journal(path, NOOP_UUID, 500000, 250000);
+    r = cli("cap", "restore", NULL);
+    EXPECT_CODE(r, 3);
+    ASSERT_CONTAINS(r.out, "FAILED");
+    ASSERT_CONTAINS(r.out, "asked 500 W, the GPU reports 700 W");
+    ASSERT_TRUE(strstr(r.out, ": restored:") == NULL);
+    free_result(&r);
+    ASSERT_EQ(journal_count(), 1);
+    ASSERT_EQ(fake_limit_mw(), 700000);
+}
+
+/* ------------------------------------------------------------------------------------------------------
  * 7. A state directory turned read-only during a session: the guardian still restores.
  * ---------------------------------------------------------------------------------------------------- */
 
@@ -658,4 +700,5 @@ TEST(restore_times) {
 JC_TEST_MAIN(TEST_ENTRY(lost_gpu_does_not_block_the_other), TEST_ENTRY(guardian_killed_owner_restores_at_next_set),
              TEST_ENTRY(journal_cut_or_flipped_is_never_trusted),
              TEST_ENTRY(damaged_journal_blocks_changes_until_discarded), TEST_ENTRY(state_dir_attacks_are_refused),
-             TEST_ENTRY(read_only_state_dir_guardian_still_restores), TEST_ENTRY(restore_times))
+             TEST_ENTRY(limit_that_does_not_take_is_an_error), TEST_ENTRY(read_only_state_dir_guardian_still_restores),
+             TEST_ENTRY(restore_times))
