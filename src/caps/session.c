@@ -422,7 +422,9 @@ static jc_status check_guardian(jc_cap_session *s) {
             dead = n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
         }
     }
-    if (!dead && s->guardian_pid > 0 && !jc__proc_alive(s->guardian_pid, s->guardian_start)) dead = 1;
+    /* /proc too: a copy of the guardian's end forked into another process would hide the EOF. */
+    if (!dead && s->guardian_pid > 0 && s->guardian_start && !jc__proc_alive(s->guardian_pid, s->guardian_start))
+        dead = 1;
     if (!dead) return JC_OK;
     char done[400] = "", failed[600] = "", label[256];
     for (int i = 0; i < s->n; i++) {
