@@ -335,10 +335,11 @@ jc_status jc_cap_restore(const jc_cap_options *opts, jc_cap_restore_entry *out, 
         want = calloc(JC__CAP_MAX_GPUS, sizeof *want);
         if (!sel || !want) first = jc__fail(JC_ERR_NO_MEMORY, "out of memory");
         if (first == JC_OK) first = jc__capgpu_select(s.nvml, opts->gpus, sel, JC__CAP_MAX_GPUS, &nwant);
+        jc_status unusable = JC_OK; /* the first selected GPU NVML cannot identify: an entry, not a stop */
         for (int i = 0; first == JC_OK && i < nwant; i++) {
             jc__fmt(want[i], sizeof want[0], "%s", sel[i].id.uuid);
             if (jc__capgpu_usable(&sel[i]) == JC_OK) continue;
-            if (st == JC_OK) st = sel[i].status; /* the first failure, reported with the entries */
+            if (unusable == JC_OK) unusable = sel[i].status;
             jc_cap_restore_entry ent;
             memset(&ent, 0, sizeof ent);
             ent.index = sel[i].cuda_index;
@@ -355,7 +356,7 @@ jc_status jc_cap_restore(const jc_cap_options *opts, jc_cap_restore_entry *out, 
             standalone_close(&s);
             return first;
         }
-        first = st;
+        first = unusable;
     }
     /* GPUs NVML lists but cannot identify: a journal of a GPU not found may be one of them. */
     char lost[300] = "";
