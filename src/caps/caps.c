@@ -376,6 +376,10 @@ jc_status jc_cap_restore(const jc_cap_options *opts, jc_cap_restore_entry *out, 
         jc__fmt(ent.uuid, sizeof ent.uuid, "%s", stem);
         ent.index = -1;
         ent.limit_w = NAN;
+        const jc__capgpu *g = NULL;
+        for (int i = 0; i < s.n; i++)
+            if (s.gpus[i].status == JC_OK && strcmp(s.gpus[i].id.uuid, stem) == 0) g = &s.gpus[i];
+        if (g) ent.index = g->cuda_index;
         jc_status est = JC_OK;
         int fd = -1;
         if (!jc__cap_name_ok(stem)) {
@@ -394,15 +398,11 @@ jc_status jc_cap_restore(const jc_cap_options *opts, jc_cap_restore_entry *out, 
                 jc__cap_unlock(fd);
                 continue; /* repaired meanwhile (by its guardian) */
             }
-            const jc__capgpu *g = NULL;
-            for (int i = 0; est == JC_OK && i < s.n; i++)
-                if (s.gpus[i].status == JC_OK && strcmp(s.gpus[i].id.uuid, j.uuid) == 0) g = &s.gpus[i];
-            if (est == JC_OK) {
+            if (est == JC_OK) { /* (the journal's uuid is its file's name) */
                 ent.owner_pid = j.owner_pid;
                 ent.was = jc__journal_manager(&j);
                 if (!g) est = jc__fail(JC_ERR_NOT_FOUND, "GPU %s is not on this machine now (NVML does not list it)%s; "
                                        "its journal is kept", j.uuid, lost);
-                else ent.index = g->cuda_index;
             }
             if (est == JC_OK) {
                 if (ent.was == JC_CAP_MANAGER_SESSION) {
