@@ -226,16 +226,24 @@ JC_API jc_status jc_csv_sync(jc_context *ctx);
  *  - a session (jc_cap_session_*): the caps last as long as the session.  jc_cap_session_close() puts the
  *    saved limits back; when the owning process dies in any way (SIGKILL, crash, exec, ...) a guardian
  *    process started at session open, the joulecap executable running `joulecap cap __guard`, sees its
- *    socket reach EOF and restores them.  If the guardian died too, `joulecap cap restore` (jc_cap_restore)
- *    repairs what the journal says was left.  A second process (or a second session of the same process)
+ *    socket reach EOF and restores them.  If the guardian dies first, the owner's next set or reset puts
+ *    the saved limits back and fails (JC_ERR_UNAVAILABLE); if both died, `joulecap cap restore`
+ *    (jc_cap_restore) repairs what the journal says was left.  A second process (or a second session of the same process)
  *    asking for a GPU that a live session owns gets JC_ERR_BUSY naming the owner.
  *  - persistent (jc_cap_set_persistent, `joulecap cap set`): the cap stays after the process exits, like
  *    `nvidia-smi -pl`; the journal has no owner and `joulecap cap reset|restore` puts the saved limit back.
  *    A session opened on a GPU with a persistent cap saves that cap and, at its end, leaves it (and its
  *    journal) as it found them.
  *
+ * Every set is read back: a limit that did not take is an error (JC_ERR_NVML: asked X W, the GPU reports
+ * Y W), never recorded as done.  Journals carry a checksum; a damaged one (cut short, corrupt) is refused
+ * with its path and the repair, kept, never reported as restored.  A GPU that NVML cannot identify (lost)
+ * is reported and skipped when the selection is "all"; the other GPUs are handled as usual.
+ *
  * State directory: jc_cap_options.state_dir, else $JOULECAP_STATE_DIR, else /var/lib/joulecap when it is
- * writable (root), else $XDG_RUNTIME_DIR/joulecap, else /tmp/joulecap-<uid> (created 0700, must be ours).
+ * writable (root), else $XDG_RUNTIME_DIR/joulecap, else /tmp/joulecap-<uid> (created 0700).  It must belong
+ * to the caller and be writable by nobody else, nor may the directories above it be (unless sticky), as
+ * ssh checks; files in it are opened with O_NOFOLLOW.  Otherwise JC_ERR_NO_PERMISSION says the fix.
  * Owners are recorded as pid + start time (field 22 of /proc/<pid>/stat), so a reused pid is not mistaken
  * for the owner; processes in other pid namespaces sharing one state directory cannot be told apart.
  *
@@ -314,7 +322,9 @@ typedef struct jc_cap_session jc_cap_session;
  * (JC_ERR_BUSY naming the owner's pid and command when a live session owns one; a stale journal is
  * repaired first and said so in jc_cap_session_note()).  No limit is changed by opening. */
 JC_API jc_status jc_cap_session_open(const jc_cap_options *opts, jc_cap_session **out);
-/* Sets the cap of the session's GPU with CUDA index gpu (-1: every GPU of the session) to watts.
+/* Sets the cap of the session's GPU with CUDA index gpu (-1: every GPU of the session) to watts, and reads
+ * it back.  JC_ERR_UNAVAILABLE when the session's guardian died: the saved limits are put back at once and
+ * the session changes no more caps (close it, open another).
  * Outside [min, max]: JC_ERR_INVALID_ARGUMENT stating the range in W (nothing changed).  A GPU the session
  * did not take: JC_ERR_NOT_FOUND listing the session's GPUs. */
 JC_API jc_status jc_cap_session_set(jc_cap_session *s, int gpu, double watts);
