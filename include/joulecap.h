@@ -228,8 +228,8 @@ JC_API jc_status jc_csv_sync(jc_context *ctx);
  *    process started at session open, the joulecap executable running `joulecap cap __guard`, sees its
  *    socket reach EOF and restores them.  If the guardian dies first, the owner's next set or reset puts
  *    the saved limits back and fails (JC_ERR_UNAVAILABLE); if both died, `joulecap cap restore`
- *    (jc_cap_restore) repairs what the journal says was left.  A second process (or a second session of the same process)
- *    asking for a GPU that a live session owns gets JC_ERR_BUSY naming the owner.
+ *    (jc_cap_restore) repairs what the journal says was left.  A second process (or a second session of
+ *    the same process) asking for a GPU that a live session owns gets JC_ERR_BUSY naming the owner.
  *  - persistent (jc_cap_set_persistent, `joulecap cap set`): the cap stays after the process exits, like
  *    `nvidia-smi -pl`; the journal has no owner and `joulecap cap reset|restore` puts the saved limit back.
  *    A session opened on a GPU with a persistent cap saves that cap and, at its end, leaves it (and its

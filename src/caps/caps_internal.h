@@ -116,7 +116,8 @@ const char *jc__capgpu_label(const jc__capgpu *g, char *buf, size_t len);
 /* Watts -> mW after checking [min, max]: JC_ERR_INVALID_ARGUMENT stating the range in W. */
 jc_status jc__capgpu_check(const jc__capgpu *g, double watts, unsigned *mw);
 /* Sets the limit and reads it back; errors in words (permission: what gives it; a limit that did not take,
- * read back more than 1 W away: asked X W, the GPU reports Y W).  *now_mw (may be NULL) gets the limit read back, 0 when unknown. */
+ * read back more than 1 W away: asked X W, the GPU reports Y W).  *now_mw (may be NULL) gets the limit read
+ * back, 0 when unknown. */
 jc_status jc__capgpu_set(jc__nvml *nvml, const jc__capgpu *g, unsigned mw, unsigned *now_mw);
 /* The set_mw a journal should hold after a set of mw that failed: prev (the journal's set_mw before) when
  * the GPU still reports the limit it had before, what it reports when that is another limit, mw when it is

@@ -89,7 +89,8 @@ static jc_status check_secure(const char *path, int writing) {
         if (!slash) break;
         if (slash == up) slash[1] = '\0';
         else *slash = '\0';
-        if (stat(up, &sb) != 0) return errno_fail(errno, "cannot check %s (above the state directory %s): %s", up, path);
+        if (stat(up, &sb) != 0)
+            return errno_fail(errno, "cannot check %s (above the state directory %s): %s", up, path);
         if (sb.st_uid != 0 && sb.st_uid != me)
             return jc__fail(JC_ERR_NO_PERMISSION,
                             "%s (above the state directory %s) belongs to uid %u, neither root nor this user: it "
