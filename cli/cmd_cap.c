@@ -173,13 +173,13 @@ static int list(const cap_args *a, const jc_cap_options *o, jc_cap_info **out, i
 /* ------------------------------------------------------------------------------------------------------ */
 
 /* Exit code 3 after naming each GPU that NVML cannot identify, on stderr; 0 when there is none. */
-static int lost_code(const jc_cap_info *c, int n) {
+static int lost_code(const jc_cap_info *c, int n, const char *others) {
     int code = JC_EXIT_OK;
     char label[32];
     for (int i = 0; i < n; i++) {
         if (c[i].status == JC_OK) continue;
         gpu_label(&c[i], label, sizeof label);
-        jc_cli_err("%s cannot be used (the other GPUs were handled): %s", label, c[i].error);
+        jc_cli_err("%s cannot be used (%s): %s", label, others, c[i].error);
         code = JC_EXIT_FAILURE;
     }
     return code;
@@ -229,9 +229,9 @@ static void json_info(FILE *f, const jc_cap_info *c) {
     jc_json_key(f, &first, "name");
     jc_json_str(f, c->name);
     jc_json_key(f, &first, "uuid");
-    jc_json_str(f, c->uuid);
+    jc_json_str(f, c->uuid[0] ? c->uuid : NULL);
     jc_json_key(f, &first, "pci_bus_id");
-    jc_json_str(f, c->pci_bus_id);
+    jc_json_str(f, c->pci_bus_id[0] ? c->pci_bus_id : NULL);
     json_opt_num(f, &first, "limit_w", c->limit_w);
     json_opt_num(f, &first, "enforced_limit_w", c->enforced_limit_w);
     json_opt_num(f, &first, "default_limit_w", c->default_limit_w);
@@ -298,7 +298,7 @@ static int cmd_get(const cap_args *a, const jc_cap_options *o, const char *dir) 
         }
         printf("journals: %s\n", dir);
     }
-    int code = lost_code(c, n);
+    int code = lost_code(c, n, "the other GPUs are listed");
     free(c);
     return code;
 }
@@ -325,7 +325,7 @@ static int cmd_set(const cap_args *a, const jc_cap_options *o) {
         if (uuids[0]) strcat(uuids, ",");
         strcat(uuids, before[i].uuid);
     }
-    int lost = lost_code(before, n);
+    int lost = lost_code(before, n, "the other GPUs are capped");
     if (!uuids[0]) {
         free(uuids);
         free(before);

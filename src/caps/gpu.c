@@ -265,6 +265,7 @@ void jc__capgpu_describe(const jc__capgpu *g, const char *dir, jc_cap_info *out)
     out->manager = JC_CAP_MANAGER_NONE;
     out->status = g->status;
     if (g->status != JC_OK) {
+        out->pci_bus_id[0] = '\0'; /* (enumerate's placeholder, for PCI order only) */
         jc__fmt(out->error, sizeof out->error, "%s", g->why);
         return; /* no UUID: its journal cannot be found */
     }
