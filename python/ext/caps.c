@@ -28,7 +28,9 @@ static PyObject *cap_info_dict(const jc_cap_info *i) {
         set_item(d, "guardian_alive", PyBool_FromLong(i->guardian_alive)) ||
         set_item(d, "owner_command", str_or_none(i->owner_command)) ||
         set_item(d, "journal_created", PyFloat_FromDouble(i->journal_created)) ||
-        set_item(d, "journal_path", str_or_none(i->journal_path))) {
+        set_item(d, "journal_path", str_or_none(i->journal_path)) ||
+        set_item(d, "status", PyUnicode_FromString(jc_status_name(i->status))) ||
+        set_item(d, "error", str_or_none(i->error))) {
         Py_DECREF(d);
         return NULL;
     }
