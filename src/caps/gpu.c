@@ -52,7 +52,6 @@ static jc_status enumerate(jc__nvml *nvml, jc__capgpu *all, int *n) {
         jc__fmt(g->why, sizeof g->why, "%s", jc_last_detail());
         memset(&g->id, 0, sizeof g->id);
         jc__fmt(g->id.name, sizeof g->id.name, "unidentified GPU");
-        if (i > 0) memcpy(g->id.pci_bus_id, all[i - 1].id.pci_bus_id, sizeof g->id.pci_bus_id);
         jc__clear_detail();
     }
     *n = (int)count;
@@ -265,7 +264,6 @@ void jc__capgpu_describe(const jc__capgpu *g, const char *dir, jc_cap_info *out)
     out->manager = JC_CAP_MANAGER_NONE;
     out->status = g->status;
     if (g->status != JC_OK) {
-        out->pci_bus_id[0] = '\0'; /* (enumerate's placeholder, for PCI order only) */
         jc__fmt(out->error, sizeof out->error, "%s", g->why);
         return; /* no UUID: its journal cannot be found */
     }
