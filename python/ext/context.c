@@ -564,6 +564,15 @@ static PyObject *Context_flush(ContextObject *self, PyObject *args, PyObject *kw
     Py_RETURN_TRUE;
 }
 
+/* window_csv_status(): raises the window CSV's write error, if it had one; cheap. */
+static PyObject *Context_window_csv_status(ContextObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (!check_open(self)) return NULL;
+    if (!self->window_csv) Py_RETURN_NONE;
+    jc_status st = jc_window_csv_flush(self->ctx, 0.0, NULL);
+    if (st != JC_OK && st != JC_ERR_TIMEOUT) return raise_status(st, jc_last_detail(), "write");
+    Py_RETURN_NONE;
+}
+
 static PyObject *Context_get_pending_count(ContextObject *self, void *closure) {
     (void)closure;
     if (!self->ctx || !self->window_csv) return PyLong_FromLong(0);
@@ -604,6 +613,8 @@ static PyMethodDef Context_methods[] = {
     {"sync", (PyCFunction)(void (*)(void))Context_sync, METH_VARARGS | METH_KEYWORDS,
      "sync(t_ns=now, timeout=10.0)\n--\n\nWaits until the sampler has taken a sample after t_ns."},
     {"csv_sync", (PyCFunction)Context_csv_sync, METH_NOARGS, "csv_sync()\n--\n\nFlushes and fsyncs the sampler CSV."},
+    {"window_csv_status", (PyCFunction)Context_window_csv_status, METH_NOARGS,
+     "window_csv_status()\n--\n\nRaises the window CSV's write error, if it had one."},
     {"csv_status", (PyCFunction)Context_csv_status, METH_NOARGS,
      "csv_status()\n--\n\nRows of the sampler CSV written so far; raises the sink's write error."},
     {"csv_close", (PyCFunction)Context_csv_close, METH_NOARGS,
