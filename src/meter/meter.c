@@ -247,7 +247,7 @@ jc_status jc_window_finish(jc_context *ctx, jc_window id, uint64_t t_ns) {
     if (st != JC_OK) return st;
     pthread_mutex_lock(&ctx->lock);
     jc__window *w = lookup(ctx, id);
-    if (w && ctx->wlog && ctx->wlog->file.fd >= 0) st = jc__wlog_push(ctx, w, id);
+    if (w && ctx->wlog && !ctx->wlog->file.stop) st = jc__wlog_push(ctx, w, id);
     pthread_mutex_unlock(&ctx->lock);
     return st;
 }

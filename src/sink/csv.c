@@ -71,6 +71,7 @@ static void format_row(jc_context *ctx, uint64_t t, const jc__edge *e) {
 
 void jc__csv_pump(jc_context *ctx, uint64_t now) {
     jc__csv *c = ctx->csv;
+    if (c->file.stop) return; /* closed by jc_csv_close() */
     uint64_t step = (uint64_t)(ctx->opts.csv_interval_s * 1e9 + 0.5);
     while (c->next_row_ns <= now) {
         if (c->nrows < MAX_PENDING_ROWS && c->file.error == JC_OK) push_row(c, c->next_row_ns);
@@ -93,8 +94,12 @@ void jc__csv_pump(jc_context *ctx, uint64_t now) {
 
 void jc__csv_finish(jc_context *ctx, double timeout_s) {
     jc__csv *c = ctx->csv;
-    if (!c || c->file.fd < 0 || !ctx->thread_started) return;
+    if (!c || !ctx->thread_started) return;
     pthread_mutex_lock(&ctx->lock);
+    if (c->file.stop) {
+        pthread_mutex_unlock(&ctx->lock);
+        return;
+    }
     uint64_t now = jc_now_ns();
     jc__csv_pump(ctx, now);
     /* A last row at the instant of closing, then no more. */
@@ -135,10 +140,8 @@ jc_status jc_csv_status(jc_context *ctx, uint64_t *rows_written) {
 jc_status jc_csv_close(jc_context *ctx, uint64_t *rows_written) {
     if (!ctx) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_csv_close: NULL context");
     if (!ctx->csv) return jc__fail(JC_ERR_STATE, "this context has no CSV sink");
-    if (ctx->csv->file.fd >= 0) {
-        jc__csv_finish(ctx, jc__s(ctx->stall_ns) + 0.5);
-        jc__rowfile_stop(&ctx->csv->file);
-    }
+    jc__csv_finish(ctx, jc__s(ctx->stall_ns) + 0.5);
+    jc__rowfile_stop(&ctx->csv->file);
     return jc_csv_status(ctx, rows_written);
 }
 
@@ -146,7 +149,7 @@ jc_status jc_csv_sync(jc_context *ctx) {
     if (!ctx) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_csv_sync: NULL context");
     pthread_mutex_lock(&ctx->lock);
     jc_status st;
-    if (!ctx->csv || ctx->csv->file.fd < 0)
+    if (!ctx->csv || ctx->csv->file.stop)
         st = ctx->csv && ctx->csv->file.error != JC_OK ? jc__rowfile_status(&ctx->csv->file)
                                                         : jc__fail(JC_ERR_STATE, "this context has no open CSV sink");
     else

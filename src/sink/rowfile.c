@@ -156,34 +156,34 @@ jc_status jc__rowfile_start(jc__rowfile *rf) {
 }
 
 void jc__rowfile_kick(jc__rowfile *rf) {
-    if (rf->started && rf->outlen) pthread_cond_signal(&rf->cv);
+    if (rf->started && !rf->stop && rf->outlen) pthread_cond_signal(&rf->cv);
 }
 
 int jc__rowfile_drained(const jc__rowfile *rf) { return rf->error != JC_OK || (!rf->outlen && !rf->writing); }
 
 void jc__rowfile_stop(jc__rowfile *rf) {
-    if (rf->started) {
-        pthread_mutex_lock(rf->lock);
-        rf->stop = 1;
-        pthread_cond_signal(&rf->cv);
-        pthread_mutex_unlock(rf->lock);
-        pthread_join(rf->writer, NULL);
-        pthread_cond_destroy(&rf->cv);
-        rf->started = 0;
+    /* No row is taken after this; the writer writes what it has, then ends. */
+    pthread_mutex_lock(rf->lock);
+    int started = rf->started, fd = rf->fd;
+    rf->stop = 1;
+    if (started) pthread_cond_signal(&rf->cv);
+    pthread_mutex_unlock(rf->lock);
+    if (started) pthread_join(rf->writer, NULL);
+    pthread_mutex_lock(rf->lock);
+    rf->started = 0;
+    rf->fd = -1;
+    pthread_mutex_unlock(rf->lock);
+    if (started) pthread_cond_destroy(&rf->cv);
+    if (fd < 0) return;
+    int bad_sync = is_regular(fd) && fsync(fd) != 0, sync_err = errno;
+    int bad_close = close(fd) != 0, close_err = errno;
+    pthread_mutex_lock(rf->lock);
+    if (rf->error == JC_OK && (bad_sync || bad_close)) {
+        rf->error = JC_ERR_IO;
+        jc__fmt(rf->error_text, sizeof rf->error_text, "cannot %s the CSV file %s: %s", bad_sync ? "flush" : "close",
+                rf->path, strerror(bad_sync ? sync_err : close_err));
     }
-    if (rf->fd >= 0) {
-        if (is_regular(rf->fd) && fsync(rf->fd) != 0 && rf->error == JC_OK) {
-            rf->error = JC_ERR_IO;
-            jc__fmt(rf->error_text, sizeof rf->error_text, "cannot flush the CSV file %s: %s", rf->path,
-                    strerror(errno));
-        }
-        if (close(rf->fd) != 0 && rf->error == JC_OK) {
-            rf->error = JC_ERR_IO;
-            jc__fmt(rf->error_text, sizeof rf->error_text, "cannot close the CSV file %s: %s", rf->path,
-                    strerror(errno));
-        }
-        rf->fd = -1;
-    }
+    pthread_mutex_unlock(rf->lock);
 }
 
 void jc__rowfile_free(jc__rowfile *rf) {

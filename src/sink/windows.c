@@ -82,7 +82,7 @@ static void format_row(jc_context *ctx, const jc__window *w) {
 
 void jc__wlog_pump(jc_context *ctx) {
     jc__wlog *L = ctx->wlog;
-    if (!L) return;
+    if (!L || L->file.stop) return;
     while (L->len) {
         jc_window id = L->queue[L->head];
         jc__window *w = jc__window_peek(ctx, id);
@@ -119,7 +119,7 @@ jc_status jc__wlog_wait_row(jc_context *ctx, jc__window *w, jc_window id, double
 
 void jc__wlog_finish(jc_context *ctx, double timeout_s) {
     jc__wlog *L = ctx->wlog;
-    if (!L || L->file.fd < 0) return;
+    if (!L) return;
     pthread_mutex_lock(&ctx->lock);
     uint64_t deadline = jc_now_ns() + (uint64_t)(timeout_s * 1e9);
     for (;;) {
