@@ -190,6 +190,8 @@ int jc__readers_stop(jc_context *ctx, double wait_s);
 /* A read failed (called by the reader, lock not held): GPU lost or a permanent error ends the device's
  * energy (returns 1); anything else is counted and retried with back-off (returns 0). */
 int jc__reader_read_failed(jc__device *d, nvmlReturn_t r, uint64_t t, const char *what, int energy);
+/* An energy read succeeded: ends a streak of failures (lock held). */
+void jc__reader_ok(jc__device *d, uint64_t t);
 /* Marks the start and end of a slow read, for stall detection. */
 void jc__reader_busy(jc__device *d, int busy);
 /* 1 while reads of the energy counter at every step are needed (lock held). */

@@ -147,6 +147,11 @@ void jc__counter_read(jc__device *d, uint64_t now) {
         if (!jc__reader_read_failed(d, r, mid, "energy counter", 1)) c->next_ns = b + (10 * MS << n);
         return;
     }
+    if (d->fail_streak) {
+        pthread_mutex_lock(&ctx->lock);
+        jc__reader_ok(d, mid);
+        pthread_mutex_unlock(&ctx->lock);
+    }
     if (!c->have_raw || mj != c->raw_mj) {
         c->raw_changed_ns = mid;
         c->stuck_reported = 0;

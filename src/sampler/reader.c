@@ -94,6 +94,9 @@ int jc__reader_read_failed(jc__device *d, nvmlReturn_t r, uint64_t t, const char
     if (gpu_lost || (energy && permanent)) {
         end_energy(d, t, gpu_lost, why);
         ended = 1;
+    } else if (!energy) {
+        /* Power, utilisation or temperature: its value is empty; the energy (and windows) do not depend on it. */
+        degrade(d, t, why);
     } else {
         if (!d->fail_streak) d->fail_since_ns = t;
         d->fail_streak++;
@@ -114,8 +117,8 @@ int jc__reader_read_failed(jc__device *d, nvmlReturn_t r, uint64_t t, const char
     return ended;
 }
 
-/* A read succeeded after failures (lock held). */
-static void read_ok(jc__device *d, uint64_t t) {
+/* An energy read succeeded after failures (lock held). */
+void jc__reader_ok(jc__device *d, uint64_t t) {
     if (!d->fail_streak) return;
     d->fail_streak = 0;
     if (d->stall_from_ns && !d->read_since_ns) jc__health_recovered(d, t);
@@ -124,7 +127,7 @@ static void read_ok(jc__device *d, uint64_t t) {
 static void commit_knot(jc__device *d, uint64_t t, double e) {
     pthread_mutex_lock(&d->ctx->lock);
     jc__ring_push(&d->knots, t, e);
-    read_ok(d, t);
+    jc__reader_ok(d, t);
     jc__health_knot(d, t);
     pthread_cond_broadcast(&d->ctx->data_cv);
     pthread_mutex_unlock(&d->ctx->lock);
@@ -214,7 +217,7 @@ static void gpu_cheap(jc__device *d, uint64_t now) {
         jc__reader_busy(d, 0);
         return;
     }
-    if (nvml->nvmlDeviceGetUtilizationRates) {
+    if (nvml->nvmlDeviceGetUtilizationRates && d->info.util_status == JC_OK) {
         nvmlUtilization_t u;
         r = nvml->nvmlDeviceGetUtilizationRates(d->handle, &u);
         if (r == NVML_SUCCESS) util = u.gpu;
@@ -223,7 +226,7 @@ static void gpu_cheap(jc__device *d, uint64_t now) {
             return;
         }
     }
-    if (nvml->nvmlDeviceGetTemperature) {
+    if (nvml->nvmlDeviceGetTemperature && d->info.temp_status == JC_OK) {
         unsigned tc;
         r = nvml->nvmlDeviceGetTemperature(d->handle, NVML_TEMPERATURE_GPU, &tc);
         if (r == NVML_SUCCESS) temp = tc;
@@ -289,7 +292,7 @@ static void cpu_sample(jc__device *d, uint64_t now) {
             }
             jc__ring_push(&d->knots, t, e);
             d->latest.t_ns = t;
-            read_ok(d, t);
+            jc__reader_ok(d, t);
             jc__health_knot(d, t);
             pthread_cond_broadcast(&ctx->data_cv);
             pthread_mutex_unlock(&ctx->lock);
