@@ -1768,7 +1768,9 @@ class LayerwiseResult:
 
     * ``rows``: list of dicts, one per (layer, phase) that ran and one per "outside layers" row, keyed by
       ``columns``; energies in J, times in s.  Every energy column adds up over the rows to ``total_energy_j``.
-    * ``total_energy_j``: ``{"cpu": J, "gpu0": J}`` measured for the whole run (start() to stop()).
+    * ``total_energy_j``: ``{"cpu": J, "gpu0": J}`` measured for the whole run (start() to stop());
+      ``coverage`` the share of the run each covers (below 1: the device stalled or was lost, and ``estimates``
+      says so), ``states`` the devices' worst health during the run.
     * ``elapsed_s``, ``mode``, ``clock`` (how layer times were taken and how precise they are), ``replayed``
       (replay mode: the layers run alone and their power), ``sources`` and ``estimates`` as for
       :class:`~joulecap.Measurement`.
@@ -1790,6 +1792,8 @@ class LayerwiseResult:
         self.labels = labels
         self.csv_path = csv_path
         self.sampling: Dict[str, Dict[str, Any]] = {}  # per phase: steps, sampled_steps, extrapolated
+        self.coverage: Dict[str, float] = {label: 1.0 for label in labels}  # share of the run each total covers
+        self.states: Dict[str, str] = {label: "ok" for label in labels}  # worst device health in the run
 
     @property
     def total_j(self) -> float:
@@ -1852,7 +1856,9 @@ class LayerwiseResult:
                                           sum(_nz(r["share_pct"]) for r in rest)))
         for r in outside:
             buf.write(line(r) + "\n")
-        tot = "%-*s %-16s %-5s %7s %10.4f" % (w, "total (measured)", "", "", "", self.elapsed_s)
+        partial = [k for k, v in self.coverage.items() if v < 1 and self.sources.get(k) != "none"]
+        label = "total (PARTIAL)" if partial else "total (measured)"
+        tot = "%-*s %-16s %-5s %7s %10.4f" % (w, label, "", "", "", self.elapsed_s)
         for g in gpus:
             tot += " %11s" % _fmt(self.total_energy_j.get(g, float("nan")))
         tot += " %11s %6.1f%%" % (_fmt(self.total_energy_j.get("cpu", float("nan"))), 100.0)
@@ -1866,9 +1872,12 @@ class LayerwiseResult:
         if self.mode == "attribute" and layers:
             note += "; the layers of a step share its measured power, split by time (mode='replay' measures " \
                     "each layer's own)"
-        if self.estimates:
-            note += "; estimated: %s (see .estimates)" % ", ".join(
-                "CPU" if k == "cpu" else k.upper() for k in self.estimates)
+        if partial:
+            note += "; PARTIAL: %s" % "; ".join("%s %s" % ("CPU" if k == "cpu" else k.upper(), self.estimates.get(k, ""))
+                                               for k in partial)
+        rest = [k for k in self.estimates if k not in partial]
+        if rest:
+            note += "; estimated: %s (see .estimates)" % ", ".join("CPU" if k == "cpu" else k.upper() for k in rest)
         buf.write(note + "\n")
         text = buf.getvalue()
         if print_it:
@@ -2218,6 +2227,13 @@ class LayerwiseMeasurementTool:
                 estimates[label] = note or _ESTIMATED_SOURCES[src]
             elif src == "none":
                 estimates[label] = "not measured: " + (note or "no energy source")
+        # A device that stalled or was lost during the run: its total covers part of it and its layers have none.
+        coverage = dict(zip(labels, whole.get("coverage", [1.0] * len(labels))))
+        states = dict(zip(labels, whole.get("state", ["ok"] * len(labels))))
+        for label, info in zip(labels, self._devices.info):
+            if sources.get(label) != "none" and coverage[label] < 1:
+                estimates.setdefault(label, "partial: the total covers %.1f%% of the run (%s: %s)" % (
+                    100 * coverage[label], states[label], info.get("state_note", "") or "see devices"))
         clock = run.clock.info()
         clock["resolve_passes"] = run.passes
         clock["resolve_host_s"] = run.resolve_ns * 1e-9
@@ -2240,6 +2256,8 @@ class LayerwiseMeasurementTool:
         result = LayerwiseResult(columns, result_rows, total, (run.t_end - run.t_start) * 1e-9, self.mode, clock,
                                  replayed, sources, estimates, labels, self.out_file)
         result.sampling = sampling
+        result.coverage = coverage
+        result.states = states
         return result
 
     # -- convenience -------------------------------------------------------------------------------------------

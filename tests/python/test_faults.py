@@ -181,3 +181,31 @@ def test_snippet_disk_full_raises_at_the_next_call(fake, tmp_path):
     assert str(path) in r.stdout and "rows" in r.stdout
     data = path.read_bytes()
     assert 100 < len(data) <= 600 and data.endswith(b"\n")
+
+
+@pytest.mark.parametrize("scenario", ["gpu1-lost.scn", "counter-fails-midrun.scn"])
+def test_layerwise_under_faults(fake_env, scenario):
+    torch = pytest.importorskip("torch")
+    from joulecap import LayerwiseMeasurementTool
+
+    fake_env(scenario=scenario, sysfs="norapl", proc="qemu")
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0)
+    tracker.start(model)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < RUN_S:
+        opt.zero_grad()
+        model(torch.randn(16, 32)).sum().backward()
+        opt.step()
+    r = tracker.stop()
+    text = r.summary(print_it=False)
+    if scenario == "gpu1-lost.scn":  # another GPU lost: this one is measured as usual
+        assert r.coverage["gpu0"] == 1.0 and r.states["gpu0"] == "ok"
+        assert r.total_energy_j["gpu0"] == pytest.approx(300 * r.elapsed_s, rel=0.05)
+        assert "PARTIAL" not in text
+    else:  # the counter refused mid-run: the total says it is partial, the layers have no value
+        assert 0.2 < r.coverage["gpu0"] < 0.9 and r.states["gpu0"] == "lost"
+        assert r.estimates["gpu0"].startswith("partial:")
+        assert "total (PARTIAL)" in text
+        assert all(math.isnan(row["gpu0_energy_j"]) for row in r.layer_rows())
