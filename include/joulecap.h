@@ -253,6 +253,14 @@ JC_API jc_status jc_window_release(jc_context *ctx, jc_window w);
 JC_API jc_status jc_energy_between(jc_context *ctx, uint64_t t0_ns, uint64_t t1_ns, double timeout_s,
                                    jc_window_result *out);
 
+/* Cumulative energy of every device at n instants, in one call: energy_j[k * device_count + i] is device i's
+ * energy (J, since the context opened) at t_ns[k], interpolated as a window edge is; NaN where the series does
+ * not cover the instant (before the kept history, or past a stalled or lost device's last sample).  Waits up to
+ * timeout_s for the samples after the latest instant (JC_ERR_TIMEOUT otherwise, with what is known filled in).
+ * The energy of [a, b] is the difference of two rows.  For tools that time many intervals themselves (the
+ * layer-wise tool).  [any thread] */
+JC_API jc_status jc_energy_at(jc_context *ctx, const uint64_t *t_ns, size_t n, double timeout_s, double *energy_j);
+
 /* Blocks until the sampler has taken a sample after t_ns (or timeout). Used by stop paths and tests. */
 JC_API jc_status jc_sync(jc_context *ctx, uint64_t t_ns, double timeout_s);
 

@@ -466,6 +466,73 @@ static PyObject *Context_energy_between(ContextObject *self, PyObject *args, PyO
     return result_dict(&r, st == JC_OK);
 }
 
+/* energy_at(times_ns, timeout=10.0) -> (rows, complete): rows[k] = [J per device] at times_ns[k] (cumulative
+ * since the context opened; NaN where not covered); complete is False when the samples after the latest instant
+ * had not arrived within timeout. */
+static PyObject *Context_energy_at(ContextObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"times_ns", "timeout", NULL};
+    PyObject *seq_o;
+    double timeout = RESOLVE_TIMEOUT_S;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|d:energy_at", kwlist, &seq_o, &timeout)) return NULL;
+    if (!check_open(self) || !check_timeout(timeout)) return NULL;
+    PyObject *seq = PySequence_Fast(seq_o, "energy_at: times_ns must be a sequence of ints (ns)");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    int nd = jc_device_count(self->ctx);
+    uint64_t *t = PyMem_Malloc((size_t)(n ? n : 1) * sizeof *t);
+    double *e = PyMem_Malloc((size_t)(n ? n : 1) * (size_t)nd * sizeof *e);
+    if (!t || !e) {
+        PyMem_Free(t);
+        PyMem_Free(e);
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        t[k] = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(seq, k));
+        if (PyErr_Occurred()) {
+            PyMem_Free(t);
+            PyMem_Free(e);
+            Py_DECREF(seq);
+            return NULL;
+        }
+    }
+    Py_DECREF(seq);
+    jc_status st;
+    char detail[1024] = "";
+    self->busy++;
+    Py_BEGIN_ALLOW_THREADS
+    st = jc_energy_at(self->ctx, t, (size_t)n, timeout, e);
+    if (st != JC_OK) snprintf(detail, sizeof detail, "%s", jc_last_detail());
+    Py_END_ALLOW_THREADS
+    self->busy--;
+    PyMem_Free(t);
+    if (st != JC_OK && st != JC_ERR_TIMEOUT) {
+        PyMem_Free(e);
+        return raise_status(st, detail, "energy_at");
+    }
+    PyObject *rows = PyList_New(n);
+    for (Py_ssize_t k = 0; rows && k < n; k++) {
+        PyObject *row = PyList_New(nd);
+        if (!row) {
+            Py_CLEAR(rows);
+            break;
+        }
+        for (int i = 0; i < nd; i++) {
+            PyObject *v = PyFloat_FromDouble(e[(size_t)k * (size_t)nd + (size_t)i]);
+            if (!v) {
+                Py_DECREF(row);
+                Py_CLEAR(rows);
+                break;
+            }
+            PyList_SET_ITEM(row, i, v);
+        }
+        if (rows) PyList_SET_ITEM(rows, k, row);
+    }
+    PyMem_Free(e);
+    if (!rows) return NULL;
+    return Py_BuildValue("(NO)", rows, st == JC_OK ? Py_True : Py_False);
+}
+
 static PyObject *Context_read_latest(ContextObject *self, PyObject *arg) {
     if (!check_open(self)) return NULL;
     long dev = PyLong_AsLong(arg);
@@ -615,6 +682,9 @@ static PyMethodDef Context_methods[] = {
     {"csv_sync", (PyCFunction)Context_csv_sync, METH_NOARGS, "csv_sync()\n--\n\nFlushes and fsyncs the sampler CSV."},
     {"window_csv_status", (PyCFunction)Context_window_csv_status, METH_NOARGS,
      "window_csv_status()\n--\n\nRaises the window CSV's write error, if it had one."},
+    {"energy_at", (PyCFunction)(void (*)(void))Context_energy_at, METH_VARARGS | METH_KEYWORDS,
+     "energy_at(times_ns, timeout=10.0)\n--\n\nCumulative energy per device at many instants in one call: "
+     "(rows, complete)."},
     {"csv_status", (PyCFunction)Context_csv_status, METH_NOARGS,
      "csv_status()\n--\n\nRows of the sampler CSV written so far; raises the sink's write error."},
     {"csv_close", (PyCFunction)Context_csv_close, METH_NOARGS,

@@ -393,3 +393,37 @@ jc_status jc_energy_between(jc_context *ctx, uint64_t t0, uint64_t t1, double ti
     pthread_mutex_unlock(&ctx->lock);
     return st;
 }
+
+jc_status jc_energy_at(jc_context *ctx, const uint64_t *t_ns, size_t n, double timeout_s, double *energy_j) {
+    if (!ctx || (n && (!t_ns || !energy_j))) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_energy_at: NULL argument");
+    jc_status st = check_timeout(timeout_s);
+    if (st != JC_OK || n == 0) return st;
+    uint64_t latest = 0;
+    for (size_t k = 0; k < n; k++)
+        if (t_ns[k] > latest) latest = t_ns[k];
+    int nd = ctx->ndev;
+    uint64_t deadline = jc_now_ns() + (uint64_t)(timeout_s * 1e9);
+    pthread_mutex_lock(&ctx->lock);
+    /* Wait until the latest instant resolves for every device (then every earlier one has too). */
+    jc__edge last[JC_MAX_DEVICES] = {{0}};
+    while (!jc__resolve_edge(ctx, latest, last, 1)) {
+        if (jc_now_ns() >= deadline) {
+            st = jc__fail(JC_ERR_TIMEOUT, "the samples after the latest of %zu instants have not arrived within %g s",
+                          n, timeout_s);
+            break;
+        }
+        struct timespec ts = {(time_t)(deadline / 1000000000ull), (long)(deadline % 1000000000ull)};
+        pthread_cond_timedwait(&ctx->data_cv, &ctx->lock, &ts);
+    }
+    for (int i = 0; i < nd; i++) {
+        jc__device *d = &ctx->dev[i];
+        double base = d->epoch_resolved ? d->epoch_j : NAN;
+        for (size_t k = 0; k < n; k++) {
+            double e = NAN;
+            if (d->info.energy_source != JC_SOURCE_NONE && jc__energy_at(&d->knots, t_ns[k], &e) != JC__AT_OK) e = NAN;
+            energy_j[k * (size_t)nd + (size_t)i] = e - base;
+        }
+    }
+    pthread_mutex_unlock(&ctx->lock);
+    return st;
+}

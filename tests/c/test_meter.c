@@ -322,6 +322,27 @@ TEST(window_csv_rows_in_finish_order) {
     unlink(path);
 }
 
+/* jc_energy_at: many instants in one call agree with jc_energy_between on each interval. */
+TEST(energy_at_many_instants) {
+    use_scenario("h100-constant-300w.scn");
+    jc_context *ctx = open_ctx("0", NULL);
+    uint64_t t[6];
+    for (int k = 0; k < 6; k++) {
+        t[k] = jc_now_ns();
+        sleep_s(0.07);
+    }
+    double e[6 * 2];
+    ASSERT_OK(jc_energy_at(ctx, t, 6, 2.0, e));
+    for (int k = 1; k < 6; k++) {
+        jc_window_result r;
+        ASSERT_OK(jc_energy_between(ctx, t[k - 1], t[k], 2.0, &r));
+        ASSERT_NEAR(e[k * 2 + 1] - e[(k - 1) * 2 + 1], r.energy_j[1], 1e-6);
+    }
+    ASSERT_NEAR(e[5 * 2 + 1] - e[1], 300.0 * (t[5] - t[0]) * 1e-9, 3.5);
+    ASSERT_STATUS(jc_energy_at(ctx, NULL, 2, 1.0, e), JC_ERR_INVALID_ARGUMENT);
+    jc_close(ctx);
+}
+
 TEST(square_wave_windows_match_truth) {
     use_scenario("h100-square-wave.scn");
     char state[] = "/tmp/jc-state-XXXXXX";
@@ -368,5 +389,5 @@ JC_TEST_MAIN(TEST_ENTRY(constant_300w_one_second), TEST_ENTRY(short_windows_are_
              TEST_ENTRY(result_of_open_window_is_an_error), TEST_ENTRY(bad_options_fail_before_work),
              TEST_ENTRY(no_nvml_means_cpu_only), TEST_ENTRY(gpu_without_counter_integrates_power),
              TEST_ENTRY(lost_gpu_gives_empty_values_not_a_crash), TEST_ENTRY(csv_rows_reach_disk_while_running),
-             TEST_ENTRY(window_csv_rows_in_finish_order),
+             TEST_ENTRY(window_csv_rows_in_finish_order), TEST_ENTRY(energy_at_many_instants),
              TEST_ENTRY(square_wave_windows_match_truth), TEST_ENTRY(continuous_counter))
