@@ -340,6 +340,10 @@ typedef struct jc_cap_info {
     char owner_command[256];   /* the owner's command line */
     double journal_created;    /* Unix time (s) */
     char journal_path[512];
+    /* Through joulecapd (a lease is reported as SESSION, a lease waiting to be put back as STALE): who holds
+     * the GPU, the holder of a persistent cap included.  "" and 0 in direct mode. */
+    char owner_user[64];
+    unsigned owner_uid;
 } jc_cap_info;
 
 /* Limits and manager of the GPUs selected by opts->gpus (opts may be NULL: all), in selection order.
@@ -428,6 +432,13 @@ JC_API jc_status jc_cap_restore(const jc_cap_options *opts, jc_cap_restore_entry
 
 /* The state directory that opts select (created if missing). */
 JC_API jc_status jc_cap_state_dir(const jc_cap_options *opts, char *buf, size_t len);
+
+/* Where cap calls go.  When the socket of joulecapd, the node service (docs/daemon.md), exists
+ * ($JOULECAP_DAEMON_SOCKET, else /run/joulecap/joulecapd.sock), every jc_cap_* call above goes through it:
+ * sessions are leases that end with their connection, any user the daemon's config allows may cap, and
+ * errors say "joulecapd (PATH): ...".  Otherwise NVML is used directly, as described above.  Returns 1 for
+ * joulecapd, text "joulecapd (PATH)"; 0 for direct, text "direct NVML".  text may be NULL. */
+JC_API int jc_cap_route(char *text, size_t len);
 
 /* Entry point of the guardian (`joulecap cap __guard --fd N --journal-dir DIR --owner PID --owner-start T`);
  * argv[0] is "__guard".  For the joulecap executable only; returns the exit code. */

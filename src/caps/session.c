@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "caps_internal.h"
+#include "client.h"
 
 extern char **environ;
 
@@ -38,6 +39,7 @@ struct jc_cap_session {
     unsigned long long guardian_start;
     int sock; /* our end of the guardian's socket */
     char note[1024];
+    jc__capd_session *remote; /* through joulecapd (client.c): nothing above is used */
 };
 
 /* ------------------------------------------------------------------------------------------------------
@@ -313,6 +315,7 @@ static jc_status restore_gpu(jc_cap_session *s, int i) {
 
 static void session_free(jc_cap_session *s, int owner) {
     if (!s) return;
+    if (s->remote) jc__capd_session_close(s->remote);
     if (s->sock >= 0) close(s->sock);
     /* In a forked child NVML belongs to the parent: leave it alone. */
     if (owner) jc__nvml_close(s->nvml);
@@ -332,6 +335,15 @@ jc_status jc_cap_session_open(const jc_cap_options *opts, jc_cap_session **out) 
     pthread_mutex_init(&s->lock, NULL);
     s->sock = -1;
     s->owner_pid = (int)getpid();
+    if (jc__capd_route(NULL, 0)) {
+        jc_status rst = jc__capd_session_open(&o, &s->remote);
+        if (rst != JC_OK) {
+            session_free(s, 1);
+            return rst;
+        }
+        *out = s;
+        return JC_OK;
+    }
     jc_status st = jc__cap_dir(&o, s->dir, sizeof s->dir);
     char why[512];
     if (st == JC_OK) st = jc__nvml_open(&s->nvml, why, sizeof why);
@@ -391,6 +403,7 @@ static jc_status targets(const jc_cap_session *s, int gpu, int *idx, int *n) {
 jc_status jc_cap_session_set(jc_cap_session *s, int gpu, double watts) {
     jc__clear_detail();
     if (!s) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_cap_session_set: NULL session");
+    if (s->remote) return jc__capd_session_set(s->remote, gpu, watts);
     pthread_mutex_lock(&s->lock);
     int idx[JC__CAP_MAX_GPUS], n = 0;
     unsigned mw[JC__CAP_MAX_GPUS];
@@ -407,6 +420,7 @@ jc_status jc_cap_session_reset(jc_cap_session *s, int gpu, jc_cap_reset_kind *di
     jc__clear_detail();
     if (did) *did = JC_CAP_RESET_NONE;
     if (!s) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_cap_session_reset: NULL session");
+    if (s->remote) return jc__capd_session_reset(s->remote, gpu, did);
     pthread_mutex_lock(&s->lock);
     int idx[JC__CAP_MAX_GPUS], n = 0;
     jc_status st = check_owner(s);
@@ -434,6 +448,7 @@ jc_status jc_cap_session_reset(jc_cap_session *s, int gpu, jc_cap_reset_kind *di
 jc_status jc_cap_session_restore(jc_cap_session *s) {
     jc__clear_detail();
     if (!s) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_cap_session_restore: NULL session");
+    if (s->remote) return jc__capd_session_restore(s->remote);
     pthread_mutex_lock(&s->lock);
     jc_status first = check_owner(s);
     for (int i = 0; first == JC_OK && i < s->n; i++) {
@@ -448,6 +463,12 @@ jc_status jc_cap_session_restore(jc_cap_session *s) {
 jc_status jc_cap_session_close(jc_cap_session *s) {
     jc__clear_detail();
     if (!s) return JC_OK;
+    if (s->remote) {
+        jc_status rst = jc__capd_session_close(s->remote);
+        s->remote = NULL;
+        session_free(s, 0);
+        return rst;
+    }
     if ((int)getpid() != s->owner_pid) {
         session_free(s, 0); /* a forked child: the caps are the parent's */
         return JC_OK;
@@ -471,11 +492,15 @@ jc_status jc_cap_session_close(jc_cap_session *s) {
     return JC_OK;
 }
 
-int jc_cap_session_gpu_count(const jc_cap_session *s) { return s ? s->n : 0; }
+int jc_cap_session_gpu_count(const jc_cap_session *s) {
+    if (s && s->remote) return jc__capd_session_gpu_count(s->remote);
+    return s ? s->n : 0;
+}
 
 jc_status jc_cap_session_gpu(jc_cap_session *s, int i, jc_cap_info *out) {
     jc__clear_detail();
     if (!s || !out) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_cap_session_gpu: NULL argument");
+    if (s->remote) return jc__capd_session_gpu(s->remote, i, out);
     if (i < 0 || i >= s->n)
         return jc__fail(JC_ERR_NOT_FOUND, "GPU %d of the session: it has %d (0 to %d)", i, s->n, s->n - 1);
     pthread_mutex_lock(&s->lock);
@@ -485,4 +510,7 @@ jc_status jc_cap_session_gpu(jc_cap_session *s, int i, jc_cap_info *out) {
     return JC_OK;
 }
 
-const char *jc_cap_session_note(const jc_cap_session *s) { return s ? s->note : ""; }
+const char *jc_cap_session_note(const jc_cap_session *s) {
+    if (s && s->remote) return jc__capd_session_note(s->remote);
+    return s ? s->note : "";
+}
