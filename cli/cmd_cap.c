@@ -162,6 +162,8 @@ static int list(const cap_args *a, const jc_cap_options *o, jc_cap_info **out, i
 
 /* ------------------------------------------------------------------------------------------------------ */
 
+static char via[600]; /* "joulecapd (PATH)" or "direct NVML", set once in jc_cmd_cap */
+
 static void since_text(double t, char *buf, size_t len) {
     time_t s = (time_t)t;
     struct tm tm;
@@ -172,6 +174,10 @@ static void since_text(double t, char *buf, size_t len) {
 /* Who holds a GPU through joulecapd: a lease, a persistent cap, or a lease being put back. */
 static void holder_text(const jc_cap_info *c, char *buf, size_t len) {
     char a[32], b[32], when[64], who[512];
+    if (!c->owner_user[0]) { /* a damaged journal: the text says what to do */
+        snprintf(buf, len, "nobody can change it: %s", c->owner_command);
+        return;
+    }
     since_text(c->journal_created, when, sizeof when);
     snprintf(who, sizeof who, "user %s (uid %u), process %d (%s), since %s", c->owner_user, c->owner_uid,
              c->owner_pid, c->owner_command[0] ? c->owner_command : "command unknown", when);
@@ -191,7 +197,7 @@ static void holder_text(const jc_cap_info *c, char *buf, size_t len) {
 
 static void manager_text(const jc_cap_info *c, char *buf, size_t len) {
     char a[32], b[32];
-    if (c->owner_user[0] && c->manager != JC_CAP_MANAGER_NONE) {
+    if (strncmp(via, "joulecapd", 9) == 0 && c->manager != JC_CAP_MANAGER_NONE) {
         holder_text(c, buf, len);
         return;
     }
@@ -269,8 +275,6 @@ static void json_info(FILE *f, const jc_cap_info *c) {
     json_opt_num(f, &first, "journal_created", c->journal_created > 0 ? c->journal_created : NAN);
     fputc('}', f);
 }
-
-static char via[600]; /* "joulecapd (PATH)" or "direct NVML", set once in jc_cmd_cap */
 
 static int cmd_get(const cap_args *a, const jc_cap_options *o, const char *dir) {
     jc_cap_info *c = NULL;

@@ -234,7 +234,7 @@ void jcd_config_describe(const jcd_config *c, char *buf, size_t len) {
     append(buf, len, "%s%s\n", "may change limits: root (always)", "");
     for (int i = 0; i < c->n; i++) {
         const jcd_rule *r = &c->rules[i];
-        char what[160] = "", line[32];
+        char what[400] = "", line[32];
         snprintf(line, sizeof line, "%d", r->line);
         if (!r->group) {
             char name[128];
