@@ -663,6 +663,25 @@ TEST(user_not_allowed_is_refused) {
     ASSERT_CONTAINS(out, "reload");
     ASSERT_EQ(limit_mw(), 500000);
     ASSERT_EQ(journals_settle(0), 0);
+    /* The fix the message gives: add the rule, reload (SIGHUP). */
+    write_text(config_path, "allow_user daemon\nallow_user nobody\n", 0644);
+    ASSERT_EQ(kill(daemon_pid, SIGHUP), 0);
+    double t0 = now_s();
+    do {
+        sleep_ms(5);
+        as_user(65534, 65534, try_to_cap, out, sizeof out);
+    } while (atoi(out) != JC_OK && now_s() - t0 < 5);
+    ASSERT_EQ(atoi(out), JC_OK);
+    /* A config with an error is not loaded: the old one stays. */
+    write_text(config_path, "allow_user daemon\nallow_usr nobody\n", 0644);
+    ASSERT_EQ(kill(daemon_pid, SIGHUP), 0);
+    sleep_ms(100);
+    as_user(65534, 65534, try_to_cap, out, sizeof out);
+    ASSERT_EQ(atoi(out), JC_OK);
+    char *log = read_file(log_path);
+    ASSERT_CONTAINS(log, "config not reloaded, the old one stays");
+    free(log);
+    ASSERT_EQ(limit_mw(), 500000);
     teardown();
 }
 
