@@ -113,6 +113,8 @@ typedef struct jcd_gpu {
     jcd_holder lease;      /* a lease: ends with its connection */
     jcd_client *lessee;    /* NULL: a lease waiting to be put back (restore failed, or from before a restart) */
     char broken[600];      /* the journal could not be read: why; no writes until it is repaired */
+    int tries;             /* failed restores of a waiting lease: the retries back off to once a minute */
+    double next_try;       /* monotonic s */
 } jcd_gpu;
 
 struct jcd_client {
@@ -140,7 +142,6 @@ typedef struct jcd_state {
     int state_fd;
     jcd_config config;
     char socket_path[108];
-    double retry_at;       /* next retry of pending restores (monotonic s) */
 } jcd_state;
 
 /* --- journal.c --------------------------------------------------------------------------------------- */
@@ -186,7 +187,8 @@ void jcd_leases_start(jcd_state *s);
 void jcd_handle(jcd_state *s, jcd_client *c, const jcd_request *r);
 /* c's connection ended (EOF, error, protocol error, its process died): its leases are put back now. */
 void jcd_client_gone(jcd_state *s, jcd_client *c, const char *why);
-/* Retries the leases whose limit could not be put back (every 2 s); returns how many are left. */
+/* Retries the leases whose limit could not be put back (after 2, 4, 8 ... s, then every 60 s); returns how
+ * many are left. */
 int jcd_leases_retry(jcd_state *s, double now);
 int jcd_leases_pending(const jcd_state *s);
 /* Daemon stop: every lease put back (persistent caps stay). */

@@ -103,10 +103,14 @@ static jc_status end_lease(jcd_state *s, jcd_gpu *g, const char *why) {
     jc_status st = put_back(s, g, g->lease.original_mw);
     g->lessee = NULL;
     if (st != JC_OK) {
-        jcd_log("%s: the lease of %s ended (%s) but its saved limit %g W could not be put back: %s; retrying "
-                "every 2 s", label, who, why, g->lease.original_mw / 1000.0, jc_last_detail());
+        double wait = g->tries < 5 ? (double)(2 << g->tries) : 60;
+        g->tries++;
+        g->next_try = jcd_mono() + wait;
+        jcd_log("%s: the lease of %s ended (%s) but its saved limit %g W could not be put back: %s; retrying in "
+                "%.0f s", label, who, why, g->lease.original_mw / 1000.0, jc_last_detail(), wait);
         return st;
     }
+    g->tries = 0;
     jcd_log("%s: limit %g W put back in %.1f ms; the lease of %s ended: %s", label, g->lease.original_mw / 1000.0,
             (jcd_mono() - t0) * 1e3, who, why);
     memset(&g->lease, 0, sizeof g->lease);
@@ -184,7 +188,7 @@ static void busy(jcd_client *c, jcd_gpu *g) {
                  "'joulecap cap get' shows who holds each GPU", label, who, g->lease.original_mw / 1000.0);
     else
         send_err(c, JC_ERR_BUSY, "%s: the lease of %s ended but joulecapd could not put its saved limit %g W back "
-                 "yet (it retries every 2 s; its log says why)", label, who, g->lease.original_mw / 1000.0);
+                 "yet (it retries; its log says why)", label, who, g->lease.original_mw / 1000.0);
 }
 
 /* The GPU leased by c, or NULL after an error reply. */
@@ -582,11 +586,9 @@ int jcd_leases_pending(const jcd_state *s) {
 }
 
 int jcd_leases_retry(jcd_state *s, double now) {
-    if (now < s->retry_at) return jcd_leases_pending(s);
-    s->retry_at = now + 2;
     for (int i = 0; i < s->ngpus; i++) {
         jcd_gpu *g = &s->gpus[i];
-        if (g->lease.active && !g->lessee && !g->broken[0]) end_lease(s, g, "retried");
+        if (g->lease.active && !g->lessee && !g->broken[0] && now >= g->next_try) end_lease(s, g, "retried");
     }
     return jcd_leases_pending(s);
 }
@@ -678,5 +680,4 @@ void jcd_leases_start(jcd_state *s) {
         }
         if (save(s, g) != 0) jcd_log("%s", jc_last_detail());
     }
-    s->retry_at = jcd_mono() + 2;
 }

@@ -6,7 +6,8 @@
  *
  * The daemon runs as a plain child process (its own session) on a socket in a private temporary directory;
  * the test process, the daemon and the CLI share one fake GPU through JOULECAP_FAKE_NVML_STATE.  Times to
- * restore (from the kill to the limit read back by this process) are printed at the end. */
+ * restore are printed at the end: from the kill (or the bad message) to the limit read back by this process;
+ * for a daemon restart, from the start of the new daemon. */
 #include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
@@ -111,7 +112,7 @@ static int nrestores;
 
 static void restored(const char *what, double s) {
     if (s < 0) JC_FAILF("%s: limit not restored within the timeout (now %u mW)", what, limit_mw());
-    fprintf(stderr, "  %s: restored %.2f ms after the kill\n", what, s * 1e3);
+    fprintf(stderr, "  %s: limit back after %.2f ms\n", what, s * 1e3);
     if (nrestores < 64) {
         restores[nrestores].what = what;
         restores[nrestores++].ms = s * 1e3;
@@ -490,7 +491,7 @@ TEST(daemon_sigkill_then_restart_restores_from_journal) {
     ASSERT_CONTAINS(jc_last_detail(), "not answering");
     double t0 = now_s();
     start_daemon();
-    restored("daemon SIGKILL, restart (journal)", wait_limit_of(0, 500000, t0, 5));
+    restored("daemon SIGKILL, then restart (from the restart)", wait_limit_of(0, 500000, t0, 5));
     ASSERT_EQ(journals_settle(0), 0);
     /* The old connection died with the daemon: the session says so and changes nothing. */
     ASSERT_STATUS(jc_cap_session_set(s, 0, 300), JC_ERR_UNAVAILABLE);
@@ -912,7 +913,7 @@ TEST(persistent_cap_kept_across_daemon_restart) {
     ASSERT_EQ(limit_mw(), 300000);
     double t0 = now_s();
     start_daemon();
-    restored("daemon SIGKILL, restart: lease over a persistent cap", wait_limit_of(0, 400000, t0, 5));
+    restored("daemon SIGKILL, lease over a persistent cap, restart (from the restart)", wait_limit_of(0, 400000, t0, 5));
     jc_cap_session_close(s);
     ASSERT_OK(jc_cap_get("0", NULL, &info));
     ASSERT_EQ(info.manager, JC_CAP_MANAGER_PERSISTENT);
@@ -977,6 +978,69 @@ TEST(set_that_does_not_take_is_an_error) {
     ASSERT_EQ(journals_settle(0), 0);
     ASSERT_EQ(limit_mw(), 700000);
     teardown();
+}
+
+TEST(lost_gpu_blocks_only_itself) {
+    setup_scenario_path("");
+    char scn[512];
+    snprintf(scn, sizeof scn, "%s/lost.scn", dir);
+    write_text(scn, "[device]\nuuid = " TWO0 "\npci_bus_id = 00000000:19:00.0\n"
+                    "[device]\nuuid = " TWO1 "\npci_bus_id = 00000000:3B:00.0\n"
+                    "error = * 800 end GPU_IS_LOST\n", 0644);
+    setenv("JOULECAP_FAKE_NVML_SCENARIO", scn, 1);
+    ASSERT_EQ(fake_open(), 0); /* the fake GPUs' clock starts here: GPU 1 is lost 0.8 s later */
+    double t_start = now_s();
+    start_daemon();
+    int p[2];
+    ASSERT_EQ(pipe(p), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    ASSERT_TRUE(pid >= 0);
+    if (pid == 0) {
+        close(p[0]);
+        jc_cap_options o;
+        jc_cap_options_init(&o);
+        jc_cap_session *s = NULL;
+        int ok = jc_cap_session_open(&o, &s) == JC_OK && jc_cap_session_set(s, 0, 250) == JC_OK &&
+                 jc_cap_session_set(s, 1, 260) == JC_OK;
+        if (!ok) fprintf(stderr, "child: %s\n", jc_last_detail());
+        if (write(p[1], &ok, sizeof ok) != sizeof ok) _exit(97);
+        for (;;) pause();
+    }
+    close(p[1]);
+    int ok = 0;
+    ASSERT_EQ(read(p[0], &ok, sizeof ok), (ssize_t)sizeof ok);
+    close(p[0]);
+    ASSERT_TRUE(ok);
+    ASSERT_TRUE(now_s() - t_start < 0.7);
+    ASSERT_EQ(limit_of(0), 250000);
+    while (now_s() - t_start < 0.9) sleep_ms(10);
+    double t0 = now_s();
+    ASSERT_EQ(kill(pid, SIGKILL), 0);
+    restored("client SIGKILL, its other GPU lost", wait_limit_of(0, 700000, t0, 2));
+    reap(pid);
+    /* GPU 1's restore failed: the daemon keeps its lease for a retry and says so; GPU 0 is free. */
+    jc_cap_info info[2];
+    int n = 0;
+    ASSERT_OK(jc_cap_list(NULL, info, 2, &n));
+    ASSERT_EQ(n, 2);
+    ASSERT_EQ(info[0].manager, JC_CAP_MANAGER_NONE);
+    ASSERT_EQ(info[1].manager, JC_CAP_MANAGER_STALE);
+    ASSERT_TRUE(isnan(info[1].limit_w));
+    jc_cap_session *s = open_gpus("0");
+    ASSERT_OK(jc_cap_session_set(s, 0, 300));
+    ASSERT_OK(jc_cap_session_close(s));
+    ASSERT_EQ(limit_of(0), 700000);
+    jc_cap_options o;
+    jc_cap_options_init(&o);
+    o.gpus = "1";
+    ASSERT_STATUS(jc_cap_session_open(&o, &s), JC_ERR_BUSY);
+    ASSERT_CONTAINS(jc_last_detail(), "could not put its saved limit 700 W back yet");
+    char *log = read_file(log_path);
+    ASSERT_CONTAINS(log, "GPU is lost");
+    free(log);
+    teardown();
+    ASSERT_EQ(journals(), 1); /* kept for the next start */
 }
 
 TEST(damaged_journal_is_refused_not_trusted) {
@@ -1147,4 +1211,5 @@ JC_TEST_MAIN(TEST_ENTRY(protocol_requests_parse_strictly), TEST_ENTRY(journal_cu
              TEST_ENTRY(user_not_allowed_is_refused), TEST_ENTRY(allowed_user_caps_without_root),
              TEST_ENTRY(malformed_message_closes_only_that_client),
              TEST_ENTRY(persistent_cap_kept_across_daemon_restart), TEST_ENTRY(set_that_does_not_take_is_an_error),
-             TEST_ENTRY(damaged_journal_is_refused_not_trusted), TEST_ENTRY(report_restore_times))
+             TEST_ENTRY(lost_gpu_blocks_only_itself), TEST_ENTRY(damaged_journal_is_refused_not_trusted),
+             TEST_ENTRY(report_restore_times))
