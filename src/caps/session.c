@@ -323,6 +323,21 @@ static void session_free(jc_cap_session *s, int owner) {
     free(s);
 }
 
+/* A session through joulecapd (client.c): only the lock and the remote session are used. */
+static jc_status open_remote(const jc_cap_options *o, jc_cap_session **out) {
+    jc_cap_session *s = calloc(1, sizeof *s);
+    if (!s) return jc__fail(JC_ERR_NO_MEMORY, "cannot allocate a cap session");
+    pthread_mutex_init(&s->lock, NULL);
+    s->sock = -1;
+    jc_status st = jc__capd_session_open(o, &s->remote);
+    if (st != JC_OK) {
+        session_free(s, 0);
+        return st;
+    }
+    *out = s;
+    return JC_OK;
+}
+
 jc_status jc_cap_session_open(const jc_cap_options *opts, jc_cap_session **out) {
     jc__clear_detail();
     if (!out) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_cap_session_open: out is NULL");
@@ -330,20 +345,12 @@ jc_status jc_cap_session_open(const jc_cap_options *opts, jc_cap_session **out) 
     jc_cap_options o;
     if (opts) o = *opts;
     else jc_cap_options_init(&o);
+    if (jc__capd_route(NULL, 0)) return open_remote(&o, out);
     jc_cap_session *s = calloc(1, sizeof *s);
     if (!s) return jc__fail(JC_ERR_NO_MEMORY, "cannot allocate a cap session");
     pthread_mutex_init(&s->lock, NULL);
     s->sock = -1;
     s->owner_pid = (int)getpid();
-    if (jc__capd_route(NULL, 0)) {
-        jc_status rst = jc__capd_session_open(&o, &s->remote);
-        if (rst != JC_OK) {
-            session_free(s, 1);
-            return rst;
-        }
-        *out = s;
-        return JC_OK;
-    }
     jc_status st = jc__cap_dir(&o, s->dir, sizeof s->dir);
     char why[512];
     if (st == JC_OK) st = jc__nvml_open(&s->nvml, why, sizeof why);
