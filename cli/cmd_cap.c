@@ -160,8 +160,6 @@ static int list(const cap_args *a, const jc_cap_options *o, jc_cap_info **out, i
     return 0;
 }
 
-/* ------------------------------------------------------------------------------------------------------ */
-
 static char via[600]; /* "joulecapd (PATH)" or "direct NVML", set once in jc_cmd_cap */
 
 static void since_text(double t, char *buf, size_t len) {
@@ -194,6 +192,8 @@ static void holder_text(const jc_cap_info *c, char *buf, size_t len) {
                  w(a, sizeof a, c->saved_limit_w));
     }
 }
+
+/* ------------------------------------------------------------------------------------------------------ */
 
 static void manager_text(const jc_cap_info *c, char *buf, size_t len) {
     char a[32], b[32];
