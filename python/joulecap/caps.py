@@ -54,8 +54,7 @@ class PowerCap:
     applies (it can be lower); ``manager`` is ``"none"`` (joulecap has not changed it), ``"session"`` (a live
     process's session: ``owner_pid``), ``"persistent"`` (``joulecap cap set``) or ``"stale"`` (a dead owner:
     ``joulecap cap restore`` repairs it); ``saved_limit_w`` is the limit that will be put back (NaN without a
-    journal).  Through joulecapd a lease is a ``"session"``, ``owner_user`` names its holder (or the persistent
-    cap's), and ``via`` is ``"joulecapd (PATH)"``; directly it is ``"direct NVML"``.
+    journal).
     """
 
     gpu_num: int
@@ -70,7 +69,9 @@ class PowerCap:
     owner_command: Optional[str]
     name: str
     uuid: str
+    # Through joulecapd (a lease reads as "session"): the user holding the GPU or its persistent cap.
     owner_user: Optional[str] = None
+    # Where cap calls go: "joulecapd (PATH)" or "direct NVML".
     via: str = ""
 
     @classmethod
