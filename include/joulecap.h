@@ -338,12 +338,12 @@ typedef struct jc_cap_info {
     int guardian_pid;          /* 0 when there is none */
     int guardian_alive;
     char owner_command[256];   /* the owner's command line */
-    double journal_created;    /* Unix time (s) */
-    char journal_path[512];
-    /* Through joulecapd (a lease is reported as SESSION, a lease waiting to be put back as STALE): who holds
-     * the GPU, the holder of a persistent cap included.  "" and 0 in direct mode. */
+    /* Through joulecapd (a lease reads as SESSION, a lease waiting to be put back as STALE): the user holding
+     * the GPU, or its persistent cap.  "" and 0 in direct mode. */
     char owner_user[64];
     unsigned owner_uid;
+    double journal_created;    /* Unix time (s) */
+    char journal_path[512];
 } jc_cap_info;
 
 /* Limits and manager of the GPUs selected by opts->gpus (opts may be NULL: all), in selection order.

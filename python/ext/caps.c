@@ -31,11 +31,11 @@ static PyObject *cap_info_dict(const jc_cap_info *i) {
         set_item(d, "owner_pid", PyLong_FromLong(i->owner_pid)) ||
         set_item(d, "guardian_pid", PyLong_FromLong(i->guardian_pid)) ||
         set_item(d, "guardian_alive", PyBool_FromLong(i->guardian_alive)) ||
+        set_item(d, "owner_user", str_or_none(i->owner_user)) ||
+        set_item(d, "owner_uid", i->owner_user[0] ? PyLong_FromUnsignedLong(i->owner_uid) : none_ref()) ||
         set_item(d, "owner_command", str_or_none(i->owner_command)) ||
         set_item(d, "journal_created", PyFloat_FromDouble(i->journal_created)) ||
-        set_item(d, "journal_path", str_or_none(i->journal_path)) ||
-        set_item(d, "owner_user", str_or_none(i->owner_user)) ||
-        set_item(d, "owner_uid", i->owner_user[0] ? PyLong_FromUnsignedLong(i->owner_uid) : none_ref())) {
+        set_item(d, "journal_path", str_or_none(i->journal_path))) {
         Py_DECREF(d);
         return NULL;
     }
