@@ -21,9 +21,9 @@
 #define JCD_DEFAULT_STATE_DIR "/var/lib/joulecap/daemon"
 #define JCD_MAX_GPUS JC__CAP_MAX_GPUS
 #define JCD_MAX_RULES 256
-#define JCD_MAX_CLIENTS 256
-#define JCD_MAX_CLIENTS_PER_UID 32
-#define JCD_OUT_MAX (64 * 1024)   /* replies a client has not read yet; beyond that it is closed */
+#define JCD_MAX_CLIENTS 512
+#define JCD_MAX_CLIENTS_PER_UID 64    /* Python holds a connection per capped GPU */
+#define JCD_OUT_MAX (256 * 1024)  /* replies a client has not read yet; beyond that it is closed */
 #define JCD_MAX_GROUPS 64
 #define JCD_JOURNAL_MAX 4096
 
@@ -128,8 +128,8 @@ struct jcd_client {
     char command[256];
     int hello, closing;
     jcd_inbuf in;
-    char *out;
-    size_t out_used;
+    char *out;                /* grows as needed up to JCD_OUT_MAX */
+    size_t out_used, out_cap;
 };
 
 typedef struct jcd_state {

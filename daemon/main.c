@@ -86,6 +86,18 @@ void jcd_send(jcd_client *c, const char *line) {
         c->closing = 2; /* it does not read its replies: closed without flushing */
         return;
     }
+    if (c->out_used + n + 1 > c->out_cap) {
+        size_t cap = c->out_cap ? c->out_cap : 8192;
+        while (cap < c->out_used + n + 1) cap *= 2;
+        if (cap > JCD_OUT_MAX) cap = JCD_OUT_MAX;
+        char *p = realloc(c->out, cap);
+        if (!p) {
+            c->closing = 2;
+            return;
+        }
+        c->out = p;
+        c->out_cap = cap;
+    }
     memcpy(c->out + c->out_used, line, n);
     c->out[c->out_used + n] = '\n';
     c->out_used += n + 1;
@@ -187,15 +199,11 @@ static void client_accept(loop *L) {
             continue;
         }
         jcd_client *c = calloc(1, sizeof *c);
-        char *out = malloc(JCD_OUT_MAX);
-        if (!c || !out) {
-            free(c);
-            free(out);
+        if (!c) {
             refuse(fd, "joulecapd is out of memory");
             continue;
         }
         c->fd = fd;
-        c->out = out;
         c->uid = (unsigned)cr.uid;
         c->gid = (unsigned)cr.gid;
         c->pid = (int)cr.pid;

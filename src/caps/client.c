@@ -337,8 +337,8 @@ static jc_status fetch(conn *c, listing *L) {
     return st;
 }
 
-/* The listing's GPUs chosen by sel, with this process's CUDA numbering: positions into L in sel[k], CUDA
- * index in cuda[k]. */
+/* The listing's GPUs that sel names, in this process's CUDA numbering: their positions in L go to pos[0..k),
+ * and every listed GPU gets its CUDA index (-1: not visible). */
 static jc_status choose(listing *L, const char *sel, int *pos, int *k) {
     jc__gpu_ident ids[JC_MAX_DEVICES];
     int where[JC_MAX_DEVICES], n = 0;
