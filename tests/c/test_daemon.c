@@ -853,6 +853,14 @@ TEST(malformed_message_closes_only_that_client) {
     raw_expect(&r, "ERR PROTOCOL text=request%20longer");
     raw_expect_eof(&r);
     restored("oversized message", wait_limit_of(1, 700000, t0, 2));
+    /* A client that asks and never reads: closed once 256 KiB of replies wait. */
+    raw_lease(&r, 252000);
+    static char many[5 * 20000];
+    for (int i = 0; i < 20000; i++) memcpy(many + 5 * i, "LIST\n", 5);
+    t0 = now_s();
+    raw_send(&r, many, sizeof many);
+    if (wait_limit_of(1, 700000, t0, 5) < 0) JC_FAILF("a client that does not read kept its lease");
+    close(r.fd);
     /* Before HELLO, and binary junk. */
     raw_open(&r);
     raw_says(&r, "LIST\n");
