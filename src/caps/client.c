@@ -332,7 +332,7 @@ static jc_status fetch(conn *c, listing *L) {
     char fin[JC__WIRE_MAX_REPLY];
     jc__wire_line ok;
     jc_status st = conn_call(c, "LIST", on_gpu, L, fin, &ok);
-    if (st == JC_OK && L->n == 0 && jc__wire_get(&ok, "nvml"))
+    if (st == JC_OK && jc__wire_get(&ok, "nvml"))
         st = conn_fail(c, JC_ERR_UNAVAILABLE, "joulecapd cannot use NVML: %s", jc__wire_get(&ok, "nvml"));
     return st;
 }
