@@ -14,6 +14,7 @@ static const char CAP_HELP[] =
     "       joulecap cap set     [--gpu SEL] WATTS\n"
     "       joulecap cap reset   [--gpu SEL] [--json]\n"
     "       joulecap cap restore [--gpu SEL] [--json]\n"
+    "       joulecap cap restore --discard UUID\n"
     "\n"
     "Shows and changes the power limits (caps) of NVIDIA GPUs, and puts back what joulecap changed.\n"
     "\n"
@@ -26,7 +27,14 @@ static const char CAP_HELP[] =
     "  reset     puts back the saved limit where joulecap changed it, else sets the default limit; says which.\n"
     "  restore   repairs what joulecap left: journals of processes that died together with their guardian,\n"
     "            and persistent caps, get their saved limit back.  Caps of running sessions are left alone.\n"
-    "            Without --gpu: every journal, also of GPUs hidden by CUDA_VISIBLE_DEVICES.\n"
+    "            Without --gpu: every journal, also of GPUs hidden by CUDA_VISIBLE_DEVICES.  Every limit put\n"
+    "            back is read back.  A damaged journal (cut short, checksum wrong) is refused and kept.\n"
+    "  restore --discard UUID\n"
+    "            sets a journal that cannot be restored aside (renamed <uuid>.journal.bad-<time>, kept) without\n"
+    "            changing the limit; then check the limit and set the one you want ('cap reset' sets the\n"
+    "            default).\n"
+    "\n"
+    "A GPU that NVML cannot identify (lost) is reported with the reason; the other GPUs are handled as usual.\n"
     "\n"
     "Options:\n"
     "  --gpu SEL         GPUs (CUDA numbering): all (default), 0, 0,2, GPU-8f3c... (a UUID or unique prefix)\n"
@@ -46,7 +54,8 @@ static const char CAP_HELP[] =
     "and a guardian process (joulecap itself) does it when they are killed or crash.\n"
     "\n"
     "Journals: one file per GPU in JOULECAP_STATE_DIR, default /var/lib/joulecap when writable (root), else\n"
-    "$XDG_RUNTIME_DIR/joulecap, else /tmp/joulecap-<uid>.\n"
+    "$XDG_RUNTIME_DIR/joulecap, else /tmp/joulecap-<uid>.  The directory must belong to you and be writable by\n"
+    "nobody else (as ssh checks); joulecap follows no symbolic links inside it.\n"
     "\n"
     "Where joulecapd runs (its socket JOULECAP_DAEMON_SOCKET, default /run/joulecap/joulecapd.sock, exists),\n"
     "every action goes through it: users its config allows may cap without root, caps of programs are leases\n"
@@ -54,13 +63,15 @@ static const char CAP_HELP[] =
     "output says which was used: 'via joulecapd (PATH)' or 'via direct NVML'.  See docs/daemon.md.\n"
     "\n"
     "Exit status: 0 success; 2 bad command line, unknown GPU, cap out of range; 3 failed (no permission, GPU\n"
-    "owned by another process, NVML error, a journal that could not be restored).\n";
+    "owned by another process, NVML error, a limit that did not take, a lost GPU, a journal that could not be\n"
+    "restored, an unsafe state directory).\n";
 
 typedef struct cap_args {
     const char *verb;
     const char *gpus;
     const char *state_dir;
     const char *watts_text;
+    const char *discard;
     int json, help;
 } cap_args;
 
@@ -88,6 +99,11 @@ static int parse(int argc, char **argv, cap_args *a) {
             name = s;
         } else if (strncmp(s, "--state-dir=", 12) == 0) {
             a->state_dir = s + 12;
+        } else if (strcmp(s, "--discard") == 0) {
+            dest = &a->discard;
+            name = s;
+        } else if (strncmp(s, "--discard=", 10) == 0) {
+            a->discard = s + 10;
         } else if (strcmp(s, "--") == 0) {
             continue;
         } else if (s[0] == '-' && !(isdigit((unsigned char)s[1]) || s[1] == '.')) {
@@ -172,8 +188,8 @@ static void since_text(double t, char *buf, size_t len) {
 /* Who holds a GPU through joulecapd: a lease, a persistent cap, or a lease being put back. */
 static void holder_text(const jc_cap_info *c, char *buf, size_t len) {
     char a[32], b[32], when[64], who[512];
-    if (!c->owner_user[0]) { /* a damaged journal: the text says what to do */
-        snprintf(buf, len, "nobody can change it: %s", c->owner_command);
+    if (c->manager == JC_CAP_MANAGER_DAMAGED || !c->owner_user[0]) { /* the text says what to do */
+        snprintf(buf, len, "unknown: %s", c->error);
         return;
     }
     since_text(c->journal_created, when, sizeof when);
@@ -194,6 +210,19 @@ static void holder_text(const jc_cap_info *c, char *buf, size_t len) {
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
+
+/* Exit code 3 after naming each GPU that NVML cannot identify, on stderr; 0 when there is none. */
+static int lost_code(const jc_cap_info *c, int n, const char *others) {
+    int code = JC_EXIT_OK;
+    char label[32];
+    for (int i = 0; i < n; i++) {
+        if (c[i].status == JC_OK) continue;
+        gpu_label(&c[i], label, sizeof label);
+        jc_cli_err("%s cannot be used (%s): %s", label, others, c[i].error);
+        code = JC_EXIT_FAILURE;
+    }
+    return code;
+}
 
 static void manager_text(const jc_cap_info *c, char *buf, size_t len) {
     char a[32], b[32];
@@ -223,6 +252,7 @@ static void manager_text(const jc_cap_info *c, char *buf, size_t len) {
                  c->owner_pid, c->guardian_alive ? " (its guardian is restoring it)" : " and its guardian is gone",
                  w(a, sizeof a, c->saved_limit_w));
         break;
+    case JC_CAP_MANAGER_DAMAGED: snprintf(buf, len, "unknown: %s", c->error); break;
     }
 }
 
@@ -242,9 +272,9 @@ static void json_info(FILE *f, const jc_cap_info *c) {
     jc_json_key(f, &first, "name");
     jc_json_str(f, c->name);
     jc_json_key(f, &first, "uuid");
-    jc_json_str(f, c->uuid);
+    jc_json_str(f, c->uuid[0] ? c->uuid : NULL);
     jc_json_key(f, &first, "pci_bus_id");
-    jc_json_str(f, c->pci_bus_id);
+    jc_json_str(f, c->pci_bus_id[0] ? c->pci_bus_id : NULL);
     json_opt_num(f, &first, "limit_w", c->limit_w);
     json_opt_num(f, &first, "enforced_limit_w", c->enforced_limit_w);
     json_opt_num(f, &first, "default_limit_w", c->default_limit_w);
@@ -273,6 +303,10 @@ static void json_info(FILE *f, const jc_cap_info *c) {
     jc_json_key(f, &first, "journal");
     jc_json_str(f, c->journal_path[0] ? c->journal_path : NULL);
     json_opt_num(f, &first, "journal_created", c->journal_created > 0 ? c->journal_created : NAN);
+    jc_json_key(f, &first, "status");
+    jc_json_str(f, jc_status_name(c->status));
+    jc_json_key(f, &first, "error");
+    jc_json_str(f, c->error[0] ? c->error : NULL);
     fputc('}', f);
 }
 
@@ -300,6 +334,10 @@ static int cmd_get(const cap_args *a, const jc_cap_options *o, const char *dir) 
         if (n == 0) printf("no GPU selected\n");
         for (int i = 0; i < n; i++) {
             gpu_label(&c[i], label, sizeof label);
+            if (c[i].status != JC_OK) {
+                printf("%s (NVML GPU %d): cannot be used: %s\n", label, c[i].nvml_index, c[i].error);
+                continue;
+            }
             printf("%s: %s (%s)\n", label, c[i].name, c[i].uuid);
             printf("  power limit:  %s W (enforced %s W; default %s W; settable %s to %s W)\n",
                    w(a1, sizeof a1, c[i].limit_w), w(a2, sizeof a2, c[i].enforced_limit_w),
@@ -310,8 +348,9 @@ static int cmd_get(const cap_args *a, const jc_cap_options *o, const char *dir) 
         }
         printf("journals: %s; via %s\n", dir, via);
     }
+    int code = lost_code(c, n, "the other GPUs are listed");
     free(c);
-    return JC_EXIT_OK;
+    return code;
 }
 
 static int cmd_set(const cap_args *a, const jc_cap_options *o) {
@@ -324,8 +363,28 @@ static int cmd_set(const cap_args *a, const jc_cap_options *o) {
     int n = 0;
     int rc = list(a, o, &before, &n);
     if (rc) return rc;
+    /* The GPUs NVML can identify, by UUID: a lost one is reported, the others are capped. */
+    char *uuids = calloc((size_t)n + 1, sizeof before[0].uuid);
+    if (!uuids) {
+        free(before);
+        jc_cli_err("out of memory");
+        return JC_EXIT_FAILURE;
+    }
+    for (int i = 0; i < n; i++) {
+        if (before[i].status != JC_OK) continue;
+        if (uuids[0]) strcat(uuids, ",");
+        strcat(uuids, before[i].uuid);
+    }
+    int lost = lost_code(before, n, "the other GPUs are capped");
+    if (!uuids[0]) {
+        free(uuids);
+        free(before);
+        if (lost) return lost;
+        return jc_cli_usage_err("cap", "the selection '%s' names no GPU", a->gpus ? a->gpus : "all");
+    }
     char note[1024];
-    jc_status st = jc_cap_set_persistent(a->gpus ? a->gpus : "all", watts, o, note, sizeof note);
+    jc_status st = jc_cap_set_persistent(uuids, watts, o, note, sizeof note);
+    free(uuids);
     if (st != JC_OK) {
         free(before);
         char what[64];
@@ -340,6 +399,7 @@ static int cmd_set(const cap_args *a, const jc_cap_options *o) {
     if (list(a, o, &after, &m) == 0) {
         char label[32], x[32], y[32], z[32], sel[120];
         for (int i = 0; i < m; i++) {
+            if (after[i].status != JC_OK) continue;
             double was = NAN;
             for (int k = 0; k < n; k++)
                 if (strcmp(before[k].uuid, after[i].uuid) == 0) was = before[k].limit_w;
@@ -353,7 +413,7 @@ static int cmd_set(const cap_args *a, const jc_cap_options *o) {
         free(after);
     }
     free(before);
-    return JC_EXIT_OK;
+    return lost;
 }
 
 static int cmd_reset(const cap_args *a, const jc_cap_options *o) {
@@ -367,9 +427,15 @@ static int cmd_reset(const cap_args *a, const jc_cap_options *o) {
         jc_cap_reset_kind did = JC_CAP_RESET_NONE;
         double limit = NAN;
         char note[1024], label[32], x[32];
-        jc_status st = jc_cap_reset(c[i].uuid, o, &did, &limit, note, sizeof note);
         gpu_label(&c[i], label, sizeof label);
-        if (st != JC_OK) {
+        jc_status st = c[i].status;
+        if (st != JC_OK) /* lost: the others are reset all the same */
+            jc_cli_err("cannot reset the cap of %s: %s cannot be used: %s", label, label, c[i].error);
+        else
+            st = jc_cap_reset(c[i].uuid, o, &did, &limit, note, sizeof note);
+        if (st != JC_OK && c[i].status != JC_OK) {
+            code = JC_EXIT_FAILURE;
+        } else if (st != JC_OK) {
             char what[160];
             snprintf(what, sizeof what, "cannot reset the cap of %s", label);
             int r = fail(what, st);
@@ -384,14 +450,14 @@ static int cmd_reset(const cap_args *a, const jc_cap_options *o) {
             if (c[i].index >= 0) printf("%d", c[i].index);
             else fputs("null", stdout);
             jc_json_key(stdout, &f, "uuid");
-            jc_json_str(stdout, c[i].uuid);
+            jc_json_str(stdout, c[i].uuid[0] ? c[i].uuid : NULL);
             jc_json_key(stdout, &f, "ok");
             fputs(st == JC_OK ? "true" : "false", stdout);
             jc_json_key(stdout, &f, "did");
             jc_json_str(stdout, st == JC_OK ? jc_cap_reset_kind_name(did) : NULL);
             json_opt_num(stdout, &f, "limit_w", limit);
             jc_json_key(stdout, &f, "error");
-            jc_json_str(stdout, st == JC_OK ? NULL : jc_last_detail());
+            jc_json_str(stdout, st == JC_OK ? NULL : c[i].status != JC_OK ? c[i].error : jc_last_detail());
             fputc('}', stdout);
         } else if (st == JC_OK) {
             if (did == JC_CAP_RESET_SAVED)
@@ -485,6 +551,24 @@ static int cmd_restore(const cap_args *a, const jc_cap_options *o, const char *d
     return JC_EXIT_OK;
 }
 
+static int cmd_discard(const cap_args *a, const jc_cap_options *o) {
+    double saved = NAN;
+    char kept[700], x[32], y[32];
+    jc_status st = jc_cap_discard_journal(a->discard, o, &saved, kept, sizeof kept);
+    if (st != JC_OK) return fail("cannot set the journal aside", st);
+    printf("%s: journal set aside as %s (kept; joulecap ignores it)", a->discard, kept);
+    if (!isnan(saved)) printf("; it had saved %s W, not put back", w(x, sizeof x, saved));
+    printf("\n");
+    jc_cap_info c;
+    if (jc_cap_get(a->discard, o, &c) == JC_OK)
+        printf("%s: power limit now %s W (default %s W). Set the limit you want: 'joulecap cap reset --gpu %s' sets "
+               "the default, 'joulecap cap set --gpu %s WATTS' another\n",
+               a->discard, w(x, sizeof x, c.limit_w), w(y, sizeof y, c.default_limit_w), a->discard, a->discard);
+    else
+        printf("%s: not on this machine now (%s)\n", a->discard, jc_last_detail());
+    return JC_EXIT_OK;
+}
+
 int jc_cmd_cap(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "__guard") == 0) return jc_cap_guardian_main(argc - 1, argv + 1);
     cap_args a;
@@ -501,6 +585,9 @@ int jc_cmd_cap(int argc, char **argv) {
     if (!is_get && !is_set && !is_reset && !is_restore)
         return jc_cli_usage_err("cap", "unknown action '%s': use get, set, reset or restore", a.verb);
     if (is_set && a.json) return jc_cli_usage_err("cap", "'joulecap cap set' has no --json output");
+    if (a.discard && (!is_restore || a.gpus || a.json))
+        return jc_cli_usage_err("cap", "--discard UUID goes with 'joulecap cap restore' alone (no --gpu, no --json), "
+                                "as in 'joulecap cap restore --discard GPU-8f3c...'");
     jc_cap_options o;
     jc_cap_options_init(&o);
     o.gpus = a.gpus;
@@ -515,6 +602,7 @@ int jc_cmd_cap(int argc, char **argv) {
         else return fail("cannot use the journal directory", st);
     }
     if (is_get) return cmd_get(&a, &o, dir);
+    if (a.discard) return cmd_discard(&a, &o);
     if (is_set) return cmd_set(&a, &o);
     if (is_reset) return cmd_reset(&a, &o);
     return cmd_restore(&a, &o, dir);

@@ -92,6 +92,10 @@ typedef struct jc_options {
     const char *csv_path;
     /* Row period of the CSV sink. 0 = interval_s. Must be >= interval_s. */
     double csv_interval_s;
+    /* Optional window CSV: a row per window handed over with jc_window_finish(), written as soon as its values
+     * are known (about one counter step after its end), in the order the windows were finished.  "-" =
+     * standard output.  NULL = none.  Columns under "Window CSV" below. */
+    const char *window_csv_path;
     unsigned flags;        /* jc_flags */
     /* Knots (counter steps, RAPL reads) kept per device: 16 bytes each, so the default 65536 bounds the
      * history at 1 MiB per device (~1.8 h of 100 ms steps; RAPL at 100 Hz: ~11 min).  A window's edges are
@@ -228,6 +232,15 @@ JC_API jc_status jc_window_start_at(jc_context *ctx, const char *name, uint64_t 
 /* [any thread] Closes a window now.  Returns at once; the result resolves in the background. */
 JC_API jc_status jc_window_stop(jc_context *ctx, jc_window w);
 JC_API jc_status jc_window_stop_at(jc_context *ctx, jc_window w, uint64_t t_ns);
+/* [any thread] Stops a window at t_ns and hands it to the window CSV (when the context has one): its row is
+ * written once its values are known, in the order of jc_window_finish() calls.  The window stays the caller's
+ * until jc_window_release(), which may come at once (the row is still written).  For such a window
+ * jc_window_result_get() returns once its row is written, unless the window CSV failed. */
+JC_API jc_status jc_window_finish(jc_context *ctx, jc_window w, uint64_t t_ns);
+/* [any thread] Waits up to timeout_s until the row of every finished window is written.  JC_ERR_TIMEOUT when
+ * some are not (*pending gets how many, may be NULL), the window CSV's write error if it failed, JC_ERR_STATE
+ * when the context has no window CSV. */
+JC_API jc_status jc_window_csv_flush(jc_context *ctx, double timeout_s, size_t *pending);
 /* [any thread] Waits up to timeout_s for the samples covering the window and fills the result
  * (JC_ERR_TIMEOUT when they have not arrived; the result then holds the best estimate so far, resolved=0).
  * The window is kept until jc_window_release(). */
@@ -254,6 +267,13 @@ JC_API jc_status jc_sync(jc_context *ctx, uint64_t t_ns, double timeout_s);
  * sink: the file is cut back to its last whole row and the error is kept for jc_csv_status().
  * ------------------------------------------------------------------------------------------------------- */
 
+/* Window CSV columns (jc_options.window_csv_path), the seed's snippet CSV:
+ *   elapsed_s, cpu_energy_kwh, gpu{g}_energy_kwh..., cpu_energy_source, gpu{g}_energy_source..., window (the
+ *   name, quoted when needed), start_s (since the context opened), cpu_coverage, gpu{g}_coverage... (share of
+ *   the window the value covers), cpu_state, gpu{g}_state... (worst health in the window).
+ * Written like the CSV sink: a thread of its own, whole lines, cut back to the last whole row on an error,
+ * which jc_window_csv_flush() returns. */
+
 /* Waits for the rows resolved so far to be written, then fsyncs (not for standard output).  Returns the sink's
  * error if it has one. */
 JC_API jc_status jc_csv_sync(jc_context *ctx);
@@ -279,16 +299,24 @@ JC_API jc_status jc_csv_close(jc_context *ctx, uint64_t *rows_written);
  *  - a session (jc_cap_session_*): the caps last as long as the session.  jc_cap_session_close() puts the
  *    saved limits back; when the owning process dies in any way (SIGKILL, crash, exec, ...) a guardian
  *    process started at session open, the joulecap executable running `joulecap cap __guard`, sees its
- *    socket reach EOF and restores them.  If the guardian died too, `joulecap cap restore` (jc_cap_restore)
- *    repairs what the journal says was left.  A second process (or a second session of the same process)
- *    asking for a GPU that a live session owns gets JC_ERR_BUSY naming the owner.
+ *    socket reach EOF and restores them.  If the guardian dies first, the owner's next set or reset puts
+ *    the saved limits back and fails (JC_ERR_UNAVAILABLE); if both died, `joulecap cap restore`
+ *    (jc_cap_restore) repairs what the journal says was left.  A second process (or a second session of
+ *    the same process) asking for a GPU that a live session owns gets JC_ERR_BUSY naming the owner.
  *  - persistent (jc_cap_set_persistent, `joulecap cap set`): the cap stays after the process exits, like
  *    `nvidia-smi -pl`; the journal has no owner and `joulecap cap reset|restore` puts the saved limit back.
  *    A session opened on a GPU with a persistent cap saves that cap and, at its end, leaves it (and its
  *    journal) as it found them.
  *
+ * Every set is read back: a limit that did not take is an error (JC_ERR_NVML: asked X W, the GPU reports
+ * Y W), never recorded as done.  Journals carry a checksum; a damaged one (cut short, corrupt) is refused
+ * with its path and the repair, kept, never reported as restored.  A GPU that NVML cannot identify (lost)
+ * is reported and skipped when the selection is "all"; the other GPUs are handled as usual.
+ *
  * State directory: jc_cap_options.state_dir, else $JOULECAP_STATE_DIR, else /var/lib/joulecap when it is
- * writable (root), else $XDG_RUNTIME_DIR/joulecap, else /tmp/joulecap-<uid> (created 0700, must be ours).
+ * writable (root), else $XDG_RUNTIME_DIR/joulecap, else /tmp/joulecap-<uid> (created 0700).  It must belong
+ * to the caller and be writable by nobody else, nor may the directories above it be (unless sticky), as
+ * ssh checks; files in it are opened with O_NOFOLLOW.  Otherwise JC_ERR_NO_PERMISSION says the fix.
  * Owners are recorded as pid + start time (field 22 of /proc/<pid>/stat), so a reused pid is not mistaken
  * for the owner; processes in other pid namespaces sharing one state directory cannot be told apart.
  *
@@ -316,9 +344,12 @@ typedef enum jc_cap_manager {
     JC_CAP_MANAGER_SESSION = 1,    /* a live process's session (owner_pid) */
     JC_CAP_MANAGER_PERSISTENT = 2, /* a persistent cap (`joulecap cap set`); reset/restore puts it back */
     JC_CAP_MANAGER_STALE = 3,      /* a session whose owner and guardian are dead: `joulecap cap restore` */
+    JC_CAP_MANAGER_DAMAGED = 4,    /* a journal that is cut short, corrupt or not a plain file: refused and
+                                      kept; error says what and how to repair (`cap restore --discard`) */
 } jc_cap_manager;
 
-JC_API const char *jc_cap_manager_name(jc_cap_manager manager); /* "none", "session", "persistent", "stale" */
+/* "none", "session", "persistent", "stale", "damaged" */
+JC_API const char *jc_cap_manager_name(jc_cap_manager manager);
 
 typedef struct jc_cap_info {
     int index;      /* CUDA index as this process sees it; -1 when the GPU is not visible */
@@ -344,13 +375,18 @@ typedef struct jc_cap_info {
     unsigned owner_uid;
     double journal_created;    /* Unix time (s) */
     char journal_path[512];
+    /* JC_OK, or why NVML cannot give this GPU (JC_ERR_GPU_LOST: it fell off the bus); then only index,
+     * nvml_index and error are meaningful. */
+    jc_status status;
+    char error[768];           /* status != JC_OK: why; manager DAMAGED: what is wrong and the repair */
 } jc_cap_info;
 
 /* Limits and manager of the GPUs selected by opts->gpus (opts may be NULL: all), in selection order.
- * Unknown GPU: JC_ERR_NOT_FOUND listing the GPUs; no NVML: JC_ERR_UNAVAILABLE.  *count gets the number
+ * Unknown GPU: JC_ERR_NOT_FOUND listing the GPUs; no NVML: JC_ERR_UNAVAILABLE.  A GPU that NVML cannot
+ * identify (lost) is listed with its status and error, and the others as usual.  *count gets the number
  * found (at most max). */
 JC_API jc_status jc_cap_list(const jc_cap_options *opts, jc_cap_info *out, int max, int *count);
-/* One GPU: gpu is a selection naming exactly one ("0", "GPU-8f3c..."). */
+/* One GPU: gpu is a selection naming exactly one ("0", "GPU-8f3c..."); a lost GPU: its status (JC_ERR_GPU_LOST). */
 JC_API jc_status jc_cap_get(const char *gpu, const jc_cap_options *opts, jc_cap_info *out);
 
 /* --- Sessions ------------------------------------------------------------------------------------------ */
@@ -363,7 +399,9 @@ typedef struct jc_cap_session jc_cap_session;
  * (JC_ERR_BUSY naming the owner's pid and command when a live session owns one; a stale journal is
  * repaired first and said so in jc_cap_session_note()).  No limit is changed by opening. */
 JC_API jc_status jc_cap_session_open(const jc_cap_options *opts, jc_cap_session **out);
-/* Sets the cap of the session's GPU with CUDA index gpu (-1: every GPU of the session) to watts.
+/* Sets the cap of the session's GPU with CUDA index gpu (-1: every GPU of the session) to watts, and reads
+ * it back.  JC_ERR_UNAVAILABLE when the session's guardian died: the saved limits are put back at once and
+ * the session changes no more caps (close it, open another).
  * Outside [min, max]: JC_ERR_INVALID_ARGUMENT stating the range in W (nothing changed).  A GPU the session
  * did not take: JC_ERR_NOT_FOUND listing the session's GPUs. */
 JC_API jc_status jc_cap_session_set(jc_cap_session *s, int gpu, double watts);
@@ -419,16 +457,27 @@ typedef struct jc_cap_restore_entry {
     jc_status status;
     double limit_w;            /* the limit put back (RESTORED) */
     int owner_pid;             /* 0: a persistent cap */
-    jc_cap_manager was;        /* what the journal was: STALE, PERSISTENT or SESSION (live) */
-    char note[256];
+    jc_cap_manager was;        /* what the journal was: STALE, PERSISTENT, SESSION (live) or DAMAGED */
+    char note[768];
 } jc_cap_restore_entry;
 
 /* Repairs journals: stale ones (owner and guardian dead) and persistent ones get their saved limit back and
  * are removed; journals of live sessions are left (LEFT_LIVE).  opts->gpus NULL: every journal in the state
- * directory (GPUs hidden by CUDA_VISIBLE_DEVICES too); else only the selected GPUs'.  Returns JC_OK when
- * every journal found was restored or left live; otherwise the first failure (the entries tell each).
+ * directory (GPUs hidden by CUDA_VISIBLE_DEVICES too); else only the selected GPUs'.  A damaged journal, or
+ * one of a GPU that is lost or gone, is RESTORE_FAILED with the reason and the repair in its note, and kept;
+ * the others are restored all the same.  Every limit put back is read back.  Returns JC_OK when every
+ * journal found was restored or left live; otherwise the first failure (the entries tell each).
  * *count gets the entries written (at most max; out may be NULL with max 0 to only repair). */
 JC_API jc_status jc_cap_restore(const jc_cap_options *opts, jc_cap_restore_entry *out, int max, int *count);
+
+/* Sets a journal aside without restoring it: renames <state dir>/<uuid>.journal to
+ * <uuid>.journal.bad-<UTC time> (kept, never removed), so that the GPU can be capped and reset again.  For
+ * journals that cannot be restored (damaged, refused); the limit is not changed: check it and set the one
+ * you want (jc_cap_reset then sets the default).  A live session's journal: JC_ERR_BUSY; none:
+ * JC_ERR_NOT_FOUND.  *saved_w (may be NULL) gets the limit an intact journal saved, NaN for a damaged one;
+ * kept_as (may be NULL) the new name. */
+JC_API jc_status jc_cap_discard_journal(const char *uuid, const jc_cap_options *opts, double *saved_w,
+                                        char *kept_as, size_t len);
 
 /* The state directory that opts select (created if missing). */
 JC_API jc_status jc_cap_state_dir(const jc_cap_options *opts, char *buf, size_t len);

@@ -35,7 +35,9 @@ static PyObject *cap_info_dict(const jc_cap_info *i) {
         set_item(d, "owner_uid", i->owner_user[0] ? PyLong_FromUnsignedLong(i->owner_uid) : none_ref()) ||
         set_item(d, "owner_command", str_or_none(i->owner_command)) ||
         set_item(d, "journal_created", PyFloat_FromDouble(i->journal_created)) ||
-        set_item(d, "journal_path", str_or_none(i->journal_path))) {
+        set_item(d, "journal_path", str_or_none(i->journal_path)) ||
+        set_item(d, "status", PyUnicode_FromString(jc_status_name(i->status))) ||
+        set_item(d, "error", str_or_none(i->error))) {
         Py_DECREF(d);
         return NULL;
     }

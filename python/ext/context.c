@@ -1,302 +1,45 @@
-/* Context and Pending: the measurement bindings of the _joulecap extension.
+/* Context and Pending: the measurement bindings of the _joulecap extension, a thin layer over joulecap.h.
  *
- * Context wraps a jc_context.  Besides the plain calls of the C API it has a *resolver*: a C thread (not a
- * Python thread; it never touches Python objects or the GIL) that takes stopped windows in stop order, waits
- * for their results, writes one CSV row per window to the snippet CSV (flushed at once) and releases the
- * window.  That is what lets EnergyMeasurementTool.stop() return in about a microsecond while the row still
- * lands in the file within about one GPU counter step (~0.1 s), with no Python thread and without waiting for
- * the Python program to call in again.  Results are handed to Python through Pending objects.
+ * The library writes the window CSV itself (jc_options.window_csv_path, jc_window_finish): stop() hands the
+ * window over and returns a Pending at once; the row lands in the file about one counter step later without
+ * the Python program calling in again.  A Pending fetches its result from the library when asked (releasing
+ * the window then), or when its context closes.
  *
  * Thread rules: every call that may block (jc_open, jc_close, result waits) releases the GIL.  jc_close must
  * not race with another call on the context, so calls that run without the GIL count themselves in `busy`
- * and close() refuses while any is in flight.  After fork() the child has neither the sampler nor the resolver
- * thread: a context inherited through fork is unusable there and is dropped without joining anything. */
+ * and close() refuses while any is in flight.  After fork() the child has none of the library's threads: a
+ * context inherited through fork is unusable there and is dropped without touching it. */
 #include "ext.h"
 
-/* Longest wait for one window's samples in the resolver.  The sampler resolves a window end within about one
- * 100 ms counter step; this bound only matters when a source stalls. */
+/* Longest wait for one window's values when the caller sets no timeout: a stalled device is cut after
+ * stall_s, so this bound only matters when something is badly wrong. */
 #define RESOLVE_TIMEOUT_S 10.0
-/* The resolver polls its queue this often while windows keep coming, so stop() need not wake it... */
-#define RESOLVER_POLL_NS 20000000ull
-/* ...and sleeps until woken after this long without work. */
-#define RESOLVER_IDLE_NS 1000000000ull
-
-/* ------------------------------------------------------------------------------------------------------ */
-/* Monotonic deadlines for condition variables created with CLOCK_MONOTONIC.                              */
-
-static uint64_t mono_ns(void) { return jc_now_ns(); }
-
-static struct timespec ts_of(uint64_t ns) {
-    struct timespec ts = {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
-    return ts;
-}
-
-static void cond_init_mono(pthread_cond_t *cv) {
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(cv, &ca);
-    pthread_condattr_destroy(&ca);
-}
-
-/* ------------------------------------------------------------------------------------------------------ */
-/* The resolver: pending windows, the snippet CSV.                                                        */
-
-/* A stopped window on its way through the resolver.  The result is kept compact (the devices measured, not
- * JC_MAX_DEVICES), since a tight loop of windows can queue many of them. */
-typedef struct pending {
-    atomic_int refs; /* the queue's and the Python Pending object's */
-    jc_window w;
-    int done;        /* guarded by winlog.mu */
-    jc_status status;
-    uint64_t start_ns, stop_ns;
-    double elapsed_s;
-    int resolved;
-    int ndev;
-    double *energy_j;          /* ndev values each, in the same allocation */
-    double *coverage;
-    double *uncertainty_j;
-    jc_energy_source *source;
-    jc_health *health;
-    char *name;
-    struct pending *next;
-} pending;
-
-static pending *pending_new(int ndev) {
-    if (ndev < 1) ndev = 1;
-    if (ndev > JC_MAX_DEVICES) ndev = JC_MAX_DEVICES;
-    pending *p = calloc(1, sizeof *p + (size_t)ndev * (3 * sizeof(double) + sizeof(jc_energy_source) +
-                                                       sizeof(jc_health)));
-    if (!p) return NULL;
-    p->ndev = ndev;
-    p->energy_j = (double *)(p + 1);
-    p->coverage = p->energy_j + ndev;
-    p->uncertainty_j = p->coverage + ndev;
-    p->source = (jc_energy_source *)(p->uncertainty_j + ndev);
-    p->health = (jc_health *)(p->source + ndev);
-    return p;
-}
-
-static void pending_set(pending *p, const jc_window_result *r, jc_status st) {
-    p->status = st;
-    p->start_ns = r->start_ns;
-    p->stop_ns = r->stop_ns;
-    p->elapsed_s = r->elapsed_s;
-    p->resolved = st == JC_OK && r->resolved;
-    int n = r->device_count < p->ndev ? r->device_count : p->ndev;
-    if (n < 0) n = 0;
-    for (int i = 0; i < p->ndev; i++) {
-        p->energy_j[i] = i < n ? r->energy_j[i] : NAN;
-        p->coverage[i] = i < n ? r->coverage[i] : 0.0;
-        p->uncertainty_j[i] = i < n ? r->uncertainty_j[i] : NAN;
-        p->source[i] = i < n ? r->source[i] : JC_SOURCE_NONE;
-        p->health[i] = i < n ? r->health[i] : JC_HEALTH_OK;
-    }
-    if (st != JC_OK && st != JC_ERR_TIMEOUT) p->ndev = n;
-}
-
-static void pending_unref(pending *p) {
-    if (p && atomic_fetch_sub(&p->refs, 1) == 1) {
-        free(p->name);
-        free(p);
-    }
-}
-
-typedef struct winlog {
-    pthread_mutex_t mu;
-    pthread_cond_t work_cv; /* the resolver waits here for work */
-    pthread_cond_t done_cv; /* waiters for results wait here */
-    pthread_t thread;
-    int started, closing, sleeping;
-    pending *head, *tail;
-    size_t queued;
-    uint64_t rows_written;
-    jc_context *ctx; /* set while the context is open */
-    uint64_t epoch_ns;
-    int ndev;
-    int gpu_index[JC_MAX_DEVICES];
-    FILE *f;            /* snippet CSV, NULL when none */
-    char *path;
-    int write_error;    /* errno of the first failed write, 0 when none */
-} winlog;
-
-static void csv_cell_text(FILE *f, const char *s) {
-    if (!s) return;
-    if (strpbrk(s, ",\"\r\n") == NULL) {
-        fputs(s, f);
-        return;
-    }
-    fputc('"', f);
-    for (; *s; s++) {
-        if (*s == '"') fputc('"', f);
-        fputc(*s, f);
-    }
-    fputc('"', f);
-}
-
-static int winlog_write_header(winlog *L) {
-    FILE *f = L->f;
-    fputs("elapsed_s,cpu_energy_kwh", f);
-    for (int i = 1; i < L->ndev; i++) fprintf(f, ",gpu%d_energy_kwh", L->gpu_index[i]);
-    fputs(",cpu_energy_source", f);
-    for (int i = 1; i < L->ndev; i++) fprintf(f, ",gpu%d_energy_source", L->gpu_index[i]);
-    fputs(",window,start_s", f);
-    fputs(",cpu_coverage", f);
-    for (int i = 1; i < L->ndev; i++) fprintf(f, ",gpu%d_coverage", L->gpu_index[i]);
-    fputs(",cpu_state", f);
-    for (int i = 1; i < L->ndev; i++) fprintf(f, ",gpu%d_state", L->gpu_index[i]);
-    fputc('\n', f);
-    return fflush(f) == 0 ? 0 : errno;
-}
-
-/* Writes one row (not flushed: the resolver flushes before it waits and when its queue is empty). */
-static void winlog_write_row(winlog *L, const pending *p) {
-    FILE *f = L->f;
-    fprintf(f, "%.6f", p->elapsed_s);
-    for (int i = 0; i < L->ndev; i++) {
-        fputc(',', f);
-        if (i < p->ndev && !isnan(p->energy_j[i])) fprintf(f, "%.10g", p->energy_j[i] / 3.6e6);
-    }
-    for (int i = 0; i < L->ndev; i++)
-        fprintf(f, ",%s", jc_energy_source_name(i < p->ndev ? p->source[i] : JC_SOURCE_NONE));
-    fputc(',', f);
-    csv_cell_text(f, p->name);
-    fprintf(f, ",%.6f", p->start_ns >= L->epoch_ns ? (double)(p->start_ns - L->epoch_ns) * 1e-9 : 0.0);
-    /* A value that covers only part of its window says so (coverage < 1) and why (the state). */
-    for (int i = 0; i < L->ndev; i++) fprintf(f, ",%.4g", i < p->ndev ? p->coverage[i] : 0.0);
-    for (int i = 0; i < L->ndev; i++) fprintf(f, ",%s", jc_health_name(i < p->ndev ? p->health[i] : JC_HEALTH_OK));
-    fputc('\n', f);
-    if (ferror(f) && !L->write_error) L->write_error = errno ? errno : EIO;
-}
-
-static void winlog_flush_file(winlog *L) {
-    if (L->f && fflush(L->f) != 0 && !L->write_error) L->write_error = errno ? errno : EIO;
-}
-
-static void *resolver_main(void *arg) {
-    winlog *L = arg;
-    uint64_t last_work = mono_ns();
-    int dirty = 0;
-    pthread_mutex_lock(&L->mu);
-    for (;;) {
-        if (!L->head) {
-            if (L->closing) break;
-            uint64_t now = mono_ns();
-            if (now - last_work < RESOLVER_IDLE_NS) {
-                struct timespec ts = ts_of(now + RESOLVER_POLL_NS);
-                pthread_cond_timedwait(&L->work_cv, &L->mu, &ts);
-            } else {
-                L->sleeping = 1;
-                while (!L->head && !L->closing) pthread_cond_wait(&L->work_cv, &L->mu);
-                L->sleeping = 0;
-            }
-            continue;
-        }
-        pending *p = L->head;
-        pthread_mutex_unlock(&L->mu);
-
-        jc_window_result r;
-        memset(&r, 0, sizeof r);
-        /* Rows are flushed before any wait, so the file never lags behind while the resolver blocks, and a
-         * burst of windows costs one write() rather than one per row. */
-        jc_status st = jc_window_result_get(L->ctx, p->w, 0.0, &r);
-        if (st == JC_ERR_TIMEOUT) {
-            if (dirty) winlog_flush_file(L);
-            dirty = 0;
-            st = jc_window_result_get(L->ctx, p->w, RESOLVE_TIMEOUT_S, &r);
-        }
-        pending_set(p, &r, st);
-        if (L->f && (st == JC_OK || st == JC_ERR_TIMEOUT)) {
-            winlog_write_row(L, p);
-            dirty = 1;
-        }
-        jc_window_release(L->ctx, p->w);
-
-        pthread_mutex_lock(&L->mu);
-        if (dirty && !p->next) {
-            winlog_flush_file(L); /* the queue is empty: the file is complete */
-            dirty = 0;
-        }
-        p->done = 1;
-        L->head = p->next;
-        if (!L->head) L->tail = NULL;
-        L->queued--;
-        L->rows_written++;
-        pthread_cond_broadcast(&L->done_cv);
-        pending_unref(p); /* the queue's reference */
-        last_work = mono_ns();
-    }
-    pthread_mutex_unlock(&L->mu);
-    return NULL;
-}
-
-static winlog *winlog_new(void) {
-    winlog *L = calloc(1, sizeof *L);
-    if (!L) return NULL;
-    pthread_mutex_init(&L->mu, NULL);
-    cond_init_mono(&L->work_cv);
-    cond_init_mono(&L->done_cv);
-    return L;
-}
-
-/* Drains the queue and joins the resolver; closes the CSV.  Called without the GIL. */
-static void winlog_shutdown(winlog *L) {
-    pthread_mutex_lock(&L->mu);
-    L->closing = 1;
-    pthread_cond_broadcast(&L->work_cv);
-    int started = L->started;
-    pthread_mutex_unlock(&L->mu);
-    if (started) pthread_join(L->thread, NULL);
-    pthread_mutex_lock(&L->mu);
-    L->started = 0;
-    /* Anything left (no resolver ever ran): mark done with nothing. */
-    while (L->head) {
-        pending *p = L->head;
-        L->head = p->next;
-        p->status = JC_ERR_STATE;
-        p->done = 1;
-        pending_unref(p);
-    }
-    L->tail = NULL;
-    L->queued = 0;
-    pthread_cond_broadcast(&L->done_cv);
-    if (L->f) {
-        fflush(L->f);
-        fsync(fileno(L->f));
-        fclose(L->f);
-        L->f = NULL;
-    }
-    L->ctx = NULL;
-    pthread_mutex_unlock(&L->mu);
-}
-
-static void winlog_free(winlog *L) {
-    if (!L) return;
-    pthread_mutex_destroy(&L->mu);
-    pthread_cond_destroy(&L->work_cv);
-    pthread_cond_destroy(&L->done_cv);
-    free(L->path);
-    free(L);
-}
 
 /* ------------------------------------------------------------------------------------------------------ */
 /* Context                                                                                                */
 
-typedef struct {
-    PyObject_HEAD
-    jc_context *ctx;
-    winlog *log;
-    int fork_gen;
-    int busy; /* calls running without the GIL (guarded by the GIL) */
-    int forked_away;
-    PyObject *weakreflist;
-} ContextObject;
+typedef struct PendingObject PendingObject;
 
 typedef struct {
     PyObject_HEAD
+    jc_context *ctx;
+    char *window_csv;
+    int fork_gen;
+    int busy; /* calls running without the GIL (guarded by the GIL) */
+    int forked_away;
+    PendingObject *pendings; /* results not yet fetched (a list linked through the Pendings, GIL held) */
+    PyObject *weakreflist;
+} ContextObject;
+
+struct PendingObject {
+    PyObject_HEAD
     ContextObject *owner;
-    pending *p;
-} PendingObject;
+    jc_window w;
+    char *name;
+    PyObject *result;    /* the dict, once fetched (the window is released then) */
+    jc_status status;    /* of a fetch that failed for good */
+    PendingObject *prev, *next;
+};
 
 
 static int check_open(ContextObject *self) {
@@ -320,11 +63,6 @@ static PyObject *Context_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     ContextObject *self = (ContextObject *)type->tp_alloc(type, 0);
     if (!self) return NULL;
     self->ctx = NULL;
-    self->log = winlog_new();
-    if (!self->log) {
-        Py_DECREF(self);
-        return PyErr_NoMemory();
-    }
     return (PyObject *)self;
 }
 
@@ -355,6 +93,7 @@ static int Context_init(ContextObject *self, PyObject *args, PyObject *kwds) {
     o.csv_interval_s = csv_interval;
     o.flags = flags;
     o.history_points = (size_t)history;
+    o.window_csv_path = window_csv;
     jc_context *ctx = NULL;
     jc_status st;
     char detail[1024];
@@ -366,40 +105,22 @@ static int Context_init(ContextObject *self, PyObject *args, PyObject *kwds) {
         raise_status(st, detail, "open");
         return -1;
     }
-    winlog *L = self->log;
-    L->ctx = ctx;
-    L->epoch_ns = jc_epoch_ns(ctx);
-    L->ndev = jc_device_count(ctx);
-    for (int i = 0; i < L->ndev && i < JC_MAX_DEVICES; i++) {
-        jc_device_info info;
-        L->gpu_index[i] = jc_device_info_get(ctx, i, &info) == JC_OK ? info.index : i - 1;
-    }
-    if (window_csv) {
-        L->path = strdup(window_csv);
-        L->f = L->path ? fopen(window_csv, "w") : NULL;
-        int err = L->f ? winlog_write_header(L) : errno;
-        if (!L->f || err) {
-            if (L->f) fclose(L->f);
-            L->f = NULL;
-            free(L->path);
-            L->path = NULL;
-            snprintf(detail, sizeof detail, "cannot create the CSV file %s: %s; choose a writable path",
-                     window_csv, strerror(err ? err : ENOMEM));
-            Py_BEGIN_ALLOW_THREADS
-            jc_close(ctx);
-            Py_END_ALLOW_THREADS
-            L->ctx = NULL;
-            raise_status(err == EACCES || err == EPERM || err == EROFS ? JC_ERR_NO_PERMISSION : JC_ERR_IO, detail,
-                         "open");
-            return -1;
-        }
+    if (window_csv && !(self->window_csv = strdup(window_csv))) {
+        Py_BEGIN_ALLOW_THREADS
+        jc_close(ctx);
+        Py_END_ALLOW_THREADS
+        PyErr_NoMemory();
+        return -1;
     }
     self->fork_gen = atomic_load(&fork_generation);
     self->ctx = ctx;
     return 0;
 }
 
-/* Closes everything; the GIL is released around the joins. */
+static int pending_fetch(PendingObject *self, double timeout);
+
+/* Closes everything; the GIL is released around the joins.  Results not yet fetched are fetched first, so that
+ * a Measurement read after its tool closed still has its values. */
 static void context_close(ContextObject *self) {
     if (self->ctx && self->fork_gen != atomic_load(&fork_generation)) {
         self->forked_away = 1;
@@ -407,10 +128,19 @@ static void context_close(ContextObject *self) {
     }
     jc_context *ctx = self->ctx;
     if (!ctx) return;
+    while (self->pendings) {
+        PendingObject *p = self->pendings;
+        Py_INCREF(p);
+        if (pending_fetch(p, RESOLVE_TIMEOUT_S) < 0) PyErr_Clear();
+        if (self->pendings == p) { /* failed for good: unlink, it keeps its status */
+            self->pendings = p->next;
+            if (p->next) p->next->prev = NULL;
+            p->next = p->prev = NULL;
+        }
+        Py_DECREF(p);
+    }
     self->ctx = NULL;
-    winlog *L = self->log;
     Py_BEGIN_ALLOW_THREADS
-    winlog_shutdown(L);
     jc_close(ctx);
     Py_END_ALLOW_THREADS
 }
@@ -418,9 +148,7 @@ static void context_close(ContextObject *self) {
 static void Context_dealloc(ContextObject *self) {
     if (self->weakreflist) PyObject_ClearWeakRefs((PyObject *)self);
     context_close(self);
-    /* A context inherited through fork leaks its log on purpose: its mutex may be held by a thread that does
-     * not exist in this process. */
-    if (!self->forked_away) winlog_free(self->log);
+    free(self->window_csv);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -455,8 +183,8 @@ static PyObject *Context_get_epoch_ns(ContextObject *self, void *closure) {
 
 static PyObject *Context_get_window_csv(ContextObject *self, void *closure) {
     (void)closure;
-    if (!self->log->path) Py_RETURN_NONE;
-    return PyUnicode_DecodeFSDefault(self->log->path);
+    if (!self->window_csv) Py_RETURN_NONE;
+    return PyUnicode_DecodeFSDefault(self->window_csv);
 }
 
 /* --- devices ------------------------------------------------------------------------------------------ */
@@ -594,65 +322,37 @@ static PyObject *Context_stop_at(ContextObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static int ensure_resolver(winlog *L) {
-    if (L->started) return 0;
-    int rc = pthread_create(&L->thread, NULL, resolver_main, L);
-    if (rc == 0) L->started = 1;
-    return rc;
-}
-
-/* stop_pending(window) -> Pending: stops the window now and hands it to the resolver, which writes its CSV
- * row (when the context has a window CSV) and releases it.  The window id is not valid afterwards. */
+/* stop_pending(window) -> Pending: stops the window now and hands it to the library's window CSV (when the
+ * context has one), which writes its row once its values are known.  The window id is not valid afterwards. */
 static PyObject *Context_stop_pending(ContextObject *self, PyObject *arg) {
     uint64_t t = jc_now_ns();
     if (!check_open(self)) return NULL;
     jc_window w;
     if (!parse_window(arg, &w)) return NULL;
-    PendingObject *po = PyObject_New(PendingObject, &PendingType);
-    if (!po) return NULL;
-    po->owner = NULL;
-    po->p = NULL;
-    pending *p = pending_new(self->log->ndev);
-    if (!p) {
-        Py_DECREF(po);
-        return PyErr_NoMemory();
-    }
     const char *name = jc_window_name(self->ctx, w);
-    if (name) p->name = strdup(name);
-    jc_status st = jc_window_stop_at(self->ctx, w, t);
+    char *copy = name ? strdup(name) : NULL;
+    if (name && !copy) return PyErr_NoMemory();
+    jc_status st = jc_window_finish(self->ctx, w, t);
     if (st != JC_OK) {
-        free(p->name);
-        free(p);
-        Py_DECREF(po);
+        free(copy);
         return raise_last(st, "stop");
     }
-    p->w = w;
-    atomic_init(&p->refs, 2);
-    winlog *L = self->log;
-    pthread_mutex_lock(&L->mu);
-    int rc = ensure_resolver(L);
-    if (rc == 0) {
-        if (L->tail)
-            L->tail->next = p;
-        else
-            L->head = p;
-        L->tail = p;
-        L->queued++;
-        if (L->sleeping) pthread_cond_signal(&L->work_cv);
-    }
-    pthread_mutex_unlock(&L->mu);
-    if (rc != 0) {
+    PendingObject *po = PyObject_New(PendingObject, &PendingType);
+    if (!po) {
+        free(copy);
         jc_window_release(self->ctx, w);
-        free(p->name);
-        free(p);
-        Py_DECREF(po);
-        char msg[256];
-        snprintf(msg, sizeof msg, "cannot start the joulecap resolver thread: %s", strerror(rc));
-        return raise_status(JC_ERR_THREAD, msg, "stop");
+        return NULL;
     }
     Py_INCREF(self);
     po->owner = self;
-    po->p = p;
+    po->w = w;
+    po->name = copy;
+    po->result = NULL;
+    po->status = JC_OK;
+    po->prev = NULL;
+    po->next = self->pendings;
+    if (self->pendings) self->pendings->prev = po;
+    self->pendings = po;
     return (PyObject *)po;
 }
 
@@ -837,51 +537,47 @@ static PyObject *Context_csv_close(ContextObject *self, PyObject *Py_UNUSED(igno
     return PyLong_FromUnsignedLongLong(rows);
 }
 
-/* flush(timeout=None) -> bool: waits until every stopped window has been resolved and written. */
+/* flush(timeout=None) -> bool: waits until every stopped window's row is written; True when none is left. */
 static PyObject *Context_flush(ContextObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"timeout", NULL};
     PyObject *timeout_o = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:flush", kwlist, &timeout_o)) return NULL;
-    double timeout = -1;
+    double timeout = 1e6;
     if (timeout_o != Py_None) {
         timeout = PyFloat_AsDouble(timeout_o);
         if (timeout == -1 && PyErr_Occurred()) return NULL;
         if (!check_timeout(timeout)) return NULL;
     }
-    winlog *L = self->log;
-    int empty, werr;
+    if (!check_open(self)) return NULL;
+    if (!self->window_csv) Py_RETURN_TRUE;
+    jc_status st;
+    size_t left = 0;
+    char detail[1024] = "";
+    self->busy++;
     Py_BEGIN_ALLOW_THREADS
-    uint64_t deadline = timeout < 0 ? UINT64_MAX : mono_ns() + (uint64_t)(timeout * 1e9);
-    pthread_mutex_lock(&L->mu);
-    if (L->head) pthread_cond_signal(&L->work_cv);
-    while (L->head) {
-        if (deadline == UINT64_MAX) {
-            pthread_cond_wait(&L->done_cv, &L->mu);
-        } else {
-            if (mono_ns() >= deadline) break;
-            struct timespec ts = ts_of(deadline);
-            pthread_cond_timedwait(&L->done_cv, &L->mu, &ts);
-        }
-    }
-    empty = L->head == NULL;
-    winlog_flush_file(L);
-    werr = L->write_error;
-    pthread_mutex_unlock(&L->mu);
+    st = jc_window_csv_flush(self->ctx, timeout, &left);
+    if (st != JC_OK) snprintf(detail, sizeof detail, "%s", jc_last_detail());
     Py_END_ALLOW_THREADS
-    if (werr) {
-        char msg[512];
-        snprintf(msg, sizeof msg, "writing %s failed: %s", L->path ? L->path : "the CSV file", strerror(werr));
-        return raise_status(JC_ERR_IO, msg, "write");
-    }
-    return PyBool_FromLong(empty);
+    self->busy--;
+    if (st == JC_ERR_TIMEOUT) Py_RETURN_FALSE;
+    if (st != JC_OK) return raise_status(st, detail, "write");
+    Py_RETURN_TRUE;
+}
+
+/* window_csv_status(): raises the window CSV's write error, if it had one; cheap. */
+static PyObject *Context_window_csv_status(ContextObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (!check_open(self)) return NULL;
+    if (!self->window_csv) Py_RETURN_NONE;
+    jc_status st = jc_window_csv_flush(self->ctx, 0.0, NULL);
+    if (st != JC_OK && st != JC_ERR_TIMEOUT) return raise_status(st, jc_last_detail(), "write");
+    Py_RETURN_NONE;
 }
 
 static PyObject *Context_get_pending_count(ContextObject *self, void *closure) {
     (void)closure;
-    winlog *L = self->log;
-    pthread_mutex_lock(&L->mu);
-    size_t n = L->queued;
-    pthread_mutex_unlock(&L->mu);
+    if (!self->ctx || !self->window_csv) return PyLong_FromLong(0);
+    size_t n = 0;
+    (void)jc_window_csv_flush(self->ctx, 0.0, &n); /* JC_ERR_TIMEOUT while rows are due */
     return PyLong_FromSize_t(n);
 }
 
@@ -903,8 +599,8 @@ static PyMethodDef Context_methods[] = {
     {"stop", (PyCFunction)Context_stop, METH_O, "stop(window)\n--\n\nCloses a window now; returns the time (ns)."},
     {"stop_at", (PyCFunction)Context_stop_at, METH_VARARGS, "stop_at(window, t_ns)\n--\n\nCloses a window at t_ns."},
     {"stop_pending", (PyCFunction)Context_stop_pending, METH_O,
-     "stop_pending(window)\n--\n\nCloses a window now and hands it to the resolver thread, which writes its CSV row "
-     "and releases it.  Returns a Pending."},
+     "stop_pending(window)\n--\n\nCloses a window now and hands it to the library's window CSV, which writes its row "
+     "once its values are known.  Returns a Pending; the window is released when its result is fetched."},
     {"result", (PyCFunction)(void (*)(void))Context_result, METH_VARARGS | METH_KEYWORDS,
      "result(window, timeout=10.0)\n--\n\nWaits for a stopped window's samples; returns a dict."},
     {"release", (PyCFunction)Context_release, METH_O, "release(window)\n--\n\nForgets a window."},
@@ -917,6 +613,8 @@ static PyMethodDef Context_methods[] = {
     {"sync", (PyCFunction)(void (*)(void))Context_sync, METH_VARARGS | METH_KEYWORDS,
      "sync(t_ns=now, timeout=10.0)\n--\n\nWaits until the sampler has taken a sample after t_ns."},
     {"csv_sync", (PyCFunction)Context_csv_sync, METH_NOARGS, "csv_sync()\n--\n\nFlushes and fsyncs the sampler CSV."},
+    {"window_csv_status", (PyCFunction)Context_window_csv_status, METH_NOARGS,
+     "window_csv_status()\n--\n\nRaises the window CSV's write error, if it had one."},
     {"csv_status", (PyCFunction)Context_csv_status, METH_NOARGS,
      "csv_status()\n--\n\nRows of the sampler CSV written so far; raises the sink's write error."},
     {"csv_close", (PyCFunction)Context_csv_close, METH_NOARGS,
@@ -955,25 +653,78 @@ PyTypeObject ContextType = {
 /* ------------------------------------------------------------------------------------------------------ */
 /* Pending                                                                                                */
 
+static void pending_unlink(PendingObject *self) {
+    ContextObject *o = self->owner;
+    if (self->prev) self->prev->next = self->next;
+    else if (o && o->pendings == self) o->pendings = self->next;
+    if (self->next) self->next->prev = self->prev;
+    self->prev = self->next = NULL;
+}
+
 static void Pending_dealloc(PendingObject *self) {
-    pending_unref(self->p);
-    Py_XDECREF(self->owner);
+    ContextObject *o = self->owner;
+    int linked = o && (o->pendings == self || self->prev);
+    if (linked) {
+        pending_unlink(self);
+        if (o->ctx && o->fork_gen == atomic_load(&fork_generation)) jc_window_release(o->ctx, self->w);
+    }
+    Py_XDECREF(self->result);
+    free(self->name);
+    Py_XDECREF(o);
     PyObject_Free(self);
+}
+
+/* Fetches the result (timeout < 0: the default bound).  1 fetched, 0 not yet, -1 error set. */
+static int pending_fetch(PendingObject *self, double timeout) {
+    if (self->result) return 1;
+    ContextObject *o = self->owner;
+    if (self->status != JC_OK) {
+        raise_status(self->status, "the window could not be resolved: its context was closed first", "result");
+        return -1;
+    }
+    if (!o->ctx || o->fork_gen != atomic_load(&fork_generation)) {
+        raise_state(o->ctx ? "this result belongs to a joulecap context of the parent process (before fork())"
+                           : "this result's joulecap context was closed before its values were known");
+        return -1;
+    }
+    int forever = timeout < 0;
+    jc_window_result r;
+    jc_status st;
+    char detail[1024] = "";
+    o->busy++;
+    Py_BEGIN_ALLOW_THREADS
+    st = jc_window_result_get(o->ctx, self->w, forever ? RESOLVE_TIMEOUT_S : timeout, &r);
+    if (st != JC_OK) snprintf(detail, sizeof detail, "%s", jc_last_detail());
+    Py_END_ALLOW_THREADS
+    o->busy--;
+    /* Past the bound, the best estimate so far (resolved False) is the result. */
+    if (st == JC_ERR_TIMEOUT && !forever) return 0;
+    if (st != JC_OK && st != JC_ERR_TIMEOUT) {
+        self->status = st;
+        pending_unlink(self);
+        raise_status(st, detail, "result");
+        return -1;
+    }
+    self->result = result_dict(&r, st == JC_OK);
+    if (!self->result) return -1;
+    pending_unlink(self);
+    jc_window_release(o->ctx, self->w);
+    return 1;
 }
 
 static PyObject *Pending_get_ready(PendingObject *self, void *closure) {
     (void)closure;
-    winlog *L = self->owner->log;
-    pthread_mutex_lock(&L->mu);
-    int done = self->p->done;
-    pthread_mutex_unlock(&L->mu);
-    return PyBool_FromLong(done);
+    if (self->result) Py_RETURN_TRUE;
+    if (self->status != JC_OK || !self->owner->ctx) Py_RETURN_FALSE;
+    int rc = pending_fetch(self, 0.0);
+    if (rc < 0) return NULL;
+    return PyBool_FromLong(rc);
 }
 
 static PyObject *Pending_get_name(PendingObject *self, void *closure) {
     (void)closure;
-    if (!self->p->name) Py_RETURN_NONE;
-    return PyUnicode_FromString(self->p->name);
+    if (!self->name) Py_RETURN_NONE;
+    return PyUnicode_FromString(self->name);
 }
 
 /* wait(timeout=None) -> dict, or None when the result is not there within timeout seconds. */
@@ -987,46 +738,11 @@ static PyObject *Pending_wait(PendingObject *self, PyObject *args, PyObject *kwd
         if (timeout == -1 && PyErr_Occurred()) return NULL;
         if (!check_timeout(timeout)) return NULL;
     }
-    if (self->owner->fork_gen != atomic_load(&fork_generation) && !self->owner->forked_away && self->owner->ctx)
-        return raise_state("this result belongs to a joulecap context of the parent process (before fork())");
-    winlog *L = self->owner->log;
-    pending *p = self->p;
-    int done;
-    pthread_mutex_lock(&L->mu);
-    done = p->done;
-    pthread_mutex_unlock(&L->mu);
-    if (!done && timeout != 0) {
-        Py_BEGIN_ALLOW_THREADS
-        uint64_t deadline = timeout < 0 ? UINT64_MAX : mono_ns() + (uint64_t)(timeout * 1e9);
-        pthread_mutex_lock(&L->mu);
-        pthread_cond_signal(&L->work_cv);
-        while (!p->done) {
-            if (deadline == UINT64_MAX) {
-                pthread_cond_wait(&L->done_cv, &L->mu);
-            } else {
-                if (mono_ns() >= deadline) break;
-                struct timespec ts = ts_of(deadline);
-                pthread_cond_timedwait(&L->done_cv, &L->mu, &ts);
-            }
-        }
-        done = p->done;
-        pthread_mutex_unlock(&L->mu);
-        Py_END_ALLOW_THREADS
-    }
-    if (!done) Py_RETURN_NONE;
-    /* The row is in the file once the result is known: flush what the resolver may still buffer. */
-    pthread_mutex_lock(&L->mu);
-    winlog_flush_file(L);
-    pthread_mutex_unlock(&L->mu);
-    if (p->status != JC_OK && p->status != JC_ERR_TIMEOUT) {
-        char msg[256];
-        snprintf(msg, sizeof msg, "the window could not be resolved (%s)%s", jc_status_name(p->status),
-                 p->status == JC_ERR_STATE ? ": its context was closed before the window was handed over" : "");
-        return raise_status(p->status, msg, "result");
-    }
-    result_view v = {p->start_ns, p->stop_ns, p->elapsed_s, p->ndev, p->resolved, p->energy_j,
-                     p->coverage, p->uncertainty_j, p->source, p->health};
-    return result_dict_of(&v);
+    int rc = pending_fetch(self, timeout);
+    if (rc < 0) return NULL;
+    if (rc == 0) Py_RETURN_NONE;
+    Py_INCREF(self->result);
+    return self->result;
 }
 
 static PyMethodDef Pending_methods[] = {
@@ -1046,7 +762,7 @@ PyTypeObject PendingType = {
     .tp_basicsize = sizeof(PendingObject),
     .tp_dealloc = (destructor)Pending_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "The result of a stopped window, resolved by the context's resolver thread.",
+    .tp_doc = "The result of a stopped window, fetched from the library when asked for.",
     .tp_methods = Pending_methods,
     .tp_getset = Pending_getset,
 };

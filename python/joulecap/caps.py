@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 from . import _joulecap, _paths
-from .errors import GPUNotFound, InvalidArgument, JoulecapWarning, NotFound
+from .errors import GPUNotFound, InvalidArgument, JoulecapWarning, NotFound, SourceUnavailable
 
 __all__ = ["PowerCap", "CapReset", "set_power_cap", "reset_power_cap", "get_power_cap", "restore_power_caps"]
 
@@ -52,8 +52,9 @@ class PowerCap:
 
     ``limit_w`` is the requested limit (what a cap sets and what is saved), ``enforced_limit_w`` what the GPU
     applies (it can be lower); ``manager`` is ``"none"`` (joulecap has not changed it), ``"session"`` (a live
-    process's session: ``owner_pid``), ``"persistent"`` (``joulecap cap set``) or ``"stale"`` (a dead owner:
-    ``joulecap cap restore`` repairs it); ``saved_limit_w`` is the limit that will be put back (NaN without a
+    process's session: ``owner_pid``), ``"persistent"`` (``joulecap cap set``), ``"stale"`` (a dead owner:
+    ``joulecap cap restore`` repairs it) or ``"damaged"`` (a journal cut short or corrupt: ``joulecap cap
+    restore`` says how to repair it); ``saved_limit_w`` is the limit that will be put back (NaN without a
     journal).
     """
 
@@ -224,6 +225,16 @@ def _close_at_exit() -> None:
         _log.error("joulecap: putting back the power limits at exit failed: %s (run `joulecap cap restore`)", e)
 
 
+def _guarded(info: Dict[str, Any], call: Any, *args: Any) -> Any:
+    """A session call; when the session's guardian died (the session then put the saved limit back and refuses
+    changes), the session is dropped so that the next call opens a new one with a new guardian."""
+    try:
+        return call(*args)
+    except SourceUnavailable:
+        _sessions.close(info["uuid"])
+        raise
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The seed's API
 
@@ -250,7 +261,7 @@ def set_power_cap(gpu_num: Any, cap: Any) -> PowerCap:
     info = _info(gpu_num)
     _check_range(info, watts)
     session = _sessions.open(info)
-    session.set(info["index"], watts)
+    _guarded(info, session.set, info["index"], watts)
     now = PowerCap._of(_joulecap.cap_get(info["uuid"]))
     _log.info("joulecap: GPU %d power cap set to %g W (was %g W), via %s", info["index"], now.limit_w, info["limit_w"],
               now.via)
@@ -269,7 +280,7 @@ def reset_power_cap(gpu_num: Any = 0) -> CapReset:
     """
     info = _info(gpu_num)
     session = _sessions.open(info)
-    did = session.reset(info["index"])
+    did = _guarded(info, session.reset, info["index"])
     now = _joulecap.cap_get(info["uuid"])
     gpu = "GPU %d (%s)" % (info["index"], info["uuid"])
     via = _via()

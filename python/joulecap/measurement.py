@@ -485,12 +485,15 @@ class EnergyMeasurementTool:
                 "window %s is already started: call stop(%s) before starting it again, or give this window another "
                 "name, start(name=...)" % (_describe(name), "" if name is None else repr(name))
             )
+        self._ctx.window_csv_status()
         self._open[name] = self._ctx.start(name)
 
     def stop(self, name: Any = _LAST) -> Measurement:
         """Stops a window and returns its :class:`Measurement`; its CSV row follows within ~0.1 s.
 
-        ``stop()`` stops the most recently started window; ``stop(name)`` the window of that name.
+        ``stop()`` stops the most recently started window; ``stop(name)`` the window of that name.  If the CSV
+        could not be written (a full disk), the error is raised here, by ``start()`` and by ``close()`` (the
+        window's Measurement is still in ``last_result``; the file ends on its last whole row).
         """
         if name is _LAST:
             if not self._open:
@@ -507,6 +510,7 @@ class EnergyMeasurementTool:
                     % (_describe(name), running, "" if name is None else repr(name))
                 )
         m = self.last_result = Measurement(name, self._ctx.stop_pending(w), self._devices)
+        self._ctx.window_csv_status()
         return m
 
     @property
@@ -555,9 +559,16 @@ class EnergyMeasurementTool:
         return self._ctx.flush(timeout)
 
     def close(self) -> None:
-        """Writes the rows of every stopped window and closes the file.  Windows still running are dropped."""
+        """Writes the rows of every stopped window and closes the file.  Windows still running are dropped.
+        Raises the CSV's write error, if it had one (after closing)."""
         self._open.clear()
-        self._ctx.close()
+        if self._ctx.closed:
+            return
+        try:
+            if self._ctx.window_csv is not None:
+                self._ctx.flush(30.0)
+        finally:
+            self._ctx.close()
 
     def read(self):
         """The CSV as a pandas DataFrame (flushes first)."""

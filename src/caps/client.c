@@ -288,9 +288,9 @@ int jc__capd_parse_gpu(char *line, size_t len, jc_cap_info *info, int *present) 
         info->manager = JC_CAP_MANAGER_PERSISTENT;
         h = &pers;
     } else if (strcmp(who, "broken") == 0) {
-        info->manager = JC_CAP_MANAGER_STALE;
+        info->manager = JC_CAP_MANAGER_DAMAGED;
         const char *b = jc__wire_get(&l, "broken");
-        jc__fmt(info->owner_command, sizeof info->owner_command, "damaged journal: %s", b ? b : "");
+        jc__fmt(info->error, sizeof info->error, "%s", b ? b : "damaged journal");
     } else {
         return -1;
     }
@@ -391,11 +391,10 @@ static const char *label_of(const jc_cap_info *i, char *buf, size_t len) {
 
 /* JC_ERR_BUSY when a selected GPU is leased (checked before any change). */
 static jc_status check_free(conn *c, const jc_cap_info *i) {
-    if (i->manager != JC_CAP_MANAGER_SESSION && i->manager != JC_CAP_MANAGER_STALE) return JC_OK;
     char label[256];
     label_of(i, label, sizeof label);
-    if (i->manager == JC_CAP_MANAGER_STALE && !i->owner_user[0])
-        return conn_fail(c, JC_ERR_IO, "%s: %s", label, i->owner_command);
+    if (i->manager == JC_CAP_MANAGER_DAMAGED) return conn_fail(c, JC_ERR_IO, "%s: %s", label, i->error);
+    if (i->manager != JC_CAP_MANAGER_SESSION && i->manager != JC_CAP_MANAGER_STALE) return JC_OK;
     return conn_fail(c, JC_ERR_BUSY, "%s is leased by user %s (uid %u), process %d (%s)%s; nothing was changed", label,
                      i->owner_user, i->owner_uid, i->owner_pid, i->owner_command,
                      i->manager == JC_CAP_MANAGER_STALE ? ", whose limit joulecapd has not put back yet" : "");
@@ -728,7 +727,8 @@ static int on_journal(void *arg, char *line, size_t len) {
     e.limit_w = e.action == JC_CAP_RESTORED ? jc__w_of(mw) : NAN;
     e.owner_pid = strcmp(was, "persistent") == 0 ? 0 : (int)pid;
     e.was = strcmp(was, "persistent") == 0 ? JC_CAP_MANAGER_PERSISTENT
-          : strcmp(was, "session") == 0 ? JC_CAP_MANAGER_SESSION : JC_CAP_MANAGER_STALE;
+          : strcmp(was, "session") == 0 ? JC_CAP_MANAGER_SESSION
+          : strcmp(was, "broken") == 0 ? JC_CAP_MANAGER_DAMAGED : JC_CAP_MANAGER_STALE;
     jc__fmt(e.note, sizeof e.note, "%s", note);
     if (e.action == JC_CAP_RESTORE_FAILED && R->first == JC_OK) {
         R->first = e.status;

@@ -34,11 +34,6 @@ static void close_others(int keep) {
         if (fd != keep) close(fd);
 }
 
-static int ends_with(const char *s, const char *suffix) {
-    size_t a = strlen(s), b = strlen(suffix);
-    return a >= b && strcmp(s + a - b, suffix) == 0;
-}
-
 static int ours(const jc__journal *j, int owner, unsigned long long start, int me) {
     return j->owner_pid == owner && j->owner_start == start && j->guardian_pid == me;
 }
@@ -46,23 +41,32 @@ static int ours(const jc__journal *j, int owner, unsigned long long start, int m
 /* Restores the journals of this guardian's session.  Returns the number that failed. */
 static int restore_owned(const char *dir, int owner, unsigned long long start) {
     int me = (int)getpid();
-    DIR *d = opendir(dir);
-    if (!d) {
-        fprintf(stderr, "joulecap cap guardian: cannot read %s: %s\n", dir, strerror(errno));
+    enum { MAXJ = JC__CAP_MAX_GPUS * 4 };
+    char (*stems)[128] = calloc(MAXJ, sizeof *stems);
+    char (*uuids)[96] = calloc(MAXJ, sizeof *uuids);
+    int nj = stems && uuids ? jc__journal_list(dir, stems, MAXJ) : -1;
+    if (nj < 0) {
+        fprintf(stderr, "joulecap cap guardian (owner pid %d): %s; run 'joulecap cap restore'\n", owner,
+                stems && uuids ? jc_last_detail() : "out of memory");
+        free(stems);
+        free(uuids);
         return 1;
     }
-    char (*uuids)[96] = calloc(JC__CAP_MAX_GPUS * 4, sizeof *uuids);
     int n = 0;
-    struct dirent *e;
-    while (uuids && (e = readdir(d)) != NULL && n < JC__CAP_MAX_GPUS * 4) {
-        if (e->d_name[0] == '.' || !ends_with(e->d_name, ".journal")) continue;
-        char path[800];
-        jc__fmt(path, sizeof path, "%s/%s", dir, e->d_name);
+    for (int k = 0; k < nj; k++) {
         jc__journal j;
-        if (jc__journal_read_path(path, &j) == JC_OK && ours(&j, owner, start, me))
-            jc__fmt(uuids[n++], sizeof uuids[0], "%s", j.uuid);
+        int exists = 0;
+        if (!jc__cap_name_ok(stems[k])) continue;
+        if (jc__journal_read(dir, stems[k], &j, &exists) != JC_OK) {
+            /* Damaged: whose it is cannot be known; kept for 'joulecap cap restore'.  Said when the owner
+             * died (at a normal close the owner has put its own GPUs back). */
+            if (!jc__proc_alive(owner, start))
+                fprintf(stderr, "joulecap cap guardian (owner pid %d): %s\n", owner, jc_last_detail());
+            continue;
+        }
+        if (exists && ours(&j, owner, start, me)) jc__fmt(uuids[n++], sizeof uuids[0], "%s", j.uuid);
     }
-    closedir(d);
+    free(stems);
     if (n == 0) {
         free(uuids);
         return 0; /* the normal end: the session put everything back itself */
@@ -84,9 +88,11 @@ static int restore_owned(const char *dir, int owner, unsigned long long start) {
     for (int k = 0; k < n; k++) {
         const jc__capgpu *g = NULL;
         for (int i = 0; i < ng; i++)
-            if (strcmp(gpus[i].id.uuid, uuids[k]) == 0) g = &gpus[i];
+            if (gpus[i].status == JC_OK && strcmp(gpus[i].id.uuid, uuids[k]) == 0) g = &gpus[i];
         if (!g) {
-            fprintf(stderr, "joulecap cap guardian: GPU %s is gone; its journal is kept\n", uuids[k]);
+            /* Lost or gone: the others are restored all the same. */
+            fprintf(stderr, "joulecap cap guardian: GPU %s is gone or cannot be identified; its journal is kept "
+                    "for 'joulecap cap restore'\n", uuids[k]);
             failed++;
             continue;
         }
@@ -105,8 +111,9 @@ static int restore_owned(const char *dir, int owner, unsigned long long start) {
             jc__cap_unlock(fd);
         }
         if (st != JC_OK) {
-            fprintf(stderr, "joulecap cap guardian (owner pid %d): could not restore %s: %s; run 'joulecap cap "
-                    "restore'\n", owner, uuids[k], jc_last_detail());
+            const char *d = jc_last_detail();
+            fprintf(stderr, "joulecap cap guardian (owner pid %d): %s: %s%s\n", owner, uuids[k], d,
+                    strstr(d, "joulecap cap restore") ? "" : "; run 'joulecap cap restore'");
             failed++;
         }
     }
@@ -139,6 +146,16 @@ int jc_cap_guardian_main(int argc, char **argv) {
     signal(SIGTSTP, SIG_IGN);
     setsid(); /* fails harmlessly when posix_spawn already made it a session leader */
     close_others(fd);
+    /* The directory as the session checked it; checked again here, since the guardian may hold privileges. */
+    jc_cap_options o;
+    jc_cap_options_init(&o);
+    o.state_dir = dir;
+    char checked[512];
+    if (jc__cap_dir(&o, checked, sizeof checked, 1) != JC_OK) {
+        fprintf(stderr, "joulecap cap __guard: %s\n", jc_last_detail());
+        return 2;
+    }
+    dir = checked;
     static const char ready[] = "ready\n";
     if (write(fd, ready, sizeof ready - 1) != (ssize_t)(sizeof ready - 1)) {
         /* The owner is already gone: restore at once. */

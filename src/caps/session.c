@@ -38,6 +38,8 @@ struct jc_cap_session {
     int guardian_pid;
     unsigned long long guardian_start;
     int sock; /* our end of the guardian's socket */
+    int guardian_died; /* seen dead: the saved limits were put back; no more changes */
+    char guardian_died_text[1024];
     char note[1024];
     jc__capd_session *remote; /* through joulecapd (client.c): nothing above is used */
 };
@@ -83,7 +85,7 @@ static void guardian_wait(int sock, int pid, int timeout_ms) {
 static jc_status spawn_guardian(jc_cap_session *s, const jc_cap_options *o) {
     const char *path = o->guardian_path, *how = "jc_cap_options.guardian_path";
     if (!path || !*path) {
-        path = getenv("JOULECAP_CLI");
+        path = secure_getenv("JOULECAP_CLI");
         how = "JOULECAP_CLI";
     }
     char self[1024];
@@ -274,19 +276,34 @@ static jc_status take_gpu(jc_cap_session *s, int i) {
     return st;
 }
 
-/* Under the GPU's lock: records the limit about to be set in the journal, then sets it. */
+/* Under the GPU's lock: records the limit about to be set in the journal, then sets it and reads it back.
+ * A limit that did not take leaves the journal saying what the GPU reports. */
 static jc_status set_gpu(jc_cap_session *s, int i, unsigned mw) {
     int fd = -1;
     jc_status st = jc__cap_lock(s->dir, s->gpus[i].id.uuid, &fd);
     if (st != JC_OK) return st;
     st = check_ours(s, i);
-    if (st == JC_OK && s->journal[i].set_mw != mw) {
+    unsigned prev = s->journal[i].set_mw, before = 0, now = 0;
+    if (st == JC_OK && s->nvml->nvmlDeviceGetPowerManagementLimit &&
+        s->nvml->nvmlDeviceGetPowerManagementLimit(s->gpus[i].dev, &before) != NVML_SUCCESS)
+        before = 0;
+    if (st == JC_OK && prev != mw) {
         jc__journal j = s->journal[i];
         j.set_mw = mw;
         st = jc__journal_write(s->dir, &j);
         if (st == JC_OK) s->journal[i] = j;
     }
-    if (st == JC_OK) st = jc__capgpu_set(s->nvml, &s->gpus[i], mw);
+    if (st == JC_OK && (st = jc__capgpu_set(s->nvml, &s->gpus[i], mw, &now)) != JC_OK) {
+        unsigned keep = jc__set_mw_after_failure(prev, before, now, mw);
+        if (keep != s->journal[i].set_mw) {
+            char detail[1024];
+            jc__fmt(detail, sizeof detail, "%s", jc_last_detail());
+            jc__journal j = s->journal[i];
+            j.set_mw = keep;
+            if (jc__journal_write(s->dir, &j) == JC_OK) s->journal[i] = j;
+            jc__fail(st, "%s", detail);
+        }
+    }
     jc__cap_unlock(fd);
     return st;
 }
@@ -298,7 +315,7 @@ static jc_status restore_gpu(jc_cap_session *s, int i) {
     jc_status st = jc__cap_lock(s->dir, s->gpus[i].id.uuid, &fd);
     if (st != JC_OK) return st;
     st = check_ours(s, i);
-    if (st == JC_OK) st = jc__capgpu_set(s->nvml, &s->gpus[i], s->journal[i].original_mw);
+    if (st == JC_OK) st = jc__capgpu_set(s->nvml, &s->gpus[i], s->journal[i].original_mw, NULL);
     if (st == JC_OK) {
         jc__journal j = s->journal[i];
         j.set_mw = 0;
@@ -312,6 +329,24 @@ static jc_status restore_gpu(jc_cap_session *s, int i) {
 /* ------------------------------------------------------------------------------------------------------
  * Public.
  * ---------------------------------------------------------------------------------------------------- */
+
+/* GPUs NVML cannot identify (lost): an error when the selection names them, else left out of the session
+ * (the note says which), so that one lost GPU does not stop the others from being capped. */
+static jc_status drop_unusable(jc_cap_session *s, const char *sel) {
+    int k = 0;
+    for (int i = 0; i < s->n; i++) {
+        jc_status u = jc__capgpu_usable(&s->gpus[i]);
+        if (u == JC_OK) {
+            s->gpus[k++] = s->gpus[i];
+            continue;
+        }
+        if (!jc__sel_is_all(sel)) return u;
+        jc__note_append(s->note, sizeof s->note, "left out of the session: %s", jc_last_detail());
+    }
+    s->n = k;
+    jc__clear_detail();
+    return JC_OK;
+}
 
 static void session_free(jc_cap_session *s, int owner) {
     if (!s) return;
@@ -351,10 +386,11 @@ jc_status jc_cap_session_open(const jc_cap_options *opts, jc_cap_session **out) 
     pthread_mutex_init(&s->lock, NULL);
     s->sock = -1;
     s->owner_pid = (int)getpid();
-    jc_status st = jc__cap_dir(&o, s->dir, sizeof s->dir);
+    jc_status st = jc__cap_dir(&o, s->dir, sizeof s->dir, 1);
     char why[512];
     if (st == JC_OK) st = jc__nvml_open(&s->nvml, why, sizeof why);
     if (st == JC_OK) st = jc__capgpu_select(s->nvml, o.gpus, s->gpus, JC__CAP_MAX_GPUS, &s->n);
+    if (st == JC_OK) st = drop_unusable(s, o.gpus);
     if (st == JC_OK && s->n == 0)
         st = jc__fail(JC_ERR_INVALID_ARGUMENT, "the GPU selection '%s' names no GPU: a cap session needs one",
                       o.gpus ? o.gpus : "all");
@@ -391,6 +427,55 @@ static jc_status check_owner(const jc_cap_session *s) {
     return JC_OK;
 }
 
+/* The guardian never writes after "ready": EOF or an error on its socket, or its process gone, means that
+ * it died, and nothing would put the limits back if this process died.  Then the session puts the saved
+ * limits back itself, at once, and refuses further changes. */
+static jc_status check_guardian(jc_cap_session *s) {
+    if (s->guardian_died) return jc__fail(JC_ERR_UNAVAILABLE, "%s", s->guardian_died_text);
+    int dead = s->sock < 0;
+    if (!dead) {
+        struct pollfd p = {s->sock, POLLIN, 0};
+        if (poll(&p, 1, 0) > 0) {
+            char c;
+            ssize_t n = recv(s->sock, &c, 1, MSG_DONTWAIT | MSG_PEEK);
+            dead = n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+        }
+    }
+    /* /proc too: a copy of the guardian's end forked into another process would hide the EOF. */
+    if (!dead && s->guardian_pid > 0 && s->guardian_start && !jc__proc_alive(s->guardian_pid, s->guardian_start))
+        dead = 1;
+    if (!dead) return JC_OK;
+    char done[400] = "", failed[600] = "", label[256];
+    for (int i = 0; i < s->n; i++) {
+        if (!s->owned[i]) continue;
+        unsigned was_set = s->journal[i].set_mw, saved = s->journal[i].original_mw;
+        jc__capgpu_label(&s->gpus[i], label, sizeof label);
+        if (release_gpu(s, i) != JC_OK)
+            jc__note_append(failed, sizeof failed, "%s: %s", label, jc_last_detail());
+        else if (was_set)
+            jc__note_append(done, sizeof done, "%s: %g W", label, saved / 1000.0);
+    }
+    int pid = s->guardian_pid;
+    close(s->sock);
+    s->sock = -1;
+    guardian_wait(-1, pid, 0); /* reap it */
+    s->guardian_pid = 0;
+    s->guardian_died = 1;
+    if (failed[0])
+        jc__fmt(s->guardian_died_text, sizeof s->guardian_died_text,
+                "the power-cap guardian (process %d) of this cap session died, so nothing would put the caps back "
+                "if this process died; putting the saved limits back failed for %s (its journal is kept: 'joulecap "
+                "cap restore' repairs it)%s%s. The session changes no more caps: close it and open a new one",
+                pid, failed, done[0] ? "; put back " : "", done);
+    else
+        jc__fmt(s->guardian_died_text, sizeof s->guardian_died_text,
+                "the power-cap guardian (process %d) of this cap session died, so nothing would put the caps back "
+                "if this process died: the session put the saved limits back itself (%s). It changes no more "
+                "caps: close it and open a new session to cap again",
+                pid, done[0] ? done : "none had been changed");
+    return jc__fail(JC_ERR_UNAVAILABLE, "%s", s->guardian_died_text);
+}
+
 /* Indices of the session's GPUs that gpu names (-1: all). */
 static jc_status targets(const jc_cap_session *s, int gpu, int *idx, int *n) {
     *n = 0;
@@ -416,6 +501,7 @@ jc_status jc_cap_session_set(jc_cap_session *s, int gpu, double watts) {
     unsigned mw[JC__CAP_MAX_GPUS];
     jc_status st = check_owner(s);
     if (st == JC_OK) st = targets(s, gpu, idx, &n);
+    if (st == JC_OK) st = check_guardian(s);
     for (int k = 0; st == JC_OK && k < n; k++) st = jc__capgpu_check(&s->gpus[idx[k]], watts, &mw[k]);
     for (int k = 0; st == JC_OK && k < n; k++) st = set_gpu(s, idx[k], mw[k]);
     pthread_mutex_unlock(&s->lock);
@@ -432,6 +518,7 @@ jc_status jc_cap_session_reset(jc_cap_session *s, int gpu, jc_cap_reset_kind *di
     int idx[JC__CAP_MAX_GPUS], n = 0;
     jc_status st = check_owner(s);
     if (st == JC_OK) st = targets(s, gpu, idx, &n);
+    if (st == JC_OK) st = check_guardian(s);
     for (int k = 0; st == JC_OK && k < n; k++) {
         int i = idx[k];
         if (s->journal[i].set_mw != 0) {

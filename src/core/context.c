@@ -292,6 +292,8 @@ jc_status jc_open(jc_context **out, const jc_options *opts_in) {
         ctx->dev[i].latest.util_pct = ctx->dev[i].latest.temp_c = NAN;
     }
     if (st == JC_OK && o.csv_path) st = jc__csv_open(ctx, o.csv_path);
+    if (st == JC_OK && o.window_csv_path) st = jc__wlog_open(ctx, o.window_csv_path);
+    ctx->opts.window_csv_path = NULL;
     if (st == JC_OK) {
         struct timespec rt;
         clock_gettime(CLOCK_REALTIME, &rt);
@@ -327,11 +329,14 @@ void jc__context_free(jc_context *ctx) {
 
 void jc_close(jc_context *ctx) {
     if (!ctx) return;
-    jc__csv_finish(ctx, 0.5);
+    double rows_wait = jc__s(ctx->stall_ns) + 0.5;
+    jc__csv_finish(ctx, rows_wait);
+    jc__wlog_finish(ctx, rows_wait);
     jc__coordinator_stop(ctx);
     /* A reader stuck in a driver call is not waited for past stall_s: it frees the rest when it returns. */
     jc__readers_stop(ctx, jc__s(ctx->stall_ns));
     jc__csv_close(ctx);
+    jc__wlog_close(ctx);
     jc__meter_free(ctx);
     if (atomic_fetch_sub(&ctx->refs, 1) == 1) jc__context_free(ctx);
 }

@@ -16,6 +16,7 @@
 #include <stdio.h>
 
 #include "../sampler/series.h"
+#include "../sink/sink.h"
 #include "../sources/cpu.h"
 #include "../sources/nvml.h"
 #include "internal.h"
@@ -119,26 +120,11 @@ typedef struct jc__window {
     uint64_t t0, t1; /* t1 == 0 while open */
     char *name;
     jc__edge *e0, *e1; /* per device, sized by the context's device count (same allocation) */
+    int done;          /* every edge resolved: the coordinator skips it */
+    int logging;       /* handed to the window CSV (jc_window_finish), its row not yet formatted */
+    int released;      /* released by the caller while logging: freed once its row is formatted */
+    uint64_t row_seq;  /* its row's number in the window CSV (0: none yet) */
 } jc__window;
-
-/* CSV sink (src/sink/csv.c). */
-typedef struct jc__csv {
-    int fd;
-    char *path;
-    uint64_t next_row_ns;
-    uint64_t *rows;          /* instants of rows not yet resolved, oldest first */
-    size_t nrows, caprows;
-    char *out;               /* formatted whole rows waiting for the writer */
-    size_t outlen, outcap;
-    off_t whole_bytes;       /* bytes of whole rows on disk */
-    uint64_t rows_written, rows_dropped;
-    jc_status error;         /* sticky: the first write error */
-    char error_text[512];
-    int writing, writer_stop;
-    pthread_t writer;
-    int writer_started;
-    pthread_cond_t cv;       /* wakes the writer (ctx->lock) */
-} jc__csv;
 
 struct jc_context {
     atomic_int refs; /* jc_close's and every reader still running */
@@ -183,6 +169,7 @@ struct jc_context {
     size_t nfree;
 
     jc__csv *csv;
+    jc__wlog *wlog;
 };
 
 /* health.c (lock held): state changes of a device, recorded with their time and reason. */
@@ -227,6 +214,21 @@ void jc__meter_resolve_all(jc_context *ctx);
 /* Resolves one edge at t for every device; returns 1 when every device is resolved.  Lock held. */
 int jc__resolve_edge(jc_context *ctx, uint64_t t, jc__edge *e, int is_end);
 void jc__meter_free(jc_context *ctx);
+
+/* meter.c, for the window CSV (lock held) */
+jc__window *jc__window_peek(jc_context *ctx, jc_window id); /* released ones too */
+int jc__window_edges_done(jc_context *ctx, jc__window *w);
+void jc__window_result(jc_context *ctx, const jc__window *w, jc_window_result *out);
+void jc__window_free(jc_context *ctx, jc__window *w, jc_window id);
+
+/* sink/windows.c: the window CSV (lock held unless said) */
+jc_status jc__wlog_open(jc_context *ctx, const char *path); /* lock not held */
+jc_status jc__wlog_push(jc_context *ctx, jc__window *w, jc_window id);
+void jc__wlog_pump(jc_context *ctx);
+/* Waits until the finished window's row is written (or the file failed); JC_ERR_TIMEOUT otherwise. */
+jc_status jc__wlog_wait_row(jc_context *ctx, jc__window *w, jc_window id, double timeout_s);
+void jc__wlog_finish(jc_context *ctx, double timeout_s); /* lock not held */
+void jc__wlog_close(jc_context *ctx);                     /* lock not held */
 
 /* sink/csv.c */
 jc_status jc__csv_open(jc_context *ctx, const char *path);

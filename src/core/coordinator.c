@@ -49,6 +49,7 @@ static void *coordinator_main(void *arg) {
         ctx->last_cycle_ns = now;
         jc__meter_resolve_all(ctx);
         if (ctx->csv) jc__csv_pump(ctx, now);
+        jc__wlog_pump(ctx);
         pthread_cond_broadcast(&ctx->data_cv);
         uint64_t wake = now + TICK_NS;
         if (ctx->csv && ctx->csv->next_row_ns > now && ctx->csv->next_row_ns < wake) wake = ctx->csv->next_row_ns;

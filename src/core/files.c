@@ -62,11 +62,11 @@ jc_status jc__read_u64(const char *path, uint64_t *value, char *why, size_t whyl
 }
 
 const char *jc__sysfs_root(void) {
-    const char *r = getenv("JOULECAP_SYSFS_ROOT");
+    const char *r = secure_getenv("JOULECAP_SYSFS_ROOT");
     return (r && *r) ? r : "/sys";
 }
 
 const char *jc__proc_root(void) {
-    const char *r = getenv("JOULECAP_PROC_ROOT");
+    const char *r = secure_getenv("JOULECAP_PROC_ROOT");
     return (r && *r) ? r : "/proc";
 }

@@ -101,9 +101,9 @@ void jc__meter_resolve_all(jc_context *ctx) {
     }
     for (size_t k = 0; k < ctx->nwin; k++) {
         jc__window *w = ctx->win[k];
-        if (!w || !w->in_use) continue;
-        jc__resolve_edge(ctx, w->t0, w->e0, 0);
-        if (w->t1) jc__resolve_edge(ctx, w->t1, w->e1, 1);
+        if (!w || !w->in_use || w->done) continue;
+        int d0 = jc__resolve_edge(ctx, w->t0, w->e0, 0);
+        if (w->t1) w->done = jc__resolve_edge(ctx, w->t1, w->e1, 1) && d0;
     }
 }
 
@@ -119,13 +119,29 @@ void jc__meter_free(jc_context *ctx) {
     ctx->nwin = ctx->capwin = ctx->nfree = 0;
 }
 
-static jc__window *lookup(jc_context *ctx, jc_window id) {
+jc__window *jc__window_peek(jc_context *ctx, jc_window id) {
     if (id <= 0) return NULL;
     size_t slot = (size_t)(id & SLOT_MASK);
     uint32_t gen = (uint32_t)((uint64_t)id >> SLOT_BITS);
     if (slot == 0 || slot > ctx->nwin) return NULL;
     jc__window *w = ctx->win[slot - 1];
     return (w && w->in_use && w->gen == gen) ? w : NULL;
+}
+
+/* A window the caller may use: not released (a released window may still wait for its CSV row). */
+static jc__window *lookup(jc_context *ctx, jc_window id) {
+    jc__window *w = jc__window_peek(ctx, id);
+    return w && !w->released ? w : NULL;
+}
+
+void jc__window_free(jc_context *ctx, jc__window *w, jc_window id) {
+    free(w->name);
+    w->name = NULL;
+    w->in_use = 0;
+    w->released = w->logging = 0;
+    if (!w->t1) ctx->open_windows--;
+    ctx->free_slots[ctx->nfree++] = (size_t)(id & SLOT_MASK);
+    pthread_cond_broadcast(&ctx->data_cv);
 }
 
 jc_status jc_window_start_at(jc_context *ctx, const char *name, uint64_t t_ns, jc_window *out) {
@@ -181,6 +197,8 @@ jc_status jc_window_start_at(jc_context *ctx, const char *name, uint64_t t_ns, j
     uint32_t gen = (w->gen + 1) & 0x7fffffffu;
     if (gen == 0) gen = 1;
     w->t1 = 0;
+    w->done = w->released = w->logging = 0;
+    w->row_seq = 0;
     memset(w->e0, 0, (size_t)ctx->ndev * sizeof *w->e0);
     memset(w->e1, 0, (size_t)ctx->ndev * sizeof *w->e1);
     w->gen = gen;
@@ -223,6 +241,16 @@ jc_status jc_window_stop_at(jc_context *ctx, jc_window id, uint64_t t_ns) {
 }
 
 jc_status jc_window_stop(jc_context *ctx, jc_window id) { return jc_window_stop_at(ctx, id, jc_now_ns()); }
+
+jc_status jc_window_finish(jc_context *ctx, jc_window id, uint64_t t_ns) {
+    jc_status st = jc_window_stop_at(ctx, id, t_ns);
+    if (st != JC_OK) return st;
+    pthread_mutex_lock(&ctx->lock);
+    jc__window *w = lookup(ctx, id);
+    if (w && ctx->wlog && !ctx->wlog->file.stop) st = jc__wlog_push(ctx, w, id);
+    pthread_mutex_unlock(&ctx->lock);
+    return st;
+}
 
 static void fill_result(jc_context *ctx, uint64_t t0, uint64_t t1, const jc__edge *e0, const jc__edge *e1,
                         int resolved, jc_window_result *out) {
@@ -317,8 +345,15 @@ jc_status jc_window_result_get(jc_context *ctx, jc_window id, double timeout_s, 
         st = jc__fail(JC_ERR_STATE, "window '%s' is still open: stop it first", w->name ? w->name : "");
     else
         st = wait_edges(ctx, w->t0, w->t1, w->e0, w->e1, timeout_s, out, w);
+    if (st == JC_OK && w->logging) st = jc__wlog_wait_row(ctx, w, id, timeout_s);
     pthread_mutex_unlock(&ctx->lock);
     return st;
+}
+
+int jc__window_edges_done(jc_context *ctx, jc__window *w) { return edges_done(ctx, w->t0, w->t1, w->e0, w->e1); }
+
+void jc__window_result(jc_context *ctx, const jc__window *w, jc_window_result *out) {
+    fill_result(ctx, w->t0, w->t1, w->e0, w->e1, 1, out);
 }
 
 const char *jc_window_name(jc_context *ctx, jc_window id) {
@@ -337,13 +372,11 @@ jc_status jc_window_release(jc_context *ctx, jc_window id) {
     jc_status st = JC_OK;
     if (!w) {
         st = jc__fail(JC_ERR_NOT_FOUND, "window %lld does not exist (never started, or released)", (long long)id);
-    } else {
-        free(w->name);
-        w->name = NULL;
-        w->in_use = 0;
-        if (!w->t1) ctx->open_windows--;
-        ctx->free_slots[ctx->nfree++] = (size_t)(id & SLOT_MASK);
+    } else if (w->logging) {
+        w->released = 1; /* freed once its row is formatted (windows.c) */
         pthread_cond_broadcast(&ctx->data_cv);
+    } else {
+        jc__window_free(ctx, w, id);
     }
     pthread_mutex_unlock(&ctx->lock);
     return st;

@@ -60,10 +60,7 @@ static void list_gpus(char *buf, size_t len, const jc__gpu_ident *gpus, const in
     }
 }
 
-/* PCI order; a GPU NVML could not identify (no bus id) comes last, so that it renumbers no healthy GPU. */
 static int cmp_pci(const jc__gpu_ident *gpus, int a, int b) {
-    int ua = !gpus[a].pci_bus_id[0], ub = !gpus[b].pci_bus_id[0];
-    if (ua != ub) return ua - ub;
     int c = strcasecmp(gpus[a].pci_bus_id, gpus[b].pci_bus_id);
     return c ? c : (a - b);
 }
@@ -78,14 +75,20 @@ jc_status jc__gpu_select(const jc__gpu_ident *gpus, int n, const char *cuda_visi
     for (int i = 0; i < n; i++) base[i] = i;
     /* Base order: PCI bus order for PCI_BUS_ID; CUDA's default FASTEST_FIRST is approximated by PCI order
      * too (exact when all GPUs are the same model, which we check). */
-    for (int i = 1; i < n; i++) {
-        int v = base[i], j = i;
-        while (j > 0 && cmp_pci(gpus, base[j - 1], v) > 0) {
-            base[j] = base[j - 1];
+    /* A GPU NVML could not identify (no bus id) keeps its NVML place; the others are sorted around it. */
+    int known[JC_MAX_DEVICES], nk = 0;
+    for (int i = 0; i < n; i++)
+        if (gpus[i].pci_bus_id[0]) known[nk++] = i;
+    for (int i = 1; i < nk; i++) {
+        int v = known[i], j = i;
+        while (j > 0 && cmp_pci(gpus, known[j - 1], v) > 0) {
+            known[j] = known[j - 1];
             j--;
         }
-        base[j] = v;
+        known[j] = v;
     }
+    for (int i = 0, k = 0; i < n; i++)
+        if (gpus[i].pci_bus_id[0]) base[i] = known[k++];
     int pci_order = order_env && strcmp(order_env, "PCI_BUS_ID") == 0;
     if (!pci_order) {
         for (int i = 1; i < n; i++) {

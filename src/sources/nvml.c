@@ -45,7 +45,7 @@ void jc__nvml_close(jc__nvml *nvml) {
 
 jc_status jc__nvml_open(jc__nvml **out, char *why, size_t whylen) {
     *out = NULL;
-    const char *path = getenv("JOULECAP_NVML_LIBRARY");
+    const char *path = secure_getenv("JOULECAP_NVML_LIBRARY");
     if (!path || !*path) path = "libnvidia-ml.so.1";
     jc__nvml *nvml = calloc(1, sizeof *nvml);
     if (!nvml) return jc__fail(JC_ERR_NO_MEMORY, "cannot allocate the NVML loader");

@@ -1072,8 +1072,12 @@ TEST(damaged_journal_is_refused_not_trusted) {
     ASSERT_CONTAINS(jc_last_detail(), "joulecap cap reset --gpu " GPU0);
     result_t r = cli("cap", "get", "--gpu", "0", NULL);
     EXPECT_CODE(r, 0);
-    ASSERT_CONTAINS(r.out, "damaged journal");
+    ASSERT_CONTAINS(r.out, "is damaged (checksum mismatch");
     free_result(&r);
+    jc_cap_info info;
+    ASSERT_OK(jc_cap_get("0", NULL, &info));
+    ASSERT_EQ(info.manager, JC_CAP_MANAGER_DAMAGED);
+    ASSERT_CONTAINS(info.error, path);
     r = cli("cap", "reset", "--gpu", "0", NULL);
     EXPECT_CODE(r, 0);
     free_result(&r);

@@ -269,6 +269,59 @@ static double square_truth(double a, double b) {
  * (written into its state file), so the true energy of any window is known.  With knots exactly on this
  * wave's 100 ms steps, linear interpolation itself errs by 21% / 4.2% / 0% at 0.1 / 0.3 / 1 s (every 250 ms
  * transition falls inside a step); knots misplaced by tens of ms would be far worse. */
+/* The window CSV: a row per finished window, in finish order, written without the caller calling in again;
+ * a window released at once still gets its row; a result waits for the row. */
+TEST(window_csv_rows_in_finish_order) {
+    use_scenario("h100-constant-300w.scn");
+    char path[] = "/tmp/jc-wcsv-XXXXXX";
+    int fd = mkstemp(path);
+    ASSERT_TRUE(fd >= 0);
+    close(fd);
+    jc_options o;
+    jc_options_init(&o);
+    o.gpus = "0";
+    o.window_csv_path = path;
+    jc_context *ctx;
+    ASSERT_OK(jc_open(&ctx, &o));
+    jc_window a, b, c;
+    ASSERT_OK(jc_window_start(ctx, "a,\"quoted\"", &a));
+    ASSERT_OK(jc_window_start(ctx, "b", &b));
+    sleep_s(0.3);
+    ASSERT_OK(jc_window_finish(ctx, b, jc_now_ns()));
+    ASSERT_OK(jc_window_release(ctx, b)); /* at once: the row comes anyway */
+    ASSERT_OK(jc_window_finish(ctx, a, jc_now_ns()));
+    ASSERT_OK(jc_window_start(ctx, "c", &c));
+    ASSERT_OK(jc_window_finish(ctx, c, jc_now_ns()));
+    jc_window_result r;
+    ASSERT_OK(jc_window_result_get(ctx, a, 2.0, &r));
+    ASSERT_NEAR(r.energy_j[1], 300 * r.elapsed_s, 3.5);
+    ASSERT_EQ((int)r.coverage[1], 1);
+    FILE *f = fopen(path, "r");
+    char line[1024], rows[4][1024];
+    int n = 0;
+    while (n < 4 && fgets(line, sizeof line, f)) snprintf(rows[n++], sizeof rows[0], "%s", line);
+    fclose(f);
+    ASSERT_TRUE(n >= 3); /* header, b, a (written before a's result was returned) */
+    ASSERT_CONTAINS(rows[0], "elapsed_s,cpu_energy_kwh,gpu0_energy_kwh,cpu_energy_source,gpu0_energy_source,window,"
+                             "start_s,cpu_coverage,gpu0_coverage,cpu_state,gpu0_state");
+    ASSERT_CONTAINS(rows[1], ",b,");
+    ASSERT_CONTAINS(rows[2], ",\"a,\"\"quoted\"\"\",");
+    ASSERT_CONTAINS(rows[2], ",1,1,ok,ok");
+    size_t pending = 9;
+    ASSERT_OK(jc_window_csv_flush(ctx, 2.0, &pending));
+    ASSERT_EQ(pending, 0);
+    ASSERT_OK(jc_window_release(ctx, a));
+    ASSERT_OK(jc_window_release(ctx, c));
+    ASSERT_STATUS(jc_window_release(ctx, b), JC_ERR_NOT_FOUND);
+    jc_close(ctx);
+    f = fopen(path, "r");
+    n = 0;
+    while (fgets(line, sizeof line, f)) n++;
+    fclose(f);
+    ASSERT_EQ(n, 4);
+    unlink(path);
+}
+
 TEST(square_wave_windows_match_truth) {
     use_scenario("h100-square-wave.scn");
     char state[] = "/tmp/jc-state-XXXXXX";
@@ -315,4 +368,5 @@ JC_TEST_MAIN(TEST_ENTRY(constant_300w_one_second), TEST_ENTRY(short_windows_are_
              TEST_ENTRY(result_of_open_window_is_an_error), TEST_ENTRY(bad_options_fail_before_work),
              TEST_ENTRY(no_nvml_means_cpu_only), TEST_ENTRY(gpu_without_counter_integrates_power),
              TEST_ENTRY(lost_gpu_gives_empty_values_not_a_crash), TEST_ENTRY(csv_rows_reach_disk_while_running),
+             TEST_ENTRY(window_csv_rows_in_finish_order),
              TEST_ENTRY(square_wave_windows_match_truth), TEST_ENTRY(continuous_counter))

@@ -15,7 +15,7 @@ import pytest
 
 import joulecap
 from joulecap import _paths
-from joulecap.errors import Busy, GPUNotFound, InvalidArgument, JoulecapWarning, PermissionDenied
+from joulecap.errors import Busy, GPUNotFound, InvalidArgument, JoulecapWarning, PermissionDenied, SourceUnavailable
 
 
 @pytest.fixture
@@ -196,3 +196,31 @@ def test_restore_power_caps_puts_everything_back(caps_env):
     joulecap.restore_power_caps()
     assert [joulecap.get_power_cap(g).limit_w for g in (0, 1)] == [700, 700]
     assert journals(env) == []
+
+
+def _zombie_or_gone(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_guardian_killed_next_set_fails_with_the_limit_back(caps_env):
+    caps_env()
+    joulecap.set_power_cap(0, 300)
+    uuid = joulecap.get_power_cap(0).uuid
+    guardian = joulecap.caps._joulecap.cap_get(uuid)["guardian_pid"]
+    os.kill(guardian, signal.SIGKILL)
+    t0 = time.monotonic()
+    while not _zombie_or_gone(guardian) and time.monotonic() - t0 < 2:
+        time.sleep(0.005)
+    assert joulecap.get_power_cap(0).limit_w == 300  # nobody has put it back yet
+    with pytest.raises(SourceUnavailable, match="guardian .* died"):
+        joulecap.set_power_cap(0, 250)
+    cap = joulecap.get_power_cap(0)
+    assert cap.limit_w == 700 and cap.manager == "none"  # put back by this process, at once
+    # The next call opens a new session with a new guardian.
+    assert joulecap.set_power_cap(0, 250).limit_w == 250
+    joulecap.restore_power_caps()
+    assert joulecap.get_power_cap(0).limit_w == 700

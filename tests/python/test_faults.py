@@ -149,3 +149,35 @@ def test_async_disk_full_raises_and_file_ends_on_a_whole_row(fake, tmp_path):
     assert 100 < len(data) <= 1500 and data.endswith(b"\n")
     rows = read_rows(path)
     assert all(len(row) == len(rows[0]) and None not in row.values() for row in rows)
+
+
+_FULL_DISK_SNIPPET_CHILD = r"""
+import resource, signal, sys, time
+from joulecap import EnergyMeasurementTool
+from joulecap.errors import FileError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+tool = EnergyMeasurementTool(sys.argv[1], gpu_num=0)
+resource.setrlimit(resource.RLIMIT_FSIZE, (600, 600))  # a disk that fills after 600 bytes
+raised = None
+try:
+    for i in range(40):
+        tool.start("step %d" % i)
+        time.sleep(0.01)
+        tool.stop().wait()
+    tool.close()
+except FileError as e:
+    raised = str(e)
+    tool.last_result.wait()  # the window's values are still there
+print("RAISED" if raised else "NOT RAISED", raised)
+sys.exit(0 if raised else 1)
+"""
+
+
+def test_snippet_disk_full_raises_at_the_next_call(fake, tmp_path):
+    path = tmp_path / "full.csv"
+    r = subprocess.run([sys.executable, "-c", _FULL_DISK_SNIPPET_CHILD, str(path)], capture_output=True, text=True,
+                       timeout=60, env=os.environ)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert str(path) in r.stdout and "rows" in r.stdout
+    data = path.read_bytes()
+    assert 100 < len(data) <= 600 and data.endswith(b"\n")

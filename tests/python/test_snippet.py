@@ -74,6 +74,10 @@ def test_csv_parses_back_to_the_results(fake, tmp_path):
         "gpu0_energy_source",
         "window",
         "start_s",
+        "cpu_coverage",
+        "gpu0_coverage",
+        "cpu_state",
+        "gpu0_state",
     ]
     results = []
     for i in range(3):
