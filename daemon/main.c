@@ -287,14 +287,14 @@ static void notify(const char *msg) {
     close(fd);
 }
 
-/* Creates the parents of path (0755) when missing. */
+/* Creates the parents of path when missing, mode 0755 whatever the umask (everyone must reach the socket). */
 static void make_parents(const char *path) {
     char tmp[512];
     jc__fmt(tmp, sizeof tmp, "%s", path);
     for (char *p = tmp + 1; *p; p++) {
         if (*p != '/') continue;
         *p = '\0';
-        mkdir(tmp, 0755);
+        if (mkdir(tmp, 0755) == 0) chmod(tmp, 0755);
         *p = '/';
     }
 }
