@@ -50,5 +50,6 @@ if [ -f pyproject.toml ]; then
     "$venv/bin/python" -m pip install -q torch==2.13.0 pandas pytest
     "$venv/bin/python" -m pip install -q .
     # Run from the tests folder so that the installed package, not the source tree, is imported.
-    (cd tests/python && "../../$venv/bin/python" -m pytest -q)
+    py="$(cd "$venv" && pwd)/bin/python" # JOULECAP_VENV may be absolute or relative
+    (cd tests/python && "$py" -m pytest -q)
 fi
