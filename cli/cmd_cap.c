@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common.h"
 
@@ -55,6 +56,11 @@ static const char CAP_HELP[] =
     "Journals: one file per GPU in JOULECAP_STATE_DIR, default /var/lib/joulecap when writable (root), else\n"
     "$XDG_RUNTIME_DIR/joulecap, else /tmp/joulecap-<uid>.  The directory must belong to you and be writable by\n"
     "nobody else (as ssh checks); joulecap follows no symbolic links inside it.\n"
+    "\n"
+    "Where joulecapd runs (its socket JOULECAP_DAEMON_SOCKET, default /run/joulecap/joulecapd.sock, exists),\n"
+    "every action goes through it: users its config allows may cap without root, caps of programs are leases\n"
+    "that end with their connection, and 'get' shows who holds each GPU (user, pid, command, since).  The\n"
+    "output says which was used: 'via joulecapd (PATH)' or 'via direct NVML'.  See docs/daemon.md.\n"
     "\n"
     "Exit status: 0 success; 2 bad command line, unknown GPU, cap out of range; 3 failed (no permission, GPU\n"
     "owned by another process, NVML error, a limit that did not take, a lost GPU, a journal that could not be\n"
@@ -170,6 +176,39 @@ static int list(const cap_args *a, const jc_cap_options *o, jc_cap_info **out, i
     return 0;
 }
 
+static char via[600]; /* "joulecapd (PATH)" or "direct NVML", set once in jc_cmd_cap */
+
+static void since_text(double t, char *buf, size_t len) {
+    time_t s = (time_t)t;
+    struct tm tm;
+    if (t <= 0 || !localtime_r(&s, &tm) || strftime(buf, len, "%Y-%m-%d %H:%M:%S", &tm) == 0)
+        snprintf(buf, len, "an unknown time");
+}
+
+/* Who holds a GPU through joulecapd: a lease, a persistent cap, or a lease being put back. */
+static void holder_text(const jc_cap_info *c, char *buf, size_t len) {
+    char a[32], b[32], when[64], who[512];
+    if (c->manager == JC_CAP_MANAGER_DAMAGED || !c->owner_user[0]) { /* the text says what to do */
+        snprintf(buf, len, "unknown: %s", c->error);
+        return;
+    }
+    since_text(c->journal_created, when, sizeof when);
+    snprintf(who, sizeof who, "user %s (uid %u), process %d (%s), since %s", c->owner_user, c->owner_uid,
+             c->owner_pid, c->owner_command[0] ? c->owner_command : "command unknown", when);
+    if (c->manager == JC_CAP_MANAGER_SESSION) {
+        char set[64];
+        if (isnan(c->set_limit_w)) snprintf(set, sizeof set, "not changed yet");
+        else snprintf(set, sizeof set, "set to %s W", w(b, sizeof b, c->set_limit_w));
+        snprintf(buf, len, "a lease of %s; saved limit %s W, %s", who, w(a, sizeof a, c->saved_limit_w), set);
+    } else if (c->manager == JC_CAP_MANAGER_PERSISTENT) {
+        snprintf(buf, len, "a persistent cap set by %s; saved limit %s W: 'joulecap cap reset' puts it back", who,
+                 w(a, sizeof a, c->saved_limit_w));
+    } else {
+        snprintf(buf, len, "nobody: the lease of %s ended and joulecapd is putting back %s W (retrying)", who,
+                 w(a, sizeof a, c->saved_limit_w));
+    }
+}
+
 /* ------------------------------------------------------------------------------------------------------ */
 
 /* Exit code 3 after naming each GPU that NVML cannot identify, on stderr; 0 when there is none. */
@@ -187,6 +226,10 @@ static int lost_code(const jc_cap_info *c, int n, const char *others) {
 
 static void manager_text(const jc_cap_info *c, char *buf, size_t len) {
     char a[32], b[32];
+    if (strncmp(via, "joulecapd", 9) == 0 && c->manager != JC_CAP_MANAGER_NONE) {
+        holder_text(c, buf, len);
+        return;
+    }
     switch (c->manager) {
     case JC_CAP_MANAGER_NONE: snprintf(buf, len, "nobody (joulecap has not changed this limit)"); break;
     case JC_CAP_MANAGER_SESSION: {
@@ -243,7 +286,12 @@ static void json_info(FILE *f, const jc_cap_info *c) {
     json_opt_num(f, &first, "set_limit_w", c->set_limit_w);
     json_opt_num(f, &first, "persistent_saved_limit_w", c->persistent_saved_limit_w);
     jc_json_key(f, &first, "owner_pid");
-    if (c->manager == JC_CAP_MANAGER_SESSION || c->manager == JC_CAP_MANAGER_STALE) fprintf(f, "%d", c->owner_pid);
+    if (c->manager != JC_CAP_MANAGER_NONE && c->owner_pid > 0) fprintf(f, "%d", c->owner_pid);
+    else fputs("null", f);
+    jc_json_key(f, &first, "owner_user");
+    jc_json_str(f, c->owner_user[0] ? c->owner_user : NULL);
+    jc_json_key(f, &first, "owner_uid");
+    if (c->owner_user[0]) fprintf(f, "%u", c->owner_uid);
     else fputs("null", f);
     jc_json_key(f, &first, "owner_command");
     jc_json_str(f, c->manager == JC_CAP_MANAGER_NONE ? NULL : c->owner_command);
@@ -271,7 +319,9 @@ static int cmd_get(const cap_args *a, const jc_cap_options *o, const char *dir) 
         int first = 1;
         fputc('{', stdout);
         jc_json_key(stdout, &first, "state_dir");
-        jc_json_str(stdout, dir);
+        jc_json_str(stdout, strncmp(via, "joulecapd", 9) == 0 ? NULL : dir);
+        jc_json_key(stdout, &first, "via");
+        jc_json_str(stdout, via);
         jc_json_key(stdout, &first, "gpus");
         fputc('[', stdout);
         for (int i = 0; i < n; i++) {
@@ -296,7 +346,7 @@ static int cmd_get(const cap_args *a, const jc_cap_options *o, const char *dir) 
             manager_text(&c[i], m, sizeof m);
             printf("  managed by:   %s\n", m);
         }
-        printf("journals: %s\n", dir);
+        printf("journals: %s; via %s\n", dir, via);
     }
     int code = lost_code(c, n, "the other GPUs are listed");
     free(c);
@@ -359,6 +409,7 @@ static int cmd_set(const cap_args *a, const jc_cap_options *o) {
                    label, after[i].uuid, w(x, sizeof x, after[i].limit_w), w(y, sizeof y, was),
                    w(z, sizeof z, after[i].saved_limit_w), after[i].index >= 0 ? sel : after[i].uuid);
         }
+        printf("via %s\n", via);
         free(after);
     }
     free(before);
@@ -416,7 +467,13 @@ static int cmd_reset(const cap_args *a, const jc_cap_options *o) {
                        c[i].uuid, w(x, sizeof x, limit));
         }
     }
-    if (a->json) printf("]}\n");
+    if (a->json) {
+        printf("],\"via\":");
+        jc_json_str(stdout, via);
+        printf("}\n");
+    } else {
+        printf("via %s\n", via);
+    }
     free(c);
     return code;
 }
@@ -446,7 +503,9 @@ static int cmd_restore(const cap_args *a, const jc_cap_options *o, const char *d
         int first = 1;
         fputc('{', stdout);
         jc_json_key(stdout, &first, "state_dir");
-        jc_json_str(stdout, dir);
+        jc_json_str(stdout, strncmp(via, "joulecapd", 9) == 0 ? NULL : dir);
+        jc_json_key(stdout, &first, "via");
+        jc_json_str(stdout, via);
         jc_json_key(stdout, &first, "journals");
         fputc('[', stdout);
         for (int i = 0; i < n; i++) {
@@ -482,6 +541,7 @@ static int cmd_restore(const cap_args *a, const jc_cap_options *o, const char *d
                                                                                   : "FAILED";
             printf("%s: %s: %s\n", label, what, e[i].note);
         }
+        printf("via %s\n", via);
     }
     free(e);
     if (st != JC_OK) {
@@ -533,7 +593,10 @@ int jc_cmd_cap(int argc, char **argv) {
     o.gpus = a.gpus;
     o.state_dir = a.state_dir;
     char dir[512];
-    jc_status st = jc_cap_state_dir(&o, dir, sizeof dir);
+    /* Through joulecapd the journals are its own (the state dir of this process is not used). */
+    int daemon = jc_cap_route(via, sizeof via);
+    jc_status st = daemon ? JC_OK : jc_cap_state_dir(&o, dir, sizeof dir);
+    if (daemon) snprintf(dir, sizeof dir, "kept by joulecapd");
     if (st != JC_OK) {
         if (is_get) snprintf(dir, sizeof dir, "(none: %s)", jc_last_detail());
         else return fail("cannot use the journal directory", st);

@@ -377,6 +377,10 @@ typedef struct jc_cap_info {
     int guardian_pid;          /* 0 when there is none */
     int guardian_alive;
     char owner_command[256];   /* the owner's command line */
+    /* Through joulecapd (a lease reads as SESSION, a lease waiting to be put back as STALE): the user holding
+     * the GPU, or its persistent cap.  "" and 0 in direct mode. */
+    char owner_user[64];
+    unsigned owner_uid;
     double journal_created;    /* Unix time (s) */
     char journal_path[512];
     /* JC_OK, or why NVML cannot give this GPU (JC_ERR_GPU_LOST: it fell off the bus); then only index,
@@ -485,6 +489,13 @@ JC_API jc_status jc_cap_discard_journal(const char *uuid, const jc_cap_options *
 
 /* The state directory that opts select (created if missing). */
 JC_API jc_status jc_cap_state_dir(const jc_cap_options *opts, char *buf, size_t len);
+
+/* Where cap calls go.  When the socket of joulecapd, the node service (docs/daemon.md), exists
+ * ($JOULECAP_DAEMON_SOCKET, else /run/joulecap/joulecapd.sock), every jc_cap_* call above goes through it:
+ * sessions are leases that end with their connection, any user the daemon's config allows may cap, and
+ * errors say "joulecapd (PATH): ...".  Otherwise NVML is used directly, as described above.  Returns 1 for
+ * joulecapd, text "joulecapd (PATH)"; 0 for direct, text "direct NVML".  text may be NULL. */
+JC_API int jc_cap_route(char *text, size_t len);
 
 /* Entry point of the guardian (`joulecap cap __guard --fd N --journal-dir DIR --owner PID --owner-start T`);
  * argv[0] is "__guard".  For the joulecap executable only; returns the exit code. */

@@ -22,6 +22,26 @@ cmake -S . -B build/tsan -DJC_WERROR=ON -DJC_TSAN=ON -DCMAKE_BUILD_TYPE=Debug >/
 cmake --build build/tsan -j"$jobs"
 TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build/tsan --output-on-failure -j"$jobs"
 
+echo "== joulecapd protocol fuzzing (libFuzzer, ${JC_FUZZ_SECONDS:-45} s)"
+if command -v clang >/dev/null; then
+    CC=clang cmake -S . -B build/fuzz -DJC_FUZZ=ON -DJC_BUILD_TESTS=OFF -DJC_BUILD_CLI=OFF -DJC_WERROR=ON \
+        -DCMAKE_BUILD_TYPE=Debug >/dev/null
+    cmake --build build/fuzz -j"$jobs" --target fuzz_protocol
+    # New inputs go to a scratch copy of the seed corpus, not into the source tree.
+    corpus=$(mktemp -d)
+    cp tests/fuzz/corpus/* "$corpus"/
+    if ! build/fuzz/fuzz_protocol -max_total_time="${JC_FUZZ_SECONDS:-45}" -print_final_stats=1 \
+            -artifact_prefix=build/fuzz/ "$corpus" >build/fuzz/fuzz.log 2>&1; then
+        tail -60 build/fuzz/fuzz.log
+        echo "fuzz_protocol failed: the input is build/fuzz/crash-* (replay: build/fuzz/fuzz_protocol FILE)"
+        exit 1
+    fi
+    grep -E "^Done|number_of_executed_units|new_units_added" build/fuzz/fuzz.log
+    rm -rf "$corpus"
+else
+    echo "skipped: clang not found (.ci/run installs it); fuzz_protocol_smoke above ran the harness without libFuzzer"
+fi
+
 if [ -f pyproject.toml ]; then
     echo "== Python tests"
     venv=${JOULECAP_VENV:-.venv}
@@ -30,5 +50,6 @@ if [ -f pyproject.toml ]; then
     "$venv/bin/python" -m pip install -q torch==2.13.0 pandas pytest
     "$venv/bin/python" -m pip install -q .
     # Run from the tests folder so that the installed package, not the source tree, is imported.
-    (cd tests/python && "../../$venv/bin/python" -m pytest -q)
+    py="$(cd "$venv" && pwd)/bin/python" # JOULECAP_VENV may be absolute or relative
+    (cd tests/python && "$py" -m pytest -q)
 fi

@@ -7,6 +7,11 @@ static PyObject *str_or_none(const char *s) {
     return PyUnicode_DecodeUTF8(s, (Py_ssize_t)strlen(s), "replace");
 }
 
+static PyObject *none_ref(void) {
+    Py_INCREF(Py_None);
+    return Py_None;
+}
+
 static PyObject *cap_info_dict(const jc_cap_info *i) {
     PyObject *d = PyDict_New();
     if (!d) return NULL;
@@ -26,6 +31,8 @@ static PyObject *cap_info_dict(const jc_cap_info *i) {
         set_item(d, "owner_pid", PyLong_FromLong(i->owner_pid)) ||
         set_item(d, "guardian_pid", PyLong_FromLong(i->guardian_pid)) ||
         set_item(d, "guardian_alive", PyBool_FromLong(i->guardian_alive)) ||
+        set_item(d, "owner_user", str_or_none(i->owner_user)) ||
+        set_item(d, "owner_uid", i->owner_user[0] ? PyLong_FromUnsignedLong(i->owner_uid) : none_ref()) ||
         set_item(d, "owner_command", str_or_none(i->owner_command)) ||
         set_item(d, "journal_created", PyFloat_FromDouble(i->journal_created)) ||
         set_item(d, "journal_path", str_or_none(i->journal_path)) ||
@@ -70,6 +77,15 @@ static int parse_cap_args(PyObject *args, PyObject *kwds, const char *fmt, const
         if ((st) != JC_OK) snprintf((detail), sizeof(detail), "%s", jc_last_detail());              \
         Py_END_ALLOW_THREADS                                                                        \
     } while (0)
+
+/* cap_route() -> (True, "joulecapd (PATH)") through the daemon, (False, "direct NVML") otherwise. */
+PyObject *mod_cap_route(PyObject *m, PyObject *unused) {
+    (void)m;
+    (void)unused;
+    char text[600];
+    int d = jc_cap_route(text, sizeof text);
+    return Py_BuildValue("(Ns)", PyBool_FromLong(d), text);
+}
 
 /* cap_list(gpus=None, *, state_dir=None) -> list of dicts (limits in W and who manages them). */
 PyObject *mod_cap_list(PyObject *m, PyObject *args, PyObject *kwds) {

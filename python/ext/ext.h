@@ -43,6 +43,7 @@ PyObject *mod_cap_list(PyObject *m, PyObject *args, PyObject *kwds);
 PyObject *mod_cap_get(PyObject *m, PyObject *args, PyObject *kwds);
 PyObject *mod_cap_reset(PyObject *m, PyObject *args, PyObject *kwds);
 PyObject *mod_cap_restore(PyObject *m, PyObject *args, PyObject *kwds);
+PyObject *mod_cap_route(PyObject *m, PyObject *unused);
 
 /* --- the types, added to the module by PyInit__joulecap ------------------------------------------------ */
 

@@ -91,6 +91,8 @@ static PyMethodDef module_methods[] = {
      "limit; dict(did, limit_w, note)."},
     {"cap_restore", (PyCFunction)(void (*)(void))mod_cap_restore, METH_VARARGS | METH_KEYWORDS,
      "cap_restore(gpus=None, *, state_dir=None)\n--\n\nRepairs stale and persistent journals; one dict per journal."},
+    {"cap_route", mod_cap_route, METH_NOARGS,
+     "cap_route()\n--\n\n(True, 'joulecapd (PATH)') when caps go through joulecapd, else (False, 'direct NVML')."},
     {NULL, NULL, 0, NULL},
 };
 

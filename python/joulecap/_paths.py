@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["package_dirs", "cli_binary", "fake_nvml_library"]
+__all__ = ["package_dirs", "cli_binary", "daemon_binary", "fake_nvml_library"]
 
 
 def package_dirs() -> list:
@@ -36,6 +36,11 @@ def _find(*parts: str) -> str | None:
 def cli_binary() -> str | None:
     """Path of the bundled `joulecap` command-line tool, or None when this install has none."""
     return _find("bin", "joulecap")
+
+
+def daemon_binary() -> str | None:
+    """Path of the bundled `joulecapd` (the node service for power caps, docs/daemon.md), or None."""
+    return _find("bin", "joulecapd")
 
 
 def fake_nvml_library() -> str | None:

@@ -14,6 +14,11 @@ the permission to set limits (root, or CAP_SYS_ADMIN in a container) before anyt
 a socket, which puts the saved limits back when this process dies in any way (SIGKILL, a crash, SIGTERM
 without a handler).  ``joulecap cap restore`` repairs what is left if the guardian died too.
 
+Where ``joulecapd`` runs (its socket ``$JOULECAP_DAEMON_SOCKET``, default ``/run/joulecap/joulecapd.sock``,
+exists), the session is a *lease* held by this process's connection to the daemon instead: no guardian, no root
+needed for the users its config allows, and the daemon puts the limit back as soon as the connection ends.
+``PowerCap.via`` and the log messages say which was used (docs/daemon.md).
+
 The caps set here last as long as this process: this is what makes them safe to use in training scripts.  For
 a cap that outlives the process use ``joulecap cap set`` (persistent, like ``nvidia-smi -pl``).
 
@@ -65,6 +70,10 @@ class PowerCap:
     owner_command: Optional[str]
     name: str
     uuid: str
+    # Through joulecapd (a lease reads as "session"): the user holding the GPU or its persistent cap.
+    owner_user: Optional[str] = None
+    # Where cap calls go: "joulecapd (PATH)" or "direct NVML".
+    via: str = ""
 
     @classmethod
     def _of(cls, d: Dict[str, Any]) -> "PowerCap":
@@ -81,6 +90,8 @@ class PowerCap:
             owner_command=d["owner_command"],
             name=d["name"],
             uuid=d["uuid"],
+            owner_user=d.get("owner_user"),
+            via=_via(),
         )
 
 
@@ -97,6 +108,11 @@ class CapReset:
 
     def __str__(self) -> str:
         return self.message
+
+
+def _via() -> str:
+    """Where cap calls go now: "joulecapd (PATH)" or "direct NVML"."""
+    return _joulecap.cap_route()[1]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -247,7 +263,8 @@ def set_power_cap(gpu_num: Any, cap: Any) -> PowerCap:
     session = _sessions.open(info)
     _guarded(info, session.set, info["index"], watts)
     now = PowerCap._of(_joulecap.cap_get(info["uuid"]))
-    _log.info("joulecap: GPU %d power cap set to %g W (was %g W)", info["index"], now.limit_w, info["limit_w"])
+    _log.info("joulecap: GPU %d power cap set to %g W (was %g W), via %s", info["index"], now.limit_w, info["limit_w"],
+              now.via)
     return now
 
 
@@ -266,18 +283,20 @@ def reset_power_cap(gpu_num: Any = 0) -> CapReset:
     did = _guarded(info, session.reset, info["index"])
     now = _joulecap.cap_get(info["uuid"])
     gpu = "GPU %d (%s)" % (info["index"], info["uuid"])
+    via = _via()
     if did == "saved":
-        message = "%s: put back the limit in force before joulecap changed it: %g W" % (gpu, now["limit_w"])
+        message = "%s: put back the limit in force before joulecap changed it: %g W, via %s" % (gpu, now["limit_w"], via)
         _sessions.close(info["uuid"])
         _log.info("joulecap: %s", message)
     elif abs(info["limit_w"] - now["limit_w"]) < 1e-3:
-        message = "%s: joulecap had not changed this limit, which is the default limit, %g W" % (gpu, now["limit_w"])
+        message = "%s: joulecap had not changed this limit, which is the default limit, %g W, via %s" % (
+            gpu, now["limit_w"], via)
         _sessions.close(info["uuid"])  # nothing to undo
         _log.info("joulecap: %s", message)
     else:
         message = (
             "%s: joulecap had not changed this limit, so the default limit %g W is set (it was %g W); the end of "
-            "this process puts %g W back" % (gpu, now["limit_w"], info["limit_w"], info["limit_w"])
+            "this process puts %g W back, via %s" % (gpu, now["limit_w"], info["limit_w"], info["limit_w"], via)
         )
         _log.info("joulecap: %s", message)
         warnings.warn(message, JoulecapWarning, stacklevel=2)

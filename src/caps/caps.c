@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "caps_internal.h"
+#include "client.h"
 
 void jc_cap_options_init(jc_cap_options *opts) {
     if (opts) memset(opts, 0, sizeof *opts);
@@ -44,6 +45,7 @@ jc_status jc_cap_list(const jc_cap_options *opts, jc_cap_info *out, int max, int
     jc__clear_detail();
     if (!count || (max > 0 && !out)) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_cap_list: NULL argument");
     *count = 0;
+    if (jc__capd_route(NULL, 0)) return jc__capd_list(opts, out, max, count);
     char dir[512];
     int have_dir = jc__cap_dir(opts, dir, sizeof dir, 0) == JC_OK;
     jc__nvml *nvml = NULL;
@@ -160,6 +162,7 @@ jc_status jc_cap_set_persistent(const char *gpu, double watts, const jc_cap_opti
                                 size_t note_len) {
     jc__clear_detail();
     if (note && note_len) note[0] = '\0';
+    if (jc__capd_route(NULL, 0)) return jc__capd_set_persistent(gpu, watts, note, note_len);
     standalone s;
     jc_status st = standalone_open(&s, opts, gpu, 0, note, note_len);
     if (st != JC_OK) return st;
@@ -246,6 +249,7 @@ jc_status jc_cap_reset(const char *gpu, const jc_cap_options *opts, jc_cap_reset
     if (limit_w) *limit_w = NAN;
     if (note && note_len) note[0] = '\0';
     if (!gpu) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_cap_reset: no GPU");
+    if (jc__capd_route(NULL, 0)) return jc__capd_reset(gpu, did, limit_w, note, note_len);
     standalone s;
     jc_status st = standalone_open(&s, opts, gpu, 0, note, note_len);
     if (st != JC_OK) return st;
@@ -305,6 +309,7 @@ jc_status jc_cap_restore(const jc_cap_options *opts, jc_cap_restore_entry *out, 
     jc__clear_detail();
     if (count) *count = 0;
     if (max > 0 && !out) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_cap_restore: NULL entries");
+    if (jc__capd_route(NULL, 0)) return jc__capd_restore(opts, out, max, count);
     char dir[512];
     jc_status st = jc__cap_dir(opts, dir, sizeof dir, 1);
     if (st != JC_OK) return st;

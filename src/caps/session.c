@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "caps_internal.h"
+#include "client.h"
 
 extern char **environ;
 
@@ -40,6 +41,7 @@ struct jc_cap_session {
     int guardian_died; /* seen dead: the saved limits were put back; no more changes */
     char guardian_died_text[1024];
     char note[1024];
+    jc__capd_session *remote; /* through joulecapd (client.c): nothing above is used */
 };
 
 /* ------------------------------------------------------------------------------------------------------
@@ -348,11 +350,27 @@ static jc_status drop_unusable(jc_cap_session *s, const char *sel) {
 
 static void session_free(jc_cap_session *s, int owner) {
     if (!s) return;
+    if (s->remote) jc__capd_session_close(s->remote);
     if (s->sock >= 0) close(s->sock);
     /* In a forked child NVML belongs to the parent: leave it alone. */
     if (owner) jc__nvml_close(s->nvml);
     pthread_mutex_destroy(&s->lock);
     free(s);
+}
+
+/* A session through joulecapd (client.c): only the lock and the remote session are used. */
+static jc_status open_remote(const jc_cap_options *o, jc_cap_session **out) {
+    jc_cap_session *s = calloc(1, sizeof *s);
+    if (!s) return jc__fail(JC_ERR_NO_MEMORY, "cannot allocate a cap session");
+    pthread_mutex_init(&s->lock, NULL);
+    s->sock = -1;
+    jc_status st = jc__capd_session_open(o, &s->remote);
+    if (st != JC_OK) {
+        session_free(s, 0);
+        return st;
+    }
+    *out = s;
+    return JC_OK;
 }
 
 jc_status jc_cap_session_open(const jc_cap_options *opts, jc_cap_session **out) {
@@ -362,6 +380,7 @@ jc_status jc_cap_session_open(const jc_cap_options *opts, jc_cap_session **out) 
     jc_cap_options o;
     if (opts) o = *opts;
     else jc_cap_options_init(&o);
+    if (jc__capd_route(NULL, 0)) return open_remote(&o, out);
     jc_cap_session *s = calloc(1, sizeof *s);
     if (!s) return jc__fail(JC_ERR_NO_MEMORY, "cannot allocate a cap session");
     pthread_mutex_init(&s->lock, NULL);
@@ -476,6 +495,7 @@ static jc_status targets(const jc_cap_session *s, int gpu, int *idx, int *n) {
 jc_status jc_cap_session_set(jc_cap_session *s, int gpu, double watts) {
     jc__clear_detail();
     if (!s) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_cap_session_set: NULL session");
+    if (s->remote) return jc__capd_session_set(s->remote, gpu, watts);
     pthread_mutex_lock(&s->lock);
     int idx[JC__CAP_MAX_GPUS], n = 0;
     unsigned mw[JC__CAP_MAX_GPUS];
@@ -493,6 +513,7 @@ jc_status jc_cap_session_reset(jc_cap_session *s, int gpu, jc_cap_reset_kind *di
     jc__clear_detail();
     if (did) *did = JC_CAP_RESET_NONE;
     if (!s) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_cap_session_reset: NULL session");
+    if (s->remote) return jc__capd_session_reset(s->remote, gpu, did);
     pthread_mutex_lock(&s->lock);
     int idx[JC__CAP_MAX_GPUS], n = 0;
     jc_status st = check_owner(s);
@@ -521,6 +542,7 @@ jc_status jc_cap_session_reset(jc_cap_session *s, int gpu, jc_cap_reset_kind *di
 jc_status jc_cap_session_restore(jc_cap_session *s) {
     jc__clear_detail();
     if (!s) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_cap_session_restore: NULL session");
+    if (s->remote) return jc__capd_session_restore(s->remote);
     pthread_mutex_lock(&s->lock);
     jc_status first = check_owner(s);
     for (int i = 0; first == JC_OK && i < s->n; i++) {
@@ -535,6 +557,12 @@ jc_status jc_cap_session_restore(jc_cap_session *s) {
 jc_status jc_cap_session_close(jc_cap_session *s) {
     jc__clear_detail();
     if (!s) return JC_OK;
+    if (s->remote) {
+        jc_status rst = jc__capd_session_close(s->remote);
+        s->remote = NULL;
+        session_free(s, 0);
+        return rst;
+    }
     if ((int)getpid() != s->owner_pid) {
         session_free(s, 0); /* a forked child: the caps are the parent's */
         return JC_OK;
@@ -558,11 +586,15 @@ jc_status jc_cap_session_close(jc_cap_session *s) {
     return JC_OK;
 }
 
-int jc_cap_session_gpu_count(const jc_cap_session *s) { return s ? s->n : 0; }
+int jc_cap_session_gpu_count(const jc_cap_session *s) {
+    if (s && s->remote) return jc__capd_session_gpu_count(s->remote);
+    return s ? s->n : 0;
+}
 
 jc_status jc_cap_session_gpu(jc_cap_session *s, int i, jc_cap_info *out) {
     jc__clear_detail();
     if (!s || !out) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_cap_session_gpu: NULL argument");
+    if (s->remote) return jc__capd_session_gpu(s->remote, i, out);
     if (i < 0 || i >= s->n)
         return jc__fail(JC_ERR_NOT_FOUND, "GPU %d of the session: it has %d (0 to %d)", i, s->n, s->n - 1);
     pthread_mutex_lock(&s->lock);
@@ -572,4 +604,7 @@ jc_status jc_cap_session_gpu(jc_cap_session *s, int i, jc_cap_info *out) {
     return JC_OK;
 }
 
-const char *jc_cap_session_note(const jc_cap_session *s) { return s ? s->note : ""; }
+const char *jc_cap_session_note(const jc_cap_session *s) {
+    if (s && s->remote) return jc__capd_session_note(s->remote);
+    return s ? s->note : "";
+}

@@ -1,0 +1,206 @@
+/* joulecapd, the node service that alone writes GPU power limits: shared types of its modules.
+ *
+ *   main.c      options, sockets, the event loop, signals
+ *   config.c    who may write (allow_user / allow_group)
+ *   protocol.c  request lines: framing and parsing (pure; fuzzed)
+ *   leases.c    requests: leases, persistent caps, restores
+ *   journal.c   one file per GPU in the state directory: what to put back after a crash
+ *   gpus.c      NVML: the GPUs, their limits, set with read-back
+ *
+ * Single-threaded: one poll() loop owns every structure here.  See docs/daemon.md. */
+#ifndef JCD_H
+#define JCD_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "caps/caps_internal.h"
+#include "caps/wire.h"
+
+#define JCD_DEFAULT_CONFIG "/etc/joulecap/joulecapd.conf"
+#define JCD_DEFAULT_STATE_DIR "/var/lib/joulecap/daemon"
+#define JCD_MAX_GPUS JC__CAP_MAX_GPUS
+#define JCD_MAX_RULES 256
+#define JCD_MAX_CLIENTS 512
+#define JCD_MAX_CLIENTS_PER_UID 64    /* Python holds a connection per capped GPU */
+#define JCD_OUT_MAX (256 * 1024)  /* replies a client has not read yet; beyond that it is closed */
+#define JCD_MAX_GROUPS 64
+#define JCD_JOURNAL_MAX 4096
+
+/* --- config.c ---------------------------------------------------------------------------------------- */
+
+typedef struct jcd_rule {
+    int group;       /* 0: allow_user, 1: allow_group */
+    int numeric;     /* the value is a uid/gid */
+    unsigned id;
+    char name[64];
+    int line;
+} jcd_rule;
+
+typedef struct jcd_config {
+    char path[512];
+    int present;     /* 0: the file does not exist (root only) */
+    int n;
+    jcd_rule rules[JCD_MAX_RULES];
+} jcd_config;
+
+/* Parses config text; 0, or -1 with "PATH:LINE: problem" in err. */
+int jcd_config_parse(const char *text, size_t len, const char *path, jcd_config *out, char *err, size_t errlen);
+/* Reads and parses path: a regular file (no symlink), owned by root or this user, not writable by group or
+ * others.  A missing file is no error (present = 0). */
+int jcd_config_load(const char *path, jcd_config *out, char *err, size_t errlen);
+/* 1 when uid (primary gid, supplementary groups) may change limits; rule gets the rule that allows it. */
+int jcd_config_allows(const jcd_config *c, unsigned uid, unsigned gid, const unsigned *groups, int ngroups,
+                      char *rule, size_t rulelen);
+/* What the config allows, in words (--check-config). */
+void jcd_config_describe(const jcd_config *c, char *buf, size_t len);
+
+/* --- protocol.c -------------------------------------------------------------------------------------- */
+
+typedef enum jcd_verb {
+    JCD_HELLO = 1,
+    JCD_LIST,
+    JCD_TAKE,
+    JCD_SET,
+    JCD_RESTORE,
+    JCD_RELEASE,
+    JCD_PERSIST,
+    JCD_RESET,
+    JCD_REPAIR,
+} jcd_verb;
+
+typedef struct jcd_request {
+    jcd_verb verb;
+    unsigned version; /* HELLO */
+    char uuid[96];    /* TAKE SET RESTORE RELEASE PERSIST RESET; REPAIR: "" = every GPU */
+    unsigned mw;      /* SET PERSIST */
+} jcd_request;
+
+/* Parses one request line (bytes without the '\n'): 0, or -1 with why. */
+int jcd_request_parse(const char *line, size_t len, jcd_request *out, char *why, size_t whylen);
+
+typedef struct jcd_inbuf {
+    char buf[JC__WIRE_MAX_REQUEST];
+    size_t used;
+} jcd_inbuf;
+
+/* Room to read into (at least 1 byte while no line is too long). */
+char *jcd_inbuf_space(jcd_inbuf *in, size_t *room);
+/* Takes the next whole line out of in (copied NUL-terminated into line[JC__WIRE_MAX_REQUEST], '\n' dropped):
+ * 1 a line, 0 no whole line yet, -1 a line longer than JC__WIRE_MAX_REQUEST bytes. */
+int jcd_inbuf_next(jcd_inbuf *in, char *line, size_t *len);
+
+/* --- the daemon's state ------------------------------------------------------------------------------ */
+
+typedef struct jcd_holder {
+    int active;
+    unsigned original_mw; /* the limit to put back */
+    unsigned set_mw;      /* the limit set last and read back; 0: not changed yet */
+    unsigned uid;
+    char user[64];
+    int pid;
+    unsigned long long pid_start;
+    char command[256];
+    double since;         /* Unix time */
+} jcd_holder;
+
+typedef struct jcd_client jcd_client;
+
+typedef struct jcd_gpu {
+    jc__capgpu g;          /* handle, identity, limits (cuda_index = NVML index here) */
+    int present;           /* NVML lists it now; 0: only a journal names it */
+    jcd_holder persistent; /* a persistent cap: kept until RESET / REPAIR */
+    jcd_holder lease;      /* a lease: ends with its connection */
+    jcd_client *lessee;    /* NULL: a lease waiting to be put back (restore failed, or from before a restart) */
+    char broken[600];      /* the journal could not be read: why; no writes until it is repaired */
+    int tries;             /* failed restores of a waiting lease: the retries back off to once a minute */
+    double next_try;       /* monotonic s */
+} jcd_gpu;
+
+struct jcd_client {
+    int fd, pidfd;
+    unsigned uid, gid;
+    unsigned groups[JCD_MAX_GROUPS];
+    int ngroups;
+    int pid;
+    unsigned long long pid_start;
+    char user[64];
+    char command[256];
+    int hello, closing;
+    jcd_inbuf in;
+    char *out;                /* grows as needed up to JCD_OUT_MAX */
+    size_t out_used, out_cap;
+};
+
+typedef struct jcd_state {
+    jc__nvml *nvml;
+    char nvml_why[512];
+    double nvml_retry_at;  /* monotonic s */
+    jcd_gpu *gpus;         /* JCD_MAX_GPUS */
+    int ngpus;
+    char state_dir[512];
+    int state_fd;
+    jcd_config config;
+    char socket_path[108];
+} jcd_state;
+
+/* --- journal.c --------------------------------------------------------------------------------------- */
+
+typedef struct jcd_journal {
+    char uuid[96];
+    jcd_holder persistent, lease;
+} jcd_journal;
+
+int jcd_journal_format(const jcd_journal *j, char *buf, size_t len);
+int jcd_journal_parse(const char *text, size_t len, jcd_journal *j, char *why, size_t whylen);
+/* Opens (creating 0700) the state directory: owned by this user, not writable by group or others, no
+ * symlink.  The descriptor anchors every later file operation. */
+int jcd_state_open(const char *dir, int *fd, char *why, size_t whylen);
+/* Writes the journal of one GPU atomically (tmp + fsync + rename + fsync of the directory), or removes it when
+ * neither a lease nor a persistent cap is left. */
+int jcd_journal_save(int dirfd, const jcd_journal *j, char *why, size_t whylen);
+/* Reads <name> (a regular file owned by us, no symlink, at most JCD_JOURNAL_MAX bytes). */
+int jcd_journal_load(int dirfd, const char *name, jcd_journal *j, char *why, size_t whylen);
+
+/* --- gpus.c ------------------------------------------------------------------------------------------ */
+
+/* Opens NVML and lists the GPUs (one that cannot be identified is skipped and logged); keeps what was there
+ * on failure. */
+jc_status jcd_gpus_open(jcd_state *s);
+/* NVML, reopened at most every 5 s while it is unavailable: JC_OK or JC_ERR_UNAVAILABLE with the reason. */
+jc_status jcd_gpus_ready(jcd_state *s, double now);
+jcd_gpu *jcd_gpu_find(jcd_state *s, const char *uuid);
+/* The entry of uuid, added (not present) when there is none. */
+jcd_gpu *jcd_gpu_add(jcd_state *s, const char *uuid);
+void jcd_gpu_refresh(jcd_state *s, jcd_gpu *g);
+/* "GPU-8f3c... (NVML GPU 0, NVIDIA H100 80GB HBM3)" */
+const char *jcd_gpu_label(const jcd_gpu *g, char *buf, size_t len);
+/* Sets the limit and reads it back: JC_OK when the read-back is within 1 W of mw (*got has it), else an
+ * error saying what NVML said or what the limit read back. */
+jc_status jcd_gpu_set(jcd_state *s, jcd_gpu *g, unsigned mw, unsigned *got);
+
+/* --- leases.c ---------------------------------------------------------------------------------------- */
+
+/* Loads every journal of the state directory and puts back the leases found there. */
+void jcd_leases_start(jcd_state *s);
+/* Handles one request of c; the reply goes to c's output. */
+void jcd_handle(jcd_state *s, jcd_client *c, const jcd_request *r);
+/* c's connection ended (EOF, error, protocol error, its process died): its leases are put back now. */
+void jcd_client_gone(jcd_state *s, jcd_client *c, const char *why);
+/* Retries the leases whose limit could not be put back (after 2, 4, 8 ... s, then every 60 s); returns how
+ * many are left. */
+int jcd_leases_retry(jcd_state *s, double now);
+int jcd_leases_pending(const jcd_state *s);
+/* Daemon stop: every lease put back (persistent caps stay). */
+void jcd_leases_stop(jcd_state *s);
+
+/* --- main.c ------------------------------------------------------------------------------------------ */
+
+void jcd_log(const char *fmt, ...) JC__PRINTF(1, 2);
+/* Appends a reply line (text without '\n') to c's output; the client is closed if it does not fit. */
+void jcd_send(jcd_client *c, const char *line);
+/* Replies "ERR PROTOCOL text=why" and marks c to be closed (its leases are then put back). */
+void jcd_protocol_error(jcd_client *c, const char *why);
+double jcd_mono(void);
+
+#endif

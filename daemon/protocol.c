@@ -1,0 +1,89 @@
+/* joulecapd's requests: line framing and parsing.  Pure functions over hostile bytes (fuzzed by
+ * tests/fuzz/fuzz_protocol.c).
+ *
+ *   HELLO <version>          first request of a connection
+ *   LIST                     every GPU, its limits and who holds it
+ *   TAKE <uuid>              a lease: this connection becomes the GPU's only writer
+ *   SET <uuid> <mW>          under the lease
+ *   RESTORE <uuid>           the saved limit back, the lease kept
+ *   RELEASE <uuid>           the saved limit back, the lease ended
+ *   PERSIST <uuid> <mW>      a persistent cap (kept after the connection, until RESET)
+ *   RESET <uuid>             persistent cap -> its saved limit; none -> the default limit
+ *   REPAIR [<uuid>]          persistent caps and leases waiting to be put back -> saved limits */
+#include <string.h>
+
+#include "jcd.h"
+
+static const struct {
+    const char *name;
+    jcd_verb verb;
+    int args; /* 0 none, 1 version, 2 uuid, 3 uuid + mW, 4 an optional uuid */
+} VERBS[] = {
+    {"HELLO", JCD_HELLO, 1},   {"LIST", JCD_LIST, 0},       {"TAKE", JCD_TAKE, 2},
+    {"SET", JCD_SET, 3},       {"RESTORE", JCD_RESTORE, 2}, {"RELEASE", JCD_RELEASE, 2},
+    {"PERSIST", JCD_PERSIST, 3}, {"RESET", JCD_RESET, 2},   {"REPAIR", JCD_REPAIR, 4},
+};
+
+int jcd_request_parse(const char *line, size_t len, jcd_request *out, char *why, size_t whylen) {
+    memset(out, 0, sizeof *out);
+    if (len >= JC__WIRE_MAX_REQUEST) {
+        jc__fmt(why, whylen, "request longer than %d bytes", JC__WIRE_MAX_REQUEST - 1);
+        return -1;
+    }
+    char buf[JC__WIRE_MAX_REQUEST];
+    memcpy(buf, line, len);
+    jc__wire_line l;
+    if (jc__wire_split(buf, len, &l, why, whylen) != 0) return -1;
+    int k = -1;
+    for (size_t i = 0; i < sizeof VERBS / sizeof VERBS[0]; i++)
+        if (strcmp(l.tok[0], VERBS[i].name) == 0) k = (int)i;
+    if (k < 0) {
+        jc__fmt(why, whylen, "unknown request '%.16s'", l.tok[0]);
+        return -1;
+    }
+    int want = VERBS[k].args == 0 ? 1 : VERBS[k].args == 3 ? 3 : 2;
+    if (VERBS[k].args == 4 && l.n == 1) want = 1;
+    if (l.n != want) {
+        jc__fmt(why, whylen, "%s takes %d argument%s, not %d", VERBS[k].name, want - 1, want == 2 ? "" : "s",
+                l.n - 1);
+        return -1;
+    }
+    out->verb = VERBS[k].verb;
+    if (VERBS[k].args == 1) {
+        if (jc__wire_u32(l.tok[1], &out->version) != 0 || out->version == 0) {
+            jc__fmt(why, whylen, "HELLO needs a protocol version, a positive number");
+            return -1;
+        }
+    } else if (VERBS[k].args >= 2 && l.n >= 2) {
+        if (!jc__wire_uuid_ok(l.tok[1])) {
+            jc__fmt(why, whylen, "'%.40s' is not a GPU UUID", l.tok[1]);
+            return -1;
+        }
+        jc__fmt(out->uuid, sizeof out->uuid, "%s", l.tok[1]);
+        if (VERBS[k].args == 3 && (jc__wire_u32(l.tok[2], &out->mw) != 0 || out->mw == 0)) {
+            jc__fmt(why, whylen, "'%.16s' is not a limit in mW (a positive whole number)", l.tok[2]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+char *jcd_inbuf_space(jcd_inbuf *in, size_t *room) {
+    *room = sizeof in->buf - in->used;
+    return in->buf + in->used;
+}
+
+int jcd_inbuf_next(jcd_inbuf *in, char *line, size_t *len) {
+    char *nl = memchr(in->buf, '\n', in->used);
+    if (!nl) {
+        *len = 0;
+        return in->used >= sizeof in->buf ? -1 : 0;
+    }
+    size_t n = (size_t)(nl - in->buf);
+    memcpy(line, in->buf, n);
+    line[n] = '\0';
+    *len = n;
+    in->used -= n + 1;
+    memmove(in->buf, nl + 1, in->used);
+    return 1;
+}
