@@ -1,10 +1,11 @@
 """Analysis of `bench_core windows` runs (issue 11): window accuracy of the old and new code under the square-wave
 load, and the calibration of the new code's uncertainty_j.
 
-    python3 bench/analyze_core11.py DIR [--json OUT.json]
+    python3 bench/analyze_core11.py DIR... [--json OUT.json] [--bench core11.jsonl]
 
-DIR holds, for each code TAG (old, new): TAG.windows.tsv, TAG.raw.tsv, TAG.knots.tsv, TAG.meta.json (written by
-`bench_core windows ... DIR/TAG`) and TAG.sched (the load's on-intervals).
+Each DIR holds, for each run TAG (old, new, or old1, new1, old2, ... when repeated): TAG.windows.tsv, TAG.raw.tsv,
+TAG.knots.tsv, TAG.meta.json (written by `bench_core windows ... DIR/TAG`) and TAG.sched (the load's
+on-intervals).  Runs of one code are pooled.
 
 References for a window [t0, t1] (both independent of the method under test):
   two-level  P_on * t_on + P_off * t_off, P_on and P_off fitted by least squares to the raw poller's 100 ms
@@ -165,17 +166,17 @@ def interp(kt, kv, t):
     return np.interp(t.astype(np.float64), kt.astype(np.float64), kv)
 
 
-def cold_start(run, refs, ok, spread, seed=1):
+def cold_start(run, ok, sig0, sig1, seed=1):
     """The first window after a quiet spell (no window for > 10 s, no fast CSV): the library then reads the
     counter about once a second, so the window's start edge falls between a knot up to a second before it and
     the knot of the first step after it (the reader reads that step as soon as the window opens); the rest is
     read every step.  Simulated offline from the run's every-step knots: before each window only every 10th
-    knot is kept, at a random phase."""
+    knot is kept, at a random phase.  Returns the energies and the uncertainty terms (spread at EDGE_SPREAD 1)."""
     rng = np.random.default_rng(seed)
     w = run["w"]
     kt, kv = run["kt"], run["kv"]
-    e = np.full(len(w["t0"]), np.nan)
-    u = np.full(len(w["t0"]), np.nan)
+    n = len(w["t0"])
+    e, sp, tm = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     for j in np.nonzero(ok)[0]:
         t0, t1 = w["t0"][j], w["t1"][j]
         i_after = np.searchsorted(kt, t0, side="left")  # first knot >= t0: read once the window opened
@@ -188,57 +189,66 @@ def cold_start(run, refs, ok, spread, seed=1):
         e[j] = interp(mt, mv, np.array([t1]))[0] - interp(mt, mv, np.array([t0]))[0]
         # the start edge resolves when the knot after it arrives: no step after that one yet
         upto = np.searchsorted(mt, t0, side="left") + 1
-        s0, m0 = edge_var(mt[:upto], mv[:upto], np.array([t0]), spread, w["sig0"][j] if w["sig0"][j] > 0 else 1e6, 0)
-        s1, m1 = edge_var(mt, mv, np.array([t1]), spread, w["sig1"][j] if w["sig1"][j] > 0 else 1e6, 0)
-        u[j] = 1.96 * math.sqrt(s0[0] + s1[0] + m0[0] + m1[0])
-    res = {}
-    for ln in LENGTHS:
-        m = ok & np.isclose(w["len"], ln) & np.isfinite(e) & np.isfinite(refs)
-        if not m.any():
-            continue
-        res[str(ln)] = {"n": int(m.sum()),
-                        "mae_pct_step": round(100 * float(np.mean(np.abs(e[m] - refs[m]) / refs[m])), 2),
-                        "coverage_step": round(float(np.mean(np.abs(e[m] - refs[m]) <= u[m])), 3),
-                        "median_u_pct": round(100 * float(np.median(u[m] / e[m])), 2)}
-    return res
+        s0, m0 = edge_var(mt[:upto], mv[:upto], np.array([t0]), 1.0, sig0[j], 0)
+        s1, m1 = edge_var(mt, mv, np.array([t1]), 1.0, sig1[j], 0)
+        sp[j], tm[j] = s0[0] + s1[0], m0[0] + m1[0]
+    return e, sp, tm
 
 
-def analyse(run, tag):
+def knot_placement(run, inst):
+    """How the library's knots sit against the steps the raw poller saw, inside the load."""
+    on = run["on"]
+    a, b = on[0, 0], on[-1, 1]
+    kt = run["kt"]
+    k = kt[(kt >= a) & (kt <= b)]
+    if len(k) < 3:
+        return {}
+    j = np.clip(np.searchsorted(inst, k), 1, len(inst) - 1)
+    j = np.where(np.abs(inst[j - 1] - k) < np.abs(inst[j] - k), j - 1, j)
+    off = (k - inst[j]) / 1e6
+    gaps = np.diff(k)
+    return {"knots": int(len(k)), "raw_steps": int(np.sum((inst >= a) & (inst <= b))),
+            "missed_steps": int(np.sum(np.round(gaps / 1e8) - 1)),
+            "offset_ms_median": round(float(np.median(off)), 2), "offset_ms_rms": round(float(np.sqrt(np.mean(off**2))), 2),
+            "offset_ms_p5_p95": [round(float(np.percentile(off, 5)), 2), round(float(np.percentile(off, 95)), 2)]}
+
+
+def per_window(run, tag):
+    """The run's windows inside the load, with both references, the baselines and the uncertainty's terms."""
     w = run["w"]
     inst, val, bracket = raw_steps(run)
     p_on, p_off, rms, nsteps = fit_two_level(run, inst, val)
     # Does the counter lag the load?  The two-level fit with the steps moved back by a lag, best lag.
     lags = np.arange(-30, 31, 2) * 1_000_000
     fits = [fit_two_level(run, inst, val, int(s))[2] for s in lags]
-    best_lag_ms = float(lags[int(np.argmin(fits))] / 1e6)
     on = run["on"]
     span_a, span_b = on[0, 0], on[-1, 1]
     ok = (w["status"] == 0) & (w["t0"] >= span_a) & (w["t1"] <= span_b) & np.isfinite(w["e"])
     t0, t1 = w["t0"], w["t1"]
     L = (t1 - t0) * 1e-9
     ton = on_time(on, t0, t1)
-    ref2 = p_on * ton + p_off * (L - ton)
-    refs = step_reference(run, inst, val, p_on, p_off, t1) - step_reference(run, inst, val, p_on, p_off, t0)
-    edge = edge_value(run, t1) - edge_value(run, t0)
-    lin = linear_value(run, t1) - linear_value(run, t0)
-    out = {
-        "tag": tag,
-        "p_on_w": round(float(p_on), 1),
-        "p_off_w": round(float(p_off), 1),
-        "fit_rms_j_per_step": round(rms, 2),
-        "steps": nsteps,
-        "raw_reads": int(len(run["raw_t"])),
-        "bracket_ms_median": round(float(np.median(bracket)) / 1e6, 2),
-        "best_lag_ms": best_lag_ms,
-        "meta": run["meta"],
-        "lengths": {},
+    d = {
+        "len": w["len"], "e": w["e"], "u": w["u"], "health": w["health"], "cov": w["cov"],
+        "ref2": p_on * ton + p_off * (L - ton),
+        "refs": step_reference(run, inst, val, p_on, p_off, t1) - step_reference(run, inst, val, p_on, p_off, t0),
+        "edge": edge_value(run, t1) - edge_value(run, t0),
+        "lin": linear_value(run, t1) - linear_value(run, t0),
+        # linear interpolation between knots put exactly at the raw poller's steps: what any knot placement
+        # can reach with linear interpolation on this run (the load's phase against the steps sets it)
+        "ideal": interp(inst, val, t1) - interp(inst, val, t0),
     }
-    has_u = np.isfinite(w["u"]).any()
-    # The knots' timing error as the library had it when each edge was taken (KNOT_SIGMA_NS when it had none).
-    sig0 = np.where(w["sig0"] > 0, w["sig0"], 1e6)
-    sig1 = np.where(w["sig1"] > 0, w["sig1"], 1e6)
-    cal = {}
-    if has_u:
+    d["ok"] = ok & np.isfinite(d["refs"])
+    info = {
+        "tag": tag, "p_on_w": round(float(p_on), 1), "p_off_w": round(float(p_off), 1),
+        "fit_rms_j_per_step": round(rms, 2), "steps": nsteps, "raw_reads": int(len(run["raw_t"])),
+        "bracket_ms_median": round(float(np.median(bracket)) / 1e6, 2),
+        "best_lag_ms": float(lags[int(np.argmin(fits))] / 1e6), "meta": run["meta"],
+        "knot_placement": knot_placement(run, inst),
+    }
+    if np.isfinite(w["u"]).any():
+        # The knots' timing error as the library had it when each edge was taken (KNOT_SIGMA_NS when it had none).
+        sig0 = np.where(w["sig0"] > 0, w["sig0"], 1e6)
+        sig1 = np.where(w["sig1"] > 0, w["sig1"], 1e6)
         # Reproduce the library's uncertainty from the knots (EDGE_SPREAD 0.5), with and without the step after.
         best = None
         for nn in (0, 1):
@@ -250,53 +260,75 @@ def analyse(run, tag):
             if best is None or share > best[1]:
                 best = (nn, share, float(np.median(rel)))
         nn = best[0]
-        out["u_reproduced"] = {"next_step_used": nn, "share_within_1pct": round(best[1], 3),
-                               "median_rel_diff": round(best[2], 4)}
+        info["u_reproduced"] = {"next_step_used": nn, "share_within_1pct": round(best[1], 3),
+                                "median_rel_diff": round(best[2], 4)}
         s0, m0 = edge_var(run["kt"], run["kv"], t0, 1.0, sig0, nn)
         s1, m1 = edge_var(run["kt"], run["kv"], t1, 1.0, sig1, nn)
-        spreads = np.round(np.arange(0.05, 4.001, 0.05), 2)
-        for ref_name, ref in (("step", refs), ("two-level", ref2)):
-            rows = {}
-            for sp in spreads:
-                u = 1.96 * np.sqrt(sp * sp * (s0 + s1) + m0 + m1)
-                rows[float(sp)] = {}
-                for ln in LENGTHS:
-                    m = ok & np.isclose(w["len"], ln) & np.isfinite(ref)
-                    rows[float(sp)][ln] = float(np.mean(np.abs(w["e"][m] - ref[m]) <= u[m])) if m.any() else float("nan")
-            def smallest(lengths):
-                for sp in spreads:
-                    if all(rows[float(sp)][ln] >= 0.95 for ln in lengths):
-                        return float(sp)
-                return None
-            cal[ref_name] = {"smallest_spread_100ms_300ms_1s": smallest(TARGET_LENGTHS),
-                             "smallest_spread_all_lengths": smallest(LENGTHS),
-                             "coverage_by_spread": {str(k): v for k, v in rows.items()}}
-        out["calibration"] = {k: {kk: vv for kk, vv in v.items() if kk != "coverage_by_spread"} for k, v in cal.items()}
-        out["cold_start_simulated"] = cold_start(run, refs, ok, 0.5)
+        d["spread1"], d["timing"] = s0 + s1, m0 + m1
+        d["cold_e"], d["cold_spread1"], d["cold_timing"] = cold_start(run, d["ok"], sig0, sig1)
+    return d, info
+
+
+def pool(tables):
+    keys = set.intersection(*(set(t) for t in tables))
+    return {k: np.concatenate([t[k] for t in tables]) for k in keys}
+
+
+def mae(x, ref, m):
+    return round(100 * float(np.mean(np.abs(x[m] - ref[m]) / ref[m])), 2)
+
+
+def summarise(d):
+    out = {"lengths": {}}
+    has_u = "spread1" in d
     for ln in LENGTHS:
-        m = ok & np.isclose(w["len"], ln) & np.isfinite(refs)
+        m = d["ok"] & np.isclose(d["len"], ln)
         if not m.any():
             continue
-        e = w["e"][m]
-        r = {
-            "n": int(m.sum()),
-            "mae_pct_two_level": round(100 * float(np.mean(np.abs(e - ref2[m]) / ref2[m])), 2),
-            "mae_pct_step": round(100 * float(np.mean(np.abs(e - refs[m]) / refs[m])), 2),
-            "edge_reads_mae_pct_two_level": round(100 * float(np.mean(np.abs(edge[m] - ref2[m]) / ref2[m])), 2),
-            "linear10hz_mae_pct_two_level": round(100 * float(np.mean(np.abs(lin[m] - ref2[m]) / ref2[m])), 2),
-            "step_ref_vs_two_level_mae_pct": round(100 * float(np.mean(np.abs(refs[m] - ref2[m]) / ref2[m])), 2),
-            "mean_energy_j": round(float(np.mean(e)), 1),
-        }
+        e, refs = d["e"][m], d["refs"][m]
+        r = {"n": int(m.sum()), "mae_pct_two_level": mae(d["e"], d["ref2"], m), "mae_pct_step": mae(d["e"], d["refs"], m),
+             "floor_linear_pct_step": mae(d["ideal"], d["refs"], m),
+             "edge_reads_mae_pct_two_level": mae(d["edge"], d["ref2"], m),
+             "linear10hz_mae_pct_two_level": mae(d["lin"], d["ref2"], m),
+             "step_ref_vs_two_level_mae_pct": mae(d["refs"], d["ref2"], m),
+             "mean_energy_j": round(float(np.mean(e)), 1)}
         if has_u:
-            u = w["u"][m]
-            r["coverage_step"] = round(float(np.mean(np.abs(e - refs[m]) <= u)), 3)
-            r["coverage_two_level"] = round(float(np.mean(np.abs(e - ref2[m]) <= u)), 3)
+            u = d["u"][m]
+            r["coverage_step"] = round(float(np.mean(np.abs(e - refs) <= u)), 3)
+            r["coverage_two_level"] = round(float(np.mean(np.abs(e - d["ref2"][m]) <= u)), 3)
             r["median_u_pct"] = round(100 * float(np.median(u / e)), 2)
-            r["median_abs_err_over_u_step"] = round(float(np.median(np.abs(e - refs[m]) / u)), 3)
-            r["health_not_ok"] = int(np.sum(w["health"][m] != 0))
-            r["coverage_lt_1"] = int(np.sum(w["cov"][m] < 1))
+            r["median_abs_err_over_u_step"] = round(float(np.median(np.abs(e - refs) / u)), 3)
+            r["health_not_ok"] = int(np.sum(d["health"][m] != 0))
+            r["coverage_lt_1"] = int(np.sum(d["cov"][m] < 1))
+            c = m & np.isfinite(d["cold_e"])
+            if c.any():
+                uc = 1.96 * np.sqrt(0.25 * d["cold_spread1"][c] + d["cold_timing"][c])
+                r["cold_simulated"] = {"n": int(c.sum()), "mae_pct_step": mae(d["cold_e"], d["refs"], c),
+                                       "coverage_step": round(float(np.mean(np.abs(d["cold_e"][c] - d["refs"][c]) <= uc)), 3),
+                                       "median_u_pct": round(100 * float(np.median(uc / d["cold_e"][c])), 2)}
         out["lengths"][str(ln)] = r
-    return out, cal
+    if has_u:
+        spreads = np.round(np.arange(0.05, 4.001, 0.05), 2)
+        cal = {}
+        for name, ref in (("step", d["refs"]), ("two-level", d["ref2"])):
+            cov = {}
+            for sp in spreads:
+                u = 1.96 * np.sqrt(sp * sp * d["spread1"] + d["timing"])
+                cov[float(sp)] = {}
+                for ln in LENGTHS:
+                    m = d["ok"] & np.isclose(d["len"], ln)
+                    cov[float(sp)][ln] = float(np.mean(np.abs(d["e"][m] - ref[m]) <= u[m])) if m.any() else float("nan")
+
+            def smallest(lengths):
+                for sp in spreads:
+                    if all(cov[float(sp)][ln] >= 0.95 for ln in lengths):
+                        return float(sp)
+                return None
+            cal[name] = {"smallest_spread_100ms_300ms_1s": smallest(TARGET_LENGTHS),
+                         "smallest_spread_all_lengths": smallest(LENGTHS),
+                         "coverage_at": {str(sp): cov[sp] for sp in (0.3, 0.4, 0.45, 0.5, 0.6, 0.75, 1.0)}}
+        out["calibration"] = cal
+    return out
 
 
 def bench_tables(path):
@@ -323,6 +355,18 @@ def bench_tables(path):
         g = lambda t, k, fmt: fmt.format(c[t][k]) if t in c else "-"
         print(f"| {label} | {g('old', 'cpu_pct_of_one_core', '{:.2f}%')} | {g('new', 'cpu_pct_of_one_core', '{:.2f}%')} "
               f"| {g('old', 'counter_reads_per_s', '{:.1f}')} | {g('new', 'counter_reads_per_s', '{:.1f}')} | {target} |")
+    rc = [r for r in rows if r.get("bench") == "readcost"]
+    if rc:
+        print()
+        print("| counter read (new code's process) | CPU ms per read (mean / p50) | wall ms p50 / max |")
+        print("|---|---|---|")
+        for r in rc:
+            if "offset_ms" not in r:
+                print(f"| {r['what']} | {r['cpu_pct_of_one_core']:.2f}% of one core | {r['counter_reads']} reads |")
+            else:
+                what = "back to back" if r["offset_ms"] < 0 else f"{r['offset_ms']:g} ms after a step"
+                print(f"| {what} (n={r['n']}) | {r['cpu_ms_mean']:.2f} / {r['cpu_ms_p50']:.2f} | "
+                      f"{r['wall_ms_p50']:.2f} / {r['wall_ms_max']:.2f} |")
     x = [r for r in rows if r.get("bench") == "xcheck" and "rep" in r]
     if x:
         print()
@@ -337,45 +381,65 @@ def bench_tables(path):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("dir")
+    ap.add_argument("dirs", nargs="+", help="folders of runs (their TAG.* files: old, new, old1, new1, ...)")
     ap.add_argument("--json")
     ap.add_argument("--bench", help="the run's core11.jsonl: CPU and cross-check tables too")
     a = ap.parse_args()
-    results = {}
-    full = {}
-    for tag in ("old", "new"):
-        run = load_run(a.dir, tag)
-        if run is None:
-            continue
-        try:
-            results[tag], full[tag] = analyse(run, tag)
-        except Exception as e:  # keep the other code's table
-            print(f"# {tag}: analysis failed: {e!r}")
+    runs = {"old": [], "new": []}
+    infos = []
+    for d in a.dirs:
+        tags = sorted({f.split(".")[0] for f in os.listdir(d) if f.endswith(".windows.tsv")})
+        for tag in tags:
+            code = "old" if tag.startswith("old") else "new" if tag.startswith("new") else None
+            run = load_run(d, tag) if code else None
+            if run is None:
+                continue
+            try:
+                t, info = per_window(run, tag)
+            except Exception as e:  # keep the other runs' tables
+                print(f"# {d}/{tag}: analysis failed: {e!r}")
+                continue
+            info["dir"] = d
+            info["summary"] = summarise(t)
+            runs[code].append(t)
+            infos.append(info)
+    pooled = {c: summarise(pool(ts)) for c, ts in runs.items() if ts}
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"results": results, "coverage_by_spread": full}, f, indent=1)
-    for tag, r in results.items():
-        print(f"# {tag}: P_on {r['p_on_w']} W, P_off {r['p_off_w']} W over {r['steps']} steps, two-level fit "
-              f"{r['fit_rms_j_per_step']} J RMS per step, raw bracket {r['bracket_ms_median']} ms, best lag "
-              f"{r['best_lag_ms']} ms, counter reads {r['meta'].get('reads')}, knots {r['meta'].get('knots')}, "
-              f"health {r['meta'].get('health')}")
+            json.dump({"runs": infos, "pooled": pooled}, f, indent=1, default=float)
+    for r in infos:
+        kp = r["knot_placement"]
+        print(f"# {r['dir']}/{r['tag']}: P_on {r['p_on_w']} W, P_off {r['p_off_w']} W over {r['steps']} steps, fit "
+              f"{r['fit_rms_j_per_step']} J RMS/step, raw bracket {r['bracket_ms_median']} ms, counter reads "
+              f"{r['meta'].get('reads')}, probes {r['meta'].get('probes')}, unlocks {r['meta'].get('unlocks')}, "
+              f"jitter {r['meta'].get('jitter_ms')} ms, health {r['meta'].get('health')}")
+        print(f"#   knots vs raw steps: {kp}")
+        print("#   MAE (step ref) / linear floor: " + ", ".join(
+            f"{k}: {v['mae_pct_step']}/{v['floor_linear_pct_step']}%" for k, v in r["summary"]["lengths"].items()))
         if "u_reproduced" in r:
-            print(f"#   uncertainty reproduced offline: {r['u_reproduced']}; calibration: {r['calibration']}")
-            print(f"#   first window after a quiet spell (simulated): {r['cold_start_simulated']}")
+            print(f"#   uncertainty reproduced offline: {r['u_reproduced']}")
+    for c, p in pooled.items():
+        if "calibration" in p:
+            for name, cal in p["calibration"].items():
+                print(f"# {c} pooled, reference {name}: smallest EDGE_SPREAD with >= 95% at 100 ms/300 ms/1 s: "
+                      f"{cal['smallest_spread_100ms_300ms_1s']}, at all four: {cal['smallest_spread_all_lengths']}")
+            print("#   first window after a quiet spell (simulated), per length: " + "; ".join(
+                f"{k}: {v['cold_simulated']}" for k, v in p["lengths"].items() if "cold_simulated" in v))
     if a.bench:
         bench_tables(a.bench)
     print()
     print("| window | MAE old (two-level ref) | MAE new (two-level ref) | MAE old (step ref) | MAE new (step ref) "
-          "| coverage new (step ref) | coverage new (two-level ref) | median U/E new | n |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| linear floor old/new | coverage new (step ref) | coverage new (two-level ref) | median U/E new | n old/new |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for ln in LENGTHS:
-        o = results.get("old", {}).get("lengths", {}).get(str(ln), {})
-        n = results.get("new", {}).get("lengths", {}).get(str(ln), {})
+        o = pooled.get("old", {}).get("lengths", {}).get(str(ln), {})
+        n = pooled.get("new", {}).get("lengths", {}).get(str(ln), {})
         g = lambda d, k, suf="": f"{d[k]}{suf}" if k in d else "-"
         cov = lambda d, k: f"{100 * d[k]:.1f}%" if k in d else "-"
         print(f"| {int(ln * 1000)} ms | {g(o, 'mae_pct_two_level', '%')} | {g(n, 'mae_pct_two_level', '%')} | "
-              f"{g(o, 'mae_pct_step', '%')} | {g(n, 'mae_pct_step', '%')} | {cov(n, 'coverage_step')} | "
-              f"{cov(n, 'coverage_two_level')} | {g(n, 'median_u_pct', '%')} | {g(o, 'n')}/{g(n, 'n')} |")
+              f"{g(o, 'mae_pct_step', '%')} | {g(n, 'mae_pct_step', '%')} | {g(o, 'floor_linear_pct_step')}/"
+              f"{g(n, 'floor_linear_pct_step', '%')} | {cov(n, 'coverage_step')} | {cov(n, 'coverage_two_level')} | "
+              f"{g(n, 'median_u_pct', '%')} | {g(o, 'n')}/{g(n, 'n')} |")
     return 0
 
 

@@ -18,6 +18,8 @@
  *                                       the library's knots to PREFIX.* for bench/analyze_core11.py
  *   bench_core xcheck REPS              start-up cross-check of the counter against integrated instant power:
  *                                       opens a context REPS times, 2.5 s each, prints the figures and health
+ *   bench_core readcost SECONDS         the library's CPU without counter reads (SECONDS), then the CPU time of
+ *                                       one counter read by its offset after a counter step, and back to back
  *
  * The accuracy reference is independent of the method under test: a raw poller thread reads the energy
  * counter back to back (one read every 3-6 ms) to time its 100 ms steps, and a two-level power profile
@@ -708,6 +710,79 @@ static void xcheck(int reps) {
 #endif
 }
 
+/* What a counter read costs this process: the library's own cost without counter reads (counter_interval_s 60:
+ * one read a minute), then single reads at given offsets after a counter step (thread CPU time and wall time of
+ * the call), and reads back to back. */
+static double thread_cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void readcost(double seconds) {
+    jc_options o;
+    jc_options_init(&o);
+    o.gpus = "0";
+    o.counter_interval_s = 60;
+    jc_context *ctx;
+    if (jc_open(&ctx, &o) != JC_OK) die("jc_open");
+    if (jc_device_count(ctx) < 2 || ctx->dev[1].info.energy_source != JC_SOURCE_COUNTER) die("no GPU counter");
+    sleep(3);
+    uint64_t r0 = ctx->dev[1].counter.n_reads;
+    double c0 = process_cpu_s(), w0 = now_s();
+    usleep((useconds_t)(seconds * 1e6));
+    double cpu = process_cpu_s() - c0, wall = now_s() - w0;
+    printf("{\"bench\":\"readcost\",\"what\":\"library without counter reads (counter_interval_s 60)\","
+           "\"cpu_pct_of_one_core\":%.3f,\"counter_reads\":%llu,\"seconds\":%.1f}\n",
+           100 * cpu / wall, (unsigned long long)(ctx->dev[1].counter.n_reads - r0), wall);
+    fflush(stdout);
+    nvmlDevice_t h = ctx->dev[1].handle;
+    double offsets[] = {-1, 1, 3, 6, 10, 20, 35, 50, 70, 90}; /* -1: back to back */
+    enum { REPS = 12 };
+    for (size_t k = 0; k < sizeof offsets / sizeof *offsets; k++) {
+        double cpu_ms[64], wall_ms[64];
+        int n = 0, changed = 0;
+        unsigned long long mj = 0, prev = 0;
+        if (offsets[k] < 0) {
+            for (int i = 0; i < 60; i++) {
+                double c = thread_cpu_s(), w = now_s();
+                ctx->nvml->nvmlDeviceGetTotalEnergyConsumption(h, &mj);
+                cpu_ms[n] = (thread_cpu_s() - c) * 1e3;
+                wall_ms[n++] = (now_s() - w) * 1e3;
+            }
+        } else {
+            /* Find a step: read back to back until the value changes (bracket ~ one read). */
+            ctx->nvml->nvmlDeviceGetTotalEnergyConsumption(h, &prev);
+            uint64_t ta = jc_now_ns(), step = 0;
+            for (int i = 0; i < 200 && !step; i++) {
+                ctx->nvml->nvmlDeviceGetTotalEnergyConsumption(h, &mj);
+                uint64_t tb = jc_now_ns();
+                if (mj != prev) step = ta + (tb - ta) / 2;
+                ta = tb;
+                prev = mj;
+            }
+            if (!step) continue;
+            for (int i = 1; i <= REPS; i++) {
+                sleep_until(step + (uint64_t)i * 100000000ull + (uint64_t)(offsets[k] * 1e6));
+                double c = thread_cpu_s(), w = now_s();
+                ctx->nvml->nvmlDeviceGetTotalEnergyConsumption(h, &mj);
+                cpu_ms[n] = (thread_cpu_s() - c) * 1e3;
+                wall_ms[n++] = (now_s() - w) * 1e3;
+                changed += mj != prev;
+                prev = mj;
+            }
+        }
+        double cm = 0;
+        for (int i = 0; i < n; i++) cm += cpu_ms[i];
+        cm /= n;
+        printf("{\"bench\":\"readcost\",\"offset_ms\":%g,\"n\":%d,\"cpu_ms_mean\":%.3f,\"cpu_ms_p50\":%.3f,"
+               "\"wall_ms_p50\":%.3f,\"wall_ms_max\":%.3f,\"changed\":%d}\n",
+               offsets[k], n, cm, pct(cpu_ms, n, 0.5), pct(wall_ms, n, 0.5), pct(wall_ms, n, 1.0), changed);
+        fflush(stdout);
+    }
+    jc_close(ctx);
+}
+
 int main(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "overhead") == 0) overhead();
     else if (argc >= 3 && strcmp(argv[1], "sampler") == 0) sampler_cost(atof(argv[2]));
@@ -719,10 +794,12 @@ int main(int argc, char **argv) {
         windows_bench(atof(argv[2]), argv[3], argv[4], argv[5]);
     else if (argc >= 3 && strcmp(argv[1], "xcheck") == 0)
         xcheck(atoi(argv[2]));
+    else if (argc >= 3 && strcmp(argv[1], "readcost") == 0)
+        readcost(atof(argv[2]));
     else {
         fprintf(stderr, "usage: bench_core overhead | sampler SECONDS | accuracy SECONDS SCHEDULE [COUNTER_INTERVAL]\n"
                         "       | cpu idle|csv1|short|every SECONDS | windows SECONDS READY SCHEDULE PREFIX\n"
-                        "       | xcheck REPS\n");
+                        "       | xcheck REPS | readcost SECONDS\n");
         return 2;
     }
     return 0;
