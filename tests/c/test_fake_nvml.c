@@ -337,7 +337,9 @@ TEST(constant_energy_counter_steps) {
         prev = e;
     }
     ASSERT_TRUE(changes >= 3 && changes <= 5);
-    for (int i = 1; i < changes; i++) ASSERT_NEAR(changed_at[i] - changed_at[i - 1], 100, 15);
+    /* Seen at the first read after each step: a loaded machine (sanitizers, parallel tests) delays reads by
+     * tens of ms, so the spacing is only checked to be about one step; the 30 J per change above is exact. */
+    for (int i = 1; i < changes; i++) ASSERT_NEAR(changed_at[i] - changed_at[i - 1], 100, 45);
 
     /* Over about a second: 300 J, give or take the one step each edge may fall either side of. */
     double a = now_ms();
