@@ -80,10 +80,11 @@ typedef struct jc_options {
      * lists may mix indices and UUIDs. */
     const char *gpus;
     /* Period of the cheap reads (instant power, utilisation, temperature, RAPL), in seconds.
-     * 0 = default (0.01).  Must lie in [0.001, 3600]. */
+     * 0 = default: 0.01 while the counter is read at every step (see JC_EVERY_STEP), else 0.1 (or a tenth of
+     * the CSV row period).  Must lie in [0.001, 3600]. */
     double interval_s;
     /* GPU energy counter reads (4.2 ms of CPU each on an H100, which steps its counter every 100 ms on a regular
-     * clock): the sampler locks on to the steps' clock and reads once just after each step, so every step's
+     * clock): the sampler locks on to the steps' clock and reads once a quarter step after each step, so every step's
      * instant is known.  counter_interval_s > 0 reads only the first step after each such interval: less CPU,
      * coarser short windows (BENCHMARKS.md), and a window's result waits up to that long for the knot after
      * its end.  0 = every step while something needs it (see JC_EVERY_STEP; default).  Must lie in [0, 60]. */

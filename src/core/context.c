@@ -257,6 +257,7 @@ jc_status jc_open(jc_context **out, const jc_options *opts_in) {
         o = *opts_in;
     else
         jc_options_init(&o);
+    int interval_auto = o.interval_s == 0;
     jc_status st = validate(&o);
     if (st != JC_OK) return st;
     jc_context *ctx = calloc(1, sizeof *ctx);
@@ -267,6 +268,7 @@ jc_status jc_open(jc_context **out, const jc_options *opts_in) {
     ctx->opts.gpus = ctx->gpus_sel;
     ctx->opts.csv_path = NULL; /* the sink keeps its own copy */
     ctx->stall_ns = (uint64_t)(o.stall_s * 1e9);
+    ctx->interval_auto = interval_auto;
     pthread_mutex_init(&ctx->lock, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);

@@ -133,6 +133,7 @@ struct jc_context {
     uint64_t epoch_ns;
     int64_t realtime_minus_mono_us;
     uint64_t stall_ns;
+    int interval_auto; /* interval_s was left to its default: cheap reads slow down while nothing needs them */
 
     int ndev;
     jc__device *dev;
@@ -194,6 +195,8 @@ int jc__reader_read_failed(jc__device *d, nvmlReturn_t r, uint64_t t, const char
 void jc__reader_ok(jc__device *d, uint64_t t);
 /* Marks the start and end of a slow read, for stall detection. */
 void jc__reader_busy(jc__device *d, int busy);
+/* The cheap reads' period for this device now (reader thread). */
+double jc__reader_interval_s(const jc__device *d);
 /* 1 while reads of the energy counter at every step are needed (lock held). */
 int jc__reader_fine(const jc_context *ctx, uint64_t now);
 

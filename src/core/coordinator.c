@@ -51,7 +51,9 @@ static void *coordinator_main(void *arg) {
         if (ctx->csv) jc__csv_pump(ctx, now);
         jc__wlog_pump(ctx);
         pthread_cond_broadcast(&ctx->data_cv);
-        uint64_t wake = now + TICK_NS;
+        /* 20 ms while windows come and go or rows are due often; 100 ms otherwise (a result's waiter resolves
+         * its own window, so the tick only bounds how late a stall is seen and a row is formatted). */
+        uint64_t wake = now + (jc__reader_fine(ctx, now) ? TICK_NS : 5 * TICK_NS);
         if (ctx->csv && ctx->csv->next_row_ns > now && ctx->csv->next_row_ns < wake) wake = ctx->csv->next_row_ns;
         struct timespec ts = {(time_t)(wake / NS), (long)(wake % NS)};
         /* Woken by readers' commits too (data_cv), so rows and windows resolve as soon as their samples exist. */

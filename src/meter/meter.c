@@ -18,6 +18,7 @@
  * (issue 11)"): the smallest value whose 95% interval held the reference in >= 95% of windows of 30 ms to 1 s
  * under a square-wave load drifting against the counter's steps (0.5 held 91.9% at 300 ms). */
 #define EDGE_SPREAD 0.65
+#define COARSE_SPAN_S 0.15
 /* Timing error of a knot when the source does not say (RAPL and integrated power: the read's own length). */
 #define KNOT_SIGMA_NS 1000000.0
 
@@ -37,6 +38,9 @@ static double edge_var(const jc__device *d, uint64_t t) {
     double swing = 0.05 * fabs(p);
     if (i >= 2 && fabs(step_power(k, i - 1) - p) > swing) swing = fabs(step_power(k, i - 1) - p);
     if (i + 1 < k->len && fabs(step_power(k, i + 1) - p) > swing) swing = fabs(step_power(k, i + 1) - p);
+    /* Knots further apart than a counter step (reads once a second while no window needed every step): the
+     * neighbouring steps' averages smooth over faster swings, so the swing is taken as at least half the power. */
+    if (span > COARSE_SPAN_S && swing < 0.5 * fabs(p)) swing = 0.5 * fabs(p);
     double f = hi->t_ns == t ? 0 : (double)(t - lo->t_ns) / (double)(hi->t_ns - lo->t_ns);
     double spread = EDGE_SPREAD * swing * span * sqrt(f * (1 - f));
     double sigma_t = d->info.energy_source == JC_SOURCE_COUNTER && d->knot_sigma_ns > 0 ? d->knot_sigma_ns

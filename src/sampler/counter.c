@@ -18,7 +18,8 @@
 
 #define MS 1000000ull
 #define MIN_PERIOD_NS (20 * MS)
-#define PROBE_EVERY 16
+#define PROBE_EVERY 16          /* reads between two bracketings while the fit is young */
+#define PROBE_EVERY_SETTLED 64  /* ... once it holds JC__FIT_POINTS steps (a bracketing costs ~40 ms of CPU) */
 #define CONTINUOUS_POLL_NS (100 * MS) /* a counter without steps: a read (a knot) every 100 ms */
 
 static int64_t step_index(const jc__counter_track *c, uint64_t t) {
@@ -102,10 +103,11 @@ static void schedule_locked(const jc__device *d, jc__counter_track *c, uint64_t 
     uint64_t s = step_time(c, k);
     c->expect_ns = s;
     /* Probe often until the fit spans enough steps to pin the period (its error shrinks with the span). */
-    int every_probe = c->nfit < 12 ? 2 : PROBE_EVERY;
-    /* Read late enough after the predicted step that it has almost surely happened. */
+    int every_probe = c->nfit < 12 ? 2 : c->nfit < JC__FIT_POINTS ? PROBE_EVERY : PROBE_EVERY_SETTLED;
+    /* Read a quarter step after the predicted step: it has surely happened, and a read there costs 3-4 ms of CPU
+     * against 7-15 ms in the first 10 ms after a step (BENCHMARKS.md).  The knot keeps the step's instant. */
     uint64_t margin = dur + (uint64_t)(3 * c->jitter_ns);
-    if (margin < 3 * MS) margin = 3 * MS;
+    if (margin < (uint64_t)(0.25 * c->period_ns)) margin = (uint64_t)(0.25 * c->period_ns);
     if (margin > (uint64_t)(0.3 * c->period_ns)) margin = (uint64_t)(0.3 * c->period_ns);
     if (c->reads_since_probe >= every_probe) {
         c->probing = 1;
@@ -121,10 +123,11 @@ static void schedule_locked(const jc__device *d, jc__counter_track *c, uint64_t 
 void jc__counter_refine(jc__device *d, uint64_t now) {
     jc__counter_track *c = &d->counter;
     if (!c->locked || !(c->period_ns > 0)) return;
-    uint64_t s = step_time(c, step_index(c, now) + 1) + 3 * MS;
+    uint64_t margin = (uint64_t)(0.25 * c->period_ns);
+    uint64_t s = step_time(c, step_index(c, now) + 1) + margin;
     if (s < c->next_ns) {
         c->next_ns = s;
-        c->expect_ns = s - 3 * MS;
+        c->expect_ns = s - margin;
         c->probing = 0;
     }
 }

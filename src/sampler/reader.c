@@ -62,6 +62,15 @@ int jc__reader_fine(const jc_context *ctx, uint64_t now) {
     return ctx->csv && ctx->opts.csv_interval_s < 1.0;
 }
 
+/* Period of the cheap reads (power, utilisation, temperature, RAPL): the option when the caller set one; by
+ * default 10 ms while fine resolution is needed and 100 ms otherwise (rows then stay 10 reads apart or more). */
+double jc__reader_interval_s(const jc__device *d) {
+    const jc_context *ctx = d->ctx;
+    if (!ctx->interval_auto || d->fine) return ctx->opts.interval_s;
+    double slow = ctx->csv && ctx->opts.csv_interval_s < 1.0 ? ctx->opts.csv_interval_s / 10 : 0.1;
+    return slow > ctx->opts.interval_s ? slow : ctx->opts.interval_s;
+}
+
 /* Ends a device's energy for good (lock held). */
 static void end_energy(jc__device *d, uint64_t t, int gpu_lost, const char *why) {
     d->dead = 1;
@@ -151,9 +160,16 @@ static void integrate(jc__device *d, uint64_t t, double p_w, int held) {
     commit_knot(d, t, d->integ_j);
 }
 
-/* Start-up cross-check: integrates instant power from the first knot on (reader only). */
+/* Start-up cross-check: integrates instant power from the first knot on (reader only).  A sample stamped
+ * before that knot (the driver's timestamp can be) only sets the power held from the knot on. */
 static void xcheck_power(jc__device *d, uint64_t t, double p_w) {
-    if (d->xcheck_done || !d->xcheck_t0_ns || t <= d->xcheck_t_ns) return;
+    if (d->xcheck_done || !d->xcheck_t0_ns) return;
+    if (t <= d->xcheck_t0_ns) {
+        d->xcheck_p_w = p_w;
+        d->xcheck_t_ns = d->xcheck_t0_ns;
+        return;
+    }
+    if (t <= d->xcheck_t_ns) return;
     if (d->xcheck_t_ns) d->xcheck_j += d->xcheck_p_w * jc__s(t - d->xcheck_t_ns);
     else d->xcheck_j += p_w * jc__s(t - d->xcheck_t0_ns);
     d->xcheck_t_ns = t;
@@ -188,7 +204,7 @@ void jc__reader_xcheck_knot(jc__device *d, uint64_t t, double e_j) {
 static void gpu_cheap(jc__device *d, uint64_t now) {
     jc_context *ctx = d->ctx;
     if (now < d->next_cheap_ns) return;
-    d->next_cheap_ns = now + s_to_ns(ctx->opts.interval_s);
+    d->next_cheap_ns = now + s_to_ns(jc__reader_interval_s(d));
     jc__nvml *nvml = ctx->nvml;
     unsigned mw;
     int64_t ts = 0;
@@ -270,7 +286,7 @@ static void cpu_sample(jc__device *d, uint64_t now) {
     jc_context *ctx = d->ctx;
     char why[256];
     if (ctx->rapl && !ctx->use_estimate && now >= d->next_cpu_ns) {
-        d->next_cpu_ns = now + s_to_ns(ctx->opts.interval_s);
+        d->next_cpu_ns = now + s_to_ns(jc__reader_interval_s(d));
         double e;
         jc__reader_busy(d, 1);
         uint64_t a = jc_now_ns();
@@ -345,7 +361,7 @@ static void cpu_sample(jc__device *d, uint64_t now) {
 /* When the reader has next something to do (lock held). */
 static uint64_t next_due(jc__device *d, uint64_t now) {
     jc_context *ctx = d->ctx;
-    uint64_t next = now + s_to_ns(ctx->opts.interval_s);
+    uint64_t next = now + s_to_ns(jc__reader_interval_s(d));
     if (d->info.kind == JC_DEVICE_GPU) {
         if (d->next_cheap_ns < next) next = d->next_cheap_ns;
         if (d->info.energy_source == JC_SOURCE_COUNTER && !d->dead && d->counter.next_ns < next)
