@@ -18,8 +18,9 @@
 
 #define MS 1000000ull
 #define MIN_PERIOD_NS (20 * MS)
-#define PROBE_EVERY 16          /* reads between two bracketings while the fit is young */
-#define PROBE_EVERY_SETTLED 64  /* ... once it holds JC__FIT_POINTS steps (a bracketing costs ~40 ms of CPU) */
+#define PROBE_EVERY 16           /* reads between two bracketings while the fit is young */
+#define PROBE_EVERY_SETTLED 128  /* ... once it holds 16 steps: a bracketing costs ~40 ms of CPU, and the step
+                                    clock drifts by well under a ms over 128 steps (BENCHMARKS.md) */
 #define CONTINUOUS_POLL_NS (100 * MS) /* a counter without steps: a read (a knot) every 100 ms */
 
 static int64_t step_index(const jc__counter_track *c, uint64_t t) {
@@ -103,7 +104,7 @@ static void schedule_locked(const jc__device *d, jc__counter_track *c, uint64_t 
     uint64_t s = step_time(c, k);
     c->expect_ns = s;
     /* Probe often until the fit spans enough steps to pin the period (its error shrinks with the span). */
-    int every_probe = c->nfit < 12 ? 2 : c->nfit < JC__FIT_POINTS ? PROBE_EVERY : PROBE_EVERY_SETTLED;
+    int every_probe = c->nfit < 12 ? 2 : c->nfit < 16 ? PROBE_EVERY : PROBE_EVERY_SETTLED;
     /* Read a quarter step after the predicted step: it has surely happened, and a read there costs 3-4 ms of CPU
      * against 7-15 ms in the first 10 ms after a step (BENCHMARKS.md).  The knot keeps the step's instant. */
     uint64_t margin = dur + (uint64_t)(3 * c->jitter_ns);
