@@ -3,7 +3,9 @@
 #include <math.h>
 #include <string.h>
 
-#include "common.h"
+#include "errors.h"
+#include "options.h"
+#include "output.h"
 
 static const char INFO_HELP[] =
     "Usage: joulecap info [--gpu SEL] [--json]\n"

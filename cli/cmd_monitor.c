@@ -6,7 +6,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "common.h"
+#include "child.h"
+#include "errors.h"
+#include "options.h"
+#include "output.h"
+#include "summary.h"
 
 static const char MONITOR_HELP[] =
     "Usage: joulecap monitor -o FILE [-i SECONDS] [--gpu SEL] [--json] [-q] [-- CMD [ARGS...]]\n"

@@ -2,7 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "common.h"
+#include "errors.h"
 
 static const char MAIN_HELP[] =
     "joulecap - measure the energy that programs use on NVIDIA GPUs and on the CPU\n"
