@@ -488,6 +488,29 @@ TEST(run_json_escaping) {
     free_result(&r);
 }
 
+/* profile writes its JSON with the same escaping as run: a sweep file name that is not UTF-8 comes out as
+ * U+FFFD, so the output stays valid JSON. */
+TEST(profile_json_escaping) {
+    use_env("h100-constant-300w", NULL, NULL);
+    char sweep[600], link[300];
+    data_path(sweep, sizeof sweep, "sweeps/knee.csv");
+    tmp_path(link, sizeof link, "sweep \"\\ \xff\xfe\xc3 end.csv");
+    unlink(link);
+    ASSERT_EQ(symlink(sweep, link), 0);
+    result_t r = cli("profile", "--simulate", link, "--json", NULL);
+    EXPECT_CODE(r, 0);
+    assert_valid_json_text(r.out);
+    ASSERT_CONTAINS(r.out, "\"sweep\":\"");
+    ASSERT_CONTAINS(r.out, "sweep \\\"\\\\ \\ufffd\\ufffd\\ufffd end.csv\"");
+    free_result(&r);
+    /* Its errors read like every other command's. */
+    r = cli("profile", "--bogus", NULL);
+    EXPECT_CODE(r, 2);
+    ASSERT_CONTAINS(r.err, "joulecap: unknown option '--bogus'");
+    ASSERT_CONTAINS(r.err, "joulecap profile --help");
+    free_result(&r);
+}
+
 TEST(run_output_files) {
     use_env("two-gpus", NULL, NULL);
     char csv[300], json[300];
@@ -667,5 +690,6 @@ JC_TEST_MAIN(TEST_ENTRY(help_and_version), TEST_ENTRY(usage_errors),
              TEST_ENTRY(bad_intervals), TEST_ENTRY(info_fake_gpu), TEST_ENTRY(info_driver_not_loaded),
              TEST_ENTRY(info_cpu_sources), TEST_ENTRY(info_no_energy_counter), TEST_ENTRY(info_two_gpus), TEST_ENTRY(run_exit_status),
              TEST_ENTRY(run_exec_failures), TEST_ENTRY(run_bad_gpu), TEST_ENTRY(run_unwritable_output),
-             TEST_ENTRY(run_json_energy), TEST_ENTRY(run_counter_interval), TEST_ENTRY(run_json_escaping), TEST_ENTRY(run_output_files),
+             TEST_ENTRY(run_json_energy), TEST_ENTRY(run_counter_interval), TEST_ENTRY(run_json_escaping), TEST_ENTRY(profile_json_escaping),
+             TEST_ENTRY(run_output_files),
              TEST_ENTRY(run_forwards_signals), TEST_ENTRY(monitor_rows), TEST_ENTRY(monitor_sigint))
