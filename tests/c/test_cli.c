@@ -164,11 +164,6 @@ TEST(usage_errors) {
     EXPECT_CODE(r, 2);
     free_result(&r);
 
-    r = cli("monitor", "-i", "0.1", NULL); /* no -o */
-    EXPECT_CODE(r, 2);
-    ASSERT_CONTAINS(r.err, "-o");
-    free_result(&r);
-
     r = cli("run", "--gpu", NULL);
     EXPECT_CODE(r, 2);
     free_result(&r);
@@ -613,6 +608,24 @@ TEST(monitor_rows) {
     free_result(&r);
 }
 
+/* Without -o the rows go to stdout, like nvidia-smi dmon; the summary still goes to stderr. */
+TEST(monitor_stdout) {
+    use_env("h100-constant-300w", NULL, NULL);
+    result_t r = cli("monitor", "-i", "0.1", "--", "sleep", "1", NULL);
+    EXPECT_CODE(r, 0);
+    ASSERT_TRUE(strncmp(r.out, "elapsed_s,cpu_energy_kwh,", 25) == 0);
+    int rows = count_lines(r.out) - 1;
+    if (rows < 8) JC_FAILF("only %d rows on stdout:\n%s", rows, r.out);
+    ASSERT_TRUE(strstr(r.out, "Energy") == NULL);
+    ASSERT_CONTAINS(r.err, "GPU 0");
+    ASSERT_TRUE(strstr(r.err, "Time series:") == NULL);
+    free_result(&r);
+    r = cli("help", "monitor", NULL);
+    ASSERT_CONTAINS(r.out, "[-o FILE]");
+    ASSERT_CONTAINS(r.out, "nvidia-smi dmon");
+    free_result(&r);
+}
+
 TEST(monitor_sigint) {
     use_env("h100-constant-300w", NULL, NULL);
     char csv[300];
@@ -692,4 +705,4 @@ JC_TEST_MAIN(TEST_ENTRY(help_and_version), TEST_ENTRY(usage_errors),
              TEST_ENTRY(run_exec_failures), TEST_ENTRY(run_bad_gpu), TEST_ENTRY(run_unwritable_output),
              TEST_ENTRY(run_json_energy), TEST_ENTRY(run_counter_interval), TEST_ENTRY(run_json_escaping), TEST_ENTRY(profile_json_escaping),
              TEST_ENTRY(run_output_files),
-             TEST_ENTRY(run_forwards_signals), TEST_ENTRY(monitor_rows), TEST_ENTRY(monitor_sigint))
+             TEST_ENTRY(run_forwards_signals), TEST_ENTRY(monitor_rows), TEST_ENTRY(monitor_stdout), TEST_ENTRY(monitor_sigint))
