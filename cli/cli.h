@@ -16,7 +16,7 @@ enum {
 
 /* Subcommand entry points.  argv[0] is the subcommand's own name ("cap"), its options start at argv[1]
  * (main passes argc - 1, argv + 1); `joulecap help cap` calls jc_cmd_cap(2, {"cap", "--help", NULL}).
- * Each returns the process exit code.  Shared helpers (option parsing, JSON text, errors) are in common.h. */
+ * Each returns the process exit code.  Shared helpers: options.h, errors.h, output.h, child.h, summary.h. */
 int jc_cmd_info(int argc, char **argv);
 int jc_cmd_run(int argc, char **argv);
 int jc_cmd_monitor(int argc, char **argv);

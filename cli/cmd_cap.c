@@ -7,7 +7,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "common.h"
+#include "errors.h"
+#include "output.h"
 
 static const char CAP_HELP[] =
     "Usage: joulecap cap get     [--gpu SEL] [--json]\n"

@@ -1,9 +1,12 @@
 /* joulecap info: the devices joulecap can measure, where each energy comes from, and what cannot be read
  * and why. */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
+#include "errors.h"
+#include "options.h"
+#include "output.h"
 
 static const char INFO_HELP[] =
     "Usage: joulecap info [--gpu SEL] [--json]\n"
@@ -75,9 +78,12 @@ static void print_text(jc_context *ctx, const char *gpus_sel) {
         }
         printf("\n");
     }
+    const char *fake = secure_getenv("JOULECAP_FAKE");
     if (dst == JC_OK) {
         printf("NVIDIA driver: %s; %d GPU%s selected\n", version[0] ? version : "(version unknown)", n - 1,
                n - 1 == 1 ? "" : "s");
+        if (fake && *fake)
+            printf("fake GPUs: JOULECAP_FAKE=%s, joulecap's fake NVML; nothing real is measured or changed\n", fake);
         if (note[0]) printf("note: %s\n", note);
     } else {
         printf("NVML: absent, GPUs cannot be measured - %s\n", note[0] ? note : jc_strerror(dst));
@@ -170,6 +176,9 @@ static void print_json(jc_context *ctx, const char *gpus_sel) {
         else fputs("null", f);
         jc_json_key(f, &f2, "note");
         jc_json_str(f, note);
+        const char *fake = secure_getenv("JOULECAP_FAKE");
+        jc_json_key(f, &f2, "fake");
+        jc_json_str(f, fake && *fake ? fake : NULL);
         fputc('}', f);
     }
     jc_json_key(f, &first, "devices");

@@ -1,20 +1,24 @@
-/* joulecap monitor: writes the time series (energy, utilisation, temperature, power) to a CSV file until a
- * command ends or until Ctrl-C / SIGTERM. */
+/* joulecap monitor: writes the time series (energy, utilisation, temperature, power) as CSV, to a file or to
+ * stdout (like nvidia-smi dmon), until a command ends or until Ctrl-C / SIGTERM. */
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "common.h"
+#include "child.h"
+#include "errors.h"
+#include "options.h"
+#include "output.h"
+#include "summary.h"
 
 static const char MONITOR_HELP[] =
-    "Usage: joulecap monitor -o FILE [-i SECONDS] [--gpu SEL] [--json] [-q] [-- CMD [ARGS...]]\n"
+    "Usage: joulecap monitor [-o FILE] [-i SECONDS] [--gpu SEL] [--json] [-q] [-- CMD [ARGS...]]\n"
     "\n"
-    "Writes one CSV row every SECONDS to FILE, until CMD ends (joulecap then exits with CMD's status) or,\n"
-    "without CMD, until Ctrl-C, SIGTERM or SIGHUP (joulecap then closes the file cleanly and exits 0).\n"
-    "Each row is written and flushed as soon as its energies are known, so even a killed joulecap leaves a\n"
-    "usable file.\n"
+    "Writes one CSV row every SECONDS to FILE, or without -o to stdout (like nvidia-smi dmon), until CMD ends\n"
+    "(joulecap then exits with CMD's status) or, without CMD, until Ctrl-C, SIGTERM or SIGHUP (joulecap then\n"
+    "closes the file cleanly and exits 0).  Each row is written and flushed as soon as its energies are known,\n"
+    "so even a killed joulecap leaves a usable file.\n"
     "\n"
     "Columns (empty cells where a value cannot be read; energies are since monitoring started):\n"
     "  elapsed_s, cpu_energy_kwh, cpu_util_pct, cpu_temp_c,\n"
@@ -22,7 +26,7 @@ static const char MONITOR_HELP[] =
     "  then cpu_energy_source and gpu<g>_energy_source (counter, integrated-power, rapl, estimate, none).\n"
     "\n"
     "Options:\n"
-    "  -o, --output FILE  the CSV file to write (required; '-' = stdout).  Created before CMD starts: if it\n"
+    "  -o, --output FILE  the CSV file to write (default, or '-': stdout).  Created before CMD starts: if it\n"
     "                     cannot be, CMD does not run.\n"
     "  -i, --interval S   seconds between rows, 0.001 to 86400 (default 1; '100ms' works too)\n"
     "  --counter-interval S  read the GPU energy counter only once per S seconds (0 to 60; default 0 = after\n"
@@ -38,7 +42,7 @@ static const char MONITOR_HELP[] =
     "Examples:\n"
     "  joulecap monitor -i 0.1 -o trace.csv -- python train.py\n"
     "  joulecap monitor -i 1 -o node.csv            # until Ctrl-C\n"
-    "  joulecap monitor -i 0.5 -o - --gpu 0 | head  # rows on stdout\n"
+    "  joulecap monitor -i 0.5 --gpu 0 | head       # rows on stdout\n"
     "\n"
     "Exit status: CMD's own status when it ended by itself (128+N if killed by signal N, 127 not found, 126\n"
     "not executable); 0 when stopped by a signal; 2 bad option, interval or GPU; 3 joulecap failed (for\n"
@@ -55,10 +59,10 @@ int jc_cmd_monitor(int argc, char **argv) {
         fputs(MONITOR_HELP, stdout);
         return JC_EXIT_OK;
     }
-    if (!o.output)
-        return jc_cli_usage_err("monitor", "monitor needs the CSV file to write: -o FILE (or -o - for stdout)");
     double interval = o.interval_text ? o.interval_s : 1.0;
-    const char *path = o.output; /* "-": the inherited standard output, as it is */
+    /* "-" (the default): the inherited standard output, as it is. */
+    const char *path = o.output ? o.output : "-";
+    int to_stdout = strcmp(path, "-") == 0;
 
     /* Signals first: a Ctrl-C from here on closes the file cleanly. */
     if (jc_cli_signals_install() != 0) return JC_EXIT_FAILURE;
@@ -119,7 +123,7 @@ int jc_cmd_monitor(int argc, char **argv) {
         if (!o.quiet) {
             char ibuf[32];
             fprintf(stderr, "joulecap: monitoring; a row every %s s goes to %s. Press Ctrl-C to stop.\n",
-                    jc_cli_fmt(ibuf, sizeof ibuf, interval, 3), o.output);
+                    jc_cli_fmt(ibuf, sizeof ibuf, interval, 3), to_stdout ? "stdout" : path);
         }
         s.stop_signal = jc_cli_wait_signal();
         end_ns = jc_now_ns();
@@ -137,10 +141,10 @@ int jc_cmd_monitor(int argc, char **argv) {
     if (rc) return code ? code : rc;
     if (!o.quiet) {
         jc_cli_summary_text(stderr, &s);
-        if (strcmp(o.output, "-") != 0) fprintf(stderr, " Time series: %s\n\n", o.output);
+        if (!to_stdout) fprintf(stderr, " Time series: %s\n\n", path);
     }
     if (o.json) {
-        jc_cli_summary_json(stdout, &s, "csv", o.output, interval);
+        jc_cli_summary_json(stdout, &s, "csv", path, interval);
         if (fflush(stdout) != 0 || ferror(stdout)) {
             jc_cli_err("cannot write the JSON summary to standard output: %s", strerror(errno));
             if (code == 0) code = JC_EXIT_FAILURE;

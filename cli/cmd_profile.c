@@ -8,12 +8,12 @@
  * is set (as the seed's profiler did) and WARMUP must be 0. */
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli.h"
+#include "errors.h"
+#include "output.h"
 
 static const char usage_text[] =
     "Usage: joulecap profile --simulate SWEEP.csv [options]\n"
@@ -43,58 +43,20 @@ static const char usage_text[] =
     "\n"
     "Exit status: 0 done, 2 bad command line or sweep, 3 failure.\n";
 
-static void err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void err(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("joulecap profile: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-}
-
-static int usage_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int usage_err(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("joulecap profile: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputs("\nTry 'joulecap profile --help'.\n", stderr);
-    va_end(ap);
-    return JC_EXIT_USAGE;
-}
-
 static int parse_num(const char *opt, const char *text, double lo, double hi, double *out) {
     char *end = NULL;
     errno = 0;
     double v = strtod(text, &end);
     if (end == text || *end != '\0' || errno == ERANGE || !isfinite(v)) {
-        usage_err("%s: '%s' is not a number", opt, text);
+        jc_cli_usage_err("profile", "%s: '%s' is not a number", opt, text);
         return 0;
     }
     if (v < lo || v > hi) {
-        usage_err("%s: %g is outside [%g, %g]", opt, v, lo, hi);
+        jc_cli_usage_err("profile", "%s: %g is outside [%g, %g]", opt, v, lo, hi);
         return 0;
     }
     *out = v;
     return 1;
-}
-
-static void json_str(FILE *f, const char *s) {
-    fputc('"', f);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
-        else if (c == '\n') fputs("\\n", f);
-        else if (c < 0x20) fprintf(f, "\\u%04x", c);
-        else fputc(c, f);
-    }
-    fputc('"', f);
-}
-
-static void json_num(FILE *f, double v) {
-    if (!isfinite(v)) fputs("null", f);
-    else fprintf(f, "%.10g", v);
 }
 
 typedef struct plan_entry {
@@ -108,10 +70,10 @@ static int parse_plan(const char *text, plan_entry *plan, int *n) {
     *n = 0;
     const char *p = text;
     while (*p) {
-        if (*n == MAX_PLAN) return usage_err("--plan: more than %d entries", MAX_PLAN), 0;
+        if (*n == MAX_PLAN) return jc_cli_usage_err("profile", "--plan: more than %d entries", MAX_PLAN), 0;
         char item[128];
         size_t len = strcspn(p, ",");
-        if (len == 0 || len >= sizeof item) return usage_err("--plan: bad entry near '%s'", p), 0;
+        if (len == 0 || len >= sizeof item) return jc_cli_usage_err("profile", "--plan: bad entry near '%s'", p), 0;
         memcpy(item, p, len);
         item[len] = '\0';
         p += len;
@@ -121,14 +83,15 @@ static int parse_plan(const char *text, plan_entry *plan, int *n) {
         char unit[4] = "";
         int got = sscanf(item, "%lf/%d/%lf%3s", &cap, &w, &m, unit);
         if (got < 3 || !(cap > 0) || w < 0 || !(m > 0) || (got == 4 && strcmp(unit, "s") != 0))
-            return usage_err("--plan: entry '%s' is not CAP/WARMUP/STEPS or CAP/WARMUP/SECONDSs", item), 0;
+            return jc_cli_usage_err("profile", "--plan: entry '%s' is not CAP/WARMUP/STEPS or CAP/WARMUP/SECONDSs",
+                                    item), 0;
         plan[*n].cap = cap;
         plan[*n].warmup = w;
         plan[*n].measure = m;
         plan[*n].seconds = got == 4;
         (*n)++;
     }
-    if (*n == 0) return usage_err("--plan: empty"), 0;
+    if (*n == 0) return jc_cli_usage_err("profile", "--plan: empty"), 0;
     return 1;
 }
 
@@ -136,16 +99,17 @@ static int parse_caps(const char *text, double *caps, size_t *n) {
     *n = 0;
     const char *p = text;
     while (*p) {
-        if (*n == JC_PROFILER_MAX_CAPS) return usage_err("--caps: more than %d caps", JC_PROFILER_MAX_CAPS), 0;
+        if (*n == JC_PROFILER_MAX_CAPS)
+            return jc_cli_usage_err("profile", "--caps: more than %d caps", JC_PROFILER_MAX_CAPS), 0;
         char *end = NULL;
         errno = 0;
         double v = strtod(p, &end);
         if (end == p || (*end != ',' && *end != '\0') || !isfinite(v) || !(v > 0))
-            return usage_err("--caps: '%s' is not a comma-separated list of watts", text), 0;
+            return jc_cli_usage_err("profile", "--caps: '%s' is not a comma-separated list of watts", text), 0;
         caps[(*n)++] = v;
         p = *end == ',' ? end + 1 : end;
     }
-    if (*n == 0) return usage_err("--caps: empty list"), 0;
+    if (*n == 0) return jc_cli_usage_err("profile", "--caps: empty list"), 0;
     return 1;
 }
 
@@ -175,7 +139,7 @@ static int run_plan(const jc_sweep *sw, const jc_sim_options *so, const plan_ent
                     int json) {
     jc_simgpu *g = NULL;
     jc_status st = jc_simgpu_new(sw, so, &g);
-    if (st != JC_OK) return err("%s", jc_last_detail()), JC_EXIT_USAGE;
+    if (st != JC_OK) return jc_cli_err("%s", jc_last_detail()), JC_EXIT_USAGE;
     double t0 = jc_simgpu_now(g);
     if (json) fputs("{\"plan\":[", stdout);
     for (int i = 0; i < n; i++) {
@@ -184,7 +148,7 @@ static int run_plan(const jc_sweep *sw, const jc_sim_options *so, const plan_ent
         if (st != JC_OK) {
             jc_simgpu_free(g);
             if (json) fputs("]}\n", stdout);
-            return err("%s", jc_last_detail()), JC_EXIT_USAGE;
+            return jc_cli_err("%s", jc_last_detail()), JC_EXIT_USAGE;
         }
         double t = 0, e = 0;
         for (int k = 0; k < plan[i].warmup; k++) jc_simgpu_step(g, &t, &e);
@@ -205,15 +169,15 @@ static int run_plan(const jc_sweep *sw, const jc_sim_options *so, const plan_ent
         double secs = jc_simgpu_now(g) - ws, energy = jc_simgpu_counter(g) - we;
         if (json) {
             printf("%s{\"cap_w\":", i ? "," : "");
-            json_num(stdout, plan[i].cap);
+            jc_json_num(stdout, plan[i].cap);
             printf(",\"steps\":%ld,\"seconds\":", steps);
-            json_num(stdout, secs);
+            jc_json_num(stdout, secs);
             fputs(",\"energy_j\":", stdout);
-            json_num(stdout, energy);
+            jc_json_num(stdout, energy);
             fputs(",\"time_per_step_s\":", stdout);
-            json_num(stdout, secs / steps);
+            jc_json_num(stdout, secs / steps);
             fputs(",\"avg_power_w\":", stdout);
-            json_num(stdout, energy / secs);
+            jc_json_num(stdout, energy / secs);
             fputs("}", stdout);
         } else {
             printf("%8.1f W  %6ld steps  %8.3f s  %10.3f J\n", plan[i].cap, steps, secs, energy);
@@ -222,7 +186,7 @@ static int run_plan(const jc_sweep *sw, const jc_sim_options *so, const plan_ent
     double total = jc_simgpu_now(g) - t0;
     if (json) {
         fputs("],\"profile_seconds\":", stdout);
-        json_num(stdout, total);
+        jc_json_num(stdout, total);
         fputs("}\n", stdout);
     }
     jc_simgpu_free(g);
@@ -277,20 +241,21 @@ int jc_cmd_profile(int argc, char **argv) {
                 name = with_value[k];
                 if (a[l] == '=') val = a + l + 1;
                 else if (i + 1 < argc) val = argv[++i];
-                else return usage_err("%s needs a value", name);
+                else return jc_cli_usage_err("profile", "%s needs a value", name);
                 break;
             }
         }
         if (!name) {
-            if (a[0] == '-') return usage_err("unknown option '%s'", a);
-            return usage_err("unexpected argument '%s'", a);
+            if (a[0] == '-') return jc_cli_usage_err("profile", "unknown option '%s'", a);
+            return jc_cli_usage_err("profile", "unexpected argument '%s'", a);
         }
         snprintf(namebuf, sizeof namebuf, "%s", name);
         if (!strcmp(name, "--simulate")) sweep_path = val;
         else if (!strcmp(name, "--plan")) plan_text = val;
         else if (!strcmp(name, "--caps")) caps_text = val;
         else if (!strcmp(name, "--objective")) {
-            if (jc_objective_parse(val, &cfg.objective) != JC_OK) return usage_err("%s", jc_last_detail());
+            if (jc_objective_parse(val, &cfg.objective) != JC_OK)
+                return jc_cli_usage_err("profile", "%s", jc_last_detail());
         } else if (!strcmp(name, "--max-slowdown")) {
             if (!parse_num(namebuf, val, 1e-6, 10, &cfg.max_slowdown)) return JC_EXIT_USAGE;
         } else if (!strcmp(name, "--eta")) {
@@ -303,7 +268,8 @@ int jc_cmd_profile(int argc, char **argv) {
             char *end = NULL;
             errno = 0;
             unsigned long long s = strtoull(val, &end, 10);
-            if (end == val || *end || errno || val[0] == '-') return usage_err("--seed: '%s' is not a whole number >= 0", val);
+            if (end == val || *end || errno || val[0] == '-')
+                return jc_cli_usage_err("profile", "--seed: '%s' is not a whole number >= 0", val);
             so.seed = (uint64_t)s;
         } else if (!strcmp(name, "--counter-period")) {
             if (!parse_num(namebuf, val, 0, 60, &so.counter_period_s)) return JC_EXIT_USAGE;
@@ -319,8 +285,8 @@ int jc_cmd_profile(int argc, char **argv) {
         }
     }
     if (!sweep_path)
-        return usage_err("profiling a real job is done through the Python API (joulecap.power_cap_profiler); "
-                         "this command needs --simulate SWEEP.csv");
+        return jc_cli_usage_err("profile", "profiling a real job is done through the Python API "
+                                "(joulecap.power_cap_profiler); this command needs --simulate SWEEP.csv");
     double caps[JC_PROFILER_MAX_CAPS];
     size_t ncaps = 0;
     if (caps_text && !parse_caps(caps_text, caps, &ncaps)) return JC_EXIT_USAGE;
@@ -329,12 +295,13 @@ int jc_cmd_profile(int argc, char **argv) {
     if (plan_text && !parse_plan(plan_text, plan, &nplan)) return JC_EXIT_USAGE;
     if (window_before && plan_text)
         for (int i = 0; i < nplan; i++)
-            if (plan[i].warmup) return usage_err("--plan-window-from-cap-change needs WARMUP 0 in every entry");
+            if (plan[i].warmup)
+                return jc_cli_usage_err("profile", "--plan-window-from-cap-change needs WARMUP 0 in every entry");
 
     jc_sweep *sw = NULL;
     jc_status st = jc_sweep_load(sweep_path, &sw);
     if (st != JC_OK) {
-        err("%s", jc_last_detail());
+        jc_cli_err("%s", jc_last_detail());
         return JC_EXIT_USAGE;
     }
     double mn, mx, df;
@@ -356,21 +323,21 @@ int jc_cmd_profile(int argc, char **argv) {
     jc_profiler *p = NULL;
     st = jc_profiler_new(&cfg, &p);
     if (st != JC_OK) {
-        err("%s", jc_last_detail());
+        jc_cli_err("%s", jc_last_detail());
         jc_sweep_free(sw);
         return JC_EXIT_USAGE;
     }
     jc_simgpu *g = NULL;
     st = jc_simgpu_new(sw, &so, &g);
     if (st != JC_OK) {
-        err("%s", jc_last_detail());
+        jc_cli_err("%s", jc_last_detail());
         jc_profiler_free(p);
         jc_sweep_free(sw);
         return JC_EXIT_USAGE;
     }
     st = jc_profiler_run_simulated(p, g);
     if (st != JC_OK) {
-        err("simulation failed: %s", jc_last_detail());
+        jc_cli_err("simulation failed: %s", jc_last_detail());
         jc_simgpu_free(g);
         jc_profiler_free(p);
         jc_sweep_free(sw);
@@ -384,64 +351,64 @@ int jc_cmd_profile(int argc, char **argv) {
 
     if (json) {
         fputs("{\"sweep\":", stdout);
-        json_str(stdout, sweep_path);
+        jc_json_str(stdout, sweep_path);
         fputs(",\"objective\":", stdout);
-        json_str(stdout, jc_objective_name(cfg.objective));
+        jc_json_str(stdout, jc_objective_name(cfg.objective));
         fputs(",\"cap_w\":", stdout);
-        json_num(stdout, r.cap_w);
+        jc_json_num(stdout, r.cap_w);
         printf(",\"cap_measured\":%s,\"binding\":%s", r.cap_measured ? "true" : "false",
                r.binding ? "true" : "false");
         fputs(",\"time_per_step_s\":", stdout);
-        json_num(stdout, r.time_per_step_s);
+        jc_json_num(stdout, r.time_per_step_s);
         fputs(",\"avg_power_w\":", stdout);
-        json_num(stdout, r.avg_power_w);
+        jc_json_num(stdout, r.avg_power_w);
         fputs(",\"energy_per_step_j\":", stdout);
-        json_num(stdout, r.energy_per_step_j);
+        jc_json_num(stdout, r.energy_per_step_j);
         fputs(",\"objective_value\":", stdout);
-        json_num(stdout, r.objective_value);
+        jc_json_num(stdout, r.objective_value);
         fputs(",\"energy_saving\":", stdout);
-        json_num(stdout, r.energy_saving);
+        jc_json_num(stdout, r.energy_saving);
         fputs(",\"slowdown\":", stdout);
-        json_num(stdout, r.slowdown);
+        jc_json_num(stdout, r.slowdown);
         fputs(",\"reference_cap_w\":", stdout);
-        json_num(stdout, r.reference_cap_w);
+        jc_json_num(stdout, r.reference_cap_w);
         fputs(",\"profile_seconds\":", stdout);
-        json_num(stdout, r.profile_seconds);
+        jc_json_num(stdout, r.profile_seconds);
         printf(",\"total_steps\":%d", r.total_steps);
         fputs(",\"limits\":{\"min_w\":", stdout);
-        json_num(stdout, mn);
+        jc_json_num(stdout, mn);
         fputs(",\"max_w\":", stdout);
-        json_num(stdout, mx);
+        jc_json_num(stdout, mx);
         fputs(",\"default_w\":", stdout);
-        json_num(stdout, df);
+        jc_json_num(stdout, df);
         fputs("},\"reason\":", stdout);
-        json_str(stdout, r.reason);
+        jc_json_str(stdout, r.reason);
         fputs(",\"truth\":{\"best_cap_w\":", stdout);
-        json_num(stdout, best_cap);
+        jc_json_num(stdout, best_cap);
         fputs(",\"regret\":", stdout);
-        json_num(stdout, regret);
+        jc_json_num(stdout, regret);
         fputs("},\"trials\":[", stdout);
         for (int i = 0; i < nt; i++) {
             jc_profiler_trial tr;
             jc_profiler_trial_get(p, i, &tr);
             printf("%s{\"cap_w\":", i ? "," : "");
-            json_num(stdout, tr.cap_w);
+            jc_json_num(stdout, tr.cap_w);
             printf(",\"steps\":%d,\"dropped_steps\":%d,\"start_s\":", tr.steps, tr.dropped_steps);
-            json_num(stdout, tr.start_s);
+            jc_json_num(stdout, tr.start_s);
             fputs(",\"seconds\":", stdout);
-            json_num(stdout, tr.seconds);
+            jc_json_num(stdout, tr.seconds);
             fputs(",\"energy_j\":", stdout);
-            json_num(stdout, tr.energy_j);
+            jc_json_num(stdout, tr.energy_j);
             fputs(",\"time_per_step_s\":", stdout);
-            json_num(stdout, tr.time_per_step_s);
+            jc_json_num(stdout, tr.time_per_step_s);
             fputs(",\"avg_power_w\":", stdout);
-            json_num(stdout, tr.avg_power_w);
+            jc_json_num(stdout, tr.avg_power_w);
             fputs(",\"objective\":", stdout);
-            json_num(stdout, tr.objective);
+            jc_json_num(stdout, tr.objective);
             fputs(",\"rel_se_objective\":", stdout);
-            json_num(stdout, tr.rel_se_objective);
+            jc_json_num(stdout, tr.rel_se_objective);
             fputs(",\"stop\":", stdout);
-            json_str(stdout, stop_text(tr.stop_reason));
+            jc_json_str(stdout, stop_text(tr.stop_reason));
             printf(",\"phase\":%d", tr.phase);
             fputs("}", stdout);
         }

@@ -6,7 +6,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "common.h"
+#include "child.h"
+#include "errors.h"
+#include "options.h"
+#include "output.h"
+#include "summary.h"
 
 static const char RUN_HELP[] =
     "Usage: joulecap run [-o FILE] [--json] [--gpu SEL] [-i SECONDS] [-q] [--] CMD [ARGS...]\n"

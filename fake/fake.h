@@ -1,6 +1,7 @@
 /* Internals of the fake NVML library (libjoulecap-fakenvml.so).  Not installed, not part of joulecap.
  *
- * The library exports exactly the functions of src/sources/nvml_api.h; everything declared here is hidden.
+ * The library exports exactly the functions of src/sources/nvml_api.h and joulecap_fake_configure; everything
+ * else declared here is hidden.
  * Files: scenario.c parses the scenario file, model.c is the physics (load -> power -> energy), state.c the
  * state file shared between processes, fakenvml.c the NVML entry points.  docs/fake-nvml.md is the user's
  * view of all of it. */
@@ -15,6 +16,11 @@
 #define FAKE__DECLARE(ret, name, args, required) ret name args;
 JC_NVML_FUNCTIONS(FAKE__DECLARE)
 #undef FAKE__DECLARE
+
+/* Not NVML: joulecap's JOULECAP_FAKE switch (src/sources/fake.h) calls it before nvmlInit_v2 with the scenario
+ * and the state file (NULL: as without it) that the next init uses in place of the JOULECAP_FAKE_NVML_*
+ * variables. */
+void joulecap_fake_configure(const char *scenario, const char *state_path);
 
 #pragma GCC visibility push(hidden)
 

@@ -37,6 +37,9 @@ static struct {
     unsigned long long calls_global[FAKE_MAX_ERRORS];
     unsigned long long calls_dev[FAKE_MAX_DEVICES][FAKE_MAX_ERRORS];
     char last_report[FAKE_MSG_LEN];
+    /* Set by joulecap_fake_configure (JOULECAP_FAKE); "" = read the JOULECAP_FAKE_NVML_* variables. */
+    char cfg_scenario[PATH_MAX];
+    char cfg_state[PATH_MAX];
 } lib = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 /* ------------------------------------------------------------------------------------------------------ */
@@ -272,6 +275,13 @@ static int make_private_state_file(char *msg, size_t msglen) {
     return 0;
 }
 
+void joulecap_fake_configure(const char *scenario, const char *state_path) {
+    pthread_mutex_lock(&lib.mu);
+    snprintf(lib.cfg_scenario, sizeof lib.cfg_scenario, "%s", scenario ? scenario : "");
+    snprintf(lib.cfg_state, sizeof lib.cfg_state, "%s", state_path ? state_path : "");
+    pthread_mutex_unlock(&lib.mu);
+}
+
 nvmlReturn_t nvmlInit_v2(void) {
     pthread_mutex_lock(&lib.mu);
     if (lib.refcount > 0) {
@@ -280,7 +290,7 @@ nvmlReturn_t nvmlInit_v2(void) {
     }
     char msg[FAKE_MSG_LEN];
     /* secure_getenv: a set-user-ID program using the fake takes no file names from its caller. */
-    const char *path = secure_getenv("JOULECAP_FAKE_NVML_SCENARIO");
+    const char *path = lib.cfg_scenario[0] ? lib.cfg_scenario : secure_getenv("JOULECAP_FAKE_NVML_SCENARIO");
     if (!path || !*path) {
         report("JOULECAP_FAKE_NVML_SCENARIO is not set: point it at a scenario file (see docs/fake-nvml.md)");
         return leave(NVML_ERROR_UNKNOWN);
@@ -293,7 +303,7 @@ nvmlReturn_t nvmlInit_v2(void) {
     memset(lib.calls_global, 0, sizeof lib.calls_global);
     memset(lib.calls_dev, 0, sizeof lib.calls_dev);
 
-    const char *state = secure_getenv("JOULECAP_FAKE_NVML_STATE");
+    const char *state = lib.cfg_state[0] ? lib.cfg_state : secure_getenv("JOULECAP_FAKE_NVML_STATE");
     if (state && *state) {
         if (strlen(state) >= sizeof lib.state_path) {
             report("JOULECAP_FAKE_NVML_STATE is too long");

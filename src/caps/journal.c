@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "caps_internal.h"
+#include "../sources/fake.h"
 
 #define JOURNAL_MAGIC_V1 "joulecap-cap-journal 1"
 #define JOURNAL_MAGIC "joulecap-cap-journal 2"
@@ -128,6 +129,14 @@ jc_status jc__cap_dir(const jc_cap_options *opts, char *buf, size_t len, int wri
     if (explicit_dir) {
         jc__fmt(buf, len, "%s", explicit_dir);
         st = mkdir_p(buf, 0755);
+        return st == JC_OK ? finish_dir(buf, len, writing) : st;
+    }
+    if (jc__fake_wanted()) { /* a fake GPU's journals stay beside its private state, also as root */
+        st = jc__fake_dir(buf, len);
+        size_t n = strlen(buf);
+        if (st == JC_OK && !jc__path(buf + n, len - n, "/caps"))
+            st = jc__fail(JC_ERR_INVALID_ARGUMENT, "the state directory path %s/caps is too long", buf);
+        if (st == JC_OK) st = mkdir_p(buf, 0700);
         return st == JC_OK ? finish_dir(buf, len, writing) : st;
     }
     if (usable_dir("/var/lib/joulecap") || (usable_dir("/var/lib") && mkdir_p("/var/lib/joulecap", 0755) == JC_OK)) {

@@ -1,9 +1,11 @@
 /* NVML loader: resolves the hand-declared subset with dlsym, maps errors, reads identities and power. */
 #include <dlfcn.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "fake.h"
 #include "nvml.h"
 
 static const char *nvml_text(const jc__nvml *nvml, nvmlReturn_t r) {
@@ -47,6 +49,25 @@ jc_status jc__nvml_open(jc__nvml **out, char *why, size_t whylen) {
     *out = NULL;
     const char *path = secure_getenv("JOULECAP_NVML_LIBRARY");
     if (!path || !*path) path = "libnvidia-ml.so.1";
+    /* JOULECAP_FAKE: the bundled fake NVML, with its scenario and a state file of this user's (fake.h). */
+    char fake_lib[PATH_MAX], fake_scenario[PATH_MAX], fake_state[PATH_MAX];
+    int fake = jc__fake_wanted() != NULL;
+    if (fake) {
+        jc_status st = jc__fake_nvml(fake_lib, sizeof fake_lib, fake_scenario, sizeof fake_scenario);
+        if (st == JC_OK && !secure_getenv("JOULECAP_FAKE_NVML_STATE")) {
+            st = jc__fake_dir(fake_state, sizeof fake_state);
+            size_t n = strlen(fake_state);
+            if (st == JC_OK && !jc__path(fake_state + n, sizeof fake_state - n, "/nvml.state"))
+                st = jc__fail(JC_ERR_INVALID_ARGUMENT, "JOULECAP_FAKE: state path too long");
+        } else {
+            fake_state[0] = '\0'; /* the fake reads JOULECAP_FAKE_NVML_STATE itself */
+        }
+        if (st != JC_OK) {
+            jc__fmt(why, whylen, "%s", jc_last_detail());
+            return jc__fail(JC_ERR_UNAVAILABLE, "%s", why);
+        }
+        path = fake_lib;
+    }
     jc__nvml *nvml = calloc(1, sizeof *nvml);
     if (!nvml) return jc__fail(JC_ERR_NO_MEMORY, "cannot allocate the NVML loader");
     nvml->lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
@@ -56,6 +77,17 @@ jc_status jc__nvml_open(jc__nvml **out, char *why, size_t whylen) {
                 "JOULECAP_NVML_LIBRARY to the path of libnvidia-ml.so.1", err ? err : path);
         free(nvml);
         return jc__fail(JC_ERR_UNAVAILABLE, "%s", why);
+    }
+    if (fake) {
+        jc__fake_configure_fn configure;
+        *(void **)(&configure) = dlsym(nvml->lib, JC__FAKE_CONFIGURE);
+        if (!configure) {
+            jc__fmt(why, whylen, "JOULECAP_FAKE: %s is not joulecap's fake NVML (it lacks %s)", path,
+                    JC__FAKE_CONFIGURE);
+            jc__nvml_close(nvml);
+            return jc__fail(JC_ERR_UNAVAILABLE, "%s", why);
+        }
+        configure(fake_scenario, fake_state[0] ? fake_state : NULL);
     }
 #define X(ret, name, args, req)                                                                            \
     *(void **)(&nvml->name) = dlsym(nvml->lib, #name);                                                     \

@@ -1,5 +1,6 @@
 /* Tests of the joulecap command-line tool ($JC_CLI), run as a separate process against the fake NVML
  * ($JC_FAKE_NVML with scenarios under $JC_TEST_DATA/scenarios) and fake sysfs/procfs trees. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -162,11 +163,6 @@ TEST(usage_errors) {
 
     r = cli("run", NULL);
     EXPECT_CODE(r, 2);
-    free_result(&r);
-
-    r = cli("monitor", "-i", "0.1", NULL); /* no -o */
-    EXPECT_CODE(r, 2);
-    ASSERT_CONTAINS(r.err, "-o");
     free_result(&r);
 
     r = cli("run", "--gpu", NULL);
@@ -488,6 +484,29 @@ TEST(run_json_escaping) {
     free_result(&r);
 }
 
+/* profile writes its JSON with the same escaping as run: a sweep file name that is not UTF-8 comes out as
+ * U+FFFD, so the output stays valid JSON. */
+TEST(profile_json_escaping) {
+    use_env("h100-constant-300w", NULL, NULL);
+    char sweep[600], link[300];
+    data_path(sweep, sizeof sweep, "sweeps/knee.csv");
+    tmp_path(link, sizeof link, "sweep \"\\ \xff\xfe\xc3 end.csv");
+    unlink(link);
+    ASSERT_EQ(symlink(sweep, link), 0);
+    result_t r = cli("profile", "--simulate", link, "--json", NULL);
+    EXPECT_CODE(r, 0);
+    assert_valid_json_text(r.out);
+    ASSERT_CONTAINS(r.out, "\"sweep\":\"");
+    ASSERT_CONTAINS(r.out, "sweep \\\"\\\\ \\ufffd\\ufffd\\ufffd end.csv\"");
+    free_result(&r);
+    /* Its errors read like every other command's. */
+    r = cli("profile", "--bogus", NULL);
+    EXPECT_CODE(r, 2);
+    ASSERT_CONTAINS(r.err, "joulecap: unknown option '--bogus'");
+    ASSERT_CONTAINS(r.err, "joulecap profile --help");
+    free_result(&r);
+}
+
 TEST(run_output_files) {
     use_env("two-gpus", NULL, NULL);
     char csv[300], json[300];
@@ -590,6 +609,24 @@ TEST(monitor_rows) {
     free_result(&r);
 }
 
+/* Without -o the rows go to stdout, like nvidia-smi dmon; the summary still goes to stderr. */
+TEST(monitor_stdout) {
+    use_env("h100-constant-300w", NULL, NULL);
+    result_t r = cli("monitor", "-i", "0.1", "--", "sleep", "1", NULL);
+    EXPECT_CODE(r, 0);
+    ASSERT_TRUE(strncmp(r.out, "elapsed_s,cpu_energy_kwh,", 25) == 0);
+    int rows = count_lines(r.out) - 1;
+    if (rows < 8) JC_FAILF("only %d rows on stdout:\n%s", rows, r.out);
+    ASSERT_TRUE(strstr(r.out, "Energy") == NULL);
+    ASSERT_CONTAINS(r.err, "GPU 0");
+    ASSERT_TRUE(strstr(r.err, "Time series:") == NULL);
+    free_result(&r);
+    r = cli("help", "monitor", NULL);
+    ASSERT_CONTAINS(r.out, "[-o FILE]");
+    ASSERT_CONTAINS(r.out, "nvidia-smi dmon");
+    free_result(&r);
+}
+
 TEST(monitor_sigint) {
     use_env("h100-constant-300w", NULL, NULL);
     char csv[300];
@@ -647,6 +684,156 @@ TEST(monitor_sigint) {
     free(text);
 }
 
+/* `--fake NAME` (JOULECAP_FAKE): the bundled fake NVML and scenario, found beside the built tool, with private
+ * state under $TMPDIR (XDG_RUNTIME_DIR unset), whatever JOULECAP_NVML_LIBRARY says. */
+static char saved_tmpdir[300];
+
+static void use_fake_switch(char *state_root, size_t len) {
+    use_env(NULL, NULL, NULL); /* JOULECAP_NVML_LIBRARY points nowhere: --fake must not need it */
+    const char *t = getenv("TMPDIR");
+    snprintf(saved_tmpdir, sizeof saved_tmpdir, "%s", t ? t : "");
+    unsetenv("JOULECAP_FAKE");
+    unsetenv("JOULECAP_STATE_DIR");
+    unsetenv("JOULECAP_DAEMON_SOCKET");
+    unsetenv("XDG_RUNTIME_DIR");
+    char tmp[300];
+    tmp_path(tmp, sizeof tmp, "faketmp");
+    mkdir(tmp, 0700);
+    setenv("TMPDIR", tmp, 1);
+    snprintf(state_root, len, "%s/joulecap-fake-%u", tmp, (unsigned)geteuid());
+}
+
+static void end_fake_switch(void) {
+    if (saved_tmpdir[0]) setenv("TMPDIR", saved_tmpdir, 1);
+    else unsetenv("TMPDIR");
+}
+
+/* Entries of a directory (-1 when it does not exist). */
+static int count_entries(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+TEST(fake_switch_info_and_run) {
+    char root[400];
+    use_fake_switch(root, sizeof root);
+    result_t r = cli("--fake", "h100", "info", NULL);
+    EXPECT_CODE(r, 0);
+    ASSERT_CONTAINS(r.out, "GPU 0: NVIDIA H100 80GB HBM3");
+    ASSERT_CONTAINS(r.out, "fake GPUs: JOULECAP_FAKE=h100");
+    free_result(&r);
+    r = cli("--fake=h100", "info", "--json", NULL);
+    EXPECT_CODE(r, 0);
+    assert_valid_json_text(r.out);
+    ASSERT_CONTAINS(r.out, "\"fake\":\"h100\"");
+    free_result(&r);
+    /* h100 is h100-constant-300w.scn: 300 W */
+    r = cli("--fake", "h100", "run", "--json", "-q", "--", "sleep", "1", NULL);
+    EXPECT_CODE(r, 0);
+    ASSERT_NEAR(json_number(r.out, "gpu0_energy_j") / json_number(r.out, "elapsed_s"), 300.0, 45.0);
+    free_result(&r);
+    /* A scenario by its path. */
+    char scn[600];
+    data_path(scn, sizeof scn, "scenarios/two-gpus.scn");
+    r = cli("--fake", scn, "info", NULL);
+    EXPECT_CODE(r, 0);
+    ASSERT_CONTAINS(r.out, "GPU 1:");
+    free_result(&r);
+    /* Its state is private: the folder is this user's alone. */
+    struct stat sb;
+    ASSERT_EQ(lstat(root, &sb), 0);
+    ASSERT_TRUE(S_ISDIR(sb.st_mode) && (sb.st_mode & 077) == 0 && sb.st_uid == geteuid());
+    char sub[500];
+    snprintf(sub, sizeof sub, "%s/h100-constant-300w/nvml.state", root);
+    ASSERT_TRUE(file_exists(sub));
+    /* An unknown name says which exist; --fake without a name is a usage error. */
+    r = cli("--fake", "no-such-gpu", "info", NULL);
+    EXPECT_CODE(r, 0);
+    ASSERT_CONTAINS(r.out, "JOULECAP_FAKE=no-such-gpu");
+    ASSERT_CONTAINS(r.out, "h100-sweep");
+    free_result(&r);
+    r = cli("--fake", NULL);
+    EXPECT_CODE(r, 2);
+    ASSERT_CONTAINS(r.err, "--fake h100");
+    free_result(&r);
+    end_fake_switch();
+}
+
+/* As root too, a fake GPU's cap journals stay in its private folder: nothing lands in /var/lib/joulecap, and
+ * a cap set by one process is read by the next. */
+TEST(fake_switch_caps_stay_private) {
+    char root[400];
+    use_fake_switch(root, sizeof root);
+    int var_lib_before = count_entries("/var/lib/joulecap");
+    result_t r = cli("--fake", "h100-sweep", "cap", "set", "300", NULL);
+    if (r.code != 0) show(&r);
+    EXPECT_CODE(r, 0);
+    ASSERT_CONTAINS(r.out, "via direct NVML");
+    free_result(&r);
+    r = cli("--fake", "h100-sweep", "cap", "get", "--json", NULL);
+    EXPECT_CODE(r, 0);
+    assert_valid_json_text(r.out);
+    ASSERT_CONTAINS(r.out, "\"limit_w\":300");
+    char want[600];
+    snprintf(want, sizeof want, "\"state_dir\":\"%s/h100-sweep/caps\"", root);
+    ASSERT_CONTAINS(r.out, want);
+    free_result(&r);
+    char caps[500];
+    snprintf(caps, sizeof caps, "%s/h100-sweep/caps", root);
+    ASSERT_TRUE(count_entries(caps) > 0);
+    struct stat sb;
+    ASSERT_EQ(lstat(caps, &sb), 0);
+    ASSERT_TRUE((sb.st_mode & 077) == 0);
+    ASSERT_EQ(count_entries("/var/lib/joulecap"), var_lib_before);
+    /* Other scenarios have their own fake GPU: h100 was not capped. */
+    r = cli("--fake", "h100", "cap", "get", "--json", NULL);
+    EXPECT_CODE(r, 0);
+    ASSERT_CONTAINS(r.out, "\"limit_w\":700");
+    free_result(&r);
+    r = cli("--fake", "h100-sweep", "cap", "reset", NULL);
+    EXPECT_CODE(r, 0);
+    free_result(&r);
+    end_fake_switch();
+}
+
+/* --help names every environment variable; `help` lists the installed reference docs and prints one. */
+TEST(help_environment_and_topics) {
+    use_env("h100-constant-300w", NULL, NULL);
+    result_t r = cli("--help", NULL);
+    EXPECT_CODE(r, 0);
+    const char *vars[] = {"JOULECAP_FAKE ",        "JOULECAP_NVML_LIBRARY", "JOULECAP_FAKE_NVML_SCENARIO",
+                          "JOULECAP_FAKE_NVML_STATE", "JOULECAP_SYSFS_ROOT", "JOULECAP_PROC_ROOT",
+                          "JOULECAP_STATE_DIR",    "JOULECAP_DAEMON_SOCKET", "JOULECAP_CLI",
+                          "CUDA_VISIBLE_DEVICES",  "XDG_RUNTIME_DIR",       "--fake NAME",
+                          "joulecap help"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) ASSERT_CONTAINS(r.out, vars[i]);
+    free_result(&r);
+    r = cli("help", NULL);
+    EXPECT_CODE(r, 0);
+    ASSERT_CONTAINS(r.out, "fake-nvml");
+    ASSERT_CONTAINS(r.out, "The `joulecap` command-line tool");
+    free_result(&r);
+    r = cli("help", "fake-nvml", NULL);
+    EXPECT_CODE(r, 0);
+    ASSERT_CONTAINS(r.out, "# The fake NVML library");
+    ASSERT_CONTAINS(r.out, "JOULECAP_FAKE");
+    free_result(&r);
+    r = cli("help", "cli.md", NULL);
+    EXPECT_CODE(r, 0);
+    ASSERT_CONTAINS(r.out, "joulecap monitor");
+    free_result(&r);
+    r = cli("help", "no-such-topic", NULL);
+    EXPECT_CODE(r, 2);
+    ASSERT_CONTAINS(r.err, "no-such-topic");
+    ASSERT_CONTAINS(r.err, "python");
+    free_result(&r);
+}
+
 static void cleanup(void) {
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
@@ -667,5 +854,8 @@ JC_TEST_MAIN(TEST_ENTRY(help_and_version), TEST_ENTRY(usage_errors),
              TEST_ENTRY(bad_intervals), TEST_ENTRY(info_fake_gpu), TEST_ENTRY(info_driver_not_loaded),
              TEST_ENTRY(info_cpu_sources), TEST_ENTRY(info_no_energy_counter), TEST_ENTRY(info_two_gpus), TEST_ENTRY(run_exit_status),
              TEST_ENTRY(run_exec_failures), TEST_ENTRY(run_bad_gpu), TEST_ENTRY(run_unwritable_output),
-             TEST_ENTRY(run_json_energy), TEST_ENTRY(run_counter_interval), TEST_ENTRY(run_json_escaping), TEST_ENTRY(run_output_files),
-             TEST_ENTRY(run_forwards_signals), TEST_ENTRY(monitor_rows), TEST_ENTRY(monitor_sigint))
+             TEST_ENTRY(run_json_energy), TEST_ENTRY(run_counter_interval), TEST_ENTRY(run_json_escaping), TEST_ENTRY(profile_json_escaping),
+             TEST_ENTRY(run_output_files),
+             TEST_ENTRY(run_forwards_signals), TEST_ENTRY(monitor_rows), TEST_ENTRY(monitor_stdout), TEST_ENTRY(monitor_sigint),
+             TEST_ENTRY(fake_switch_info_and_run), TEST_ENTRY(fake_switch_caps_stay_private),
+             TEST_ENTRY(help_environment_and_topics))
