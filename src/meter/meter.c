@@ -400,6 +400,23 @@ jc_status jc_energy_between(jc_context *ctx, uint64_t t0, uint64_t t1, double ti
     return st;
 }
 
+/* Resolves each device's energy at the epoch if the coordinator has not yet; 1 when all are (lock held). */
+static int resolve_epochs(jc_context *ctx) {
+    int all = 1;
+    for (int i = 0; i < ctx->ndev; i++) {
+        jc__device *d = &ctx->dev[i];
+        if (d->epoch_resolved) continue;
+        jc__edge e = {0};
+        if (ctx->epoch_ns && resolve_one(ctx, i, ctx->epoch_ns, &e, 0)) {
+            d->epoch_resolved = 1;
+            d->epoch_j = e.e;
+        } else {
+            all = 0;
+        }
+    }
+    return all;
+}
+
 jc_status jc_energy_at(jc_context *ctx, const uint64_t *t_ns, size_t n, double timeout_s, double *energy_j) {
     if (!ctx || (n && (!t_ns || !energy_j))) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_energy_at: NULL argument");
     jc_status st = check_timeout(timeout_s);
@@ -412,7 +429,7 @@ jc_status jc_energy_at(jc_context *ctx, const uint64_t *t_ns, size_t n, double t
     pthread_mutex_lock(&ctx->lock);
     /* Wait until the latest instant resolves for every device (then every earlier one has too). */
     jc__edge last[JC_MAX_DEVICES] = {{0}};
-    while (!jc__resolve_edge(ctx, latest, last, 1)) {
+    while (!jc__resolve_edge(ctx, latest, last, 1) || !resolve_epochs(ctx)) {
         if (jc_now_ns() >= deadline) {
             st = jc__fail(JC_ERR_TIMEOUT, "the samples after the latest of %zu instants have not arrived within %g s",
                           n, timeout_s);
