@@ -51,7 +51,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from . import _joulecap
 from .errors import InvalidArgument, JoulecapWarning, StateError
-from .measurement import _check_path, _create_file, _Devices, _ESTIMATED_SOURCES, _gpu_selection, _open_context
+from ._common import _check_path, _create_file, _Devices, _gpu_selection, _open_context, _register, _source_notes
 
 __all__ = ["LayerwiseMeasurementTool", "LayerwiseResult"]
 
@@ -2030,8 +2030,6 @@ class LayerwiseMeasurementTool:
         self._used = False
         self._device_type = "cpu"
         self.result: Optional[LayerwiseResult] = None
-        from .measurement import _register
-
         _register(self)
 
     # -- properties --------------------------------------------------------------------------------------------
@@ -2220,13 +2218,7 @@ class LayerwiseMeasurementTool:
                 continue  # a row that never ran: an outside row unused, a layer seen only in a replay capture step
             result_rows.append(_row_dict(run, r, row, energies[r], labels, total_j, attribution[r], whole))
         sources = dict(zip(labels, whole["source"]))
-        estimates = {}
-        for label, src, info in zip(labels, whole["source"], self._devices.info):
-            note = info.get("energy_note", "")
-            if src in _ESTIMATED_SOURCES:
-                estimates[label] = note or _ESTIMATED_SOURCES[src]
-            elif src == "none":
-                estimates[label] = "not measured: " + (note or "no energy source")
+        estimates = _source_notes(labels, whole["source"], self._devices.info)
         # A device that stalled or was lost during the run: its total covers part of it and its layers have none.
         coverage = dict(zip(labels, whole.get("coverage", [1.0] * len(labels))))
         states = dict(zip(labels, whole.get("state", ["ok"] * len(labels))))
