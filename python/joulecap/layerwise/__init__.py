@@ -14,8 +14,9 @@ How it works (docs/python.md, "Layer-wise", says it for users), module by module
 * ``clock``: on the CPU a marker is a CLOCK_MONOTONIC time (the library's clock); on a GPU a CUDA event, turned
   into a host time later through an anchor event (durations exact to the event resolution; ``result.clock``
   reports the placement's precision).
-* ``resolve``: now and then, the intervals get their energy from the library's series, in groups of at least
-  1 ms split by time, so intervals inside one counter step share its average power (``mode="attribute"``).
+* ``resolve``: now and then, the markers get the cumulative energy of every device at their times from the
+  library (interpolated as its windows are) and each interval the difference, so intervals inside one counter
+  step share its average power (``mode="attribute"``).
 * ``sampling``, ``bursts``: the layers' hooks run on sampled steps only, within ``max_overhead``; on a GPU in
   bursts behind GPU-side leads, whose work gets the power measured over the burst.
 * ``attribution``: at stop(), the steps not sampled are given to the rows; ``replay`` (``mode="replay"``) runs

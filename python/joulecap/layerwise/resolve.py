@@ -1,10 +1,10 @@
 """Resolve passes: the markers' times and energies, and the intervals between them given to their slots.
 
-A pass converts the completed markers to host times (clock.py), gives the intervals energy in groups spanning at
-least 1 ms (one ``energy_between`` each, split by time inside the group), and adds each interval's time and
-energy to the slot that owns it.  The marker that starts the oldest interval still open stays, for the next pass.
-Passes run at most every ``resolve_interval`` (from the model's forward pre-hook) or when markers pile up, never
-inside a burst, and once at stop().
+A pass converts the completed markers to host times (clock.py), asks the library for the cumulative energy of
+every device at each of them in one call (``energy_at``, interpolated as the library's windows are), and adds
+each interval's time and energy (the difference of two instants) to the slot that owns it.  The marker that
+starts the oldest interval still open stays, for the next pass.  Passes run at most every ``resolve_interval``
+(from the model's forward pre-hook) or when markers pile up, never inside a burst, and once at stop().
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from typing import Any, List, Optional
 
 from .bursts import _Burst
 
-_GROUP_NS = 1_000_000  # intervals are given energy in groups spanning at least this (1 ms)
-
 
 class _Resolver:
     """Part of _Run: the resolve passes, and the library window kept at the oldest open interval."""
@@ -28,6 +26,8 @@ class _Resolver:
         self.passes = 0
         self.resolve_ns = 0  # host time spent in resolve passes while measuring
         self.keep_win: Optional[Any] = None  # (window id, start ns) opened at mt[0]
+        # the devices with an energy source (a device without one has NaN everywhere: nothing to wait for)
+        self.measured = [i for i, d in enumerate(devices_info) if d.get("energy_source") != "none"]
 
     def maybe_resolve(self) -> None:
         if self.burst_left > 0 or self.burst_mark0 is not None:
@@ -38,9 +38,11 @@ class _Resolver:
             self.resolve(force=False)
 
     def resolve(self, force: bool = False, final_timeout: Optional[float] = None) -> None:
-        """Converts completed markers to host times, then gives each interval whose samples exist its energy.
+        """Converts completed markers to host times, then gives each interval whose energies are known its time
+        and energy.
 
-        final_timeout: at stop(), wait that long for the samples after the last marker."""
+        force: wait for half of the markers pending on the GPU (bounds them).  final_timeout: at stop(), wait that
+        long for the samples after the last marker."""
         if not self.lock.acquire(final_timeout is not None):  # a pass already running elsewhere is enough
             return
         t_in = time.perf_counter_ns()
@@ -49,50 +51,33 @@ class _Resolver:
             mt, ms, mh = self.mt, self.ms, self.mh
             if final_timeout is None:
                 self.clock.maybe_reanchor()
-            self.k = self.clock.convert(mt, self.k, force or final_timeout is not None)
-            k = self.k
+            k = self.k = self.clock.convert(mt, self.k, force or final_timeout is not None)
             ctx = self.tool._ctx
-            acc_t, acc_e, acc_th = self.acc_t, self.acc_e, self.acc_th
             timeout = 0.0 if final_timeout is None else final_timeout
-            ndev = self.ndev
-            group = _GROUP_NS
             j = 0
-            while j + 1 < k:
-                # A group: consecutive intervals spanning >= 1 ms (or the last ones).  Its energy comes from one
-                # energy_between; inside it, energy is split by time, as the sampler's linear interpolation does
-                # anyway between its knots (10 ms for RAPL and instant power, 100 ms for the GPU counter).
-                tj = mt[j]
-                g = j + 1
-                while g < k - 1 and mt[g] - tj < group:
-                    g += 1
-                tg = mt[g]
-                if tg > tj:
-                    r = ctx.energy_between(tj, tg, timeout)
-                    if not r["resolved"]:
-                        break
-                    e = r["energy_j"]
-                    if j == 0 and self.keep_win is not None and self.keep_win[1] == tj:
-                        e = self._gone_fallback(e, r["source"], tg)
-                    span = tg - tj
-                    t0 = tj
-                    if ndev == 2 and not self.open_lead_slots:  # the usual case (CPU + one GPU), unrolled
-                        p0, p1 = e[0] / span, e[1] / span
-                        for i in range(j, g):
-                            t1 = mt[i + 1]
-                            dt = t1 - t0
-                            if dt:
-                                sl = ms[i]
-                                acc_t[sl] += dt
-                                row = acc_e[sl]
-                                row[0] += p0 * dt
-                                row[1] += p1 * dt
-                            t0 = t1
-                    else:  # any number of devices, and the bursts followed
-                        self._accumulate(j, g, [v / span for v in e])
-                if mh is not None:
-                    for i in range(j, g):
-                        acc_th[ms[i]] += mh[i + 1] - mh[i]
-                j = g
+            if k > 1:
+                energy, complete = ctx.energy_at(mt[:k], timeout)
+                n = self._known(energy, ctx)
+                if final_timeout is not None:
+                    # Complete, yet not every device known: the library's base energy (at the context's start),
+                    # set by its coordinator just after the first samples, was not there yet.
+                    deadline = time.monotonic() + final_timeout
+                    while complete and n < k and time.monotonic() < deadline:
+                        time.sleep(0.005)
+                        energy, complete = ctx.energy_at(mt[:k], timeout)
+                        n = self._known(energy, ctx)
+                if n > 1:
+                    if self.keep_win is not None and self.keep_win[1] == mt[0]:
+                        self._gone_fallback(energy)
+                    if self.open_lead_slots:
+                        self._accumulate_bursts(energy, n)
+                    else:
+                        self._accumulate(energy, n)
+                    if mh is not None:
+                        acc_th = self.acc_th
+                        for sl, h0, h1 in zip(ms, mh, mh[1:n]):
+                            acc_th[sl] += h1 - h0
+                    j = n - 1
             if j:
                 del mt[:j]
                 del ms[:j]
@@ -110,27 +95,67 @@ class _Resolver:
                 self.resolve_ns += time.perf_counter_ns() - t_in
             self.lock.release()
 
-    def _accumulate(self, j: int, g: int, rates: List[float]) -> None:
-        """The intervals j..g-1 of one group, with the group's power per device: their time and energy added to
-        their slots, and, once leads were enqueued, followed through the bursts: an opening lead opens one, the
-        intervals after it belong to it (short leads apart), the next step not sampled closes it."""
+    def _known(self, energy: List[List[float]], ctx: Any) -> int:
+        """How many markers, from the first, have their energies for good.  A device's energy is NaN past its
+        latest sample: a device still sampled will have it, so the markers there wait for the next pass; a
+        stalled or lost device will not, and holds nothing back (the library's windows give up on it likewise).
+        NaN at the start is history no longer kept; NaN everywhere, a device with no sample after the markers
+        yet, or a base energy not known yet (see resolve): nothing is known."""
+        k = n = len(energy)
+        last = energy[k - 1]
+        states = None
+        for d in self.measured:
+            if last[d] == last[d]:  # (not NaN: every marker is known for d)
+                continue
+            if states is None:
+                states = [info["state"] for info in ctx.devices()]
+            if states[d] in ("stalled", "lost"):
+                continue
+            lo = 0
+            while lo < n and energy[lo][d] != energy[lo][d]:
+                lo += 1
+            if lo >= n:
+                return 0  # no sample of d after any marker yet
+            hi = n  # energy[lo][d] is known, energy[hi][d] (or beyond the list) is not: bisect the first NaN
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if energy[mid][d] == energy[mid][d]:
+                    lo = mid
+                else:
+                    hi = mid
+            n = hi
+        return n
+
+    def _accumulate(self, energy: List[List[float]], n: int) -> None:
+        """The intervals between markers 0..n-1: their time and energy added to their slots."""
+        mt = self.mt
+        acc_t, acc_e = self.acc_t, self.acc_e
+        devices = range(self.ndev)
+        for sl, t0, t1, e0, e1 in zip(self.ms, mt, mt[1:n], energy, energy[1:n]):
+            if t1 != t0:
+                acc_t[sl] += t1 - t0
+                row = acc_e[sl]
+                for d in devices:
+                    row[d] += e1[d] - e0[d]
+
+    def _accumulate_bursts(self, energy: List[List[float]], n: int) -> None:
+        """_accumulate, once leads were enqueued, following the bursts: an opening lead opens one, the intervals
+        after it belong to it (short leads apart), the next step not sampled closes it."""
         mt, ms = self.mt, self.ms
         acc_t, acc_e = self.acc_t, self.acc_e
         ndev = self.ndev
         open_slots, plain_slots = self.open_lead_slots, self.plain_slots
         b = self.burst
-        t0 = mt[j]
-        for i in range(j, g):
-            t1 = mt[i + 1]
+        for sl, t0, t1, e0, e1 in zip(ms, mt, mt[1:n], energy, energy[1:n]):
             dt = t1 - t0
-            sl = ms[i]
+            de = [e1[d] - e0[d] for d in range(ndev)]
             if sl in open_slots:
                 if b is not None:
                     self._close_burst(b, t0)
                 b = self.burst = _Burst(sl, t0, t1, ndev, self.n_bursts)
                 self.n_bursts += 1
                 for d in range(ndev):
-                    b.lead_e[d] += rates[d] * dt
+                    b.lead_e[d] += de[d]
             elif b is not None:
                 if sl in plain_slots:
                     self._close_burst(b, t0)
@@ -139,7 +164,7 @@ class _Resolver:
                     b.inner.append((t0, t1))
                     b.inner_t += dt
                     for d in range(ndev):
-                        b.inner_e[d] += rates[d] * dt
+                        b.inner_e[d] += de[d]
                 else:
                     rec = b.slots.get(sl)
                     if rec is None:
@@ -147,18 +172,17 @@ class _Resolver:
                     rec[0] += dt
                     er = rec[1]
                     for d in range(ndev):
-                        er[d] += rates[d] * dt
+                        er[d] += de[d]
                     b.marks += 1
             if dt:
                 acc_t[sl] += dt
                 row = acc_e[sl]
                 for d in range(ndev):
-                    row[d] += rates[d] * dt
-            t0 = t1
+                    row[d] += de[d]
 
     def _keep(self, ctx: Any, t0: int) -> None:
         """Keeps a library window open at the start of the oldest open interval: if no marker comes for longer
-        than the sampler's history (minutes), energy_between cannot go back that far, but the window can."""
+        than the sampler's history (minutes), energy_at cannot go back that far, but the window can."""
         if self.keep_win is not None and self.keep_win[1] == t0:
             return
         self._drop_keep(ctx)
@@ -175,15 +199,21 @@ class _Resolver:
                 pass
             self.keep_win = None
 
-    def _gone_fallback(self, e: List[float], sources: List[str], t1: int) -> List[float]:
-        if not any(math.isnan(v) and s != "none" for v, s in zip(e, sources)):
-            return e
+    def _gone_fallback(self, energy: List[List[float]]) -> None:
+        """Where the energy at the first marker (the kept window's start) is no longer in the history, takes the
+        first interval's energy from the window instead: energy[0] becomes energy[1] less it."""
+        first, second = energy[0], energy[1]
+        gone = [d for d in self.measured if math.isnan(first[d])]
+        if not gone:
+            return
         ctx = self.tool._ctx
         w = self.keep_win[0]  # type: ignore[index]
         self.keep_win = None
         try:
-            ctx.stop_at(w, t1)
+            ctx.stop_at(w, self.mt[1])
             r = ctx.result(w, 10.0)
-            return [a if math.isnan(b) else b for a, b in zip(e, r["energy_j"])]
         finally:
             ctx.release(w)
+        first = energy[0] = list(first)
+        for d in gone:
+            first[d] = second[d] - r["energy_j"][d]
