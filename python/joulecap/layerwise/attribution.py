@@ -98,16 +98,14 @@ def _apply_replay(run: Any, energies: Dict[int, List[List[float]]], power: Dict[
                   attribution: Dict[int, str], ndev: int) -> Dict[str, List[Optional[float]]]:
     """Gives the replayed layers their replayed power, scaled to what was measured, per phase and device.
 
-    The pool is every layer row of the phase: its measured (interval) energy, summed, is kept, and split by
-    time x power, where a replayed row's power is its replayed power and a row not replayed keeps its measured
-    power.  So one factor k maps the powers alone onto the network (a GEMM alone at the power limit runs at lower
-    clocks than among lighter layers), estimated from as much of the pool as was replayed: where every layer
-    was replayed this is the replayed rows' split of their own energy, and where only a few were (a ResNet's
-    layers above replay_min_share), they get about their own power instead of absorbing the whole pool's
-    difference from it (the split among the replayed rows alone gave ResNet-50's 19 replayed layers of 161 a
-    scale of ~0.8 on the H200, and them a 20% error; this one 0.94-0.96 and 6.5-7.3%).  The outside rows keep
-    their measured energy, so every column still adds up to the whole run.  Returns k per phase and device
-    (None: not applied)."""
+    The pool is every layer row of the phase: its measured (interval) energy, summed, is kept, and split by time x
+    power, where a replayed row's power is its replayed power and a row not replayed keeps its measured power.  So
+    one factor k maps the powers alone onto the network (a GEMM alone at the power limit runs at lower clocks than
+    among lighter layers), estimated from as much of the pool as was replayed: where every layer was replayed this
+    is the replayed rows' split of their own energy, and where only a few were (the layers above replay_min_share),
+    they get about their own power instead of absorbing the whole pool's difference from it, as a split among the
+    replayed rows alone would have them do.  The outside rows keep their measured energy, so every column still adds
+    up to the whole run.  Returns k per phase and device (None: not applied)."""
     scale: Dict[str, List[Optional[float]]] = {}
     for r in power:
         attribution[r] = "replay"
@@ -142,4 +140,3 @@ def _apply_replay(run: Any, energies: Dict[int, List[List[float]]], power: Dict[
                     energies[r][0][i] = e * tf / (tf + tb)
                     energies[r][1][i] = e * tb / (tf + tb)
     return scale
-

@@ -136,16 +136,16 @@ class _Bursts:
     def refine_work_power(self) -> None:
         """At stop(): the power of the bursts' work measured over the whole run, where that is better conditioned.
 
-        A burst's interior holds work and short leads, E = P_work x work + P_wait x leads, and P_wait is taken
-        from the opening lead: an error in it moves P_work by (leads / work) times as much, and where the hooks
-        slow the host a lot the short leads fill most of the burst (2/3 on a transformer layer: P_work came out
-        above the card's power limit).  The steps not sampled do the same work without the tool: their energy
-        is P_work x busy + P_wait x idle, busy = their number x the GPU time of a sampled step (the bursts'
-        work per step, leads apart), idle = their time beyond it.  Where idle / busy is the smaller ratio (a
-        GPU-bound job: no idle time), P_work from those steps, measured over most of the run, replaces the
-        bursts' own, and a burst too short for an interior gets it in any case; otherwise the bursts' stays.
-        Never where idle exceeds busy (_MAX_IDLE_PER_BUSY): a short run whose only step not sampled is a slow
-        warm-up gave 2.3 times the card's power that way.  ``result.clock["work_power"]`` gives both per phase."""
+        A burst's interior holds work and short leads, E = P_work x work + P_wait x leads, and P_wait is taken from
+        the opening lead: an error in it moves P_work by (leads / work) times as much, and where the hooks slow the
+        host a lot the short leads fill most of the burst.  The steps not sampled do the same work without the tool:
+        their energy is P_work x busy + P_wait x idle, busy = their number x the GPU time of a sampled step (the
+        bursts' work per step, leads apart), idle = their time beyond it.  Where idle / busy is the smaller ratio (a
+        GPU-bound job: no idle time), P_work from those steps, measured over most of the run, replaces the bursts'
+        own, and a burst too short for an interior gets it in any case; otherwise the bursts' stays.
+        Never where idle exceeds busy (_MAX_IDLE_PER_BUSY): there the waiting power's error dominates (a short
+        run whose only step not sampled is a slow warm-up).  ``result.clock["work_power"]`` gives both per
+        phase."""
         for ph in (TRAIN, INFER):
             bursts = [b for b in self.bursts_done if self.rows[b.lead_slot // 2].phase == ph]
             u = self.outside.get((OUTSIDE_UNSAMPLED, ph))

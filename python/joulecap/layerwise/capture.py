@@ -144,13 +144,12 @@ class _Capturing:
 
     def begin_capture(self, ph: int) -> None:
         """Replay needs each layer's inputs and output gradients.  Taking them costs host time (a graph walk per
-        call, copies) and GPU time (the copies) in the step that takes them, and a sampled step is what the rows
-        are made of: with few sampled steps (5-6 in 30 s of ResNet-50 training on the H200) one such step is a
-        fifth of them.  So they are taken in the phase's first warm-up step, which is never sampled anyway: the
-        layers' hooks run with the markers muted (the step keeps its one "not sampled" interval, its extra time
-        goes to "(outside) other" like the rest of the warm-up's), and the calls they count are taken back at
-        the step's end (end_capture).  Without a warm-up step (warmup_steps=0, sample="all") the first sampled
-        call of each layer captures, as before."""
+        call, copies) and GPU time (the copies) in the step that takes them, and a sampled step is what the rows are
+        made of, and with few sampled steps one such step weighs much.  So they are taken in the phase's first
+        warm-up step, which is never sampled anyway: the layers' hooks run with the markers muted (the step keeps
+        its one "not sampled" interval, its extra time goes to "(outside) other" like the rest of the warm-up's),
+        and the calls they count are taken back at the step's end (end_capture).  Without a warm-up step
+        (warmup_steps=0, sample="all") the first sampled call of each layer captures."""
         self.captured[ph] = True
         if not self.attached:
             self.attach()
@@ -193,4 +192,3 @@ class _Capturing:
                 g = grad_outputs[nr]
                 if g is not None:
                     cap.grads[pos] = _TensorSpec(g, mb, self.torch)
-

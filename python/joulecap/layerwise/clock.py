@@ -119,7 +119,7 @@ class _CudaClock:
 
         With real CUDA events it skips torch's Python wrappers: the stream current at begin() is cached, and a
         marker asks only for the raw handle of the current stream (one cheap call) to check it is still that one;
-        when it is not (work under ``torch.cuda.stream(s)``), the marker goes on the current stream as before."""
+        when it is not (work under ``torch.cuda.stream(s)``), the marker goes on that stream."""
         pool = self._pool
         pop = pool.pop
         new = self._new_event

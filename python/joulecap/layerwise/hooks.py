@@ -32,19 +32,18 @@ def _walk_call_nodes(roots: List[Any], b: int, leaf: bool = True) -> Tuple[List[
     above b (created after its inputs' nodes).  Returns (roots among them, lowest and highest number, the node
     whose end is the end of the call's backward).
 
-    That end node is the last of them to run that hands a gradient to the layer's inputs (an edge to a node
-    numbered b or below), the engine running the highest ready number first; where no input takes a gradient,
-    the last of them to run (the lowest number).  Not simply the lowest number: under autocast a layer whose
-    input is already in the autocast dtype first creates its weight's cast node, which runs after the node that
-    computes the input's gradient, and in between the engine adds that gradient to the others the input gets
-    (the residual path): a whole tensor-sized add that is not the layer's (ResNet's first 1x1 convolution of
-    each block measured +60% on the H100, the size of that add).  A post-hook runs before the engine adds the
-    node's outputs.  For a module with children (leaf False) the end stays the lowest number: the merges of the
-    gradients its own branches give its inputs (a residual block's) are its work.
+    That end node is the last of them to run that hands a gradient to the layer's inputs (an edge to a node numbered
+    b or below), the engine running the highest ready number first; where no input takes a gradient, the last of
+    them to run (the lowest number).  Not simply the lowest number: under autocast a layer whose input is already in
+    the autocast dtype first creates its weight's cast node, which runs after the node that computes the input's
+    gradient, and in between the engine adds that gradient to the others the input gets (the residual path): a whole
+    tensor-sized add that is not the layer's.  A post-hook runs before the engine adds the node's outputs.  For a
+    module with children (leaf False) the end stays the lowest number: the merges of the gradients its own branches
+    give its inputs (a residual block's) are its work.
 
     Every node object seen is kept until the walk ends: torch makes a node's Python object on demand and drops
     it with its last reference, so the id() of a dropped one can come back for another node, which a set of
-    ids would then skip (it cut multi-head attention's backward short, to its output projection, on the H100)."""
+    ids would then skip (cutting a backward short)."""
     lo, hi, last = _MAX_SEQ, -1, None
     end, end_s = None, _MAX_SEQ
     firsts = []
@@ -466,4 +465,3 @@ class _Hooks:
             if t.requires_grad and t.grad_fn is not None and not any(t.grad_fn is n for n in seen):
                 seen.append(t.grad_fn)
                 t.grad_fn.register_prehook(on_root)
-

@@ -197,11 +197,9 @@ def _run_until(run_once: Callable[[], None], per: int, end_ns: int, now: Callabl
                record: Optional[Callable[[], Any]] = None, ahead: int = 4) -> int:
     """Calls run_once (``per`` layer calls each) until ``end_ns`` (at least twice) and returns the layer calls.
 
-    On a GPU (``record``: records an event after a launch and returns it) the host keeps at most ``ahead`` launches queued: a launch
-    returns at once, so without that the host queued launches until the CUDA launch queue was full, and the
-    GPU then worked that off after the deadline (on the H200, ResNet-50's stem convolution, 7 ms a graph
-    launch, ran 7.2 s for a 1 s replay, and the whole replay took 35 s for 10 layers).  With ``ahead`` queued
-    the GPU still runs them back to back."""
+    On a GPU (``record``: records an event after a launch and returns it) the host keeps at most ``ahead``
+    launches queued: a launch returns at once, so the host would otherwise fill the CUDA launch queue and the
+    GPU work it off long after the deadline.  With ``ahead`` queued the GPU still runs them back to back."""
     queued: Deque[Any] = collections.deque()
     calls = 0
     while calls < 2 or now() < end_ns:

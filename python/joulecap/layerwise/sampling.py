@@ -218,10 +218,9 @@ class _Sampling:
         for about the host time those markers took beyond their GPU time, so that it runs the next ones back to
         back instead of waiting on the host between kernels.
 
-        No lead while the GPU has not reached the end of the previous one (its marker's event is not done): it
-        is behind the host already, and a lead then would fill the launch queue, block the host, and the
-        blocked time would make the next lead longer still (a feedback seen on the H100: short leads grew to
-        their 0.1 s cap and cost more than the sampled steps).  For the same reason the host time per marker
+        No lead while the GPU has not reached the end of the previous one (its marker's event is not done): it is
+        behind the host already, and a lead then would fill the launch queue, block the host, and the blocked time
+        would make the next lead longer still, up to the 0.1 s cap.  For the same reason the host time per marker
         used is the least seen in the burst: blocking only ever adds to it."""
         now = time.perf_counter_ns()
         n = len(self.mt)
@@ -248,4 +247,3 @@ class _Sampling:
         self.mark(slot)
         self.lead_end = self.mt[-1] if ok else None
         self.check_at = len(self.mt) + LEAD_EVERY
-

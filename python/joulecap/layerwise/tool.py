@@ -308,7 +308,3 @@ def _model_device(model: Any, torch: Any) -> Any:
             "device; move it with model.to(device)" % ", ".join(sorted(str(d) for d in devs))
         )
     return next(iter(devs))
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Rows
