@@ -17,7 +17,8 @@ from .errors import JoulecapError
 from .io import read_csv
 from .caps import CapReset, PowerCap, get_power_cap, reset_power_cap, restore_power_caps, set_power_cap
 from .profiler import PowerCapOptimizer, ProfileResult, power_cap_profiler
-from .measurement import AsynchronousMeasurementTool, EnergyMeasurementTool, LayerwiseMeasurementTool, Measurement
+from .measurement import AsynchronousMeasurementTool, EnergyMeasurementTool, Measurement
+from .layerwise import LayerwiseMeasurementTool
 
 __version__ = "0.1.0"
 __lib_version__ = _LIB_VERSION
@@ -47,7 +48,7 @@ __all__ = [
 def devices(gpu_num="all"):
     """The devices joulecap would measure for gpu_num: a list of dicts, device 0 the CPU, then GPUs in CUDA
     order, each with its energy source and, where a value is estimated or missing, the reason."""
-    from .measurement import _gpu_selection
+    from ._common import _gpu_selection
     from ._joulecap import Context
 
     with Context(_gpu_selection(gpu_num)) as ctx:

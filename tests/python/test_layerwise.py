@@ -860,7 +860,7 @@ def test_cuda_clock_reanchors_and_measures_drift():
 def test_tool_with_event_clock(cpu_fake, monkeypatch):
     """The whole pipeline with markers as (fake) CUDA events: resolved lazily, bounded, rows add up."""
     gpu = FakeGPU(ppm=50.0)
-    monkeypatch.setattr(lw, "_HostClock", lambda: fake_clock(gpu))
+    monkeypatch.setattr(lw.tool, "_HostClock", lambda: fake_clock(gpu))
     model = Net()
     tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_pending=64, resolve_interval=0.05, sample="all")
     tracker.start(model)
@@ -923,7 +923,7 @@ def test_event_clock_gives_gpu_time_not_host_time(cpu_fake, monkeypatch):
     behind, events complete late and are resolved lazily, and each layer's time is its GPU time."""
     work = 300_000
     gpu = FakeGPU(ppm=0.0, work_ns=work)
-    monkeypatch.setattr(lw, "_HostClock", lambda: fake_clock(gpu))
+    monkeypatch.setattr(lw.tool, "_HostClock", lambda: fake_clock(gpu))
     model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
     tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_pending=64, resolve_interval=0.01,
                                        sample="all")
@@ -978,7 +978,7 @@ def test_one_node_fast_path_matches_the_graph_walk(cpu_fake, monkeypatch):
     monkeypatch.setattr(lw._Run, "register_backward", lambda self, *a: (walks.append(1), orig_rb(self, *a))[1])
 
     def run(fast):
-        monkeypatch.setattr(lw, "_ONE_NODE_FAST_PATH", fast)
+        monkeypatch.setattr(lw.hooks, "_ONE_NODE_FAST_PATH", fast)
         del walks[:]
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(inplace=True), nn.Linear(8, 8), nn.Tanh(), nn.Identity(),
@@ -1173,10 +1173,10 @@ def test_lead_runs_before_each_sampled_step_on_a_gpu(cpu_fake, monkeypatch):
         leads.append(seconds)
         gpu.busy_until = max(gpu.busy_until, time.perf_counter_ns()) + int(seconds * 1e9)
 
-    monkeypatch.setattr(lw, "_HostClock", lambda: lw._CudaClock(
+    monkeypatch.setattr(lw.tool, "_HostClock", lambda: lw._CudaClock(
         torch, None, event_factory=gpu.event, synchronize=gpu.synchronize, stream=lambda: None,
         now=time.perf_counter_ns, lead=lead))
-    monkeypatch.setattr(lw, "LEAD_EVERY", 16)  # short leads even in short bursts of this small model
+    monkeypatch.setattr(lw.sampling, "LEAD_EVERY", 16)  # short leads even in short bursts of this small model
     in_burst = []
     orig_resolve = lw._Run.resolve
     monkeypatch.setattr(lw._Run, "resolve", lambda self, force=False, final_timeout=None: (

@@ -1,0 +1,263 @@
+"""Replay (``mode="replay"``): after the run, each layer runs alone on its captured inputs to measure its own
+power (measure_alone); attribution.py then splits the layers' measured energy by time x that power."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import time
+import warnings
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+
+from .. import _joulecap
+from ..errors import JoulecapWarning
+from .capture import _Capture, _flatten_tensors, _key_of, _make
+from .rows import PHASES, TRAIN
+
+
+class _Replayer:
+    """Runs each layer alone on its captured inputs (after the run, hooks removed) to measure its power."""
+
+    def __init__(self, tool: Any, run: Any):
+        self.tool = tool
+        self.run_ = run
+        self.torch = run.torch
+        self.last_graph = False  # the last layer ran as a CUDA graph
+
+    def run(self) -> Tuple[List[Dict[str, Any]], Dict[int, List[float]]]:
+        run, torch, tool = self.run_, self.torch, self.tool
+        layer_ns = sum(run.acc_t[2 * r] + run.acc_t[2 * r + 1] for r, row in enumerate(run.rows) if row.kind == "layer")
+        if layer_ns <= 0:
+            return [], {}
+        chosen = []
+        for r, row in enumerate(run.rows):
+            t = run.acc_t[2 * r] + run.acc_t[2 * r + 1]
+            if row.kind == "layer" and r in run.captures and t > 0 and t >= tool.replay_min_share * layer_ns:
+                chosen.append(r)
+        cuda = tool._device_type == "cuda"
+        dev = run.clock.device if cuda else None
+        rng_cpu = torch.get_rng_state()
+        rng_cuda = torch.cuda.get_rng_state(dev) if cuda else None
+        by_key: Dict[Any, List[float]] = {}
+        out: List[Dict[str, Any]] = []
+        power: Dict[int, List[float]] = {}
+        try:
+            for r in chosen:
+                row = run.rows[r]
+                name, module = run.layers[row.layer]
+                cap = run.captures[r]
+                backward = row.phase == TRAIN and run.calls[2 * r + 1] > 0 and bool(cap.grads)
+                key = (_module_key(module), _key_of(cap.args), _key_of(cap.kwargs), cap.training, cap.autocast,
+                       row.phase, backward, tuple(sorted((k, _key_of(v)) for k, v in cap.grads.items())))
+                info = {"layer": row.name, "phase": PHASES[row.phase], "backward": backward}
+                if key in by_key:
+                    p = by_key[key]
+                    info["same_as"] = next(o["layer"] for o in out if o.get("key") == key and "same_as" not in o)
+                else:
+                    try:
+                        p, secs, iters = self._measure(module, cap, row.phase, backward)
+                    except Exception as e:  # a layer that cannot run alone keeps its measured energy
+                        warnings.warn("replay of %s failed (%s: %s); it keeps its interval energy"
+                                      % (row.name, type(e).__name__, e), JoulecapWarning, stacklevel=3)
+                        continue
+                    by_key[key] = p
+                    info.update(seconds=secs, iterations=iters, graph=self.last_graph)
+                info["key"] = key
+                info.update({"%s_power_w" % lab: v for lab, v in zip(tool._devices.labels, p)})
+                out.append(info)
+                power[r] = p
+        finally:
+            torch.set_rng_state(rng_cpu)
+            if cuda:
+                torch.cuda.set_rng_state(rng_cuda, dev)
+        for o in out:
+            o.pop("key", None)
+        return out, power
+
+    def _measure(self, module: Any, cap: _Capture, phase: int, backward: bool) -> Tuple[List[float], float, int]:
+        tool = self.tool
+        m = measure_alone(self.torch, tool._ctx, module, cap, phase, backward, tool.replay_seconds,
+                          tool._device_type, self.run_.clock.device if tool._device_type == "cuda" else None,
+                          graph=True)
+        self.last_graph = bool(m["graph"])
+        return m["power_w"], m["seconds"], m["iterations"]
+
+
+def measure_alone(torch: Any, ctx: Any, module: Any, cap: _Capture, phase: int, backward: bool, seconds: float,
+                  device_type: str, device: Any = None, graph: bool = False) -> Dict[str, Any]:
+    """Runs one layer alone on its captured inputs (forward, plus backward when asked) for ``seconds`` after a
+    short warm-up, and measures the energy of that stretch with a window of ``ctx``.
+
+    Returns ``power_w`` and ``energy_j`` (lists per device of ctx), ``seconds``, ``iterations``.  The module is
+    left as it was: its buffers (BatchNorm statistics) and train/eval mode are restored, gradients are taken
+    with torch.autograd.grad (no .grad is touched).  The caller restores the random number generators.
+
+    graph (CUDA): capture the forward and backward (8 of them) in a CUDA graph and replay it, so that the layer's
+    kernels run back to back however short they are (a Python loop launching a layer of a few µs leaves the GPU
+    idle most of the time); falls back to the Python loop, with ``graph`` False in the result, when capture
+    fails (ops that synchronise or allocate on the host)."""
+    cuda = device_type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    saved = [(b, b.detach().clone()) for b in module.buffers()]
+    was_training = module.training
+    params = [p for p in module.parameters() if p.requires_grad]
+    enabled, dtype = cap.autocast
+    leaves: List[Any] = []
+    memo: Dict[int, Any] = {}
+    args = _make(cap.args, torch, leaves, memo)
+    kwargs = _make(cap.kwargs, torch, leaves, memo)
+    grads = {pos: spec.make(torch) for pos, spec in cap.grads.items()}
+    wrt = leaves + params
+    state = {"clone": False, "graph": False}
+
+    def step() -> None:
+        a, k = args, kwargs
+        if state["clone"]:  # the layer works in place on an input that requires grad: give it a non-leaf
+            clones: Dict[int, Any] = {}
+            a, k = _clone_grad_tensors(args, torch, clones), _clone_grad_tensors(kwargs, torch, clones)
+        grad_ctx = torch.enable_grad() if phase == TRAIN else torch.no_grad()
+        if enabled:  # (CUDA graphs need autocast's cast cache off)
+            ac: Any = torch.autocast(device_type, dtype=dtype, enabled=True, cache_enabled=not state["graph"])
+        else:
+            ac = contextlib.nullcontext()
+        with grad_ctx, ac:
+            out = module(*a, **k)
+        if backward:
+            outs: List[Any] = []
+            _flatten_tensors(out, torch, outs)
+            ys, gs = [], []
+            for pos, t in enumerate(outs):
+                g = grads.get(pos)
+                if g is not None and t.requires_grad:
+                    if g.dtype != t.dtype:
+                        g = grads[pos] = g.to(dtype=t.dtype)
+                    ys.append(t)
+                    gs.append(g)
+            if ys and wrt:
+                torch.autograd.grad(ys, wrt, grad_outputs=gs, allow_unused=True)
+
+    try:
+        module.train(cap.training)
+        try:
+            step()
+        except RuntimeError:
+            state["clone"] = True  # e.g. an in-place op on a leaf that requires grad
+            step()
+        sync()
+        # Warm up (caches, allocator, kernel selection), then run for `seconds` (>= 10 counter steps for the
+        # default 1 s): the window's energy over its time is the layer's power.
+        t0 = time.perf_counter_ns()
+        for i in range(1000):
+            step()
+            if i >= 1:
+                sync()
+                if time.perf_counter_ns() - t0 >= min(0.05, seconds / 4) * 1e9:
+                    break
+        run_once, per = step, 1
+        if graph and cuda:
+            captured = _capture_graph(torch, device, step, state, 8)
+            if captured is not None:
+                run_once, per = captured.replay, 8
+                for _ in range(3):
+                    run_once()
+                sync()
+        t_a = _joulecap.now_ns()
+        w = ctx.start_at(t_a)
+        def record() -> Any:
+            ev = torch.cuda.Event()
+            ev.record(torch.cuda.current_stream(device))
+            return ev
+
+        iters = _run_until(run_once, per, t_a + int(seconds * 1e9), _joulecap.now_ns, record if cuda else None)
+        sync()
+        t_b = _joulecap.now_ns()
+        ctx.stop_at(w, t_b)
+        res = ctx.result(w, 10.0)
+        ctx.release(w)
+    finally:
+        module.train(was_training)
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)
+    secs = (t_b - t_a) * 1e-9
+    return {
+        "power_w": [e / secs if secs > 0 else float("nan") for e in res["energy_j"]],
+        "energy_j": list(res["energy_j"]),
+        "seconds": secs,
+        "iterations": iters,
+        "graph": state["graph"],
+    }
+
+
+def _run_until(run_once: Callable[[], None], per: int, end_ns: int, now: Callable[[], int],
+               record: Optional[Callable[[], Any]] = None, ahead: int = 4) -> int:
+    """Calls run_once (``per`` layer calls each) until ``end_ns`` (at least twice) and returns the layer calls.
+
+    On a GPU (``record``: records an event after a launch and returns it) the host keeps at most ``ahead``
+    launches queued: a launch returns at once, so the host would otherwise fill the CUDA launch queue and the
+    GPU work it off long after the deadline.  With ``ahead`` queued the GPU still runs them back to back."""
+    queued: Deque[Any] = collections.deque()
+    calls = 0
+    while calls < 2 or now() < end_ns:
+        if len(queued) == ahead:
+            queued.popleft().synchronize()  # the GPU has finished the launch of `ahead` ago
+        run_once()
+        if record is not None:
+            queued.append(record())
+        calls += per
+    return calls
+
+
+def _capture_graph(torch: Any, device: Any, step: Callable[[], None], state: Dict[str, Any], n: int) -> Any:
+    """A CUDA graph of n calls of step (warmed up on a side stream, as torch.cuda.graph asks), or None."""
+    state["graph"] = True
+    try:
+        side = torch.cuda.Stream(device)
+        cur = torch.cuda.current_stream(device)
+        side.wait_stream(cur)
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                step()
+        cur.wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for _ in range(n):
+                step()
+        return g
+    except Exception:
+        state["graph"] = False
+        torch.cuda.synchronize(device)
+        return None
+
+
+def _clone_grad_tensors(obj: Any, torch: Any, memo: Dict[int, Any]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        if not obj.requires_grad:
+            return obj
+        c = memo.get(id(obj))
+        if c is None:
+            c = memo[id(obj)] = obj.clone()
+        return c
+    if isinstance(obj, tuple):
+        return tuple(_clone_grad_tensors(o, torch, memo) for o in obj)
+    if isinstance(obj, list):
+        return [_clone_grad_tensors(o, torch, memo) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _clone_grad_tensors(v, torch, memo) for k, v in obj.items()}
+    return obj
+
+
+def _module_key(m: Any) -> Any:
+    """Layers with this key do the same work: same type, configuration and parameter shapes."""
+    try:
+        has_children = next(iter(m.children()), None) is not None
+    except Exception:
+        has_children = True
+    if has_children:
+        return ("id", id(m))
+    params = tuple((tuple(p.shape), str(p.dtype), bool(p.requires_grad)) for p in m.parameters())
+    return (type(m).__name__, repr(m), params)
