@@ -58,14 +58,6 @@ class _Resolver:
             if k > 1:
                 energy, complete = ctx.energy_at(mt[:k], timeout)
                 n = self._known(energy, ctx)
-                if final_timeout is not None:
-                    # Complete, yet not every device known: the library's base energy (at the context's start),
-                    # set by its coordinator just after the first samples, was not there yet.
-                    deadline = time.monotonic() + final_timeout
-                    while complete and n < k and time.monotonic() < deadline:
-                        time.sleep(0.005)
-                        energy, complete = ctx.energy_at(mt[:k], timeout)
-                        n = self._known(energy, ctx)
                 if n > 1:
                     if self.keep_win is not None and self.keep_win[1] == mt[0]:
                         self._gone_fallback(energy)
