@@ -626,8 +626,8 @@ def test_replay_captures_in_the_warm_up_step(cpu_fake, monkeypatch):
         assert r["calls"] == 8 and r["backward_calls"] == 8, r["layer"]
         assert r["time_s"] < 0.05, r["layer"]  # the layers take microseconds
     # a capture in a sampled step fell into the interval before its layer's, and was then extrapolated to every
-    # step: 0.15 s x steps / sampled steps
-    assert result.row(lw.OUTSIDE_FORWARD, "train")["time_s"] < 0.05
+    # step: 0.15 s x steps / sampled steps (>= 0.15 s); a loaded 2-core machine adds tens of ms of host time
+    assert result.row(lw.OUTSIDE_FORWARD, "train")["time_s"] < 0.1
 
 
 # ------------------------------------------------------------------------------------------------------------
