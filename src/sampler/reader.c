@@ -153,7 +153,8 @@ static void integrate(jc__device *d, uint64_t t, double p_w, int held) {
 
 /* Start-up cross-check: integrates instant power from the first knot on (reader only). */
 static void xcheck_power(jc__device *d, uint64_t t, double p_w) {
-    if (d->xcheck_done || !d->xcheck_t0_ns || t <= d->xcheck_t_ns) return;
+    /* A sample the driver timestamped before the first knot is not inside the span (t - t0 would wrap). */
+    if (d->xcheck_done || !d->xcheck_t0_ns || t <= d->xcheck_t0_ns || t <= d->xcheck_t_ns) return;
     if (d->xcheck_t_ns) d->xcheck_j += d->xcheck_p_w * jc__s(t - d->xcheck_t_ns);
     else d->xcheck_j += p_w * jc__s(t - d->xcheck_t0_ns);
     d->xcheck_t_ns = t;
