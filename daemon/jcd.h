@@ -162,6 +162,15 @@ int jcd_journal_save(int dirfd, const jcd_journal *j, char *why, size_t whylen);
 /* Reads <name> (a regular file owned by us, no symlink, at most JCD_JOURNAL_MAX bytes). */
 int jcd_journal_load(int dirfd, const char *name, jcd_journal *j, char *why, size_t whylen);
 
+/* The state directory's files, for the journal and the exporter alike: CRC-32 (IEEE), a text whose last line
+ * "crc32 xxxxxxxx" covers every byte before it (0 and *body = that length, or -1 with why), a file written as
+ * .<name>.tmp + fsync + rename + fsync of the directory, and one read through the directory's descriptor (a
+ * regular file of ours with one link, no symlink; at most cap bytes: 0, -2 when it does not exist, -1). */
+unsigned jcd_crc32(const char *p, size_t n);
+int jcd_crc_check(const char *text, size_t len, size_t *body, char *why, size_t whylen);
+int jcd_file_save(int dirfd, const char *name, const char *text, size_t len, char *why, size_t whylen);
+int jcd_file_load(int dirfd, const char *name, char *buf, size_t cap, size_t *len, char *why, size_t whylen);
+
 /* --- gpus.c ------------------------------------------------------------------------------------------ */
 
 /* Opens NVML and lists the GPUs (one that cannot be identified is skipped and logged); keeps what was there
