@@ -61,6 +61,12 @@ typedef struct counter {
     unsigned long long pair_mj;
     long long pair_boot_ns;
     size_t events_seen;    /* health changes logged so far */
+    /* After a restart from a pair: totals before this run's first instant (start_t_ns) are interpolated
+     * between the saved pair and the start (boot-time ns), so that the lagged export runs on smoothly. */
+    int bridge;
+    uint64_t start_t_ns;
+    long long bridge_b0, bridge_b1;
+    double bridge_j0, bridge_j1;
     int pending;           /* a raw read whose instant the sampler has not covered yet */
     uint64_t pend_t_ns;
     unsigned long long pend_mj;
@@ -87,6 +93,7 @@ struct jcd_exporter {
     saved_line other[MAX_SAVED];
     int nother;
     char boot_id[64];
+    long long boot_minus_mono; /* CLOCK_BOOTTIME - CLOCK_MONOTONIC, ns */
     char hostname[256];
     int state_fd;
     char state_dir[512];
@@ -166,8 +173,30 @@ static double latest_energy(jcd_exporter *e, int dev) {
     return r.energy_j;
 }
 
-static int save_counters(jcd_exporter *e, char *why, size_t whylen) {
-    double latest[JC_MAX_DEVICES], floors[JC_MAX_DEVICES];
+/* The total of c at the instant t (jc_now_ns clock), e_j being the context's energy at t (NAN: unknown);
+ * NAN when unknown (lock held). */
+static double total_at(const jcd_exporter *e, const counter *c, uint64_t t, double e_j) {
+    if (c->bridge && t < c->start_t_ns) {
+        double span = (double)(c->bridge_b1 - c->bridge_b0);
+        double f = span > 0 ? ((double)((long long)t + e->boot_minus_mono - c->bridge_b0)) / span : 1.0;
+        f = f < 0 ? 0 : f > 1 ? 1 : f;
+        return c->bridge_j0 + f * (c->bridge_j1 - c->bridge_j0);
+    }
+    if (t <= jc_epoch_ns(e->ctx)) return c->offset_j;
+    return isfinite(e_j) ? c->offset_j + e_j : NAN;
+}
+
+/* Writes counters.state.  A periodic save writes, per device, the total the scrapes will reach by the next
+ * save (they lag JCD_ENERGY_LAG_S, saves come every JCD_SAVE_S), and the scrapes never exceed it until then: no
+ * restart starts below a value served.  The last save (final) writes what a scrape would serve now, so that a
+ * clean restart continues exactly from there. */
+static int save_counters(jcd_exporter *e, int final, char *why, size_t whylen) {
+    double latest[JC_MAX_DEVICES], ahead[JC_MAX_DEVICES], floors[JC_MAX_DEVICES];
+    uint64_t now = jc_now_ns();
+    uint64_t back = (uint64_t)(((final ? JCD_ENERGY_LAG_S : JCD_ENERGY_LAG_S - JCD_SAVE_S - 0.5)) * 1e9);
+    uint64_t t = now > back ? now - back : 0;
+    for (int i = 0; i < JC_MAX_DEVICES; i++) ahead[i] = NAN;
+    if (t > jc_epoch_ns(e->ctx)) jc_energy_at(e->ctx, &t, 1, 0, ahead);
     for (int i = 0; i < e->ndev; i++) latest[i] = latest_energy(e, e->ctr[i].dev);
     size_t cap = 256 + (size_t)(e->ndev + e->nother) * 700, used = 0;
     char *text = malloc(cap);
@@ -179,11 +208,14 @@ static int save_counters(jcd_exporter *e, char *why, size_t whylen) {
     used = (size_t)snprintf(text, cap, MAGIC "\nboot_id %s\n", e->boot_id[0] ? e->boot_id : "unknown");
     for (int i = 0; i < e->ndev; i++) {
         counter *c = &e->ctr[i];
+        floors[i] = 0;
         if (!c->key[0]) continue;
         double floor_j = c->have_saved ? c->saved_floor_j : 0;
         if (c->ready) {
             floor_j = c->last_j;
-            if (isfinite(latest[i]) && c->offset_j + latest[i] > floor_j) floor_j = c->offset_j + latest[i];
+            double x = total_at(e, c, t, ahead[i]);
+            if (!isfinite(x) && isfinite(latest[i])) x = c->offset_j + latest[i];
+            if (isfinite(x) && x > floor_j) floor_j = x;
         }
         floors[i] = floor_j;
         int n = counter_line(c, floor_j, text + used, cap - used - 1);
@@ -314,7 +346,7 @@ static void load_counters(jcd_exporter *e) {
 
 /* Sets the offset of c (lock held).  e_j: the context's energy at the instant of the raw read mj (NAN: no raw
  * read). */
-static void counter_start(counter *c, double e_j, unsigned long long mj, long long bns) {
+static void counter_start(counter *c, double e_j, unsigned long long mj, long long bns, uint64_t t) {
     double floor_j = c->have_saved ? c->saved_floor_j : 0;
     c->ready = 1;
     c->last_j = c->durable_j = floor_j;
@@ -330,6 +362,12 @@ static void counter_start(counter *c, double e_j, unsigned long long mj, long lo
             double total = c->saved_pair_j + down_j;
             if (total < floor_j) total = floor_j;
             c->offset_j = total - e_j;
+            c->bridge = 1;
+            c->start_t_ns = t;
+            c->bridge_b0 = c->saved_pair_boot_ns;
+            c->bridge_j0 = c->saved_pair_j;
+            c->bridge_b1 = bns;
+            c->bridge_j1 = total;
             jcd_log("metrics: %s: energy counter continues from %.3f J: the saved %.3f J plus %.3f J that the "
                     "GPU's counter counted in the %.1f s since", c->label, total, c->saved_pair_j, down_j, dt);
             return;
@@ -390,7 +428,7 @@ static void housekeeping_round(jcd_exporter *e) {
         double v = en[c->dev];
         pthread_mutex_lock(&e->lock);
         if (isfinite(v)) {
-            if (!c->ready) counter_start(c, v, c->pend_mj, c->pend_boot_ns);
+            if (!c->ready) counter_start(c, v, c->pend_mj, c->pend_boot_ns, c->pend_t_ns);
             c->pair = 1;
             c->pair_j = c->offset_j + v;
             c->pair_mj = c->pend_mj;
@@ -398,7 +436,7 @@ static void housekeeping_round(jcd_exporter *e) {
             c->pending = 0;
         } else if (now > c->pend_t_ns + PENDING_GIVE_UP_NS) {
             c->pending = 0;
-            if (!c->ready) counter_start(c, NAN, 0, 0);
+            if (!c->ready) counter_start(c, NAN, 0, 0, 0);
         }
         pthread_mutex_unlock(&e->lock);
     }
@@ -418,7 +456,7 @@ static void housekeeping_round(jcd_exporter *e) {
             c->pend_boot_ns = b0 + (b1 - b0) / 2;
             c->pend_mj = mj;
         } else if (!c->ready) {
-            counter_start(c, NAN, 0, 0);
+            counter_start(c, NAN, 0, 0, 0);
         }
         pthread_mutex_unlock(&e->lock);
     }
@@ -427,7 +465,7 @@ static void housekeeping_round(jcd_exporter *e) {
         return;
     e->last_save_ns = now;
     char why[600];
-    if (save_counters(e, why, sizeof why) != 0) {
+    if (save_counters(e, 0, why, sizeof why) != 0) {
         if (!e->save_failed) jcd_log("metrics: cannot save the counters in %s: %s", e->state_dir, why);
         e->save_failed = 1;
     } else {
@@ -500,6 +538,7 @@ int jcd_exporter_open(jcd_state *s, jcd_exporter **out, char *why, size_t whylen
     if (gethostname(e->hostname, sizeof e->hostname - 1) != 0 || !e->hostname[0])
         jc__fmt(e->hostname, sizeof e->hostname, "unknown");
     read_boot_id(e->boot_id, sizeof e->boot_id);
+    e->boot_minus_mono = boot_ns() - (long long)jc_now_ns();
     /* The node's GPUs in NVML's order, whatever this process's environment says about CUDA. */
     const char *cvd = getenv("CUDA_VISIBLE_DEVICES");
     if (cvd) jcd_log("metrics: CUDA_VISIBLE_DEVICES=%s ignored: joulecapd measures every GPU of the node", cvd);
@@ -545,7 +584,7 @@ int jcd_exporter_open(jcd_state *s, jcd_exporter **out, char *why, size_t whylen
     /* A GPU whose saved pair can count the time joulecapd was down starts once its first raw reading is
      * covered by the sampler (about a second); the others start now. */
     for (int i = 0; i < e->ndev; i++)
-        if (e->ctr[i].key[0] && (!e->ctr[i].h || !e->ctr[i].saved_pair)) counter_start(&e->ctr[i], NAN, 0, 0);
+        if (e->ctr[i].key[0] && (!e->ctr[i].h || !e->ctr[i].saved_pair)) counter_start(&e->ctr[i], NAN, 0, 0, 0);
     char jwhy[400];
     int jr = jcd_jobs_load(&e->jobs, e->state_fd, jwhy, sizeof jwhy);
     if (jr == -1) {
@@ -605,7 +644,7 @@ void jcd_exporter_close(jcd_exporter *e) {
     }
     if (e->ctx) {
         char why[600];
-        if (save_counters(e, why, sizeof why) != 0) jcd_log("metrics: cannot save the counters: %s", why);
+        if (save_counters(e, 1, why, sizeof why) != 0) jcd_log("metrics: cannot save the counters: %s", why);
         if (jcd_jobs_save(&e->jobs, e->state_fd, why, sizeof why) != 0)
             jcd_log("metrics: cannot save the job totals: %s", why);
     }
@@ -665,8 +704,7 @@ void jcd_exporter_snapshot(jcd_exporter *e, jcd_msnap *snap, jcd_job **jobs) {
     uint64_t t = now > lag ? now - lag : 0;
     double en[JC_MAX_DEVICES];
     for (int i = 0; i < JC_MAX_DEVICES; i++) en[i] = NAN;
-    int before_epoch = t <= jc_epoch_ns(e->ctx);
-    if (!before_epoch) jc_energy_at(e->ctx, &t, 1, 0, en);
+    if (t > jc_epoch_ns(e->ctx)) jc_energy_at(e->ctx, &t, 1, 0, en);
     snap->ndev = 0;
     for (int i = 0; i < e->ndev; i++) {
         jc_device_info info;
@@ -684,14 +722,17 @@ void jcd_exporter_snapshot(jcd_exporter *e, jcd_msnap *snap, jcd_job **jobs) {
         d->power_w = r.power_w;
         d->util_ratio = isfinite(r.util_pct) ? r.util_pct / 100.0 : NAN;
         d->temp_c = r.temp_c;
-        double v = before_epoch ? 0.0 : isfinite(en[i]) ? en[i] : r.energy_j;
         pthread_mutex_lock(&e->lock);
         counter *c = &e->ctr[i];
-        if (c->ready && c->key[0] && isfinite(v)) {
+        double x = c->ready && c->key[0] ? total_at(e, c, t, en[i]) : NAN;
+        if (c->ready && c->key[0] && !isfinite(x) && isfinite(r.energy_j)) x = c->offset_j + r.energy_j;
+        if (isfinite(x)) {
             /* Never above what is on disk: a restart, even after a crash, starts at least there. */
-            double x = c->offset_j + v;
             if (x > c->durable_j) x = c->durable_j;
             if (x > c->last_j) c->last_j = x;
+            d->have_energy = 1;
+            d->energy_j = c->last_j;
+        } else if (!c->ready && c->have_saved) { /* waiting for its first pair: where the last run ended */
             d->have_energy = 1;
             d->energy_j = c->last_j;
         }
