@@ -73,6 +73,13 @@ static void sb_label(sbuf *b, int first, const char *name, const char *value) {
     sb_put(b, "=\"", 2);
     const unsigned char *s = (const unsigned char *)(value ? value : "");
     while (*s) {
+        size_t run = 0; /* plain printable ASCII goes in one piece */
+        while (s[run] >= 0x20 && s[run] < 0x7f && s[run] != '\\' && s[run] != '"') run++;
+        if (run) {
+            sb_put(b, (const char *)s, run);
+            s += run;
+            continue;
+        }
         if (*s == '\\') sb_put(b, "\\\\", 2);
         else if (*s == '"') sb_put(b, "\\\"", 2);
         else if (*s == '\n') sb_put(b, "\\n", 2);
