@@ -76,7 +76,7 @@ typedef struct counter {
 /* A line of counters.state for a device the context does not have (kept as it was). */
 typedef struct saved_line {
     char key[96];
-    char text[600];
+    char text[sizeof ((jcd_saved_counter *)0)->line];
 } saved_line;
 
 typedef struct pub_gpu {
@@ -237,107 +237,128 @@ static int save_counters(jcd_exporter *e, int final, char *why, size_t whylen) {
     return r;
 }
 
-/* Reads counters.state into the counters (matched by key) and e->other.  A damaged file is set aside. */
-static void load_counters(jcd_exporter *e) {
-    char *text = malloc(256 + MAX_SAVED * 700 + 1);
-    if (!text) return;
-    size_t cap = 256 + MAX_SAVED * 700 + 1, len = 0, body = 0;
-    char why[400];
-    int r = jcd_file_load(e->state_fd, COUNTERS_FILE, text, cap, &len, why, sizeof why);
-    if (r == -2) {
-        free(text);
-        jcd_log("metrics: no saved counters in %s: energy counters start at 0", e->state_dir);
-        return;
-    }
-    if (r == 0 && len == cap) {
-        jc__fmt(why, sizeof why, "larger than %zu bytes", cap - 1);
-        r = -1;
-    }
-    if (r == 0) r = jcd_crc_check(text, len, &body, why, sizeof why);
-    char saved_boot[64] = "";
-    size_t pos = 0;
+int jcd_counters_parse(const char *text, size_t len, char *boot_id, size_t boot_len, jcd_saved_counter *v, int max,
+                       int *n, char *why, size_t whylen) {
+    *n = 0;
+    if (boot_len) boot_id[0] = '\0';
+    size_t body = 0, pos = 0;
+    if (jcd_crc_check(text, len, &body, why, whylen) != 0) return -1;
     int lineno = 0;
-    while (r == 0 && pos < body) {
+    while (pos < body) {
         size_t end = pos;
         while (end < body && text[end] != '\n') end++;
-        char line[700];
-        size_t n = end - pos;
+        char line[sizeof v->line];
+        size_t ln = end - pos;
         lineno++;
-        if (n >= sizeof line) {
-            jc__fmt(why, sizeof why, "line %d too long", lineno);
-            r = -1;
-            break;
+        if (ln >= sizeof line) {
+            jc__fmt(why, whylen, "line %d too long", lineno);
+            return -1;
         }
-        memcpy(line, text + pos, n);
-        line[n] = '\0';
+        memcpy(line, text + pos, ln);
+        line[ln] = '\0';
         pos = end + 1;
         if (lineno == 1) {
             if (strcmp(line, MAGIC) != 0) {
-                jc__fmt(why, sizeof why, "not a joulecapd counters file of version 1");
-                r = -1;
+                jc__fmt(why, whylen, "not a joulecapd counters file of version 1");
+                return -1;
             }
             continue;
         }
         if (lineno == 2) {
-            if (strncmp(line, "boot_id ", 8) != 0) {
-                jc__fmt(why, sizeof why, "line 2 is not 'boot_id ...'");
-                r = -1;
-            } else {
-                jc__fmt(saved_boot, sizeof saved_boot, "%s", line + 8);
+            const char *b = line + 8;
+            if (strncmp(line, "boot_id ", 8) != 0 || (strcmp(b, "unknown") != 0 && !jc__wire_uuid_ok(b))) {
+                jc__fmt(why, whylen, "line 2 is not 'boot_id ID'");
+                return -1;
             }
+            if (boot_len) jc__fmt(boot_id, boot_len, "%s", strcmp(b, "unknown") == 0 ? "" : b);
             continue;
         }
-        char copy[700];
-        memcpy(copy, line, n + 1);
+        if (*n >= max) {
+            jc__fmt(why, whylen, "more than %d devices", max);
+            return -1;
+        }
+        jcd_saved_counter *c = &v[*n];
+        memset(c, 0, sizeof *c);
+        memcpy(c->line, line, ln + 1);
         jc__wire_line l;
-        double floor_j, pj = 0;
-        unsigned long long pm = 0, pb = 0;
         const char *key;
-        if (jc__wire_split(line, n, &l, why, sizeof why) != 0 || strcmp(l.tok[0], "device") != 0 ||
-            !(key = jc__wire_get(&l, "key")) || !key[0] || strlen(key) >= 96 || get_double(&l, "floor_j", &floor_j)) {
-            jc__fmt(why, sizeof why, "line %d is not a valid device line", lineno);
-            r = -1;
-            break;
+        unsigned long long pb = 0;
+        if (jc__wire_split(line, ln, &l, why, whylen) != 0 || strcmp(l.tok[0], "device") != 0 ||
+            !(key = jc__wire_get(&l, "key")) || !key[0] || strlen(key) >= sizeof c->key ||
+            (strcmp(key, "cpu") != 0 && !jc__wire_uuid_ok(key)) || get_double(&l, "floor_j", &c->floor_j)) {
+            jc__fmt(why, whylen, "line %d is not a valid device line", lineno);
+            return -1;
         }
-        int pair = jc__wire_get(&l, "pair_j") != NULL;
-        if (pair && (get_double(&l, "pair_j", &pj) || jc__wire_get_u64(&l, "pair_mj", &pm) ||
-                     jc__wire_get_u64(&l, "pair_boot_ns", &pb) || pb > (1ull << 62))) {
-            jc__fmt(why, sizeof why, "line %d has a bad pair", lineno);
-            r = -1;
-            break;
+        jc__fmt(c->key, sizeof c->key, "%s", key);
+        c->pair = jc__wire_get(&l, "pair_j") != NULL;
+        if (c->pair && (get_double(&l, "pair_j", &c->pair_j) || jc__wire_get_u64(&l, "pair_mj", &c->pair_mj) ||
+                        jc__wire_get_u64(&l, "pair_boot_ns", &pb) || pb > (1ull << 62))) {
+            jc__fmt(why, whylen, "line %d has a bad pair", lineno);
+            return -1;
         }
+        c->pair_boot_ns = (long long)pb;
+        for (int k = 0; k < *n; k++)
+            if (strcmp(v[k].key, c->key) == 0) {
+                jc__fmt(why, whylen, "line %d: %s twice", lineno, c->key);
+                return -1;
+            }
+        (*n)++;
+    }
+    if (lineno < 2) {
+        jc__fmt(why, whylen, "no boot_id line");
+        return -1;
+    }
+    return 0;
+}
+
+/* Reads counters.state into the counters (matched by key) and e->other.  A damaged file is set aside. */
+static void load_counters(jcd_exporter *e) {
+    size_t cap = 256 + MAX_SAVED * 700 + 1, len = 0;
+    char *text = malloc(cap);
+    jcd_saved_counter *v = calloc(MAX_SAVED, sizeof *v);
+    if (!text || !v) {
+        free(text);
+        free(v);
+        jcd_log("metrics: out of memory reading the saved counters: they start at 0");
+        return;
+    }
+    char why[400], boot[64];
+    int n = 0, r = jcd_file_load(e->state_fd, COUNTERS_FILE, text, cap, &len, why, sizeof why);
+    if (r == -2) {
+        jcd_log("metrics: no saved counters in %s: energy counters start at 0", e->state_dir);
+    } else {
+        if (r == 0 && len == cap) {
+            jc__fmt(why, sizeof why, "larger than %zu bytes", cap - 1);
+            r = -1;
+        }
+        if (r == 0) r = jcd_counters_parse(text, len, boot, sizeof boot, v, MAX_SAVED, &n, why, sizeof why);
+        if (r != 0) {
+            char aside[128];
+            jc__fmt(aside, sizeof aside, COUNTERS_FILE ".bad-%lld", (long long)time(NULL));
+            renameat(e->state_fd, COUNTERS_FILE, e->state_fd, aside);
+            jcd_log("metrics: %s/%s is damaged (%s): set aside as %s; energy counters start at 0 (Prometheus sees "
+                    "a counter reset)", e->state_dir, COUNTERS_FILE, why, aside);
+            n = 0;
+        }
+    }
+    for (int k = 0; k < n; k++) {
         counter *c = NULL;
         for (int i = 0; i < e->ndev && !c; i++)
-            if (strcmp(e->ctr[i].key, key) == 0) c = &e->ctr[i];
-        if (!c) {
-            if (e->nother < MAX_SAVED) {
-                jc__fmt(e->other[e->nother].key, sizeof e->other[e->nother].key, "%s", key);
-                jc__fmt(e->other[e->nother++].text, sizeof e->other[0].text, "%s", copy);
-            }
+            if (strcmp(e->ctr[i].key, v[k].key) == 0) c = &e->ctr[i];
+        if (!c) { /* a device not here now: its line is kept as it was */
+            jc__fmt(e->other[e->nother].key, sizeof e->other[0].key, "%s", v[k].key);
+            jc__fmt(e->other[e->nother++].text, sizeof e->other[0].text, "%s", v[k].line);
             continue;
         }
         c->have_saved = 1;
-        c->saved_floor_j = floor_j;
-        c->last_j = c->durable_j = floor_j;
-        c->saved_pair = pair && saved_boot[0] && strcmp(saved_boot, e->boot_id) == 0;
-        c->saved_pair_j = pj;
-        c->saved_pair_mj = pm;
-        c->saved_pair_boot_ns = (long long)pb;
+        c->saved_floor_j = c->last_j = c->durable_j = v[k].floor_j;
+        c->saved_pair = v[k].pair && boot[0] && strcmp(boot, e->boot_id) == 0;
+        c->saved_pair_j = v[k].pair_j;
+        c->saved_pair_mj = v[k].pair_mj;
+        c->saved_pair_boot_ns = v[k].pair_boot_ns;
     }
     free(text);
-    if (r != 0) {
-        char aside[128];
-        jc__fmt(aside, sizeof aside, COUNTERS_FILE ".bad-%lld", (long long)time(NULL));
-        renameat(e->state_fd, COUNTERS_FILE, e->state_fd, aside);
-        jcd_log("metrics: %s/%s is damaged (%s): set aside as %s; energy counters start at 0 (Prometheus sees a "
-                "counter reset)", e->state_dir, COUNTERS_FILE, why, aside);
-        for (int i = 0; i < e->ndev; i++) {
-            counter *c = &e->ctr[i];
-            c->have_saved = c->saved_pair = 0;
-            c->saved_floor_j = c->last_j = c->durable_j = 0;
-        }
-        e->nother = 0;
-    }
+    free(v);
 }
 
 /* ------------------------------------------------------------------------------------------------------

@@ -322,6 +322,21 @@ void jcd_exporter_publish(jcd_exporter *e, jcd_state *s, double now);
 void jcd_exporter_snapshot(jcd_exporter *e, jcd_msnap *snap, jcd_job **jobs);
 jcd_jobs *jcd_exporter_jobs(jcd_exporter *e);
 
+/* One device of counters.state (pure parser, for the exporter's start, the tests and fuzzing). */
+typedef struct jcd_saved_counter {
+    char key[96];            /* a GPU UUID, or "cpu" */
+    double floor_j;          /* the highest total served, or to be served before the next save */
+    int pair;                /* a (total, raw NVML counter) pair taken at one instant follows */
+    double pair_j;
+    unsigned long long pair_mj;
+    long long pair_boot_ns;  /* CLOCK_BOOTTIME */
+    char line[600];          /* the line as read, kept for a device that is not here now */
+} jcd_saved_counter;
+/* Parses counters.state (CRC line last, magic, boot_id, one device line per key): 0, or -1 with why.
+ * boot_id gets the saved boot id ("" when it was unknown). */
+int jcd_counters_parse(const char *text, size_t len, char *boot_id, size_t boot_len, jcd_saved_counter *v, int max,
+                       int *n, char *why, size_t whylen);
+
 /* --- http.c: the endpoint ------------------------------------------------------------------------------- */
 
 typedef struct jcd_addr {

@@ -545,6 +545,64 @@ TEST(job_table) {
     jcd_jobs_free(&t);
 }
 
+/* counters.state: what a restart starts from. */
+static size_t with_crc(char *buf, size_t cap, const char *body) {
+    size_t n = (size_t)snprintf(buf, cap, "%s", body);
+    n += (size_t)snprintf(buf + n, cap - n, "crc32 %08x\n", jcd_crc32(buf, n));
+    return n;
+}
+
+TEST(counters_file) {
+    char text[2048], why[300], boot[64];
+    jcd_saved_counter v[4];
+    int n = 0;
+    size_t len = with_crc(text, sizeof text,
+                          "joulecapd-counters 1\nboot_id 7fc4e70c-ebbd-49a6-84dd-b5272684d7f3\n"
+                          "device key=cpu floor_j=9.5\n"
+                          "device key=" UUID0 " floor_j=868.125 pair_j=800.5 pair_mj=124963689 "
+                          "pair_boot_ns=3783492512010\n");
+    ASSERT_EQ(jcd_counters_parse(text, len, boot, sizeof boot, v, 4, &n, why, sizeof why), 0);
+    ASSERT_EQ(n, 2);
+    ASSERT_STR_EQ(boot, "7fc4e70c-ebbd-49a6-84dd-b5272684d7f3");
+    ASSERT_STR_EQ(v[0].key, "cpu");
+    ASSERT_EQ(v[0].pair, 0);
+    ASSERT_NEAR(v[1].floor_j, 868.125, 1e-12);
+    ASSERT_EQ(v[1].pair, 1);
+    ASSERT_NEAR(v[1].pair_j, 800.5, 1e-12);
+    ASSERT_EQ(v[1].pair_mj, 124963689);
+    ASSERT_EQ(v[1].pair_boot_ns, 3783492512010LL);
+    ASSERT_CONTAINS(v[1].line, "pair_mj=124963689");
+    for (size_t i = 0; i < len; i++) {
+        text[i] ^= 0x01;
+        if (jcd_counters_parse(text, len, boot, sizeof boot, v, 4, &n, why, sizeof why) == 0)
+            JC_FAILF("a flipped bit at %zu passed", i);
+        text[i] ^= 0x01;
+    }
+    for (size_t cut = 0; cut < len; cut++)
+        if (jcd_counters_parse(text, cut, boot, sizeof boot, v, 4, &n, why, sizeof why) == 0)
+            JC_FAILF("cut at %zu passed", cut);
+    ASSERT_EQ(jcd_counters_parse(text, len, boot, sizeof boot, v, 1, &n, why, sizeof why), -1); /* max */
+    static const char *const bad[] = {
+        "joulecapd-counters 1\nboot_id unknown\ndevice key=cpu floor_j=1\ndevice key=cpu floor_j=2\n", /* twice */
+        "joulecapd-counters 1\nboot_id unknown\ndevice key=cpu floor_j=-1\n",
+        "joulecapd-counters 1\nboot_id unknown\ndevice key=cpu floor_j=nan\n",
+        "joulecapd-counters 1\nboot_id unknown\ndevice key=x%20y floor_j=1\n",
+        "joulecapd-counters 1\nboot_id unknown\ndevice key=cpu floor_j=1 pair_j=1\n",
+        "joulecapd-counters 1\nboot_id a b\n",
+        "joulecapd-counters 2\nboot_id unknown\n",
+        "joulecapd-counters 1\n",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        len = with_crc(text, sizeof text, bad[i]);
+        if (jcd_counters_parse(text, len, boot, sizeof boot, v, 4, &n, why, sizeof why) == 0)
+            JC_FAILF("accepted: %s", bad[i]);
+    }
+    len = with_crc(text, sizeof text, "joulecapd-counters 1\nboot_id unknown\n");
+    ASSERT_EQ(jcd_counters_parse(text, len, boot, sizeof boot, v, 4, &n, why, sizeof why), 0);
+    ASSERT_EQ(n, 0);
+    ASSERT_STR_EQ(boot, "");
+}
+
 /* ------------------------------------------------------------------------------------------------------
  * The daemon.
  * ---------------------------------------------------------------------------------------------------- */
@@ -898,9 +956,10 @@ int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     atexit(kill_daemon_at_exit);
     static const jc_test_case tests[] = {
-        TEST_ENTRY(format_text), TEST_ENTRY(negotiation), TEST_ENTRY(addresses), TEST_ENTRY(energy_request),
-        TEST_ENTRY(job_table),   TEST_ENTRY(scrape_gpu_and_leases),    TEST_ENTRY(promtool_check), TEST_ENTRY(http_details),
-        TEST_ENTRY(restarts),    TEST_ENTRY(job_energy),  TEST_ENTRY(without_libmicrohttpd),
+        TEST_ENTRY(format_text),     TEST_ENTRY(negotiation),           TEST_ENTRY(addresses),
+        TEST_ENTRY(energy_request),  TEST_ENTRY(job_table),             TEST_ENTRY(counters_file),
+        TEST_ENTRY(scrape_gpu_and_leases), TEST_ENTRY(promtool_check),  TEST_ENTRY(http_details),
+        TEST_ENTRY(restarts),        TEST_ENTRY(job_energy),            TEST_ENTRY(without_libmicrohttpd),
     };
     return jc_test_main(argc, argv, tests, sizeof tests / sizeof tests[0]);
 }
