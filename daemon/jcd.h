@@ -1,17 +1,25 @@
 /* joulecapd, the node service that alone writes GPU power limits: shared types of its modules.
  *
  *   main.c      options, sockets, the event loop, signals
+ *   log.c       the log (stderr or syslog) and the clock
  *   config.c    who may write (allow_user / allow_group)
  *   protocol.c  request lines: framing and parsing (pure; fuzzed)
  *   leases.c    requests: leases, persistent caps, restores
  *   journal.c   one file per GPU in the state directory: what to put back after a crash
  *   gpus.c      NVML: the GPUs, their limits, set with read-back
+ *   jobs.c      per-job GPU energy that clients report (ENERGY), kept in the state directory
+ *   exporter.c  --metrics: the node's sampler (a jc_context), counters that never go back, housekeeping
+ *   metrics.c   the Prometheus / OpenMetrics text of a scrape (pure; tested)
+ *   http.c      the /metrics endpoint on libmicrohttpd (optional at build time)
  *
- * Single-threaded: one poll() loop owns every structure here.  See docs/daemon.md. */
+ * One poll() loop owns every structure here, except what the exporter shares with its scrapes and its
+ * housekeeping thread: that is behind the exporter's and the job table's own locks.  See docs/daemon.md. */
 #ifndef JCD_H
 #define JCD_H
 
+#include <pthread.h>
 #include <stddef.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include "caps/caps_internal.h"
@@ -66,14 +74,20 @@ typedef enum jcd_verb {
     JCD_RELEASE,
     JCD_PERSIST,
     JCD_RESET,
+    JCD_ENERGY, /* protocol 2; numbered before REPAIR, which stays the last verb */
     JCD_REPAIR,
 } jcd_verb;
+
+#define JCD_JOB_MAX 128 /* bytes of a job name (decoded) */
+#define JCD_ENERGY_MAX_MJ 10000000000000ull /* one report: at most 10 GJ (700 W for 165 days) */
 
 typedef struct jcd_request {
     jcd_verb verb;
     unsigned version; /* HELLO */
-    char uuid[96];    /* TAKE SET RESTORE RELEASE PERSIST RESET; REPAIR: "" = every GPU */
+    char uuid[96];    /* TAKE SET RESTORE RELEASE PERSIST RESET ENERGY; REPAIR: "" = every GPU */
     unsigned mw;      /* SET PERSIST */
+    char job[JCD_JOB_MAX + 1];  /* ENERGY: printable ASCII, 1 to JCD_JOB_MAX bytes */
+    unsigned long long mj;      /* ENERGY: energy to add, mJ */
 } jcd_request;
 
 /* Parses one request line (bytes without the '\n'): 0, or -1 with why. */
@@ -127,6 +141,7 @@ struct jcd_client {
     char user[64];
     char command[256];
     int hello, closing;
+    unsigned proto;           /* the version HELLO agreed on */
     jcd_inbuf in;
     char *out;                /* grows as needed up to JCD_OUT_MAX */
     size_t out_used, out_cap;
@@ -142,6 +157,7 @@ typedef struct jcd_state {
     int state_fd;
     jcd_config config;
     char socket_path[108];
+    struct jcd_exporter *exporter; /* --metrics; NULL without */
 } jcd_state;
 
 /* --- journal.c --------------------------------------------------------------------------------------- */
@@ -161,6 +177,15 @@ int jcd_state_open(const char *dir, int *fd, char *why, size_t whylen);
 int jcd_journal_save(int dirfd, const jcd_journal *j, char *why, size_t whylen);
 /* Reads <name> (a regular file owned by us, no symlink, at most JCD_JOURNAL_MAX bytes). */
 int jcd_journal_load(int dirfd, const char *name, jcd_journal *j, char *why, size_t whylen);
+
+/* The state directory's files, for the journal and the exporter alike: CRC-32 (IEEE), a text whose last line
+ * "crc32 xxxxxxxx" covers every byte before it (0 and *body = that length, or -1 with why), a file written as
+ * .<name>.tmp + fsync + rename + fsync of the directory, and one read through the directory's descriptor (a
+ * regular file of ours with one link, no symlink; at most cap bytes: 0, -2 when it does not exist, -1). */
+unsigned jcd_crc32(const char *p, size_t n);
+int jcd_crc_check(const char *text, size_t len, size_t *body, char *why, size_t whylen);
+int jcd_file_save(int dirfd, const char *name, const char *text, size_t len, char *why, size_t whylen);
+int jcd_file_load(int dirfd, const char *name, char *buf, size_t cap, size_t *len, char *why, size_t whylen);
 
 /* --- gpus.c ------------------------------------------------------------------------------------------ */
 
@@ -194,13 +219,156 @@ int jcd_leases_pending(const jcd_state *s);
 /* Daemon stop: every lease put back (persistent caps stay). */
 void jcd_leases_stop(jcd_state *s);
 
+/* --- jobs.c: per-job GPU energy (ENERGY) ------------------------------------------------------------- */
+
+#define JCD_MAX_JOBS 4096          /* (job, user, GPU) totals kept */
+#define JCD_MAX_JOBS_PER_UID 1024
+#define JCD_JOB_TTL_S 86400        /* a total not reported for a day is dropped */
+
+typedef struct jcd_job {
+    char job[JCD_JOB_MAX + 1];
+    unsigned uid;
+    char user[64];
+    char uuid[96];
+    int nvml;                /* the GPU's NVML index at the last report */
+    unsigned long long mj;   /* the total */
+    double last;             /* Unix time of the last report */
+} jcd_job;
+
+typedef struct jcd_jobs {
+    pthread_mutex_t lock;    /* the main loop adds, scrapes copy, the housekeeping thread saves */
+    jcd_job *v;              /* JCD_MAX_JOBS */
+    int n;
+    int dirty;               /* changed since the last save */
+} jcd_jobs;
+
+int jcd_jobs_init(jcd_jobs *t);
+void jcd_jobs_free(jcd_jobs *t);
+/* Adds mj to the total of (job, uid, uuid): 0 and *total, or -1 when the table (or this user's share) is full. */
+int jcd_jobs_add(jcd_jobs *t, const char *job, unsigned uid, const char *user, const char *uuid, int nvml,
+                 unsigned long long mj, double now, unsigned long long *total, char *why, size_t whylen);
+/* Drops the totals not reported for ttl_s; returns how many. */
+int jcd_jobs_expire(jcd_jobs *t, double now, double ttl_s);
+/* A copy for a scrape (malloc'd, NULL when empty); returns the count. */
+int jcd_jobs_copy(jcd_jobs *t, jcd_job **out);
+/* jobs.state: text of a table (malloc'd) and its strict parser (pure; a bad CRC or line refuses the file). */
+int jcd_jobs_format(const jcd_job *v, int n, char **text, size_t *len);
+int jcd_jobs_parse(const char *text, size_t len, jcd_job *v, int max, int *n, char *why, size_t whylen);
+/* Writes jobs.state atomically when something changed; reads it at start (-2: there is none). */
+int jcd_jobs_save(jcd_jobs *t, int dirfd, char *why, size_t whylen);
+int jcd_jobs_load(jcd_jobs *t, int dirfd, char *why, size_t whylen);
+
+/* --- metrics.c: the text of a scrape -------------------------------------------------------------------- */
+
+/* One device as a scrape sees it (NaN or 0: not exported). */
+typedef struct jcd_mdev {
+    int gpu;                 /* 0: the CPU */
+    int nvml;
+    char uuid[96], pci[32], name[96];
+    jc_energy_source source;
+    int have_energy;
+    double energy_j;         /* the counter: never decreases */
+    double power_w, util_ratio, temp_c;
+    unsigned limit_mw, enforced_mw;
+    jc_health health;
+} jcd_mdev;
+
+/* A lease or persistent cap of the daemon. */
+typedef struct jcd_mlease {
+    int nvml;
+    char uuid[96], pci[32], name[96];
+    char holder[16];         /* lease, pending, persistent */
+    char user[64];
+    unsigned uid;
+    int pid;
+} jcd_mlease;
+
+typedef struct jcd_msnap {
+    char hostname[256];
+    int ndev;
+    jcd_mdev dev[JC_MAX_DEVICES];
+    int nleases;
+    jcd_mlease leases[2 * JCD_MAX_GPUS];
+    int njobs;
+    const jcd_job *jobs;
+} jcd_msnap;
+
+/* The exposition: Prometheus text format 0.0.4 (openmetrics 0) or OpenMetrics 1.0.0 (1); malloc'd, NULL when
+ * out of memory. */
+char *jcd_metrics_format(const jcd_msnap *s, int openmetrics, size_t *len);
+/* 1 when an Accept header prefers OpenMetrics to the text format (q-values honoured), else 0. */
+int jcd_metrics_wants_openmetrics(const char *accept);
+#define JCD_CT_TEXT "text/plain; version=0.0.4; charset=utf-8"
+#define JCD_CT_OPENMETRICS "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+/* --- exporter.c: --metrics ------------------------------------------------------------------------------ */
+
+typedef struct jcd_exporter jcd_exporter;
+
+/* Opens the node's sampler (every GPU and the CPU, through the library), reads the saved counters and job
+ * totals from the state directory, starts the housekeeping thread (saves every JCD_SAVE_S). */
+#define JCD_SAVE_S 3.0
+/* Energy counters are exported as they were this long before the scrape: the value is then on disk already
+ * (saved every JCD_SAVE_S, up to the sampler's latest counter read, ~1 s old), so that no restart, not even
+ * after a crash, starts below a value a scrape has seen. */
+#define JCD_ENERGY_LAG_S 5.0
+int jcd_exporter_open(jcd_state *s, jcd_exporter **out, char *why, size_t whylen);
+/* Saves the counters and job totals one last time, stops everything, frees e (NULL allowed). */
+void jcd_exporter_close(jcd_exporter *e);
+/* Main loop: the leases and limits as they are now, for the next scrapes; refreshes the limits from NVML at
+ * most every JCD_SAVE_S. */
+void jcd_exporter_publish(jcd_exporter *e, jcd_state *s, double now);
+/* A scrape: what the sampler has (no NVML call). */
+void jcd_exporter_snapshot(jcd_exporter *e, jcd_msnap *snap, jcd_job **jobs);
+jcd_jobs *jcd_exporter_jobs(jcd_exporter *e);
+
+/* One device of counters.state (pure parser, for the exporter's start, the tests and fuzzing). */
+typedef struct jcd_saved_counter {
+    char key[96];            /* a GPU UUID, or "cpu" */
+    double floor_j;          /* the highest total served, or to be served before the next save */
+    int pair;                /* a (total, raw NVML counter) pair taken at one instant follows */
+    double pair_j;
+    unsigned long long pair_mj;
+    long long pair_boot_ns;  /* CLOCK_BOOTTIME */
+    char line[600];          /* the line as read, kept for a device that is not here now */
+} jcd_saved_counter;
+/* Parses counters.state (CRC line last, magic, boot_id, one device line per key): 0, or -1 with why.
+ * boot_id gets the saved boot id ("" when it was unknown). */
+int jcd_counters_parse(const char *text, size_t len, char *boot_id, size_t boot_len, jcd_saved_counter *v, int max,
+                       int *n, char *why, size_t whylen);
+
+/* --- http.c: the endpoint ------------------------------------------------------------------------------- */
+
+typedef struct jcd_addr {
+    struct sockaddr_storage ss;
+    socklen_t len;
+    int any;                 /* ":PORT": every interface (IPv6 and IPv4 where the host has IPv6) */
+    char text[160];
+} jcd_addr;
+
+/* "127.0.0.1:9477", "[::1]:9477", ":9477", "host:9477" (port 0: any free port): 0, or -1 with why. */
+int jcd_addr_parse(const char *s, jcd_addr *out, char *why, size_t whylen);
+/* 1 when joulecapd was built with libmicrohttpd; otherwise why says what to install. */
+int jcd_http_available(char *why, size_t whylen);
+
+typedef struct jcd_http jcd_http;
+
+/* Listens on a and serves /metrics from e on a thread of libmicrohttpd.  bound gets "http://ADDR:PORT". */
+int jcd_http_start(const jcd_addr *a, jcd_exporter *e, jcd_http **out, char *bound, size_t boundlen, char *why,
+                   size_t whylen);
+void jcd_http_stop(jcd_http *h); /* NULL allowed */
+
+/* --- log.c ------------------------------------------------------------------------------------------- */
+
+void jcd_log(const char *fmt, ...) JC__PRINTF(1, 2); /* any thread */
+void jcd_log_to_syslog(void);                        /* from then on (the daemon went to the background) */
+double jcd_mono(void);
+
 /* --- main.c ------------------------------------------------------------------------------------------ */
 
-void jcd_log(const char *fmt, ...) JC__PRINTF(1, 2);
 /* Appends a reply line (text without '\n') to c's output; the client is closed if it does not fit. */
 void jcd_send(jcd_client *c, const char *line);
 /* Replies "ERR PROTOCOL text=why" and marks c to be closed (its leases are then put back). */
 void jcd_protocol_error(jcd_client *c, const char *why);
-double jcd_mono(void);
 
 #endif

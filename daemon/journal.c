@@ -22,13 +22,47 @@
 
 #define MAGIC "joulecapd-journal 1"
 
-static unsigned crc32_of(const char *p, size_t n) {
+unsigned jcd_crc32(const char *p, size_t n) {
     unsigned c = 0xffffffffu;
     for (size_t i = 0; i < n; i++) {
         c ^= (unsigned char)p[i];
         for (int k = 0; k < 8; k++) c = (c >> 1) ^ (0xedb88320u & (0u - (c & 1u)));
     }
     return ~c;
+}
+
+int jcd_crc_check(const char *text, size_t len, size_t *body, char *why, size_t whylen) {
+    if (len == 0) {
+        jc__fmt(why, whylen, "empty file");
+        return -1;
+    }
+    if (text[len - 1] != '\n') {
+        jc__fmt(why, whylen, "cut short (no newline at the end)");
+        return -1;
+    }
+    /* The last line is the checksum of everything before it. */
+    size_t last = len - 1;
+    while (last > 0 && text[last - 1] != '\n') last--;
+    char crc[16];
+    size_t cl = len - 1 - last;
+    if (cl < 7 || cl > 14 || memcmp(text + last, "crc32 ", 6) != 0) {
+        jc__fmt(why, whylen, "no crc32 line at the end (cut short?)");
+        return -1;
+    }
+    memcpy(crc, text + last + 6, cl - 6);
+    crc[cl - 6] = '\0';
+    char *end = NULL;
+    unsigned long v = strtoul(crc, &end, 16);
+    if (cl - 6 != 8 || *end || v > 0xffffffffUL) {
+        jc__fmt(why, whylen, "malformed crc32 line");
+        return -1;
+    }
+    if (jcd_crc32(text, last) != (unsigned)v) {
+        jc__fmt(why, whylen, "checksum mismatch (the file was changed or is damaged)");
+        return -1;
+    }
+    *body = last;
+    return 0;
 }
 
 static int put_holder(char *buf, size_t len, size_t *used, const char *kind, const jcd_holder *h) {
@@ -54,7 +88,7 @@ int jcd_journal_format(const jcd_journal *j, char *buf, size_t len) {
     size_t used = (size_t)w;
     if (j->persistent.active && put_holder(buf, len, &used, "persistent", &j->persistent)) return -1;
     if (j->lease.active && put_holder(buf, len, &used, "lease", &j->lease)) return -1;
-    w = snprintf(buf + used, len - used, "crc32 %08x\n", crc32_of(buf, used));
+    w = snprintf(buf + used, len - used, "crc32 %08x\n", jcd_crc32(buf, used));
     if (w < 0 || (size_t)w >= len - used) return -1;
     return (int)(used + (size_t)w);
 }
@@ -97,41 +131,12 @@ static int get_holder(jc__wire_line *l, jcd_holder *h, char *why, size_t whylen)
 
 int jcd_journal_parse(const char *text, size_t len, jcd_journal *j, char *why, size_t whylen) {
     memset(j, 0, sizeof *j);
-    if (len == 0) {
-        jc__fmt(why, whylen, "empty file");
-        return -1;
-    }
     if (len > JCD_JOURNAL_MAX) {
         jc__fmt(why, whylen, "larger than %d bytes", JCD_JOURNAL_MAX);
         return -1;
     }
-    if (text[len - 1] != '\n') {
-        jc__fmt(why, whylen, "cut short (no newline at the end)");
-        return -1;
-    }
-    /* The last line is the checksum of everything before it. */
-    size_t last = len - 1;
-    while (last > 0 && text[last - 1] != '\n') last--;
-    unsigned want;
-    char crc[16];
-    size_t cl = len - 1 - last;
-    if (cl < 7 || cl > 14 || memcmp(text + last, "crc32 ", 6) != 0) {
-        jc__fmt(why, whylen, "no crc32 line at the end (cut short?)");
-        return -1;
-    }
-    memcpy(crc, text + last + 6, cl - 6);
-    crc[cl - 6] = '\0';
-    char *end = NULL;
-    unsigned long v = strtoul(crc, &end, 16);
-    if (cl - 6 != 8 || *end || v > 0xffffffffUL) {
-        jc__fmt(why, whylen, "malformed crc32 line");
-        return -1;
-    }
-    want = (unsigned)v;
-    if (crc32_of(text, last) != want) {
-        jc__fmt(why, whylen, "checksum mismatch (the file was changed or is damaged)");
-        return -1;
-    }
+    size_t last;
+    if (jcd_crc_check(text, len, &last, why, whylen) != 0) return -1;
     size_t pos = 0;
     int lineno = 0;
     while (pos < last) {
@@ -213,8 +218,38 @@ static int write_all(int fd, const char *p, size_t n) {
     return 0;
 }
 
+int jcd_file_save(int dirfd, const char *name, const char *text, size_t len, char *why, size_t whylen) {
+    char tmp[300];
+    jc__fmt(tmp, sizeof tmp, ".%s.tmp", name);
+    unlinkat(dirfd, tmp, 0); /* a leftover of a crash; we are the only writer */
+    int fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        jc__fmt(why, whylen, "cannot create %s: %s", tmp, strerror(errno));
+        return -1;
+    }
+    if (write_all(fd, text, len) != 0 || fsync(fd) != 0) {
+        int e = errno;
+        close(fd);
+        unlinkat(dirfd, tmp, 0);
+        jc__fmt(why, whylen, "cannot write %s: %s", tmp, strerror(e));
+        return -1;
+    }
+    close(fd);
+    if (renameat(dirfd, tmp, dirfd, name) != 0) {
+        int e = errno;
+        unlinkat(dirfd, tmp, 0);
+        jc__fmt(why, whylen, "cannot rename %s to %s: %s", tmp, name, strerror(e));
+        return -1;
+    }
+    if (fsync(dirfd) != 0) {
+        jc__fmt(why, whylen, "cannot sync the state directory: %s", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
 int jcd_journal_save(int dirfd, const jcd_journal *j, char *why, size_t whylen) {
-    char name[128], tmp[160];
+    char name[128];
     if (!jc__wire_uuid_ok(j->uuid)) {
         jc__fmt(why, whylen, "bad GPU UUID");
         return -1;
@@ -234,40 +269,21 @@ int jcd_journal_save(int dirfd, const jcd_journal *j, char *why, size_t whylen) 
         jc__fmt(why, whylen, "journal of %s too long", j->uuid);
         return -1;
     }
-    jc__fmt(tmp, sizeof tmp, ".%s.tmp", name);
-    unlinkat(dirfd, tmp, 0); /* a leftover of a crash; we are the only writer */
-    int fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        jc__fmt(why, whylen, "cannot create the journal %s: %s", tmp, strerror(errno));
-        return -1;
-    }
-    if (write_all(fd, text, (size_t)len) != 0 || fsync(fd) != 0) {
-        int e = errno;
-        close(fd);
-        unlinkat(dirfd, tmp, 0);
-        jc__fmt(why, whylen, "cannot write the journal %s: %s", tmp, strerror(e));
-        return -1;
-    }
-    close(fd);
-    if (renameat(dirfd, tmp, dirfd, name) != 0) {
-        int e = errno;
-        unlinkat(dirfd, tmp, 0);
-        jc__fmt(why, whylen, "cannot rename the journal to %s: %s", name, strerror(e));
-        return -1;
-    }
-    if (fsync(dirfd) != 0) {
-        jc__fmt(why, whylen, "cannot sync the state directory: %s", strerror(errno));
+    char w[400];
+    if (jcd_file_save(dirfd, name, text, (size_t)len, w, sizeof w) != 0) {
+        jc__fmt(why, whylen, "the journal: %s", w);
         return -1;
     }
     return 0;
 }
 
-int jcd_journal_load(int dirfd, const char *name, jcd_journal *j, char *why, size_t whylen) {
-    memset(j, 0, sizeof *j);
+int jcd_file_load(int dirfd, const char *name, char *buf, size_t cap, size_t *len, char *why, size_t whylen) {
+    *len = 0;
     int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
-        jc__fmt(why, whylen, "cannot open: %s%s", strerror(errno), errno == ELOOP ? " (a symlink: refused)" : "");
-        return -1;
+        int e = errno;
+        jc__fmt(why, whylen, "cannot open: %s%s", strerror(e), e == ELOOP ? " (a symlink: refused)" : "");
+        return e == ENOENT ? -2 : -1;
     }
     struct stat sb;
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_uid != geteuid() || sb.st_nlink != 1) {
@@ -275,10 +291,9 @@ int jcd_journal_load(int dirfd, const char *name, jcd_journal *j, char *why, siz
         jc__fmt(why, whylen, "not a regular file of uid %u with one link: refused", (unsigned)geteuid());
         return -1;
     }
-    char text[JCD_JOURNAL_MAX + 1];
     size_t used = 0;
     for (;;) {
-        ssize_t r = read(fd, text + used, sizeof text - used);
+        ssize_t r = read(fd, buf + used, cap - used);
         if (r < 0 && errno == EINTR) continue;
         if (r < 0) {
             int e = errno;
@@ -288,8 +303,17 @@ int jcd_journal_load(int dirfd, const char *name, jcd_journal *j, char *why, siz
         }
         if (r == 0) break;
         used += (size_t)r;
-        if (used == sizeof text) break;
+        if (used == cap) break;
     }
     close(fd);
+    *len = used;
+    return 0;
+}
+
+int jcd_journal_load(int dirfd, const char *name, jcd_journal *j, char *why, size_t whylen) {
+    memset(j, 0, sizeof *j);
+    char text[JCD_JOURNAL_MAX + 1];
+    size_t used;
+    if (jcd_file_load(dirfd, name, text, sizeof text, &used, why, whylen) != 0) return -1;
     return jcd_journal_parse(text, used, j, why, whylen);
 }

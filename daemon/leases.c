@@ -222,7 +222,8 @@ static void do_hello(jcd_state *s, jcd_client *c, const jcd_request *q) {
     int ok = jcd_config_allows(&s->config, c->uid, c->gid, c->groups, c->ngroups, rule, sizeof rule);
     reply r;
     r_begin(&r, "OK");
-    r_u(&r, "proto", q->version < JC__WIRE_VERSION ? q->version : JC__WIRE_VERSION);
+    c->proto = q->version < JC__WIRE_VERSION ? q->version : JC__WIRE_VERSION;
+    r_u(&r, "proto", c->proto);
     r_str(&r, "version", JC_VERSION_STRING);
     r_str(&r, "state_dir", s->state_dir);
     r_u(&r, "uid", c->uid);
@@ -545,6 +546,38 @@ static void do_repair(jcd_state *s, jcd_client *c, const jcd_request *q) {
     jcd_send(c, r.buf);
 }
 
+/* ENERGY <job> <uuid> <mJ> (protocol 2): adds to the job's total of this user and GPU (jobs.c). */
+static void do_energy(jcd_state *s, jcd_client *c, const jcd_request *q) {
+    if (c->proto < 2) {
+        jcd_protocol_error(c, "ENERGY needs protocol 2 (this connection's HELLO agreed on 1)");
+        return;
+    }
+    if (!s->exporter) {
+        send_err(c, JC_ERR_NOT_SUPPORTED, "joulecapd runs without --metrics, so it keeps no job energy (start it "
+                 "with --metrics ADDR: docs/daemon.md)");
+        return;
+    }
+    jcd_gpu *g = jcd_gpu_find(s, q->uuid);
+    if (!g || !g->present) {
+        char list[1000];
+        gpu_list_text(s, list, sizeof list);
+        send_err(c, JC_ERR_NOT_FOUND, "joulecapd knows no GPU %s (its GPUs: %s)", q->uuid, list);
+        return;
+    }
+    char user[64], why[400];
+    name_of(c, user, sizeof user);
+    unsigned long long total = 0;
+    if (jcd_jobs_add(jcd_exporter_jobs(s->exporter), q->job, c->uid, user, q->uuid, g->g.nvml_index, q->mj,
+                     jc__wall_time(), &total, why, sizeof why) != 0) {
+        send_err(c, JC_ERR_BUSY, "%s", why);
+        return;
+    }
+    reply r;
+    r_begin(&r, "OK");
+    r_u(&r, "total_mj", total);
+    jcd_send(c, r.buf);
+}
+
 void jcd_handle(jcd_state *s, jcd_client *c, const jcd_request *q) {
     if (!c->hello && q->verb != JCD_HELLO) {
         jcd_protocol_error(c, "HELLO must come first");
@@ -567,6 +600,7 @@ void jcd_handle(jcd_state *s, jcd_client *c, const jcd_request *q) {
     case JCD_PERSIST: do_persist(s, c, q); return;
     case JCD_RESET: do_reset(s, c, q); return;
     case JCD_REPAIR: do_repair(s, c, q); return;
+    case JCD_ENERGY: do_energy(s, c, q); return;
     }
 }
 

@@ -31,10 +31,9 @@
 #define SO_PEERPIDFD 77
 #endif
 
-static int use_syslog; /* set once, before the loop: the daemon has no other global */
-
 static const char HELP[] =
-    "Usage: joulecapd [--socket PATH] [--config PATH] [--state-dir DIR] [--foreground] [--check-config]\n"
+    "Usage: joulecapd [--socket PATH] [--config PATH] [--state-dir DIR] [--metrics ADDR] [--foreground]\n"
+    "                 [--check-config]\n"
     "\n"
     "The node service of joulecap: the only writer of GPU power limits while it runs.  Clients (joulecap cap,\n"
     "the library's cap sessions, Python's set_power_cap, the profiler) connect to its Unix socket; a lease on a\n"
@@ -43,37 +42,14 @@ static const char HELP[] =
     "\n"
     "  --socket PATH     the socket (default " JC__WIRE_DEFAULT_SOCKET ")\n"
     "  --config PATH     who may change limits (default " JCD_DEFAULT_CONFIG ")\n"
-    "  --state-dir DIR   the journal (default " JCD_DEFAULT_STATE_DIR ")\n"
+    "  --state-dir DIR   the journal, saved counters and job totals (default " JCD_DEFAULT_STATE_DIR ")\n"
+    "  --metrics ADDR    serve Prometheus metrics at http://ADDR/metrics: 127.0.0.1:9477, [::1]:9477, :9477 (every\n"
+    "                    interface); GPU and CPU energy, power, limits, health, leases, per-job energy\n"
     "  --foreground      stay in the foreground, log to stderr (systemd: Type=notify)\n"
     "  --check-config    parse the config, say what it allows, exit 0 (valid) or 1\n"
     "  --version, -h/--help\n"
     "\n"
     "Signals: TERM/INT put every lease back and exit; HUP reloads the config.  See docs/daemon.md.\n";
-
-double jcd_mono(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-void jcd_log(const char *fmt, ...) {
-    char msg[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    if (use_syslog) {
-        syslog(LOG_NOTICE, "%s", msg);
-        return;
-    }
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    struct tm tm;
-    time_t t = ts.tv_sec;
-    char when[32] = "";
-    if (localtime_r(&t, &tm)) strftime(when, sizeof when, "%H:%M:%S", &tm);
-    fprintf(stderr, "joulecapd[%d] %s.%03ld: %s\n", (int)getpid(), when, ts.tv_nsec / 1000000L, msg);
-}
 
 /* ------------------------------------------------------------------------------------------------------
  * Output to clients.
@@ -397,7 +373,7 @@ static int daemonize(void) {
         if (nul > 2) close(nul);
     }
     openlog("joulecapd", LOG_PID, LOG_DAEMON);
-    use_syslog = 1;
+    jcd_log_to_syslog();
     return p[1];
 }
 
@@ -421,6 +397,7 @@ static int run(loop *L, const char *config_path) {
         int pending = jcd_leases_pending(s);
         int timeout = pending ? 2000 : -1;
         if (check_alive) timeout = 200;
+        if (s->exporter && (timeout < 0 || timeout > 1000)) timeout = 1000; /* limits for the scrapes */
         int r = poll(pfd, (nfds_t)n, timeout);
         if (r < 0 && errno != EINTR) {
             jcd_log("poll: %s", strerror(errno));
@@ -469,11 +446,13 @@ static int run(loop *L, const char *config_path) {
         }
         if (r > 0 && (pfd[1].revents & POLLIN)) client_accept(L);
         if (pending) jcd_leases_retry(s, now);
+        if (s->exporter) jcd_exporter_publish(s->exporter, s, now);
     }
 }
 
 int main(int argc, char **argv) {
     const char *socket_path = NULL, *config_path = JCD_DEFAULT_CONFIG, *state_dir = JCD_DEFAULT_STATE_DIR;
+    const char *metrics = NULL;
     int foreground = 0, check = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -482,7 +461,9 @@ int main(int argc, char **argv) {
             fputs(HELP, stdout);
             return 0;
         } else if (strcmp(a, "--version") == 0) {
-            printf("joulecapd %s (protocol %d)\n", JC_VERSION_STRING, JC__WIRE_VERSION);
+            char why[400];
+            printf("joulecapd %s (protocol %d; --metrics: %s)\n", JC_VERSION_STRING, JC__WIRE_VERSION,
+                   jcd_http_available(why, sizeof why) ? "libmicrohttpd" : "not built, libmicrohttpd missing");
             return 0;
         } else if (strcmp(a, "--foreground") == 0) {
             foreground = 1;
@@ -494,6 +475,8 @@ int main(int argc, char **argv) {
             dest = &config_path;
         } else if (strcmp(a, "--state-dir") == 0) {
             dest = &state_dir;
+        } else if (strcmp(a, "--metrics") == 0) {
+            dest = &metrics;
         } else {
             fprintf(stderr, "joulecapd: unknown option '%s'\n%s", a, HELP);
             return 2;
@@ -507,6 +490,14 @@ int main(int argc, char **argv) {
         }
     }
     if (check) return check_config(config_path);
+    jcd_addr maddr;
+    if (metrics) {
+        char why[600];
+        if (!jcd_http_available(why, sizeof why) || jcd_addr_parse(metrics, &maddr, why, sizeof why) != 0) {
+            fprintf(stderr, "joulecapd: --metrics: %s\n", why);
+            return 2;
+        }
+    }
     if (!socket_path) socket_path = JC__WIRE_DEFAULT_SOCKET;
     umask(077);
     signal(SIGPIPE, SIG_IGN);
@@ -554,10 +545,30 @@ int main(int argc, char **argv) {
         jcd_log("%s", err);
         return 1;
     }
+    jcd_http *http = NULL;
+    char mtext[300] = "";
+    if (metrics) {
+        jcd_exporter *e;
+        char bound[240];
+        if (jcd_exporter_open(s, &e, err, sizeof err) != 0 ||
+            jcd_http_start(&maddr, e, &http, bound, sizeof bound, err, sizeof err) != 0) {
+            jcd_log("--metrics %s: %s", metrics, err);
+            jcd_exporter_close(s->exporter);
+            close(L->listen_fd);
+            unlink(socket_path);
+            jc__nvml_close(s->nvml);
+            close(s->state_fd);
+            free(s->gpus);
+            free(s);
+            free(L);
+            return 1;
+        }
+        jc__fmt(mtext, sizeof mtext, ", metrics on %s", bound);
+    }
     int present = 0;
     for (int i = 0; i < s->ngpus; i++) present += s->gpus[i].present;
-    jcd_log("ready on %s: %d GPU%s, journal in %s, config %s (%d rule%s)", socket_path, present,
-            present == 1 ? "" : "s", state_dir, config_path, s->config.n, s->config.n == 1 ? "" : "s");
+    jcd_log("ready on %s: %d GPU%s, journal in %s, config %s (%d rule%s)%s", socket_path, present,
+            present == 1 ? "" : "s", state_dir, config_path, s->config.n, s->config.n == 1 ? "" : "s", mtext);
     notify("READY=1");
     if (ready_fd >= 0) {
         ssize_t w = write(ready_fd, "r", 1);
@@ -565,10 +576,13 @@ int main(int argc, char **argv) {
         close(ready_fd);
     }
     int rc = run(L, config_path);
+    jcd_http_stop(http);
     close(L->listen_fd);
     unlink(socket_path); /* before putting limits back: no new client meanwhile */
     while (L->n > 0) client_close(L, L->n - 1, "joulecapd is stopping");
     jcd_leases_stop(s);
+    jcd_exporter_close(s->exporter); /* the counters and job totals saved one last time */
+    s->exporter = NULL;
     jcd_log("stopped");
     jc__nvml_close(s->nvml);
     close(s->state_fd);

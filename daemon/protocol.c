@@ -9,7 +9,8 @@
  *   RELEASE <uuid>           the saved limit back, the lease ended
  *   PERSIST <uuid> <mW>      a persistent cap (kept after the connection, until RESET)
  *   RESET <uuid>             persistent cap -> its saved limit; none -> the default limit
- *   REPAIR [<uuid>]          persistent caps and leases waiting to be put back -> saved limits */
+ *   REPAIR [<uuid>]          persistent caps and leases waiting to be put back -> saved limits
+ *   ENERGY <job> <uuid> <mJ> protocol 2: adds mJ to the (job, user, GPU) total; job percent-encoded */
 #include <string.h>
 
 #include "jcd.h"
@@ -17,12 +18,45 @@
 static const struct {
     const char *name;
     jcd_verb verb;
-    int args; /* 0 none, 1 version, 2 uuid, 3 uuid + mW, 4 an optional uuid */
+    int args; /* 0 none, 1 version, 2 uuid, 3 uuid + mW, 4 an optional uuid, 5 job + uuid + mJ */
 } VERBS[] = {
     {"HELLO", JCD_HELLO, 1},   {"LIST", JCD_LIST, 0},       {"TAKE", JCD_TAKE, 2},
     {"SET", JCD_SET, 3},       {"RESTORE", JCD_RESTORE, 2}, {"RELEASE", JCD_RELEASE, 2},
     {"PERSIST", JCD_PERSIST, 3}, {"RESET", JCD_RESET, 2},   {"REPAIR", JCD_REPAIR, 4},
+    {"ENERGY", JCD_ENERGY, 5},
 };
+
+/* ENERGY <job> <uuid> <mJ>: the job name decoded (printable ASCII, spaces allowed), a whole number of mJ. */
+static int parse_energy(jc__wire_line *l, jcd_request *out, char *why, size_t whylen) {
+    char job[JC__WIRE_MAX_REQUEST];
+    jc__fmt(job, sizeof job, "%s", l->tok[1]);
+    size_t n = 0;
+    if (jc__wire_decode(job) == 0) {
+        for (; job[n]; n++)
+            if ((unsigned char)job[n] < 0x20 || (unsigned char)job[n] > 0x7e) break;
+    }
+    if (n == 0 || job[n] != '\0' || n > JCD_JOB_MAX) {
+        jc__fmt(why, whylen, "'%.40s' is not a job name (1 to %d bytes of printable ASCII, percent-encoded)",
+                l->tok[1], JCD_JOB_MAX);
+        return -1;
+    }
+    memcpy(out->job, job, n + 1);
+    if (!jc__wire_uuid_ok(l->tok[2])) {
+        jc__fmt(why, whylen, "'%.40s' is not a GPU UUID", l->tok[2]);
+        return -1;
+    }
+    jc__fmt(out->uuid, sizeof out->uuid, "%s", l->tok[2]);
+    const char *e = l->tok[3];
+    unsigned long long v = 0;
+    size_t d = 0;
+    for (; e[d] >= '0' && e[d] <= '9' && d < 14; d++) v = v * 10 + (unsigned long long)(e[d] - '0');
+    if (d == 0 || e[d] != '\0' || (d > 1 && e[0] == '0') || v > JCD_ENERGY_MAX_MJ) {
+        jc__fmt(why, whylen, "'%.20s' is not an energy in mJ (a whole number, at most %llu)", e, JCD_ENERGY_MAX_MJ);
+        return -1;
+    }
+    out->mj = v;
+    return 0;
+}
 
 int jcd_request_parse(const char *line, size_t len, jcd_request *out, char *why, size_t whylen) {
     memset(out, 0, sizeof *out);
@@ -41,7 +75,7 @@ int jcd_request_parse(const char *line, size_t len, jcd_request *out, char *why,
         jc__fmt(why, whylen, "unknown request '%.16s'", l.tok[0]);
         return -1;
     }
-    int want = VERBS[k].args == 0 ? 1 : VERBS[k].args == 3 ? 3 : 2;
+    int want = VERBS[k].args == 0 ? 1 : VERBS[k].args == 3 ? 3 : VERBS[k].args == 5 ? 4 : 2;
     if (VERBS[k].args == 4 && l.n == 1) want = 1;
     if (l.n != want) {
         jc__fmt(why, whylen, "%s takes %d argument%s, not %d", VERBS[k].name, want - 1, want == 2 ? "" : "s",
@@ -49,6 +83,7 @@ int jcd_request_parse(const char *line, size_t len, jcd_request *out, char *why,
         return -1;
     }
     out->verb = VERBS[k].verb;
+    if (VERBS[k].args == 5) return parse_energy(&l, out, why, whylen);
     if (VERBS[k].args == 1) {
         if (jc__wire_u32(l.tok[1], &out->version) != 0 || out->version == 0) {
             jc__fmt(why, whylen, "HELLO needs a protocol version, a positive number");

@@ -498,6 +498,24 @@ JC_API jc_status jc_cap_state_dir(const jc_cap_options *opts, char *buf, size_t 
  * joulecapd, text "joulecapd (PATH)"; 0 for direct, text "direct NVML".  text may be NULL. */
 JC_API int jc_cap_route(char *text, size_t len);
 
+/* ---------------------------------------------------------------------------------------------------------
+ * Per-job energy on the node (joulecapd --metrics, docs/daemon.md).
+ * ------------------------------------------------------------------------------------------------------- */
+/* Where joulecapd runs with --metrics, processes add the GPU energy of their windows to their job's totals on
+ * the node, which it exports as joulecap_job_gpu_energy_joules_total{job,user,gpu}: the user is the calling
+ * process's (the daemon asks the kernel), the job is the caller's word.  Each report adds: report a window
+ * once, and not both a window and a window nested in it. */
+
+/* The job this process belongs to: $JOULECAP_JOB, else $SLURM_JOB_ID, else $TORCHELASTIC_RUN_ID (unless it is
+ * "none", torchrun's default).  JC_ERR_NOT_FOUND when none is set; JC_ERR_INVALID_ARGUMENT when the value is
+ * not 1 to 128 bytes of printable ASCII. */
+JC_API jc_status jc_job_name(char *buf, size_t len);
+/* Adds the GPU energies of a window's result (finite values of GPU devices of ctx, named to the daemon by
+ * UUID) to the totals of job (NULL: jc_job_name()).  One connection, a request per GPU.  JC_ERR_UNAVAILABLE
+ * when no joulecapd runs (no socket); JC_ERR_NOT_SUPPORTED when it runs without --metrics or is older
+ * (protocol 1); JC_ERR_BUSY when it keeps too many job totals.  Nothing to add is JC_OK.  [any thread] */
+JC_API jc_status jc_job_report(jc_context *ctx, const char *job, const jc_window_result *result);
+
 /* Entry point of the guardian (`joulecap cap __guard --fd N --journal-dir DIR --owner PID --owner-start T`);
  * argv[0] is "__guard".  For the joulecap executable only; returns the exit code. */
 JC_API int jc_cap_guardian_main(int argc, char **argv);

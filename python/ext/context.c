@@ -429,6 +429,36 @@ static PyObject *Context_result(ContextObject *self, PyObject *args, PyObject *k
     return result_dict(&r, st == JC_OK);
 }
 
+/* job_report(window, job=None, timeout=0.0, force=False) -> None while a stopped window's values are not
+ * known (the window is kept; force: report what is known); else (status_name, detail) of jc_job_report and the
+ * window released.  The daemon's answer is returned, never raised: job energy is best effort. */
+static PyObject *Context_job_report(ContextObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"window", "job", "timeout", "force", NULL};
+    long long w;
+    const char *job = NULL;
+    double timeout = 0.0;
+    int force = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "L|zdp:job_report", kwlist, &w, &job, &timeout, &force))
+        return NULL;
+    if (!check_open(self) || !check_timeout(timeout)) return NULL;
+    jc_window_result r;
+    jc_status st, rs = JC_OK;
+    char detail[1024] = "";
+    int done;
+    self->busy++;
+    Py_BEGIN_ALLOW_THREADS
+    st = jc_window_result_get(self->ctx, (jc_window)w, timeout, &r);
+    done = st != JC_ERR_TIMEOUT || force;
+    if (st == JC_OK || (st == JC_ERR_TIMEOUT && force)) rs = jc_job_report(self->ctx, job, &r);
+    else if (st != JC_ERR_TIMEOUT) rs = st;
+    if (rs != JC_OK) snprintf(detail, sizeof detail, "%s", jc_last_detail());
+    if (done) jc_window_release(self->ctx, (jc_window)w);
+    Py_END_ALLOW_THREADS
+    self->busy--;
+    if (!done) Py_RETURN_NONE;
+    return Py_BuildValue("(ss)", rs == JC_OK ? "OK" : jc_status_name(rs), detail);
+}
+
 static PyObject *Context_release(ContextObject *self, PyObject *arg) {
     if (!check_open(self)) return NULL;
     jc_window w;
@@ -671,6 +701,10 @@ static PyMethodDef Context_methods[] = {
     {"result", (PyCFunction)(void (*)(void))Context_result, METH_VARARGS | METH_KEYWORDS,
      "result(window, timeout=10.0)\n--\n\nWaits for a stopped window's samples; returns a dict."},
     {"release", (PyCFunction)Context_release, METH_O, "release(window)\n--\n\nForgets a window."},
+    {"job_report", (PyCFunction)(void (*)(void))Context_job_report, METH_VARARGS | METH_KEYWORDS,
+     "job_report(window, job=None, timeout=0.0, force=False)\n--\n\nAdds a stopped window's GPU energy to the job's "
+     "totals at joulecapd (jc_job_report) and releases it: (status_name, detail), or None while its values are not "
+     "known."},
     {"window_name", (PyCFunction)Context_window_name, METH_O, "window_name(window)\n--\n\nThe window's name."},
     {"energy_between", (PyCFunction)(void (*)(void))Context_energy_between, METH_VARARGS | METH_KEYWORDS,
      "energy_between(t0_ns, t1_ns, timeout=10.0)\n--\n\nEnergy per device between two jc_now_ns() times."},

@@ -77,6 +77,14 @@ static PyObject *mod_strerror(PyObject *m, PyObject *arg) {
     return PyUnicode_FromString(jc_strerror((jc_status)v));
 }
 
+/* job_name() -> the job of this process ($JOULECAP_JOB, $SLURM_JOB_ID, $TORCHELASTIC_RUN_ID), or None. */
+static PyObject *mod_job_name(PyObject *m, PyObject *Py_UNUSED(ignored)) {
+    (void)m;
+    char buf[256];
+    if (jc_job_name(buf, sizeof buf) != JC_OK) Py_RETURN_NONE;
+    return PyUnicode_FromString(buf);
+}
+
 static PyMethodDef module_methods[] = {
     {"now_ns", mod_now_ns, METH_NOARGS, "now_ns()\n--\n\nThe library's monotonic clock (CLOCK_MONOTONIC), ns."},
     {"version", mod_version, METH_NOARGS, "version()\n--\n\nVersion of libjoulecap."},
@@ -91,6 +99,8 @@ static PyMethodDef module_methods[] = {
      "limit; dict(did, limit_w, note)."},
     {"cap_restore", (PyCFunction)(void (*)(void))mod_cap_restore, METH_VARARGS | METH_KEYWORDS,
      "cap_restore(gpus=None, *, state_dir=None)\n--\n\nRepairs stale and persistent journals; one dict per journal."},
+    {"job_name", mod_job_name, METH_NOARGS,
+     "job_name()\n--\n\nThe job of this process ($JOULECAP_JOB, $SLURM_JOB_ID, $TORCHELASTIC_RUN_ID), or None."},
     {"cap_route", mod_cap_route, METH_NOARGS,
      "cap_route()\n--\n\n(True, 'joulecapd (PATH)') when caps go through joulecapd, else (False, 'direct NVML')."},
     {NULL, NULL, 0, NULL},

@@ -14,7 +14,7 @@ import math
 import threading
 from typing import Any, Callable, Dict, List, Optional
 
-from . import _joulecap
+from . import _jobs, _joulecap
 from ._common import _Devices, _check_path, _create_file, _gpu_selection, _open_context, _register, _source_notes
 from .errors import InvalidArgument, StateError
 
@@ -286,7 +286,8 @@ class EnergyMeasurementTool:
             kwargs["interval"] = _check_interval(interval)
         if counter_interval is not None:
             kwargs["counter_interval"] = float(counter_interval)
-        self._ctx = _open_context(gpu_num, **kwargs)
+        # Where a job name and joulecapd exist, the GPU energy measured goes to the job's totals (_jobs.py).
+        self._ctx = _jobs.wrap(_open_context(gpu_num, **kwargs))
         self._devices = _Devices(self._ctx)
         self._open: Dict[Optional[str], int] = {}
         self.last_result: Optional[Measurement] = None

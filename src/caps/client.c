@@ -57,6 +57,7 @@ typedef struct conn {
     char buf[JC__WIRE_MAX_REPLY];
     size_t used;
     char state_dir[256];
+    unsigned proto; /* the version HELLO agreed on */
 } conn;
 
 static jc_status conn_fail(const conn *c, jc_status st, const char *fmt, ...) JC__PRINTF(3, 4);
@@ -211,6 +212,7 @@ static jc_status conn_open(conn *c) {
     }
     const char *dir = jc__wire_get(&ok, "state_dir");
     jc__fmt(c->state_dir, sizeof c->state_dir, "%s", dir ? dir : "");
+    c->proto = (unsigned)proto;
     return JC_OK;
 }
 
@@ -766,4 +768,38 @@ jc_status jc__capd_restore(const jc_cap_options *opts, jc_cap_restore_entry *out
     if (R.first != JC_OK) return conn_fail(&c, R.first, "%s", R.first_detail);
     jc__clear_detail();
     return JC_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------------
+ * A connection for requests other than caps (src/caps/job.c).
+ * ---------------------------------------------------------------------------------------------------- */
+
+struct jc__capd_conn {
+    conn c;
+};
+
+jc_status jc__capd_connect(jc__capd_conn **out, unsigned *proto) {
+    *out = NULL;
+    jc__capd_conn *k = calloc(1, sizeof *k);
+    if (!k) return jc__fail(JC_ERR_NO_MEMORY, "out of memory");
+    jc_status st = conn_open(&k->c);
+    if (st != JC_OK) {
+        free(k);
+        return st;
+    }
+    *proto = k->c.proto;
+    *out = k;
+    return JC_OK;
+}
+
+jc_status jc__capd_request(jc__capd_conn *k, const char *req, char *fin, jc__wire_line *ok) {
+    return conn_call(&k->c, req, NULL, NULL, fin, ok);
+}
+
+const char *jc__capd_path(const jc__capd_conn *k) { return k->c.path; }
+
+void jc__capd_disconnect(jc__capd_conn *k) {
+    if (!k) return;
+    conn_close(&k->c);
+    free(k);
 }

@@ -6,6 +6,7 @@
 #include <stddef.h>
 
 #include "joulecap.h"
+#include "wire.h"
 
 /* 1 when cap calls go through joulecapd: its socket ($JOULECAP_DAEMON_SOCKET, else the default) exists.
  * path (may be NULL) gets the socket's path either way. */
@@ -27,6 +28,15 @@ jc_status jc__capd_list(const jc_cap_options *opts, jc_cap_info *out, int max, i
 jc_status jc__capd_set_persistent(const char *gpu, double watts, char *note, size_t note_len);
 jc_status jc__capd_reset(const char *gpu, jc_cap_reset_kind *did, double *limit_w, char *note, size_t note_len);
 jc_status jc__capd_restore(const jc_cap_options *opts, jc_cap_restore_entry *out, int max, int *count);
+
+/* A connection to joulecapd for requests other than caps (job.c): HELLO done, *proto the version agreed on.
+ * jc__capd_request sends one request and reads its final line (OK: JC_OK and *ok; ERR: its status, with
+ * "joulecapd (PATH): ..." in the detail); no data lines are expected. */
+typedef struct jc__capd_conn jc__capd_conn;
+jc_status jc__capd_connect(jc__capd_conn **out, unsigned *proto);
+jc_status jc__capd_request(jc__capd_conn *c, const char *req, char *fin, jc__wire_line *ok);
+const char *jc__capd_path(const jc__capd_conn *c);
+void jc__capd_disconnect(jc__capd_conn *c); /* NULL allowed */
 
 /* Parses one GPU line of a LIST reply into info (limits, holder); 0, or -1 when it is malformed.  Pure: used
  * by the client and fuzzed. */
