@@ -351,7 +351,7 @@ jc_status jc_window_result_get(jc_context *ctx, jc_window id, double timeout_s, 
         st = jc__fail(JC_ERR_STATE, "window '%s' is still open: stop it first", w->name ? w->name : "");
     else
         st = wait_edges(ctx, w->t0, w->t1, w->e0, w->e1, timeout_s, out, w);
-    if (st == JC_OK && w->logging) st = jc__wlog_wait_row(ctx, w, id, timeout_s);
+    if (st == JC_OK && (w->logging || w->row_seq)) st = jc__wlog_wait_row(ctx, w, id, timeout_s);
     pthread_mutex_unlock(&ctx->lock);
     return st;
 }
