@@ -2,7 +2,7 @@
  * cumulative energy, or is rejected.
  *   - a rise faster than the card can draw (2x its largest power limit) is a jump: rejected;
  *   - a fall to a value the card could have drawn since the last good reading is a restart (driver reload):
- *     stitched, the energy keeps adding up from the last good reading;
+ *     stitched, the gap since the last good reading filled at the power before it;
  *   - any other fall goes backwards: rejected.
  * Rejected readings that then rise at a plausible rate among themselves (3 in a row) mean the counter moved
  * for good: the series is re-based on them, the gap filled at the power seen before it.  Each case makes the
@@ -59,10 +59,14 @@ int jc__counter_commit(jc__device *d, uint64_t t, unsigned long long mj) {
     } else if (mj >= c->good_mj && (double)(mj - c->good_mj) * 1e-3 <= bound_j(d, c->good_ns, t)) {
         push(d, t, mj);
     } else if (mj < c->good_mj && (double)mj * 1e-3 <= bound_j(d, c->good_ns, t)) {
-        /* Restarted from 0 somewhere in (good_ns, t]: continue from the last good reading. */
-        c->offset_j += (double)c->good_mj * 1e-3;
+        /* Restarted from 0 somewhere in (good_ns, t]: the reading holds only the energy since the restart, so
+         * the gap since the last good reading is filled at the power seen before it (at least the reading). */
+        double before = (double)c->good_mj * 1e-3 + c->offset_j;
+        double gap = recent_power(d) * jc__s(t - c->good_ns);
+        if (gap < (double)mj * 1e-3) gap = (double)mj * 1e-3;
+        c->offset_j = before + gap - (double)mj * 1e-3;
         jc__health_degrade(d, t, "energy counter restarted near %.2f s (from %.0f J to %.1f J; a driver reload?): "
-                           "stitched, up to %.2f s of energy unmeasured", since_epoch(d, t),
+                           "stitched, %.2f s filled at the power before it", since_epoch(d, t),
                            (double)c->good_mj * 1e-3, (double)mj * 1e-3, jc__s(t - c->good_ns));
         d->degraded_until_ns = t + 10000000000ull;
         push(d, t, mj);
