@@ -152,6 +152,14 @@ jc_status jc_sweep_new(const double *cap_w, const double *time_per_step_s, const
     return JC_OK;
 }
 
+size_t jc__sweep_points(const jc_sweep *s, const double **cap_w, const double **time_per_step_s,
+                        const double **avg_power_w) {
+    *cap_w = s->cap;
+    *time_per_step_s = s->t;
+    *avg_power_w = s->p;
+    return s->n;
+}
+
 void jc_sweep_free(jc_sweep *s) {
     if (!s) return;
     free(s->cap);
@@ -247,6 +255,13 @@ jc_status jc_sweep_load(const char *path, jc_sweep **out) {
         return jc__fail(err == ENOENT ? JC_ERR_NOT_FOUND : JC_ERR_IO, "cannot open sweep %s: %s", path,
                         strerror(err));
     }
+    jc_status st = jc__sweep_read(f, path, out);
+    fclose(f);
+    return st;
+}
+
+jc_status jc__sweep_read(FILE *f, const char *path, jc_sweep **out) {
+    *out = NULL;
     char line[4096];
     char *cells[MAX_COLS];
     int col_cap = -1, col_t = -1, col_p = -1, col_min = -1, col_max = -1, col_def = -1;
@@ -359,7 +374,6 @@ jc_status jc_sweep_load(const char *path, jc_sweep **out) {
         st = jc__fail(st, "%s: %s", path, msg);
     }
 done:
-    fclose(f);
     free(caps);
     free(ts);
     free(ps);
