@@ -298,14 +298,16 @@ jc_status jc__rapl_open(const char *sysfs_root, jc__rapl **out, char *why, size_
 
     for (size_t i = 0; i < r->n; i++) {
         rapl_zone *z = &r->zones[i];
-        char path[RAPL_PATH_MAX], err[512];
+        char path[RAPL_PATH_MAX], err[512] = "path too long";
         if (!jc__path(path, sizeof path, "%s/%s/max_energy_range_uj", base, z->dir) ||
             jc__read_u64(path, &z->max_uj, err, sizeof err) != JC_OK) {
+            /* The message names the zone: write it before the zones are freed. */
+            st = jc__fail_why(JC_ERR_IO, why, whylen,
+                              "RAPL zone %s (%s): cannot read max_energy_range_uj, so its wraps cannot be "
+                              "corrected: %s",
+                              z->dir, z->name, err);
             free_rapl(r);
-            return jc__fail_why(JC_ERR_IO, why, whylen,
-                             "RAPL zone %s (%s): cannot read max_energy_range_uj, so its wraps cannot be "
-                             "corrected: %s",
-                             z->dir, z->name, err);
+            return st;
         }
         st = read_counter(z, &z->prev_uj, why, whylen);
         if (st != JC_OK) {
