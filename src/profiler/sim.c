@@ -196,12 +196,21 @@ jc_status jc_sweep_best_cap(const jc_sweep *s, jc_objective objective, double ma
     if (!s || !cap_w || !value) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_sweep_best_cap: NULL argument");
     if (!jc_objective_name(objective)) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_sweep_best_cap: bad objective");
     if (!(grid_w > 0)) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_sweep_best_cap: grid_w must be > 0");
+    /* A sweep file may hold any positive number: a 1 W grid up to a forged 10^17 W limit would never end. */
+    if (!((s->def_w - s->min_w) / grid_w <= 1e6))
+        return jc__fail(JC_ERR_INVALID_ARGUMENT,
+                        "jc_sweep_best_cap: a grid of %g W over [%g, %g] W has more than 10^6 points", grid_w,
+                        s->min_w, s->def_w);
     jc__objective_params op = {objective, eta, max_slowdown, s->max_w, NAN};
     double tref, pref;
     jc_sweep_eval(s, s->def_w, &tref, &pref);
     op.t_ref = tref;
     double best = INFINITY, bc = NAN;
-    for (double c = s->min_w; c <= s->def_w + 1e-9; c += grid_w) {
+    /* c = min + i * grid, not c += grid: near 10^17 W adding 1 W changes nothing. */
+    double steps = floor((s->def_w - s->min_w) / grid_w) + 1;
+    for (double i = 0; i <= steps; i++) {
+        double c = s->min_w + i * grid_w;
+        if (c > s->def_w + 1e-9) break;
         double t, p;
         jc_sweep_eval(s, c, &t, &p);
         if (!jc__feasible(&op, t)) continue;
