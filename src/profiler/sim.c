@@ -481,7 +481,14 @@ static double eff_cap(const jc_simgpu *g, double x) {
 static void advance(jc_simgpu *g, double dt, double pw) {
     double end = g->now + dt;
     if (g->o.counter_period_s > 0) {
-        while (g->next_update <= end) {
+        for (long k = 0; g->next_update <= end; k++) {
+            /* A sweep file may make one step last 10^15 s (or for ever): then take the counter at the end
+             * rather than update it 10^16 times, or for ever once next_update + period == next_update. */
+            if (k == 100000 || g->next_update + g->o.counter_period_s == g->next_update) {
+                g->counter = floor((g->energy + pw * dt) * 1000) / 1000;
+                g->next_update = end + g->o.counter_period_s;
+                break;
+            }
             g->counter = g->energy + pw * (g->next_update - g->now);
             g->counter = floor(g->counter * 1000) / 1000; /* NVML counts millijoules */
             g->next_update += g->o.counter_period_s;
@@ -506,7 +513,8 @@ void jc_simgpu_step(jc_simgpu *g, double *t_end, double *energy) {
         double dur = t * g->scale * zt; /* seconds for the whole step at this rate */
         double settling = g->o.settle_s > 0 && g->now < g->t_change + g->o.settle_s;
         double slice = work * dur;
-        if (settling && slice > 0.005) slice = 0.005;
+        /* Unless 5 ms no longer moves the clock (a sweep file's very slow cap can take it past 10^13 s). */
+        if (settling && slice > 0.005 && g->now + 0.005 > g->now) slice = 0.005;
         double done = slice / dur;
         if (done > work) done = work;
         advance(g, slice, p * zp);
