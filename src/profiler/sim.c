@@ -172,6 +172,12 @@ void jc_sweep_limits(const jc_sweep *s, double *min_w, double *max_w, double *de
     if (def_w) *def_w = s->def_w;
 }
 
+/* y0 + a (y1 - y0), kept between y0 and y1: rounding took y0 = 2e92, y1 = 300, a = 1 to 0 W. */
+static double lerp(double y0, double y1, double a) {
+    double v = y0 + a * (y1 - y0), lo = y0 < y1 ? y0 : y1, hi = y0 < y1 ? y1 : y0;
+    return v < lo ? lo : v > hi ? hi : v;
+}
+
 void jc_sweep_eval(const jc_sweep *s, double c, double *t, double *p) {
     size_t n = s->n;
     if (c <= s->cap[0]) {
@@ -187,8 +193,8 @@ void jc_sweep_eval(const jc_sweep *s, double c, double *t, double *p) {
     size_t i = 0;
     while (i + 1 < n && s->cap[i + 1] < c) i++;
     double a = (c - s->cap[i]) / (s->cap[i + 1] - s->cap[i]);
-    *t = s->t[i] + a * (s->t[i + 1] - s->t[i]);
-    *p = s->p[i] + a * (s->p[i + 1] - s->p[i]);
+    *t = lerp(s->t[i], s->t[i + 1], a);
+    *p = lerp(s->p[i], s->p[i + 1], a);
 }
 
 jc_status jc_sweep_best_cap(const jc_sweep *s, jc_objective objective, double max_slowdown, double eta,
