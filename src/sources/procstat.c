@@ -84,5 +84,6 @@ jc_status jc__procstat_update(jc__procstat *ps, uint64_t busy, uint64_t total, d
     ps->prev_total = total;
     ps->prev_busy = busy;
     *util_pct = 100.0 * db / (double)dt;
+    if (*util_pct > 100.0) *util_pct = 100.0; /* db == dt can round to 100.00000000000001 */
     return JC_OK;
 }
