@@ -118,6 +118,10 @@ static uint64_t counter_delta(uint64_t prev, uint64_t cur, uint64_t max) {
     return (max - prev) + 1 + cur;
 }
 
+/* a + b, held at UINT64_MAX rather than wrapping: forged counters (a max_energy_range_uj of 2^64 - 1) could
+ * otherwise add up past 2^64 uJ and make the energy go backwards. */
+static uint64_t add_sat(uint64_t a, uint64_t b) { return a + b < a ? UINT64_MAX : a + b; }
+
 static void free_rapl(jc__rapl *r) {
     if (!r) return;
     free(r->zones);
@@ -339,9 +343,9 @@ jc_status jc__rapl_read(jc__rapl *rapl, double *energy_j, char *why, size_t whyl
         uint64_t total = 0;
         for (size_t i = 0; i < rapl->n; i++) {
             rapl_zone *z = &rapl->zones[i];
-            z->total_uj += counter_delta(z->prev_uj, vals[i], z->max_uj);
+            z->total_uj = add_sat(z->total_uj, counter_delta(z->prev_uj, vals[i], z->max_uj));
             z->prev_uj = vals[i];
-            total += z->total_uj;
+            total = add_sat(total, z->total_uj);
         }
         *energy_j = (double)total * 1e-6;
     }
