@@ -714,7 +714,8 @@ JC_API void jc_sweep_limits(const jc_sweep *s, double *min_limit_w, double *max_
  * beyond them. */
 JC_API void jc_sweep_eval(const jc_sweep *s, double cap_w, double *time_per_step_s, double *avg_power_w);
 /* The cap in [min, default] that minimises an objective of the interpolated sweep on a grid of grid_w watts
- * (reference for ENERGY_SLOWDOWN: the default limit).  *value gets the objective there. */
+ * (reference for ENERGY_SLOWDOWN: the default limit).  *value gets the objective there.
+ * JC_ERR_INVALID_ARGUMENT when the grid would have more than 10^6 points. */
 JC_API jc_status jc_sweep_best_cap(const jc_sweep *s, jc_objective objective, double max_slowdown, double eta,
                                    double grid_w, double *cap_w, double *value);
 

@@ -22,24 +22,40 @@ cmake -S . -B build/tsan -DJC_WERROR=ON -DJC_TSAN=ON -DCMAKE_BUILD_TYPE=Debug >/
 cmake --build build/tsan -j"$jobs"
 TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build/tsan --output-on-failure -j"$jobs"
 
-echo "== joulecapd protocol fuzzing (libFuzzer, ${JC_FUZZ_SECONDS:-45} s)"
+fuzz_s=${JC_FUZZ_SECONDS:-30}
+echo "== fuzzing (libFuzzer, ${fuzz_s} s each, side by side): joulecapd protocol, library parsers"
 if command -v clang >/dev/null; then
     CC=clang cmake -S . -B build/fuzz -DJC_FUZZ=ON -DJC_BUILD_TESTS=OFF -DJC_BUILD_CLI=OFF -DJC_WERROR=ON \
         -DCMAKE_BUILD_TYPE=Debug >/dev/null
-    cmake --build build/fuzz -j"$jobs" --target fuzz_protocol
-    # New inputs go to a scratch copy of the seed corpus, not into the source tree.
-    corpus=$(mktemp -d)
-    cp tests/fuzz/corpus/* "$corpus"/
-    if ! build/fuzz/fuzz_protocol -max_total_time="${JC_FUZZ_SECONDS:-45}" -print_final_stats=1 \
-            -artifact_prefix=build/fuzz/ "$corpus" >build/fuzz/fuzz.log 2>&1; then
-        tail -60 build/fuzz/fuzz.log
-        echo "fuzz_protocol failed: the input is build/fuzz/crash-* (replay: build/fuzz/fuzz_protocol FILE)"
-        exit 1
-    fi
-    grep -E "^Done|number_of_executed_units|new_units_added" build/fuzz/fuzz.log
-    rm -rf "$corpus"
+    cmake --build build/fuzz -j"$jobs" --target fuzz_protocol fuzz_parsers
+    # One harness: its seed corpus copied to scratch (new inputs stay out of the source tree), a bounded run.
+    fuzz() {
+        local name=$1 seeds=$2 corpus rc=0
+        corpus=$(mktemp -d)
+        cp "$seeds"/* "$corpus"/
+        build/fuzz/"$name" -max_total_time="$fuzz_s" -timeout=10 -print_final_stats=1 \
+            -artifact_prefix=build/fuzz/"$name"- "$corpus" >build/fuzz/"$name".log 2>&1 || rc=$?
+        rm -rf "$corpus"
+        return "$rc"
+    }
+    fuzz fuzz_protocol tests/fuzz/corpus &
+    protocol=$!
+    fuzz fuzz_parsers tests/fuzz/corpus-parsers &
+    parsers=$!
+    failed=""
+    wait "$protocol" || failed="fuzz_protocol"
+    wait "$parsers" || failed="$failed fuzz_parsers"
+    for name in fuzz_protocol fuzz_parsers; do
+        echo "$name: $(grep -E "^Done|number_of_executed_units|new_units_added" build/fuzz/$name.log | tr -s ' ' | tr '\n' ' ')"
+    done
+    for name in $failed; do
+        tail -60 build/fuzz/"$name".log
+        echo "$name failed: the input is build/fuzz/$name-crash-* (or -timeout-*; replay: build/fuzz/$name FILE)"
+    done
+    [ -z "$failed" ] || exit 1
 else
-    echo "skipped: clang not found (.ci/run installs it); fuzz_protocol_smoke above ran the harness without libFuzzer"
+    echo "skipped: clang not found (.ci/run installs it); fuzz_protocol_smoke and fuzz_parsers_smoke above ran the"
+    echo "harnesses without libFuzzer"
 fi
 
 if [ -f pyproject.toml ]; then

@@ -64,6 +64,9 @@ void jc__cap_unlock(int fd);
 /* Reads a journal: JC_OK with *exists = 1, or JC_OK with *exists = 0 when there is none.  A damaged one:
  * JC_ERR_IO naming its path and the repair; a link or another user's file: JC_ERR_NO_PERMISSION. */
 jc_status jc__journal_read(const char *dir, const char *uuid, jc__journal *j, int *exists);
+/* Parses a journal's text (len bytes, NUL-terminated; cut into pieces in place); stem is the file's name
+ * without ".journal".  0, or -1 with what is wrong in why. */
+int jc__journal_parse(char *text, size_t len, const char *stem, jc__journal *j, char *why, size_t wl);
 /* JC_ERR_IO: the journal <dir>/<stem>.journal is damaged (why), with the commands that repair it. */
 jc_status jc__journal_damaged(const char *dir, const char *stem, const char *why);
 /* The journal's text (version 2, with its checksum line) into text; its length, or -1 when it does not fit. */
@@ -82,6 +85,8 @@ jc_cap_manager jc__journal_manager(const jc__journal *j);
 /* Start time of a process (field 22 of /proc/<pid>/stat); 0 on success, -1 when it does not exist (or is a
  * zombie: *zombie = 1), -2 when it exists but cannot be read. */
 int jc__proc_start(int pid, unsigned long long *start, int *zombie);
+/* The same from the text of a /proc/<pid>/stat: 0, -1 (a zombie), -2 (not such a line). */
+int jc__proc_stat_parse(const char *text, unsigned long long *start, int *zombie);
 /* 1 when pid runs and started at start (or cannot be checked but exists), else 0. */
 int jc__proc_alive(int pid, unsigned long long start);
 /* The command line of pid, arguments joined by spaces, no control characters; "" when unreadable. */

@@ -275,9 +275,7 @@ static int bad(char *why, size_t wl, const char *fmt, ...) {
     return -1;
 }
 
-/* Parses a journal's text (len bytes, NUL-terminated); stem is the file's name without ".journal".  0, or
- * -1 with what is wrong in why. */
-static int parse_journal(char *text, size_t len, const char *stem, jc__journal *j, char *why, size_t wl) {
+int jc__journal_parse(char *text, size_t len, const char *stem, jc__journal *j, char *why, size_t wl) {
     memset(j, 0, sizeof *j);
     if (len == 0) return bad(why, wl, "it is empty");
     if (strlen(text) != len) return bad(why, wl, "it holds a NUL byte");
@@ -381,7 +379,7 @@ jc_status jc__journal_read(const char *dir, const char *uuid, jc__journal *j, in
     char why[160], stem[100];
     safe_name(stem, sizeof stem, uuid);
     if (used >= JOURNAL_MAX) return jc__journal_damaged(dir, stem, "it is too large to be one");
-    if (parse_journal(text, used, stem, j, why, sizeof why) != 0) return jc__journal_damaged(dir, stem, why);
+    if (jc__journal_parse(text, used, stem, j, why, sizeof why) != 0) return jc__journal_damaged(dir, stem, why);
     *exists = 1;
     return JC_OK;
 }
@@ -526,8 +524,13 @@ int jc__proc_start(int pid, unsigned long long *start, int *zombie) {
     jc_status st = jc__read_text(path, text, sizeof text, NULL, 0);
     if (st == JC_ERR_NOT_FOUND) return -1;
     if (st != JC_OK) return -2;
+    return jc__proc_stat_parse(text, start, zombie);
+}
+
+int jc__proc_stat_parse(const char *text, unsigned long long *start, int *zombie) {
+    if (zombie) *zombie = 0;
     /* "pid (comm) state ppid ...": comm may hold spaces and parentheses, so start after the last ')'. */
-    char *p = strrchr(text, ')');
+    const char *p = strrchr(text, ')');
     if (!p) return -2;
     p++;
     char state = 0;

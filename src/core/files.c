@@ -1,4 +1,5 @@
 /* Small-file reads for sysfs and procfs, and the overridable roots that let tests use fake trees. */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -50,10 +51,12 @@ jc_status jc__read_u64(const char *path, uint64_t *value, char *why, size_t whyl
     char buf[64];
     jc_status st = jc__read_text(path, buf, sizeof buf, why, whylen);
     if (st != JC_OK) return st;
+    const char *digits = buf;
+    while (isspace((unsigned char)*digits)) digits++;
     char *end = NULL;
     errno = 0;
     unsigned long long v = strtoull(buf, &end, 10);
-    if (end == buf || errno != 0) {
+    if (end == buf || errno != 0 || *digits == '-') { /* strtoull takes "-1" for 18446744073709551615 */
         if (why) jc__fmt(why, whylen, "%s: not a number: '%s'", path, buf);
         return JC_ERR_IO;
     }

@@ -3,6 +3,7 @@
 #define JC_PROFILER_INTERNAL_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 #include "core/internal.h"
 
@@ -74,5 +75,11 @@ typedef struct jc__rng {
 void jc__rng_seed(jc__rng *r, uint64_t seed);
 double jc__rng_uniform(jc__rng *r); /* [0, 1) */
 double jc__rng_normal(jc__rng *r);  /* standard normal */
+
+/* jc_sweep_load from an open stream (a file, or fmemopen() over a buffer); path names it in errors. */
+jc_status jc__sweep_read(FILE *f, const char *path, jc_sweep **out);
+/* A loaded sweep's points, sorted by cap (distinct caps, rows of one cap averaged); their number. */
+size_t jc__sweep_points(const jc_sweep *s, const double **cap_w, const double **time_per_step_s,
+                        const double **avg_power_w);
 
 #endif

@@ -152,6 +152,14 @@ jc_status jc_sweep_new(const double *cap_w, const double *time_per_step_s, const
     return JC_OK;
 }
 
+size_t jc__sweep_points(const jc_sweep *s, const double **cap_w, const double **time_per_step_s,
+                        const double **avg_power_w) {
+    *cap_w = s->cap;
+    *time_per_step_s = s->t;
+    *avg_power_w = s->p;
+    return s->n;
+}
+
 void jc_sweep_free(jc_sweep *s) {
     if (!s) return;
     free(s->cap);
@@ -162,6 +170,12 @@ void jc_sweep_limits(const jc_sweep *s, double *min_w, double *max_w, double *de
     if (min_w) *min_w = s->min_w;
     if (max_w) *max_w = s->max_w;
     if (def_w) *def_w = s->def_w;
+}
+
+/* y0 + a (y1 - y0), kept between y0 and y1: rounding took y0 = 2e92, y1 = 300, a = 1 to 0 W. */
+static double lerp(double y0, double y1, double a) {
+    double v = y0 + a * (y1 - y0), lo = y0 < y1 ? y0 : y1, hi = y0 < y1 ? y1 : y0;
+    return v < lo ? lo : v > hi ? hi : v;
 }
 
 void jc_sweep_eval(const jc_sweep *s, double c, double *t, double *p) {
@@ -179,8 +193,8 @@ void jc_sweep_eval(const jc_sweep *s, double c, double *t, double *p) {
     size_t i = 0;
     while (i + 1 < n && s->cap[i + 1] < c) i++;
     double a = (c - s->cap[i]) / (s->cap[i + 1] - s->cap[i]);
-    *t = s->t[i] + a * (s->t[i + 1] - s->t[i]);
-    *p = s->p[i] + a * (s->p[i + 1] - s->p[i]);
+    *t = lerp(s->t[i], s->t[i + 1], a);
+    *p = lerp(s->p[i], s->p[i + 1], a);
 }
 
 jc_status jc_sweep_best_cap(const jc_sweep *s, jc_objective objective, double max_slowdown, double eta,
@@ -188,12 +202,21 @@ jc_status jc_sweep_best_cap(const jc_sweep *s, jc_objective objective, double ma
     if (!s || !cap_w || !value) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_sweep_best_cap: NULL argument");
     if (!jc_objective_name(objective)) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_sweep_best_cap: bad objective");
     if (!(grid_w > 0)) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_sweep_best_cap: grid_w must be > 0");
+    /* A sweep file may hold any positive number: a 1 W grid up to a forged 10^17 W limit would never end. */
+    if (!((s->def_w - s->min_w) / grid_w <= 1e6))
+        return jc__fail(JC_ERR_INVALID_ARGUMENT,
+                        "jc_sweep_best_cap: a grid of %g W over [%g, %g] W has more than 10^6 points", grid_w,
+                        s->min_w, s->def_w);
     jc__objective_params op = {objective, eta, max_slowdown, s->max_w, NAN};
     double tref, pref;
     jc_sweep_eval(s, s->def_w, &tref, &pref);
     op.t_ref = tref;
     double best = INFINITY, bc = NAN;
-    for (double c = s->min_w; c <= s->def_w + 1e-9; c += grid_w) {
+    /* c = min + i * grid, not c += grid: near 10^17 W adding 1 W changes nothing. */
+    double steps = floor((s->def_w - s->min_w) / grid_w) + 1;
+    for (double i = 0; i <= steps; i++) {
+        double c = s->min_w + i * grid_w;
+        if (c > s->def_w + 1e-9) break;
         double t, p;
         jc_sweep_eval(s, c, &t, &p);
         if (!jc__feasible(&op, t)) continue;
@@ -247,6 +270,13 @@ jc_status jc_sweep_load(const char *path, jc_sweep **out) {
         return jc__fail(err == ENOENT ? JC_ERR_NOT_FOUND : JC_ERR_IO, "cannot open sweep %s: %s", path,
                         strerror(err));
     }
+    jc_status st = jc__sweep_read(f, path, out);
+    fclose(f);
+    return st;
+}
+
+jc_status jc__sweep_read(FILE *f, const char *path, jc_sweep **out) {
+    *out = NULL;
     char line[4096];
     char *cells[MAX_COLS];
     int col_cap = -1, col_t = -1, col_p = -1, col_min = -1, col_max = -1, col_def = -1;
@@ -359,7 +389,6 @@ jc_status jc_sweep_load(const char *path, jc_sweep **out) {
         st = jc__fail(st, "%s: %s", path, msg);
     }
 done:
-    fclose(f);
     free(caps);
     free(ts);
     free(ps);
@@ -458,7 +487,14 @@ static double eff_cap(const jc_simgpu *g, double x) {
 static void advance(jc_simgpu *g, double dt, double pw) {
     double end = g->now + dt;
     if (g->o.counter_period_s > 0) {
-        while (g->next_update <= end) {
+        for (long k = 0; g->next_update <= end; k++) {
+            /* A sweep file may make one step last 10^15 s (or for ever): then take the counter at the end
+             * rather than update it 10^16 times, or for ever once next_update + period == next_update. */
+            if (k == 100000 || g->next_update + g->o.counter_period_s == g->next_update) {
+                g->counter = floor((g->energy + pw * dt) * 1000) / 1000;
+                g->next_update = end + g->o.counter_period_s;
+                break;
+            }
             g->counter = g->energy + pw * (g->next_update - g->now);
             g->counter = floor(g->counter * 1000) / 1000; /* NVML counts millijoules */
             g->next_update += g->o.counter_period_s;
@@ -483,7 +519,8 @@ void jc_simgpu_step(jc_simgpu *g, double *t_end, double *energy) {
         double dur = t * g->scale * zt; /* seconds for the whole step at this rate */
         double settling = g->o.settle_s > 0 && g->now < g->t_change + g->o.settle_s;
         double slice = work * dur;
-        if (settling && slice > 0.005) slice = 0.005;
+        /* Unless 5 ms no longer moves the clock (a sweep file's very slow cap can take it past 10^13 s). */
+        if (settling && slice > 0.005 && g->now + 0.005 > g->now) slice = 0.005;
         double done = slice / dur;
         if (done > work) done = work;
         advance(g, slice, p * zp);

@@ -6,6 +6,7 @@
 #define JC_SOURCES_CPU_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "../core/internal.h"
 
@@ -34,6 +35,12 @@ typedef struct jc__procstat {
 jc_status jc__procstat_open(const char *proc_root, jc__procstat *ps, char *why, size_t whylen);
 /* Utilisation (0-100 %) of all CPUs since the previous call (since open on the first call).  Non-blocking. */
 jc_status jc__procstat_read(jc__procstat *ps, double *util_pct, char *why, size_t whylen);
+/* The two halves of a read, for tests and the fuzzer: parse the text of a /proc/stat (path names it in
+ * errors) into busy and total ticks; then the utilisation since ps's previous snapshot, which it replaces. */
+jc_status jc__procstat_parse(const char *text, const char *path, uint64_t *busy, uint64_t *total, char *why,
+                             size_t whylen);
+jc_status jc__procstat_update(jc__procstat *ps, uint64_t busy, uint64_t total, double *util_pct, char *why,
+                              size_t whylen);
 
 /* ---- temperature ----------------------------------------------------------------------------------------
  * hwmon devices named coretemp (Package id N), k10temp (Tctl/Tdie), zenpower, cpu_thermal; else thermal
@@ -60,6 +67,8 @@ typedef struct jc__cpu_estimate {
 } jc__cpu_estimate;
 
 jc_status jc__cpu_estimate_open(const char *proc_root, jc__cpu_estimate *e, char *why, size_t whylen);
+/* The same from an open <proc>/cpuinfo (a file, or fmemopen() over a buffer); NULL: there is none. */
+jc_status jc__cpu_estimate_from(FILE *cpuinfo, jc__cpu_estimate *e, char *why, size_t whylen);
 double jc__cpu_estimate_power_w(const jc__cpu_estimate *e, double util_pct);
 
 #endif

@@ -90,10 +90,8 @@ static int family_median(const char *model, const char **family, double *w_per_t
 }
 
 /* "model name\t: Intel(R) Xeon(R) ..." and the number of "processor\t: N" lines.  Lines longer than the
- * buffer (flags) are skipped as continuations.  Returns 0 when the file could not be opened. */
-static int parse_cpuinfo(const char *path, char *model, size_t mlen, int *processors) {
-    FILE *f = fopen(path, "re");
-    if (!f) return 0;
+ * buffer (flags) are skipped as continuations. */
+static void parse_cpuinfo(FILE *f, char *model, size_t mlen, int *processors) {
     char line[512];
     int at_start = 1;
     *processors = 0;
@@ -116,8 +114,6 @@ static int parse_cpuinfo(const char *path, char *model, size_t mlen, int *proces
             jc__fmt(model, mlen, "%.*s", (int)vlen, v);
         }
     }
-    fclose(f);
-    return 1;
 }
 
 jc_status jc__cpu_estimate_open(const char *proc_root, jc__cpu_estimate *e, char *why, size_t whylen) {
@@ -125,12 +121,20 @@ jc_status jc__cpu_estimate_open(const char *proc_root, jc__cpu_estimate *e, char
         if (why && whylen) jc__fmt(why, whylen, "jc__cpu_estimate_open: e is NULL");
         return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc__cpu_estimate_open: e is NULL");
     }
-    memset(e, 0, sizeof *e);
     if (!proc_root) proc_root = jc__proc_root();
     char path[1024];
-    int processors = 0, have_cpuinfo = 0;
+    FILE *f = NULL;
     int w = snprintf(path, sizeof path, "%s/cpuinfo", proc_root);
-    if (w > 0 && (size_t)w < sizeof path) have_cpuinfo = parse_cpuinfo(path, e->model, sizeof e->model, &processors);
+    if (w > 0 && (size_t)w < sizeof path) f = fopen(path, "re");
+    jc_status st = jc__cpu_estimate_from(f, e, why, whylen);
+    if (f) fclose(f);
+    return st;
+}
+
+jc_status jc__cpu_estimate_from(FILE *cpuinfo, jc__cpu_estimate *e, char *why, size_t whylen) {
+    memset(e, 0, sizeof *e);
+    int processors = 0, have_cpuinfo = cpuinfo != NULL;
+    if (cpuinfo) parse_cpuinfo(cpuinfo, e->model, sizeof e->model, &processors);
     e->threads = processors;
     if (e->threads <= 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);

@@ -17,6 +17,11 @@ static jc_status snapshot(const char *path, uint64_t *busy, uint64_t *total, cha
     if (st == JC_ERR_NOT_FOUND)
         return jc__fail_why(JC_ERR_UNAVAILABLE, why, whylen, "no CPU utilisation: %s does not exist", path);
     if (st != JC_OK) return jc__fail_why(st, why, whylen, "cannot read CPU utilisation: %s", err);
+    return jc__procstat_parse(buf, path, busy, total, why, whylen);
+}
+
+jc_status jc__procstat_parse(const char *buf, const char *path, uint64_t *busy, uint64_t *total, char *why,
+                             size_t whylen) {
     if (strncmp(buf, "cpu ", 4) != 0)
         return jc__fail_why(JC_ERR_IO, why, whylen, "%s: first line does not start with \"cpu \"", path);
     uint64_t v[8] = {0};
@@ -56,6 +61,11 @@ jc_status jc__procstat_read(jc__procstat *ps, double *util_pct, char *why, size_
     uint64_t busy, total;
     jc_status st = snapshot(ps->path, &busy, &total, why, whylen);
     if (st != JC_OK) return st;
+    return jc__procstat_update(ps, busy, total, util_pct, why, whylen);
+}
+
+jc_status jc__procstat_update(jc__procstat *ps, uint64_t busy, uint64_t total, double *util_pct, char *why,
+                              size_t whylen) {
     if (total <= ps->prev_total) {
         /* No tick accounted since the last read (reads < 1/USER_HZ apart): keep the old snapshot, so the
          * next call covers the longer interval, and say so rather than invent 0 %. */
@@ -74,5 +84,6 @@ jc_status jc__procstat_read(jc__procstat *ps, double *util_pct, char *why, size_
     ps->prev_total = total;
     ps->prev_busy = busy;
     *util_pct = 100.0 * db / (double)dt;
+    if (*util_pct > 100.0) *util_pct = 100.0; /* db == dt can round to 100.00000000000001 */
     return JC_OK;
 }

@@ -118,6 +118,10 @@ static uint64_t counter_delta(uint64_t prev, uint64_t cur, uint64_t max) {
     return (max - prev) + 1 + cur;
 }
 
+/* a + b, held at UINT64_MAX rather than wrapping: forged counters (a max_energy_range_uj of 2^64 - 1) could
+ * otherwise add up past 2^64 uJ and make the energy go backwards. */
+static uint64_t add_sat(uint64_t a, uint64_t b) { return a + b < a ? UINT64_MAX : a + b; }
+
 static void free_rapl(jc__rapl *r) {
     if (!r) return;
     free(r->zones);
@@ -298,14 +302,16 @@ jc_status jc__rapl_open(const char *sysfs_root, jc__rapl **out, char *why, size_
 
     for (size_t i = 0; i < r->n; i++) {
         rapl_zone *z = &r->zones[i];
-        char path[RAPL_PATH_MAX], err[512];
+        char path[RAPL_PATH_MAX], err[512] = "path too long";
         if (!jc__path(path, sizeof path, "%s/%s/max_energy_range_uj", base, z->dir) ||
             jc__read_u64(path, &z->max_uj, err, sizeof err) != JC_OK) {
+            /* The message names the zone: write it before the zones are freed. */
+            st = jc__fail_why(JC_ERR_IO, why, whylen,
+                              "RAPL zone %s (%s): cannot read max_energy_range_uj, so its wraps cannot be "
+                              "corrected: %s",
+                              z->dir, z->name, err);
             free_rapl(r);
-            return jc__fail_why(JC_ERR_IO, why, whylen,
-                             "RAPL zone %s (%s): cannot read max_energy_range_uj, so its wraps cannot be "
-                             "corrected: %s",
-                             z->dir, z->name, err);
+            return st;
         }
         st = read_counter(z, &z->prev_uj, why, whylen);
         if (st != JC_OK) {
@@ -337,9 +343,9 @@ jc_status jc__rapl_read(jc__rapl *rapl, double *energy_j, char *why, size_t whyl
         uint64_t total = 0;
         for (size_t i = 0; i < rapl->n; i++) {
             rapl_zone *z = &rapl->zones[i];
-            z->total_uj += counter_delta(z->prev_uj, vals[i], z->max_uj);
+            z->total_uj = add_sat(z->total_uj, counter_delta(z->prev_uj, vals[i], z->max_uj));
             z->prev_uj = vals[i];
-            total += z->total_uj;
+            total = add_sat(total, z->total_uj);
         }
         *energy_j = (double)total * 1e-6;
     }

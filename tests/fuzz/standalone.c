@@ -93,6 +93,7 @@ int main(int argc, char **argv) {
         if (len && next() % 4 != 0) buf[0] = seeds[s][0]; /* keep the target most of the time */
         LLVMFuzzerTestOneInput(buf, len);
     }
-    printf("fuzz_protocol_smoke: %d seeds, %ld mutations: no crash\n", n, iterations);
+    const char *self = strrchr(argv[0], '/');
+    printf("%s: %d seeds, %ld mutations: no crash\n", self ? self + 1 : argv[0], n, iterations);
     return 0;
 }
