@@ -370,6 +370,18 @@ int jc_cmd_profile(int argc, char **argv) {
         jc_json_num(stdout, r.energy_saving);
         fputs(",\"slowdown\":", stdout);
         jc_json_num(stdout, r.slowdown);
+        fputs(",\"energy_saving_ci\":", stdout);
+        jc_json_num(stdout, r.energy_saving_ci);
+        fputs(",\"slowdown_ci\":", stdout);
+        jc_json_num(stdout, r.slowdown_ci);
+        printf(",\"measurably_better\":%s", r.measurably_better ? "true" : "false");
+        fputs(",\"candidate\":{\"cap_w\":", stdout);
+        jc_json_num(stdout, r.candidate_cap_w);
+        fputs(",\"gain\":", stdout);
+        jc_json_num(stdout, r.candidate_gain);
+        fputs(",\"gain_ci\":", stdout);
+        jc_json_num(stdout, r.candidate_gain_ci);
+        fputs("}", stdout);
         fputs(",\"reference_cap_w\":", stdout);
         jc_json_num(stdout, r.reference_cap_w);
         fputs(",\"profile_seconds\":", stdout);
@@ -425,9 +437,13 @@ int jc_cmd_profile(int argc, char **argv) {
                    tr.dropped_steps, tr.seconds, tr.energy_j, tr.time_per_step_s, tr.avg_power_w, tr.objective,
                    100 * tr.rel_se_objective, stop_text(tr.stop_reason));
         }
-        printf("recommended cap: %g W (%s)%s; profiling took %.1f simulated seconds\n", r.cap_w,
-               r.cap_measured ? "measured" : "interpolated", r.binding ? "" : "; caps do not bind",
-               r.profile_seconds);
+        printf("recommended cap: %g W (%s)%s%s; profiling took %.1f simulated seconds\n", r.cap_w,
+               r.cap_measured ? "measured" : "interpolated", r.measurably_better ? "" : ", no cap measurably better",
+               r.binding ? "" : "; caps do not bind", r.profile_seconds);
+        if (r.measurably_better)
+            printf("vs %g W: energy per step %+.1f%% +/- %.1f%%, time per step %+.1f%% +/- %.1f%% (90%% confidence)\n",
+                   r.reference_cap_w, -100 * r.energy_saving, 100 * r.energy_saving_ci, 100 * r.slowdown,
+                   100 * r.slowdown_ci);
         printf("%s\n", r.reason);
         if (isfinite(best_cap))
             printf("sweep's own optimum: %g W; regret of the recommendation: %.2f%%\n", best_cap, 100 * regret);

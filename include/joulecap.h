@@ -680,6 +680,20 @@ typedef struct jc_profiler_result {
     int trial_count;
     int total_steps;           /* steps observed, kept or dropped */
     char reason[512];          /* two or three sentences: why this cap */
+    /* What the measurements can tell.  Half-widths of 90% confidence intervals from the trials' spread (the
+     * pooled step noise); 0 when cap_w is the reference cap itself. */
+    double energy_saving_ci;
+    double slowdown_ci;
+    /* The best cap found (the objective's minimum, measured or interpolated), whether recommended or not, and
+     * its objective's gain over the reference cap: 1 - objective there / objective at the reference. */
+    double candidate_cap_w;
+    double candidate_gain;
+    double candidate_gain_ci;
+    /* 1 when the candidate beats the reference beyond the uncertainty (candidate_gain > candidate_gain_ci)
+     * and is recommended; 0 when no cap is measurably better and cap_w is the reference cap (the default
+     * limit unless caps_w excludes it): the reason then says so, and why where it saw it (the cap does not
+     * bind at this load). */
+    int measurably_better;
 } jc_profiler_result;
 
 /* Fills the result (done = 0 while profiling goes on; the recommendation is then the current best guess). */

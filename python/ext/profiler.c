@@ -331,6 +331,12 @@ static PyObject *Profiler_result(ProfilerObject *self, PyObject *Py_UNUSED(ignor
         set_item(d, "reference_avg_power_w", PyFloat_FromDouble(r.reference_avg_power_w)) ||
         set_item(d, "energy_saving", PyFloat_FromDouble(r.energy_saving)) ||
         set_item(d, "slowdown", PyFloat_FromDouble(r.slowdown)) || set_item(d, "binding", PyBool_FromLong(r.binding)) ||
+        set_item(d, "energy_saving_ci", PyFloat_FromDouble(r.energy_saving_ci)) ||
+        set_item(d, "slowdown_ci", PyFloat_FromDouble(r.slowdown_ci)) ||
+        set_item(d, "candidate_cap_w", PyFloat_FromDouble(r.candidate_cap_w)) ||
+        set_item(d, "candidate_gain", PyFloat_FromDouble(r.candidate_gain)) ||
+        set_item(d, "candidate_gain_ci", PyFloat_FromDouble(r.candidate_gain_ci)) ||
+        set_item(d, "measurably_better", PyBool_FromLong(r.measurably_better)) ||
         set_item(d, "profile_seconds", PyFloat_FromDouble(r.profile_seconds)) ||
         set_item(d, "trial_count", PyLong_FromLong(r.trial_count)) ||
         set_item(d, "total_steps", PyLong_FromLong(r.total_steps)) ||

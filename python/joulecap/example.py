@@ -359,7 +359,9 @@ def _fake_gpu_child(out_csv: str, budget: float) -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        power_cap_profiler(FakeGpuStep(), [torch.zeros(1, 1)] * 4, 0, out_file=out_csv, time_budget=budget)
+        # The step stands in for a job on the fake GPU (it runs on the CPU): steps_on_gpu=True says so.
+        power_cap_profiler(FakeGpuStep(), [torch.zeros(1, 1)] * 4, 0, out_file=out_csv, time_budget=budget,
+                           steps_on_gpu=True)
     r = power_cap_profiler.last_result
     lines = Setup(args=argparse.Namespace(quiet=True), torch=torch, device=None, gpu_num=None)
     _say_profile(lines, r, out_csv)

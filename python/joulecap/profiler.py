@@ -31,7 +31,7 @@ import logging
 import math
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import _joulecap
@@ -84,7 +84,21 @@ CSV_COLUMNS = [
     "phase",
     "binding",
     "reason",
+    # issue 15: the uncertainty and what the profiler saw
+    "rel_se_time",
+    "rel_se_power",
+    "energy_saving",
+    "energy_saving_ci",
+    "slowdown",
+    "slowdown_ci",
+    "measurably_better",
+    "reference_cap_w",
+    "default_limit_w",
+    "warnings",
 ]
+
+#: Mean GPU utilisation (%) over the profile below which the GPU counts as idle (the steps did not run on it).
+IDLE_UTIL_PCT = 5.0
 
 _STOP = {1: "precise enough", 2: "clearly worse than the best", 3: "max_trial_s", 4: "budget or finish"}
 _PHASE = {1: "coarse", 2: "refine", 3: "race"}
@@ -95,6 +109,13 @@ class ProfileResult:
     """A finished profile: the recommended ``cap_w`` and why (``reason``), whether caps bind at all
     (``binding``), the time, power and energy per step predicted (or measured, ``cap_measured``) there, savings
     against ``reference_cap_w`` (the highest cap measured, normally the default limit), and every trial.
+
+    Every saving carries its uncertainty: ``energy_saving_ci`` and ``slowdown_ci`` are half-widths of 90%
+    confidence intervals from the trials' spread.  ``measurably_better`` is False when no cap beat the reference
+    beyond that uncertainty: ``cap_w`` is then the reference (the default limit) and the reason says so;
+    ``candidate_cap_w`` / ``candidate_gain`` ± ``candidate_gain_ci`` tell the best cap found and by how much
+    (objective, relative) it looked better.  ``warnings`` lists what makes the profile doubtful (the model or its
+    data not on the GPU profiled, a GPU that stayed idle); each was also issued as a JoulecapWarning.
 
     Under torch.distributed, power and energy are summed over the ranks' GPUs and time per step is the slowest
     rank's.
@@ -117,9 +138,28 @@ class ProfileResult:
     gpu_num: int
     limit_before_w: float
     trials: Tuple[Dict[str, Any], ...] = field(default_factory=tuple)
+    energy_saving_ci: float = float("nan")
+    slowdown_ci: float = float("nan")
+    measurably_better: bool = True
+    candidate_cap_w: float = float("nan")
+    candidate_gain: float = float("nan")
+    candidate_gain_ci: float = float("nan")
+    default_limit_w: float = float("nan")
+    warnings: Tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def energy_saving_interval(self) -> Tuple[float, float]:
+        """(low, high) of the 90% confidence interval of ``energy_saving``."""
+        return (self.energy_saving - self.energy_saving_ci, self.energy_saving + self.energy_saving_ci)
+
+    @property
+    def slowdown_interval(self) -> Tuple[float, float]:
+        """(low, high) of the 90% confidence interval of ``slowdown``."""
+        return (self.slowdown - self.slowdown_ci, self.slowdown + self.slowdown_ci)
 
     @classmethod
-    def _of(cls, r: Dict[str, Any], trials: List[Dict[str, Any]], gpu_num: int, before: float) -> "ProfileResult":
+    def _of(cls, r: Dict[str, Any], trials: List[Dict[str, Any]], gpu_num: int, before: float,
+            default_w: float = float("nan"), warns: Sequence[str] = ()) -> "ProfileResult":
         return cls(
             cap_w=r["cap_w"],
             objective=r["objective"],
@@ -138,6 +178,14 @@ class ProfileResult:
             gpu_num=gpu_num,
             limit_before_w=before,
             trials=tuple(trials),
+            energy_saving_ci=r.get("energy_saving_ci", float("nan")),
+            slowdown_ci=r.get("slowdown_ci", float("nan")),
+            measurably_better=bool(r.get("measurably_better", True)),
+            candidate_cap_w=r.get("candidate_cap_w", float("nan")),
+            candidate_gain=r.get("candidate_gain", float("nan")),
+            candidate_gain_ci=r.get("candidate_gain_ci", float("nan")),
+            default_limit_w=default_w,
+            warnings=tuple(warns),
         )
 
 
@@ -225,14 +273,24 @@ class _GpuMeter:
         self.counter_period = 0.1 if src == "counter" else 0.01
         self.ctx.sync()
         self.last_e = 0.0
+        self.util_sum = 0.0
+        self.util_n = 0
 
     def read(self) -> Tuple[float, float]:
         t = _joulecap.now_ns() * 1e-9
-        e = self.ctx.read_latest(1)["energy_j"]
+        s = self.ctx.read_latest(1)
+        e, u = s["energy_j"], s["util_pct"]
         if not math.isfinite(e) or e < self.last_e:
             e = self.last_e
         self.last_e = e
+        if math.isfinite(u):
+            self.util_sum += u
+            self.util_n += 1
         return t, e
+
+    def mean_util_pct(self) -> float:
+        """Mean GPU utilisation over the readings so far (NaN where the GPU does not report it)."""
+        return self.util_sum / self.util_n if self.util_n else float("nan")
 
     def close(self) -> None:
         self.ctx.close()
@@ -461,7 +519,10 @@ def _write_csv(f: Any, result: ProfileResult) -> None:
                 _PHASE.get(t["phase"], str(t["phase"])),
                 "",
                 "stopped: %s" % _STOP.get(t["stop_reason"], str(t["stop_reason"])),
+                _fmt(t.get("rel_se_time")),
+                _fmt(t.get("rel_se_power")),
             ]
+            + [""] * 8
         )
     w.writerow(
         [
@@ -480,13 +541,71 @@ def _write_csv(f: Any, result: ProfileResult) -> None:
             "measured" if result.cap_measured else "predicted",
             _fmt(result.binding),
             result.reason,
+            "",
+            "",
+            _fmt(result.energy_saving),
+            _fmt(result.energy_saving_ci),
+            _fmt(result.slowdown),
+            _fmt(result.slowdown_ci),
+            _fmt(result.measurably_better),
+            _fmt(result.reference_cap_w),
+            _fmt(result.default_limit_w),
+            " | ".join(result.warnings),
         ]
     )
     f.flush()
 
 
-def _report(result: ProfileResult) -> None:
+def _objective_of(name: str, t: float, p: float, max_w: float) -> float:
+    """The objective of one (time per step, power) pair, as the C profiler computes it (energy for
+    energy-slowdown, whose constraint the reference meets by definition)."""
+    if name == "ed2p":
+        return p * t**3
+    if name == "edp":
+        return p * t**2
+    if name == "time":
+        return t
+    if name == "zeus":
+        return 0.5 * p * t + 0.5 * max_w * t
+    return p * t
+
+
+def _keep_default(result: ProfileResult, why: Sequence[str], max_w: float) -> ProfileResult:
+    """The profile's recommendation replaced by the reference cap (the default limit), with the reason first:
+    where the steps do not use the GPU, or it stayed idle, no cap can be shown to make them better, whatever
+    the measurements seemed to say."""
+    if result.measurably_better is False and result.cap_w == result.reference_cap_w:
+        note = "The recommendation stands regardless: "
+    else:
+        note = "So %g W is kept rather than %g W, which the measurements seemed to favour: " % (
+            result.reference_cap_w, result.cap_w)
+    t = result.trials
+    ref = [x for x in t if abs(x["cap_w"] - result.reference_cap_w) < 0.5 and x["steps"] > 0]
+    secs = sum(x["seconds"] for x in ref)
+    tps = secs / sum(x["steps"] for x in ref) if ref else float("nan")
+    pw = sum(x["energy_j"] for x in ref) / secs if secs > 0 else float("nan")
+    head = "No cap can be shown to make these steps better: %s. " % "; ".join(w.split(":")[0] for w in why)
+    return replace(
+        result,
+        cap_w=result.reference_cap_w,
+        cap_measured=True,
+        measurably_better=False,
+        time_per_step_s=tps,
+        avg_power_w=pw,
+        energy_per_step_j=tps * pw,
+        objective_value=_objective_of(result.objective, tps, pw, max_w),
+        energy_saving=0.0,
+        energy_saving_ci=0.0,
+        slowdown=0.0,
+        slowdown_ci=0.0,
+        reason=head + note + result.reason,
+    )
+
+
+def _report(result: ProfileResult, new_warnings: Sequence[str] = ()) -> None:
     _log.info("joulecap: power-cap profiler: %s", result.reason)
+    for w in new_warnings:
+        warnings.warn(w, JoulecapWarning, stacklevel=3)
     if not result.binding:
         warnings.warn(
             "power caps do not bind on GPU %d for this workload: %s" % (result.gpu_num, result.reason),
@@ -510,6 +629,56 @@ def _new_profiler(info: Dict[str, Any], objective: str, max_slowdown: Optional[f
 
 
 # --------------------------------------------------------------------------------------------------------------
+# What makes a profile doubtful: steps that do not run on the GPU profiled
+
+
+def _tensor_devices(obj: Any, out: set, depth: int = 0) -> set:
+    if depth > 4:
+        return out
+    if hasattr(obj, "device") and hasattr(obj, "dtype"):
+        out.add(obj.device)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _tensor_devices(v, out, depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _tensor_devices(v, out, depth + 1)
+    return out
+
+
+def _placement_warnings(runner: "_StepRunner", batches: "_Batches", gpu_num: Any, index: int) -> List[str]:
+    """Warnings where the model (or, for a model without parameters, its data) is not on GPU ``index``: the cap
+    of a GPU the steps do not run on cannot change them, and its energy is not theirs."""
+    dev = runner.device
+    what = "the model"
+    if dev is None:
+        devs = _tensor_devices(batches.first, set())
+        if not devs:
+            return []
+        what = "the model has no parameters and its data are"
+        dev = next((d for d in devs if d.type == "cuda"), next(iter(devs)))
+        what_on = "%s on %s" % (what, dev)
+    else:
+        what_on = "%s is on %s" % (what, dev)
+    if dev.type == "cuda" and dev.index in (None, index):
+        return []
+    if dev.type == "cuda":
+        return ["%s but gpu_num=%r is GPU %d: the profiler caps GPU %d while the steps run elsewhere, so its "
+                "results say nothing about them; give gpu_num=%d" % (what_on, gpu_num, index, index, dev.index)]
+    return ["%s, not on GPU %d (the GPU profiled): the cap of GPU %d cannot change how fast the steps run and its "
+            "energy is not theirs, so the profile describes whatever else GPU %d does; move the model with "
+            "model.to('cuda:%d')" % (what_on, index, index, index, index)]
+
+
+def _idle_warnings(meter: "_GpuMeter", index: int) -> List[str]:
+    util = meter.mean_util_pct()
+    if not (util < IDLE_UTIL_PCT):  # NaN (not reported) too
+        return []
+    return ["GPU %d stayed idle while profiling (utilisation %.1f%% on average): the steps did not keep it busy, so "
+            "its cap had nothing to limit; check that the work runs on this GPU" % (index, util)]
+
+
+# --------------------------------------------------------------------------------------------------------------
 # The seed's offline profiler
 
 
@@ -526,6 +695,7 @@ def power_cap_profiler(
     max_slowdown: Optional[float] = None,
     caps: Optional[Sequence[float]] = None,
     time_budget: Optional[float] = None,
+    steps_on_gpu: Optional[bool] = None,
 ) -> float:
     """Finds the power cap (W) of GPU ``gpu_num`` with the lowest ``objective`` for one step of ``model`` on
     ``dataloader``'s batches, and returns it.  The GPU's limit is what it was before when this returns (also on
@@ -551,6 +721,12 @@ def power_cap_profiler(
       train/eval mode, and the optimizer's state, are copied to the CPU before and loaded back after.
     * When caps do not bind (the workload draws well below every cap tried) a JoulecapWarning says so, and the
       CSV's ``binding`` column is 0.
+    * Every saving carries a 90% confidence interval; where no cap is better than the default limit beyond that
+      uncertainty, the default limit is returned and the reason says why.
+    * Where the model (or, without parameters, its data) is not on GPU ``gpu_num``, or the GPU stayed idle, a
+      JoulecapWarning says so and the default limit is returned: the cap of a GPU the steps do not use cannot
+      make them better.  ``steps_on_gpu=True`` says that the steps do run on that GPU all the same (work the
+      model hands to the GPU itself, or a test's stand-in for a GPU).
     """
     if train and (loss_fn is None or optimizer is None):
         raise InvalidArgument("train=True needs loss_fn and optimizer (the profiler runs real training steps)")
@@ -562,13 +738,9 @@ def power_cap_profiler(
     cap_list = _caps(caps, info)
     batches = _Batches(dataloader)
     runner = _StepRunner(model, batches, bool(train), loss_fn, optimizer, info["index"])
-    if runner.device is not None and runner.device.type == "cuda" and runner.device.index not in (None, info["index"]):
-        warnings.warn(
-            "the model is on %s but gpu_num=%r is GPU %d: the profiler caps GPU %d while the steps run elsewhere"
-            % (runner.device, gpu_num, info["index"], info["index"]),
-            JoulecapWarning,
-            stacklevel=2,
-        )
+    placement = [] if steps_on_gpu else _placement_warnings(runner, batches, gpu_num, info["index"])
+    for w in placement:
+        warnings.warn(w, JoulecapWarning, stacklevel=2)
     f = _open_out_file(out_file)
     meter = None
     try:
@@ -594,7 +766,11 @@ def power_cap_profiler(
                 snapshot.restore()
         finally:
             hold.restore()
-        result = ProfileResult._of(prof.result(), prof.trials(), info["index"], hold.found_w)
+        idle = _idle_warnings(meter, info["index"])
+        result = ProfileResult._of(prof.result(), prof.trials(), info["index"], hold.found_w,
+                                   info["default_limit_w"], placement + idle)
+        if idle or placement:
+            result = _keep_default(result, placement + idle, info["max_limit_w"])
     except BaseException:
         if f is not None:
             f.close()
@@ -606,7 +782,7 @@ def power_cap_profiler(
     if f is not None:
         with f:
             _write_csv(f, result)
-    _report(result)
+    _report(result, idle)
     return result.cap_w
 
 
@@ -825,13 +1001,15 @@ class PowerCapOptimizer:
         if self._group.rank == 0:
             payload = (self._prof.result(), self._prof.trials())
         payload = self._group.broadcast_object(payload)
-        self.result = ProfileResult._of(payload[0], payload[1], self.gpu_num, self._hold.found_w)
+        idle = _idle_warnings(self._meter, self.gpu_num)
+        self.result = ProfileResult._of(payload[0], payload[1], self.gpu_num, self._hold.found_w,
+                                        self._info["default_limit_w"], idle)
         if self._out is not None:
             with self._out:
                 _write_csv(self._out, self.result)
             self._out = None
         if self._group.rank == 0:
-            _report(self.result)
+            _report(self.result, idle)
         self._meter.close()
         self._meter = None
 
@@ -848,7 +1026,7 @@ class PowerCapOptimizer:
                 try:
                     self._prof.finish()
                     self.result = ProfileResult._of(self._prof.result(), self._prof.trials(), self.gpu_num,
-                                                    self._hold.found_w)
+                                                    self._hold.found_w, self._info["default_limit_w"])
                 except Exception:  # noqa: BLE001 - nothing measured: no result
                     pass
         finally:

@@ -60,6 +60,9 @@
 #define KNEE_RISE 0.2
 /* The recommendation ranks measured caps by objective x (1 + Z_PICK x relative standard error). */
 #define Z_PICK 1.0
+/* Confidence intervals are 90% (normal): a cap other than the reference is recommended only when its gain's
+ * interval lies above 0, i.e. when it is better with 95% confidence (one-sided). */
+#define Z_CI 1.645
 /* New caps are explored only while the budget leaves room for this many more trials. */
 #define EXPLORE_RESERVE 3.0
 /* Around the best cap, gaps are halved until they are at most this many resolutions wide. */
@@ -320,6 +323,48 @@ static int cmp_point(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* Variance between trials at the same cap beyond what their own standard errors (already set from the
+ * pooled step noise) explain, in relative terms (of the log of time per step, what = 0, or of power, 1): the
+ * DerSimonian-Laird estimate over every cap measured more than once; 0 when none was, or when they do not
+ * disagree beyond chance. */
+static double between_trials(const jc_profiler *p, int what) {
+    double q = 0, df = 0, c = 0;
+    for (int i = 0; i < p->ntrials; i++) {
+        const jc_profiler_trial *a = &p->trials[i].pub;
+        if (!p->trials[i].finished || a->steps <= 0) continue;
+        int first = 1;
+        for (int j = 0; j < i; j++)
+            if (p->trials[j].finished && p->trials[j].pub.steps > 0 && fabs(p->trials[j].pub.cap_w - a->cap_w) < 0.5)
+                first = 0;
+        if (!first) continue; /* each cap once, from its first trial */
+        double sw = 0, sw2 = 0, swx = 0, swx2 = 0;
+        int k = 0;
+        for (int j = i; j < p->ntrials; j++) {
+            const jc_profiler_trial *b = &p->trials[j].pub;
+            if (!p->trials[j].finished || b->steps <= 0 || fabs(b->cap_w - a->cap_w) >= 0.5) continue;
+            double x = log(what ? b->avg_power_w : b->time_per_step_s);
+            double se = what ? b->rel_se_power : b->rel_se_time;
+            if (!(x > -INFINITY && x < INFINITY) || !(se > 0) || !isfinite(se)) continue;
+            double w = 1 / (se * se);
+            sw += w;
+            sw2 += w * w;
+            swx += w * x;
+            swx2 += w * x * x;
+            k++;
+        }
+        if (k < 2) continue;
+        q += swx2 - swx * swx / sw;
+        df += k - 1;
+        c += sw - sw2 / sw;
+    }
+    /* Only where the trials clearly disagree (Q above the 99.9% point of chi-square with df degrees of
+     * freedom, by Wilson and Hilferty's approximation): otherwise the estimate is noise that only widens the
+     * intervals. */
+    if (!(c > 0 && df > 0)) return 0;
+    double h = 2 / (9 * df), q999 = df * pow(1 - h + 3.09 * sqrt(h), 3);
+    return q > q999 ? (q - df) / c : 0;
+}
+
 /* The noise of one step is about the same at every cap, so its level is estimated from all trials together
  * (a pooled variance: far steadier than each trial's own estimate from a few steps); each trial's standard
  * errors follow from it and its number of samples. */
@@ -342,6 +387,17 @@ static void apply_pooled_noise(jc_profiler *p, int with_current) {
         jc_profiler_trial *pub = &tr->pub;
         if (dt > 0 && tr->est.steps > 0) pub->rel_se_time = sqrt(st / dt / tr->est.steps);
         if (dp > 0 && tr->est.n_p > 0) pub->rel_se_power = sqrt(sp / dp / tr->est.n_p);
+    }
+    /* Trials at the same cap that disagree beyond their step noise show drift between trials (a CPU-bound job
+     * on a busy host, thermal or clock changes): that variance is added to every trial's. */
+    double tau_t = between_trials(p, 0), tau_p = between_trials(p, 1);
+    for (int i = 0; i < p->ntrials; i++) {
+        trial *tr = &p->trials[i];
+        int usable = tr->finished || (with_current && i == p->ntrials - 1 && tr->evaluated);
+        if (!usable) continue;
+        jc_profiler_trial *pub = &tr->pub;
+        pub->rel_se_time = sqrt(pub->rel_se_time * pub->rel_se_time + tau_t);
+        pub->rel_se_power = sqrt(pub->rel_se_power * pub->rel_se_power + tau_p);
         pub->rel_se_objective = jc__objective_rel_se(&p->op, pub->time_per_step_s, pub->avg_power_w,
                                                      pub->rel_se_time, pub->rel_se_power);
     }
@@ -420,6 +476,23 @@ static const char *objective_text(jc_objective o) {
     return "objective";
 }
 
+/* Relative standard errors of time and power at cap c: a measured cap's own, or between two measured caps
+ * those of the linear interpolation (weights 1 - a and a); beyond the ends, the end's. */
+static void model_rse(const jc__point *pts, size_t n, double c, double *rse_t, double *rse_p) {
+    size_t i = 0;
+    while (i + 1 < n && pts[i + 1].cap_w < c - 0.5) i++;
+    if (i + 1 >= n || c <= pts[i].cap_w + 0.5) {
+        *rse_t = pts[i].rse_t;
+        *rse_p = pts[i].rse_p;
+        return;
+    }
+    const jc__point *x = &pts[i], *y = &pts[i + 1];
+    double a = (c - x->cap_w) / (y->cap_w - x->cap_w), t, pw;
+    jc__model_eval(pts, n, c, &t, &pw);
+    *rse_t = hypot((1 - a) * x->rse_t * x->t, a * y->rse_t * y->t) / t;
+    *rse_p = hypot((1 - a) * x->rse_p * x->p, a * y->rse_p * y->p) / pw;
+}
+
 /* Fills p->res from the trials so far. */
 static void recommend(jc_profiler *p) {
     jc_profiler_result *r = &p->res;
@@ -435,7 +508,8 @@ static void recommend(jc_profiler *p) {
     r->cap_w = r->time_per_step_s = r->avg_power_w = r->energy_per_step_j = r->objective_value = NAN;
     r->best_measured_cap_w = r->best_measured_objective = NAN;
     r->reference_cap_w = r->reference_time_per_step_s = r->reference_avg_power_w = NAN;
-    r->energy_saving = r->slowdown = NAN;
+    r->energy_saving = r->slowdown = r->energy_saving_ci = r->slowdown_ci = NAN;
+    r->candidate_cap_w = r->candidate_gain = r->candidate_gain_ci = NAN;
     r->binding = 1;
     if (n == 0) {
         jc__fmt(r->reason, sizeof r->reason, "nothing measured yet");
@@ -493,49 +567,111 @@ static void recommend(jc_profiler *p) {
             f = fm;
         }
     }
+    /* The candidate against the reference, with the uncertainty of both: recommended only when it is better
+     * beyond that uncertainty (the 90% interval of its gain lies above 0: better with 95% confidence);
+     * otherwise the reference is kept. */
+    double fref = p->op.kind == JC_OBJECTIVE_ENERGY_SLOWDOWN ? ref->p * ref->t : ref->f;
+    double ct_rse, cp_rse;
+    model_rse(pts, n, cap, &ct_rse, &cp_rse);
+    int is_ref = fabs(cap - ref->cap_w) < 0.5, cand_measured = 0;
+    for (size_t i = 0; i < n; i++)
+        if (fabs(pts[i].cap_w - cap) < 0.5) cand_measured = 1;
+    double cf_rse = jc__objective_rel_se(&p->op, t, pw, ct_rse, cp_rse);
+    r->candidate_cap_w = cap;
+    r->candidate_gain = is_ref ? 0 : 1 - f / fref;
+    r->candidate_gain_ci = is_ref ? 0 : Z_CI * (f / fref) * hypot(cf_rse, ref->rse_f);
+    r->measurably_better = !is_ref && r->candidate_gain > r->candidate_gain_ci;
+    if (!r->measurably_better) {
+        /* Another measured cap may still be better beyond its (smaller) uncertainty: the best ranked of those. */
+        size_t k = n;
+        double rank_k = INFINITY;
+        for (size_t i = 0; i + 1 < n; i++) {
+            if (!jc__feasible(&p->op, pts[i].t)) continue;
+            double fi = p->op.kind == JC_OBJECTIVE_ENERGY_SLOWDOWN ? pts[i].p * pts[i].t : pts[i].f;
+            double gain = 1 - fi / fref, ci = Z_CI * (fi / fref) * hypot(pts[i].rse_f, ref->rse_f);
+            double rank = fi * (1 + Z_PICK * pts[i].rse_f);
+            if (gain > ci && rank < rank_k) {
+                rank_k = rank;
+                k = i;
+            }
+        }
+        if (k < n) {
+            cap = pts[k].cap_w;
+            t = pts[k].t;
+            pw = pts[k].p;
+            f = p->op.kind == JC_OBJECTIVE_ENERGY_SLOWDOWN ? pts[k].p * pts[k].t : pts[k].f;
+            ct_rse = pts[k].rse_t;
+            cp_rse = pts[k].rse_p;
+            cand_measured = 1;
+            r->candidate_cap_w = cap;
+            r->candidate_gain = 1 - f / fref;
+            r->candidate_gain_ci = Z_CI * (f / fref) * hypot(pts[k].rse_f, ref->rse_f);
+            r->measurably_better = 1;
+        }
+    }
+    if (!r->measurably_better) {
+        cap = ref->cap_w;
+        t = ref->t;
+        pw = ref->p;
+        f = fref;
+        ct_rse = ref->rse_t;
+        cp_rse = ref->rse_p;
+        is_ref = 1;
+    }
     r->cap_measured = 0;
     for (size_t i = 0; i < n; i++)
         if (fabs(pts[i].cap_w - cap) < 0.5) r->cap_measured = 1;
 
-    /* Caps that do not bind: say so.  The recommendation stays the objective's minimum (harmless when the cap
-     * does not limit anything), and the reason says whether the difference to the reference is beyond the
-     * noise. */
-    char note[256] = "";
-    if (!r->binding) {
-        double fref = p->op.kind == JC_OBJECTIVE_ENERGY_SLOWDOWN ? ref->p * ref->t : ref->f;
-        double se = sqrt(ref->rse_f * ref->rse_f + pts[b].rse_f * pts[b].rse_f);
-        if (!(fref - f > Z_WORSE * se * fref))
-            jc__fmt(note, sizeof note,
-                    "Caps do not bind: the GPU drew at most %.0f%% of the cap at every cap tried and its power did "
-                    "not follow the cap; the differences between caps are within the noise, so keeping the current "
-                    "limit serves as well. ",
-                    100 * max_frac);
-        else
-            jc__fmt(note, sizeof note,
-                    "Caps do not bind (the GPU drew at most %.0f%% of every cap tried and its power did not follow "
-                    "the cap), yet the objective differed between caps beyond the noise. ",
-                    100 * max_frac);
-    }
     r->cap_w = cap;
     r->time_per_step_s = t;
     r->avg_power_w = pw;
     r->energy_per_step_j = pw * t;
     r->objective_value = f;
-    r->energy_saving = 1 - (pw * t) / (ref->p * ref->t);
-    r->slowdown = t / ref->t - 1;
+    r->energy_saving = is_ref ? 0 : 1 - (pw * t) / (ref->p * ref->t);
+    r->slowdown = is_ref ? 0 : t / ref->t - 1;
+    /* Energy per step is P t: its relative error combines both, at each end of the ratio. */
+    r->energy_saving_ci = is_ref ? 0 : Z_CI * (1 - r->energy_saving) *
+                                         sqrt(ct_rse * ct_rse + cp_rse * cp_rse + ref->rse_t * ref->rse_t +
+                                              ref->rse_p * ref->rse_p);
+    r->slowdown_ci = is_ref ? 0 : Z_CI * (1 + r->slowdown) * hypot(ct_rse, ref->rse_t);
 
-    char cb[32], rb[32];
-    fmt_w(cb, sizeof cb, cap);
+    char cb[32], rb[32], refname[64];
+    fmt_w(cb, sizeof cb, r->candidate_cap_w);
     fmt_w(rb, sizeof rb, ref->cap_w);
+    jc__fmt(refname, sizeof refname, "%s (%s)", rb,
+            fabs(ref->cap_w - p->cfg.default_limit_w) < 0.5 ? "the default limit" : "the highest cap tried");
     char extra[96] = "";
     if (p->op.kind == JC_OBJECTIVE_ENERGY_SLOWDOWN)
         jc__fmt(extra, sizeof extra, " (slowdown allowed: %.1f%%)", 100 * p->cfg.max_slowdown);
-    jc__fmt(r->reason, sizeof r->reason,
-            "%s%s is lowest at %s (%s) among %d caps tried in %.1f s%s: energy per step %+.1f%%, time per step "
-            "%+.1f%% vs %s.",
-            note, objective_text(p->cfg.objective), cb,
-            r->cap_measured ? "measured" : "interpolated", (int)n, r->profile_seconds, extra,
-            -100 * r->energy_saving, 100 * r->slowdown, rb);
+    char bind[200] = "";
+    if (!r->binding)
+        jc__fmt(bind, sizeof bind,
+                "the cap does not bind at this load (the GPU drew at most %.0f%% of every cap tried and its power "
+                "did not follow the cap)",
+                100 * max_frac);
+    if (r->measurably_better) {
+        jc__fmt(r->reason, sizeof r->reason,
+                "%s%s%s%s is lowest at %s (%s) among %d caps tried in %.1f s%s: %.1f%% +/- %.1f%% below %s; energy "
+                "per step %+.1f%% +/- %.1f%%, time per step %+.1f%% +/- %.1f%% (90%% confidence).",
+                r->binding ? "" : "Though ", bind, r->binding ? "" : ", the objective differed beyond the noise. ",
+                objective_text(p->cfg.objective), cb,
+                r->cap_measured ? "measured" : "interpolated", (int)n, r->profile_seconds, extra,
+                100 * r->candidate_gain, 100 * r->candidate_gain_ci, rb, -100 * r->energy_saving,
+                100 * r->energy_saving_ci, 100 * r->slowdown, 100 * r->slowdown_ci);
+    } else if (n == 1) {
+        jc__fmt(r->reason, sizeof r->reason, "Only %s was measured (in %.1f s)%s%s; nothing to compare it with.",
+                refname, r->profile_seconds, r->binding ? "" : "; ", bind);
+    } else if (fabs(r->candidate_cap_w - ref->cap_w) < 0.5) {
+        jc__fmt(r->reason, sizeof r->reason,
+                "No cap measurably better than %s%s%s: %s was lowest there among %d caps tried in %.1f s%s.", refname,
+                r->binding ? "" : "; ", bind, objective_text(p->cfg.objective), (int)n, r->profile_seconds, extra);
+    } else {
+        jc__fmt(r->reason, sizeof r->reason,
+                "No cap measurably better than %s%s%s, so it is kept: %s was lowest at %s (%s) among %d caps tried in "
+                "%.1f s%s, %.1f%% +/- %.1f%% below %s, within the uncertainty (90%% confidence).",
+                refname, r->binding ? "" : "; ", bind, objective_text(p->cfg.objective), cb,
+                cand_measured ? "measured" : "interpolated", (int)n, r->profile_seconds, extra, 100 * r->candidate_gain, 100 * r->candidate_gain_ci, rb);
+    }
     if (p->stopped_by_budget) {
         size_t len = strlen(r->reason);
         jc__fmt(r->reason + len, sizeof r->reason - len, " Stopped at the time budget (%.1f s).", p->budget_s);
@@ -716,6 +852,26 @@ static int choose_race(jc_profiler *p, double floor_rse, double *cap_out, double
     return 1;
 }
 
+/* The best cap against the reference (the highest cap measured, normally the default limit): the best is
+ * recommended only when it beats the reference beyond the 90% interval of the difference, so while it does
+ * not, the one of the two known less precisely is measured again until its standard error shrinks by
+ * RACE_SHRINK (not below floor_rse).  0 when the difference is settled or cannot be narrowed. */
+static int choose_ref_race(jc_profiler *p, double floor_rse, double *cap_out, double *target_out) {
+    jc__point pts[MAX_POINTS];
+    size_t m = pool(p, pts, MAX_POINTS);
+    if (m < 2) return 0;
+    size_t b = argmin_f(pts, m), r = m - 1;
+    if (b == r) return 0;
+    double sb = pts[b].rse_f * pts[b].f, sr = pts[r].rse_f * pts[r].f;
+    if (pts[r].f - pts[b].f > Z_CI * hypot(sb, sr)) return 0;
+    size_t pick = sr > sb ? r : b;
+    if (pts[pick].rse_f <= floor_rse) pick = pick == b ? r : b;
+    if (pts[pick].rse_f <= floor_rse) return 0;
+    *cap_out = pts[pick].cap_w;
+    *target_out = fmax(MIN_PRECISION, pts[pick].rse_f * RACE_SHRINK);
+    return 1;
+}
+
 static double typical_trial_s(const jc_profiler *p) {
     double sum = 0, tstep = 0;
     int k = 0;
@@ -775,6 +931,12 @@ static void plan_next(jc_profiler *p) {
         return;
     }
     for (int round = 0; round < 2; round++) {
+        if (choose_ref_race(p, round == 0 ? p->cfg.precision : MIN_PRECISION, &cap, &target)) {
+            start_trial(p, cap, target);
+            p->pending_race = 1;
+            p->pending_phase = 3;
+            return;
+        }
         if (choose_race(p, round == 0 ? p->cfg.precision : MIN_PRECISION, &cap, &target)) {
             start_trial(p, cap, target);
             p->pending_race = 1;

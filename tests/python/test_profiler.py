@@ -225,7 +225,7 @@ def test_profiler_finds_the_known_optimum_and_leaves_everything_as_it_was(sweep_
 
     t0 = time.monotonic()
     cap = joulecap.power_cap_profiler(model, data, 0, train=True, loss_fn=loss_fn, optimizer=opt, out_file=out,
-                                      time_budget=15)
+                                      time_budget=15, steps_on_gpu=True)
     took = time.monotonic() - t0
     r = joulecap.power_cap_profiler.last_result
     print("took %.2f s, profiled %.2f s, cap %g W, trials %s" % (took, r.profile_seconds, cap,
@@ -271,7 +271,8 @@ def test_profiler_restores_the_cap_after_an_exception(sweep_env, exc):
     opt, loss_fn = trained(model, data)
     weights = copy.deepcopy(model.state_dict())
     with pytest.raises(exc, match="boom"):
-        joulecap.power_cap_profiler(model, data, 0, train=True, loss_fn=loss_fn, optimizer=opt, time_budget=10)
+        joulecap.power_cap_profiler(model, data, 0, train=True, loss_fn=loss_fn, optimizer=opt, time_budget=10,
+                                    steps_on_gpu=True)
     assert wl.limits[-1] < 700
     assert_untouched(env)
     assert tensors_equal(model.state_dict(), weights)
@@ -282,7 +283,7 @@ def test_profiler_restores_a_cap_set_before(sweep_env):
     env = sweep_env()
     joulecap.set_power_cap(0, 600)
     wl = SweepWorkload()
-    cap = joulecap.power_cap_profiler(SweepModel(wl), batches(), 0, caps=[500, 400], time_budget=3)
+    cap = joulecap.power_cap_profiler(SweepModel(wl), batches(), 0, caps=[500, 400], time_budget=3, steps_on_gpu=True)
     assert cap in (500, 400)
     assert set(wl.limits) <= {600.0, 500.0, 400.0} and 400.0 in wl.limits
     now = joulecap.get_power_cap(0)
@@ -311,12 +312,13 @@ def test_profiler_batch_forms(sweep_env):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     before = copy.deepcopy(model.state_dict())
     cap = joulecap.power_cap_profiler(model, data, 0, train=True, loss_fn=lambda out, b: out.sum() * 0 + out.mean(),
-                                      optimizer=opt, caps=[700, 450], time_budget=2.5)
+                                      optimizer=opt, caps=[700, 450], time_budget=2.5, steps_on_gpu=True)
     assert cap in (700, 450) and model.seen and all(k == "kw" for k, _ in model.seen)
     assert tensors_equal(model.state_dict(), before)
     model.seen.clear()
     model.train()
-    cap = joulecap.power_cap_profiler(model, [x for x, _ in batches(3)], 0, caps=[450], time_budget=1.5)
+    cap = joulecap.power_cap_profiler(model, [x for x, _ in batches(3)], 0, caps=[450], time_budget=1.5,
+                                      steps_on_gpu=True)
     assert cap == 450 and all(k == "x" for k, _ in model.seen) and model.training  # mode put back
     assert_untouched(env)
 
@@ -384,7 +386,7 @@ def test_profiler_reports_caps_that_do_not_bind(sweep_env, tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         cap = joulecap.power_cap_profiler(ConstantStep(0.02), batches(4), 0, caps=[700, 550, 400], out_file=out,
-                                          time_budget=4)
+                                          time_budget=4, steps_on_gpu=True)
     assert cap in (700, 550, 400)
     msgs = [str(w.message) for w in caught if issubclass(w.category, JoulecapWarning)]
     assert any("do not bind" in m for m in msgs), msgs
@@ -394,6 +396,68 @@ def test_profiler_reports_caps_that_do_not_bind(sweep_env, tmp_path):
         rows = list(csv.DictReader(f))
     assert rows[-1]["row"] == "recommended" and rows[-1]["binding"] == "0"
     assert_untouched(env)
+
+
+class NoisyCpuStep(torch.nn.Module):
+    """A small CNN's training step on the CPU, as a new user's first try: its time varies from step to step and
+    drifts with whatever else the host does, and it does not depend on the GPU's cap at all."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.lin = torch.nn.Linear(8 * 14 * 14, 4)
+        self.rng = __import__("random").Random(15)
+
+    def forward(self, x):
+        time.sleep(self.rng.lognormvariate(-4.6, 0.3))  # ~10 ms, 30% spread: a busy host
+        return self.lin(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_issue15_fake_constant_gpu_and_a_cpu_model_keeps_the_default_and_says_why(sweep_env, tmp_path):
+    """The issue's case: the fake H100 draws 300 W whatever the job does, the model is on the CPU.  Before, the
+    profiler recommended 650 W ("energy -9.7%, time -9.7% vs 700 W") on a trial with 31% relative error, and 200 W
+    on a rerun.  Now: the default limit, the reason why, a warning, and every saving with its interval."""
+    env = sweep_env("h100-constant-300w.scn")
+    model = NoisyCpuStep()
+    data = [(torch.randn(8, 3, 16, 16), torch.randint(0, 4, (8,))) for _ in range(4)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    out = tmp_path / "caps.csv"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cap = joulecap.power_cap_profiler(model, data, 0, train=True, loss_fn=torch.nn.CrossEntropyLoss(),
+                                          optimizer=opt, out_file=out, time_budget=8)
+    r = joulecap.power_cap_profiler.last_result
+    assert cap == 700 == r.cap_w == r.default_limit_w and not r.measurably_better
+    assert r.reason.startswith("No cap can be shown to make these steps better: the model is on cpu, not on GPU 0")
+    assert r.energy_saving == 0 and r.slowdown == 0 and r.energy_saving_ci == 0
+    msgs = [str(w.message) for w in caught if issubclass(w.category, JoulecapWarning)]
+    assert any("not on GPU 0" in m and "model.to('cuda:0')" in m for m in msgs), msgs
+    assert r.warnings and "not on GPU 0" in r.warnings[0]
+    # Every trial's spread is in the CSV, and the recommended row says what was kept and why.
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0].keys()) == joulecap.profiler.CSV_COLUMNS
+    for row in rows[:-1]:
+        assert float(row["rel_se_time"]) > 0 and float(row["rel_se_objective"]) > 0
+    last = rows[-1]
+    assert last["cap_w"] == "700" and last["measurably_better"] == "0" and last["default_limit_w"] == "700"
+    assert last["energy_saving"] == "0" and last["energy_saving_ci"] == "0" and "not on GPU 0" in last["warnings"]
+    assert_untouched(env)
+
+
+def test_savings_carry_intervals_on_the_sweep(sweep_env):
+    """On the sweep scenario the knee is still found (test above) and the savings come with intervals."""
+    sweep_env()
+    wl = SweepWorkload()
+    cap = joulecap.power_cap_profiler(SweepModel(wl), batches(), 0, time_budget=12, steps_on_gpu=True)
+    r = joulecap.power_cap_profiler.last_result
+    assert r.measurably_better and r.cap_w == cap == r.candidate_cap_w and abs(cap - 420) <= 40
+    assert 0 < r.energy_saving_ci < 0.1 and 0 < r.slowdown_ci < 0.1
+    lo, hi = r.energy_saving_interval
+    true_saving = 1 - wl.power(cap) * wl.time_per_step(cap) / (wl.power(700) * wl.time_per_step(700))
+    assert lo - r.energy_saving_ci < true_saving < hi + r.energy_saving_ci  # twice the 90% half-width
+    assert "+/-" in r.reason and "(90% confidence)" in r.reason
+    assert r.candidate_gain > r.candidate_gain_ci > 0
 
 
 # --------------------------------------------------------------------------------------------------------------
