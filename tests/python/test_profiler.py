@@ -283,7 +283,7 @@ def test_profiler_restores_a_cap_set_before(sweep_env):
     env = sweep_env()
     joulecap.set_power_cap(0, 600)
     wl = SweepWorkload()
-    cap = joulecap.power_cap_profiler(SweepModel(wl), batches(), 0, caps=[500, 400], time_budget=3, steps_on_gpu=True)
+    cap = joulecap.power_cap_profiler(SweepModel(wl), batches(), 0, caps=[500, 400], time_budget=6, steps_on_gpu=True)
     assert cap in (500, 400)
     assert set(wl.limits) <= {600.0, 500.0, 400.0} and 400.0 in wl.limits
     now = joulecap.get_power_cap(0)
