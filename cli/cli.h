@@ -22,5 +22,6 @@ int jc_cmd_run(int argc, char **argv);
 int jc_cmd_monitor(int argc, char **argv);
 int jc_cmd_cap(int argc, char **argv);
 int jc_cmd_profile(int argc, char **argv);
+int jc_cmd_plot(int argc, char **argv); /* runs Python: joulecap.plots (cmd_plot.c) */
 
 #endif

@@ -8,6 +8,7 @@
 
 #include "child.h"
 #include "errors.h"
+#include "live.h"
 #include "options.h"
 #include "output.h"
 #include "summary.h"
@@ -34,6 +35,7 @@ static const char MONITOR_HELP[] =
     "  --gpu SEL          GPUs to monitor (default: all visible GPUs); see 'joulecap --help'\n"
     "  --json             at the end, print a JSON summary (energy per device over the whole run) on stdout\n"
     "  -q, --quiet        no messages or summary on stderr\n"
+    "  --live             a one-line power readout on the terminal (stderr), refreshed twice a second\n"
     "  -h, --help         this help\n"
     "\n"
     "With CMD, SIGINT/SIGTERM/SIGHUP sent to joulecap are passed on to CMD; joulecap waits for CMD to end,\n"
@@ -52,7 +54,7 @@ int jc_cmd_monitor(int argc, char **argv) {
     jc_cli_opts o;
     int rc = jc_cli_parse("monitor", argc, argv,
                           JC_OPT_GPU | JC_OPT_JSON | JC_OPT_OUTPUT | JC_OPT_INTERVAL | JC_OPT_QUIET | JC_OPT_COMMAND |
-                              JC_OPT_COUNTER,
+                              JC_OPT_COUNTER | JC_OPT_LIVE,
                           0.001, 86400, &o);
     if (rc) return rc;
     if (o.help) {
@@ -97,10 +99,13 @@ int jc_cmd_monitor(int argc, char **argv) {
     memset(&s, 0, sizeof s);
     int code = JC_EXIT_OK;
     uint64_t end_ns;
+    /* Rows on stdout that is a terminal would tear the line: then the rows win. */
+    jc_cli_live *live = o.live && !(to_stdout && isatty(STDOUT_FILENO)) ? jc_cli_live_start(ctx) : NULL;
     if (o.command) {
         jc_cli_child child;
         jc_cli_fd_cloexec_new();
     if (jc_cli_spawn(o.command, &child) != 0) {
+            jc_cli_live_stop(live);
             jc_close(ctx);
             return JC_EXIT_FAILURE;
         }
@@ -108,6 +113,7 @@ int jc_cmd_monitor(int argc, char **argv) {
         end_ns = child.end_ns;
         if (child.exec_errno) {
             code = jc_cli_child_exit_code(&child);
+            jc_cli_live_stop(live);
             jc_cli_err("cannot run '%s': %s%s", o.command[0], strerror(child.exec_errno),
                        child.exec_errno == ENOENT && !strchr(o.command[0], '/') ? " (not found in PATH)" : "");
             jc_close(ctx);
@@ -128,6 +134,7 @@ int jc_cmd_monitor(int argc, char **argv) {
         s.stop_signal = jc_cli_wait_signal();
         end_ns = jc_now_ns();
     }
+    jc_cli_live_stop(live);
     jc_window_stop_at(ctx, w, end_ns);
     rc = jc_cli_summary_collect(ctx, w, 3.0, &s);
     jc_window_release(ctx, w);

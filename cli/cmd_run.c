@@ -8,6 +8,7 @@
 
 #include "child.h"
 #include "errors.h"
+#include "live.h"
 #include "options.h"
 #include "output.h"
 #include "summary.h"
@@ -31,6 +32,7 @@ static const char RUN_HELP[] =
     "  --counter-interval S  read the GPU energy counter only once per S seconds (0 to 60; default 0 = after\n"
     "                     every 100 ms step: accurate short windows, ~8% of a core; 1 = under 1%)\n"
     "  -q, --quiet        no summary on stderr\n"
+    "  --live             a one-line power readout on the terminal (stderr) while CMD runs\n"
     "  -h, --help         this help\n"
     "\n"
     "Options end at '--' or at the first argument that is not an option: that is CMD.\n"
@@ -50,7 +52,7 @@ int jc_cmd_run(int argc, char **argv) {
     jc_cli_opts o;
     int rc = jc_cli_parse("run", argc, argv,
                           JC_OPT_GPU | JC_OPT_JSON | JC_OPT_OUTPUT | JC_OPT_INTERVAL | JC_OPT_QUIET | JC_OPT_COMMAND |
-                              JC_OPT_COUNTER,
+                              JC_OPT_COUNTER | JC_OPT_LIVE,
                           0.001, 3600, &o);
     if (rc) return rc;
     if (o.help) {
@@ -116,7 +118,9 @@ int jc_cmd_run(int argc, char **argv) {
         jc_close(ctx);
         return JC_EXIT_FAILURE;
     }
+    jc_cli_live *live = o.live ? jc_cli_live_start(ctx) : NULL;
     jc_cli_wait_child(&child);
+    jc_cli_live_stop(live);
     jc_window_stop_at(ctx, w, child.end_ns);
 
     if (child.exec_errno) {

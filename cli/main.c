@@ -18,6 +18,7 @@ static const char MAIN_HELP[] =
     "  monitor   write a time series (energy, utilisation, temperature, power) as CSV, to a file or stdout\n"
     "  cap       show, set, reset or restore GPU power caps\n"
     "  profile   find the GPU power cap with the best energy/time trade-off for a workload\n"
+    "  plot      draw a joulecap CSV (time series, windows, power-cap profile, layers, runs) to PNG/SVG/HTML\n"
     "  help CMD  detailed help for one command (same as 'joulecap CMD --help')\n"
     "  help      the reference docs installed with joulecap: 'joulecap help' lists them, 'joulecap help cli'\n"
     "            prints one\n"
@@ -70,6 +71,8 @@ static const char MAIN_HELP[] =
     "  JOULECAP_DAEMON_SOCKET joulecapd's socket (default /run/joulecap/joulecapd.sock): where it exists, caps\n"
     "                         go through joulecapd ('joulecap help daemon')\n"
     "  JOULECAP_CLI           the joulecap executable that cap sessions start as their guardian\n"
+    "  JOULECAP_PYTHON        plot: the Python that has joulecap and matplotlib (set by the pip-installed\n"
+    "                         joulecap command; default python3 on PATH)\n"
     "  CUDA_VISIBLE_DEVICES, CUDA_DEVICE_ORDER   GPU numbering, as in CUDA\n"
     "  XDG_RUNTIME_DIR, TMPDIR   where private state goes (see JOULECAP_FAKE and JOULECAP_STATE_DIR)\n"
     "\n"
@@ -90,7 +93,7 @@ static const struct {
     cmd_fn fn;
 } COMMANDS[] = {
     {"info", jc_cmd_info},       {"run", jc_cmd_run}, {"monitor", jc_cmd_monitor},
-    {"cap", jc_cmd_cap},         {"profile", jc_cmd_profile},
+    {"cap", jc_cmd_cap},         {"profile", jc_cmd_profile}, {"plot", jc_cmd_plot},
 };
 
 static cmd_fn find_command(const char *name) {
@@ -101,7 +104,7 @@ static cmd_fn find_command(const char *name) {
 
 static int unknown_command(const char *name) {
     jc_cli_err("unknown command '%s'", name);
-    fprintf(stderr, "The commands are: info, run, monitor, cap, profile, help.\n"
+    fprintf(stderr, "The commands are: info, run, monitor, cap, profile, plot, help.\n"
                     "Try 'joulecap --help' for the commands and examples.\n");
     return JC_EXIT_USAGE;
 }

@@ -77,6 +77,8 @@ int jc_cli_parse(const char *cmd, int argc, char **argv, unsigned allowed, doubl
             o->json = 1;
         } else if ((allowed & JC_OPT_QUIET) && (strcmp(a, "-q") == 0 || strcmp(a, "--quiet") == 0)) {
             o->quiet = 1;
+        } else if ((allowed & JC_OPT_LIVE) && strcmp(a, "--live") == 0) {
+            o->live = 1;
         } else if ((allowed & JC_OPT_GPU) && (is_opt(a, "--gpu") || is_opt(a, "--gpus") || is_opt(a, "-g"))) {
             const char *name = a[1] == 'g' ? "-g" : (strncmp(a, "--gpus", 6) == 0 ? "--gpus" : "--gpu");
             if ((rc = opt_value(cmd, argc, argv, &i, name, &val))) return rc;

@@ -13,6 +13,7 @@ enum {
     JC_OPT_QUIET = 1u << 4,    /* -q, --quiet */
     JC_OPT_COMMAND = 1u << 5,  /* -- CMD ARGS... (or the first non-option argument starts the command) */
     JC_OPT_COUNTER = 1u << 6,  /* --counter-interval SECONDS */
+    JC_OPT_LIVE = 1u << 7,     /* --live */
 };
 
 typedef struct jc_cli_opts {
@@ -22,7 +23,7 @@ typedef struct jc_cli_opts {
     double interval_s;    /* valid when interval_text != NULL */
     const char *counter_text;
     double counter_interval_s; /* valid when counter_text != NULL */
-    int json, quiet, help;
+    int json, quiet, help, live;
     char **command;       /* NULL-terminated argv of the command, NULL when none */
     int command_argc;
 } jc_cli_opts;

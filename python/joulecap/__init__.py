@@ -5,8 +5,9 @@
 The tools keep the seed's names, arguments and CSV columns (see ``joulecap.measurement``); errors are the
 classes of ``joulecap.errors``; ``joulecap.read_csv`` reads the CSV files back (with pandas).  Power caps:
 ``set_power_cap``, ``reset_power_cap``, ``get_power_cap`` (``joulecap.caps``); the power-cap profiler:
-``power_cap_profiler`` and the online ``PowerCapOptimizer`` (``joulecap.profiler``).  ``python -m
-joulecap.example`` measures a small PyTorch training run.
+``power_cap_profiler`` and the online ``PowerCapOptimizer`` (``joulecap.profiler``).  ``joulecap.plot``
+draws any of the CSVs (``joulecap.plots``, needs matplotlib).  ``python -m joulecap.example`` measures a small
+PyTorch training run.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ __all__ = [
     "power_cap_profiler",
     "PowerCapOptimizer",
     "ProfileResult",
+    "plot",
     "__version__",
 ]
 
@@ -53,3 +55,12 @@ def devices(gpu_num="all"):
 
     with Context(_gpu_selection(gpu_num)) as ctx:
         return ctx.devices()
+
+
+def plot(*files, **kwargs):
+    """Draws joulecap CSVs (time series, snippet windows, power-cap profile, layer-wise, several runs side by
+    side) and returns the matplotlib Figure; ``out="x.png"`` (.svg, .pdf, .html) also writes it.  See
+    ``joulecap.plots.plot`` for the arguments; needs matplotlib (``pip install 'joulecap[plot]'``)."""
+    from .plots import plot as _plot  # imported here: `python -m joulecap.plots` must not find it loaded
+
+    return _plot(*files, **kwargs)

@@ -17,6 +17,9 @@ def main() -> None:
         )
         raise SystemExit(127)
     argv = ["joulecap"] + sys.argv[1:]
+    # `joulecap plot` draws with this Python (joulecap.plots and matplotlib live here), not whatever python3 is
+    # first on PATH.
+    os.environ.setdefault("JOULECAP_PYTHON", sys.executable)
     sys.stdout.flush()
     sys.stderr.flush()
     try:

@@ -454,6 +454,41 @@ def part_power_caps(s: Setup) -> None:
 PARTS.append(part_power_caps)
 
 
+def part_pictures(s: Setup) -> None:
+    """A picture next to each CSV (joulecap.plot): the time series with the epochs shaded, the layers, the
+    power-cap profile."""
+    s.say("")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        s.say("Pictures: skipped, matplotlib is not installed (pip install 'joulecap[plot]'); then `joulecap plot "
+              "FILE.csv` draws any of the CSVs above.")
+        return
+    from .plots import plot
+
+    d = s.out_dir
+    jobs = []
+    if os.path.exists(os.path.join(d, "async.csv")):
+        snip = os.path.join(d, "snippets.csv")
+        jobs.append(("time series, epochs shaded", [os.path.join(d, "async.csv")], os.path.join(d, "async.png"),
+                     {"snippets": snip} if os.path.exists(snip) else {}))
+    for name, what in (("layers", "energy per layer"), ("power_caps", "power-cap profile")):
+        if os.path.exists(os.path.join(d, name + ".csv")):
+            jobs.append((what, [os.path.join(d, name + ".csv")], os.path.join(d, name + ".png"), {}))
+    s.say("Pictures (joulecap.plot; `joulecap plot FILE.csv` draws the same):")
+    for what, files, out, kw in jobs:
+        try:
+            plot(*files, out=out, **kw)
+        except (ValueError, OSError) as e:
+            s.say("  %s: not drawn: %s" % (what, e))
+            continue
+        s.say("  %-28s -> %s" % (what, out))
+        s.files.append(out)
+
+
+PARTS.append(part_pictures)
+
+
 # --------------------------------------------------------------------------------------------------------------
 
 

@@ -47,6 +47,7 @@ from .caps import (
     restore_power_caps,
     set_power_cap,
 )
+from ._progress import ProgressLine
 from .errors import FileError, InvalidArgument, JoulecapWarning, PermissionDenied, StateError
 
 __all__ = [
@@ -602,6 +603,44 @@ def _keep_default(result: ProfileResult, why: Sequence[str], max_w: float) -> Pr
     )
 
 
+class _Progress:
+    """The profiler's progress line: trial k at cap W, elapsed / budget, the best cap so far."""
+
+    def __init__(self, prof: Any, index: int, budget: float, enabled: Optional[bool]) -> None:
+        self.prof, self.budget = prof, budget
+        # An automatic budget is max(20 s, 300 steps at the first cap): 20 s until the first trial tells.
+        self.line = ProgressLine("joulecap profiler, GPU %d" % index, total=budget or 20.0, enabled=enabled)
+        self.t0: Optional[float] = None
+        self.k, self.cap = 0, float("nan")
+
+    def _text(self) -> str:
+        r = self.prof.result()
+        best = "none yet" if r["cap_w"] != r["cap_w"] else "%g W" % r["cap_w"]
+        if r["cap_w"] == r["cap_w"] and not r.get("measurably_better", True):
+            best += " (the default: none measurably better yet)"
+        return "trial %d at %g W | best so far %s" % (self.k, self.cap, best)
+
+    def trial(self, cap: float, t: float) -> None:
+        if not self.line.enabled:
+            return
+        if self.t0 is None:
+            self.t0 = t
+        self.k += 1
+        self.cap = cap
+        if not self.budget and self.k == 2:
+            first = self.prof.trials()[0]
+            if first["time_per_step_s"] == first["time_per_step_s"]:
+                self.line.set_total(max(20.0, 300 * first["time_per_step_s"]))
+        self.line.update(t - self.t0, self._text, force=True)
+
+    def step(self, t: float) -> None:
+        if self.line.enabled and self.t0 is not None:
+            self.line.update(t - self.t0, self._text)
+
+    def close(self) -> None:
+        self.line.close()
+
+
 def _report(result: ProfileResult, new_warnings: Sequence[str] = ()) -> None:
     _log.info("joulecap: power-cap profiler: %s", result.reason)
     for w in new_warnings:
@@ -696,6 +735,7 @@ def power_cap_profiler(
     caps: Optional[Sequence[float]] = None,
     time_budget: Optional[float] = None,
     steps_on_gpu: Optional[bool] = None,
+    progress: Optional[bool] = None,
 ) -> float:
     """Finds the power cap (W) of GPU ``gpu_num`` with the lowest ``objective`` for one step of ``model`` on
     ``dataloader``'s batches, and returns it.  The GPU's limit is what it was before when this returns (also on
@@ -727,6 +767,8 @@ def power_cap_profiler(
       JoulecapWarning says so and the default limit is returned: the cap of a GPU the steps do not use cannot
       make them better.  ``steps_on_gpu=True`` says that the steps do run on that GPU all the same (work the
       model hands to the GPU itself, or a test's stand-in for a GPU).
+    * ``progress``: a progress line on stderr (trial, cap, elapsed / budget, best cap so far; tqdm's when it
+      is installed); None (default) shows it only when stderr is a terminal.
     """
     if train and (loss_fn is None or optimizer is None):
         raise InvalidArgument("train=True needs loss_fn and optimizer (the profiler runs real training steps)")
@@ -747,6 +789,7 @@ def power_cap_profiler(
         meter = _GpuMeter(info["uuid"])
         prof = _new_profiler(info, objective, max_slowdown, cap_list, budget, meter.counter_period)
         hold = _CapHold(info)  # PermissionDenied / Busy here, before any change
+        line = _Progress(prof, info["index"], budget, progress)
         try:
             snapshot = _Snapshot(model, optimizer, bool(train))
             try:
@@ -758,11 +801,14 @@ def power_cap_profiler(
                         hold.set(cap)
                         t, e = meter.read()
                         prof.cap_applied(cap, t, e)
+                        line.trial(cap, t)
                     else:
                         runner()
                         t, e = meter.read()
                         prof.observe_step(t, e)
+                        line.step(t)
             finally:
+                line.close()
                 snapshot.restore()
         finally:
             hold.restore()
@@ -882,6 +928,7 @@ class PowerCapOptimizer:
         time_budget: Optional[float] = None,
         out_file: Any = None,
         process_group: Any = None,
+        progress: Optional[bool] = None,
     ) -> None:
         self.objective, self.max_slowdown = _objective(objective, max_slowdown)
         self._budget = _time_budget(time_budget)
@@ -908,6 +955,8 @@ class PowerCapOptimizer:
         self._meter = None
         self._hold = None
         self._started = False
+        self._line: Optional[_Progress] = None
+        self._progress = progress
         if self._group.size > 1:
             uuids = self._group.all_objects(self._info["uuid"])
             if len(set(uuids)) != len(uuids):
@@ -980,10 +1029,14 @@ class PowerCapOptimizer:
         kind, next_cap, err = "error", 0.0, None
         if self._group.rank == 0:
             try:
+                if self._line is None:
+                    self._line = _Progress(self._prof, self.gpu_num, self._budget, self._progress)
                 if what == "step":
                     self._prof.observe_step(t, e)
+                    self._line.step(t)
                 elif what == "applied":
                     self._prof.cap_applied(cap, t, e)
+                    self._line.trial(cap, t)
                 kind, next_cap = self._prof.next_action()
             except Exception as ex:  # noqa: BLE001 - tell the other ranks before raising
                 err = ex
@@ -997,6 +1050,8 @@ class PowerCapOptimizer:
 
     def _finish(self) -> None:
         self.done = True
+        if self._line is not None:
+            self._line.close()
         payload = None
         if self._group.rank == 0:
             payload = (self._prof.result(), self._prof.trials())
@@ -1033,6 +1088,8 @@ class PowerCapOptimizer:
             self._release()
 
     def _release(self) -> None:
+        if self._line is not None:
+            self._line.close()
         try:
             if self._hold is not None:
                 self._hold.restore()

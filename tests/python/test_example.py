@@ -35,6 +35,9 @@ def test_example_quick_run(fake_env, tmp_path):
     with open(out / "async.csv", newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0][0] == "elapsed_s" and len(rows) >= 2
+    # A picture next to each CSV, and its path printed (matplotlib is installed for the tests).
+    for name in ("async.png", "layers.png", "power_caps.png"):
+        assert (out / name).stat().st_size > 10_000 and str(out / name) in text, name
 
 
 def test_example_without_torch_says_how_to_get_it(tmp_path):
