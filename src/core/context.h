@@ -50,7 +50,7 @@ typedef struct jc__counter_track {
     uint64_t raw_changed_ns; /* last time the raw value moved (stuck counter) */
     int stuck_reported;
     /* statistics, for benchmarks and `joulecap info --verbose` */
-    uint64_t n_reads, n_probes, n_late, n_unlocks, n_rejected;
+    uint64_t n_reads, n_probes, n_late, n_unlocks;
 } jc__counter_track;
 
 #define JC__HEALTH_EVENTS 32
@@ -159,8 +159,7 @@ struct jc_context {
     int thread_started;
     uint64_t cycles;
     uint64_t last_cycle_ns;
-    /* fine counter reads are needed while windows are open or were in the last few seconds */
-    size_t open_windows;
+    /* a window started or stopped then: the counter is read at every step for a while after (reader.c) */
     uint64_t last_window_ns;
 
     /* windows */

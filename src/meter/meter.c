@@ -145,7 +145,6 @@ void jc__window_free(jc_context *ctx, jc__window *w, jc_window id) {
     w->name = NULL;
     w->in_use = 0;
     w->released = w->logging = 0;
-    if (!w->t1) ctx->open_windows--;
     ctx->free_slots[ctx->nfree++] = (size_t)(id & SLOT_MASK);
     pthread_cond_broadcast(&ctx->data_cv);
 }
@@ -213,7 +212,6 @@ jc_status jc_window_start_at(jc_context *ctx, const char *name, uint64_t t_ns, j
     w->name = copy;
     *out = (jc_window)(((uint64_t)gen << SLOT_BITS) | slot);
     int was_fine = jc__reader_fine(ctx, t_ns);
-    ctx->open_windows++;
     if (t_ns > ctx->last_window_ns) ctx->last_window_ns = t_ns;
     if (!was_fine) pthread_cond_broadcast(&ctx->wake_cv); /* readers go back to a counter read per step */
     pthread_mutex_unlock(&ctx->lock);
@@ -238,7 +236,6 @@ jc_status jc_window_stop_at(jc_context *ctx, jc_window id, uint64_t t_ns) {
     else {
         int was_fine = jc__reader_fine(ctx, t_ns);
         w->t1 = t_ns;
-        ctx->open_windows--;
         if (t_ns > ctx->last_window_ns) ctx->last_window_ns = t_ns;
         if (!was_fine) pthread_cond_broadcast(&ctx->wake_cv);
     }

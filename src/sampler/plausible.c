@@ -73,7 +73,6 @@ int jc__counter_commit(jc__device *d, uint64_t t, unsigned long long mj) {
     } else {
         int rising = c->suspect && mj >= c->suspect_mj &&
                      (double)(mj - c->suspect_mj) * 1e-3 <= bound_j(d, c->suspect_ns, t);
-        c->n_rejected++;
         if (!c->suspect || !rising) {
             double de = ((double)mj - (double)c->good_mj) * 1e-3;
             double dt = jc__s(t - c->good_ns);

@@ -44,7 +44,6 @@ typedef struct jc__csv {
     uint64_t next_row_ns;
     uint64_t *rows;            /* instants of rows not yet resolved, oldest first */
     size_t nrows, caprows;
-    uint64_t rows_dropped;
 } jc__csv;
 
 /* The window CSV: a row per window handed over with jc_window_finish, in that order. */

@@ -117,17 +117,21 @@ jc_status jc__wlog_wait_row(jc_context *ctx, jc__window *w, jc_window id, double
     }
 }
 
-void jc__wlog_finish(jc_context *ctx, double timeout_s) {
-    jc__wlog *L = ctx->wlog;
-    if (!L) return;
-    pthread_mutex_lock(&ctx->lock);
+/* Waits (lock held) until every finished window's row is written, the file failed, or timeout_s passed. */
+static void drain(jc_context *ctx, jc__wlog *L, double timeout_s) {
     uint64_t deadline = jc_now_ns() + (uint64_t)(timeout_s * 1e9);
     for (;;) {
         jc__wlog_pump(ctx);
-        if ((!L->len && jc__rowfile_drained(&L->file)) || jc_now_ns() >= deadline) break;
+        if (L->file.error != JC_OK || (!L->len && jc__rowfile_drained(&L->file)) || jc_now_ns() >= deadline) return;
         struct timespec ts = {(time_t)(deadline / NS), (long)(deadline % NS)};
         pthread_cond_timedwait(&ctx->data_cv, &ctx->lock, &ts);
     }
+}
+
+void jc__wlog_finish(jc_context *ctx, double timeout_s) {
+    if (!ctx->wlog) return;
+    pthread_mutex_lock(&ctx->lock);
+    drain(ctx, ctx->wlog, timeout_s);
     pthread_mutex_unlock(&ctx->lock);
 }
 
@@ -151,14 +155,7 @@ jc_status jc_window_csv_flush(jc_context *ctx, double timeout_s, size_t *pending
         if (pending) *pending = 0;
         st = jc__fail(JC_ERR_STATE, "this context has no window CSV");
     } else {
-        uint64_t deadline = jc_now_ns() + (uint64_t)(timeout_s * 1e9);
-        for (;;) {
-            jc__wlog_pump(ctx);
-            if (L->file.error != JC_OK || (!L->len && jc__rowfile_drained(&L->file)) || jc_now_ns() >= deadline)
-                break;
-            struct timespec ts = {(time_t)(deadline / NS), (long)(deadline % NS)};
-            pthread_cond_timedwait(&ctx->data_cv, &ctx->lock, &ts);
-        }
+        drain(ctx, L, timeout_s);
         if (pending) *pending = L->len;
         if (L->file.error != JC_OK)
             st = jc__rowfile_status(&L->file);
