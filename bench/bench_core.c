@@ -361,7 +361,11 @@ static void cpu_cost(const char *mode, double seconds) {
     int nw = 0, got = 0, late = 0;
     double unc_sum = 0, e_sum = 0;
     uint64_t t = jc_now_ns();
-    uint64_t settle = t + 3000000000ull, end = settle + (uint64_t)(seconds * 1e9);
+    /* JC_BENCH_SETTLE_S: how long before the measured stretch (default 3 s; the counter is read every step
+     * until its fit settles, ~10 s, so a later start gives the steady state). */
+    const char *ss = getenv("JC_BENCH_SETTLE_S");
+    double settle_s = ss && atof(ss) > 0 ? atof(ss) : 3.0;
+    uint64_t settle = t + (uint64_t)(settle_s * 1e9), end = settle + (uint64_t)(seconds * 1e9);
     uint64_t r0 = 0;
     double c0 = 0, w0 = 0;
     int measuring = 0;
