@@ -8,9 +8,6 @@
 
 #include "cli.h"
 
-/* Joules in a kilowatt-hour: the seed's *_energy_kwh columns are the joules divided by this. */
-#define JC_CLI_J_PER_KWH 3.6e6
-
 /* A JSON string with quotes; control characters escaped, invalid UTF-8 replaced by U+FFFD; NULL -> null. */
 void jc_json_str(FILE *f, const char *s);
 /* A JSON number; NaN and infinities -> null; whole numbers below 1e15 without an exponent. */

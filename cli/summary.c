@@ -173,7 +173,7 @@ void jc_cli_summary_json(FILE *f, const jc_cli_summary *s, const char *extra_key
         jc_json_num(f, s->result.energy_j[i]);
         snprintf(key, sizeof key, "%s_energy_kwh", pre);
         jc_json_key(f, &first, key);
-        jc_json_num(f, s->result.energy_j[i] / JC_CLI_J_PER_KWH);
+        jc_json_num(f, s->result.energy_j[i] / JC_J_PER_KWH);
         snprintf(key, sizeof key, "%s_energy_source", pre);
         jc_json_key(f, &first, key);
         jc_json_str(f, jc_energy_source_name(s->result.source[i]));
@@ -208,7 +208,7 @@ void jc_cli_summary_json(FILE *f, const jc_cli_summary *s, const char *extra_key
         jc_json_key(f, &f2, "energy_j");
         jc_json_num(f, s->result.energy_j[i]);
         jc_json_key(f, &f2, "energy_kwh");
-        jc_json_num(f, s->result.energy_j[i] / JC_CLI_J_PER_KWH);
+        jc_json_num(f, s->result.energy_j[i] / JC_J_PER_KWH);
         jc_json_key(f, &f2, "average_power_w");
         jc_json_num(f, avg_power(s->result.energy_j[i], el));
         jc_json_key(f, &f2, "energy_source");
@@ -241,7 +241,7 @@ void jc_cli_summary_csv(FILE *f, const jc_cli_summary *s) {
     jc_csv_num(f, s->result.elapsed_s);
     for (int i = 0; i < s->ndev; i++) {
         fputc(',', f);
-        jc_csv_num(f, s->result.energy_j[i] / JC_CLI_J_PER_KWH);
+        jc_csv_num(f, s->result.energy_j[i] / JC_J_PER_KWH);
     }
     for (int i = 0; i < s->ndev; i++) {
         fputc(',', f);

@@ -208,6 +208,7 @@ JC_API jc_status jc_read_latest(jc_context *ctx, int device, jc_reading *out);
 
 typedef int64_t jc_window;
 
+#define JC_J_PER_KWH 3.6e6 /* joules in a kilowatt-hour: every kWh the library and its tools write */
 #define JC_MAX_DEVICES 65
 
 typedef struct jc_window_result {

@@ -15,13 +15,12 @@ import threading
 from typing import Any, Callable, Dict, List, Optional
 
 from . import _jobs, _joulecap
-from ._common import _Devices, _check_path, _create_file, _gpu_selection, _open_context, _register, _source_notes
+from ._common import J_PER_KWH, _Devices, _check_path, _create_file, _gpu_selection, _open_context, _register, _source_notes
 from .errors import InvalidArgument, StateError
 
 __all__ = ["EnergyMeasurementTool", "AsynchronousMeasurementTool", "Measurement", "WindowContext",
            "LayerwiseMeasurementTool"]
 
-J_PER_KWH = 3.6e6
 
 
 # --------------------------------------------------------------------------------------------------------------

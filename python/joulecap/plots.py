@@ -28,12 +28,13 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from ._common import J_PER_KWH
+
 __all__ = ["plot", "detect", "KINDS", "main"]
 
 #: What ``detect`` can tell a CSV to be.
 KINDS = ("timeseries", "snippets", "profile", "layers", "run")
 
-J_PER_KWH = 3.6e6
 # z of a 90% two-sided interval: the profiler's intervals (docs/profiler.md).
 Z90 = 1.645
 # Health states drawn as shaded stretches: not whole values (docs/python.md, "Device health").
