@@ -163,3 +163,139 @@ def test_lightning_partial_coverage_is_logged(fake_env, tmp_path):
     assert epoch["energy/epoch_gpu0_coverage"] == epoch["energy/epoch_coverage"]
     assert "partial" in cb.meter.records[0]["estimates"]["gpu0"]
     assert "partial" in cb.meter.summary_text()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Hugging Face transformers
+
+
+class SeqDataset(torch.utils.data.Dataset):
+    def __init__(self, n=32, seq=8, vocab=50, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(0, vocab, (n, seq), generator=g)
+        self.labels = torch.randint(0, 2, (n,), generator=g)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+
+def hf_trainer(tmp_path, callbacks, epochs=2, report_to="none"):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=16, num_labels=2)
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config)  # made from a config: nothing downloaded
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "hf"), num_train_epochs=epochs, per_device_train_batch_size=4, use_cpu=True,
+        report_to=report_to, save_strategy="no", logging_strategy="no", disable_tqdm=True,
+        dataloader_num_workers=0)
+    return transformers.Trainer(model=model, args=args, train_dataset=SeqDataset(), callbacks=callbacks)
+
+
+def test_transformers_logs_the_snippet_tools_values_through_trainer_log(fake, tmp_path):
+    from transformers import TrainerCallback
+
+    from joulecap.callbacks.transformers import JoulecapCallback
+
+    class Integration(TrainerCallback):
+        """Stands where report_to's integrations stand: before user callbacks."""
+
+        logs = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.logs.append(dict(logs))
+
+    seen = Integration()
+    trainer = hf_trainer(tmp_path, [seen])
+    out = tmp_path / "energy.csv"
+    cb = JoulecapCallback(gpu_num=0, every_n_steps=3, out_file=out, carbon=CARBON).attach(trainer)
+    trainer.train()
+
+    rows = snippet_rows(out)
+    blocks = ["steps%d-%d" % (a, a + 2) for a in range(1, 17, 3)]  # 2 x 8 steps: 5 whole blocks, then step 16
+    assert sorted(rows) == sorted(["epoch0", "epoch1"] + blocks)
+
+    epochs = [h for h in trainer.state.log_history if "energy/epoch_j" in h]
+    assert [h["step"] for h in epochs] == [8, 16]
+    for h, name in zip(epochs, ["epoch0", "epoch1"]):
+        assert_metrics_match_row(h, "energy/epoch_", *rows[name])
+    steps = [h for h in trainer.state.log_history if "energy/steps_j" in h]
+    assert [(h["energy/steps_first"], h["energy/steps_last"]) for h in steps] == [
+        (1, 3), (4, 6), (7, 9), (10, 12), (13, 15), (16, 16)]
+    for h, name in zip(steps, blocks):
+        assert_metrics_match_row(h, "energy/steps_", *rows[name])
+        assert h["step"] >= h["energy/steps_last"]  # logged once its result is known
+    # The integrations got the same logs.
+    assert [x for x in seen.logs if "energy/epoch_j" in x or "energy/steps_j" in x] == [
+        {k: v for k, v in h.items() if k != "step"} for h in trainer.state.log_history
+        if "energy/epoch_j" in h or "energy/steps_j" in h]
+    assert "2 epochs" in cb.summary and "EUR" in cb.summary
+
+
+def test_transformers_in_callbacks_list_goes_to_log_history_and_warns_about_report_to(fake, tmp_path, monkeypatch):
+    from joulecap.callbacks.transformers import JoulecapCallback
+    from joulecap.errors import JoulecapWarning
+
+    monkeypatch.setenv("JOULECAP_GRID_GCO2_PER_KWH", "250")
+    cb = JoulecapCallback(gpu_num=0, summary=False)
+    trainer = hf_trainer(tmp_path, [cb], epochs=1, report_to="tensorboard")
+    with pytest.warns(JoulecapWarning, match="attach"):
+        trainer.train()
+    (h,) = [h for h in trainer.state.log_history if "energy/epoch_j" in h]
+    m = cb.records[0]["measurement"]
+    assert h["energy/epoch_gpu0_j"] == m.gpu_energy_j[0] and h["energy/epoch_cpu_j"] == m.cpu_energy_j
+    assert h["energy/epoch_gco2e"] == pytest.approx(m.total_energy_j / J_PER_KWH * 250, rel=1e-12)
+    assert m.gco2e == pytest.approx(h["energy/epoch_gco2e"]) and m.cost is None
+    assert "energy/epoch_cost" not in h
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Arguments checked before training; the online power-cap optimizer
+
+
+def test_bad_arguments_fail_before_training(fake, monkeypatch):
+    from joulecap.callbacks.lightning import JoulecapCallback
+
+    for kw, what in [({"every_n_steps": 0}, "every_n_steps"), ({"every_n_steps": 2.5}, "every_n_steps"),
+                     ({"power_cap": "yes"}, "power_cap"), ({"power_cap": {"bogus": 1}}, "bogus"),
+                     ({"carbon": {"grid_gco2_per_kwh": -1}}, "negative"),
+                     ({"gpu_num": 7}, "GPU")]:
+        with pytest.raises(joulecap.JoulecapError, match=what):
+            JoulecapCallback(**kw)
+    monkeypatch.setenv("JOULECAP_PRICE_PER_KWH", "nan")
+    with pytest.raises(InvalidArgument, match="JOULECAP_PRICE_PER_KWH.*not finite"):
+        JoulecapCallback(gpu_num=0)
+
+
+@pytest.fixture
+def sweep_env(fake_env, tmp_path, monkeypatch):
+    """The fake GPU whose power follows its limit, a private state file and journal directory (test_profiler)."""
+    fake_env(scenario="h100-sweep.scn", sysfs="norapl", proc="qemu")
+    monkeypatch.setenv("JOULECAP_FAKE_NVML_STATE", str(tmp_path / "fake.state"))
+    monkeypatch.setenv("JOULECAP_STATE_DIR", str(tmp_path / "journals"))
+    monkeypatch.delenv("JOULECAP_CLI", raising=False)
+    yield
+    joulecap.restore_power_caps()
+
+
+def test_lightning_power_cap_optimizer_runs_on_the_training_steps_and_puts_the_limit_back(sweep_env, tmp_path):
+    from test_profiler import SweepWorkload
+
+    from joulecap.callbacks.lightning import JoulecapCallback
+
+    wl = SweepWorkload()
+    cb = JoulecapCallback(gpu_num=0, power_cap={"time_budget": 3}, summary=False)
+    trainer, logger = lightning_trainer(tmp_path, [cb], max_epochs=3)
+    trainer.fit(lightning_module(workload=wl), torch.utils.data.DataLoader(dataset(160), batch_size=4))
+    pco = cb.meter.optimizer
+    assert pco.steps == wl.steps == 120  # stepped once per training batch
+    assert min(wl.limits) < 700  # the steps ran at the caps it tried
+    assert pco.result is not None and 200 <= pco.result.cap_w <= 700
+    epochs = [r for r in logged_rows(logger) if "energy/epoch_j" in r]
+    assert len(epochs) == 3 and all(200 <= r["energy/power_cap_w"] <= 700 for r in epochs)
+    cap = joulecap.get_power_cap(0)
+    assert cap.limit_w == 700 and cap.manager == "none"  # put back at the end of fit
