@@ -89,3 +89,42 @@ def test_measurements_carry_gco2e_and_cost(fake, monkeypatch):
     monkeypatch.setenv("JOULECAP_GRID_GCO2_PER_KWH", "-1")
     with pytest.raises(InvalidArgument, match="negative"):
         joulecap.EnergyMeasurementTool(None, 0)  # before any measurement
+
+
+# --------------------------------------------------------------------------------------------------------------
+# joulecap plot shows them when set
+
+
+def _texts(fig):
+    out = [fig._suptitle.get_text()] if fig._suptitle else []
+    for ax in fig.axes:
+        out += [t.get_text() for t in ax.texts]
+    return out
+
+
+def test_plots_show_gco2e_and_cost_when_set_and_only_then(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from pathlib import Path
+
+    from joulecap import plots
+
+    fix = Path(__file__).resolve().parent / "fixtures"
+    sn = plots.read(fix / "snippets.csv")
+    totals, _ = plots._run_totals(sn, "snippets")
+    total_j = sum(v for v in totals.values() if math.isfinite(v))
+    for k in ("JOULECAP_GRID_GCO2_PER_KWH", "JOULECAP_PRICE_PER_KWH", "JOULECAP_CURRENCY", "JOULECAP_CARBON_CONFIG"):
+        monkeypatch.delenv(k, raising=False)
+    assert not any("gCO2e" in t for t in _texts(joulecap.plot(fix / "snippets.csv")))
+    fig = joulecap.plot(fix / "snippets.csv", carbon={"grid_gco2_per_kwh": 500, "price_per_kwh": 0.2, "currency": "USD"})
+    title = fig._suptitle.get_text()
+    assert ("%.4g gCO2e (at 500 g/kWh)" % (total_j / J_PER_KWH * 500)) in title and "USD" in title
+    assert sum("gCO2e" in t for t in _texts(fig)) == 1 + len(sn.rows)  # the title and each bar
+    monkeypatch.setenv("JOULECAP_GRID_GCO2_PER_KWH", "500")
+    fig = joulecap.plot(fix / "run-a.csv", fix / "run-b.csv")
+    assert sum("gCO2e" in t for t in _texts(fig)) == 2
+    # joulecap plot: the options, and hostile values refused before drawing.
+    out = tmp_path / "s.png"
+    assert plots.main([str(fix / "snippets.csv"), "-o", str(out), "--grid-intensity", "300", "--price", "0.1",
+                       "--currency", "EUR"]) == 0 and out.stat().st_size > 0
+    assert plots.main([str(fix / "snippets.csv"), "-o", str(tmp_path / "n.png"), "--grid-intensity", "nan"]) == 2
+    assert not (tmp_path / "n.png").exists()
