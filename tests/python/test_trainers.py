@@ -299,3 +299,41 @@ def test_lightning_power_cap_optimizer_runs_on_the_training_steps_and_puts_the_l
     assert len(epochs) == 3 and all(200 <= r["energy/power_cap_w"] <= 700 for r in epochs)
     cap = joulecap.get_power_cap(0)
     assert cap.limit_w == 700 and cap.manager == "none"  # put back at the end of fit
+
+
+def test_import_joulecap_needs_no_trainer_package():
+    import subprocess
+    import sys
+
+    code = ("import sys, joulecap, joulecap.callbacks\n"
+            "print(sorted(m for m in ('lightning', 'pytorch_lightning', 'transformers') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_lightning_exception_in_training_puts_the_limit_back_and_closes(sweep_env, tmp_path):
+    from test_profiler import SweepWorkload
+
+    from joulecap.callbacks.lightning import JoulecapCallback
+
+    class Failing(SweepWorkload):
+        def step(self):
+            if self.steps == 60:
+                raise RuntimeError("boom")
+            super().step()
+
+    wl = Failing()
+    out = tmp_path / "energy.csv"
+    cb = JoulecapCallback(gpu_num=0, every_n_steps=4, out_file=out, power_cap={"time_budget": 20}, summary=False)
+    trainer, _ = lightning_trainer(tmp_path, [cb], max_epochs=1)
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(lightning_module(workload=wl), torch.utils.data.DataLoader(dataset(320), batch_size=4))
+    assert min(wl.limits) < 700  # it was profiling when the step raised
+    cap = joulecap.get_power_cap(0)
+    assert cap.limit_w == 700 and cap.manager == "none"
+    assert cb.meter.tool is None
+    # The epoch that raised is measured up to the exception; every window has its row.
+    names = [r["name"] for r in cb.records]
+    assert "epoch0" in names and names.count("epoch0") == 1
+    assert sorted(snippet_rows(out)) == sorted(names)
