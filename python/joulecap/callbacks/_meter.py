@@ -151,8 +151,8 @@ class TrainerMeter:
     def begin(self, device_gpu: Optional[int]) -> None:
         """Training starts; ``device_gpu`` is the CUDA number the model is on (None: the CPU), used for
         ``gpu_num="auto"``."""
-        if self.tool is None:
-            self._open(device_gpu)
+        if self.tool is None:  # "auto", or a second run after end()
+            self._open(device_gpu if self.gpu_num == "auto" else self.gpu_num)
 
     def end(self) -> Optional[str]:
         """Training ends: stops the windows still open, waits for every result, closes the optimizer (its cap is
