@@ -42,13 +42,15 @@ class Measurement:
     edge did not arrive in time).  NaN stands for a value that cannot be measured here (see ``estimates``).
     """
 
-    __slots__ = ("name", "_pending", "_devices", "_data")
+    __slots__ = ("name", "_pending", "_devices", "_data", "carbon")
 
-    def __init__(self, name: Optional[str], pending: Any, devices: _Devices):
+    def __init__(self, name: Optional[str], pending: Any, devices: _Devices, carbon: Any = None):
         self.name = name
         self._pending = pending
         self._devices = devices
         self._data: Optional[Dict[str, Any]] = None
+        #: The grid intensity and price the tool was given (joulecap.carbon.Carbon), or None.
+        self.carbon = carbon
 
     # -- resolution --------------------------------------------------------------------------------------------
 
@@ -121,6 +123,22 @@ class Measurement:
         return self.cpu_energy_j + self.total_gpu_energy_j
 
     @property
+    def total_energy_kwh(self) -> float:
+        return self.total_energy_j / J_PER_KWH
+
+    @property
+    def gco2e(self) -> Optional[float]:
+        """Grams of CO2e of ``total_energy_j`` at the grid intensity the tool was given (``carbon=``,
+        ``JOULECAP_GRID_GCO2_PER_KWH``); None when none was set."""
+        return self.carbon.gco2e(self.total_energy_j) if self.carbon is not None else None
+
+    @property
+    def cost(self) -> Optional[float]:
+        """The price of ``total_energy_j`` (in ``carbon.currency``) at the price the tool was given; None when none
+        was set."""
+        return self.carbon.cost(self.total_energy_j) if self.carbon is not None else None
+
+    @property
     def sources(self) -> Dict[str, str]:
         """Where each device's energy comes from: counter, rapl, estimate, integrated-power or none."""
         return dict(zip(self._devices.labels, self._get()["source"]))
@@ -165,8 +183,9 @@ class Measurement:
     # -- conversions -------------------------------------------------------------------------------------------
 
     def as_dict(self) -> Dict[str, Any]:
-        """The values as a plain dict (energies in J and kWh, sources, estimate reasons)."""
-        return {
+        """The values as a plain dict (energies in J and kWh, sources, estimate reasons; ``gco2e``, ``cost`` and
+        ``currency`` when a grid intensity or price was set)."""
+        out = {
             "name": self.name,
             "elapsed_s": self.elapsed_s,
             "start_s": self.start_s,
@@ -182,6 +201,14 @@ class Measurement:
             "states": self.states,
             "resolved": self.resolved,
         }
+        if self.carbon is not None and self.carbon.is_set:
+            out["total_energy_kwh"] = self.total_energy_kwh
+            for key, value in (("gco2e", self.gco2e), ("cost", self.cost)):
+                if value is not None:
+                    out[key] = value
+            if self.carbon.price_per_kwh is not None:
+                out["currency"] = self.carbon.currency
+        return out
 
     def csv_row(self) -> Dict[str, Any]:
         """The window's row as the CSV has it (column -> value)."""
@@ -243,7 +270,7 @@ class WindowContext:
     def __exit__(self, *exc: Any) -> bool:
         w, self._w = self._w, None
         tool = self._tool
-        self.result = tool.last_result = Measurement(self.name, tool._context().stop_pending(w), tool._devices)
+        self.result = tool.last_result = Measurement(self.name, tool._context().stop_pending(w), tool._devices, tool.carbon)
         return False
 
 
@@ -265,6 +292,9 @@ class EnergyMeasurementTool:
     * ``counter_interval``: read the GPU energy counter only once per this many seconds (default 0: after every
       100 ms counter step, which short windows need; about 8% of one CPU core on an H100).  1 brings the
       sampler under 1% of a core; windows shorter than that become coarse and results wait up to that long.
+    * ``carbon``: a grid intensity and price for the results' ``gco2e`` and ``cost``
+      (``joulecap.carbon_settings(...)`` or a dict of its arguments); default None: ``JOULECAP_GRID_GCO2_PER_KWH``,
+      ``JOULECAP_PRICE_PER_KWH``, ``JOULECAP_CURRENCY`` or ``JOULECAP_CARBON_CONFIG`` where set; False: none.
 
     Windows: ``start(name=None)`` / ``stop(name)``, ``with tool.window("epoch"):``, ``@tool.measure``.  They may
     be named, nested and overlapping.  ``stop()`` without a name stops the most recently started window.
@@ -277,9 +307,14 @@ class EnergyMeasurementTool:
         *,
         interval: Optional[float] = None,
         counter_interval: Optional[float] = None,
+        carbon: Any = None,
     ):
+        from .carbon import resolve
+
         self.out_file = _check_path(out_file)
         self.gpu_num = gpu_num
+        #: Grid intensity and price for the results' ``gco2e`` / ``cost`` (joulecap.carbon.Carbon).
+        self.carbon = resolve(carbon)
         kwargs: Dict[str, Any] = {"window_csv": self.out_file}
         if interval is not None:
             kwargs["interval"] = _check_interval(interval)
@@ -351,7 +386,7 @@ class EnergyMeasurementTool:
                     "window %s was not started (running: %s): call start(%s) first"
                     % (_describe(name), running, "" if name is None else repr(name))
                 )
-        m = self.last_result = Measurement(name, self._ctx.stop_pending(w), self._devices)
+        m = self.last_result = Measurement(name, self._ctx.stop_pending(w), self._devices, self.carbon)
         self._ctx.window_csv_status()
         return m
 
@@ -384,7 +419,7 @@ class EnergyMeasurementTool:
                 try:
                     return f(*args, **kwargs)
                 finally:
-                    m = tool.last_result = Measurement(wname, ctx.stop_pending(w), tool._devices)
+                    m = tool.last_result = Measurement(wname, ctx.stop_pending(w), tool._devices, tool.carbon)
                     wrapper.last_result = m  # type: ignore[attr-defined]
 
             wrapper.last_result = None  # type: ignore[attr-defined]
