@@ -369,7 +369,7 @@ class JobMeasurement:
             "name": self.name, "elapsed_s": self.elapsed_s, "rank_elapsed_s": self.rank_elapsed_s,
             "cpu_energy_j": self.cpu_energy_j, "total_gpu_energy_j": self.total_gpu_energy_j,
             "total_energy_j": self.total_energy_j, "hosts": self.hosts, "devices": [dict(d) for d in self.devices],
-            "estimates": self.estimates, "resolved": self.resolved,
+            "estimates": self.estimates, "resolved": self.resolved, "ranks": [dict(r) for r in self.ranks],
         }
 
     def __repr__(self) -> str:
