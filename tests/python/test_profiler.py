@@ -600,6 +600,41 @@ def test_ddp_ranks_sharing_a_gpu_leave_its_cap_to_one(sweep_env, tmp_path):
     assert journals(env) == []
 
 
+def _ddp_rank_seed_profiler(rank, world, port, env, out_dir):
+    os.environ.update(env)
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:%d" % port, rank=rank, world_size=world)
+    try:
+        wl = SweepWorkload(gpu_num=rank)
+        model = torch.nn.parallel.DistributedDataParallel(SweepModel(wl))
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        cap = joulecap.power_cap_profiler(model, batches(4, seed=rank), rank, train=True,
+                                          loss_fn=torch.nn.CrossEntropyLoss(), optimizer=opt, caps=[500, 400],
+                                          time_budget=4, steps_on_gpu=True,
+                                          out_file=os.path.join(out_dir, "caps.csv"))
+        dist.barrier()
+        res = {"cap": cap, "limits": sorted(set(wl.limits)), "after": joulecap.get_power_cap(rank).limit_w}
+        with open(os.path.join(out_dir, "rank%d.json" % rank), "w") as f:
+            json.dump(res, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_seed_profiler_decides_once_for_every_rank(sweep_env, tmp_path):
+    """power_cap_profiler on every rank of a DDP model: same steps, same caps, one recommendation, one CSV."""
+    env = sweep_env("h100x2-sweep.scn")
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_rank_seed_profiler, args=(2, _free_port(), env, str(tmp_path)), nprocs=2, join=True)
+    res = [json.loads((tmp_path / ("rank%d.json" % r)).read_text()) for r in range(2)]
+    assert res[0]["cap"] == res[1]["cap"] and res[0]["limits"] == res[1]["limits"]
+    assert [r["after"] for r in res] == [700, 700]
+    assert (tmp_path / "caps.csv").read_text().count("recommended") == 1
+    assert journals(env) == []
+
+
 def _ddp_rank_setup_error(rank, world, port, env, out_dir):
     os.environ.update(env)
     import torch.distributed as dist
