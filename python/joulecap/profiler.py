@@ -783,6 +783,11 @@ def power_cap_profiler(
     placement = [] if steps_on_gpu else _placement_warnings(runner, batches, gpu_num, info["index"])
     for w in placement:
         warnings.warn(w, JoulecapWarning, stacklevel=2)
+    group = _Group(None)
+    if group.size > 1:
+        return _profile_ranks(group, runner, model, optimizer, bool(train), info, placement, out_file,
+                              dict(objective=objective, max_slowdown=max_slowdown, caps=caps,
+                                   time_budget=time_budget, progress=progress))
     f = _open_out_file(out_file)
     meter = None
     try:
@@ -833,6 +838,38 @@ def power_cap_profiler(
 
 
 power_cap_profiler.last_result = None  # type: ignore[attr-defined]
+
+
+def _profile_ranks(group: "_Group", runner: "_StepRunner", model: Any, optimizer: Any, train: bool,
+                   info: Dict[str, Any], placement: List[str], out_file: Any, kwargs: Dict[str, Any]) -> float:
+    """``power_cap_profiler`` under torch.distributed: every rank runs the same steps on its own GPU and
+    :class:`PowerCapOptimizer` makes the decisions on rank 0 and broadcasts them, so that the ranks of a DDP
+    model step together and set the same caps; ranks sharing a GPU leave its cap to the lowest of them.  Rank 0
+    writes the CSV."""
+    f = _open_out_file(out_file) if group.rank == 0 else None
+    try:
+        snapshot = _Snapshot(model, optimizer, train)
+        try:
+            with PowerCapOptimizer(info["index"], **kwargs) as pco:
+                while not pco.done:
+                    runner()
+                    pco.step()
+            result = pco.result
+        finally:
+            snapshot.restore()
+        # Rank 0's doubts decide for every rank (the recommendation must be the same everywhere).
+        why = group.broadcast_object(list(placement) + list(result.warnings) if group.rank == 0 else None)
+        if why:
+            result = _keep_default(result, why, info["max_limit_w"])
+    except BaseException:
+        if f is not None:
+            f.close()
+        raise
+    power_cap_profiler.last_result = result  # type: ignore[attr-defined]
+    if f is not None:
+        with f:
+            _write_csv(f, result)
+    return result.cap_w
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -916,6 +953,8 @@ class PowerCapOptimizer:
     creates its optimizer on its own GPU and calls ``step()`` at every step, as DDP requires of collectives.
     Rank 0 runs the state machine on all ranks' measurements (each step: the latest step end and the sum of the
     GPUs' energies, by all_gather) and broadcasts each decision; every rank sets the same cap on its own GPU.
+    Ranks sharing a GPU (one machine by its boot id, one UUID): the lowest of them sets its cap and counts its
+    energy, the others follow the decisions and leave the limit alone (docs/distributed.md).
     """
 
     def __init__(
@@ -957,12 +996,14 @@ class PowerCapOptimizer:
         self._started = False
         self._line: Optional[_Progress] = None
         self._progress = progress
+        # Ranks sharing a GPU (same machine by its real boot id, same UUID): the lowest one owns its cap and
+        # counts its energy; the others follow the decisions without touching the limit (distributed.py).
+        self._owner = True
         if self._group.size > 1:
-            uuids = self._group.all_objects(self._info["uuid"])
-            if len(set(uuids)) != len(uuids):
-                raise InvalidArgument(
-                    "ranks share a GPU (%s): give each rank its own gpu_num (its local rank)" % ", ".join(uuids)
-                )
+            from .distributed import boot_id
+
+            keys = self._group.all_objects((boot_id(), self._info["uuid"]))
+            self._owner = keys.index(keys[self._group.rank]) == self._group.rank
         # Each rank's clock counts from here (the collective above is a common instant), so that the latest step
         # end over the ranks means the same on hosts whose monotonic clocks differ.
         self._t0 = _joulecap.now_ns() * 1e-9
@@ -973,7 +1014,8 @@ class PowerCapOptimizer:
                 self._prof = _new_profiler(
                     self._info, self.objective, self.max_slowdown, self._caps, self._budget, self._meter.counter_period
                 )
-            self._hold = _CapHold(self._info)  # PermissionDenied / Busy here, before any change
+            if self._owner:
+                self._hold = _CapHold(self._info)  # PermissionDenied / Busy here, before any change
         except BaseException as e:  # noqa: BLE001 - under torch.distributed every rank must learn of it
             err = e
         if self._group.size > 1:
@@ -997,7 +1039,7 @@ class PowerCapOptimizer:
         if self.done:
             return self.cap_w
         t, e = self._meter.read()
-        t, e, _ = self._group.gather(t - self._t0, e)
+        t, e, _ = self._group.gather(t - self._t0, e if self._owner else 0.0)
         if not self._started:
             self._started = True
             kind, cap = self._decide(None, t, e)
@@ -1006,12 +1048,13 @@ class PowerCapOptimizer:
         while kind in ("set_cap", "done"):
             err = None
             try:
-                self._hold.set(cap)
+                if self._hold is not None:
+                    self._hold.set(cap)
                 self.cap_w = cap
             except Exception as ex:  # noqa: BLE001 - every rank must learn of it before raising
                 err = ex
             t, e = self._meter.read()
-            t, e, failed = self._group.gather(t - self._t0, e, err is None)
+            t, e, failed = self._group.gather(t - self._t0, e if self._owner else 0.0, err is None)
             if failed:
                 if err is not None:
                     raise err
@@ -1057,7 +1100,7 @@ class PowerCapOptimizer:
             payload = (self._prof.result(), self._prof.trials())
         payload = self._group.broadcast_object(payload)
         idle = _idle_warnings(self._meter, self.gpu_num)
-        self.result = ProfileResult._of(payload[0], payload[1], self.gpu_num, self._hold.found_w,
+        self.result = ProfileResult._of(payload[0], payload[1], self.gpu_num, self._found_w,
                                         self._info["default_limit_w"], idle)
         if self._out is not None:
             with self._out:
@@ -1081,11 +1124,16 @@ class PowerCapOptimizer:
                 try:
                     self._prof.finish()
                     self.result = ProfileResult._of(self._prof.result(), self._prof.trials(), self.gpu_num,
-                                                    self._hold.found_w, self._info["default_limit_w"])
+                                                    self._found_w, self._info["default_limit_w"])
                 except Exception:  # noqa: BLE001 - nothing measured: no result
                     pass
         finally:
             self._release()
+
+    @property
+    def _found_w(self) -> float:
+        """The limit found in force (by the rank that owns the cap; the others read it at construction)."""
+        return self._hold.found_w if self._hold is not None else self._info["limit_w"]
 
     def _release(self) -> None:
         if self._line is not None:

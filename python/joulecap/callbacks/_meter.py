@@ -130,7 +130,9 @@ class TrainerMeter:
     # -- opening and closing
 
     def _open(self, gpu_num: Any) -> None:
-        self.tool = EnergyMeasurementTool(self.out_file, gpu_num, interval=self.interval, carbon=self.carbon)
+        # Each rank logs its own devices (distributed=False): the job totals are not wired into the callbacks yet.
+        self.tool = EnergyMeasurementTool(self.out_file, gpu_num, interval=self.interval, carbon=self.carbon,
+                                          distributed=False)
         if self.power_cap is not None:
             gpus = self.tool.gpus
             if len(gpus) != 1:
