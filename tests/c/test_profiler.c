@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "jc_test.h"
+#include "joulecap_sim.h"
 #include "joulecap.h"
 
 static const char *sweep_path(const char *name) {
