@@ -479,15 +479,6 @@ static int cmd_reset(const cap_args *a, const jc_cap_options *o) {
     return code;
 }
 
-static const char *action_name(jc_cap_restore_action act) {
-    switch (act) {
-    case JC_CAP_RESTORED: return "restored";
-    case JC_CAP_LEFT_LIVE: return "left-live";
-    case JC_CAP_RESTORE_FAILED: return "failed";
-    }
-    return "unknown";
-}
-
 static int cmd_restore(const cap_args *a, const jc_cap_options *o, const char *dir) {
     jc_cap_restore_entry *e = calloc(4 * JC_MAX_DEVICES, sizeof *e);
     if (!e) {
@@ -521,7 +512,7 @@ static int cmd_restore(const cap_args *a, const jc_cap_options *o, const char *d
             jc_json_key(stdout, &f, "was");
             jc_json_str(stdout, jc_cap_manager_name(e[i].was));
             jc_json_key(stdout, &f, "action");
-            jc_json_str(stdout, action_name(e[i].action));
+            jc_json_str(stdout, jc_cap_restore_action_name(e[i].action));
             json_opt_num(stdout, &f, "limit_w", e[i].limit_w);
             jc_json_key(stdout, &f, "owner_pid");
             if (e[i].owner_pid > 0) printf("%d", e[i].owner_pid);

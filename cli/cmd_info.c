@@ -96,7 +96,7 @@ static void json_device(FILE *f, const jc_device_info *info) {
     int first = 1;
     fputc('{', f);
     jc_json_key(f, &first, "kind");
-    jc_json_str(f, info->kind == JC_DEVICE_CPU ? "cpu" : "gpu");
+    jc_json_str(f, jc_device_kind_name(info->kind));
     jc_json_key(f, &first, "index");
     if (info->kind == JC_DEVICE_CPU) fputs("null", f);
     else fprintf(f, "%d", info->index);

@@ -218,14 +218,9 @@ static void progress(const jc_profiler *p, const jc_profiler_action *next, doubl
     fflush(stderr);
 }
 
-static const char *stop_text(int r) {
-    switch (r) {
-    case 1: return "precise";
-    case 2: return "worse";
-    case 3: return "max-time";
-    case 4: return "budget";
-    }
-    return "";
+/* The trial's stop reason for the table: "" while it is still measuring. */
+static const char *stop_text(jc_profiler_stop_reason r) {
+    return r == JC_PROFILER_STOP_NONE ? "" : jc_profiler_stop_reason_name(r);
 }
 
 int jc_cmd_profile(int argc, char **argv) {
@@ -446,7 +441,7 @@ int jc_cmd_profile(int argc, char **argv) {
             jc_json_num(stdout, tr.rel_se_objective);
             fputs(",\"stop\":", stdout);
             jc_json_str(stdout, stop_text(tr.stop_reason));
-            printf(",\"phase\":%d", tr.phase);
+            printf(",\"phase\":%d", (int)tr.phase);
             fputs("}", stdout);
         }
         fputs("]}\n", stdout);

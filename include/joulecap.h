@@ -129,6 +129,8 @@ JC_API uint64_t jc_epoch_ns(const jc_context *ctx);
 
 typedef enum jc_device_kind { JC_DEVICE_CPU = 0, JC_DEVICE_GPU = 1 } jc_device_kind;
 
+JC_API const char *jc_device_kind_name(jc_device_kind kind); /* "cpu", "gpu" */
+
 /* Where a device's energy comes from. */
 typedef enum jc_energy_source {
     JC_SOURCE_NONE = 0,        /* nothing readable: energy is empty, see note */
@@ -459,6 +461,9 @@ typedef enum jc_cap_restore_action {
     JC_CAP_RESTORE_FAILED = 3 /* status and note say why; the journal is kept */
 } jc_cap_restore_action;
 
+/* "restored", "left-live", "failed" */
+JC_API const char *jc_cap_restore_action_name(jc_cap_restore_action action);
+
 typedef struct jc_cap_restore_entry {
     char uuid[96];
     int index;                 /* CUDA index, -1 when not visible to this process */
@@ -617,6 +622,9 @@ typedef enum jc_profiler_action_kind {
     JC_PROFILER_DONE = 3,    /* finished: cap_w is the recommendation; see jc_profiler_result_get() */
 } jc_profiler_action_kind;
 
+JC_API const char *jc_profiler_action_kind_name(jc_profiler_action_kind kind); /* "set-cap", "run", "done" */
+
+/* Fixed: this struct will not grow (a new field would be a new struct), so it has no size field. */
 typedef struct jc_profiler_action {
     jc_profiler_action_kind kind;
     double cap_w; /* SET_CAP: the cap to set; DONE: the recommended cap; RUN: the cap being measured */
@@ -637,6 +645,27 @@ JC_API jc_status jc_profiler_observe_step(jc_profiler *p, double t_s, double ene
  * next_action() says DONE.  JC_ERR_STATE when nothing at all was measured (the result then says so). */
 JC_API jc_status jc_profiler_finish(jc_profiler *p);
 
+/* Why a trial stopped measuring. */
+typedef enum jc_profiler_stop_reason {
+    JC_PROFILER_STOP_NONE = 0,     /* still measuring */
+    JC_PROFILER_STOP_PRECISE = 1,  /* its objective is known to the requested precision */
+    JC_PROFILER_STOP_WORSE = 2,    /* clearly worse than the best cap so far */
+    JC_PROFILER_STOP_MAX_TIME = 3, /* max_trial_s measured */
+    JC_PROFILER_STOP_BUDGET = 4,   /* the time budget ran out, or jc_profiler_finish() */
+} jc_profiler_stop_reason;
+
+/* "none", "precise", "worse", "max-time", "budget" */
+JC_API const char *jc_profiler_stop_reason_name(jc_profiler_stop_reason reason);
+
+/* Why a cap was tried. */
+typedef enum jc_profiler_phase {
+    JC_PROFILER_PHASE_COARSE = 1, /* the coarse pass over the range (or the explicit cap list) */
+    JC_PROFILER_PHASE_REFINE = 2, /* refinement where the model says the optimum can be */
+    JC_PROFILER_PHASE_RACE = 3,   /* measured again to tell two close caps apart */
+} jc_profiler_phase;
+
+JC_API const char *jc_profiler_phase_name(jc_profiler_phase phase); /* "coarse", "refine", "race" */
+
 /* One cap tried.  Values measured over the kept steps (after settling). */
 typedef struct jc_profiler_trial {
     double cap_w;
@@ -653,10 +682,8 @@ typedef struct jc_profiler_trial {
     double rel_se_time;        /* relative standard error of time per step */
     double rel_se_power;       /* relative standard error of average power */
     double rel_se_objective;
-    int stop_reason;           /* 1 precise enough, 2 clearly worse than the best, 3 max_trial_s, 4 budget or
-                                  finish() */
-    int phase;                 /* why it was tried: 1 coarse pass (or the cap list), 2 refinement, 3 measured
-                                  again to tell two close caps apart */
+    jc_profiler_stop_reason stop_reason;
+    jc_profiler_phase phase;   /* why it was tried */
 } jc_profiler_trial;
 
 typedef struct jc_profiler_result {

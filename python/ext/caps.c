@@ -133,15 +133,6 @@ PyObject *mod_cap_reset(PyObject *m, PyObject *args, PyObject *kwds) {
     return Py_BuildValue("{s:s,s:d,s:s}", "did", jc_cap_reset_kind_name(did), "limit_w", limit, "note", note);
 }
 
-static const char *restore_action_name(jc_cap_restore_action a) {
-    switch (a) {
-    case JC_CAP_RESTORED: return "restored";
-    case JC_CAP_LEFT_LIVE: return "left-live";
-    case JC_CAP_RESTORE_FAILED: return "failed";
-    }
-    return "unknown";
-}
-
 /* cap_restore(gpus=None, *, state_dir=None) -> list of dicts: repairs stale and persistent journals. */
 PyObject *mod_cap_restore(PyObject *m, PyObject *args, PyObject *kwds) {
     (void)m;
@@ -162,7 +153,7 @@ PyObject *mod_cap_restore(PyObject *m, PyObject *args, PyObject *kwds) {
     for (int i = 0; list && i < n; i++) {
         PyObject *status = status_or_none(e[i].status);
         PyObject *d = status ? Py_BuildValue("{s:s,s:i,s:s,s:N,s:d,s:i,s:s,s:s}", "uuid", e[i].uuid, "index",
-                                             e[i].index, "action", restore_action_name(e[i].action), "status", status,
+                                             e[i].index, "action", jc_cap_restore_action_name(e[i].action), "status", status,
                                              "limit_w", e[i].limit_w, "owner_pid", e[i].owner_pid, "was",
                                              jc_cap_manager_name(e[i].was), "note", e[i].note)
                              : NULL;

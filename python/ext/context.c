@@ -192,7 +192,7 @@ static PyObject *Context_get_window_csv(ContextObject *self, void *closure) {
 static PyObject *device_dict(const jc_device_info *i) {
     PyObject *d = PyDict_New();
     if (!d) return NULL;
-    if (set_item(d, "kind", PyUnicode_FromString(i->kind == JC_DEVICE_CPU ? "cpu" : "gpu")) ||
+    if (set_item(d, "kind", PyUnicode_FromString(jc_device_kind_name(i->kind))) ||
         set_item(d, "index", PyLong_FromLong(i->index)) ||
         set_item(d, "nvml_index", PyLong_FromLong(i->nvml_index)) ||
         set_item(d, "name", PyUnicode_DecodeUTF8(i->name, (Py_ssize_t)strlen(i->name), "replace")) ||

@@ -35,6 +35,15 @@ const char *jc_cap_reset_kind_name(jc_cap_reset_kind kind) {
     return "unknown";
 }
 
+const char *jc_cap_restore_action_name(jc_cap_restore_action action) {
+    switch (action) {
+    case JC_CAP_RESTORED: return "restored";
+    case JC_CAP_LEFT_LIVE: return "left-live";
+    case JC_CAP_RESTORE_FAILED: return "failed";
+    }
+    return "unknown";
+}
+
 jc_status jc_cap_state_dir(const jc_cap_options *opts, char *buf, size_t len) {
     jc__clear_detail();
     if (!buf || len == 0) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_cap_state_dir: no buffer");

@@ -21,6 +21,14 @@ void jc_options_init(jc_options *opts) {
     memset(opts, 0, sizeof *opts);
 }
 
+const char *jc_device_kind_name(jc_device_kind kind) {
+    switch (kind) {
+    case JC_DEVICE_CPU: return "cpu";
+    case JC_DEVICE_GPU: return "gpu";
+    }
+    return "unknown";
+}
+
 const char *jc_energy_source_name(jc_energy_source source) {
     switch (source) {
     case JC_SOURCE_NONE: return "none";
