@@ -594,7 +594,7 @@ int jcd_exporter_open(jcd_state *s, jcd_exporter **out, char *why, size_t whylen
         if (info.kind == JC_DEVICE_GPU) {
             jc__fmt(c->key, sizeof c->key, "%s", info.uuid);
             jc__fmt(c->label, sizeof c->label, "GPU %d (%s)", info.nvml_index, info.uuid);
-            c->max_w = info.max_limit_mw ? info.max_limit_mw / 1000.0 : 1000.0;
+            c->max_w = isfinite(info.max_limit_w) ? info.max_limit_w : 1000.0;
             if (info.energy_source == JC_SOURCE_COUNTER) c->h = handle_of(e, info.nvml_index, info.uuid);
         } else {
             jc__fmt(c->key, sizeof c->key, "cpu");

@@ -175,8 +175,9 @@ typedef struct jc_device_info {
     char energy_note[256]; /* why estimated / why absent; zones used for RAPL */
     jc_status power_status, util_status, temp_status;
     char power_note[256], util_note[256], temp_note[256];
-    /* Power limits (GPU), 0 when unknown. */
-    unsigned limit_mw, enforced_limit_mw, default_limit_mw, min_limit_mw, max_limit_mw;
+    /* Power limits (GPU) in W, NaN when unknown (and for the CPU).  limit_w is the requested limit,
+     * enforced_limit_w what the GPU applies (as in jc_cap_info). */
+    double limit_w, enforced_limit_w, default_limit_w, min_limit_w, max_limit_w;
     jc_health health;         /* current state, since health_since_ns, because health_note */
     uint64_t health_since_ns;
     char health_note[256];

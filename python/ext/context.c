@@ -189,6 +189,9 @@ static PyObject *Context_get_window_csv(ContextObject *self, void *closure) {
 
 /* --- devices ------------------------------------------------------------------------------------------ */
 
+/* The Python dicts keep 0.0 for an unknown power limit, as before the C API gave NaN for it. */
+static double limit_or_zero(double w) { return isnan(w) ? 0.0 : w; }
+
 static PyObject *device_dict(const jc_device_info *i) {
     PyObject *d = PyDict_New();
     if (!d) return NULL;
@@ -206,11 +209,11 @@ static PyObject *device_dict(const jc_device_info *i) {
         set_item(d, "util_note", PyUnicode_DecodeUTF8(i->util_note, (Py_ssize_t)strlen(i->util_note), "replace")) ||
         set_item(d, "temp_status", status_or_none(i->temp_status)) ||
         set_item(d, "temp_note", PyUnicode_DecodeUTF8(i->temp_note, (Py_ssize_t)strlen(i->temp_note), "replace")) ||
-        set_item(d, "limit_w", PyFloat_FromDouble(i->limit_mw * 1e-3)) ||
-        set_item(d, "enforced_limit_w", PyFloat_FromDouble(i->enforced_limit_mw * 1e-3)) ||
-        set_item(d, "default_limit_w", PyFloat_FromDouble(i->default_limit_mw * 1e-3)) ||
-        set_item(d, "min_limit_w", PyFloat_FromDouble(i->min_limit_mw * 1e-3)) ||
-        set_item(d, "max_limit_w", PyFloat_FromDouble(i->max_limit_mw * 1e-3)) ||
+        set_item(d, "limit_w", PyFloat_FromDouble(limit_or_zero(i->limit_w))) ||
+        set_item(d, "enforced_limit_w", PyFloat_FromDouble(limit_or_zero(i->enforced_limit_w))) ||
+        set_item(d, "default_limit_w", PyFloat_FromDouble(limit_or_zero(i->default_limit_w))) ||
+        set_item(d, "min_limit_w", PyFloat_FromDouble(limit_or_zero(i->min_limit_w))) ||
+        set_item(d, "max_limit_w", PyFloat_FromDouble(limit_or_zero(i->max_limit_w))) ||
         set_item(d, "state", PyUnicode_FromString(jc_health_name(i->health))) ||
         set_item(d, "state_note", PyUnicode_DecodeUTF8(i->health_note, (Py_ssize_t)strlen(i->health_note), "replace"))) {
         Py_DECREF(d);

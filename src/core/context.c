@@ -76,6 +76,12 @@ static char *dup_or_null(const char *s) {
     return d;
 }
 
+/* Power limits are unknown (NaN) until NVML gives them; the CPU has none. */
+static void init_limits(jc_device_info *info) {
+    info->limit_w = info->enforced_limit_w = info->default_limit_w = NAN;
+    info->min_limit_w = info->max_limit_w = NAN;
+}
+
 static void init_unreadable(jc_device_info *info, const char *why) {
     info->power_status = info->util_status = info->temp_status = JC_ERR_UNAVAILABLE;
     jc__fmt(info->power_note, sizeof info->power_note, "%s", why);
@@ -87,6 +93,7 @@ static void open_cpu(jc_context *ctx, jc__device *d) {
     jc_device_info *info = &d->info;
     info->kind = JC_DEVICE_CPU;
     info->index = info->nvml_index = -1;
+    init_limits(info);
     jc__fmt(info->name, sizeof info->name, "CPU");
     if (ctx->opts.flags & JC_NO_CPU) {
         info->energy_source = JC_SOURCE_NONE;
@@ -130,22 +137,30 @@ static void open_cpu(jc_context *ctx, jc__device *d) {
         jc__fmt(info->temp_note, sizeof info->temp_note, "%s", jc__cputemp_describe(ctx->cputemp));
 }
 
+/* NVML's milliwatts (0: not given) as the public watts (NaN: unknown). */
+static double mw_to_w(unsigned mw) { return mw ? mw / 1000.0 : NAN; }
+
 static void read_limits(jc__nvml *nvml, jc__device *d) {
     jc_device_info *i = &d->info;
-    if (nvml->nvmlDeviceGetPowerManagementLimit) nvml->nvmlDeviceGetPowerManagementLimit(d->handle, &i->limit_mw);
-    if (nvml->nvmlDeviceGetEnforcedPowerLimit)
-        nvml->nvmlDeviceGetEnforcedPowerLimit(d->handle, &i->enforced_limit_mw);
+    unsigned limit = 0, enforced = 0, def = 0, lo = 0, hi = 0;
+    if (nvml->nvmlDeviceGetPowerManagementLimit) nvml->nvmlDeviceGetPowerManagementLimit(d->handle, &limit);
+    if (nvml->nvmlDeviceGetEnforcedPowerLimit) nvml->nvmlDeviceGetEnforcedPowerLimit(d->handle, &enforced);
     if (nvml->nvmlDeviceGetPowerManagementDefaultLimit)
-        nvml->nvmlDeviceGetPowerManagementDefaultLimit(d->handle, &i->default_limit_mw);
+        nvml->nvmlDeviceGetPowerManagementDefaultLimit(d->handle, &def);
     if (nvml->nvmlDeviceGetPowerManagementLimitConstraints)
-        nvml->nvmlDeviceGetPowerManagementLimitConstraints(d->handle, &i->min_limit_mw, &i->max_limit_mw);
+        nvml->nvmlDeviceGetPowerManagementLimitConstraints(d->handle, &lo, &hi);
+    i->limit_w = mw_to_w(limit);
+    i->enforced_limit_w = mw_to_w(enforced);
+    i->default_limit_w = mw_to_w(def);
+    i->min_limit_w = mw_to_w(lo);
+    i->max_limit_w = mw_to_w(hi);
 }
 
 /* Probes what a GPU can read, so that info() tells the truth before the first sample. */
 static void probe_gpu(jc__nvml *nvml, jc__device *d) {
     jc_device_info *i = &d->info;
     read_limits(nvml, d);
-    d->max_power_w = i->max_limit_mw ? i->max_limit_mw * 1e-3 : 1000.0;
+    d->max_power_w = isfinite(i->max_limit_w) ? i->max_limit_w : 1000.0;
     unsigned long long mj;
     nvmlReturn_t r = nvml->nvmlDeviceGetTotalEnergyConsumption
                          ? nvml->nvmlDeviceGetTotalEnergyConsumption(d->handle, &mj)
@@ -242,6 +257,7 @@ static jc_status open_gpus(jc_context *ctx) {
         jc_device_info *info = &d->info;
         int ni = nvml_idx[k];
         info->kind = JC_DEVICE_GPU;
+        init_limits(info);
         info->index = cuda_idx[k];
         info->nvml_index = ni;
         d->handle = handles[ni];
