@@ -552,7 +552,7 @@ static int cmd_discard(const cap_args *a, const jc_cap_options *o) {
     if (!isnan(saved)) printf("; it had saved %s W, not put back", w(x, sizeof x, saved));
     printf("\n");
     jc_cap_info c;
-    if (jc_cap_get(a->discard, o, &c) == JC_OK)
+    if (jc_cap_info_get(a->discard, o, &c) == JC_OK)
         printf("%s: power limit now %s W (default %s W). Set the limit you want: 'joulecap cap reset --gpu %s' sets "
                "the default, 'joulecap cap set --gpu %s WATTS' another\n",
                a->discard, w(x, sizeof x, c.limit_w), w(y, sizeof y, c.default_limit_w), a->discard, a->discard);

@@ -169,7 +169,7 @@ static int counter_line(const counter *c, double floor_j, char *buf, size_t len)
 
 static double latest_energy(jcd_exporter *e, int dev) {
     jc_reading r;
-    if (jc_read_latest(e->ctx, dev, &r) != JC_OK || !isfinite(r.energy_j)) return NAN;
+    if (jc_reading_get(e->ctx, dev, &r) != JC_OK || !isfinite(r.energy_j)) return NAN;
     return r.energy_j;
 }
 
@@ -411,7 +411,7 @@ static void log_health(jcd_exporter *e) {
         counter *c = &e->ctr[i];
         jc_health_event ev[JC__HEALTH_LOG];
         size_t total = 0;
-        if (jc_device_health(e->ctx, i, ev, JC__HEALTH_LOG, &total) != JC_OK || total <= c->events_seen) continue;
+        if (jc_device_health_get(e->ctx, i, ev, JC__HEALTH_LOG, &total) != JC_OK || total <= c->events_seen) continue;
         size_t kept = total < JC__HEALTH_LOG ? total : JC__HEALTH_LOG;
         size_t first = total - kept; /* the index of ev[0] among all changes */
         for (size_t k = c->events_seen > first ? c->events_seen - first : 0; k < kept; k++) {
@@ -730,7 +730,7 @@ void jcd_exporter_snapshot(jcd_exporter *e, jcd_msnap *snap, jcd_job **jobs) {
     for (int i = 0; i < e->ndev; i++) {
         jc_device_info info;
         jc_reading r;
-        if (jc_device_info_get(e->ctx, i, &info) != JC_OK || jc_read_latest(e->ctx, i, &r) != JC_OK) continue;
+        if (jc_device_info_get(e->ctx, i, &info) != JC_OK || jc_reading_get(e->ctx, i, &r) != JC_OK) continue;
         jcd_mdev *d = &snap->dev[snap->ndev++];
         memset(d, 0, sizeof *d);
         d->gpu = info.kind == JC_DEVICE_GPU;

@@ -68,7 +68,7 @@ enum jc_flags {
     JC_NO_GPU = 1u << 0, /* do not open NVML at all */
     JC_NO_CPU = 1u << 1, /* do not read RAPL, /proc/stat, hwmon */
     /* Read the GPU energy counter at every step all the time, for energies of intervals taken after the fact
-     * (jc_energy_between, jc_read_latest) while no window is open.  Without it, and with counter_interval_s 0,
+     * (jc_energy_between, jc_reading_get) while no window is open.  Without it, and with counter_interval_s 0,
      * the counter is read at every step only while a window is open (and 10 s after one), or CSV rows are
      * under 1 s apart; otherwise about once a second (under 1% of a CPU core instead of ~8% on an H100). */
     JC_EVERY_STEP = 1u << 2,
@@ -187,7 +187,8 @@ JC_API int jc_device_count(const jc_context *ctx);
 JC_API jc_status jc_device_info_get(const jc_context *ctx, int device, jc_device_info *out);
 /* The changes of a device's health since the context opened, oldest first (the last 32 are kept): copies up to
  * max of them into out and sets *count to how many there were in all.  [any thread] */
-JC_API jc_status jc_device_health(jc_context *ctx, int device, jc_health_event *out, size_t max, size_t *count);
+JC_API jc_status jc_device_health_get(jc_context *ctx, int device, jc_health_event *out, size_t max,
+                                      size_t *count);
 /* Driver version and NVML status for `joulecap info`; note says why NVML is absent when it is. */
 JC_API jc_status jc_gpu_driver(const jc_context *ctx, char *version, size_t version_len, char *note,
                                size_t note_len);
@@ -201,7 +202,7 @@ typedef struct jc_reading {
     double temp_c;      /* temperature, deg C */
 } jc_reading;
 
-JC_API jc_status jc_read_latest(jc_context *ctx, int device, jc_reading *out);
+JC_API jc_status jc_reading_get(jc_context *ctx, int device, jc_reading *out);
 
 /* ---------------------------------------------------------------------------------------------------------
  * Windows (the meter).  start/stop take a timestamp and nothing else; the energy of a window is computed from
@@ -399,7 +400,7 @@ typedef struct jc_cap_info {
  * found (at most max). */
 JC_API jc_status jc_cap_list(const jc_cap_options *opts, jc_cap_info *out, int max, int *count);
 /* One GPU: gpu is a selection naming exactly one ("0", "GPU-8f3c..."); a lost GPU: its status (JC_ERR_GPU_LOST). */
-JC_API jc_status jc_cap_get(const char *gpu, const jc_cap_options *opts, jc_cap_info *out);
+JC_API jc_status jc_cap_info_get(const char *gpu, const jc_cap_options *opts, jc_cap_info *out);
 
 /* --- Sessions ------------------------------------------------------------------------------------------ */
 
@@ -437,7 +438,7 @@ JC_API jc_status jc_cap_session_restore(jc_cap_session *s);
 JC_API jc_status jc_cap_session_close(jc_cap_session *s);
 JC_API int jc_cap_session_gpu_count(const jc_cap_session *s);
 /* Limits and journal of the session's i-th GPU (0 <= i < count), read now. */
-JC_API jc_status jc_cap_session_gpu(jc_cap_session *s, int i, jc_cap_info *out);
+JC_API jc_status jc_cap_session_info_get(jc_cap_session *s, int i, jc_cap_info *out);
 /* What open repaired (stale journals), "" when nothing.  Valid until close. */
 JC_API const char *jc_cap_session_note(const jc_cap_session *s);
 
@@ -733,6 +734,32 @@ JC_API jc_status jc_profiler_trial_get(const jc_profiler *p, int i, jc_profiler_
  * them); JC_ERR_STATE before any trial finished. */
 JC_API jc_status jc_profiler_predict(const jc_profiler *p, double cap_w, double *time_per_step_s,
                                      double *avg_power_w);
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Names of 0.1, kept for source compatibility until 0.3 (deprecated: the compiler warns where they are used).
+ * ------------------------------------------------------------------------------------------------------- */
+#if defined(__GNUC__)
+#define JC_DEPRECATED(use) __attribute__((deprecated("use " use)))
+#else
+#define JC_DEPRECATED(use)
+#endif
+
+JC_DEPRECATED("jc_reading_get") static inline jc_status jc_read_latest(jc_context *ctx, int device, jc_reading *out) {
+    return jc_reading_get(ctx, device, out);
+}
+JC_DEPRECATED("jc_cap_info_get")
+static inline jc_status jc_cap_get(const char *gpu, const jc_cap_options *opts, jc_cap_info *out) {
+    return jc_cap_info_get(gpu, opts, out);
+}
+JC_DEPRECATED("jc_cap_session_info_get")
+static inline jc_status jc_cap_session_gpu(jc_cap_session *s, int i, jc_cap_info *out) {
+    return jc_cap_session_info_get(s, i, out);
+}
+JC_DEPRECATED("jc_device_health_get")
+static inline jc_status jc_device_health(jc_context *ctx, int device, jc_health_event *out, size_t max,
+                                         size_t *count) {
+    return jc_device_health_get(ctx, device, out, max, count);
+}
 
 #ifdef __cplusplus
 }

@@ -113,7 +113,7 @@ PyObject *mod_cap_get(PyObject *m, PyObject *args, PyObject *kwds) {
     jc_cap_info info;
     jc_status st;
     char detail[1024] = "";
-    CAP_CALL(st, detail, jc_cap_get(gpu, &o, &info));
+    CAP_CALL(st, detail, jc_cap_info_get(gpu, &o, &info));
     if (st != JC_OK) return raise_status(st, detail, "cap");
     return cap_info_dict(&info);
 }
@@ -299,7 +299,7 @@ static PyObject *CapSession_gpus(CapSessionObject *self, PyObject *Py_UNUSED(ign
     self->busy++;
     Py_BEGIN_ALLOW_THREADS
     for (int i = 0; i < n && st == JC_OK; i++) {
-        st = jc_cap_session_gpu(self->s, i, &info[i]);
+        st = jc_cap_session_info_get(self->s, i, &info[i]);
         if (st != JC_OK) snprintf(detail, sizeof detail, "%s", jc_last_detail());
     }
     Py_END_ALLOW_THREADS

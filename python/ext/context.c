@@ -571,7 +571,7 @@ static PyObject *Context_read_latest(ContextObject *self, PyObject *arg) {
     long dev = PyLong_AsLong(arg);
     if (dev == -1 && PyErr_Occurred()) return NULL;
     jc_reading r;
-    jc_status st = jc_read_latest(self->ctx, (int)dev, &r);
+    jc_status st = jc_reading_get(self->ctx, (int)dev, &r);
     if (st != JC_OK) return raise_last(st, "read_latest");
     return Py_BuildValue("{s:K,s:d,s:d,s:d,s:d}", "t_ns", (unsigned long long)r.t_ns, "energy_j", r.energy_j,
                          "power_w", r.power_w, "util_pct", r.util_pct, "temp_c", r.temp_c);

@@ -78,9 +78,9 @@ jc_status jc_cap_list(const jc_cap_options *opts, jc_cap_info *out, int max, int
     return st;
 }
 
-jc_status jc_cap_get(const char *gpu, const jc_cap_options *opts, jc_cap_info *out) {
+jc_status jc_cap_info_get(const char *gpu, const jc_cap_options *opts, jc_cap_info *out) {
     jc__clear_detail();
-    if (!gpu || !out) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_cap_get: NULL argument");
+    if (!gpu || !out) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_cap_info_get: NULL argument");
     jc_cap_options o;
     if (opts) o = *opts;
     else jc_cap_options_init(&o);

@@ -393,8 +393,8 @@ jc_status jc_gpu_driver(const jc_context *ctx, char *version, size_t version_len
     return ctx->nvml ? JC_OK : JC_ERR_UNAVAILABLE;
 }
 
-jc_status jc_read_latest(jc_context *ctx, int device, jc_reading *out) {
-    if (!ctx || !out) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_read_latest: NULL argument");
+jc_status jc_reading_get(jc_context *ctx, int device, jc_reading *out) {
+    if (!ctx || !out) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_reading_get: NULL argument");
     if (device < 0 || device >= ctx->ndev)
         return jc__fail(JC_ERR_NOT_FOUND, "device %d does not exist: devices are 0 (CPU) to %d", device,
                         ctx->ndev - 1);

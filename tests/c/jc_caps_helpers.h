@@ -184,7 +184,7 @@ static inline pid_t child_capping(int how, int *guardian_pid) {
         int g = -1;
         if (jc_cap_session_open(&o, &s) == JC_OK && jc_cap_session_set(s, 0, 250) == JC_OK) {
             jc_cap_info info;
-            if (jc_cap_session_gpu(s, 0, &info) == JC_OK) g = info.guardian_pid;
+            if (jc_cap_session_info_get(s, 0, &info) == JC_OK) g = info.guardian_pid;
         } else {
             fprintf(stderr, "child: %s\n", jc_last_detail());
         }

@@ -107,7 +107,7 @@ static pid_t child_session(const char *gpus, double watts, int ro, int die, chil
         jc_cap_session *s = NULL;
         if (jc_cap_session_open(&o, &s) == JC_OK && jc_cap_session_set(s, -1, watts) == JC_OK) {
             jc_cap_info info;
-            if (jc_cap_session_gpu(s, 0, &info) == JC_OK) r.guardian = info.guardian_pid;
+            if (jc_cap_session_info_get(s, 0, &info) == JC_OK) r.guardian = info.guardian_pid;
         } else {
             fprintf(stderr, "child: %s\n", jc_last_detail());
         }
@@ -162,9 +162,9 @@ TEST(lost_gpu_does_not_block_the_other) {
     ASSERT_EQ(list[1].index, 1);
     ASSERT_EQ(list[1].manager, JC_CAP_MANAGER_PERSISTENT);
     jc_cap_info one;
-    ASSERT_STATUS(jc_cap_get("0", NULL, &one), JC_ERR_GPU_LOST);
+    ASSERT_STATUS(jc_cap_info_get("0", NULL, &one), JC_ERR_GPU_LOST);
     ASSERT_CONTAINS(jc_last_detail(), "GPU is lost");
-    ASSERT_OK(jc_cap_get(UUID1, NULL, &one));
+    ASSERT_OK(jc_cap_info_get(UUID1, NULL, &one));
     result_t r = cli("cap", "get", NULL);
     EXPECT_CODE(r, 3);
     ASSERT_CONTAINS(r.out, UUID1);
@@ -249,7 +249,7 @@ TEST(guardian_killed_owner_restores_at_next_set) {
     jc_cap_session *s = open_gpu0();
     ASSERT_OK(jc_cap_session_set(s, 0, 250));
     jc_cap_info info;
-    ASSERT_OK(jc_cap_session_gpu(s, 0, &info));
+    ASSERT_OK(jc_cap_session_info_get(s, 0, &info));
     ASSERT_EQ(kill(info.guardian_pid, SIGKILL), 0);
     wait_gone(info.guardian_pid);
     ASSERT_EQ(fake_limit_mw(), 250000); /* nobody has put it back yet */
@@ -551,7 +551,7 @@ TEST(limit_that_does_not_take_is_an_error) {
     ASSERT_STATUS(jc_cap_session_set(s, 0, 300), JC_ERR_NVML);
     ASSERT_CONTAINS(jc_last_detail(), "asked 300 W, the GPU reports 700 W");
     jc_cap_info info;
-    ASSERT_OK(jc_cap_session_gpu(s, 0, &info));
+    ASSERT_OK(jc_cap_session_info_get(s, 0, &info));
     ASSERT_TRUE(isnan(info.set_limit_w));
     ASSERT_NEAR(info.limit_w, 700, 1e-9);
     ASSERT_OK(jc_cap_session_close(s));
@@ -638,7 +638,7 @@ TEST(restore_times) {
         jc_cap_session *s = open_gpu0();
         ASSERT_OK(jc_cap_session_set(s, 0, 250));
         jc_cap_info info;
-        ASSERT_OK(jc_cap_session_gpu(s, 0, &info));
+        ASSERT_OK(jc_cap_session_info_get(s, 0, &info));
         kill(info.guardian_pid, SIGKILL);
         wait_gone(info.guardian_pid);
         double t0 = now_s();

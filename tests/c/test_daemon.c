@@ -376,7 +376,7 @@ TEST(session_through_daemon) {
     ASSERT_OK(jc_cap_session_set(s, 0, 300));
     ASSERT_EQ(limit_mw(), 300000);
     jc_cap_info info;
-    ASSERT_OK(jc_cap_session_gpu(s, 0, &info));
+    ASSERT_OK(jc_cap_session_info_get(s, 0, &info));
     ASSERT_EQ(info.manager, JC_CAP_MANAGER_SESSION);
     ASSERT_EQ(info.owner_pid, getpid());
     ASSERT_STR_EQ(info.owner_user, "root");
@@ -418,7 +418,7 @@ TEST(session_through_daemon) {
     ASSERT_OK(jc_cap_session_close(s));
     ASSERT_EQ(limit_mw(), 500000);
     ASSERT_EQ(journals_settle(0), 0);
-    ASSERT_OK(jc_cap_get("0", NULL, &info));
+    ASSERT_OK(jc_cap_info_get("0", NULL, &info));
     ASSERT_EQ(info.manager, JC_CAP_MANAGER_NONE);
     teardown();
 }
@@ -485,7 +485,7 @@ TEST(daemon_sigkill_then_restart_restores_from_journal) {
     free(j);
     /* While the socket is left without a daemon, calls fail clearly instead of bypassing it. */
     jc_cap_info info;
-    ASSERT_STATUS(jc_cap_get("0", NULL, &info), JC_ERR_UNAVAILABLE);
+    ASSERT_STATUS(jc_cap_info_get("0", NULL, &info), JC_ERR_UNAVAILABLE);
     ASSERT_CONTAINS(jc_last_detail(), "not answering");
     double t0 = now_s();
     start_daemon();
@@ -587,7 +587,7 @@ TEST(two_clients_race_for_one_gpu) {
     ASSERT_TRUE(wi >= 0);
     ASSERT_EQ(limit_mw(), (unsigned)(200 + wi) * 1000u);
     jc_cap_info info;
-    ASSERT_OK(jc_cap_get("0", NULL, &info));
+    ASSERT_OK(jc_cap_info_get("0", NULL, &info));
     ASSERT_EQ(info.owner_pid, winner);
     double t0 = now_s();
     for (int i = 0; i < N; i++) kill(pids[i], SIGKILL);
@@ -632,7 +632,7 @@ static void try_to_cap(char *out, size_t len) {
     char detail[1100];
     snprintf(detail, sizeof detail, "%s", jc_last_detail());
     jc_cap_info info;
-    jc_status rd = jc_cap_get("0", NULL, &info);
+    jc_status rd = jc_cap_info_get("0", NULL, &info);
     jc_status ps = jc_cap_set_persistent("0", 300, NULL, NULL, 0);
     snprintf(out, len, "%d %d %.0f %d %s", (int)st, (int)rd, rd == JC_OK ? info.limit_w : -1, (int)ps, detail);
     if (s) jc_cap_session_close(s);
@@ -693,7 +693,7 @@ static void cap_and_report(char *out, size_t len) {
     if (st == JC_OK) st = jc_cap_session_set(s, 0, 300);
     jc_cap_info info;
     memset(&info, 0, sizeof info);
-    if (st == JC_OK) st = jc_cap_get("0", NULL, &info);
+    if (st == JC_OK) st = jc_cap_info_get("0", NULL, &info);
     snprintf(out, len, "%d %s %u %s", (int)st, info.owner_user[0] ? info.owner_user : "-", info.owner_uid,
              st == JC_OK ? "" : jc_last_detail());
     if (s) jc_cap_session_close(s);
@@ -723,7 +723,7 @@ TEST(allowed_user_caps_without_root) {
     child c = child_holding(PLAIN, (int)pw->pw_uid, 260000);
     ASSERT_EQ(limit_mw(), 260000);
     jc_cap_info info;
-    ASSERT_OK(jc_cap_get("0", NULL, &info));
+    ASSERT_OK(jc_cap_info_get("0", NULL, &info));
     ASSERT_STR_EQ(info.owner_user, "daemon");
     double t0 = now_s();
     ASSERT_EQ(kill(c.pid, SIGKILL), 0);
@@ -911,7 +911,7 @@ TEST(persistent_cap_kept_across_daemon_restart) {
     /* A lease over it, then the daemon killed: the restart puts the persistent cap back and keeps it. */
     jc_cap_session *s = open_gpus("0");
     jc_cap_info info;
-    ASSERT_OK(jc_cap_session_gpu(s, 0, &info));
+    ASSERT_OK(jc_cap_session_info_get(s, 0, &info));
     ASSERT_NEAR(info.saved_limit_w, 400, 1e-9);
     ASSERT_NEAR(info.persistent_saved_limit_w, 500, 1e-9);
     ASSERT_OK(jc_cap_session_set(s, 0, 300));
@@ -921,7 +921,7 @@ TEST(persistent_cap_kept_across_daemon_restart) {
     start_daemon();
     restored("daemon SIGKILL, lease over a persistent cap, restart (from the restart)", wait_limit_of(0, 400000, t0, 5));
     jc_cap_session_close(s);
-    ASSERT_OK(jc_cap_get("0", NULL, &info));
+    ASSERT_OK(jc_cap_info_get("0", NULL, &info));
     ASSERT_EQ(info.manager, JC_CAP_MANAGER_PERSISTENT);
     ASSERT_NEAR(info.saved_limit_w, 500, 1e-9);
     /* SIGTERM keeps persistent caps too. */
@@ -1073,7 +1073,7 @@ TEST(damaged_journal_is_refused_not_trusted) {
     ASSERT_CONTAINS(r.out, "is damaged (checksum mismatch");
     free_result(&r);
     jc_cap_info info;
-    ASSERT_OK(jc_cap_get("0", NULL, &info));
+    ASSERT_OK(jc_cap_info_get("0", NULL, &info));
     ASSERT_EQ(info.manager, JC_CAP_MANAGER_DAMAGED);
     ASSERT_CONTAINS(info.error, path);
     r = cli("cap", "reset", "--gpu", "0", NULL);

@@ -204,7 +204,7 @@ TEST(gpu_without_counter_integrates_power) {
     ASSERT_CONTAINS(gi.energy_note, "integrated");
     double e = window_j(ctx, 1.0, 1);
     jc_reading rd;
-    ASSERT_OK(jc_read_latest(ctx, 1, &rd));
+    ASSERT_OK(jc_reading_get(ctx, 1, &rd));
     ASSERT_NEAR(e, rd.power_w * 1.0, 0.1 * rd.power_w);
     jc_close(ctx);
 }

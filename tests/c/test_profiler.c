@@ -663,6 +663,21 @@ TEST(simulate_reports_progress_and_trials_have_named_reasons) {
     jc_sweep_free(sw);
 }
 
+/* The names of 0.1 still compile (deprecated) and call the new functions. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+TEST(deprecated_names_still_work) {
+    jc_reading r;
+    jc_cap_info ci;
+    jc_health_event ev;
+    size_t n = 0;
+    ASSERT_STATUS(jc_read_latest(NULL, 0, &r), JC_ERR_INVALID_ARGUMENT);
+    ASSERT_STATUS(jc_cap_get("0", NULL, NULL), JC_ERR_INVALID_ARGUMENT);
+    ASSERT_STATUS(jc_cap_session_gpu(NULL, 0, &ci), JC_ERR_INVALID_ARGUMENT);
+    ASSERT_STATUS(jc_device_health(NULL, 0, &ev, 1, &n), JC_ERR_INVALID_ARGUMENT);
+}
+#pragma GCC diagnostic pop
+
 JC_TEST_MAIN(TEST_ENTRY(knee_ed2p_finds_the_knee), TEST_ENTRY(flat_optimum_any_flat_cap_is_fine),
              TEST_ENTRY(optimum_at_the_bottom_and_at_the_top), TEST_ENTRY(knee_between_coarse_caps_and_sweep_limits),
              TEST_ENTRY(objectives_pick_differently), TEST_ENTRY(cap_list_is_honoured),
@@ -671,4 +686,5 @@ JC_TEST_MAIN(TEST_ENTRY(knee_ed2p_finds_the_knee), TEST_ENTRY(flat_optimum_any_f
              TEST_ENTRY(bad_config_is_refused_with_a_reason), TEST_ENTRY(state_machine_call_order),
              TEST_ENTRY(online_driver_with_counter_steps), TEST_ENTRY(sweep_files_are_checked),
              TEST_ENTRY(cli_simulate_gives_json),
-             TEST_ENTRY(simulate_reports_progress_and_trials_have_named_reasons))
+             TEST_ENTRY(simulate_reports_progress_and_trials_have_named_reasons),
+             TEST_ENTRY(deprecated_names_still_work))
