@@ -4,8 +4,21 @@
  * CPU (RAPL through powercap sysfs, or a marked estimate where RAPL is absent).  One background thread per
  * context does every slow read; callers only take timestamps, so a measurement window costs nanoseconds.
  *
- * Units: energy in joules, power in watts, time in seconds (double) or nanoseconds of CLOCK_MONOTONIC
- * (uint64_t, names end in _ns).  Power limits at the NVML boundary are milliwatts (names end in _mw).
+ * Conventions (one rule each, everywhere in this header; the API is not frozen before 1.0):
+ *  - Units: one unit per quantity, named by the last part of a name: energy in joules (_j), power and power
+ *    limits in watts (_w, double), time in seconds (_s, double) or nanoseconds of CLOCK_MONOTONIC (_ns,
+ *    uint64_t).  An unknown or unreadable value is NaN, never 0.
+ *  - Closed sets are enums, numbered once and never renumbered, each with jc_<enum>_name() giving a short
+ *    lower-case word ("unknown" outside the set; jc_objective_name: NULL, as its parser's counterpart).
+ *  - Names are jc_<object>_<verb>; a function that fills a caller's struct jc_X is jc_X_get (jc_device_info_get,
+ *    jc_reading_get, jc_window_result_get, jc_cap_info_get, ...).  jc_ is public, jc__ internal.
+ *  - Options structs the caller fills (jc_options, jc_cap_options, jc_profiler_config) start with
+ *    `size_t size`, set by their _init() together with every default; the library refuses a size that is not
+ *    its own (JC_ERR_INVALID_ARGUMENT), so a program built against another header fails loudly instead of
+ *    being misread.  Structs the library fills (infos, readings, results, entries) change layout only when
+ *    JC_VERSION_MAJOR (the soname) changes or, before 1.0, JC_VERSION_MINOR: rebuild against the new header.
+ *  - Renamed functions stay one minor release as deprecated inline wrappers (end of this header).
+ *  - The profiler's simulator (sweeps, simulated GPUs) is in joulecap_sim.h, outside the stable API.
  *
  * Errors: every function that can fail returns a jc_status.  jc_strerror() gives a one-line text for a
  * status; jc_last_detail() gives the detail of the last failure on the calling thread (the NVML error string,
@@ -75,6 +88,7 @@ enum jc_flags {
 };
 
 typedef struct jc_options {
+    size_t size; /* sizeof(jc_options), set by jc_options_init() */
     /* GPUs to measure, numbered as CUDA numbers them (honouring CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER):
      * NULL or "all" = every visible GPU; "none" = no GPU; "0", "0,2", "GPU-8f3c..." (a UUID or unique prefix);
      * lists may mix indices and UUIDs. */
@@ -340,6 +354,7 @@ JC_API jc_status jc_csv_close(jc_context *ctx, uint64_t *rows_written);
  * there frees memory only (its caps belong to the parent).  See docs/caps.md. */
 
 typedef struct jc_cap_options {
+    size_t size; /* sizeof(jc_cap_options), set by jc_cap_options_init() */
     /* GPUs (CUDA numbering, as jc_options.gpus): NULL or "all" = every visible GPU, "0", "0,2", "GPU-8f3c...".
      * For a session: the GPUs it owns (taken at open).  For jc_cap_restore: NULL = every journal. */
     const char *gpus;
@@ -577,6 +592,7 @@ JC_API jc_status jc_objective_parse(const char *name, jc_objective *out);
 #define JC_PROFILER_MAX_CAPS 64 /* longest explicit cap list */
 
 typedef struct jc_profiler_config {
+    size_t size; /* sizeof(jc_profiler_config), set by jc_profiler_config_init() */
     /* The GPU's limits in watts (required): min < max, min <= default <= max.  Caps tried lie in
      * [min, default] unless caps_w says otherwise; the recommendation lies in [min, max]. */
     double min_limit_w, max_limit_w, default_limit_w;
@@ -736,7 +752,7 @@ JC_API jc_status jc_profiler_predict(const jc_profiler *p, double cap_w, double 
                                      double *avg_power_w);
 
 /* ---------------------------------------------------------------------------------------------------------
- * Names of 0.1, kept for source compatibility until 0.3 (deprecated: the compiler warns where they are used).
+ * Former names, kept for source compatibility for one release (deprecated: the compiler warns where used).
  * ------------------------------------------------------------------------------------------------------- */
 #if defined(__GNUC__)
 #define JC_DEPRECATED(use) __attribute__((deprecated("use " use)))

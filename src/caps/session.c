@@ -374,6 +374,7 @@ static jc_status open_remote(const jc_cap_options *o, jc_cap_session **out) {
 }
 
 jc_status jc_cap_session_open(const jc_cap_options *opts, jc_cap_session **out) {
+    if (opts && jc__check_size(opts->size, sizeof *opts, "jc_cap_options") != JC_OK) return JC_ERR_INVALID_ARGUMENT;
     jc__clear_detail();
     if (!out) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_cap_session_open: out is NULL");
     *out = NULL;

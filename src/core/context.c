@@ -19,6 +19,7 @@ uint64_t jc_epoch_ns(const jc_context *ctx) { return ctx->epoch_ns; }
 
 void jc_options_init(jc_options *opts) {
     memset(opts, 0, sizeof *opts);
+    opts->size = sizeof *opts;
 }
 
 const char *jc_device_kind_name(jc_device_kind kind) {
@@ -276,6 +277,10 @@ jc_status jc_open(jc_context **out, const jc_options *opts_in) {
     jc__clear_detail();
     if (!out) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_open: out is NULL");
     *out = NULL;
+    if (opts_in) {
+        jc_status sz = jc__check_size(opts_in->size, sizeof *opts_in, "jc_options");
+        if (sz != JC_OK) return sz;
+    }
     jc_options o;
     if (opts_in)
         o = *opts_in;

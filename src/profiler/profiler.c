@@ -166,6 +166,7 @@ jc_status jc_objective_parse(const char *name, jc_objective *out) {
 
 void jc_profiler_config_init(jc_profiler_config *cfg) {
     memset(cfg, 0, sizeof *cfg);
+    cfg->size = sizeof *cfg;
     cfg->min_limit_w = cfg->max_limit_w = cfg->default_limit_w = NAN;
     cfg->objective = JC_OBJECTIVE_ED2P;
     cfg->max_slowdown = 0.05;
@@ -296,7 +297,9 @@ jc_status jc_profiler_new(const jc_profiler_config *cfg, jc_profiler **out) {
     if (!out) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_profiler_new: out is NULL");
     *out = NULL;
     if (!cfg) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_profiler_new: cfg is NULL");
-    jc_status st = validate(cfg);
+    jc_status st = jc__check_size(cfg->size, sizeof *cfg, "jc_profiler_config");
+    if (st != JC_OK) return st;
+    st = validate(cfg);
     if (st != JC_OK) return st;
     jc_profiler *p = calloc(1, sizeof *p);
     if (!p) return jc__fail(JC_ERR_NO_MEMORY, "profiler: out of memory");

@@ -678,6 +678,32 @@ TEST(deprecated_names_still_work) {
 }
 #pragma GCC diagnostic pop
 
+/* Options structs carry their size: one not filled by its _init() is refused, naming the fix. */
+TEST(options_structs_check_their_size) {
+    jc_options o;
+    jc_options_init(&o);
+    ASSERT_EQ(o.size, sizeof o);
+    o.size = 0;
+    jc_context *ctx = NULL;
+    ASSERT_STATUS(jc_open(&ctx, &o), JC_ERR_INVALID_ARGUMENT);
+    ASSERT_CONTAINS(jc_last_detail(), "jc_options_init()");
+    ASSERT_TRUE(ctx == NULL);
+    jc_profiler_config cfg;
+    jc_profiler_config_init(&cfg);
+    cfg.min_limit_w = 100;
+    cfg.max_limit_w = cfg.default_limit_w = 300;
+    cfg.size = sizeof cfg - 8;
+    jc_profiler *p = NULL;
+    ASSERT_STATUS(jc_profiler_new(&cfg, &p), JC_ERR_INVALID_ARGUMENT);
+    ASSERT_CONTAINS(jc_last_detail(), "jc_profiler_config.size");
+    jc_cap_options co;
+    jc_cap_options_init(&co);
+    co.size = sizeof co + 8;
+    char dir[256];
+    ASSERT_STATUS(jc_cap_state_dir(&co, dir, sizeof dir), JC_ERR_INVALID_ARGUMENT);
+    ASSERT_CONTAINS(jc_last_detail(), "another joulecap.h");
+}
+
 JC_TEST_MAIN(TEST_ENTRY(knee_ed2p_finds_the_knee), TEST_ENTRY(flat_optimum_any_flat_cap_is_fine),
              TEST_ENTRY(optimum_at_the_bottom_and_at_the_top), TEST_ENTRY(knee_between_coarse_caps_and_sweep_limits),
              TEST_ENTRY(objectives_pick_differently), TEST_ENTRY(cap_list_is_honoured),
@@ -687,4 +713,4 @@ JC_TEST_MAIN(TEST_ENTRY(knee_ed2p_finds_the_knee), TEST_ENTRY(flat_optimum_any_f
              TEST_ENTRY(online_driver_with_counter_steps), TEST_ENTRY(sweep_files_are_checked),
              TEST_ENTRY(cli_simulate_gives_json),
              TEST_ENTRY(simulate_reports_progress_and_trials_have_named_reasons),
-             TEST_ENTRY(deprecated_names_still_work))
+             TEST_ENTRY(deprecated_names_still_work), TEST_ENTRY(options_structs_check_their_size))
