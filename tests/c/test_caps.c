@@ -182,13 +182,9 @@ TEST(second_session_is_busy_naming_the_owner) {
     char pidtext[32];
     snprintf(pidtext, sizeof pidtext, "process %d", (int)getpid());
     /* Another process. */
-    int p[2];
-    ASSERT_EQ(pipe(p), 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    ASSERT_TRUE(pid >= 0);
+    int fd;
+    pid_t pid = child_fork(&fd);
     if (pid == 0) {
-        close(p[0]);
         jc_cap_options o;
         jc_cap_options_init(&o);
         o.gpus = "0";
@@ -196,16 +192,12 @@ TEST(second_session_is_busy_naming_the_owner) {
         jc_status st = jc_cap_session_open(&o, &s2);
         char msg[1100];
         snprintf(msg, sizeof msg, "%d %s", (int)st, jc_last_detail());
-        if (write(p[1], msg, strlen(msg) + 1) < 0) _exit(97);
+        child_report(fd, msg, strlen(msg) + 1);
         _exit(0);
     }
-    close(p[1]);
     char msg[1100] = "";
-    ssize_t n = read(p[0], msg, sizeof msg - 1);
-    ASSERT_TRUE(n > 0);
-    msg[n] = '\0';
-    close(p[0]);
-    waitpid(pid, NULL, 0);
+    child_read_text(fd, msg, sizeof msg);
+    child_reap(pid);
     ASSERT_EQ(atoi(msg), JC_ERR_BUSY);
     ASSERT_CONTAINS(msg, pidtext);
     ASSERT_CONTAINS(msg, "test_caps"); /* the owner's command line */
@@ -271,7 +263,7 @@ static void make_stale(void) {
     while (!pid_gone(guardian) && now_s() - t0 < 2) sleep_ms(5);
     ASSERT_TRUE(pid_gone(guardian));
     ASSERT_EQ(kill(pid, SIGKILL), 0);
-    waitpid(pid, NULL, 0);
+    child_reap(pid);
     sleep_ms(300);
     ASSERT_EQ(fake_limit_mw(), 250000); /* nobody restored it */
     ASSERT_EQ(journal_count(), 1);
@@ -383,7 +375,7 @@ TEST(session_over_a_persistent_cap) {
     /* The same when the session's owner dies. */
     int guardian = 0;
     pid_t pid = child_capping(DIE_SIGKILL, &guardian);
-    waitpid(pid, NULL, 0);
+    child_reap(pid);
     ASSERT_TRUE(wait_limit(400000, 1.0) >= 0);
     double t0 = now_s();
     while (!pid_gone(guardian) && now_s() - t0 < 2) sleep_ms(5);
