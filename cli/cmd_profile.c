@@ -16,6 +16,7 @@
 #include "joulecap_sim.h"
 
 #include "errors.h"
+#include "options.h"
 #include "output.h"
 
 static const char usage_text[] =
@@ -48,19 +49,7 @@ static const char usage_text[] =
     "Exit status: 0 done, 2 bad command line or sweep, 3 failure.\n";
 
 static int parse_num(const char *opt, const char *text, double lo, double hi, double *out) {
-    char *end = NULL;
-    errno = 0;
-    double v = strtod(text, &end);
-    if (end == text || *end != '\0' || errno == ERANGE || !isfinite(v)) {
-        jc_cli_usage_err("profile", "%s: '%s' is not a number", opt, text);
-        return 0;
-    }
-    if (v < lo || v > hi) {
-        jc_cli_usage_err("profile", "%s: %g is outside [%g, %g]", opt, v, lo, hi);
-        return 0;
-    }
-    *out = v;
-    return 1;
+    return jc_cli_parse_number("profile", opt, text, lo, hi, out);
 }
 
 typedef struct plan_entry {
