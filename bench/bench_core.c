@@ -700,7 +700,7 @@ static void xcheck(int reps) {
         const char *h = health_of(ctx, 1, note, sizeof note);
         jc_health_event evs[8];
         size_t nev = 0;
-        jc_device_health(ctx, 1, evs, 8, &nev);
+        jc_device_health_get(ctx, 1, evs, 8, &nev);
         printf("{\"bench\":\"xcheck\",\"rep\":%d,\"done\":%d,\"span_s\":%.3f,\"counter_j\":%.2f,\"integrated_j\":%.6g,"
                "\"counter_w\":%.1f,\"rel_pct\":%.6g,\"wrapped\":%d,\"bench_integrated_j\":%.2f,\"bench_rel_pct\":%.2f,"
                "\"span2_s\":%.3f,\"counter2_j\":%.2f,\"bench_integrated2_j\":%.2f,\"bench_rel2_pct\":%.2f,"

@@ -20,8 +20,6 @@ void jc_csv_str(FILE *f, const char *s);
 /* A CSV number; empty when NaN. */
 void jc_csv_num(FILE *f, double v);
 
-/* Watts from milliwatts, NaN for 0 (unknown). */
-double jc_cli_mw_to_w(unsigned mw);
 /* Formats a number for people: "%.*f" with trailing zeros dropped ("700", "212.5"); "n/a" for NaN. */
 const char *jc_cli_fmt(char *buf, size_t len, double v, int decimals);
 /* "CPU" or "GPU 0" */
