@@ -91,6 +91,7 @@ class Step:
 def test_profiler_progress_line_shows_trial_cap_time_and_best(fake_env, tmp_path, monkeypatch, capsys):
     torch = pytest.importorskip("torch")
     _sweep_env(fake_env, tmp_path, monkeypatch)
+    monkeypatch.setenv("COLUMNS", "200")  # tqdm fits the line to the width: wide enough for the whole text
     data = [torch.zeros(1)] * 2
     try:
         joulecap.power_cap_profiler(Step(), data, 0, caps=[700, 500], time_budget=2, steps_on_gpu=True,

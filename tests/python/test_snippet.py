@@ -238,8 +238,8 @@ def test_rapl_counter_wrapping_from_a_background_thread(fake_env, rapl_tree):
     """A counter driven at a steady 50 W from another thread wraps twice; the window sees 50 W throughout."""
     fake_env(sysfs=str(rapl_tree), proc="qemu")
     zone = rapl_tree / "class" / "powercap" / "intel-rapl:0"
-    max_uj = 2_000_000  # a tiny range: 2 J, so 50 W wraps every 40 ms...
-    # ...but the sampler must read faster than a wrap: at 50 W and a 5 ms interval that is 0.25 J per read.
+    max_uj = 10_000_000  # a tiny range: 10 J, so 50 W wraps every 200 ms (twice in the window)...
+    # ...and the sampler must read faster than a wrap: a 5 ms interval leaves room for a loaded machine.
     (zone / "max_energy_range_uj").write_text("%d\n" % max_uj)
     write_atomic(zone / "energy_uj", "0\n")
     stop = threading.Event()
