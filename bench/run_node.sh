@@ -8,13 +8,14 @@
 # Usage: bash bench/prepare_node.sh                             (here: the source into build/node, carried)
 #        bash build/node/bench/run_node.sh build/node "$OUT"     (on the GPU machine; ~3 minutes)
 # JC_BENCH_FAKE=1 runs it on the fake NVML (a test of the script; its CPU figures mean nothing: the fake's
-# counter reads sleep instead of spinning).  JC_BENCH_SECONDS (default 20), JC_BENCH_SETTLE_S (default 12: the
-# in-process counter fit settles in ~10 s), JC_BENCH_NPROCS (default "1 8"), JC_BENCH_IPC_N (default 20000).
+# counter reads sleep instead of spinning).  JC_BENCH_SECONDS (default 20), JC_BENCH_SETTLE_S (default 5: windows
+# every 200 ms keep every reader on every counter step from the start), JC_BENCH_NPROCS (default "1 8"),
+# JC_BENCH_IPC_N (default 20000).
 set -uo pipefail
 src=$(cd "${1:-build/node}" && pwd)
 out=${2:-${OUT:-bench/results/node}}
 SECONDS_RUN=${JC_BENCH_SECONDS:-20}
-SETTLE=${JC_BENCH_SETTLE_S:-12}
+SETTLE=${JC_BENCH_SETTLE_S:-5}
 NPROCS=${JC_BENCH_NPROCS:-1 8}
 IPC_N=${JC_BENCH_IPC_N:-20000}
 mkdir -p "$out"
