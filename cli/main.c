@@ -70,6 +70,8 @@ static const char MAIN_HELP[] =
     "                         $XDG_RUNTIME_DIR/joulecap, else /tmp/joulecap-<uid>; 'joulecap help caps')\n"
     "  JOULECAP_DAEMON_SOCKET joulecapd's socket (default /run/joulecap/joulecapd.sock): where it exists, caps\n"
     "                         go through joulecapd ('joulecap help daemon')\n"
+    "  JOULECAP_DAEMON        auto (default: GPUs read through joulecapd's series when its socket answers),\n"
+    "                         off (read NVML in this process), or a socket path ('joulecap help daemon')\n"
     "  JOULECAP_CLI           the joulecap executable that cap sessions start as their guardian\n"
     "  JOULECAP_PYTHON        plot: the Python that has joulecap and matplotlib (set by the pip-installed\n"
     "                         joulecap command; default python3 on PATH)\n"

@@ -772,3 +772,5 @@ void jcd_exporter_snapshot(jcd_exporter *e, jcd_msnap *snap, jcd_job **jobs) {
     snap->njobs = jcd_jobs_copy(&e->jobs, jobs);
     snap->jobs = *jobs;
 }
+
+jc_context *jcd_exporter_context(jcd_exporter *e) { return e ? e->ctx : NULL; }

@@ -76,6 +76,9 @@ typedef enum jcd_verb {
     JCD_RESET,
     JCD_ENERGY, /* protocol 2; numbered before REPAIR, which stays the last verb */
     JCD_REPAIR,
+    JCD_GPUS,   /* protocol 3: the node's sampler (series.c) */
+    JCD_GPU,
+    JCD_SERIES,
 } jcd_verb;
 
 #define JCD_JOB_MAX 128 /* bytes of a job name (decoded) */
@@ -88,6 +91,9 @@ typedef struct jcd_request {
     unsigned mw;      /* SET PERSIST */
     char job[JCD_JOB_MAX + 1];  /* ENERGY: printable ASCII, 1 to JCD_JOB_MAX bytes */
     unsigned long long mj;      /* ENERGY: energy to add, mJ */
+    unsigned long long since_ns; /* SERIES: knots after this instant (CLOCK_MONOTONIC) */
+    unsigned fine;              /* SERIES: 1 while the client needs the counter read at every step */
+    unsigned index;             /* GPU: the sampler's GPU number, 0 to n - 1 of GPUS */
 } jcd_request;
 
 /* Parses one request line (bytes without the '\n'): 0, or -1 with why. */
@@ -158,6 +164,7 @@ typedef struct jcd_state {
     jcd_config config;
     char socket_path[108];
     struct jcd_exporter *exporter; /* --metrics; NULL without */
+    struct jcd_series *series;     /* the sampler clients read (series.c); NULL until the first asks */
 } jcd_state;
 
 /* --- journal.c --------------------------------------------------------------------------------------- */
@@ -357,6 +364,20 @@ typedef struct jcd_http jcd_http;
 int jcd_http_start(const jcd_addr *a, jcd_exporter *e, jcd_http **out, char *bound, size_t boundlen, char *why,
                    size_t whylen);
 void jcd_http_stop(jcd_http *h); /* NULL allowed */
+
+/* --- series.c: the node's sampler for clients (GPUS, GPU, SERIES; docs/daemon.md) ------------------- */
+
+#define JCD_SERIES_MAX_KNOTS 64 /* knots in one SERIES reply (about 2.5 KB); the client asks again for more */
+/* A client's fine request keeps the sampler reading every counter step this long: clients that need it ask
+ * every 50 ms, so the daemon goes back to about a read a second soon after the last one stops asking. */
+#define JCD_FINE_HOLD_S 1.0
+
+/* GPUS, GPU <n>, SERIES <uuid> <since_ns> <fine>: read-only requests any client may make. */
+void jcd_series_handle(jcd_state *s, jcd_client *c, const jcd_request *q);
+/* Closes the sampler series.c opened (the exporter's is closed by the exporter). */
+void jcd_series_close(jcd_state *s);
+/* The exporter's sampler (for series.c). */
+struct jc_context *jcd_exporter_context(struct jcd_exporter *e);
 
 /* --- log.c ------------------------------------------------------------------------------------------- */
 

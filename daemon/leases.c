@@ -601,6 +601,15 @@ void jcd_handle(jcd_state *s, jcd_client *c, const jcd_request *q) {
     case JCD_RESET: do_reset(s, c, q); return;
     case JCD_REPAIR: do_repair(s, c, q); return;
     case JCD_ENERGY: do_energy(s, c, q); return;
+    case JCD_GPUS:
+    case JCD_GPU:
+    case JCD_SERIES:
+        if (c->proto < 3) {
+            jcd_protocol_error(c, "GPUS, GPU and SERIES need protocol 3 (this connection's HELLO agreed on less)");
+            return;
+        }
+        jcd_series_handle(s, c, q);
+        return;
     }
 }
 

@@ -454,6 +454,8 @@ int main(int argc, char **argv) {
     const char *socket_path = NULL, *config_path = JCD_DEFAULT_CONFIG, *state_dir = JCD_DEFAULT_STATE_DIR;
     const char *metrics = NULL;
     int foreground = 0, check = 0;
+    /* The daemon is the node's sampler: its own contexts read NVML, never a joulecapd (itself). */
+    setenv("JOULECAP_DAEMON", "off", 1);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char **dest = NULL;
@@ -583,6 +585,7 @@ int main(int argc, char **argv) {
     jcd_leases_stop(s);
     jcd_exporter_close(s->exporter); /* the counters and job totals saved one last time */
     s->exporter = NULL;
+    jcd_series_close(s);
     jcd_log("stopped");
     jc__nvml_close(s->nvml);
     close(s->state_fd);

@@ -9,7 +9,7 @@
 
 #include <stddef.h>
 
-#define JC__WIRE_VERSION 2 /* 2: ENERGY (per-job energy) */
+#define JC__WIRE_VERSION 3 /* 2: ENERGY (per-job energy); 3: GPUS, GPU, SERIES (the node's sampler) */
 #define JC__WIRE_MAX_REQUEST 1024 /* bytes of a request line, '\n' included */
 #define JC__WIRE_MAX_REPLY 4096   /* bytes of a reply line, '\n' included */
 #define JC__WIRE_MAX_TOKENS 48

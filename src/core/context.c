@@ -222,12 +222,70 @@ static void lost_gpu(jc__device *d, const char *why) {
     jc__health_set(d, JC_HEALTH_LOST, d->dead_ns, "%s", why);
 }
 
+/* The GPUs through joulecapd, the node's sampler (sampler/remote.c): JC_OK when it lists them, an error of the
+ * selection (no such GPU), or JC_ERR_UNAVAILABLE with why (no daemon, too old, no sampler). */
+static jc_status open_remote(jc_context *ctx, const char *path, char *why, size_t whylen) {
+    jc__remote_gpu *rg = calloc(JC_MAX_DEVICES, sizeof *rg);
+    if (!rg) return jc__fail(JC_ERR_NO_MEMORY, "cannot allocate a context");
+    int n = 0;
+    jc_status st = jc__remote_open(path, &ctx->remote, rg, JC_MAX_DEVICES - 1, &n, ctx->remote_driver,
+                                   sizeof ctx->remote_driver, why, whylen);
+    if (st != JC_OK) {
+        free(rg);
+        return JC_ERR_UNAVAILABLE;
+    }
+    jc__gpu_ident ids[JC_MAX_DEVICES];
+    for (int i = 0; i < n; i++) ids[i] = rg[i].id;
+    int nvml_idx[JC_MAX_DEVICES], cuda_idx[JC_MAX_DEVICES], count = 0;
+    st = jc__gpu_select(ids, n, getenv("CUDA_VISIBLE_DEVICES"), getenv("CUDA_DEVICE_ORDER"), ctx->gpus_sel,
+                        nvml_idx, cuda_idx, &count, ctx->gpu_note, sizeof ctx->gpu_note);
+    if (st != JC_OK) {
+        free(rg);
+        return st;
+    }
+    uint64_t now = jc_now_ns();
+    for (int k = 0; k < count; k++) {
+        jc__device *d = &ctx->dev[ctx->ndev++];
+        const jc__remote_gpu *g = &rg[nvml_idx[k]];
+        d->info = g->info;
+        jc_device_info *info = &d->info;
+        info->kind = JC_DEVICE_GPU;
+        info->index = cuda_idx[k];
+        info->nvml_index = g->nvml_index;
+        jc__fmt(info->name, sizeof info->name, "%s", g->id.name);
+        jc__fmt(info->uuid, sizeof info->uuid, "%s", g->id.uuid);
+        jc__fmt(info->pci_bus_id, sizeof info->pci_bus_id, "%s", g->id.pci_bus_id);
+        char note[sizeof info->energy_note];
+        jc__fmt(note, sizeof note, "%s", info->energy_note);
+        jc__fmt(info->energy_note, sizeof info->energy_note, "%s, read by joulecapd", note);
+        d->max_power_w = info->max_limit_mw ? info->max_limit_mw * 1e-3 : 1000.0;
+        d->remote = 1;
+        /* The daemon's knots from a little before the open: the epoch and early windows lie inside them. */
+        d->remote_since_ns = now > 10 * 1000000000ull ? now - 10 * 1000000000ull : 0;
+        if (info->energy_source == JC_SOURCE_NONE) {
+            d->dead = 1;
+            d->dead_ns = now;
+        }
+    }
+    free(rg);
+    jc__fmt(ctx->nvml_note, sizeof ctx->nvml_note, "GPUs read by joulecapd (%s), the node's sampler: this process "
+            "does not open NVML", path);
+    return JC_OK;
+}
+
 static jc_status open_gpus(jc_context *ctx) {
     const char *sel = ctx->gpus_sel;
     if ((ctx->opts.flags & JC_NO_GPU) || (sel && strcasecmp(sel, "none") == 0)) {
         jc__fmt(ctx->nvml_note, sizeof ctx->nvml_note, "GPU measurement disabled");
         return JC_OK;
     }
+    char path[512], why[900];
+    if (jc__remote_wanted(path, sizeof path, why, sizeof why)) {
+        jc_status rst = open_remote(ctx, path, why, sizeof why);
+        if (rst != JC_ERR_UNAVAILABLE) return rst;
+    }
+    /* In this process; the note says why not through joulecapd. */
+    jc__fmt(ctx->gpu_note, sizeof ctx->gpu_note, "sampled in this process: %s", why);
     jc_status st = jc__nvml_open(&ctx->nvml, ctx->nvml_note, sizeof ctx->nvml_note);
     if (st != JC_OK) {
         jc__clear_detail();
@@ -250,9 +308,15 @@ static jc_status open_gpus(jc_context *ctx) {
         }
     }
     int nvml_idx[JC_MAX_DEVICES], cuda_idx[JC_MAX_DEVICES], count = 0;
+    char sel_note[512] = "";
     st = jc__gpu_select(ids, (int)n, getenv("CUDA_VISIBLE_DEVICES"), getenv("CUDA_DEVICE_ORDER"), sel, nvml_idx,
-                        cuda_idx, &count, ctx->gpu_note, sizeof ctx->gpu_note);
+                        cuda_idx, &count, sel_note, sizeof sel_note);
     if (st != JC_OK) return st;
+    if (sel_note[0]) {
+        char in_process[512];
+        jc__fmt(in_process, sizeof in_process, "%s", ctx->gpu_note);
+        jc__fmt(ctx->gpu_note, sizeof ctx->gpu_note, "%s; %s", sel_note, in_process);
+    }
     for (int k = 0; k < count; k++) {
         jc__device *d = &ctx->dev[ctx->ndev++];
         jc_device_info *info = &d->info;
@@ -351,6 +415,7 @@ void jc__context_free(jc_context *ctx) {
     jc__rapl_close(ctx->rapl);
     jc__cputemp_close(ctx->cputemp);
     jc__nvml_close(ctx->nvml);
+    jc__remote_close(ctx->remote);
     pthread_cond_destroy(&ctx->data_cv);
     pthread_cond_destroy(&ctx->wake_cv);
     pthread_mutex_destroy(&ctx->lock);
@@ -388,14 +453,15 @@ jc_status jc_device_info_get(const jc_context *ctx, int device, jc_device_info *
 
 jc_status jc_gpu_driver(const jc_context *ctx, char *version, size_t version_len, char *note, size_t note_len) {
     if (!ctx) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_gpu_driver: NULL context");
-    if (version && version_len) jc__fmt(version, version_len, "%s", ctx->nvml ? ctx->nvml->driver_version : "");
+    if (version && version_len)
+        jc__fmt(version, version_len, "%s", ctx->nvml ? ctx->nvml->driver_version : ctx->remote_driver);
     if (note && note_len) {
         if (ctx->nvml_note[0] && ctx->gpu_note[0])
             jc__fmt(note, note_len, "%s; %s", ctx->nvml_note, ctx->gpu_note);
         else
             jc__fmt(note, note_len, "%s", ctx->nvml_note[0] ? ctx->nvml_note : ctx->gpu_note);
     }
-    return ctx->nvml ? JC_OK : JC_ERR_UNAVAILABLE;
+    return ctx->nvml || ctx->remote ? JC_OK : JC_ERR_UNAVAILABLE;
 }
 
 jc_status jc_reading_get(jc_context *ctx, int device, jc_reading *out) {

@@ -15,6 +15,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 
+#include "../sampler/remote.h"
 #include "../sampler/series.h"
 #include "../sink/sink.h"
 #include "../sources/cpu.h"
@@ -101,6 +102,9 @@ typedef struct jc__device {
     double cpu_util_pct;
     double rapl_last_j;
     uint64_t rapl_changed_ns;   /* last time the RAPL counter moved */
+    /* read through joulecapd (sampler/remote.c): knots after remote_since_ns are asked for at remote_next_ns */
+    int remote;
+    uint64_t remote_since_ns, remote_next_ns;
     /* energy at the epoch (context open), resolved like a window edge */
     double epoch_j;
     int epoch_resolved;
@@ -139,6 +143,8 @@ struct jc_context {
     jc__device *dev;
 
     jc__nvml *nvml;
+    jc__remote *remote;      /* GPUs read through joulecapd (NULL: NVML in this process) */
+    char remote_driver[96];
     char nvml_note[512];
     char gpu_note[512];
 
@@ -206,6 +212,8 @@ void jc__reader_xcheck_knot(jc__device *d, uint64_t t, double e_j);
 void jc__counter_read(jc__device *d, uint64_t now);
 /* Fine reads are needed again (a window opened): the next read goes to the next step, not a second away. */
 void jc__counter_refine(jc__device *d, uint64_t now);
+/* remote.c: asks joulecapd for the device's new knots when due (reader thread). */
+void jc__remote_poll(jc__device *d, uint64_t now);
 /* plausible.c: checks a raw counter reading and commits its knot; returns 0 when rejected. */
 int jc__counter_commit(jc__device *d, uint64_t t, unsigned long long mj);
 

@@ -362,7 +362,9 @@ static void cpu_sample(jc__device *d, uint64_t now) {
 static uint64_t next_due(jc__device *d, uint64_t now) {
     jc_context *ctx = d->ctx;
     uint64_t next = now + s_to_ns(jc__reader_interval_s(d));
-    if (d->info.kind == JC_DEVICE_GPU) {
+    if (d->info.kind == JC_DEVICE_GPU && d->remote) {
+        if (d->remote_next_ns < next) next = d->remote_next_ns;
+    } else if (d->info.kind == JC_DEVICE_GPU) {
         if (d->next_cheap_ns < next) next = d->next_cheap_ns;
         if (d->info.energy_source == JC_SOURCE_COUNTER && !d->dead && d->counter.next_ns < next)
             next = d->counter.next_ns;
@@ -387,7 +389,7 @@ static void *reader_main(void *arg) {
     jc_context *ctx = d->ctx;
     for (;;) {
         pthread_mutex_lock(&ctx->lock);
-        if (ctx->stopping || (d->dead && d->info.power_status == JC_ERR_GPU_LOST)) {
+        if (ctx->stopping || (d->dead && (d->info.power_status == JC_ERR_GPU_LOST || d->remote))) {
             pthread_mutex_unlock(&ctx->lock);
             break;
         }
@@ -405,7 +407,10 @@ static void *reader_main(void *arg) {
         d->fine = jc__reader_fine(ctx, jc_now_ns());
         pthread_mutex_unlock(&ctx->lock);
         if (stop) break;
-        if (d->info.kind == JC_DEVICE_GPU) {
+        if (d->remote) {
+            if (d->fine && !was_fine) d->remote_next_ns = 0; /* a window opened: ask now, and for fine reads */
+            jc__remote_poll(d, jc_now_ns());
+        } else if (d->info.kind == JC_DEVICE_GPU) {
             if (d->fine && !was_fine) jc__counter_refine(d, jc_now_ns());
             if (d->info.energy_source == JC_SOURCE_COUNTER && !d->dead) jc__counter_read(d, jc_now_ns());
             gpu_cheap(d, jc_now_ns());

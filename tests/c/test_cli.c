@@ -860,7 +860,7 @@ TEST(help_environment_and_topics) {
     EXPECT_CODE(r, 0);
     const char *vars[] = {"JOULECAP_FAKE ",        "JOULECAP_NVML_LIBRARY", "JOULECAP_FAKE_NVML_SCENARIO",
                           "JOULECAP_FAKE_NVML_STATE", "JOULECAP_SYSFS_ROOT", "JOULECAP_PROC_ROOT",
-                          "JOULECAP_STATE_DIR",    "JOULECAP_DAEMON_SOCKET", "JOULECAP_CLI",
+                          "JOULECAP_STATE_DIR",    "JOULECAP_DAEMON_SOCKET", "JOULECAP_DAEMON ", "JOULECAP_CLI",
                           "CUDA_VISIBLE_DEVICES",  "XDG_RUNTIME_DIR",       "--fake NAME",
                           "joulecap help"};
     for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) ASSERT_CONTAINS(r.out, vars[i]);

@@ -3,6 +3,9 @@
  *   1  a reply line of the daemon's LIST, as the library parses it (src/caps/client.c)
  *   2  a journal file (daemon/journal.c); one that parses must survive a format / parse round trip
  *   3  the config file (daemon/config.c)
+ *   4  a SERIES reply of the node's sampler, as the library parses it (src/sampler/remote.c): knots strictly
+ *      increasing in time, finite, within bounds, at most JC__REMOTE_MAX_KNOTS
+ *   5  a GPU reply of the node's sampler (src/sampler/remote.c)
  * Build: cmake -DCMAKE_C_COMPILER=clang -DJC_FUZZ=ON; run: fuzz_protocol -max_total_time=60 CORPUS_DIR.
  * tests/fuzz/standalone.c runs the same function without libFuzzer. */
 #include <math.h>
@@ -12,6 +15,7 @@
 
 #include "caps/client.h"
 #include "jcd.h"
+#include "sampler/remote.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -37,8 +41,10 @@ static void stream(const char *p, size_t n) {
             char why[300];
             if (len >= JC__WIRE_MAX_REQUEST || line[len] != '\0') abort();
             if (jcd_request_parse(line, len, &q, why, sizeof why) != 0) return; /* closes the client */
-            if (q.verb < JCD_HELLO || q.verb > JCD_REPAIR) abort();
-            int uuid = q.verb != JCD_HELLO && q.verb != JCD_LIST && q.verb != JCD_REPAIR;
+            if (q.verb < JCD_HELLO || q.verb > JCD_SERIES) abort();
+            int uuid = q.verb != JCD_HELLO && q.verb != JCD_LIST && q.verb != JCD_REPAIR && q.verb != JCD_GPUS &&
+                       q.verb != JCD_GPU;
+            if (q.verb == JCD_SERIES && q.fine > 1) abort();
             if (uuid && !jc__wire_uuid_ok(q.uuid)) abort();
             if ((q.verb == JCD_SET || q.verb == JCD_PERSIST) && q.mw == 0) abort();
         }
@@ -86,15 +92,48 @@ static void config(const char *p, size_t n) {
     }
 }
 
+static void series_reply(const char *p, size_t n) {
+    char buf[JC__WIRE_MAX_REPLY];
+    if (n >= sizeof buf) n = sizeof buf - 1;
+    memcpy(buf, p, n);
+    buf[n] = '\0';
+    static jc__remote_series s;
+    if (jc__remote_parse_series(buf, n, &s) != 0) return;
+    if (s.nknots < 0 || s.nknots > JC__REMOTE_MAX_KNOTS || s.health < 0 || s.health > JC_HEALTH_LOST) abort();
+    if (s.more && s.nknots == 0) abort();
+    if (!s.sid[0] || strlen(s.sid) >= sizeof s.sid || strlen(s.health_note) >= sizeof s.health_note) abort();
+    for (int i = 0; i < s.nknots; i++) {
+        if (s.knot_t[i] == 0 || !isfinite(s.knot_j[i]) || fabs(s.knot_j[i]) > 1e15) abort();
+        if (i && s.knot_t[i] <= s.knot_t[i - 1]) abort();
+    }
+    if (!isnan(s.power_w) && !(s.power_w >= 0 && s.power_w <= 1e6)) abort();
+    if (!isnan(s.util_pct) && !(s.util_pct >= 0 && s.util_pct <= 100)) abort();
+    if (!isnan(s.sigma_ns) && !(s.sigma_ns >= 0)) abort();
+}
+
+static void gpu_reply(const char *p, size_t n) {
+    char buf[JC__WIRE_MAX_REPLY];
+    if (n >= sizeof buf) n = sizeof buf - 1;
+    memcpy(buf, p, n);
+    buf[n] = '\0';
+    static jc__remote_gpu g;
+    if (jc__remote_parse_gpu(buf, n, &g) != 0) return;
+    if (!jc__wire_uuid_ok(g.id.uuid) || !g.id.name[0] || g.nvml_index < 0) abort();
+    if ((int)g.info.energy_source < 0 || g.info.energy_source > JC_SOURCE_ESTIMATE) abort();
+    if (strlen(g.info.energy_note) >= sizeof g.info.energy_note) abort();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 1) return 0;
     const char *p = (const char *)data + 1;
     size_t n = size - 1;
-    switch (data[0] % 4) {
+    switch (data[0] % 6) {
     case 0: stream(p, n); break;
     case 1: reply(p, n); break;
     case 2: journal(p, n); break;
-    default: config(p, n); break;
+    case 3: config(p, n); break;
+    case 4: series_reply(p, n); break;
+    default: gpu_reply(p, n); break;
     }
     return 0;
 }
