@@ -107,6 +107,9 @@ static void r_num(reply *r, const char *k, double v) {
     r_str(r, k, t);
 }
 
+/* The wire carries limits in whole mW, 0 when unknown (the library's W are NaN then). */
+static unsigned mw_of(double w) { return isfinite(w) && w > 0 && w < 4e6 ? (unsigned)lround(w * 1000.0) : 0; }
+
 static void send_err(jcd_client *c, const char *status, const char *text) {
     reply r;
     r.used = (size_t)snprintf(r.buf, sizeof r.buf, "ERR %s", status);
@@ -159,11 +162,11 @@ static void do_gpu(jcd_client *c, jc_context *ctx, unsigned n) {
     r_u(&r, "pst", (unsigned)info.power_status);
     r_u(&r, "ust", (unsigned)info.util_status);
     r_u(&r, "tst", (unsigned)info.temp_status);
-    r_u(&r, "limit_mw", info.limit_mw);
-    r_u(&r, "enforced_mw", info.enforced_limit_mw);
-    r_u(&r, "default_mw", info.default_limit_mw);
-    r_u(&r, "min_mw", info.min_limit_mw);
-    r_u(&r, "max_mw", info.max_limit_mw);
+    r_u(&r, "limit_mw", mw_of(info.limit_w));
+    r_u(&r, "enforced_mw", mw_of(info.enforced_limit_w));
+    r_u(&r, "default_mw", mw_of(info.default_limit_w));
+    r_u(&r, "min_mw", mw_of(info.min_limit_w));
+    r_u(&r, "max_mw", mw_of(info.max_limit_w));
     /* The texts last: a key that would not fit the line is left out (the client then has no note). */
     r_str(&r, "name", info.name);
     r_str(&r, "enote", info.energy_note);

@@ -258,7 +258,7 @@ static jc_status open_remote(jc_context *ctx, const char *path, char *why, size_
         char note[sizeof info->energy_note];
         jc__fmt(note, sizeof note, "%s", info->energy_note);
         jc__fmt(info->energy_note, sizeof info->energy_note, "%s, read by joulecapd", note);
-        d->max_power_w = info->max_limit_mw ? info->max_limit_mw * 1e-3 : 1000.0;
+        d->max_power_w = isfinite(info->max_limit_w) ? info->max_limit_w : 1000.0;
         d->remote = 1;
         /* The daemon's knots from a little before the open: the epoch and early windows lie inside them. */
         d->remote_since_ns = now > 10 * 1000000000ull ? now - 10 * 1000000000ull : 0;

@@ -119,11 +119,9 @@ int jc__remote_parse_gpu(char *line, size_t len, jc__remote_gpu *out) {
     get_text(&l, "pnote", i->power_note, sizeof i->power_note);
     get_text(&l, "unote", i->util_note, sizeof i->util_note);
     get_text(&l, "tnote", i->temp_note, sizeof i->temp_note);
-    i->limit_mw = (unsigned)lim[0];
-    i->enforced_limit_mw = (unsigned)lim[1];
-    i->default_limit_mw = (unsigned)lim[2];
-    i->min_limit_mw = (unsigned)lim[3];
-    i->max_limit_mw = (unsigned)lim[4];
+    /* The wire's mW (0 = unknown) as the API's W (NaN = unknown). */
+    double *w[5] = {&i->limit_w, &i->enforced_limit_w, &i->default_limit_w, &i->min_limit_w, &i->max_limit_w};
+    for (int k = 0; k < 5; k++) *w[k] = lim[k] ? (double)lim[k] / 1000.0 : NAN;
     return 0;
 }
 
