@@ -194,26 +194,23 @@ class ProfileResult:
 # Argument checks (all of them before any cap changes)
 
 
+# The library's profiler (jc_profiler_new) checks the rest when it is created, before any step or file: a known
+# objective, max_slowdown > 0, at most 64 caps, caps not empty.  What is checked here, it cannot say as well.
+
+
 def _objective(objective: Any, max_slowdown: Any) -> Tuple[str, Optional[float]]:
-    if not isinstance(objective, str) or objective.lower() not in OBJECTIVES:
+    if not isinstance(objective, str):
         raise InvalidArgument("objective=%r: choose one of %s" % (objective, ", ".join(OBJECTIVES)))
     objective = objective.lower()
-    if max_slowdown is None:
-        return objective, None
-    if objective != "energy-slowdown":
+    if max_slowdown is not None and objective != "energy-slowdown":
         raise InvalidArgument(
             "max_slowdown=%r applies to objective='energy-slowdown' only (the objective is %r)" % (max_slowdown, objective)
         )
-    try:
-        ms = float(max_slowdown)
-    except (TypeError, ValueError):
-        ms = float("nan")
-    if isinstance(max_slowdown, bool) or not (ms > 0) or not math.isfinite(ms):
-        raise InvalidArgument("max_slowdown=%r: give the allowed slowdown as a fraction > 0, such as 0.05" % (max_slowdown,))
-    return objective, ms
+    return objective, max_slowdown
 
 
 def _time_budget(time_budget: Any) -> float:
+    # Not the library's check: it takes 0 for "automatic", which here is None.
     if time_budget is None:
         return 0.0  # automatic: max(20 s, 300 steps at the first cap)
     try:
@@ -226,15 +223,12 @@ def _time_budget(time_budget: Any) -> float:
 
 
 def _caps(caps: Any, info: Dict[str, Any]) -> Optional[List[float]]:
+    # Each cap against the GPU's range here, so that the message names the GPU (the library's names the list).
     if caps is None:
         return None
     if isinstance(caps, (str, bytes)) or not hasattr(caps, "__iter__"):
         raise InvalidArgument("caps=%r: give a list of caps in watts, such as [700, 500, 300], or None" % (caps,))
     out = [_watts(c, "caps") for c in caps]
-    if not out:
-        raise InvalidArgument("caps is empty: give a list of caps in watts, or None to choose them adaptively")
-    if len(out) > 64:
-        raise InvalidArgument("caps: %d caps given; at most 64" % len(out))
     for w in out:
         _check_range(info, w, "caps:")
     return out
@@ -778,16 +772,17 @@ def power_cap_profiler(
         raise InvalidArgument("model=%r is not callable: give a torch.nn.Module" % (model,))
     info = _info(gpu_num)
     cap_list = _caps(caps, info)
-    batches = _Batches(dataloader)
-    runner = _StepRunner(model, batches, bool(train), loss_fn, optimizer, info["index"])
-    placement = [] if steps_on_gpu else _placement_warnings(runner, batches, gpu_num, info["index"])
-    for w in placement:
-        warnings.warn(w, JoulecapWarning, stacklevel=2)
-    f = _open_out_file(out_file)
-    meter = None
+    f = None
+    meter = _GpuMeter(info["uuid"])
     try:
-        meter = _GpuMeter(info["uuid"])
+        # The library checks the objective, max_slowdown and the caps here, before any step or file.
         prof = _new_profiler(info, objective, max_slowdown, cap_list, budget, meter.counter_period)
+        batches = _Batches(dataloader)
+        runner = _StepRunner(model, batches, bool(train), loss_fn, optimizer, info["index"])
+        placement = [] if steps_on_gpu else _placement_warnings(runner, batches, gpu_num, info["index"])
+        for w in placement:
+            warnings.warn(w, JoulecapWarning, stacklevel=2)
+        f = _open_out_file(out_file)
         hold = _CapHold(info)  # PermissionDenied / Busy here, before any change
         line = _Progress(prof, info["index"], budget, progress)
         try:
@@ -822,8 +817,7 @@ def power_cap_profiler(
             f.close()
         raise
     finally:
-        if meter is not None:
-            meter.close()
+        meter.close()
     power_cap_profiler.last_result = result  # type: ignore[attr-defined]
     if f is not None:
         with f:
