@@ -32,9 +32,11 @@ import math
 import os
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import _joulecap
+from ._deprecation import renamed_keywords, user_stacklevel
+from ._types import OneGpu, OutFile
 from .caps import (
     CapReset,
     PowerCap,
@@ -42,6 +44,7 @@ from .caps import (
     _info,
     _sessions,
     _watts,
+    current_gpu,
     get_power_cap,
     reset_power_cap,
     restore_power_caps,
@@ -49,6 +52,9 @@ from .caps import (
 )
 from ._progress import ProgressLine
 from .errors import FileError, InvalidArgument, JoulecapWarning, PermissionDenied, StateError
+
+if TYPE_CHECKING:  # torch is optional: only type checkers need its names
+    import torch
 
 __all__ = [
     "power_cap_profiler",
@@ -85,7 +91,7 @@ CSV_COLUMNS = [
     "phase",
     "binding",
     "reason",
-    # issue 15: the uncertainty and what the profiler saw
+    # the uncertainty and what the profiler saw
     "rel_se_time",
     "rel_se_power",
     "energy_saving",
@@ -198,7 +204,7 @@ class ProfileResult:
 # objective, max_slowdown > 0, at most 64 caps, caps not empty.  What is checked here, it cannot say as well.
 
 
-def _objective(objective: Any, max_slowdown: Any) -> Tuple[str, Optional[float]]:
+def _objective(objective: str, max_slowdown: Optional[float]) -> Tuple[str, Optional[float]]:
     if not isinstance(objective, str):
         raise InvalidArgument("objective=%r: choose one of %s" % (objective, ", ".join(OBJECTIVES)))
     objective = objective.lower()
@@ -209,32 +215,32 @@ def _objective(objective: Any, max_slowdown: Any) -> Tuple[str, Optional[float]]
     return objective, max_slowdown
 
 
-def _time_budget(time_budget: Any) -> float:
+def _time_budget(time_budget_s: Optional[float]) -> float:
     # Not the library's check: it takes 0 for "automatic", which here is None.
-    if time_budget is None:
+    if time_budget_s is None:
         return 0.0  # automatic: max(20 s, 300 steps at the first cap)
     try:
-        b = float(time_budget)
+        b = float(time_budget_s)
     except (TypeError, ValueError):
         b = float("nan")
-    if isinstance(time_budget, bool) or not (b > 0) or not math.isfinite(b):
-        raise InvalidArgument("time_budget=%r: give the profiling time in seconds (> 0), or None" % (time_budget,))
+    if isinstance(time_budget_s, bool) or not (b > 0) or not math.isfinite(b):
+        raise InvalidArgument("time_budget_s=%r: give the profiling time in seconds (> 0), or None" % (time_budget_s,))
     return b
 
 
-def _caps(caps: Any, info: Dict[str, Any]) -> Optional[List[float]]:
+def _caps(caps_w: Optional[Iterable[float]], info: Dict[str, Any]) -> Optional[List[float]]:
     # Each cap against the GPU's range here, so that the message names the GPU (the library's names the list).
-    if caps is None:
+    if caps_w is None:
         return None
-    if isinstance(caps, (str, bytes)) or not hasattr(caps, "__iter__"):
-        raise InvalidArgument("caps=%r: give a list of caps in watts, such as [700, 500, 300], or None" % (caps,))
-    out = [_watts(c, "caps") for c in caps]
+    if isinstance(caps_w, (str, bytes)) or not hasattr(caps_w, "__iter__"):
+        raise InvalidArgument("caps_w=%r: give a list of caps in watts, such as [700, 500, 300], or None" % (caps_w,))
+    out = [_watts(c, "caps_w") for c in caps_w]
     for w in out:
-        _check_range(info, w, "caps:")
+        _check_range(info, w, "caps_w:")
     return out
 
 
-def _open_out_file(out_file: Any):
+def _open_out_file(out_file: OutFile):
     if out_file is None:
         return None
     path = os.fspath(out_file)
@@ -638,12 +644,12 @@ class _Progress:
 def _report(result: ProfileResult, new_warnings: Sequence[str] = ()) -> None:
     _log.info("joulecap: power-cap profiler: %s", result.reason)
     for w in new_warnings:
-        warnings.warn(w, JoulecapWarning, stacklevel=3)
+        warnings.warn(w, JoulecapWarning, stacklevel=user_stacklevel())
     if not result.binding:
         warnings.warn(
             "power caps do not bind on GPU %d for this workload: %s" % (result.gpu_num, result.reason),
             JoulecapWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
 
 
@@ -715,19 +721,29 @@ def _idle_warnings(meter: "_GpuMeter", index: int) -> List[str]:
 # The seed's offline profiler
 
 
+#: A model: a callable (a torch.nn.Module) taking a batch's inputs.
+Model = Union["torch.nn.Module", Callable[..., Any]]
+#: Batches: a DataLoader or any iterable that can be iterated again (a list); a batch is (inputs, targets, ...),
+#: a tensor of inputs, or a dict of keyword arguments.
+Batches = Iterable[Any]
+#: The loss: loss_fn(outputs, targets) -> a tensor with .backward() (loss_fn(outputs) for batches of inputs only).
+LossFn = Callable[..., "torch.Tensor"]
+
+
+@renamed_keywords(caps="caps_w", time_budget="time_budget_s")
 def power_cap_profiler(
-    model: Any,
-    dataloader: Any,
-    gpu_num: Any = 0,
+    model: Model,
+    dataloader: Batches,
+    gpu_num: OneGpu = 0,
     train: bool = False,
-    loss_fn: Any = None,
-    optimizer: Any = None,
-    out_file: Any = None,
+    loss_fn: Optional[LossFn] = None,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    out_file: OutFile = None,
     *,
     objective: str = "ed2p",
     max_slowdown: Optional[float] = None,
-    caps: Optional[Sequence[float]] = None,
-    time_budget: Optional[float] = None,
+    caps_w: Optional[Sequence[float]] = None,
+    time_budget_s: Optional[float] = None,
     steps_on_gpu: Optional[bool] = None,
     progress: Optional[bool] = None,
 ) -> float:
@@ -743,8 +759,9 @@ def power_cap_profiler(
       ``torch.cuda.synchronize``.
     * ``objective``: ``"ed2p"`` (default: E·t² per step), ``"edp"``, ``"energy"``, ``"time"``,
       ``"energy-slowdown"`` (least energy with at most ``max_slowdown``, default 0.05, slower steps than at the
-      default limit), ``"zeus"``.  ``caps``: only these caps (W) are tried.  ``time_budget``: seconds of
-      profiling (default: max(20 s, 300 steps)).
+      default limit), ``"zeus"``.  ``caps_w``: only these caps (W) are tried.  ``time_budget_s``: seconds of
+      profiling (default: max(20 s, 300 steps)).  (``caps`` and ``time_budget``, the old names, still work and
+      warn.)
     * ``out_file``: a CSV with a header, one ``trial`` row per cap tried and a last ``recommended`` row (see
       docs/python.md).  The result with every trial is also in ``power_cap_profiler.last_result``.
     * Before any cap changes: the arguments are checked (``train=True`` needs ``loss_fn`` and ``optimizer``;
@@ -767,11 +784,11 @@ def power_cap_profiler(
     if train and (loss_fn is None or optimizer is None):
         raise InvalidArgument("train=True needs loss_fn and optimizer (the profiler runs real training steps)")
     objective, max_slowdown = _objective(objective, max_slowdown)
-    budget = _time_budget(time_budget)
+    budget = _time_budget(time_budget_s)
     if not callable(model):
         raise InvalidArgument("model=%r is not callable: give a torch.nn.Module" % (model,))
     info = _info(gpu_num)
-    cap_list = _caps(caps, info)
+    cap_list = _caps(caps_w, info)
     f = None
     meter = _GpuMeter(info["uuid"])
     try:
@@ -781,7 +798,7 @@ def power_cap_profiler(
         runner = _StepRunner(model, batches, bool(train), loss_fn, optimizer, info["index"])
         placement = [] if steps_on_gpu else _placement_warnings(runner, batches, gpu_num, info["index"])
         for w in placement:
-            warnings.warn(w, JoulecapWarning, stacklevel=2)
+            warnings.warn(w, JoulecapWarning, stacklevel=user_stacklevel())
         f = _open_out_file(out_file)
         hold = _CapHold(info)  # PermissionDenied / Busy here, before any change
         line = _Progress(prof, info["index"], budget, progress)
@@ -892,6 +909,35 @@ class _Group:
         return out
 
 
+class _DefaultGpu(int):
+    """PowerCapOptimizer's default gpu_num: 0, told apart from a 0 passed (the default was the current device)."""
+
+    def __repr__(self) -> str:
+        return "0"
+
+
+_DEFAULT_GPU = _DefaultGpu(0)
+
+
+def _optimizer_gpu(gpu_num: Optional[OneGpu]) -> OneGpu:
+    """gpu_num for PowerCapOptimizer: the old default (None: the current CUDA device) still works, and warns."""
+    if gpu_num is None:
+        cur = current_gpu()
+        warnings.warn("PowerCapOptimizer(gpu_num=None) is deprecated and will be removed in the next release: pass "
+                      "gpu_num='current' for the current CUDA device (here %d), or its number" % cur,
+                      DeprecationWarning, stacklevel=user_stacklevel())
+        return cur
+    if gpu_num is _DEFAULT_GPU:
+        cur = current_gpu()
+        if cur != 0:  # the old default chose the current device; the new one is 0, as everywhere else
+            warnings.warn("PowerCapOptimizer() without gpu_num profiles the current CUDA device (%d) in this release; "
+                          "the next release profiles GPU 0, as power_cap_profiler and the caps do: pass "
+                          "gpu_num='current' (or %d) to keep this GPU" % (cur, cur),
+                          DeprecationWarning, stacklevel=user_stacklevel())
+        return cur
+    return gpu_num
+
+
 class PowerCapOptimizer:
     """Chooses the power cap during the real training loop: call :meth:`step` once per training step.
 
@@ -902,9 +948,12 @@ class PowerCapOptimizer:
     end of a ``with`` block, or the process's exit) puts back the limit found in force; the guardian does it if
     the process is killed.
 
-    Arguments as :func:`power_cap_profiler`'s; ``gpu_num`` None means the current CUDA device
-    (``torch.cuda.current_device()``) when torch sees CUDA, else 0.  ``out_file`` gets the CSV when profiling
-    ends (rank 0).
+    Arguments as :func:`power_cap_profiler`'s, ``gpu_num`` 0 by default as there; ``gpu_num="current"`` is
+    torch's current CUDA device (``torch.cuda.current_device()``; 0 where torch sees no CUDA): under
+    torch.distributed after ``torch.cuda.set_device(local_rank)``.  ``out_file`` gets the CSV when profiling ends
+    (rank 0).  Deprecated, for one release: ``gpu_num=None`` and, where the current CUDA device is not 0, no
+    ``gpu_num`` (both meant the current device, and still do, with a DeprecationWarning); ``caps`` and
+    ``time_budget`` (now ``caps_w``, ``time_budget_s``).
 
     Under torch.distributed (initialised, more than one rank in ``process_group``, default the world) every rank
     creates its optimizer on its own GPU and calls ``step()`` at every step, as DDP requires of collectives.
@@ -912,32 +961,25 @@ class PowerCapOptimizer:
     GPUs' energies, by all_gather) and broadcasts each decision; every rank sets the same cap on its own GPU.
     """
 
+    @renamed_keywords(caps="caps_w", time_budget="time_budget_s")
     def __init__(
         self,
-        gpu_num: Any = None,
+        gpu_num: Optional[OneGpu] = _DEFAULT_GPU,
         objective: str = "ed2p",
         *,
         max_slowdown: Optional[float] = None,
-        caps: Optional[Sequence[float]] = None,
-        time_budget: Optional[float] = None,
-        out_file: Any = None,
-        process_group: Any = None,
+        caps_w: Optional[Sequence[float]] = None,
+        time_budget_s: Optional[float] = None,
+        out_file: OutFile = None,
+        process_group: Optional[torch.distributed.ProcessGroup] = None,
         progress: Optional[bool] = None,
     ) -> None:
         self.objective, self.max_slowdown = _objective(objective, max_slowdown)
-        self._budget = _time_budget(time_budget)
-        if gpu_num is None:
-            gpu_num = 0
-            try:
-                import torch
-
-                if torch.cuda.is_available():
-                    gpu_num = torch.cuda.current_device()
-            except ImportError:
-                pass
+        self._budget = _time_budget(time_budget_s)
+        gpu_num = _optimizer_gpu(gpu_num)
         self._info = _info(gpu_num)
         self.gpu_num: int = self._info["index"]
-        self._caps = _caps(caps, self._info)
+        self._caps = _caps(caps_w, self._info)
         self._group = _Group(process_group)
         self._out = _open_out_file(out_file) if self._group.rank == 0 else None
         self.done = False
