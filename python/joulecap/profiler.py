@@ -4,6 +4,7 @@
 
     cap = power_cap_profiler(model, dataloader, gpu_num=0, train=True, loss_fn=loss_fn, optimizer=optimizer,
                              out_file="caps.csv")               # the cap (W) with the lowest ED2P; limit restored
+    result = profile_power_cap(model, dataloader, 0, ...)       # the same, returning the whole ProfileResult
 
     with PowerCapOptimizer(gpu_num=0) as pco:                    # online: no step is wasted
         for x, y in dataloader:
@@ -27,6 +28,7 @@ See docs/python.md, "Power caps and the profiler".
 from __future__ import annotations
 
 import csv
+import inspect
 import logging
 import math
 import os
@@ -58,6 +60,7 @@ if TYPE_CHECKING:  # torch is optional: only type checkers need its names
 
 __all__ = [
     "power_cap_profiler",
+    "profile_power_cap",
     "PowerCapOptimizer",
     "ProfileResult",
     "OBJECTIVES",
@@ -731,7 +734,7 @@ LossFn = Callable[..., "torch.Tensor"]
 
 
 @renamed_keywords(caps="caps_w", time_budget="time_budget_s")
-def power_cap_profiler(
+def profile_power_cap(
     model: Model,
     dataloader: Batches,
     gpu_num: OneGpu = 0,
@@ -746,10 +749,12 @@ def power_cap_profiler(
     time_budget_s: Optional[float] = None,
     steps_on_gpu: Optional[bool] = None,
     progress: Optional[bool] = None,
-) -> float:
-    """Finds the power cap (W) of GPU ``gpu_num`` with the lowest ``objective`` for one step of ``model`` on
-    ``dataloader``'s batches, and returns it.  The GPU's limit is what it was before when this returns (also on
-    an exception or Ctrl-C), and so are the model's weights and the optimizer's state.
+) -> ProfileResult:
+    """Finds the power cap of GPU ``gpu_num`` with the lowest ``objective`` for one step of ``model`` on
+    ``dataloader``'s batches, and returns the :class:`ProfileResult` (``result.cap_w``: the cap in W, with why,
+    the savings and every trial).  :func:`power_cap_profiler` takes the same arguments and returns only the cap.
+    The GPU's limit is what it was before when this returns (also on an exception or Ctrl-C), and so are the
+    model's weights and the optimizer's state.
 
     * Each step runs the model on the next batch (the dataloader is iterated again at its end): with
       ``train=True`` a training step (``optimizer.zero_grad()``, ``loss_fn(model(inputs), targets).backward()``,
@@ -763,7 +768,7 @@ def power_cap_profiler(
       profiling (default: max(20 s, 300 steps)).  (``caps`` and ``time_budget``, the old names, still work and
       warn.)
     * ``out_file``: a CSV with a header, one ``trial`` row per cap tried and a last ``recommended`` row (see
-      docs/python.md).  The result with every trial is also in ``power_cap_profiler.last_result``.
+      docs/python.md).
     * Before any cap changes: the arguments are checked (``train=True`` needs ``loss_fn`` and ``optimizer``;
       caps within the GPU's range; a known objective; ``max_slowdown > 0`` with ``"energy-slowdown"`` only; a
       dataloader with at least one batch), the CSV is created, and the permission to set caps is checked
@@ -835,15 +840,58 @@ def power_cap_profiler(
         raise
     finally:
         meter.close()
-    power_cap_profiler.last_result = result  # type: ignore[attr-defined]
     if f is not None:
         with f:
             _write_csv(f, result)
     _report(result, idle)
-    return result.cap_w
+    return result
 
 
-power_cap_profiler.last_result = None  # type: ignore[attr-defined]
+def _warn_last_result() -> None:
+    warnings.warn("power_cap_profiler.last_result is deprecated and will be removed in the next release: call "
+                  "profile_power_cap() (the same arguments), which returns the ProfileResult",
+                  DeprecationWarning, stacklevel=user_stacklevel())
+
+
+class _SeedProfiler:
+    """``power_cap_profiler(model, dataloader, gpu_num=0, train=False, loss_fn=None, optimizer=None,
+    out_file=None, *, objective="ed2p", max_slowdown=None, caps_w=None, time_budget_s=None, steps_on_gpu=None,
+    progress=None) -> float``: the seed's name and return value.  Profiles as :func:`profile_power_cap` does
+    (same arguments) and returns the recommended cap in W; use :func:`profile_power_cap` for the whole
+    :class:`ProfileResult`.
+
+    ``power_cap_profiler.last_result`` (the result of the latest call, shared by the whole process) is
+    deprecated: it warns, and goes in the next release.
+    """
+
+    def __init__(self) -> None:
+        self._last: Optional[ProfileResult] = None
+        # inspect.signature / help show profile_power_cap's arguments, returning the cap in W
+        self.__signature__ = inspect.signature(profile_power_cap).replace(return_annotation="float")
+        self.__name__ = self.__qualname__ = "power_cap_profiler"
+        self.__module__ = __name__
+
+    @renamed_keywords("power_cap_profiler", caps="caps_w", time_budget="time_budget_s")
+    def __call__(self, *args: Any, **kwargs: Any) -> float:
+        result = profile_power_cap(*args, **kwargs)
+        self._last = result
+        return result.cap_w
+
+    @property
+    def last_result(self) -> Optional[ProfileResult]:
+        _warn_last_result()
+        return self._last
+
+    @last_result.setter
+    def last_result(self, value: Optional[ProfileResult]) -> None:
+        _warn_last_result()
+        self._last = value
+
+    def __repr__(self) -> str:
+        return "<function power_cap_profiler>"
+
+
+power_cap_profiler = _SeedProfiler()
 
 
 # --------------------------------------------------------------------------------------------------------------
