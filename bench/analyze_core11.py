@@ -27,6 +27,8 @@ import sys
 import numpy as np
 
 LENGTHS = [0.03, 0.1, 0.3, 1.0]
+COARSE_SPAN_S = 0.15  # src/meter/meter.c
+EDGE_SPREAD = 0.75  # src/meter/meter.c
 TARGET_LENGTHS = [0.1, 0.3, 1.0]
 
 
@@ -156,6 +158,8 @@ def edge_var(kt, kv, t, spread, sigma_t_ns, next_neighbour):
         swing = np.where((i + 1 < n) & (nxt > swing), nxt, swing)
     lo, hi = kt[i - 1], kt[i]
     span = (hi - lo) * 1e-9
+    # meter.c: knots further apart than COARSE_SPAN_S take a swing of at least half the power
+    swing = np.where((span > COARSE_SPAN_S) & (swing < 0.5 * np.abs(p)), 0.5 * np.abs(p), swing)
     f = np.where(hi == t, 0.0, (t - lo) / np.maximum(hi - lo, 1))
     sp = spread * swing * span * np.sqrt(np.clip(f * (1 - f), 0, None))
     timing = p * sigma_t_ns * 1e-9
@@ -302,7 +306,7 @@ def summarise(d):
             r["coverage_lt_1"] = int(np.sum(d["cov"][m] < 1))
             c = m & np.isfinite(d["cold_e"])
             if c.any():
-                uc = 1.96 * np.sqrt(0.25 * d["cold_spread1"][c] + d["cold_timing"][c])
+                uc = 1.96 * np.sqrt(EDGE_SPREAD**2 * d["cold_spread1"][c] + d["cold_timing"][c])
                 r["cold_simulated"] = {"n": int(c.sum()), "mae_pct_step": mae(d["cold_e"], d["refs"], c),
                                        "coverage_step": round(float(np.mean(np.abs(d["cold_e"][c] - d["refs"][c]) <= uc)), 3),
                                        "median_u_pct": round(100 * float(np.median(uc / d["cold_e"][c])), 2)}

@@ -361,7 +361,11 @@ static void cpu_cost(const char *mode, double seconds) {
     int nw = 0, got = 0, late = 0;
     double unc_sum = 0, e_sum = 0;
     uint64_t t = jc_now_ns();
-    uint64_t settle = t + 3000000000ull, end = settle + (uint64_t)(seconds * 1e9);
+    /* JC_BENCH_SETTLE_S: how long before the measured stretch (default 3 s; the counter is read every step
+     * until its fit settles, ~10 s, so a later start gives the steady state). */
+    const char *ss = getenv("JC_BENCH_SETTLE_S");
+    double settle_s = ss && atof(ss) > 0 ? atof(ss) : 3.0;
+    uint64_t settle = t + (uint64_t)(settle_s * 1e9), end = settle + (uint64_t)(seconds * 1e9);
     uint64_t r0 = 0;
     double c0 = 0, w0 = 0;
     int measuring = 0;
@@ -696,7 +700,7 @@ static void xcheck(int reps) {
         const char *h = health_of(ctx, 1, note, sizeof note);
         jc_health_event evs[8];
         size_t nev = 0;
-        jc_device_health(ctx, 1, evs, 8, &nev);
+        jc_device_health_get(ctx, 1, evs, 8, &nev);
         printf("{\"bench\":\"xcheck\",\"rep\":%d,\"done\":%d,\"span_s\":%.3f,\"counter_j\":%.2f,\"integrated_j\":%.6g,"
                "\"counter_w\":%.1f,\"rel_pct\":%.6g,\"wrapped\":%d,\"bench_integrated_j\":%.2f,\"bench_rel_pct\":%.2f,"
                "\"span2_s\":%.3f,\"counter2_j\":%.2f,\"bench_integrated2_j\":%.2f,\"bench_rel2_pct\":%.2f,"

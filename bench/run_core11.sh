@@ -11,7 +11,8 @@
 #        bash build/core11/bench/run_core11.sh build/core11 "$OUT"   (on the GPU machine)
 # On a machine without a GPU, JC_BENCH_FAKE=1 runs the same steps against the fake NVML (a test of the scripts;
 # its figures mean nothing).  JC_BENCH_CPU_S and JC_BENCH_LOAD_S shorten the steps; JC_BENCH_STAGES picks them
-# (default: xcheck cpu readcost accuracy xcheck-load; also cpu-idle, xcheck-square); JC_BENCH_REPEAT runs the accuracy step
+# (default: xcheck cpu readcost accuracy xcheck-load; also cpu-idle, xcheck-square); JC_BENCH_SETTLE_S starts the CPU
+# steps that many seconds after jc_open (default 3); JC_BENCH_REPEAT runs the accuracy step
 # that many times per code (old, new, old, new, ...); JC_BENCH_LOAD_OPTS are square_wave_load.py's options for it:
 # the default 250 ms on / 270 ms off drifts against the counter's 100 ms steps, so that the windows' accuracy is
 # averaged over every phase of the load against the steps (250 / 250 keeps one phase for the whole run: the MAE of
@@ -84,18 +85,18 @@ if has xcheck; then
 fi
 
 if has cpu; then
-  stage "sampler CPU, ${CPU_S} s each after 3 s"
+  stage "sampler CPU, ${CPU_S} s each after ${JC_BENCH_SETTLE_S:-3} s"
   for m in idle short csv1 every; do
     for t in old new; do
       [ $t = old ] && [ $m != idle ] && [ $m != short ] && continue
-      timeout $((CPU_S + 30)) "${bin[$t]}" cpu $m "$CPU_S" | tagged $t cpu
+      timeout $((CPU_S + 60)) "${bin[$t]}" cpu $m "$CPU_S" | tagged $t cpu
     done
   done
 fi
 
 if has cpu-idle; then
-  stage "sampler CPU, no window, ${CPU_S} s each after 3 s"
-  for t in old new; do timeout $((CPU_S + 30)) "${bin[$t]}" cpu idle "$CPU_S" | tagged $t cpu; done
+  stage "sampler CPU, no window, ${CPU_S} s each after ${JC_BENCH_SETTLE_S:-3} s"
+  for t in old new; do timeout $((CPU_S + 60)) "${bin[$t]}" cpu idle "$CPU_S" | tagged $t cpu; done
 fi
 
 if has readcost; then

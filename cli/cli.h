@@ -1,4 +1,5 @@
-/* The joulecap command-line tool: one file per subcommand, built only on the public header joulecap.h. */
+/* The joulecap command-line tool: one file per subcommand, built only on the public header joulecap.h (and
+ * joulecap_sim.h, the simulator's, for `profile --simulate`). */
 #ifndef JC_CLI_H
 #define JC_CLI_H
 

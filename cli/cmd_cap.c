@@ -479,15 +479,6 @@ static int cmd_reset(const cap_args *a, const jc_cap_options *o) {
     return code;
 }
 
-static const char *action_name(jc_cap_restore_action act) {
-    switch (act) {
-    case JC_CAP_RESTORED: return "restored";
-    case JC_CAP_LEFT_LIVE: return "left-live";
-    case JC_CAP_RESTORE_FAILED: return "failed";
-    }
-    return "unknown";
-}
-
 static int cmd_restore(const cap_args *a, const jc_cap_options *o, const char *dir) {
     jc_cap_restore_entry *e = calloc(4 * JC_MAX_DEVICES, sizeof *e);
     if (!e) {
@@ -521,7 +512,7 @@ static int cmd_restore(const cap_args *a, const jc_cap_options *o, const char *d
             jc_json_key(stdout, &f, "was");
             jc_json_str(stdout, jc_cap_manager_name(e[i].was));
             jc_json_key(stdout, &f, "action");
-            jc_json_str(stdout, action_name(e[i].action));
+            jc_json_str(stdout, jc_cap_restore_action_name(e[i].action));
             json_opt_num(stdout, &f, "limit_w", e[i].limit_w);
             jc_json_key(stdout, &f, "owner_pid");
             if (e[i].owner_pid > 0) printf("%d", e[i].owner_pid);
@@ -561,7 +552,7 @@ static int cmd_discard(const cap_args *a, const jc_cap_options *o) {
     if (!isnan(saved)) printf("; it had saved %s W, not put back", w(x, sizeof x, saved));
     printf("\n");
     jc_cap_info c;
-    if (jc_cap_get(a->discard, o, &c) == JC_OK)
+    if (jc_cap_info_get(a->discard, o, &c) == JC_OK)
         printf("%s: power limit now %s W (default %s W). Set the limit you want: 'joulecap cap reset --gpu %s' sets "
                "the default, 'joulecap cap set --gpu %s WATTS' another\n",
                a->discard, w(x, sizeof x, c.limit_w), w(y, sizeof y, c.default_limit_w), a->discard, a->discard);

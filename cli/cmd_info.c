@@ -70,11 +70,11 @@ static void print_text(jc_context *ctx, const char *gpus_sel) {
         printf("  temperature:   %s\n", availability(info.temp_status, info.temp_note, buf, sizeof buf));
         if (info.kind == JC_DEVICE_GPU) {
             printf("  power limit:   %s W (enforced %s W, default %s W, settable %s-%s W)\n",
-                   jc_cli_fmt(a, sizeof a, jc_cli_mw_to_w(info.limit_mw), 1),
-                   jc_cli_fmt(b, sizeof b, jc_cli_mw_to_w(info.enforced_limit_mw), 1),
-                   jc_cli_fmt(c, sizeof c, jc_cli_mw_to_w(info.default_limit_mw), 1),
-                   jc_cli_fmt(d, sizeof d, jc_cli_mw_to_w(info.min_limit_mw), 1),
-                   jc_cli_fmt(e, sizeof e, jc_cli_mw_to_w(info.max_limit_mw), 1));
+                   jc_cli_fmt(a, sizeof a, info.limit_w, 1),
+                   jc_cli_fmt(b, sizeof b, info.enforced_limit_w, 1),
+                   jc_cli_fmt(c, sizeof c, info.default_limit_w, 1),
+                   jc_cli_fmt(d, sizeof d, info.min_limit_w, 1),
+                   jc_cli_fmt(e, sizeof e, info.max_limit_w, 1));
         }
         printf("\n");
     }
@@ -96,7 +96,7 @@ static void json_device(FILE *f, const jc_device_info *info) {
     int first = 1;
     fputc('{', f);
     jc_json_key(f, &first, "kind");
-    jc_json_str(f, info->kind == JC_DEVICE_CPU ? "cpu" : "gpu");
+    jc_json_str(f, jc_device_kind_name(info->kind));
     jc_json_key(f, &first, "index");
     if (info->kind == JC_DEVICE_CPU) fputs("null", f);
     else fprintf(f, "%d", info->index);
@@ -143,15 +143,15 @@ static void json_device(FILE *f, const jc_device_info *info) {
         int f2 = 1;
         fputc('{', f);
         jc_json_key(f, &f2, "current");
-        jc_json_num(f, jc_cli_mw_to_w(info->limit_mw));
+        jc_json_num(f, info->limit_w);
         jc_json_key(f, &f2, "enforced");
-        jc_json_num(f, jc_cli_mw_to_w(info->enforced_limit_mw));
+        jc_json_num(f, info->enforced_limit_w);
         jc_json_key(f, &f2, "default");
-        jc_json_num(f, jc_cli_mw_to_w(info->default_limit_mw));
+        jc_json_num(f, info->default_limit_w);
         jc_json_key(f, &f2, "min");
-        jc_json_num(f, jc_cli_mw_to_w(info->min_limit_mw));
+        jc_json_num(f, info->min_limit_w);
         jc_json_key(f, &f2, "max");
-        jc_json_num(f, jc_cli_mw_to_w(info->max_limit_mw));
+        jc_json_num(f, info->max_limit_w);
         fputc('}', f);
     }
     fputc('}', f);

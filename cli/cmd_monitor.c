@@ -61,6 +61,8 @@ int jc_cmd_monitor(int argc, char **argv) {
         fputs(MONITOR_HELP, stdout);
         return JC_EXIT_OK;
     }
+    jc_cli_carbon carbon;
+    if ((rc = jc_cli_carbon_from_env("monitor", &carbon))) return rc;
     double interval = o.interval_text ? o.interval_s : 1.0;
     /* "-" (the default): the inherited standard output, as it is. */
     const char *path = o.output ? o.output : "-";
@@ -97,6 +99,7 @@ int jc_cmd_monitor(int argc, char **argv) {
 
     jc_cli_summary s;
     memset(&s, 0, sizeof s);
+    s.carbon = carbon;
     int code = JC_EXIT_OK;
     uint64_t end_ns;
     /* Rows on stdout that is a terminal would tear the line: then the rows win. */

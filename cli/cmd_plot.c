@@ -12,7 +12,8 @@
 
 static const char usage_text[] =
     "Usage: joulecap plot FILE.csv [FILE.csv ...] [-o OUT] [--kind KIND] [--snippets SNIPPETS.csv]\n"
-    "                     [--offset S] [--top N] [--title TEXT]\n"
+    "                     [--offset S] [--top N] [--title TEXT] [--grid-intensity G] [--price P]\n"
+    "                     [--currency C]\n"
     "\n"
     "Draws joulecap's CSV files; which picture follows from the CSV's header:\n"
     "  a time series (joulecap monitor -o, AsynchronousMeasurementTool): power, energy, utilisation and\n"
@@ -30,6 +31,10 @@ static const char usage_text[] =
     "  --snippets F  a snippet CSV whose windows are shaded on the time series\n"
     "  --offset S    seconds added to the windows' start_s to place them on the time series' clock\n"
     "  --top N       layers drawn by name (default 15)\n"
+    "  --grid-intensity G, --price P, --currency C\n"
+    "                gCO2e per kWh of your grid, price of one kWh and its currency: time series, snippet and\n"
+    "                comparison pictures show gCO2e and cost next to kWh (default: $JOULECAP_GRID_GCO2_PER_KWH,\n"
+    "                $JOULECAP_PRICE_PER_KWH, $JOULECAP_CURRENCY, $JOULECAP_CARBON_CONFIG; nothing is fetched)\n"
     "\n"
     "This command runs Python (matplotlib draws): $JOULECAP_PYTHON, which the `joulecap` command installed by\n"
     "pip sets to its own interpreter, else python3 on PATH.  That Python needs joulecap and matplotlib:\n"

@@ -13,7 +13,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "joulecap_sim.h"
+
 #include "errors.h"
+#include "options.h"
 #include "output.h"
 
 static const char usage_text[] =
@@ -46,19 +49,7 @@ static const char usage_text[] =
     "Exit status: 0 done, 2 bad command line or sweep, 3 failure.\n";
 
 static int parse_num(const char *opt, const char *text, double lo, double hi, double *out) {
-    char *end = NULL;
-    errno = 0;
-    double v = strtod(text, &end);
-    if (end == text || *end != '\0' || errno == ERANGE || !isfinite(v)) {
-        jc_cli_usage_err("profile", "%s: '%s' is not a number", opt, text);
-        return 0;
-    }
-    if (v < lo || v > hi) {
-        jc_cli_usage_err("profile", "%s: %g is outside [%g, %g]", opt, v, lo, hi);
-        return 0;
-    }
-    *out = v;
-    return 1;
+    return jc_cli_parse_number("profile", opt, text, lo, hi, out);
 }
 
 typedef struct plan_entry {
@@ -195,10 +186,12 @@ static int run_plan(const jc_sweep *sw, const jc_sim_options *so, const plan_ent
     return JC_EXIT_OK;
 }
 
-/* One progress line on stderr when it is a terminal: trial k, its cap, elapsed (simulated) / budget, the best
- * cap so far.  "\r" and erase-to-end-of-line rewrite it in place; done clears it. */
-static void progress(const jc_profiler *p, double cap_w, double elapsed_s, double budget_s, int done) {
-    if (done) {
+/* One progress line on stderr (jc_profiler_simulate's progress callback; only when stderr is a terminal):
+ * trial k, its cap, elapsed (simulated) / budget, the best cap so far.  "\r" and erase-to-end-of-line rewrite
+ * it in place; DONE clears it. */
+static void progress(const jc_profiler *p, const jc_profiler_action *next, double elapsed_s, void *arg) {
+    double budget_s = *(const double *)arg;
+    if (next->kind == JC_PROFILER_DONE) {
         fputs("\r\033[K", stderr);
         fflush(stderr);
         return;
@@ -210,45 +203,13 @@ static void progress(const jc_profiler *p, double cap_w, double elapsed_s, doubl
     char budget[32] = "";
     if (budget_s > 0) snprintf(budget, sizeof budget, " / %g", budget_s);
     fprintf(stderr, "\r  profiling: trial %d at %g W | %.1f%s s simulated | best so far %s\033[K",
-            jc_profiler_trial_count(p) + 1, cap_w, elapsed_s, budget, best);
+            jc_profiler_trial_count(p) + 1, next->cap_w, elapsed_s, budget, best);
     fflush(stderr);
 }
 
-/* jc_profiler_run_simulated()'s loop, with the progress line. */
-static jc_status run_simulated(jc_profiler *p, jc_simgpu *g, double budget_s, int show) {
-    double t0 = jc_simgpu_now(g);
-    for (long i = 0; i < 10000000L; i++) {
-        jc_profiler_action a;
-        jc_status st = jc_profiler_next_action(p, &a);
-        if (st != JC_OK) return st;
-        if (a.kind == JC_PROFILER_DONE) {
-            if (show) progress(p, 0, 0, 0, 1);
-            return JC_OK;
-        }
-        if (a.kind == JC_PROFILER_SET_CAP) {
-            if (show) progress(p, a.cap_w, jc_simgpu_now(g) - t0, budget_s, 0);
-            st = jc_simgpu_set_cap(g, a.cap_w);
-            if (st != JC_OK) return st;
-            st = jc_profiler_cap_applied(p, a.cap_w, jc_simgpu_now(g), jc_simgpu_counter(g));
-            if (st != JC_OK) return st;
-        } else {
-            double t, e;
-            jc_simgpu_step(g, &t, &e);
-            st = jc_profiler_observe_step(p, t, e);
-            if (st != JC_OK) return st;
-        }
-    }
-    return jc_profiler_run_simulated(p, g); /* says that it did not finish */
-}
-
-static const char *stop_text(int r) {
-    switch (r) {
-    case 1: return "precise";
-    case 2: return "worse";
-    case 3: return "max-time";
-    case 4: return "budget";
-    }
-    return "";
+/* The trial's stop reason for the table: "" while it is still measuring. */
+static const char *stop_text(jc_profiler_stop_reason r) {
+    return r == JC_PROFILER_STOP_NONE ? "" : jc_profiler_stop_reason_name(r);
 }
 
 int jc_cmd_profile(int argc, char **argv) {
@@ -383,7 +344,7 @@ int jc_cmd_profile(int argc, char **argv) {
         jc_sweep_free(sw);
         return JC_EXIT_USAGE;
     }
-    st = run_simulated(p, g, cfg.time_budget_s, !json && isatty(STDERR_FILENO));
+    st = jc_profiler_simulate(p, g, !json && isatty(STDERR_FILENO) ? progress : NULL, &cfg.time_budget_s);
     if (st != JC_OK) {
         jc_cli_err("simulation failed: %s", jc_last_detail());
         jc_simgpu_free(g);
@@ -469,7 +430,7 @@ int jc_cmd_profile(int argc, char **argv) {
             jc_json_num(stdout, tr.rel_se_objective);
             fputs(",\"stop\":", stdout);
             jc_json_str(stdout, stop_text(tr.stop_reason));
-            printf(",\"phase\":%d", tr.phase);
+            printf(",\"phase\":%d", (int)tr.phase);
             fputs("}", stdout);
         }
         fputs("]}\n", stdout);

@@ -60,6 +60,8 @@ int jc_cmd_run(int argc, char **argv) {
         return JC_EXIT_OK;
     }
     if (!o.command) return jc_cli_usage_err("run", "no command to run: write it after '--', as in 'joulecap run -- sleep 1'");
+    jc_cli_carbon carbon;
+    if ((rc = jc_cli_carbon_from_env("run", &carbon))) return rc;
 
     jc_options opts;
     jc_options_init(&opts);
@@ -135,6 +137,7 @@ int jc_cmd_run(int argc, char **argv) {
 
     jc_cli_summary s;
     memset(&s, 0, sizeof s);
+    s.carbon = carbon;
     s.command = o.command;
     s.has_status = 1;
     s.wait_status = child.status;

@@ -1,4 +1,4 @@
-/* The --live readout: a thread that reads the sampler's latest values (jc_read_latest, no device call) every
+/* The --live readout: a thread that reads the sampler's latest values (jc_reading_get, no device call) every
  * 0.5 s and rewrites one line on stderr with "\r" and the terminal's erase-to-end-of-line. */
 #include "live.h"
 
@@ -38,7 +38,7 @@ void jc_cli_live_format(jc_context *ctx, double elapsed_s, char *buf, size_t len
         int d = k % count;
         jc_device_info info;
         jc_reading r;
-        if (jc_device_info_get(ctx, d, &info) != JC_OK || jc_read_latest(ctx, d, &r) != JC_OK) continue;
+        if (jc_device_info_get(ctx, d, &info) != JC_OK || jc_reading_get(ctx, d, &r) != JC_OK) continue;
         char name[16];
         if (info.kind == JC_DEVICE_CPU) snprintf(name, sizeof name, "CPU");
         else snprintf(name, sizeof name, "GPU %d", info.index);

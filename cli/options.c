@@ -132,6 +132,22 @@ int jc_cli_parse(const char *cmd, int argc, char **argv, unsigned allowed, doubl
 }
 
 
+int jc_cli_parse_number(const char *cmd, const char *opt, const char *text, double lo, double hi, double *out) {
+    char *end = NULL;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (end == text || *end != '\0' || errno == ERANGE || !isfinite(v)) {
+        jc_cli_usage_err(cmd, "%s: '%s' is not a number", opt, text);
+        return 0;
+    }
+    if (v < lo || v > hi) {
+        jc_cli_usage_err(cmd, "%s: %g is outside [%g, %g]", opt, v, lo, hi);
+        return 0;
+    }
+    *out = v;
+    return 1;
+}
+
 int jc_cli_names_gpus(const char *sel) {
     if (!sel) return 0;
     while (isspace((unsigned char)*sel)) sel++;

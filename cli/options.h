@@ -37,6 +37,11 @@ int jc_cli_parse(const char *cmd, int argc, char **argv, unsigned allowed, doubl
  * Prints nothing. */
 int jc_cli_parse_seconds(const char *text, double lo, double hi, double *out);
 
+/* Parses the value of option opt of subcommand cmd as a finite number in [lo, hi] into *out: 1 on success, else
+ * prints "joulecap: OPT: 'TEXT' is not a number" (or "... is outside [lo, hi]") with the usage hint and
+ * returns 0. */
+int jc_cli_parse_number(const char *cmd, const char *opt, const char *text, double lo, double hi, double *out);
+
 /* 1 when the --gpu selection names particular GPUs (not NULL, "all" or "none"). */
 int jc_cli_names_gpus(const char *sel);
 

@@ -90,7 +90,6 @@ void jc_csv_num(FILE *f, double v) {
     if (isfinite(v)) fprintf(f, "%.10g", v);
 }
 
-double jc_cli_mw_to_w(unsigned mw) { return mw ? mw / 1000.0 : NAN; }
 
 const char *jc_cli_fmt(char *buf, size_t len, double v, int decimals) {
     if (!isfinite(v)) {

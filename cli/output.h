@@ -8,9 +8,6 @@
 
 #include "cli.h"
 
-/* Joules in a kilowatt-hour: the seed's *_energy_kwh columns are the joules divided by this. */
-#define JC_CLI_J_PER_KWH 3.6e6
-
 /* A JSON string with quotes; control characters escaped, invalid UTF-8 replaced by U+FFFD; NULL -> null. */
 void jc_json_str(FILE *f, const char *s);
 /* A JSON number; NaN and infinities -> null; whole numbers below 1e15 without an exponent. */
@@ -23,8 +20,6 @@ void jc_csv_str(FILE *f, const char *s);
 /* A CSV number; empty when NaN. */
 void jc_csv_num(FILE *f, double v);
 
-/* Watts from milliwatts, NaN for 0 (unknown). */
-double jc_cli_mw_to_w(unsigned mw);
 /* Formats a number for people: "%.*f" with trailing zeros dropped ("700", "212.5"); "n/a" for NaN. */
 const char *jc_cli_fmt(char *buf, size_t len, double v, int decimals);
 /* "CPU" or "GPU 0" */

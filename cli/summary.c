@@ -1,12 +1,64 @@
 /* The summary of a measured span: text, JSON and CSV. */
 #include "summary.h"
 
+#include <errno.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 
 #include "errors.h"
 #include "output.h"
+
+/* The most carbon-intensive grids emit about 1.1-1.3 kg per kWh: above this the number is in another unit. */
+#define MAX_GCO2_PER_KWH 3000.0
+
+static int carbon_number(const char *cmd, const char *var, const char *example, double max, double *out) {
+    const char *text = secure_getenv(var);
+    *out = NAN;
+    if (!text || !*text) return 0;
+    char *end = NULL;
+    errno = 0;
+    double v = strtod(text, &end);
+    while (end && (*end == ' ' || *end == '\t')) end++;
+    const char *why = NULL;
+    if (end == text || !end || *end) why = "is not a number";
+    else if (errno == ERANGE || !isfinite(v)) why = "is not finite";
+    else if (v < 0) why = "is negative";
+    else if (v > max) why = "is above 3000 g/kWh, more than any grid emits (0.38 kg/kWh is 380)";
+    if (why) {
+        jc_cli_err("%s='%s' %s: set it to a number >= 0 such as %s, or unset it (joulecap %s did not start)", var,
+                   text, why, example, cmd);
+        return JC_EXIT_USAGE;
+    }
+    *out = v;
+    return 0;
+}
+
+int jc_cli_carbon_from_env(const char *cmd, jc_cli_carbon *c) {
+    memset(c, 0, sizeof *c);
+    int rc = carbon_number(cmd, "JOULECAP_GRID_GCO2_PER_KWH", "380 (grams of CO2e per kWh)", MAX_GCO2_PER_KWH,
+                           &c->gco2_per_kwh);
+    if (!rc) rc = carbon_number(cmd, "JOULECAP_PRICE_PER_KWH", "0.32 (the price of one kWh)", INFINITY,
+                                &c->price_per_kwh);
+    if (rc) return rc;
+    const char *cur = secure_getenv("JOULECAP_CURRENCY");
+    if (cur && *cur) {
+        size_t n = strlen(cur);
+        int ok = n < sizeof c->currency && n <= 8 * 4; /* up to 8 characters, some of them multibyte */
+        for (const unsigned char *p = (const unsigned char *)cur; ok && *p; p++)
+            ok = *p > ' ' && *p != 0x7f && !strchr(",;\"'=#", *p);
+        if (!ok) {
+            jc_cli_err("JOULECAP_CURRENCY='%s': set a short code such as EUR, USD or $ (no spaces, commas, quotes or "
+                       "control characters), or unset it (joulecap %s did not start)", cur, cmd);
+            return JC_EXIT_USAGE;
+        }
+        snprintf(c->currency, sizeof c->currency, "%s", cur);
+    }
+    return 0;
+}
+
+static int carbon_set(const jc_cli_carbon *c) { return isfinite(c->gco2_per_kwh) || isfinite(c->price_per_kwh); }
 
 int jc_cli_summary_collect(jc_context *ctx, jc_window w, double timeout_s, jc_cli_summary *s) {
     s->ndev = jc_device_count(ctx);
@@ -108,6 +160,16 @@ void jc_cli_summary_text(FILE *f, const jc_cli_summary *s) {
         fprintf(f, " %14s J  %-6s %10s  average power%s\n", num, "total", pw,
                 partial ? " (PARTIAL: a device above covers only part of the time)" : "");
     }
+    const jc_cli_carbon *c = &s->carbon;
+    if (carbon_set(c) && isfinite(t)) {
+        double kwh = t / JC_J_PER_KWH;
+        fprintf(f, " %14.6g kWh", kwh);
+        if (isfinite(c->gco2_per_kwh)) fprintf(f, ", %.4g gCO2e (at %g g/kWh)", kwh * c->gco2_per_kwh, c->gco2_per_kwh);
+        if (isfinite(c->price_per_kwh))
+            fprintf(f, ", %.4g %s (at %g/kWh)", kwh * c->price_per_kwh, c->currency[0] ? c->currency : "(currency unset)",
+                    c->price_per_kwh);
+        fputc('\n', f);
+    }
     if (!s->resolved) fprintf(f, " (not fully resolved: the last samples were late; values are estimates)\n");
     fputc('\n', f);
 }
@@ -165,6 +227,24 @@ void jc_cli_summary_json(FILE *f, const jc_cli_summary *s, const char *extra_key
     jc_json_num(f, t);
     jc_json_key(f, &first, "average_power_w");
     jc_json_num(f, avg_power(t, el));
+    if (carbon_set(&s->carbon)) {
+        jc_json_key(f, &first, "total_energy_kwh");
+        jc_json_num(f, t / JC_J_PER_KWH);
+        if (isfinite(s->carbon.gco2_per_kwh)) {
+            jc_json_key(f, &first, "grid_gco2_per_kwh");
+            jc_json_num(f, s->carbon.gco2_per_kwh);
+            jc_json_key(f, &first, "gco2e");
+            jc_json_num(f, t / JC_J_PER_KWH * s->carbon.gco2_per_kwh);
+        }
+        if (isfinite(s->carbon.price_per_kwh)) {
+            jc_json_key(f, &first, "price_per_kwh");
+            jc_json_num(f, s->carbon.price_per_kwh);
+            jc_json_key(f, &first, "cost");
+            jc_json_num(f, t / JC_J_PER_KWH * s->carbon.price_per_kwh);
+            jc_json_key(f, &first, "currency");
+            jc_json_str(f, s->carbon.currency);
+        }
+    }
     /* Flat keys, the same names as the CSV columns, for scripts. */
     for (int i = 0; i < s->ndev; i++) {
         dev_prefix(&s->info[i], pre, sizeof pre);
@@ -173,7 +253,7 @@ void jc_cli_summary_json(FILE *f, const jc_cli_summary *s, const char *extra_key
         jc_json_num(f, s->result.energy_j[i]);
         snprintf(key, sizeof key, "%s_energy_kwh", pre);
         jc_json_key(f, &first, key);
-        jc_json_num(f, s->result.energy_j[i] / JC_CLI_J_PER_KWH);
+        jc_json_num(f, s->result.energy_j[i] / JC_J_PER_KWH);
         snprintf(key, sizeof key, "%s_energy_source", pre);
         jc_json_key(f, &first, key);
         jc_json_str(f, jc_energy_source_name(s->result.source[i]));
@@ -208,7 +288,7 @@ void jc_cli_summary_json(FILE *f, const jc_cli_summary *s, const char *extra_key
         jc_json_key(f, &f2, "energy_j");
         jc_json_num(f, s->result.energy_j[i]);
         jc_json_key(f, &f2, "energy_kwh");
-        jc_json_num(f, s->result.energy_j[i] / JC_CLI_J_PER_KWH);
+        jc_json_num(f, s->result.energy_j[i] / JC_J_PER_KWH);
         jc_json_key(f, &f2, "average_power_w");
         jc_json_num(f, avg_power(s->result.energy_j[i], el));
         jc_json_key(f, &f2, "energy_source");
@@ -237,11 +317,16 @@ void jc_cli_summary_csv(FILE *f, const jc_cli_summary *s) {
     for (int i = 0; i < s->ndev; i++) fprintf(f, ",%s_energy_kwh", dev_prefix(&s->info[i], pre, sizeof pre));
     for (int i = 0; i < s->ndev; i++) fprintf(f, ",%s_energy_j", dev_prefix(&s->info[i], pre, sizeof pre));
     for (int i = 0; i < s->ndev; i++) fprintf(f, ",%s_energy_source", dev_prefix(&s->info[i], pre, sizeof pre));
+    const jc_cli_carbon *c = &s->carbon;
+    /* Carbon columns only where an intensity or price is set: the seed's columns stay as they were. */
+    if (carbon_set(c)) fputs(",total_energy_kwh", f);
+    if (isfinite(c->gco2_per_kwh)) fputs(",grid_gco2_per_kwh,gco2e", f);
+    if (isfinite(c->price_per_kwh)) fputs(",price_per_kwh,cost,currency", f);
     fputc('\n', f);
     jc_csv_num(f, s->result.elapsed_s);
     for (int i = 0; i < s->ndev; i++) {
         fputc(',', f);
-        jc_csv_num(f, s->result.energy_j[i] / JC_CLI_J_PER_KWH);
+        jc_csv_num(f, s->result.energy_j[i] / JC_J_PER_KWH);
     }
     for (int i = 0; i < s->ndev; i++) {
         fputc(',', f);
@@ -250,6 +335,25 @@ void jc_cli_summary_csv(FILE *f, const jc_cli_summary *s) {
     for (int i = 0; i < s->ndev; i++) {
         fputc(',', f);
         jc_csv_str(f, jc_energy_source_name(s->result.source[i]));
+    }
+    double kwh = total_energy(s, NULL) / JC_J_PER_KWH;
+    if (carbon_set(c)) {
+        fputc(',', f);
+        jc_csv_num(f, kwh);
+    }
+    if (isfinite(c->gco2_per_kwh)) {
+        fputc(',', f);
+        jc_csv_num(f, c->gco2_per_kwh);
+        fputc(',', f);
+        jc_csv_num(f, kwh * c->gco2_per_kwh);
+    }
+    if (isfinite(c->price_per_kwh)) {
+        fputc(',', f);
+        jc_csv_num(f, c->price_per_kwh);
+        fputc(',', f);
+        jc_csv_num(f, kwh * c->price_per_kwh);
+        fputc(',', f);
+        jc_csv_str(f, c->currency);
     }
     fputc('\n', f);
 }

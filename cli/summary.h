@@ -7,6 +7,18 @@
 
 #include "cli.h"
 
+/* Grid intensity and price for gCO2e and cost next to kWh (NaN: not set), from the environment. */
+typedef struct jc_cli_carbon {
+    double gco2_per_kwh;
+    double price_per_kwh;
+    char currency[16];
+} jc_cli_carbon;
+
+/* Reads JOULECAP_GRID_GCO2_PER_KWH, JOULECAP_PRICE_PER_KWH and JOULECAP_CURRENCY (secure_getenv; unset or
+ * empty: not set).  A value that is not a finite number >= 0, an intensity above 3000 g/kWh or a currency that
+ * is not a short code prints the error with what to do and returns JC_EXIT_USAGE; else 0. */
+int jc_cli_carbon_from_env(const char *cmd, jc_cli_carbon *c);
+
 typedef struct jc_cli_summary {
     char **command;      /* NULL when no command ran */
     int has_status;      /* 1 when the command ran and was reaped */
@@ -17,6 +29,7 @@ typedef struct jc_cli_summary {
     int resolved;        /* 0 when the samples covering the end did not arrive in time */
     int ndev;
     jc_device_info info[JC_MAX_DEVICES];
+    jc_cli_carbon carbon;
 } jc_cli_summary;
 
 /* Fills info[] from the context and the energies from window w (waiting up to timeout_s). Prints a warning

@@ -169,7 +169,7 @@ static int counter_line(const counter *c, double floor_j, char *buf, size_t len)
 
 static double latest_energy(jcd_exporter *e, int dev) {
     jc_reading r;
-    if (jc_read_latest(e->ctx, dev, &r) != JC_OK || !isfinite(r.energy_j)) return NAN;
+    if (jc_reading_get(e->ctx, dev, &r) != JC_OK || !isfinite(r.energy_j)) return NAN;
     return r.energy_j;
 }
 
@@ -411,7 +411,7 @@ static void log_health(jcd_exporter *e) {
         counter *c = &e->ctr[i];
         jc_health_event ev[JC__HEALTH_LOG];
         size_t total = 0;
-        if (jc_device_health(e->ctx, i, ev, JC__HEALTH_LOG, &total) != JC_OK || total <= c->events_seen) continue;
+        if (jc_device_health_get(e->ctx, i, ev, JC__HEALTH_LOG, &total) != JC_OK || total <= c->events_seen) continue;
         size_t kept = total < JC__HEALTH_LOG ? total : JC__HEALTH_LOG;
         size_t first = total - kept; /* the index of ev[0] among all changes */
         for (size_t k = c->events_seen > first ? c->events_seen - first : 0; k < kept; k++) {
@@ -594,7 +594,7 @@ int jcd_exporter_open(jcd_state *s, jcd_exporter **out, char *why, size_t whylen
         if (info.kind == JC_DEVICE_GPU) {
             jc__fmt(c->key, sizeof c->key, "%s", info.uuid);
             jc__fmt(c->label, sizeof c->label, "GPU %d (%s)", info.nvml_index, info.uuid);
-            c->max_w = info.max_limit_mw ? info.max_limit_mw / 1000.0 : 1000.0;
+            c->max_w = isfinite(info.max_limit_w) ? info.max_limit_w : 1000.0;
             if (info.energy_source == JC_SOURCE_COUNTER) c->h = handle_of(e, info.nvml_index, info.uuid);
         } else {
             jc__fmt(c->key, sizeof c->key, "cpu");
@@ -730,7 +730,7 @@ void jcd_exporter_snapshot(jcd_exporter *e, jcd_msnap *snap, jcd_job **jobs) {
     for (int i = 0; i < e->ndev; i++) {
         jc_device_info info;
         jc_reading r;
-        if (jc_device_info_get(e->ctx, i, &info) != JC_OK || jc_read_latest(e->ctx, i, &r) != JC_OK) continue;
+        if (jc_device_info_get(e->ctx, i, &info) != JC_OK || jc_reading_get(e->ctx, i, &r) != JC_OK) continue;
         jcd_mdev *d = &snap->dev[snap->ndev++];
         memset(d, 0, sizeof *d);
         d->gpu = info.kind == JC_DEVICE_GPU;

@@ -4,8 +4,21 @@
  * CPU (RAPL through powercap sysfs, or a marked estimate where RAPL is absent).  One background thread per
  * context does every slow read; callers only take timestamps, so a measurement window costs nanoseconds.
  *
- * Units: energy in joules, power in watts, time in seconds (double) or nanoseconds of CLOCK_MONOTONIC
- * (uint64_t, names end in _ns).  Power limits at the NVML boundary are milliwatts (names end in _mw).
+ * Conventions (one rule each, everywhere in this header; the API is not frozen before 1.0):
+ *  - Units: one unit per quantity, named by the last part of a name: energy in joules (_j), power and power
+ *    limits in watts (_w, double), time in seconds (_s, double) or nanoseconds of CLOCK_MONOTONIC (_ns,
+ *    uint64_t).  An unknown or unreadable value is NaN, never 0.
+ *  - Closed sets are enums, numbered once and never renumbered, each with jc_<enum>_name() giving a short
+ *    lower-case word ("unknown" outside the set; jc_objective_name: NULL, as its parser's counterpart).
+ *  - Names are jc_<object>_<verb>; a function that fills a caller's struct jc_X is jc_X_get (jc_device_info_get,
+ *    jc_reading_get, jc_window_result_get, jc_cap_info_get, ...).  jc_ is public, jc__ internal.
+ *  - Options structs the caller fills (jc_options, jc_cap_options, jc_profiler_config) start with
+ *    `size_t size`, set by their _init() together with every default; the library refuses a size that is not
+ *    its own (JC_ERR_INVALID_ARGUMENT), so a program built against another header fails loudly instead of
+ *    being misread.  Structs the library fills (infos, readings, results, entries) change layout only when
+ *    JC_VERSION_MAJOR (the soname) changes or, before 1.0, JC_VERSION_MINOR: rebuild against the new header.
+ *  - Renamed functions stay one minor release as deprecated inline wrappers (end of this header).
+ *  - The profiler's simulator (sweeps, simulated GPUs) is in joulecap_sim.h, outside the stable API.
  *
  * Errors: every function that can fail returns a jc_status.  jc_strerror() gives a one-line text for a
  * status; jc_last_detail() gives the detail of the last failure on the calling thread (the NVML error string,
@@ -68,13 +81,15 @@ enum jc_flags {
     JC_NO_GPU = 1u << 0, /* do not open NVML at all */
     JC_NO_CPU = 1u << 1, /* do not read RAPL, /proc/stat, hwmon */
     /* Read the GPU energy counter at every step all the time, for energies of intervals taken after the fact
-     * (jc_energy_between, jc_read_latest) while no window is open.  Without it, and with counter_interval_s 0,
+     * (jc_energy_between, jc_reading_get) while no window is open.  Without it, and with counter_interval_s 0,
      * the counter is read at every step only while a window is open (and 10 s after one), or CSV rows are
-     * under 1 s apart; otherwise about once a second (under 1% of a CPU core instead of ~8% on an H100). */
+     * under 1 s apart; otherwise about once a second (under 1% of a CPU core instead of 5-6% on an H100,
+     * BENCHMARKS.md). */
     JC_EVERY_STEP = 1u << 2,
 };
 
 typedef struct jc_options {
+    size_t size; /* sizeof(jc_options), set by jc_options_init() */
     /* GPUs to measure, numbered as CUDA numbers them (honouring CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER):
      * NULL or "all" = every visible GPU; "none" = no GPU; "0", "0,2", "GPU-8f3c..." (a UUID or unique prefix);
      * lists may mix indices and UUIDs. */
@@ -129,6 +144,8 @@ JC_API uint64_t jc_epoch_ns(const jc_context *ctx);
 
 typedef enum jc_device_kind { JC_DEVICE_CPU = 0, JC_DEVICE_GPU = 1 } jc_device_kind;
 
+JC_API const char *jc_device_kind_name(jc_device_kind kind); /* "cpu", "gpu" */
+
 /* Where a device's energy comes from. */
 typedef enum jc_energy_source {
     JC_SOURCE_NONE = 0,        /* nothing readable: energy is empty, see note */
@@ -173,8 +190,9 @@ typedef struct jc_device_info {
     char energy_note[256]; /* why estimated / why absent; zones used for RAPL */
     jc_status power_status, util_status, temp_status;
     char power_note[256], util_note[256], temp_note[256];
-    /* Power limits (GPU), 0 when unknown. */
-    unsigned limit_mw, enforced_limit_mw, default_limit_mw, min_limit_mw, max_limit_mw;
+    /* Power limits (GPU) in W, NaN when unknown (and for the CPU).  limit_w is the requested limit,
+     * enforced_limit_w what the GPU applies (as in jc_cap_info). */
+    double limit_w, enforced_limit_w, default_limit_w, min_limit_w, max_limit_w;
     jc_health health;         /* current state, since health_since_ns, because health_note */
     uint64_t health_since_ns;
     char health_note[256];
@@ -184,7 +202,8 @@ JC_API int jc_device_count(const jc_context *ctx);
 JC_API jc_status jc_device_info_get(const jc_context *ctx, int device, jc_device_info *out);
 /* The changes of a device's health since the context opened, oldest first (the last 32 are kept): copies up to
  * max of them into out and sets *count to how many there were in all.  [any thread] */
-JC_API jc_status jc_device_health(jc_context *ctx, int device, jc_health_event *out, size_t max, size_t *count);
+JC_API jc_status jc_device_health_get(jc_context *ctx, int device, jc_health_event *out, size_t max,
+                                      size_t *count);
 /* Driver version and NVML status for `joulecap info`; note says why NVML is absent when it is. */
 JC_API jc_status jc_gpu_driver(const jc_context *ctx, char *version, size_t version_len, char *note,
                                size_t note_len);
@@ -198,7 +217,7 @@ typedef struct jc_reading {
     double temp_c;      /* temperature, deg C */
 } jc_reading;
 
-JC_API jc_status jc_read_latest(jc_context *ctx, int device, jc_reading *out);
+JC_API jc_status jc_reading_get(jc_context *ctx, int device, jc_reading *out);
 
 /* ---------------------------------------------------------------------------------------------------------
  * Windows (the meter).  start/stop take a timestamp and nothing else; the energy of a window is computed from
@@ -208,6 +227,7 @@ JC_API jc_status jc_read_latest(jc_context *ctx, int device, jc_reading *out);
 
 typedef int64_t jc_window;
 
+#define JC_J_PER_KWH 3.6e6 /* joules in a kilowatt-hour: every kWh the library and its tools write */
 #define JC_MAX_DEVICES 65
 
 typedef struct jc_window_result {
@@ -336,6 +356,7 @@ JC_API jc_status jc_csv_close(jc_context *ctx, uint64_t *rows_written);
  * there frees memory only (its caps belong to the parent).  See docs/caps.md. */
 
 typedef struct jc_cap_options {
+    size_t size; /* sizeof(jc_cap_options), set by jc_cap_options_init() */
     /* GPUs (CUDA numbering, as jc_options.gpus): NULL or "all" = every visible GPU, "0", "0,2", "GPU-8f3c...".
      * For a session: the GPUs it owns (taken at open).  For jc_cap_restore: NULL = every journal. */
     const char *gpus;
@@ -396,7 +417,7 @@ typedef struct jc_cap_info {
  * found (at most max). */
 JC_API jc_status jc_cap_list(const jc_cap_options *opts, jc_cap_info *out, int max, int *count);
 /* One GPU: gpu is a selection naming exactly one ("0", "GPU-8f3c..."); a lost GPU: its status (JC_ERR_GPU_LOST). */
-JC_API jc_status jc_cap_get(const char *gpu, const jc_cap_options *opts, jc_cap_info *out);
+JC_API jc_status jc_cap_info_get(const char *gpu, const jc_cap_options *opts, jc_cap_info *out);
 
 /* --- Sessions ------------------------------------------------------------------------------------------ */
 
@@ -434,7 +455,7 @@ JC_API jc_status jc_cap_session_restore(jc_cap_session *s);
 JC_API jc_status jc_cap_session_close(jc_cap_session *s);
 JC_API int jc_cap_session_gpu_count(const jc_cap_session *s);
 /* Limits and journal of the session's i-th GPU (0 <= i < count), read now. */
-JC_API jc_status jc_cap_session_gpu(jc_cap_session *s, int i, jc_cap_info *out);
+JC_API jc_status jc_cap_session_info_get(jc_cap_session *s, int i, jc_cap_info *out);
 /* What open repaired (stale journals), "" when nothing.  Valid until close. */
 JC_API const char *jc_cap_session_note(const jc_cap_session *s);
 
@@ -458,6 +479,9 @@ typedef enum jc_cap_restore_action {
     JC_CAP_LEFT_LIVE = 2,     /* a live session owns it: nothing done */
     JC_CAP_RESTORE_FAILED = 3 /* status and note say why; the journal is kept */
 } jc_cap_restore_action;
+
+/* "restored", "left-live", "failed" */
+JC_API const char *jc_cap_restore_action_name(jc_cap_restore_action action);
 
 typedef struct jc_cap_restore_entry {
     char uuid[96];
@@ -537,7 +561,8 @@ JC_API int jc_cap_guardian_main(int argc, char **argv);
  *     jc_profiler_result_get(p, &r);   then set r.cap_w (online mode) or restore the saved cap (offline)
  *
  * The same loop serves the offline profiler (steps run only to measure), the online optimizer (one
- * observation per real training step, nothing wasted) and the simulator (jc_profiler_simulate).
+ * observation per real training step, nothing wasted) and the simulator (jc_profiler_simulate() in
+ * joulecap_sim.h).
  * Times are seconds of any monotonic clock; energies are readings of a cumulative energy counter in joules
  * (any origin, never decreasing; for several GPUs under one cap, the sum of their counters).  The counter may
  * advance in steps (NVIDIA: every ~100 ms, set counter_period_s); the estimators are built for that.
@@ -550,8 +575,7 @@ JC_API int jc_cap_guardian_main(int argc, char **argv);
  * never worse (as predicted) than the best cap measured.  See docs/profiler.md.
  *
  * Thread safety: a jc_profiler is a plain object with no locking; use one from one thread at a time (the
- * getters too: they refresh cached values).  Distinct profilers, sweeps and simulated GPUs are independent; a
- * jc_sweep may be shared read-only by several simulated GPUs. */
+ * getters too: they refresh cached values).  Distinct profilers are independent. */
 
 typedef enum jc_objective {
     JC_OBJECTIVE_ED2P = 0,            /* energy x delay^2 per unit of work: P t^3 (default) */
@@ -570,6 +594,7 @@ JC_API jc_status jc_objective_parse(const char *name, jc_objective *out);
 #define JC_PROFILER_MAX_CAPS 64 /* longest explicit cap list */
 
 typedef struct jc_profiler_config {
+    size_t size; /* sizeof(jc_profiler_config), set by jc_profiler_config_init() */
     /* The GPU's limits in watts (required): min < max, min <= default <= max.  Caps tried lie in
      * [min, default] unless caps_w says otherwise; the recommendation lies in [min, max]. */
     double min_limit_w, max_limit_w, default_limit_w;
@@ -617,6 +642,9 @@ typedef enum jc_profiler_action_kind {
     JC_PROFILER_DONE = 3,    /* finished: cap_w is the recommendation; see jc_profiler_result_get() */
 } jc_profiler_action_kind;
 
+JC_API const char *jc_profiler_action_kind_name(jc_profiler_action_kind kind); /* "set-cap", "run", "done" */
+
+/* Fixed: this struct will not grow (a new field would be a new struct), so it has no size field. */
 typedef struct jc_profiler_action {
     jc_profiler_action_kind kind;
     double cap_w; /* SET_CAP: the cap to set; DONE: the recommended cap; RUN: the cap being measured */
@@ -637,6 +665,27 @@ JC_API jc_status jc_profiler_observe_step(jc_profiler *p, double t_s, double ene
  * next_action() says DONE.  JC_ERR_STATE when nothing at all was measured (the result then says so). */
 JC_API jc_status jc_profiler_finish(jc_profiler *p);
 
+/* Why a trial stopped measuring. */
+typedef enum jc_profiler_stop_reason {
+    JC_PROFILER_STOP_NONE = 0,     /* still measuring */
+    JC_PROFILER_STOP_PRECISE = 1,  /* its objective is known to the requested precision */
+    JC_PROFILER_STOP_WORSE = 2,    /* clearly worse than the best cap so far */
+    JC_PROFILER_STOP_MAX_TIME = 3, /* max_trial_s measured */
+    JC_PROFILER_STOP_BUDGET = 4,   /* the time budget ran out, or jc_profiler_finish() */
+} jc_profiler_stop_reason;
+
+/* "none", "precise", "worse", "max-time", "budget" */
+JC_API const char *jc_profiler_stop_reason_name(jc_profiler_stop_reason reason);
+
+/* Why a cap was tried. */
+typedef enum jc_profiler_phase {
+    JC_PROFILER_PHASE_COARSE = 1, /* the coarse pass over the range (or the explicit cap list) */
+    JC_PROFILER_PHASE_REFINE = 2, /* refinement where the model says the optimum can be */
+    JC_PROFILER_PHASE_RACE = 3,   /* measured again to tell two close caps apart */
+} jc_profiler_phase;
+
+JC_API const char *jc_profiler_phase_name(jc_profiler_phase phase); /* "coarse", "refine", "race" */
+
 /* One cap tried.  Values measured over the kept steps (after settling). */
 typedef struct jc_profiler_trial {
     double cap_w;
@@ -653,10 +702,8 @@ typedef struct jc_profiler_trial {
     double rel_se_time;        /* relative standard error of time per step */
     double rel_se_power;       /* relative standard error of average power */
     double rel_se_objective;
-    int stop_reason;           /* 1 precise enough, 2 clearly worse than the best, 3 max_trial_s, 4 budget or
-                                  finish() */
-    int phase;                 /* why it was tried: 1 coarse pass (or the cap list), 2 refinement, 3 measured
-                                  again to tell two close caps apart */
+    jc_profiler_stop_reason stop_reason;
+    jc_profiler_phase phase;   /* why it was tried */
 } jc_profiler_trial;
 
 typedef struct jc_profiler_result {
@@ -706,58 +753,31 @@ JC_API jc_status jc_profiler_trial_get(const jc_profiler *p, int i, jc_profiler_
 JC_API jc_status jc_profiler_predict(const jc_profiler *p, double cap_w, double *time_per_step_s,
                                      double *avg_power_w);
 
-/* --- Simulated GPU: a recorded power-limit sweep played back on a virtual clock (no sleeping) ----------- */
+/* ---------------------------------------------------------------------------------------------------------
+ * Former names, kept for source compatibility for one release (deprecated: the compiler warns where used).
+ * ------------------------------------------------------------------------------------------------------- */
+#if defined(__GNUC__)
+#define JC_DEPRECATED(use) __attribute__((deprecated("use " use)))
+#else
+#define JC_DEPRECATED(use)
+#endif
 
-/* A sweep: time per step and average power measured at several caps.  CSV with a header row and columns
- * power_limit_w, time_per_step_s, avg_power_w (any order, other columns ignored) and optionally
- * min_limit_w, max_limit_w, default_limit_w (first row's values; otherwise min and max of the caps, and
- * default = max).  Rows with the same cap are averaged.  At least 2 distinct caps. */
-typedef struct jc_sweep jc_sweep;
-
-/* Loads and validates a sweep; JC_ERR_NOT_FOUND / JC_ERR_IO for the file, JC_ERR_INVALID_ARGUMENT for the
- * content (the detail names the line and column). */
-JC_API jc_status jc_sweep_load(const char *path, jc_sweep **out);
-/* Builds a sweep from arrays (n >= 2); limits NaN = from the caps as above. */
-JC_API jc_status jc_sweep_new(const double *cap_w, const double *time_per_step_s, const double *avg_power_w,
-                              size_t n, double min_limit_w, double max_limit_w, double default_limit_w,
-                              jc_sweep **out);
-JC_API void jc_sweep_free(jc_sweep *s);
-JC_API void jc_sweep_limits(const jc_sweep *s, double *min_limit_w, double *max_limit_w,
-                            double *default_limit_w);
-/* Time per step (as recorded, not rescaled) and power at any cap: linear between recorded caps, constant
- * beyond them. */
-JC_API void jc_sweep_eval(const jc_sweep *s, double cap_w, double *time_per_step_s, double *avg_power_w);
-/* The cap in [min, default] that minimises an objective of the interpolated sweep on a grid of grid_w watts
- * (reference for ENERGY_SLOWDOWN: the default limit).  *value gets the objective there.
- * JC_ERR_INVALID_ARGUMENT when the grid would have more than 10^6 points. */
-JC_API jc_status jc_sweep_best_cap(const jc_sweep *s, jc_objective objective, double max_slowdown, double eta,
-                                   double grid_w, double *cap_w, double *value);
-
-typedef struct jc_sim_options {
-    double step_s;           /* time per step at the default limit after rescaling (default 0.05) */
-    double noise;            /* relative standard deviation of each step's time and power (default 0.02) */
-    double counter_period_s; /* the energy counter updates every this often (default 0.1; 0 = exact) */
-    double settle_s;         /* after a cap change the GPU moves linearly from the old cap's behaviour to the
-                                new one's over this time (default 0.3) */
-    uint64_t seed;           /* PRNG seed (default 1) */
-} jc_sim_options;
-
-JC_API void jc_sim_options_init(jc_sim_options *opts);
-
-typedef struct jc_simgpu jc_simgpu;
-
-/* A simulated GPU at the sweep's default limit, in steady state, at virtual time 0. */
-JC_API jc_status jc_simgpu_new(const jc_sweep *sweep, const jc_sim_options *opts, jc_simgpu **out);
-JC_API void jc_simgpu_free(jc_simgpu *g);
-/* Sets the limit now (JC_ERR_INVALID_ARGUMENT outside the sweep's [min, max], as NVML would). */
-JC_API jc_status jc_simgpu_set_cap(jc_simgpu *g, double cap_w);
-/* Runs one step; returns the virtual time at its end and the energy counter reading then. */
-JC_API void jc_simgpu_step(jc_simgpu *g, double *t_end_s, double *energy_j);
-JC_API double jc_simgpu_now(const jc_simgpu *g);      /* virtual time (s) */
-JC_API double jc_simgpu_counter(const jc_simgpu *g);  /* energy counter reading now (J) */
-
-/* Drives p against g until DONE (a safety stop of 10^7 steps returns JC_ERR_TIMEOUT). */
-JC_API jc_status jc_profiler_run_simulated(jc_profiler *p, jc_simgpu *g);
+JC_DEPRECATED("jc_reading_get") static inline jc_status jc_read_latest(jc_context *ctx, int device, jc_reading *out) {
+    return jc_reading_get(ctx, device, out);
+}
+JC_DEPRECATED("jc_cap_info_get")
+static inline jc_status jc_cap_get(const char *gpu, const jc_cap_options *opts, jc_cap_info *out) {
+    return jc_cap_info_get(gpu, opts, out);
+}
+JC_DEPRECATED("jc_cap_session_info_get")
+static inline jc_status jc_cap_session_gpu(jc_cap_session *s, int i, jc_cap_info *out) {
+    return jc_cap_session_info_get(s, i, out);
+}
+JC_DEPRECATED("jc_device_health_get")
+static inline jc_status jc_device_health(jc_context *ctx, int device, jc_health_event *out, size_t max,
+                                         size_t *count) {
+    return jc_device_health_get(ctx, device, out, max, count);
+}
 
 #ifdef __cplusplus
 }

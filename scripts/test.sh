@@ -63,9 +63,11 @@ if [ -f pyproject.toml ]; then
     venv=${JOULECAP_VENV:-.venv}
     [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-    # matplotlib (joulecap.plot), lightning and transformers (the trainer callbacks), tqdm (progress): CPU
+    # matplotlib (joulecap.plot), lightning, transformers and accelerate (the trainer callbacks; transformers'
+    # Trainer needs accelerate), tensorboard (a transformers report_to in the tests), tqdm (progress): CPU
     # builds, in one command with torch pinned so that no dependency swaps it for a CUDA build.
-    "$venv/bin/python" -m pip install -q torch==2.13.0 pandas pytest matplotlib lightning transformers tqdm
+    "$venv/bin/python" -m pip install -q torch==2.13.0 pandas pytest matplotlib lightning transformers accelerate \
+        tensorboard tqdm
     "$venv/bin/python" -m pip install -q .
     # Run from the tests folder so that the installed package, not the source tree, is imported.
     py="$(cd "$venv" && pwd)/bin/python" # JOULECAP_VENV may be absolute or relative

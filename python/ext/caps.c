@@ -113,7 +113,7 @@ PyObject *mod_cap_get(PyObject *m, PyObject *args, PyObject *kwds) {
     jc_cap_info info;
     jc_status st;
     char detail[1024] = "";
-    CAP_CALL(st, detail, jc_cap_get(gpu, &o, &info));
+    CAP_CALL(st, detail, jc_cap_info_get(gpu, &o, &info));
     if (st != JC_OK) return raise_status(st, detail, "cap");
     return cap_info_dict(&info);
 }
@@ -131,15 +131,6 @@ PyObject *mod_cap_reset(PyObject *m, PyObject *args, PyObject *kwds) {
     CAP_CALL(st, detail, jc_cap_reset(gpu, &o, &did, &limit, note, sizeof note));
     if (st != JC_OK) return raise_status(st, detail, "cap");
     return Py_BuildValue("{s:s,s:d,s:s}", "did", jc_cap_reset_kind_name(did), "limit_w", limit, "note", note);
-}
-
-static const char *restore_action_name(jc_cap_restore_action a) {
-    switch (a) {
-    case JC_CAP_RESTORED: return "restored";
-    case JC_CAP_LEFT_LIVE: return "left-live";
-    case JC_CAP_RESTORE_FAILED: return "failed";
-    }
-    return "unknown";
 }
 
 /* cap_restore(gpus=None, *, state_dir=None) -> list of dicts: repairs stale and persistent journals. */
@@ -162,7 +153,7 @@ PyObject *mod_cap_restore(PyObject *m, PyObject *args, PyObject *kwds) {
     for (int i = 0; list && i < n; i++) {
         PyObject *status = status_or_none(e[i].status);
         PyObject *d = status ? Py_BuildValue("{s:s,s:i,s:s,s:N,s:d,s:i,s:s,s:s}", "uuid", e[i].uuid, "index",
-                                             e[i].index, "action", restore_action_name(e[i].action), "status", status,
+                                             e[i].index, "action", jc_cap_restore_action_name(e[i].action), "status", status,
                                              "limit_w", e[i].limit_w, "owner_pid", e[i].owner_pid, "was",
                                              jc_cap_manager_name(e[i].was), "note", e[i].note)
                              : NULL;
@@ -308,7 +299,7 @@ static PyObject *CapSession_gpus(CapSessionObject *self, PyObject *Py_UNUSED(ign
     self->busy++;
     Py_BEGIN_ALLOW_THREADS
     for (int i = 0; i < n && st == JC_OK; i++) {
-        st = jc_cap_session_gpu(self->s, i, &info[i]);
+        st = jc_cap_session_info_get(self->s, i, &info[i]);
         if (st != JC_OK) snprintf(detail, sizeof detail, "%s", jc_last_detail());
     }
     Py_END_ALLOW_THREADS

@@ -189,10 +189,13 @@ static PyObject *Context_get_window_csv(ContextObject *self, void *closure) {
 
 /* --- devices ------------------------------------------------------------------------------------------ */
 
+/* The Python dicts keep 0.0 for an unknown power limit, as before the C API gave NaN for it. */
+static double limit_or_zero(double w) { return isnan(w) ? 0.0 : w; }
+
 static PyObject *device_dict(const jc_device_info *i) {
     PyObject *d = PyDict_New();
     if (!d) return NULL;
-    if (set_item(d, "kind", PyUnicode_FromString(i->kind == JC_DEVICE_CPU ? "cpu" : "gpu")) ||
+    if (set_item(d, "kind", PyUnicode_FromString(jc_device_kind_name(i->kind))) ||
         set_item(d, "index", PyLong_FromLong(i->index)) ||
         set_item(d, "nvml_index", PyLong_FromLong(i->nvml_index)) ||
         set_item(d, "name", PyUnicode_DecodeUTF8(i->name, (Py_ssize_t)strlen(i->name), "replace")) ||
@@ -206,11 +209,11 @@ static PyObject *device_dict(const jc_device_info *i) {
         set_item(d, "util_note", PyUnicode_DecodeUTF8(i->util_note, (Py_ssize_t)strlen(i->util_note), "replace")) ||
         set_item(d, "temp_status", status_or_none(i->temp_status)) ||
         set_item(d, "temp_note", PyUnicode_DecodeUTF8(i->temp_note, (Py_ssize_t)strlen(i->temp_note), "replace")) ||
-        set_item(d, "limit_w", PyFloat_FromDouble(i->limit_mw * 1e-3)) ||
-        set_item(d, "enforced_limit_w", PyFloat_FromDouble(i->enforced_limit_mw * 1e-3)) ||
-        set_item(d, "default_limit_w", PyFloat_FromDouble(i->default_limit_mw * 1e-3)) ||
-        set_item(d, "min_limit_w", PyFloat_FromDouble(i->min_limit_mw * 1e-3)) ||
-        set_item(d, "max_limit_w", PyFloat_FromDouble(i->max_limit_mw * 1e-3)) ||
+        set_item(d, "limit_w", PyFloat_FromDouble(limit_or_zero(i->limit_w))) ||
+        set_item(d, "enforced_limit_w", PyFloat_FromDouble(limit_or_zero(i->enforced_limit_w))) ||
+        set_item(d, "default_limit_w", PyFloat_FromDouble(limit_or_zero(i->default_limit_w))) ||
+        set_item(d, "min_limit_w", PyFloat_FromDouble(limit_or_zero(i->min_limit_w))) ||
+        set_item(d, "max_limit_w", PyFloat_FromDouble(limit_or_zero(i->max_limit_w))) ||
         set_item(d, "state", PyUnicode_FromString(jc_health_name(i->health))) ||
         set_item(d, "state_note", PyUnicode_DecodeUTF8(i->health_note, (Py_ssize_t)strlen(i->health_note), "replace"))) {
         Py_DECREF(d);
@@ -568,7 +571,7 @@ static PyObject *Context_read_latest(ContextObject *self, PyObject *arg) {
     long dev = PyLong_AsLong(arg);
     if (dev == -1 && PyErr_Occurred()) return NULL;
     jc_reading r;
-    jc_status st = jc_read_latest(self->ctx, (int)dev, &r);
+    jc_status st = jc_reading_get(self->ctx, (int)dev, &r);
     if (st != JC_OK) return raise_last(st, "read_latest");
     return Py_BuildValue("{s:K,s:d,s:d,s:d,s:d}", "t_ns", (unsigned long long)r.t_ns, "energy_j", r.energy_j,
                          "power_w", r.power_w, "util_pct", r.util_pct, "temp_c", r.temp_c);

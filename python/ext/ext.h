@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "joulecap.h"
+#include "joulecap_sim.h"
 
 /* --- module.c ------------------------------------------------------------------------------------------ */
 

@@ -177,6 +177,10 @@ PyMODINIT_FUNC PyInit__joulecap(void) {
             return NULL;
         }
     }
+    if (PyModule_AddObject(m, "J_PER_KWH", PyFloat_FromDouble(JC_J_PER_KWH)) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     if (PyModule_AddStringConstant(m, "LIB_VERSION", JC_VERSION_STRING) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -353,7 +353,7 @@ static PyObject *trial_dict(const jc_profiler_trial *t) {
                          "energy_j", t->energy_j, "time_per_step_s", t->time_per_step_s, "avg_power_w",
                          t->avg_power_w, "energy_per_step_j", t->energy_per_step_j, "objective", t->objective,
                          "rel_se_time", t->rel_se_time, "rel_se_power", t->rel_se_power, "rel_se_objective",
-                         t->rel_se_objective, "stop_reason", t->stop_reason, "phase", t->phase);
+                         t->rel_se_objective, "stop_reason", (int)t->stop_reason, "phase", (int)t->phase);
 }
 
 static PyObject *Profiler_trials(ProfilerObject *self, PyObject *Py_UNUSED(ignored)) {

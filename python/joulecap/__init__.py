@@ -7,7 +7,9 @@ classes of ``joulecap.errors``; ``joulecap.read_csv`` reads the CSV files back (
 ``set_power_cap``, ``reset_power_cap``, ``get_power_cap`` (``joulecap.caps``); the power-cap profiler:
 ``profile_power_cap`` (the whole result), the seed's ``power_cap_profiler`` (the cap) and the online
 ``PowerCapOptimizer`` (``joulecap.profiler``).  ``joulecap.plot`` draws any of the CSVs (``joulecap.plots``,
-needs matplotlib).  ``python -m joulecap.example`` measures a small PyTorch training run.
+needs matplotlib).  ``carbon_settings`` turns energy into gCO2e and cost at a grid intensity and price the user
+gives (``joulecap.carbon``).  Trainer callbacks for PyTorch Lightning and Hugging Face transformers:
+``joulecap.callbacks``.  ``python -m joulecap.example`` measures a small PyTorch training run.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .caps import CapReset, PowerCap, get_power_cap, reset_power_cap, restore_po
 from .profiler import PowerCapOptimizer, ProfileResult, power_cap_profiler, profile_power_cap
 from .measurement import AsynchronousMeasurementTool, EnergyMeasurementTool, Measurement
 from .layerwise import LayerwiseMeasurementTool
+from .carbon import Carbon, carbon_settings
 
 __version__ = "0.1.0"
 __lib_version__ = _LIB_VERSION
@@ -52,6 +55,8 @@ __all__ = [
     "PowerCapOptimizer",
     "ProfileResult",
     "plot",
+    "Carbon",
+    "carbon_settings",
     "__version__",
 ]
 

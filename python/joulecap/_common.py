@@ -13,6 +13,9 @@ from typing import Any, Dict, List, Optional
 from . import _joulecap
 from .errors import FileError, InvalidArgument, JoulecapWarning, PermissionDenied
 
+#: Joules in a kilowatt-hour (the library's JC_J_PER_KWH): every kWh joulecap writes.
+J_PER_KWH: float = _joulecap.J_PER_KWH
+
 # Sources whose values are not a measurement of the energy itself.
 _ESTIMATED_SOURCES = {"estimate": "estimated", "integrated-power": "integrated from power readings"}
 

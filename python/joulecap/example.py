@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
 from . import AsynchronousMeasurementTool, EnergyMeasurementTool, read_csv  # noqa: F401  (read_csv: for users)
+from ._common import J_PER_KWH
 
-J_PER_KWH = 3.6e6
 
 
 # --------------------------------------------------------------------------------------------------------------

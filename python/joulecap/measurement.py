@@ -12,18 +12,24 @@ from __future__ import annotations
 import functools
 import math
 import threading
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 
 from . import _jobs, _joulecap
 from ._deprecation import renamed_keywords, warn_renamed
 from ._types import GpuSelection, OutFile
-from ._common import _Devices, _check_path, _create_file, _gpu_selection, _open_context, _register, _source_notes
+from . import distributed as _distributed
+from ._common import J_PER_KWH, _Devices, _check_path, _create_file, _gpu_selection, _open_context, _register, _source_notes
 from .errors import InvalidArgument, StateError
+
+if TYPE_CHECKING:
+    from .carbon import Carbon
+
+#: EnergyMeasurementTool's carbon argument: a Carbon (joulecap.carbon_settings(...)), a dict of its arguments,
+#: None (from the environment) or False (none).
+CarbonArg = Union["Carbon", Dict[str, Any], bool, None]
 
 __all__ = ["EnergyMeasurementTool", "AsynchronousMeasurementTool", "Measurement", "WindowContext",
            "LayerwiseMeasurementTool"]
-
-J_PER_KWH = 3.6e6
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -45,13 +51,15 @@ class Measurement:
     edge did not arrive in time).  NaN stands for a value that cannot be measured here (see ``estimates``).
     """
 
-    __slots__ = ("name", "_pending", "_devices", "_data")
+    __slots__ = ("name", "_pending", "_devices", "_data", "carbon")
 
-    def __init__(self, name: Optional[str], pending: Any, devices: _Devices):
+    def __init__(self, name: Optional[str], pending: Any, devices: _Devices, carbon: Any = None):
         self.name = name
         self._pending = pending
         self._devices = devices
         self._data: Optional[Dict[str, Any]] = None
+        #: The grid intensity and price the tool was given (joulecap.carbon.Carbon), or None.
+        self.carbon = carbon
 
     # -- resolution --------------------------------------------------------------------------------------------
 
@@ -124,6 +132,22 @@ class Measurement:
         return self.cpu_energy_j + self.total_gpu_energy_j
 
     @property
+    def total_energy_kwh(self) -> float:
+        return self.total_energy_j / J_PER_KWH
+
+    @property
+    def gco2e(self) -> Optional[float]:
+        """Grams of CO2e of ``total_energy_j`` at the grid intensity the tool was given (``carbon=``,
+        ``JOULECAP_GRID_GCO2_PER_KWH``); None when none was set."""
+        return self.carbon.gco2e(self.total_energy_j) if self.carbon is not None else None
+
+    @property
+    def cost(self) -> Optional[float]:
+        """The price of ``total_energy_j`` (in ``carbon.currency``) at the price the tool was given; None when none
+        was set."""
+        return self.carbon.cost(self.total_energy_j) if self.carbon is not None else None
+
+    @property
     def sources(self) -> Dict[str, str]:
         """Where each device's energy comes from: counter, rapl, estimate, integrated-power or none."""
         return dict(zip(self._devices.labels, self._get()["source"]))
@@ -168,8 +192,9 @@ class Measurement:
     # -- conversions -------------------------------------------------------------------------------------------
 
     def as_dict(self) -> Dict[str, Any]:
-        """The values as a plain dict (energies in J and kWh, sources, estimate reasons)."""
-        return {
+        """The values as a plain dict (energies in J and kWh, sources, estimate reasons; ``gco2e``, ``cost`` and
+        ``currency`` when a grid intensity or price was set)."""
+        out = {
             "name": self.name,
             "elapsed_s": self.elapsed_s,
             "start_s": self.start_s,
@@ -185,6 +210,14 @@ class Measurement:
             "states": self.states,
             "resolved": self.resolved,
         }
+        if self.carbon is not None and self.carbon.is_set:
+            out["total_energy_kwh"] = self.total_energy_kwh
+            for key, value in (("gco2e", self.gco2e), ("cost", self.cost)):
+                if value is not None:
+                    out[key] = value
+            if self.carbon.price_per_kwh is not None:
+                out["currency"] = self.carbon.currency
+        return out
 
     def csv_row(self) -> Dict[str, Any]:
         """The window's row as the CSV has it (column -> value)."""
@@ -245,8 +278,7 @@ class WindowContext:
 
     def __exit__(self, *exc: Any) -> bool:
         w, self._w = self._w, None
-        tool = self._tool
-        self.result = tool.last_result = Measurement(self.name, tool._context().stop_pending(w), tool._devices)
+        self.result = self._tool._finish(self.name, w, "the end of window()")
         return False
 
 
@@ -265,11 +297,20 @@ class EnergyMeasurementTool:
     * ``out_file``: the CSV; one row per window, written and flushed as soon as the window's values are known
       (about 0.1 s after ``stop()``), not only at exit.  ``None``: no file.
     * ``interval_s``: the sampler's period for the cheap reads (default 0.01 s).
+    * ``distributed``: under torch.distributed (None, the default: when the default process group is initialised
+      as the tool is created; True: required; False: this process alone), the tool measures the job: every rank
+      must create it and stop each window, ``stop()`` on rank 0 returns a
+      :class:`~joulecap.distributed.JobMeasurement` with each host's CPU and each GPU counted once, rank 0 alone
+      writes ``out_file`` (one row per window and device), and the default ``gpu_num`` is the rank's GPU
+      (docs/distributed.md).
     * ``counter_interval_s``: read the GPU energy counter only once per this many seconds (default 0: after every
-      100 ms counter step, which short windows need; 6.7% of one CPU core on an H100 with a window every 0.2 s).
+      100 ms counter step, which short windows need; 5-6% of one CPU core on an H100 with a window every 0.2 s).
       1 brings the sampler under 1% of a core; windows shorter than that become coarse and results wait up to
       that long.
-      (``interval`` and ``counter_interval``, the old names, still work and warn.)
+    * ``carbon``: a grid intensity and price for the results' ``gco2e`` and ``cost``
+      (``joulecap.carbon_settings(...)`` or a dict of its arguments); default None: ``JOULECAP_GRID_GCO2_PER_KWH``,
+      ``JOULECAP_PRICE_PER_KWH``, ``JOULECAP_CURRENCY`` or ``JOULECAP_CARBON_CONFIG`` where set; False: none.
+    * ``interval`` and ``counter_interval``, the old names, still work and warn (DeprecationWarning).
 
     Windows: ``start(name=None)`` / ``stop(name)``, ``with tool.window("epoch"):``, ``@tool.measure``.  They may
     be named, nested and overlapping.  ``stop()`` without a name stops the most recently started window.
@@ -279,20 +320,33 @@ class EnergyMeasurementTool:
     def __init__(
         self,
         out_file: OutFile = None,
-        gpu_num: GpuSelection = 0,
+        gpu_num: GpuSelection = _distributed.RANK_GPU,
         *,
         interval_s: Optional[float] = None,
         counter_interval_s: Optional[float] = None,
+        carbon: CarbonArg = None,
+        distributed: Optional[bool] = None,
     ):
+        from .carbon import resolve
+
         self.out_file = _check_path(out_file)
-        self.gpu_num = gpu_num
-        kwargs: Dict[str, Any] = {"window_csv": self.out_file}
+        #: Grid intensity and price for the results' ``gco2e`` / ``cost`` (joulecap.carbon.Carbon).
+        self.carbon = resolve(carbon)
+        job = _distributed.job_info(distributed)
+        self.gpu_num = gpu_num = _distributed.resolve_gpu_num(gpu_num, job)
+        # In job mode rank 0 writes the job's CSV (distributed.py), not the library its own.
+        kwargs: Dict[str, Any] = {"window_csv": self.out_file if job is None else None}
         if interval_s is not None:
             kwargs["interval"] = _check_interval(interval_s)
         if counter_interval_s is not None:
             kwargs["counter_interval"] = float(counter_interval_s)
         # Where a job name and joulecapd exist, the GPU energy measured goes to the job's totals (_jobs.py).
-        self._ctx = _jobs.wrap(_open_context(gpu_num, **kwargs))
+        self._job: Optional[_distributed.ToolJob] = None
+        if job is None:
+            self._ctx = _jobs.wrap(_open_context(gpu_num, **kwargs))
+        else:
+            self._job, ctx = _distributed.ToolJob.open(job, lambda: _open_context(gpu_num, **kwargs), self.out_file)
+            self._ctx = _jobs.wrap(ctx) if self._job.owns_gpus else ctx
         self._devices = _Devices(self._ctx)
         self._open: Dict[Optional[str], int] = {}
         self.last_result: Optional[Measurement] = None
@@ -313,6 +367,8 @@ class EnergyMeasurementTool:
     @property
     def columns(self) -> List[str]:
         """The CSV's columns."""
+        if self._job is not None:
+            return list(_distributed.JOB_CSV_COLUMNS)
         return self._devices.csv_columns()
 
     @property
@@ -357,8 +413,15 @@ class EnergyMeasurementTool:
                     "window %s was not started (running: %s): call start(%s) first"
                     % (_describe(name), running, "" if name is None else repr(name))
                 )
-        m = self.last_result = Measurement(name, self._ctx.stop_pending(w), self._devices)
+        m = self._finish(name, w, "stop()")
         self._ctx.window_csv_status()
+        return m
+
+    def _finish(self, name: Optional[str], w: int, what: str) -> Any:
+        """The Measurement of a stopped window; in job mode gathered over the ranks (collective)."""
+        m = self.last_result = Measurement(name, self._ctx.stop_pending(w), self._devices, self.carbon)
+        if self._job is not None:
+            m = self.last_result = self._job.finish(m, self._devices, what)
         return m
 
     @property
@@ -385,13 +448,11 @@ class EnergyMeasurementTool:
 
             @functools.wraps(f)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                ctx = tool._ctx
-                w = ctx.start(wname)
+                w = tool._ctx.start(wname)
                 try:
                     return f(*args, **kwargs)
                 finally:
-                    m = tool.last_result = Measurement(wname, ctx.stop_pending(w), tool._devices)
-                    wrapper.last_result = m  # type: ignore[attr-defined]
+                    wrapper.last_result = tool._finish(wname, w, "the call of %s" % wname)  # type: ignore[attr-defined]
 
             wrapper.last_result = None  # type: ignore[attr-defined]
             return wrapper
@@ -410,6 +471,8 @@ class EnergyMeasurementTool:
         """Writes the rows of every stopped window and closes the file.  Windows still running are dropped.
         Raises the CSV's write error, if it had one (after closing)."""
         self._open.clear()
+        if self._job is not None:
+            self._job.close()
         if self._ctx.closed:
             return
         try:
@@ -476,23 +539,46 @@ class AsynchronousMeasurementTool:
     ``counter_interval_s`` (default 0): as for :class:`EnergyMeasurementTool`; with rows a second or more
     apart, ``counter_interval_s=1`` keeps the sampler under 1% of a CPU core.  (``counter_interval`` and
     ``start(interval=...)``, the old names, still work and warn.)
+
+    ``distributed`` (None: automatic, True, False): under torch.distributed every rank must create the tool and
+    call ``stop()``; rank 0 writes its own rows to ``out_file`` (the other ranks write none), and its ``stop()``
+    returns a :class:`~joulecap.distributed.JobMeasurement` of the whole run with each host's CPU and each GPU
+    counted once (docs/distributed.md).
     """
 
     @renamed_keywords(counter_interval="counter_interval_s")
-    def __init__(self, out_file: OutFile, gpu_num: GpuSelection = 0, *, counter_interval_s: Optional[float] = None):
+    def __init__(self, out_file: OutFile, gpu_num: GpuSelection = _distributed.RANK_GPU, *,
+                 counter_interval_s: Optional[float] = None, distributed: Optional[bool] = None):
         self.out_file = _check_path(out_file)
         self._counter_interval = 0.0 if counter_interval_s is None else float(counter_interval_s)
         if self.out_file is None:
             raise InvalidArgument("out_file is required: the asynchronous tool writes its readings to a CSV file")
-        self.gpu_num = gpu_num
+        job = _distributed.job_info(distributed)
+        self.gpu_num = gpu_num = _distributed.resolve_gpu_num(gpu_num, job)
         self._selection = _gpu_selection(gpu_num)
-        # Check the selection now (the sources are opened again, with the interval, by start()).
-        probe = _open_context(gpu_num, flags=_joulecap.NO_CPU)
+        self._job: Optional[_distributed.ToolJob] = None
+        # In job mode only rank 0 writes the file (ranks may share one file system).
+        self._writes = job is None or job.rank == 0
+
+        def probe_and_create():
+            # Check the selection now (the sources are opened again, with the interval, by start()).
+            probe = _open_context(gpu_num, flags=_joulecap.NO_CPU)
+            if self._writes:
+                try:
+                    _create_file(self.out_file)
+                except BaseException:
+                    probe.close()
+                    raise
+            return probe
+
+        if job is None:
+            probe = probe_and_create()
+        else:
+            self._job, probe = _distributed.ToolJob.open(job, probe_and_create, None)
         try:
             self._gpu_indices = [d["index"] for d in probe.devices()[1:]]
         finally:
             probe.close()
-        _create_file(self.out_file)
         self._ctx: Any = None
         self._used = False
         self.interval_s: Optional[float] = None
@@ -529,7 +615,7 @@ class AsynchronousMeasurementTool:
             self._ctx = _joulecap.Context(
                 self._selection,
                 interval=sample,
-                csv_path=self.out_file,
+                csv_path=self.out_file if self._writes else None,
                 csv_interval=v,
                 counter_interval=self._counter_interval,
             )
@@ -543,6 +629,8 @@ class AsynchronousMeasurementTool:
             ctx, self._ctx = self._ctx, None
         if ctx is None:
             raise StateError("stop() called, but the asynchronous tool is not running: call start(interval_s) first")
+        if self._job is not None:
+            return self._job.stop_series(ctx, self._writes, _close_sink, _Devices)
         return _close_sink(ctx)
 
     def latest(self) -> Dict[str, Dict[str, float]]:
@@ -560,7 +648,10 @@ class AsynchronousMeasurementTool:
         with self._lock:
             ctx, self._ctx = self._ctx, None
         if ctx is not None:
-            _close_sink(ctx)
+            if self._writes:
+                _close_sink(ctx)
+            else:
+                ctx.close()
 
     def read(self):
         """The CSV as a pandas DataFrame."""

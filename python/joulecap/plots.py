@@ -28,12 +28,14 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from ._common import J_PER_KWH
+from .carbon import Carbon, resolve as _resolve_carbon
+
 __all__ = ["plot", "detect", "KINDS", "main"]
 
 #: What ``detect`` can tell a CSV to be.
 KINDS = ("timeseries", "snippets", "profile", "layers", "run")
 
-J_PER_KWH = 3.6e6
 # z of a 90% two-sided interval: the profiler's intervals (docs/profiler.md).
 Z90 = 1.645
 # Health states drawn as shaded stretches: not whole values (docs/python.md, "Device health").
@@ -202,7 +204,26 @@ def _windows(snip: Table, offset_s: float) -> List[Tuple[float, float, str, bool
     return out
 
 
-def _plot_timeseries(ts: Table, snippets: Optional[Table], offset_s: float, title: Optional[str]) -> Any:
+def _carbon_title(title: str, carbon: Carbon, energy_j: float) -> str:
+    """The title, with the kWh, gCO2e and cost of energy_j on a line of its own when an intensity or price is set."""
+    if not carbon.is_set or not math.isfinite(energy_j):
+        return title
+    return title + "\n" + carbon.describe(energy_j)
+
+
+def _carbon_lines(carbon: Carbon, energy_j: float) -> str:
+    """``\n380 gCO2e\n0.12 EUR`` (what is set) for a bar's annotation."""
+    out = ""
+    g, c = carbon.gco2e(energy_j), carbon.cost(energy_j)
+    if g is not None:
+        out += "\n%.3g gCO2e" % g
+    if c is not None:
+        out += "\n%.3g %s" % (c, carbon.currency)
+    return out
+
+
+def _plot_timeseries(ts: Table, snippets: Optional[Table], offset_s: float, title: Optional[str],
+                     carbon: Carbon = Carbon()) -> Any:
     t = ts.num("elapsed_s")
     devs = ts.devices("_energy_kwh") or ts.devices("_power_w")
     panels = [("power (W)", "power"), ("energy since start (J)", "energy")]
@@ -256,12 +277,14 @@ def _plot_timeseries(ts: Table, snippets: Optional[Table], offset_s: float, titl
                                 xycoords=("data", "axes fraction"), ha="center", va="bottom", fontsize=8)
     axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     axes[-1].set_xlabel("time since start (s)")
-    fig.suptitle(title or "%s: power, energy%s over time" % (
-        ts.name, ", utilisation and temperature" if len(panels) > 2 else ""))
+    totals, _ = _run_totals(ts, "timeseries")
+    fig.suptitle(title or _carbon_title("%s: power, energy%s over time" % (
+        ts.name, ", utilisation and temperature" if len(panels) > 2 else ""), carbon,
+        sum(v for v in totals.values() if math.isfinite(v))))
     return fig
 
 
-def _plot_snippets(sn: Table, title: Optional[str]) -> Any:
+def _plot_snippets(sn: Table, title: Optional[str], carbon: Carbon = Carbon()) -> Any:
     devs = sn.devices("_energy_kwh")
     names = [r.get("window", "") or "(unnamed)" for r in sn.rows]
     fig, axes = _new_figure(2, height=2.8, sharex=False)
@@ -277,6 +300,9 @@ def _plot_snippets(sn: Table, title: Optional[str]) -> Any:
                 b.set_hatch("//")
                 b.set_edgecolor("black")
         bottom = [a + b for a, b in zip(bottom, e)]
+    if carbon.is_set:
+        for xi, tot in zip(x, bottom):
+            ax.annotate(_carbon_lines(carbon, tot).strip(), (xi, tot), ha="center", va="bottom", fontsize=7)
     ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("energy (J)")
     ax.legend(fontsize=8)
@@ -285,7 +311,8 @@ def _plot_snippets(sn: Table, title: Optional[str]) -> Any:
     ax2.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
     ax2.set_ylabel("time (s)")
     ax2.grid(axis="y", alpha=0.3)
-    fig.suptitle(title or "%s: energy per window (hatched: covers only part of the window)" % sn.name)
+    fig.suptitle(title or _carbon_title("%s: energy per window (hatched: covers only part of the window)" % sn.name,
+                                        carbon, sum(bottom)))
     return fig
 
 
@@ -446,7 +473,7 @@ def _run_totals(tb: Table, kind: str) -> Tuple[Dict[str, float], float]:
     return out, secs
 
 
-def _plot_compare(tables: List[Table], kinds: List[str], title: Optional[str]) -> Any:
+def _plot_compare(tables: List[Table], kinds: List[str], title: Optional[str], carbon: Carbon = Carbon()) -> Any:
     if all(k == "profile" for k in kinds):
         fig, axes = _new_figure(1, height=4.0)
         ax = axes[0][0]
@@ -475,7 +502,8 @@ def _plot_compare(tables: List[Table], kinds: List[str], title: Optional[str]) -
         ax.bar(x, vals, bottom=bottom, color="C%d" % i, label=_label(d))
         bottom = [a + b for a, b in zip(bottom, vals)]
     for xi, (tot, (_, secs)) in enumerate(zip(bottom, totals)):
-        ax.annotate("%.4g J\n%.3g s" % (tot, secs), (xi, tot), ha="center", va="bottom", fontsize=8)
+        ax.annotate("%.4g J\n%.3g s" % (tot, secs) + _carbon_lines(carbon, tot), (xi, tot), ha="center",
+                    va="bottom", fontsize=8)
     ax.set_xticks(x, [tb.name for tb in tables], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("energy (J)")
     ax.legend(fontsize=8)
@@ -512,6 +540,7 @@ def plot(
     offset_s: float = 0.0,
     top: int = 15,
     title: Optional[str] = None,
+    carbon: Any = None,
 ) -> Any:
     """Draws the picture for one or more joulecap CSVs and returns the matplotlib ``Figure``; with ``out``
     (``.png``, ``.svg``, ``.pdf``, ``.html``) it is also written there.
@@ -523,6 +552,10 @@ def plot(
       (seconds since that tool's ``start``): create both tools together, or give the difference.  Windows whose
       values cover only part of them are hatched.
     * ``top``: layers drawn by name in a layer-wise picture (the rest as one bar, the outside rows apart).
+    * ``carbon``: a grid intensity and price (``joulecap.carbon_settings``, a dict of its arguments, False for
+      none); default None: ``JOULECAP_GRID_GCO2_PER_KWH`` / ``JOULECAP_PRICE_PER_KWH`` / ``JOULECAP_CARBON_CONFIG``
+      where set.  When set, time series, snippet and comparison pictures show kWh, gCO2e and cost of the totals
+      (in the title, and on each bar).
 
     Stretches in which a device's values are not whole (``degraded``, ``stalled``, ``lost`` in its ``_state``
     column) are shaded on every panel of a time series; empty cells are gaps in the lines.
@@ -532,6 +565,7 @@ def plot(
     if not files:
         raise ValueError("joulecap.plot: give at least one CSV file")
     _matplotlib()
+    carbon = _resolve_carbon(carbon)
     tables = [read(f) for f in files]
     kinds = [detect(t) for t in tables]
     snip = read(snippets) if snippets is not None else None
@@ -543,19 +577,19 @@ def plot(
     if kind is None:
         kind = "compare" if len(tables) > 1 else kinds[0]
     if kind == "compare":
-        fig = _plot_compare(tables, kinds, title)
+        fig = _plot_compare(tables, kinds, title, carbon)
     elif len(tables) > 1:
         raise ValueError("joulecap.plot: kind=%r draws one file; give one, or kind='compare'" % kind)
     elif kind == "timeseries":
-        fig = _plot_timeseries(tables[0], snip, offset_s, title)
+        fig = _plot_timeseries(tables[0], snip, offset_s, title, carbon)
     elif kind == "snippets":
-        fig = _plot_snippets(tables[0], title)
+        fig = _plot_snippets(tables[0], title, carbon)
     elif kind == "profile":
         fig = _plot_profile(tables[0], title)
     elif kind == "layers":
         fig = _plot_layers(tables[0], top, title)
     elif kind == "run":
-        fig = _plot_compare(tables, kinds, title)
+        fig = _plot_compare(tables, kinds, title, carbon)
     else:
         raise ValueError("joulecap.plot: unknown kind %r (known: %s, compare)" % (kind, ", ".join(KINDS)))
     _save(fig, out, fig._suptitle.get_text() if getattr(fig, "_suptitle", None) else "joulecap")
@@ -580,10 +614,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--offset", type=float, default=0.0, help="seconds added to the windows' start_s (default 0)")
     ap.add_argument("--top", type=int, default=15, help="layers drawn by name (default 15)")
     ap.add_argument("--title")
+    ap.add_argument("--grid-intensity", metavar="G", help="gCO2e per kWh of your grid: show gCO2e next to kWh "
+                    "(default: $JOULECAP_GRID_GCO2_PER_KWH; nothing is looked up)")
+    ap.add_argument("--price", metavar="P", help="price of one kWh: show the cost (default: $JOULECAP_PRICE_PER_KWH)")
+    ap.add_argument("--currency", help="the price's currency, e.g. EUR (default: $JOULECAP_CURRENCY)")
     a = ap.parse_args(argv)
     out = a.output or default_out(a.files[0])
     try:
-        plot(*a.files, out=out, kind=a.kind, snippets=a.snippets, offset_s=a.offset, top=a.top, title=a.title)
+        carbon = _resolve_carbon({"grid_gco2_per_kwh": a.grid_intensity, "price_per_kwh": a.price,
+                                  "currency": a.currency})
+        plot(*a.files, out=out, kind=a.kind, snippets=a.snippets, offset_s=a.offset, top=a.top, title=a.title,
+             carbon=carbon)
     except ImportError as e:
         sys.stderr.write("joulecap plot: %s\n" % e)
         return 3

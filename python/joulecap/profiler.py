@@ -53,6 +53,7 @@ from .caps import (
     set_power_cap,
 )
 from ._progress import ProgressLine
+from .distributed import RANK_GPU, rank_gpu
 from .errors import FileError, InvalidArgument, JoulecapWarning, PermissionDenied, StateError
 
 if TYPE_CHECKING:  # torch is optional: only type checkers need its names
@@ -737,7 +738,7 @@ LossFn = Callable[..., "torch.Tensor"]
 def profile_power_cap(
     model: Model,
     dataloader: Batches,
-    gpu_num: OneGpu = 0,
+    gpu_num: OneGpu = RANK_GPU,
     train: bool = False,
     loss_fn: Optional[LossFn] = None,
     optimizer: Optional[torch.optim.Optimizer] = None,
@@ -756,6 +757,8 @@ def profile_power_cap(
     The GPU's limit is what it was before when this returns (also on an exception or Ctrl-C), and so are the
     model's weights and the optimizer's state.
 
+    * ``gpu_num``: one GPU (CUDA number, UUID, ``"cuda:1"``, ``torch.device``, ``"current"``); by default GPU 0,
+      or under torch.distributed the GPU this rank uses, as for the measurement tools.
     * Each step runs the model on the next batch (the dataloader is iterated again at its end): with
       ``train=True`` a training step (``optimizer.zero_grad()``, ``loss_fn(model(inputs), targets).backward()``,
       ``optimizer.step()``), otherwise a forward pass under ``torch.no_grad()``.  A batch is
@@ -792,18 +795,21 @@ def profile_power_cap(
     budget = _time_budget(time_budget_s)
     if not callable(model):
         raise InvalidArgument("model=%r is not callable: give a torch.nn.Module" % (model,))
+    group = _Group(None)
+    gpu_num = _default_gpu(gpu_num, group)
     info = _info(gpu_num)
     cap_list = _caps(caps_w, info)
+    if group.size > 1:
+        runner, placement = _steps(model, dataloader, train, loss_fn, optimizer, gpu_num, info, steps_on_gpu)
+        return _profile_ranks(group, runner, model, optimizer, bool(train), info, placement, out_file,
+                              dict(objective=objective, max_slowdown=max_slowdown, caps_w=caps_w,
+                                   time_budget_s=time_budget_s, progress=progress))
     f = None
     meter = _GpuMeter(info["uuid"])
     try:
         # The library checks the objective, max_slowdown and the caps here, before any step or file.
         prof = _new_profiler(info, objective, max_slowdown, cap_list, budget, meter.counter_period)
-        batches = _Batches(dataloader)
-        runner = _StepRunner(model, batches, bool(train), loss_fn, optimizer, info["index"])
-        placement = [] if steps_on_gpu else _placement_warnings(runner, batches, gpu_num, info["index"])
-        for w in placement:
-            warnings.warn(w, JoulecapWarning, stacklevel=user_stacklevel())
+        runner, placement = _steps(model, dataloader, train, loss_fn, optimizer, gpu_num, info, steps_on_gpu)
         f = _open_out_file(out_file)
         hold = _CapHold(info)  # PermissionDenied / Busy here, before any change
         line = _Progress(prof, info["index"], budget, progress)
@@ -845,6 +851,17 @@ def profile_power_cap(
             _write_csv(f, result)
     _report(result, idle)
     return result
+
+
+def _steps(model: Model, dataloader: Batches, train: bool, loss_fn: Optional[LossFn], optimizer: Any,
+           gpu_num: OneGpu, info: Dict[str, Any], steps_on_gpu: Optional[bool]) -> Tuple["_StepRunner", List[str]]:
+    """The step runner over the dataloader's batches, and the warnings (issued) where the steps miss the GPU."""
+    batches = _Batches(dataloader)
+    runner = _StepRunner(model, batches, bool(train), loss_fn, optimizer, info["index"])
+    placement = [] if steps_on_gpu else _placement_warnings(runner, batches, gpu_num, info["index"])
+    for w in placement:
+        warnings.warn(w, JoulecapWarning, stacklevel=user_stacklevel())
+    return runner, placement
 
 
 def _warn_last_result() -> None:
@@ -892,6 +909,38 @@ class _SeedProfiler:
 
 
 power_cap_profiler = _SeedProfiler()
+
+
+def _profile_ranks(group: "_Group", runner: "_StepRunner", model: Any, optimizer: Any, train: bool,
+                   info: Dict[str, Any], placement: List[str], out_file: OutFile,
+                   kwargs: Dict[str, Any]) -> ProfileResult:
+    """``profile_power_cap`` under torch.distributed: every rank runs the same steps on its own GPU and
+    :class:`PowerCapOptimizer` makes the decisions on rank 0 and broadcasts them, so that the ranks of a DDP
+    model step together and set the same caps; ranks sharing a GPU leave its cap to the lowest of them.  Rank 0
+    writes the CSV."""
+    f = _open_out_file(out_file) if group.rank == 0 else None
+    try:
+        snapshot = _Snapshot(model, optimizer, train)
+        try:
+            with PowerCapOptimizer(info["index"], **kwargs) as pco:
+                while not pco.done:
+                    runner()
+                    pco.step()
+            result = pco.result
+        finally:
+            snapshot.restore()
+        # Rank 0's doubts decide for every rank (the recommendation must be the same everywhere).
+        why = group.broadcast_object(list(placement) + list(result.warnings) if group.rank == 0 else None)
+        if why:
+            result = _keep_default(result, why, info["max_limit_w"])
+    except BaseException:
+        if f is not None:
+            f.close()
+        raise
+    if f is not None:
+        with f:
+            _write_csv(f, result)
+    return result
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -957,33 +1006,29 @@ class _Group:
         return out
 
 
-class _DefaultGpu(int):
-    """PowerCapOptimizer's default gpu_num: 0, told apart from a 0 passed (the default was the current device)."""
-
-    def __repr__(self) -> str:
-        return "0"
-
-
-_DEFAULT_GPU = _DefaultGpu(0)
-
-
-def _optimizer_gpu(gpu_num: Optional[OneGpu]) -> OneGpu:
-    """gpu_num for PowerCapOptimizer: the old default (None: the current CUDA device) still works, and warns."""
-    if gpu_num is None:
+def _default_gpu(gpu_num: Optional[OneGpu], group: _Group, online: bool = False) -> OneGpu:
+    """gpu_num with its default (RANK_GPU) resolved as the measurement tools resolve theirs: GPU 0, or under
+    torch.distributed the GPU this rank uses (distributed.rank_gpu).  ``online``: PowerCapOptimizer, whose old
+    default (and gpu_num=None) meant the current CUDA device; where that differs, it still does, and warns."""
+    if gpu_num is None and online:
         cur = current_gpu()
         warnings.warn("PowerCapOptimizer(gpu_num=None) is deprecated and will be removed in the next release: pass "
                       "gpu_num='current' for the current CUDA device (here %d), or its number" % cur,
                       DeprecationWarning, stacklevel=user_stacklevel())
         return cur
-    if gpu_num is _DEFAULT_GPU:
+    if gpu_num is not RANK_GPU:
+        return gpu_num
+    if group.size > 1:
+        return rank_gpu()
+    if online:
         cur = current_gpu()
-        if cur != 0:  # the old default chose the current device; the new one is 0, as everywhere else
+        if cur != 0:  # the old default; the new one is 0, as for power_cap_profiler and the measurement tools
             warnings.warn("PowerCapOptimizer() without gpu_num profiles the current CUDA device (%d) in this release; "
-                          "the next release profiles GPU 0, as power_cap_profiler and the caps do: pass "
-                          "gpu_num='current' (or %d) to keep this GPU" % (cur, cur),
+                          "the next release profiles GPU 0 (outside torch.distributed), as power_cap_profiler and "
+                          "the measurement tools do: pass gpu_num='current' (or %d) to keep this GPU" % (cur, cur),
                           DeprecationWarning, stacklevel=user_stacklevel())
-        return cur
-    return gpu_num
+            return cur
+    return 0
 
 
 class PowerCapOptimizer:
@@ -996,23 +1041,25 @@ class PowerCapOptimizer:
     end of a ``with`` block, or the process's exit) puts back the limit found in force; the guardian does it if
     the process is killed.
 
-    Arguments as :func:`power_cap_profiler`'s, ``gpu_num`` 0 by default as there; ``gpu_num="current"`` is
-    torch's current CUDA device (``torch.cuda.current_device()``; 0 where torch sees no CUDA): under
-    torch.distributed after ``torch.cuda.set_device(local_rank)``.  ``out_file`` gets the CSV when profiling ends
-    (rank 0).  Deprecated, for one release: ``gpu_num=None`` and, where the current CUDA device is not 0, no
-    ``gpu_num`` (both meant the current device, and still do, with a DeprecationWarning); ``caps`` and
-    ``time_budget`` (now ``caps_w``, ``time_budget_s``).
+    Arguments as :func:`profile_power_cap`'s, ``gpu_num`` by default as there and for the measurement tools:
+    GPU 0, or under torch.distributed the GPU this rank uses; ``gpu_num="current"`` is torch's current CUDA
+    device (``torch.cuda.current_device()``; 0 where torch sees no CUDA).  ``out_file`` gets the CSV when
+    profiling ends (rank 0).  Deprecated, for one release: ``gpu_num=None`` and, outside torch.distributed where
+    the current CUDA device is not 0, no ``gpu_num`` (both meant the current device, and still do, with a
+    DeprecationWarning); ``caps`` and ``time_budget`` (now ``caps_w``, ``time_budget_s``).
 
     Under torch.distributed (initialised, more than one rank in ``process_group``, default the world) every rank
     creates its optimizer on its own GPU and calls ``step()`` at every step, as DDP requires of collectives.
     Rank 0 runs the state machine on all ranks' measurements (each step: the latest step end and the sum of the
     GPUs' energies, by all_gather) and broadcasts each decision; every rank sets the same cap on its own GPU.
+    Ranks sharing a GPU (one machine by its boot id, one UUID): the lowest of them sets its cap and counts its
+    energy, the others follow the decisions and leave the limit alone (docs/distributed.md).
     """
 
     @renamed_keywords(caps="caps_w", time_budget="time_budget_s")
     def __init__(
         self,
-        gpu_num: Optional[OneGpu] = _DEFAULT_GPU,
+        gpu_num: Optional[OneGpu] = RANK_GPU,
         objective: str = "ed2p",
         *,
         max_slowdown: Optional[float] = None,
@@ -1024,11 +1071,10 @@ class PowerCapOptimizer:
     ) -> None:
         self.objective, self.max_slowdown = _objective(objective, max_slowdown)
         self._budget = _time_budget(time_budget_s)
-        gpu_num = _optimizer_gpu(gpu_num)
-        self._info = _info(gpu_num)
+        self._group = _Group(process_group)
+        self._info = _info(_default_gpu(gpu_num, self._group, online=True))
         self.gpu_num: int = self._info["index"]
         self._caps = _caps(caps_w, self._info)
-        self._group = _Group(process_group)
         self._out = _open_out_file(out_file) if self._group.rank == 0 else None
         self.done = False
         self.result: Optional[ProfileResult] = None
@@ -1041,12 +1087,14 @@ class PowerCapOptimizer:
         self._started = False
         self._line: Optional[_Progress] = None
         self._progress = progress
+        # Ranks sharing a GPU (same machine by its real boot id, same UUID): the lowest one owns its cap and
+        # counts its energy; the others follow the decisions without touching the limit (distributed.py).
+        self._owner = True
         if self._group.size > 1:
-            uuids = self._group.all_objects(self._info["uuid"])
-            if len(set(uuids)) != len(uuids):
-                raise InvalidArgument(
-                    "ranks share a GPU (%s): give each rank its own gpu_num (its local rank)" % ", ".join(uuids)
-                )
+            from .distributed import boot_id
+
+            keys = self._group.all_objects((boot_id(), self._info["uuid"]))
+            self._owner = keys.index(keys[self._group.rank]) == self._group.rank
         # Each rank's clock counts from here (the collective above is a common instant), so that the latest step
         # end over the ranks means the same on hosts whose monotonic clocks differ.
         self._t0 = _joulecap.now_ns() * 1e-9
@@ -1057,7 +1105,8 @@ class PowerCapOptimizer:
                 self._prof = _new_profiler(
                     self._info, self.objective, self.max_slowdown, self._caps, self._budget, self._meter.counter_period
                 )
-            self._hold = _CapHold(self._info)  # PermissionDenied / Busy here, before any change
+            if self._owner:
+                self._hold = _CapHold(self._info)  # PermissionDenied / Busy here, before any change
         except BaseException as e:  # noqa: BLE001 - under torch.distributed every rank must learn of it
             err = e
         if self._group.size > 1:
@@ -1081,7 +1130,7 @@ class PowerCapOptimizer:
         if self.done:
             return self.cap_w
         t, e = self._meter.read()
-        t, e, _ = self._group.gather(t - self._t0, e)
+        t, e, _ = self._group.gather(t - self._t0, e if self._owner else 0.0)
         if not self._started:
             self._started = True
             kind, cap = self._decide(None, t, e)
@@ -1090,12 +1139,13 @@ class PowerCapOptimizer:
         while kind in ("set_cap", "done"):
             err = None
             try:
-                self._hold.set(cap)
+                if self._hold is not None:
+                    self._hold.set(cap)
                 self.cap_w = cap
             except Exception as ex:  # noqa: BLE001 - every rank must learn of it before raising
                 err = ex
             t, e = self._meter.read()
-            t, e, failed = self._group.gather(t - self._t0, e, err is None)
+            t, e, failed = self._group.gather(t - self._t0, e if self._owner else 0.0, err is None)
             if failed:
                 if err is not None:
                     raise err
@@ -1141,7 +1191,7 @@ class PowerCapOptimizer:
             payload = (self._prof.result(), self._prof.trials())
         payload = self._group.broadcast_object(payload)
         idle = _idle_warnings(self._meter, self.gpu_num)
-        self.result = ProfileResult._of(payload[0], payload[1], self.gpu_num, self._hold.found_w,
+        self.result = ProfileResult._of(payload[0], payload[1], self.gpu_num, self._found_w,
                                         self._info["default_limit_w"], idle)
         if self._out is not None:
             with self._out:
@@ -1165,11 +1215,16 @@ class PowerCapOptimizer:
                 try:
                     self._prof.finish()
                     self.result = ProfileResult._of(self._prof.result(), self._prof.trials(), self.gpu_num,
-                                                    self._hold.found_w, self._info["default_limit_w"])
+                                                    self._found_w, self._info["default_limit_w"])
                 except Exception:  # noqa: BLE001 - nothing measured: no result
                     pass
         finally:
             self._release()
+
+    @property
+    def _found_w(self) -> float:
+        """The limit found in force (by the rank that owns the cap; the others read it at construction)."""
+        return self._hold.found_w if self._hold is not None else self._info["limit_w"]
 
     def _release(self) -> None:
         if self._line is not None:

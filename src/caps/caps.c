@@ -12,7 +12,9 @@
 #include "client.h"
 
 void jc_cap_options_init(jc_cap_options *opts) {
-    if (opts) memset(opts, 0, sizeof *opts);
+    if (!opts) return;
+    memset(opts, 0, sizeof *opts);
+    opts->size = sizeof *opts;
 }
 
 const char *jc_cap_manager_name(jc_cap_manager manager) {
@@ -35,13 +37,24 @@ const char *jc_cap_reset_kind_name(jc_cap_reset_kind kind) {
     return "unknown";
 }
 
+const char *jc_cap_restore_action_name(jc_cap_restore_action action) {
+    switch (action) {
+    case JC_CAP_RESTORED: return "restored";
+    case JC_CAP_LEFT_LIVE: return "left-live";
+    case JC_CAP_RESTORE_FAILED: return "failed";
+    }
+    return "unknown";
+}
+
 jc_status jc_cap_state_dir(const jc_cap_options *opts, char *buf, size_t len) {
+    if (opts && jc__check_size(opts->size, sizeof *opts, "jc_cap_options") != JC_OK) return JC_ERR_INVALID_ARGUMENT;
     jc__clear_detail();
     if (!buf || len == 0) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_cap_state_dir: no buffer");
     return jc__cap_dir(opts, buf, len, 0);
 }
 
 jc_status jc_cap_list(const jc_cap_options *opts, jc_cap_info *out, int max, int *count) {
+    if (opts && jc__check_size(opts->size, sizeof *opts, "jc_cap_options") != JC_OK) return JC_ERR_INVALID_ARGUMENT;
     jc__clear_detail();
     if (!count || (max > 0 && !out)) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_cap_list: NULL argument");
     *count = 0;
@@ -69,9 +82,10 @@ jc_status jc_cap_list(const jc_cap_options *opts, jc_cap_info *out, int max, int
     return st;
 }
 
-jc_status jc_cap_get(const char *gpu, const jc_cap_options *opts, jc_cap_info *out) {
+jc_status jc_cap_info_get(const char *gpu, const jc_cap_options *opts, jc_cap_info *out) {
+    if (opts && jc__check_size(opts->size, sizeof *opts, "jc_cap_options") != JC_OK) return JC_ERR_INVALID_ARGUMENT;
     jc__clear_detail();
-    if (!gpu || !out) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_cap_get: NULL argument");
+    if (!gpu || !out) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_cap_info_get: NULL argument");
     jc_cap_options o;
     if (opts) o = *opts;
     else jc_cap_options_init(&o);
@@ -160,6 +174,7 @@ static jc_status standalone_open(standalone *s, const jc_cap_options *opts, cons
 
 jc_status jc_cap_set_persistent(const char *gpu, double watts, const jc_cap_options *opts, char *note,
                                 size_t note_len) {
+    if (opts && jc__check_size(opts->size, sizeof *opts, "jc_cap_options") != JC_OK) return JC_ERR_INVALID_ARGUMENT;
     jc__clear_detail();
     if (note && note_len) note[0] = '\0';
     if (jc__capd_route(NULL, 0)) return jc__capd_set_persistent(gpu, watts, note, note_len);
@@ -244,6 +259,7 @@ static jc_status restore_all_steps(jc__nvml *nvml, const char *dir, const jc__ca
 
 jc_status jc_cap_reset(const char *gpu, const jc_cap_options *opts, jc_cap_reset_kind *did, double *limit_w,
                        char *note, size_t note_len) {
+    if (opts && jc__check_size(opts->size, sizeof *opts, "jc_cap_options") != JC_OK) return JC_ERR_INVALID_ARGUMENT;
     jc__clear_detail();
     if (did) *did = JC_CAP_RESET_NONE;
     if (limit_w) *limit_w = NAN;
@@ -306,6 +322,7 @@ jc_status jc_cap_reset(const char *gpu, const jc_cap_options *opts, jc_cap_reset
  * ---------------------------------------------------------------------------------------------------- */
 
 jc_status jc_cap_restore(const jc_cap_options *opts, jc_cap_restore_entry *out, int max, int *count) {
+    if (opts && jc__check_size(opts->size, sizeof *opts, "jc_cap_options") != JC_OK) return JC_ERR_INVALID_ARGUMENT;
     jc__clear_detail();
     if (count) *count = 0;
     if (max > 0 && !out) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_cap_restore: NULL entries");
@@ -463,6 +480,7 @@ jc_status jc_cap_restore(const jc_cap_options *opts, jc_cap_restore_entry *out, 
 
 jc_status jc_cap_discard_journal(const char *uuid, const jc_cap_options *opts, double *saved_w, char *kept_as,
                                  size_t len) {
+    if (opts && jc__check_size(opts->size, sizeof *opts, "jc_cap_options") != JC_OK) return JC_ERR_INVALID_ARGUMENT;
     jc__clear_detail();
     if (saved_w) *saved_w = NAN;
     if (kept_as && len) kept_as[0] = '\0';

@@ -374,6 +374,7 @@ static jc_status open_remote(const jc_cap_options *o, jc_cap_session **out) {
 }
 
 jc_status jc_cap_session_open(const jc_cap_options *opts, jc_cap_session **out) {
+    if (opts && jc__check_size(opts->size, sizeof *opts, "jc_cap_options") != JC_OK) return JC_ERR_INVALID_ARGUMENT;
     jc__clear_detail();
     if (!out) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_cap_session_open: out is NULL");
     *out = NULL;
@@ -591,9 +592,9 @@ int jc_cap_session_gpu_count(const jc_cap_session *s) {
     return s ? s->n : 0;
 }
 
-jc_status jc_cap_session_gpu(jc_cap_session *s, int i, jc_cap_info *out) {
+jc_status jc_cap_session_info_get(jc_cap_session *s, int i, jc_cap_info *out) {
     jc__clear_detail();
-    if (!s || !out) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_cap_session_gpu: NULL argument");
+    if (!s || !out) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_cap_session_info_get: NULL argument");
     if (s->remote) return jc__capd_session_gpu(s->remote, i, out);
     if (i < 0 || i >= s->n)
         return jc__fail(JC_ERR_NOT_FOUND, "GPU %d of the session: it has %d (0 to %d)", i, s->n, s->n - 1);

@@ -19,6 +19,15 @@ uint64_t jc_epoch_ns(const jc_context *ctx) { return ctx->epoch_ns; }
 
 void jc_options_init(jc_options *opts) {
     memset(opts, 0, sizeof *opts);
+    opts->size = sizeof *opts;
+}
+
+const char *jc_device_kind_name(jc_device_kind kind) {
+    switch (kind) {
+    case JC_DEVICE_CPU: return "cpu";
+    case JC_DEVICE_GPU: return "gpu";
+    }
+    return "unknown";
 }
 
 const char *jc_energy_source_name(jc_energy_source source) {
@@ -68,6 +77,12 @@ static char *dup_or_null(const char *s) {
     return d;
 }
 
+/* Power limits are unknown (NaN) until NVML gives them; the CPU has none. */
+static void init_limits(jc_device_info *info) {
+    info->limit_w = info->enforced_limit_w = info->default_limit_w = NAN;
+    info->min_limit_w = info->max_limit_w = NAN;
+}
+
 static void init_unreadable(jc_device_info *info, const char *why) {
     info->power_status = info->util_status = info->temp_status = JC_ERR_UNAVAILABLE;
     jc__fmt(info->power_note, sizeof info->power_note, "%s", why);
@@ -79,6 +94,7 @@ static void open_cpu(jc_context *ctx, jc__device *d) {
     jc_device_info *info = &d->info;
     info->kind = JC_DEVICE_CPU;
     info->index = info->nvml_index = -1;
+    init_limits(info);
     jc__fmt(info->name, sizeof info->name, "CPU");
     if (ctx->opts.flags & JC_NO_CPU) {
         info->energy_source = JC_SOURCE_NONE;
@@ -122,22 +138,30 @@ static void open_cpu(jc_context *ctx, jc__device *d) {
         jc__fmt(info->temp_note, sizeof info->temp_note, "%s", jc__cputemp_describe(ctx->cputemp));
 }
 
+/* NVML's milliwatts (0: not given) as the public watts (NaN: unknown). */
+static double mw_to_w(unsigned mw) { return mw ? mw / 1000.0 : NAN; }
+
 static void read_limits(jc__nvml *nvml, jc__device *d) {
     jc_device_info *i = &d->info;
-    if (nvml->nvmlDeviceGetPowerManagementLimit) nvml->nvmlDeviceGetPowerManagementLimit(d->handle, &i->limit_mw);
-    if (nvml->nvmlDeviceGetEnforcedPowerLimit)
-        nvml->nvmlDeviceGetEnforcedPowerLimit(d->handle, &i->enforced_limit_mw);
+    unsigned limit = 0, enforced = 0, def = 0, lo = 0, hi = 0;
+    if (nvml->nvmlDeviceGetPowerManagementLimit) nvml->nvmlDeviceGetPowerManagementLimit(d->handle, &limit);
+    if (nvml->nvmlDeviceGetEnforcedPowerLimit) nvml->nvmlDeviceGetEnforcedPowerLimit(d->handle, &enforced);
     if (nvml->nvmlDeviceGetPowerManagementDefaultLimit)
-        nvml->nvmlDeviceGetPowerManagementDefaultLimit(d->handle, &i->default_limit_mw);
+        nvml->nvmlDeviceGetPowerManagementDefaultLimit(d->handle, &def);
     if (nvml->nvmlDeviceGetPowerManagementLimitConstraints)
-        nvml->nvmlDeviceGetPowerManagementLimitConstraints(d->handle, &i->min_limit_mw, &i->max_limit_mw);
+        nvml->nvmlDeviceGetPowerManagementLimitConstraints(d->handle, &lo, &hi);
+    i->limit_w = mw_to_w(limit);
+    i->enforced_limit_w = mw_to_w(enforced);
+    i->default_limit_w = mw_to_w(def);
+    i->min_limit_w = mw_to_w(lo);
+    i->max_limit_w = mw_to_w(hi);
 }
 
 /* Probes what a GPU can read, so that info() tells the truth before the first sample. */
 static void probe_gpu(jc__nvml *nvml, jc__device *d) {
     jc_device_info *i = &d->info;
     read_limits(nvml, d);
-    d->max_power_w = i->max_limit_mw ? i->max_limit_mw * 1e-3 : 1000.0;
+    d->max_power_w = isfinite(i->max_limit_w) ? i->max_limit_w : 1000.0;
     unsigned long long mj;
     nvmlReturn_t r = nvml->nvmlDeviceGetTotalEnergyConsumption
                          ? nvml->nvmlDeviceGetTotalEnergyConsumption(d->handle, &mj)
@@ -234,6 +258,7 @@ static jc_status open_gpus(jc_context *ctx) {
         jc_device_info *info = &d->info;
         int ni = nvml_idx[k];
         info->kind = JC_DEVICE_GPU;
+        init_limits(info);
         info->index = cuda_idx[k];
         info->nvml_index = ni;
         d->handle = handles[ni];
@@ -252,6 +277,10 @@ jc_status jc_open(jc_context **out, const jc_options *opts_in) {
     jc__clear_detail();
     if (!out) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_open: out is NULL");
     *out = NULL;
+    if (opts_in) {
+        jc_status sz = jc__check_size(opts_in->size, sizeof *opts_in, "jc_options");
+        if (sz != JC_OK) return sz;
+    }
     jc_options o;
     if (opts_in)
         o = *opts_in;
@@ -369,8 +398,8 @@ jc_status jc_gpu_driver(const jc_context *ctx, char *version, size_t version_len
     return ctx->nvml ? JC_OK : JC_ERR_UNAVAILABLE;
 }
 
-jc_status jc_read_latest(jc_context *ctx, int device, jc_reading *out) {
-    if (!ctx || !out) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_read_latest: NULL argument");
+jc_status jc_reading_get(jc_context *ctx, int device, jc_reading *out) {
+    if (!ctx || !out) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_reading_get: NULL argument");
     if (device < 0 || device >= ctx->ndev)
         return jc__fail(JC_ERR_NOT_FOUND, "device %d does not exist: devices are 0 (CPU) to %d", device,
                         ctx->ndev - 1);

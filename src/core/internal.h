@@ -20,6 +20,9 @@ jc_status jc__fail(jc_status status, const char *fmt, ...) JC__PRINTF(2, 3);
 jc_status jc__fail_why(jc_status status, char *why, size_t whylen, const char *fmt, ...) JC__PRINTF(4, 5);
 /* snprintf for paths that reports truncation instead of hiding it: 1 when the whole path fit. */
 int jc__path(char *buf, size_t len, const char *fmt, ...) JC__PRINTF(3, 4);
+/* Checks the size field of a caller's options struct (joulecap.h, "Conventions"): JC_OK when it is this
+ * library's size, else JC_ERR_INVALID_ARGUMENT saying to fill the struct with <type>_init(). */
+jc_status jc__check_size(size_t size, size_t want, const char *type);
 /* Clears the detail (called at the start of public calls that succeed). */
 void jc__clear_detail(void);
 

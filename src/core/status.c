@@ -50,6 +50,13 @@ const char *jc_last_detail(void) { return detail_buf; }
 
 const char *jc_version(void) { return JC_VERSION_STRING; }
 
+jc_status jc__check_size(size_t size, size_t want, const char *type) {
+    if (size == want) return JC_OK;
+    return jc__fail(JC_ERR_INVALID_ARGUMENT,
+                    "%s.size is %zu, this library's %s has %zu bytes: fill it with %s_init() first%s", type, size,
+                    type, want, type, size ? " (or the program was built against another joulecap.h)" : "");
+}
+
 jc_status jc__fail(jc_status status, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);

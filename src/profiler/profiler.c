@@ -115,6 +115,35 @@ struct jc_profiler {
 
 /* ------------------------------------------------------------------------------------------------------ */
 
+const char *jc_profiler_action_kind_name(jc_profiler_action_kind kind) {
+    switch (kind) {
+    case JC_PROFILER_SET_CAP: return "set-cap";
+    case JC_PROFILER_RUN: return "run";
+    case JC_PROFILER_DONE: return "done";
+    }
+    return "unknown";
+}
+
+const char *jc_profiler_stop_reason_name(jc_profiler_stop_reason reason) {
+    switch (reason) {
+    case JC_PROFILER_STOP_NONE: return "none";
+    case JC_PROFILER_STOP_PRECISE: return "precise";
+    case JC_PROFILER_STOP_WORSE: return "worse";
+    case JC_PROFILER_STOP_MAX_TIME: return "max-time";
+    case JC_PROFILER_STOP_BUDGET: return "budget";
+    }
+    return "unknown";
+}
+
+const char *jc_profiler_phase_name(jc_profiler_phase phase) {
+    switch (phase) {
+    case JC_PROFILER_PHASE_COARSE: return "coarse";
+    case JC_PROFILER_PHASE_REFINE: return "refine";
+    case JC_PROFILER_PHASE_RACE: return "race";
+    }
+    return "unknown";
+}
+
 static const char *const objective_names[] = {"ed2p", "edp", "energy", "time", "energy-slowdown", "zeus"};
 
 const char *jc_objective_name(jc_objective objective) {
@@ -137,6 +166,7 @@ jc_status jc_objective_parse(const char *name, jc_objective *out) {
 
 void jc_profiler_config_init(jc_profiler_config *cfg) {
     memset(cfg, 0, sizeof *cfg);
+    cfg->size = sizeof *cfg;
     cfg->min_limit_w = cfg->max_limit_w = cfg->default_limit_w = NAN;
     cfg->objective = JC_OBJECTIVE_ED2P;
     cfg->max_slowdown = 0.05;
@@ -267,7 +297,9 @@ jc_status jc_profiler_new(const jc_profiler_config *cfg, jc_profiler **out) {
     if (!out) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_profiler_new: out is NULL");
     *out = NULL;
     if (!cfg) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_profiler_new: cfg is NULL");
-    jc_status st = validate(cfg);
+    jc_status st = jc__check_size(cfg->size, sizeof *cfg, "jc_profiler_config");
+    if (st != JC_OK) return st;
+    st = validate(cfg);
     if (st != JC_OK) return st;
     jc_profiler *p = calloc(1, sizeof *p);
     if (!p) return jc__fail(JC_ERR_NO_MEMORY, "profiler: out of memory");
@@ -914,7 +946,7 @@ static void plan_next(jc_profiler *p) {
         double cap = p->plan[p->plan_i++];
         if (measured_near(p, cap, 0.5)) continue;
         start_trial(p, cap, p->ncaps > 0 ? p->cfg.precision : explore);
-        p->pending_phase = 1;
+        p->pending_phase = JC_PROFILER_PHASE_COARSE;
         return;
     }
     double cap, target;
@@ -922,36 +954,36 @@ static void plan_next(jc_profiler *p) {
     int room = left > EXPLORE_RESERVE * typical_trial_s(p);
     if (p->ncaps == 0 && room && choose_kink(p, &cap)) {
         start_trial(p, cap, explore);
-        p->pending_phase = 2;
+        p->pending_phase = JC_PROFILER_PHASE_REFINE;
         return;
     }
     if (p->ncaps == 0 && room && choose_draw(p, &cap)) {
         start_trial(p, cap, explore);
-        p->pending_phase = 2;
+        p->pending_phase = JC_PROFILER_PHASE_REFINE;
         return;
     }
     for (int round = 0; round < 2; round++) {
         if (choose_ref_race(p, round == 0 ? p->cfg.precision : MIN_PRECISION, &cap, &target)) {
             start_trial(p, cap, target);
             p->pending_race = 1;
-            p->pending_phase = 3;
+            p->pending_phase = JC_PROFILER_PHASE_RACE;
             return;
         }
         if (choose_race(p, round == 0 ? p->cfg.precision : MIN_PRECISION, &cap, &target)) {
             start_trial(p, cap, target);
             p->pending_race = 1;
-            p->pending_phase = 3;
+            p->pending_phase = JC_PROFILER_PHASE_RACE;
             return;
         }
         if (round == 0 && p->ncaps == 0 && room && choose_knee(p, &cap)) {
             start_trial(p, cap, explore);
-            p->pending_phase = 2;
+            p->pending_phase = JC_PROFILER_PHASE_REFINE;
             return;
         }
     }
     if (p->ncaps == 0 && room && choose_local(p, &cap)) {
         start_trial(p, cap, explore);
-        p->pending_phase = 2;
+        p->pending_phase = JC_PROFILER_PHASE_REFINE;
         return;
     }
     finish_now(p);
@@ -984,7 +1016,7 @@ static int evaluate(jc_profiler *p, trial *tr) {
     return 1;
 }
 
-static void end_trial(jc_profiler *p, int reason) {
+static void end_trial(jc_profiler *p, jc_profiler_stop_reason reason) {
     trial *tr = current(p);
     if (tr && !tr->finished) {
         tr->pub.stop_reason = reason;
@@ -994,38 +1026,38 @@ static void end_trial(jc_profiler *p, int reason) {
         p->budget_s = fmax(AUTO_BUDGET_S, AUTO_BUDGET_STEPS * tr->pub.time_per_step_s);
 }
 
-/* Decides whether the trial in progress has measured enough. Returns a stop reason or 0. */
-static int should_stop(jc_profiler *p, trial *tr) {
+/* Decides whether the trial in progress has measured enough. Returns a stop reason or NONE. */
+static jc_profiler_stop_reason should_stop(jc_profiler *p, trial *tr) {
     size_t n = tr->s.n;
-    if (n < 2) return 0;
+    if (n < 2) return JC_PROFILER_STOP_NONE;
     int steps = (int)n - 1;
     double span = tr->s.t[n - 1] - tr->s.t[0];
-    if (span >= tr->max_s && steps >= MIN_STEPS_MAX_TRIAL) return 3;
-    if (steps < MIN_STEPS || span < p->min_trial_s) return 0;
+    if (span >= tr->max_s && steps >= MIN_STEPS_MAX_TRIAL) return JC_PROFILER_STOP_MAX_TIME;
+    if (steps < MIN_STEPS || span < p->min_trial_s) return JC_PROFILER_STOP_NONE;
     /* Evaluate every step while short, then at geometric spacing (keeps the cost O(n log n)). */
     p->since_eval++;
-    if (steps > 32 && p->since_eval < steps / 16) return 0;
+    if (steps > 32 && p->since_eval < steps / 16) return JC_PROFILER_STOP_NONE;
     p->since_eval = 0;
-    if (!evaluate(p, tr)) return 0;
+    if (!evaluate(p, tr)) return JC_PROFILER_STOP_NONE;
     /* The objective at this cap pooled with earlier trials at the same cap, against the best other cap. */
     jc__point pts[MAX_POINTS];
     size_t m = pool_ex(p, pts, MAX_POINTS, 1);
     size_t c = m;
     for (size_t i = 0; i < m; i++)
         if (fabs(pts[i].cap_w - tr->pub.cap_w) < 0.5) c = i;
-    if (c == m) return 0;
+    if (c == m) return JC_PROFILER_STOP_NONE;
     double f = pts[c].f, se = pts[c].rse_f;
-    if (se <= tr->target) return 1;
+    if (se <= tr->target) return JC_PROFILER_STOP_PRECISE;
     size_t b = m;
     for (size_t i = 0; i < m; i++)
         if (i != c && (b == m || pts[i].f < pts[b].f)) b = i;
     if (b < m) {
         double sa = se * f, sb = pts[b].rse_f * pts[b].f;
         double z = (f - pts[b].f) / sqrt(sa * sa + sb * sb);
-        if (z > Z_WORSE) return 2;             /* clearly worse than the best other cap */
-        if (tr->race && -z > Z_RACE) return 1; /* clearly better: the race is decided */
+        if (z > Z_WORSE) return JC_PROFILER_STOP_WORSE;             /* clearly worse than the best other cap */
+        if (tr->race && -z > Z_RACE) return JC_PROFILER_STOP_PRECISE; /* clearly better: the race is decided */
     }
-    return 0;
+    return JC_PROFILER_STOP_NONE;
 }
 
 
@@ -1084,7 +1116,7 @@ jc_status jc_profiler_cap_applied(jc_profiler *p, double applied_cap_w, double t
         tr->max_s = fmin(tr->max_s, fmax(p->min_trial_s, share));
     }
     tr->race = p->pending_race;
-    tr->pub.phase = p->pending_phase ? p->pending_phase : 1;
+    tr->pub.phase = p->pending_phase ? (jc_profiler_phase)p->pending_phase : JC_PROFILER_PHASE_COARSE;
     tr->pub.objective = tr->pub.avg_power_w = tr->pub.time_per_step_s = NAN;
     if (!p->started) {
         p->started = 1;
@@ -1138,7 +1170,7 @@ jc_status jc_profiler_observe_step(jc_profiler *p, double t_s, double energy_j) 
         if (st != JC_OK) return st;
         p->last_t = t_s;
         p->last_e = energy_j;
-        int reason = should_stop(p, tr);
+        jc_profiler_stop_reason reason = should_stop(p, tr);
         if (reason) {
             end_trial(p, reason);
             plan_next(p);
@@ -1147,7 +1179,7 @@ jc_status jc_profiler_observe_step(jc_profiler *p, double t_s, double energy_j) 
     /* Stop before a step that would end after the budget (steps take about as long as the last one). */
     if (p->phase != PH_DONE && p->budget_s > 0 && t_s - p->t_start + (t_s - prev_t) > p->budget_s) {
         p->stopped_by_budget = 1;
-        end_trial(p, 4);
+        end_trial(p, JC_PROFILER_STOP_BUDGET);
         finish_now(p);
     }
     jc__clear_detail();
@@ -1157,7 +1189,7 @@ jc_status jc_profiler_observe_step(jc_profiler *p, double t_s, double energy_j) 
 jc_status jc_profiler_finish(jc_profiler *p) {
     if (!p) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_profiler_finish: profiler is NULL");
     if (p->phase == PH_DONE) return JC_OK;
-    if (p->phase == PH_MEASURE || p->phase == PH_SETTLE) end_trial(p, 4);
+    if (p->phase == PH_MEASURE || p->phase == PH_SETTLE) end_trial(p, JC_PROFILER_STOP_BUDGET);
     finish_now(p);
     if (!isfinite(p->res.cap_w))
         return jc__fail(JC_ERR_STATE, "jc_profiler_finish: no cap was measured long enough to recommend one");

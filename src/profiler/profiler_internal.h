@@ -6,6 +6,7 @@
 #include <stdio.h>
 
 #include "core/internal.h"
+#include "joulecap_sim.h"
 
 /* --- estimate.c: what one trial measured ------------------------------------------------------------- */
 

@@ -530,14 +530,19 @@ void jc_simgpu_step(jc_simgpu *g, double *t_end, double *energy) {
     *energy = jc_simgpu_counter(g);
 }
 
-jc_status jc_profiler_run_simulated(jc_profiler *p, jc_simgpu *g) {
-    if (!p || !g) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_profiler_run_simulated: NULL argument");
+jc_status jc_profiler_simulate(jc_profiler *p, jc_simgpu *g, jc_sim_progress_fn progress, void *arg) {
+    if (!p || !g) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_profiler_simulate: NULL argument");
+    double t0 = jc_simgpu_now(g);
     for (long i = 0; i < 10000000L; i++) {
         jc_profiler_action a;
         jc_status st = jc_profiler_next_action(p, &a);
         if (st != JC_OK) return st;
-        if (a.kind == JC_PROFILER_DONE) return JC_OK;
+        if (a.kind == JC_PROFILER_DONE) {
+            if (progress) progress(p, &a, jc_simgpu_now(g) - t0, arg);
+            return JC_OK;
+        }
         if (a.kind == JC_PROFILER_SET_CAP) {
+            if (progress) progress(p, &a, jc_simgpu_now(g) - t0, arg);
             st = jc_simgpu_set_cap(g, a.cap_w);
             if (st != JC_OK) return st;
             st = jc_profiler_cap_applied(p, a.cap_w, jc_simgpu_now(g), jc_simgpu_counter(g));
@@ -551,3 +556,5 @@ jc_status jc_profiler_run_simulated(jc_profiler *p, jc_simgpu *g) {
     }
     return jc__fail(JC_ERR_TIMEOUT, "simulation did not finish within 10^7 steps");
 }
+
+jc_status jc_profiler_run_simulated(jc_profiler *p, jc_simgpu *g) { return jc_profiler_simulate(p, g, NULL, NULL); }

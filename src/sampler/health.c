@@ -63,8 +63,8 @@ void jc__health_knot(jc__device *d, uint64_t t) {
     if (!d->read_since_ns && !d->fail_streak) jc__health_recovered(d, t);
 }
 
-jc_status jc_device_health(jc_context *ctx, int device, jc_health_event *out, size_t max, size_t *count) {
-    if (!ctx || (!out && max) || !count) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_device_health: NULL argument");
+jc_status jc_device_health_get(jc_context *ctx, int device, jc_health_event *out, size_t max, size_t *count) {
+    if (!ctx || (!out && max) || !count) return jc__fail(JC_ERR_INVALID_ARGUMENT, "jc_device_health_get: NULL argument");
     if (device < 0 || device >= ctx->ndev)
         return jc__fail(JC_ERR_NOT_FOUND, "device %d does not exist: devices are 0 (CPU) to %d", device,
                         ctx->ndev - 1);

@@ -57,7 +57,7 @@ static void format_row(jc_context *ctx, uint64_t t, const jc__edge *e) {
         jc__device *d = &ctx->dev[i];
         /* Only a whole value: an edge cut back to a stalled or lost device's last sample leaves the cell empty. */
         double since = (d->epoch_resolved && e[i].state == 1) ? e[i].e - d->epoch_j : NAN;
-        cell(f, since / 3.6e6, "%.9g");
+        cell(f, since / JC_J_PER_KWH, "%.9g");
         cell(f, d->latest.util_pct, "%.1f");
         cell(f, d->latest.temp_c, "%.1f");
         if (i > 0) cell(f, d->latest.power_w, "%.2f");

@@ -69,7 +69,7 @@ static void format_row(jc_context *ctx, const jc__window *w) {
     jc__rowfile_append(f, "%.6f", r.elapsed_s);
     for (int i = 0; i < ctx->ndev; i++) {
         jc__rowfile_append(f, ",");
-        if (!isnan(r.energy_j[i])) jc__rowfile_append(f, "%.10g", r.energy_j[i] / 3.6e6);
+        if (!isnan(r.energy_j[i])) jc__rowfile_append(f, "%.10g", r.energy_j[i] / JC_J_PER_KWH);
     }
     for (int i = 0; i < ctx->ndev; i++) jc__rowfile_append(f, ",%s", jc_energy_source_name(r.source[i]));
     text_cell(f, w->name);

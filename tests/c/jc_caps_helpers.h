@@ -12,6 +12,7 @@
 #include <sys/resource.h>
 #include <sys/wait.h>
 
+#include "jc_child.h"
 #include "jc_cli_run.h"
 #include "joulecap.h"
 #include "sources/nvml_api.h"
@@ -23,16 +24,6 @@ static inline void sleep_ms(int ms) {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
     }
-}
-
-static pid_t main_pid;
-
-/* Removes the temporary files (JC_KEEP_TMP=1 keeps them), in the test process only, not in forked children. */
-static inline void remove_tmpdir(void) {
-    if (getpid() != main_pid || !tmpdir[0] || getenv("JC_KEEP_TMP")) return;
-    char cmd[400];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
 }
 
 /* A fresh fake GPU (new state file) and an empty journal directory for each test. */
@@ -167,13 +158,9 @@ enum { DIE_SIGKILL, DIE_SIGTERM, DIE_SIGINT, DIE_ABORT, DIE_EXIT, DIE_PGRP_SIGIN
 
 /* A child opens a session, caps at 250 W, tells the parent (guardian pid) and then dies as asked. */
 static inline pid_t child_capping(int how, int *guardian_pid) {
-    int p[2];
-    ASSERT_EQ(pipe(p), 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    ASSERT_TRUE(pid >= 0);
+    int fd;
+    pid_t pid = child_fork(&fd);
     if (pid == 0) {
-        close(p[0]);
         struct rlimit no_core = {0, 0};
         setrlimit(RLIMIT_CORE, &no_core);
         if (how == DIE_PGRP_SIGINT) setpgid(0, 0);
@@ -184,11 +171,11 @@ static inline pid_t child_capping(int how, int *guardian_pid) {
         int g = -1;
         if (jc_cap_session_open(&o, &s) == JC_OK && jc_cap_session_set(s, 0, 250) == JC_OK) {
             jc_cap_info info;
-            if (jc_cap_session_gpu(s, 0, &info) == JC_OK) g = info.guardian_pid;
+            if (jc_cap_session_info_get(s, 0, &info) == JC_OK) g = info.guardian_pid;
         } else {
             fprintf(stderr, "child: %s\n", jc_last_detail());
         }
-        if (write(p[1], &g, sizeof g) != sizeof g) _exit(97);
+        child_report(fd, &g, sizeof g);
         if (g < 0) _exit(96);
         switch (how) {
         case DIE_SIGKILL: raise(SIGKILL); break;
@@ -200,10 +187,8 @@ static inline pid_t child_capping(int how, int *guardian_pid) {
         }
         for (;;) pause();
     }
-    close(p[1]);
     int g = -1;
-    ASSERT_EQ(read(p[0], &g, sizeof g), (ssize_t)sizeof g);
-    close(p[0]);
+    child_read_report(fd, &g, sizeof g);
     ASSERT_TRUE(g > 0);
     *guardian_pid = g;
     return pid;

@@ -32,7 +32,7 @@ TEST(set_within_range_reads_back) {
     ASSERT_OK(jc_cap_session_set(s, -1, 287.5));
     ASSERT_EQ(fake_limit_mw(), 287500);
     jc_cap_info info;
-    ASSERT_OK(jc_cap_session_gpu(s, 0, &info));
+    ASSERT_OK(jc_cap_session_info_get(s, 0, &info));
     ASSERT_EQ(info.index, 0);
     ASSERT_EQ(info.manager, JC_CAP_MANAGER_SESSION);
     ASSERT_EQ(info.owner_pid, getpid());
@@ -44,7 +44,7 @@ TEST(set_within_range_reads_back) {
     ASSERT_NEAR(info.max_limit_w, 700, 1e-9);
     /* The same view from outside the session. */
     jc_cap_info g;
-    ASSERT_OK(jc_cap_get("0", NULL, &g));
+    ASSERT_OK(jc_cap_info_get("0", NULL, &g));
     ASSERT_EQ(g.manager, JC_CAP_MANAGER_SESSION);
     ASSERT_EQ(g.owner_pid, getpid());
     ASSERT_TRUE(strstr(g.owner_command, "test_caps") != NULL);
@@ -96,7 +96,7 @@ TEST(no_permission_at_open_limit_untouched) {
     ASSERT_EQ(fake_limit_mw(), 700000);
     /* Reading limits needs no permission. */
     jc_cap_info info;
-    ASSERT_OK(jc_cap_get("0", NULL, &info));
+    ASSERT_OK(jc_cap_info_get("0", NULL, &info));
     ASSERT_NEAR(info.limit_w, 700, 1e-9);
     ASSERT_EQ(info.manager, JC_CAP_MANAGER_NONE);
 }
@@ -128,7 +128,7 @@ TEST(unknown_gpu_lists_gpus) {
     o.gpus = "none";
     ASSERT_STATUS(jc_cap_session_open(&o, &s), JC_ERR_INVALID_ARGUMENT);
     jc_cap_info info;
-    ASSERT_STATUS(jc_cap_get("7", NULL, &info), JC_ERR_NOT_FOUND);
+    ASSERT_STATUS(jc_cap_info_get("7", NULL, &info), JC_ERR_NOT_FOUND);
     ASSERT_EQ(journal_count(), 0);
 }
 
@@ -182,13 +182,9 @@ TEST(second_session_is_busy_naming_the_owner) {
     char pidtext[32];
     snprintf(pidtext, sizeof pidtext, "process %d", (int)getpid());
     /* Another process. */
-    int p[2];
-    ASSERT_EQ(pipe(p), 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    ASSERT_TRUE(pid >= 0);
+    int fd;
+    pid_t pid = child_fork(&fd);
     if (pid == 0) {
-        close(p[0]);
         jc_cap_options o;
         jc_cap_options_init(&o);
         o.gpus = "0";
@@ -196,16 +192,12 @@ TEST(second_session_is_busy_naming_the_owner) {
         jc_status st = jc_cap_session_open(&o, &s2);
         char msg[1100];
         snprintf(msg, sizeof msg, "%d %s", (int)st, jc_last_detail());
-        if (write(p[1], msg, strlen(msg) + 1) < 0) _exit(97);
+        child_report(fd, msg, strlen(msg) + 1);
         _exit(0);
     }
-    close(p[1]);
     char msg[1100] = "";
-    ssize_t n = read(p[0], msg, sizeof msg - 1);
-    ASSERT_TRUE(n > 0);
-    msg[n] = '\0';
-    close(p[0]);
-    waitpid(pid, NULL, 0);
+    child_read_text(fd, msg, sizeof msg);
+    child_reap(pid);
     ASSERT_EQ(atoi(msg), JC_ERR_BUSY);
     ASSERT_CONTAINS(msg, pidtext);
     ASSERT_CONTAINS(msg, "test_caps"); /* the owner's command line */
@@ -271,12 +263,12 @@ static void make_stale(void) {
     while (!pid_gone(guardian) && now_s() - t0 < 2) sleep_ms(5);
     ASSERT_TRUE(pid_gone(guardian));
     ASSERT_EQ(kill(pid, SIGKILL), 0);
-    waitpid(pid, NULL, 0);
+    child_reap(pid);
     sleep_ms(300);
     ASSERT_EQ(fake_limit_mw(), 250000); /* nobody restored it */
     ASSERT_EQ(journal_count(), 1);
     jc_cap_info info;
-    ASSERT_OK(jc_cap_get("0", NULL, &info));
+    ASSERT_OK(jc_cap_info_get("0", NULL, &info));
     ASSERT_EQ(info.manager, JC_CAP_MANAGER_STALE);
     ASSERT_EQ(info.owner_pid, pid);
     ASSERT_NEAR(info.saved_limit_w, 500, 1e-9);
@@ -331,7 +323,7 @@ TEST(reset_says_saved_or_default) {
     ASSERT_EQ(fake_limit_mw(), 300000);
     ASSERT_OK(jc_cap_set_persistent("0", 350, NULL, note, sizeof note)); /* keeps the first saved limit */
     jc_cap_info info;
-    ASSERT_OK(jc_cap_get("0", NULL, &info));
+    ASSERT_OK(jc_cap_info_get("0", NULL, &info));
     ASSERT_EQ(info.manager, JC_CAP_MANAGER_PERSISTENT);
     ASSERT_NEAR(info.saved_limit_w, 500, 1e-9);
     ASSERT_NEAR(info.set_limit_w, 350, 1e-9);
@@ -371,23 +363,23 @@ TEST(session_over_a_persistent_cap) {
     ASSERT_OK(jc_cap_set_persistent("0", 400, NULL, NULL, 0));
     jc_cap_session *s = open_gpu0();
     jc_cap_info info;
-    ASSERT_OK(jc_cap_session_gpu(s, 0, &info));
+    ASSERT_OK(jc_cap_session_info_get(s, 0, &info));
     ASSERT_NEAR(info.saved_limit_w, 400, 1e-9);
     ASSERT_NEAR(info.persistent_saved_limit_w, 700, 1e-9);
     ASSERT_OK(jc_cap_session_set(s, 0, 300));
     ASSERT_OK(jc_cap_session_close(s));
     ASSERT_EQ(fake_limit_mw(), 400000); /* the persistent cap is back ... */
-    ASSERT_OK(jc_cap_get("0", NULL, &info));
+    ASSERT_OK(jc_cap_info_get("0", NULL, &info));
     ASSERT_EQ(info.manager, JC_CAP_MANAGER_PERSISTENT); /* ... with its own journal */
     ASSERT_NEAR(info.saved_limit_w, 700, 1e-9);
     /* The same when the session's owner dies. */
     int guardian = 0;
     pid_t pid = child_capping(DIE_SIGKILL, &guardian);
-    waitpid(pid, NULL, 0);
+    child_reap(pid);
     ASSERT_TRUE(wait_limit(400000, 1.0) >= 0);
     double t0 = now_s();
     while (!pid_gone(guardian) && now_s() - t0 < 2) sleep_ms(5);
-    ASSERT_OK(jc_cap_get("0", NULL, &info));
+    ASSERT_OK(jc_cap_info_get("0", NULL, &info));
     ASSERT_EQ(info.manager, JC_CAP_MANAGER_PERSISTENT);
     /* A stale session over it: restore goes all the way back. */
     {

@@ -84,20 +84,16 @@ static double percentile(double *v, int n, double q) {
  * chmod 0500 otherwise).
  * ---------------------------------------------------------------------------------------------------- */
 
-typedef struct child_report {
+typedef struct session_report {
     int guardian;
     int ro; /* the state directory was made read-only (and checked to be) */
-} child_report;
+} session_report;
 
-static pid_t child_session(const char *gpus, double watts, int ro, int die, child_report *rep) {
-    int p[2];
-    ASSERT_EQ(pipe(p), 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    ASSERT_TRUE(pid >= 0);
+static pid_t child_session(const char *gpus, double watts, int ro, int die, session_report *rep) {
+    int fd;
+    pid_t pid = child_fork(&fd);
     if (pid == 0) {
-        close(p[0]);
-        child_report r = {-1, 0};
+        session_report r = {-1, 0};
         int ns = 0;
         if (ro && geteuid() == 0)
             ns = unshare(CLONE_NEWNS) == 0 && mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0;
@@ -107,7 +103,7 @@ static pid_t child_session(const char *gpus, double watts, int ro, int die, chil
         jc_cap_session *s = NULL;
         if (jc_cap_session_open(&o, &s) == JC_OK && jc_cap_session_set(s, -1, watts) == JC_OK) {
             jc_cap_info info;
-            if (jc_cap_session_gpu(s, 0, &info) == JC_OK) r.guardian = info.guardian_pid;
+            if (jc_cap_session_info_get(s, 0, &info) == JC_OK) r.guardian = info.guardian_pid;
         } else {
             fprintf(stderr, "child: %s\n", jc_last_detail());
         }
@@ -119,16 +115,14 @@ static pid_t child_session(const char *gpus, double watts, int ro, int die, chil
         if (r.ro) {
             char probe[400];
             snprintf(probe, sizeof probe, "%s/probe", journal_dir);
-            int fd = open(probe, O_WRONLY | O_CREAT, 0600);
-            if (fd >= 0) r.ro = 0, close(fd), unlink(probe);
+            int probe_fd = open(probe, O_WRONLY | O_CREAT, 0600);
+            if (probe_fd >= 0) r.ro = 0, close(probe_fd), unlink(probe);
         }
-        if (write(p[1], &r, sizeof r) != sizeof r) _exit(97);
+        child_report(fd, &r, sizeof r);
         if (die) raise(SIGKILL);
         for (;;) pause();
     }
-    close(p[1]);
-    ASSERT_EQ(read(p[0], rep, sizeof *rep), (ssize_t)sizeof *rep);
-    close(p[0]);
+    child_read_report(fd, rep, sizeof *rep);
     ASSERT_TRUE(rep->guardian > 0);
     return pid;
 }
@@ -162,9 +156,9 @@ TEST(lost_gpu_does_not_block_the_other) {
     ASSERT_EQ(list[1].index, 1);
     ASSERT_EQ(list[1].manager, JC_CAP_MANAGER_PERSISTENT);
     jc_cap_info one;
-    ASSERT_STATUS(jc_cap_get("0", NULL, &one), JC_ERR_GPU_LOST);
+    ASSERT_STATUS(jc_cap_info_get("0", NULL, &one), JC_ERR_GPU_LOST);
     ASSERT_CONTAINS(jc_last_detail(), "GPU is lost");
-    ASSERT_OK(jc_cap_get(UUID1, NULL, &one));
+    ASSERT_OK(jc_cap_info_get(UUID1, NULL, &one));
     result_t r = cli("cap", "get", NULL);
     EXPECT_CODE(r, 3);
     ASSERT_CONTAINS(r.out, UUID1);
@@ -221,9 +215,9 @@ TEST(lost_gpu_does_not_block_the_other) {
     ASSERT_EQ(fake_limit_mw_of(1), 700000);
 
     /* The guardian restores the healthy GPU when its owner dies. */
-    child_report rep;
+    session_report rep;
     pid_t pid = child_session(NULL, 260, 0, 1, &rep);
-    waitpid(pid, NULL, 0);
+    child_reap(pid);
     double t = wait_limit_of(1, 700000, 1.0, 2);
     if (t < 0) JC_FAILF("GPU 1 not restored by the guardian: %u mW", fake_limit_mw_of(1));
     wait_gone(rep.guardian);
@@ -249,7 +243,7 @@ TEST(guardian_killed_owner_restores_at_next_set) {
     jc_cap_session *s = open_gpu0();
     ASSERT_OK(jc_cap_session_set(s, 0, 250));
     jc_cap_info info;
-    ASSERT_OK(jc_cap_session_gpu(s, 0, &info));
+    ASSERT_OK(jc_cap_session_info_get(s, 0, &info));
     ASSERT_EQ(kill(info.guardian_pid, SIGKILL), 0);
     wait_gone(info.guardian_pid);
     ASSERT_EQ(fake_limit_mw(), 250000); /* nobody has put it back yet */
@@ -551,7 +545,7 @@ TEST(limit_that_does_not_take_is_an_error) {
     ASSERT_STATUS(jc_cap_session_set(s, 0, 300), JC_ERR_NVML);
     ASSERT_CONTAINS(jc_last_detail(), "asked 300 W, the GPU reports 700 W");
     jc_cap_info info;
-    ASSERT_OK(jc_cap_session_gpu(s, 0, &info));
+    ASSERT_OK(jc_cap_session_info_get(s, 0, &info));
     ASSERT_TRUE(isnan(info.set_limit_w));
     ASSERT_NEAR(info.limit_w, 700, 1e-9);
     ASSERT_OK(jc_cap_session_close(s));
@@ -577,9 +571,9 @@ TEST(limit_that_does_not_take_is_an_error) {
 TEST(read_only_state_dir_guardian_still_restores) {
     use_scenario("h100-constant-300w");
     fake_set_limit_mw(500000);
-    child_report rep;
+    session_report rep;
     pid_t pid = child_session("0", 250, 1, 1, &rep);
-    waitpid(pid, NULL, 0);
+    child_reap(pid);
     if (!rep.ro) {
         fprintf(stderr, "  skipped: cannot make the state directory read-only here (no mount namespace)\n");
         wait_limit(500000, 1.0);
@@ -625,9 +619,9 @@ TEST(restore_times) {
     use_scenario("h100-constant-300w");
     for (int i = 0; i < RUNS; i++) {
         fake_set_limit_mw(500000);
-        child_report rep;
+        session_report rep;
         pid_t pid = child_session("0", 250, 0, 1, &rep);
-        waitpid(pid, NULL, 0);
+        child_reap(pid);
         double t = wait_limit_of(0, 500000, 2.0, 1);
         owner.ms[owner.runs++] = t * 1000;
         owner.restored += t >= 0;
@@ -638,7 +632,7 @@ TEST(restore_times) {
         jc_cap_session *s = open_gpu0();
         ASSERT_OK(jc_cap_session_set(s, 0, 250));
         jc_cap_info info;
-        ASSERT_OK(jc_cap_session_gpu(s, 0, &info));
+        ASSERT_OK(jc_cap_session_info_get(s, 0, &info));
         kill(info.guardian_pid, SIGKILL);
         wait_gone(info.guardian_pid);
         double t0 = now_s();
@@ -649,12 +643,12 @@ TEST(restore_times) {
     }
     for (int i = 0; i < RUNS / 2; i++) {
         fake_set_limit_mw(500000);
-        child_report rep;
+        session_report rep;
         pid_t pid = child_session("0", 250, 0, 0, &rep);
         kill(rep.guardian, SIGKILL);
         wait_gone(rep.guardian);
         kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
+        child_reap(pid);
         result_t r = cli("cap", "restore", NULL);
         stale.ms[stale.runs++] = r.seconds * 1000;
         stale.restored += r.code == 0 && fake_limit_mw() == 500000;
@@ -662,9 +656,9 @@ TEST(restore_times) {
     }
     for (int i = 0; i < RUNS / 2; i++) {
         fake_set_limit_mw(500000);
-        child_report rep;
+        session_report rep;
         pid_t pid = child_session("0", 250, 1, 1, &rep);
-        waitpid(pid, NULL, 0);
+        child_reap(pid);
         double t = wait_limit_of(0, 500000, 2.0, 1);
         wait_gone(rep.guardian);
         chmod(journal_dir, 0700);
@@ -676,9 +670,9 @@ TEST(restore_times) {
     }
     use_scenario("two-gpus-first-lost");
     for (int i = 0; i < RUNS / 2; i++) {
-        child_report rep;
+        session_report rep;
         pid_t pid = child_session(NULL, 250, 0, 1, &rep);
-        waitpid(pid, NULL, 0);
+        child_reap(pid);
         double t = wait_limit_of(1, 700000, 2.0, 1);
         lost.ms[lost.runs++] = t * 1000;
         lost.restored += t >= 0;

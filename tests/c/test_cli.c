@@ -547,6 +547,58 @@ TEST(run_output_files) {
     free_result(&r);
 }
 
+TEST(run_carbon_from_the_environment) {
+    use_env("two-gpus", NULL, NULL);
+    char csv[300];
+    tmp_path(csv, sizeof csv, "carbon.csv");
+    setenv("JOULECAP_GRID_GCO2_PER_KWH", "400", 1);
+    setenv("JOULECAP_PRICE_PER_KWH", "0.25", 1);
+    setenv("JOULECAP_CURRENCY", "EUR", 1);
+    result_t r = cli("run", "-o", csv, "--", "sleep", "0.2", NULL);
+    EXPECT_CODE(r, 0);
+    ASSERT_CONTAINS(r.err, "gCO2e (at 400 g/kWh)");
+    ASSERT_CONTAINS(r.err, " EUR (at 0.25/kWh)");
+    free_result(&r);
+    char *text = read_file(csv);
+    ASSERT_TRUE(text != NULL);
+    ASSERT_CONTAINS(text, "_energy_source,total_energy_kwh,grid_gco2_per_kwh,gco2e,price_per_kwh,cost,currency\n");
+    ASSERT_CONTAINS(text, ",EUR\n");
+    /* The columns are the devices' kWh summed, times the intensity and the price. */
+    double v[4];
+    const char *row = strchr(text, '\n') + 1;
+    ASSERT_EQ(sscanf(row, "%lf,%lf,%lf,%lf", &v[0], &v[1], &v[2], &v[3]), 4);
+    const char *c = row;
+    for (int commas = 0; commas < 10; c++) commas += *c == ',';
+    double kwh, gco2_per_kwh, gco2e, price, cost;
+    ASSERT_EQ(sscanf(c, "%lf,%lf,%lf,%lf,%lf", &kwh, &gco2_per_kwh, &gco2e, &price, &cost), 5);
+    ASSERT_NEAR(kwh, v[1] + v[2] + v[3], 1e-8 * kwh);
+    ASSERT_NEAR(gco2_per_kwh, 400, 0);
+    ASSERT_NEAR(gco2e, kwh * 400, 1e-8 * gco2e);
+    ASSERT_NEAR(price, 0.25, 0);
+    ASSERT_NEAR(cost, kwh * 0.25, 1e-8 * cost);
+    free(text);
+    /* Hostile values: refused before the command starts, saying what to do. */
+    const char *bad[] = {"nan", "-1", "lots", "1e400", "5000"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        setenv("JOULECAP_GRID_GCO2_PER_KWH", bad[i], 1);
+        r = cli("run", "--", "touch", csv, NULL);
+        EXPECT_CODE(r, 2);
+        ASSERT_CONTAINS(r.err, "JOULECAP_GRID_GCO2_PER_KWH=");
+        ASSERT_CONTAINS(r.err, "did not start");
+        free_result(&r);
+    }
+    setenv("JOULECAP_GRID_GCO2_PER_KWH", "", 1); /* empty: not set, no carbon columns */
+    unsetenv("JOULECAP_PRICE_PER_KWH");
+    r = cli("run", "-o", csv, "--", "true", NULL);
+    EXPECT_CODE(r, 0);
+    free_result(&r);
+    text = read_file(csv);
+    ASSERT_TRUE(text != NULL && strstr(text, "gco2e") == NULL && strstr(text, "cost") == NULL);
+    free(text);
+    unsetenv("JOULECAP_GRID_GCO2_PER_KWH");
+    unsetenv("JOULECAP_CURRENCY");
+}
+
 TEST(run_forwards_signals) {
     use_env("h100-constant-300w", NULL, NULL);
     const char *args[] = {"run", "--json", "--", "sleep", "30", NULL};
@@ -856,6 +908,7 @@ JC_TEST_MAIN(TEST_ENTRY(help_and_version), TEST_ENTRY(usage_errors),
              TEST_ENTRY(run_exec_failures), TEST_ENTRY(run_bad_gpu), TEST_ENTRY(run_unwritable_output),
              TEST_ENTRY(run_json_energy), TEST_ENTRY(run_counter_interval), TEST_ENTRY(run_json_escaping), TEST_ENTRY(profile_json_escaping),
              TEST_ENTRY(run_output_files),
+             TEST_ENTRY(run_carbon_from_the_environment),
              TEST_ENTRY(run_forwards_signals), TEST_ENTRY(monitor_rows), TEST_ENTRY(monitor_stdout), TEST_ENTRY(monitor_sigint),
              TEST_ENTRY(fake_switch_info_and_run), TEST_ENTRY(fake_switch_caps_stay_private),
              TEST_ENTRY(help_environment_and_topics))

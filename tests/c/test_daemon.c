@@ -22,6 +22,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "jc_child.h"
 #include "jc_cli_run.h"
 #include "jc_test.h"
 #include "jcd.h"
@@ -29,7 +30,7 @@
 #include "sources/nvml_api.h"
 
 static char dir[320], sock_path[400], state_dir[400], config_path[400], log_path[400], direct_dir[400];
-static pid_t main_pid, daemon_pid;
+static pid_t daemon_pid;
 
 static void sleep_ms(double ms) {
     struct timespec ts = {(time_t)(ms / 1000), (long)((ms - (double)(time_t)(ms / 1000) * 1000) * 1e6)};
@@ -123,13 +124,6 @@ static void restored(const char *what, double s) {
  * Per-test directory, daemon.
  * ---------------------------------------------------------------------------------------------------- */
 
-static void remove_tmpdir(void) {
-    if (getpid() != main_pid || !tmpdir[0] || getenv("JC_KEEP_TMP")) return;
-    char cmd[400];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
-}
-
 static void write_text(const char *path, const char *text, mode_t mode) {
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, mode);
     ASSERT_TRUE(fd >= 0);
@@ -198,8 +192,6 @@ static void show_log(void) {
     free(t);
 }
 
-static int exited(pid_t pid, int *status) { return waitpid(pid, status, WNOHANG) == pid; }
-
 /* Starts joulecapd in its own session and waits until it accepts connections. */
 static void start_daemon(void) {
     fflush(NULL);
@@ -227,7 +219,7 @@ static void start_daemon(void) {
             return;
         }
         int status;
-        if (exited(pid, &status)) {
+        if (child_exited(pid, &status)) {
             show_log();
             daemon_pid = 0;
             JC_FAILF("joulecapd exited at start (status 0x%x)", status);
@@ -243,9 +235,7 @@ static void start_daemon(void) {
 /* Signals the daemon and reaps it; returns its wait status. */
 static int stop_daemon(int sig) {
     if (daemon_pid <= 0) return 0;
-    ASSERT_EQ(kill(daemon_pid, sig), 0);
-    int status = 0;
-    while (waitpid(daemon_pid, &status, 0) < 0) ASSERT_TRUE(errno == EINTR);
+    int status = child_kill(daemon_pid, sig);
     daemon_pid = 0;
     return status;
 }
@@ -317,13 +307,9 @@ enum { PLAIN = 0, OWN_GROUP = 1, FORK_HOLDER = 2 };
 
 /* A child opens a session on GPU 0 (as uid when uid >= 0), caps it at mw and waits to be killed. */
 static child child_holding(int flags, int uid, unsigned mw) {
-    int p[2];
-    ASSERT_EQ(pipe(p), 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    ASSERT_TRUE(pid >= 0);
+    int fd;
+    pid_t pid = child_fork(&fd);
     if (pid == 0) {
-        close(p[0]);
         if (flags & OWN_GROUP) setpgid(0, 0);
         if (uid >= 0 && (setgroups(0, NULL) != 0 || setgid((gid_t)uid) != 0 || setuid((uid_t)uid) != 0)) _exit(95);
         jc_cap_options o;
@@ -340,21 +326,16 @@ static child child_holding(int flags, int uid, unsigned mw) {
                 for (;;) pause();
             }
         }
-        if (write(p[1], &gc, sizeof gc) != sizeof gc) _exit(97);
+        child_report(fd, &gc, sizeof gc);
         for (;;) pause();
     }
-    close(p[1]);
     child c = {pid, 0};
-    ASSERT_EQ(read(p[0], &c.grandchild, sizeof c.grandchild), (ssize_t)sizeof c.grandchild);
-    close(p[0]);
+    child_read_report(fd, &c.grandchild, sizeof c.grandchild);
     ASSERT_TRUE(c.grandchild >= 0);
     return c;
 }
 
-static void reap(pid_t pid) {
-    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
-    }
-}
+static void reap(pid_t pid) { child_reap(pid); }
 
 /* ------------------------------------------------------------------------------------------------------
  * Tests.
@@ -376,7 +357,7 @@ TEST(session_through_daemon) {
     ASSERT_OK(jc_cap_session_set(s, 0, 300));
     ASSERT_EQ(limit_mw(), 300000);
     jc_cap_info info;
-    ASSERT_OK(jc_cap_session_gpu(s, 0, &info));
+    ASSERT_OK(jc_cap_session_info_get(s, 0, &info));
     ASSERT_EQ(info.manager, JC_CAP_MANAGER_SESSION);
     ASSERT_EQ(info.owner_pid, getpid());
     ASSERT_STR_EQ(info.owner_user, "root");
@@ -418,7 +399,7 @@ TEST(session_through_daemon) {
     ASSERT_OK(jc_cap_session_close(s));
     ASSERT_EQ(limit_mw(), 500000);
     ASSERT_EQ(journals_settle(0), 0);
-    ASSERT_OK(jc_cap_get("0", NULL, &info));
+    ASSERT_OK(jc_cap_info_get("0", NULL, &info));
     ASSERT_EQ(info.manager, JC_CAP_MANAGER_NONE);
     teardown();
 }
@@ -485,7 +466,7 @@ TEST(daemon_sigkill_then_restart_restores_from_journal) {
     free(j);
     /* While the socket is left without a daemon, calls fail clearly instead of bypassing it. */
     jc_cap_info info;
-    ASSERT_STATUS(jc_cap_get("0", NULL, &info), JC_ERR_UNAVAILABLE);
+    ASSERT_STATUS(jc_cap_info_get("0", NULL, &info), JC_ERR_UNAVAILABLE);
     ASSERT_CONTAINS(jc_last_detail(), "not answering");
     double t0 = now_s();
     start_daemon();
@@ -587,7 +568,7 @@ TEST(two_clients_race_for_one_gpu) {
     ASSERT_TRUE(wi >= 0);
     ASSERT_EQ(limit_mw(), (unsigned)(200 + wi) * 1000u);
     jc_cap_info info;
-    ASSERT_OK(jc_cap_get("0", NULL, &info));
+    ASSERT_OK(jc_cap_info_get("0", NULL, &info));
     ASSERT_EQ(info.owner_pid, winner);
     double t0 = now_s();
     for (int i = 0; i < N; i++) kill(pids[i], SIGKILL);
@@ -600,26 +581,18 @@ TEST(two_clients_race_for_one_gpu) {
 typedef void (*as_user_fn)(char *out, size_t len);
 
 static void as_user(unsigned uid, unsigned gid, as_user_fn fn, char *out, size_t len) {
-    int p[2];
-    ASSERT_EQ(pipe(p), 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    ASSERT_TRUE(pid >= 0);
+    int fd;
+    pid_t pid = child_fork(&fd);
     if (pid == 0) {
-        close(p[0]);
         char buf[2048] = "";
         if (setgroups(0, NULL) != 0 || setgid(gid) != 0 || setuid(uid) != 0)
             snprintf(buf, sizeof buf, "cannot drop to uid %u: %s", uid, strerror(errno));
         else
             fn(buf, sizeof buf);
-        if (write(p[1], buf, strlen(buf) + 1) < 0) _exit(97);
+        child_report(fd, buf, strlen(buf) + 1);
         _exit(0);
     }
-    close(p[1]);
-    ssize_t n = read(p[0], out, len - 1);
-    ASSERT_TRUE(n > 0);
-    out[n] = '\0';
-    close(p[0]);
+    child_read_text(fd, out, len);
     reap(pid);
 }
 
@@ -632,7 +605,7 @@ static void try_to_cap(char *out, size_t len) {
     char detail[1100];
     snprintf(detail, sizeof detail, "%s", jc_last_detail());
     jc_cap_info info;
-    jc_status rd = jc_cap_get("0", NULL, &info);
+    jc_status rd = jc_cap_info_get("0", NULL, &info);
     jc_status ps = jc_cap_set_persistent("0", 300, NULL, NULL, 0);
     snprintf(out, len, "%d %d %.0f %d %s", (int)st, (int)rd, rd == JC_OK ? info.limit_w : -1, (int)ps, detail);
     if (s) jc_cap_session_close(s);
@@ -693,7 +666,7 @@ static void cap_and_report(char *out, size_t len) {
     if (st == JC_OK) st = jc_cap_session_set(s, 0, 300);
     jc_cap_info info;
     memset(&info, 0, sizeof info);
-    if (st == JC_OK) st = jc_cap_get("0", NULL, &info);
+    if (st == JC_OK) st = jc_cap_info_get("0", NULL, &info);
     snprintf(out, len, "%d %s %u %s", (int)st, info.owner_user[0] ? info.owner_user : "-", info.owner_uid,
              st == JC_OK ? "" : jc_last_detail());
     if (s) jc_cap_session_close(s);
@@ -723,7 +696,7 @@ TEST(allowed_user_caps_without_root) {
     child c = child_holding(PLAIN, (int)pw->pw_uid, 260000);
     ASSERT_EQ(limit_mw(), 260000);
     jc_cap_info info;
-    ASSERT_OK(jc_cap_get("0", NULL, &info));
+    ASSERT_OK(jc_cap_info_get("0", NULL, &info));
     ASSERT_STR_EQ(info.owner_user, "daemon");
     double t0 = now_s();
     ASSERT_EQ(kill(c.pid, SIGKILL), 0);
@@ -911,7 +884,7 @@ TEST(persistent_cap_kept_across_daemon_restart) {
     /* A lease over it, then the daemon killed: the restart puts the persistent cap back and keeps it. */
     jc_cap_session *s = open_gpus("0");
     jc_cap_info info;
-    ASSERT_OK(jc_cap_session_gpu(s, 0, &info));
+    ASSERT_OK(jc_cap_session_info_get(s, 0, &info));
     ASSERT_NEAR(info.saved_limit_w, 400, 1e-9);
     ASSERT_NEAR(info.persistent_saved_limit_w, 500, 1e-9);
     ASSERT_OK(jc_cap_session_set(s, 0, 300));
@@ -921,7 +894,7 @@ TEST(persistent_cap_kept_across_daemon_restart) {
     start_daemon();
     restored("daemon SIGKILL, lease over a persistent cap, restart (from the restart)", wait_limit_of(0, 400000, t0, 5));
     jc_cap_session_close(s);
-    ASSERT_OK(jc_cap_get("0", NULL, &info));
+    ASSERT_OK(jc_cap_info_get("0", NULL, &info));
     ASSERT_EQ(info.manager, JC_CAP_MANAGER_PERSISTENT);
     ASSERT_NEAR(info.saved_limit_w, 500, 1e-9);
     /* SIGTERM keeps persistent caps too. */
@@ -997,26 +970,20 @@ TEST(lost_gpu_blocks_only_itself) {
     ASSERT_EQ(fake_open(), 0); /* the fake GPUs' clock starts here: GPU 1 is lost 0.8 s later */
     double t_start = now_s();
     start_daemon();
-    int p[2];
-    ASSERT_EQ(pipe(p), 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    ASSERT_TRUE(pid >= 0);
+    int fd;
+    pid_t pid = child_fork(&fd);
     if (pid == 0) {
-        close(p[0]);
         jc_cap_options o;
         jc_cap_options_init(&o);
         jc_cap_session *s = NULL;
         int ok = jc_cap_session_open(&o, &s) == JC_OK && jc_cap_session_set(s, 0, 250) == JC_OK &&
                  jc_cap_session_set(s, 1, 260) == JC_OK;
         if (!ok) fprintf(stderr, "child: %s\n", jc_last_detail());
-        if (write(p[1], &ok, sizeof ok) != sizeof ok) _exit(97);
+        child_report(fd, &ok, sizeof ok);
         for (;;) pause();
     }
-    close(p[1]);
     int ok = 0;
-    ASSERT_EQ(read(p[0], &ok, sizeof ok), (ssize_t)sizeof ok);
-    close(p[0]);
+    child_read_report(fd, &ok, sizeof ok);
     ASSERT_TRUE(ok);
     ASSERT_TRUE(now_s() - t_start < 0.7);
     ASSERT_EQ(limit_of(0), 250000);
@@ -1073,7 +1040,7 @@ TEST(damaged_journal_is_refused_not_trusted) {
     ASSERT_CONTAINS(r.out, "is damaged (checksum mismatch");
     free_result(&r);
     jc_cap_info info;
-    ASSERT_OK(jc_cap_get("0", NULL, &info));
+    ASSERT_OK(jc_cap_info_get("0", NULL, &info));
     ASSERT_EQ(info.manager, JC_CAP_MANAGER_DAMAGED);
     ASSERT_CONTAINS(info.error, path);
     r = cli("cap", "reset", "--gpu", "0", NULL);

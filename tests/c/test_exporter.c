@@ -19,6 +19,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "jc_child.h"
 #include "jc_cli_run.h"
 #include "jc_test.h"
 #include "jcd.h"
@@ -27,7 +28,7 @@
 #define UUID0 "GPU-8f3c2a1e-5b7d-4c9e-a0f1-2d3e4b5c6a7f"
 
 static char dir[320], sock_path[400], state_dir[400], config_path[400], log_path[400];
-static pid_t main_pid, daemon_pid;
+static pid_t daemon_pid;
 static int starts; /* daemons started in this test's directory (their log lines) */
 static int port; /* of the running daemon's /metrics */
 
@@ -53,13 +54,6 @@ static int have_http(void) {
 /* ------------------------------------------------------------------------------------------------------
  * Daemon.
  * ---------------------------------------------------------------------------------------------------- */
-
-static void remove_tmpdir(void) {
-    if (getpid() != main_pid || !tmpdir[0] || getenv("JC_KEEP_TMP")) return;
-    char cmd[400];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
-}
 
 static void write_text(const char *path, const char *text) {
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -107,8 +101,6 @@ static void show_log(void) {
     free(t);
 }
 
-static int exited(pid_t pid, int *status) { return waitpid(pid, status, WNOHANG) == pid; }
-
 static pid_t spawn(const char *metrics) {
     fflush(NULL);
     pid_t pid = fork();
@@ -152,7 +144,7 @@ static void start_daemon(int want) {
     double t0 = now_s();
     while ((port = logged_port(starts)) == 0) {
         int status;
-        if (exited(daemon_pid, &status)) {
+        if (child_exited(daemon_pid, &status)) {
             show_log();
             daemon_pid = 0;
             JC_FAILF("joulecapd exited at start (status 0x%x)", status);
@@ -168,9 +160,7 @@ static void start_daemon(int want) {
 
 static int stop_daemon(int sig) {
     if (daemon_pid <= 0) return 0;
-    ASSERT_EQ(kill(daemon_pid, sig), 0);
-    int status = 0;
-    while (waitpid(daemon_pid, &status, 0) < 0) ASSERT_TRUE(errno == EINTR);
+    int status = child_kill(daemon_pid, sig);
     daemon_pid = 0;
     return status;
 }

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "jc_test.h"
+#include "joulecap_sim.h"
 #include "joulecap.h"
 
 static const char *sweep_path(const char *name) {
@@ -606,6 +607,103 @@ TEST(cli_simulate_gives_json) {
     unlink(path);
 }
 
+typedef struct progress_log {
+    int set_caps, done, after_done;
+    double last_elapsed;
+} progress_log;
+
+static void log_progress(const jc_profiler *p, const jc_profiler_action *next, double elapsed_s, void *arg) {
+    progress_log *l = arg;
+    if (l->done) l->after_done++;
+    if (next->kind == JC_PROFILER_SET_CAP) {
+        ASSERT_EQ(jc_profiler_trial_count(p), l->set_caps);
+        l->set_caps++;
+    }
+    if (next->kind == JC_PROFILER_DONE) l->done++;
+    ASSERT_TRUE(elapsed_s >= l->last_elapsed);
+    l->last_elapsed = elapsed_s;
+}
+
+/* jc_profiler_simulate reports each cap change before it is made and DONE once; trials say why they stopped
+ * and why they were tried, by enums with names. */
+TEST(simulate_reports_progress_and_trials_have_named_reasons) {
+    jc_sweep *sw = NULL;
+    ASSERT_OK(jc_sweep_load(sweep_path("knee.csv"), &sw));
+    jc_profiler_config cfg;
+    jc_profiler_config_init(&cfg);
+    jc_sweep_limits(sw, &cfg.min_limit_w, &cfg.max_limit_w, &cfg.default_limit_w);
+    jc_profiler *p = NULL;
+    ASSERT_OK(jc_profiler_new(&cfg, &p));
+    jc_sim_options so;
+    jc_sim_options_init(&so);
+    jc_simgpu *g = NULL;
+    ASSERT_OK(jc_simgpu_new(sw, &so, &g));
+    progress_log l = {0};
+    ASSERT_OK(jc_profiler_simulate(p, g, log_progress, &l));
+    ASSERT_EQ(l.done, 1);
+    ASSERT_EQ(l.after_done, 0);
+    ASSERT_EQ(l.set_caps, jc_profiler_trial_count(p));
+    ASSERT_TRUE(l.set_caps >= 2);
+    for (int i = 0; i < l.set_caps; i++) {
+        jc_profiler_trial tr;
+        ASSERT_OK(jc_profiler_trial_get(p, i, &tr));
+        ASSERT_TRUE(tr.stop_reason >= JC_PROFILER_STOP_PRECISE && tr.stop_reason <= JC_PROFILER_STOP_BUDGET);
+        ASSERT_TRUE(tr.phase >= JC_PROFILER_PHASE_COARSE && tr.phase <= JC_PROFILER_PHASE_RACE);
+    }
+    ASSERT_STR_EQ(jc_profiler_stop_reason_name(JC_PROFILER_STOP_NONE), "none");
+    ASSERT_STR_EQ(jc_profiler_stop_reason_name(JC_PROFILER_STOP_MAX_TIME), "max-time");
+    ASSERT_STR_EQ(jc_profiler_phase_name(JC_PROFILER_PHASE_RACE), "race");
+    ASSERT_STR_EQ(jc_profiler_action_kind_name(JC_PROFILER_SET_CAP), "set-cap");
+    ASSERT_STR_EQ(jc_profiler_phase_name((jc_profiler_phase)99), "unknown");
+    ASSERT_STR_EQ(jc_cap_restore_action_name(JC_CAP_LEFT_LIVE), "left-live");
+    ASSERT_STR_EQ(jc_device_kind_name(JC_DEVICE_GPU), "gpu");
+    ASSERT_STATUS(jc_profiler_simulate(NULL, g, NULL, NULL), JC_ERR_INVALID_ARGUMENT);
+    jc_simgpu_free(g);
+    jc_profiler_free(p);
+    jc_sweep_free(sw);
+}
+
+/* The names of 0.1 still compile (deprecated) and call the new functions. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+TEST(deprecated_names_still_work) {
+    jc_reading r;
+    jc_cap_info ci;
+    jc_health_event ev;
+    size_t n = 0;
+    ASSERT_STATUS(jc_read_latest(NULL, 0, &r), JC_ERR_INVALID_ARGUMENT);
+    ASSERT_STATUS(jc_cap_get("0", NULL, NULL), JC_ERR_INVALID_ARGUMENT);
+    ASSERT_STATUS(jc_cap_session_gpu(NULL, 0, &ci), JC_ERR_INVALID_ARGUMENT);
+    ASSERT_STATUS(jc_device_health(NULL, 0, &ev, 1, &n), JC_ERR_INVALID_ARGUMENT);
+}
+#pragma GCC diagnostic pop
+
+/* Options structs carry their size: one not filled by its _init() is refused, naming the fix. */
+TEST(options_structs_check_their_size) {
+    jc_options o;
+    jc_options_init(&o);
+    ASSERT_EQ(o.size, sizeof o);
+    o.size = 0;
+    jc_context *ctx = NULL;
+    ASSERT_STATUS(jc_open(&ctx, &o), JC_ERR_INVALID_ARGUMENT);
+    ASSERT_CONTAINS(jc_last_detail(), "jc_options_init()");
+    ASSERT_TRUE(ctx == NULL);
+    jc_profiler_config cfg;
+    jc_profiler_config_init(&cfg);
+    cfg.min_limit_w = 100;
+    cfg.max_limit_w = cfg.default_limit_w = 300;
+    cfg.size = sizeof cfg - 8;
+    jc_profiler *p = NULL;
+    ASSERT_STATUS(jc_profiler_new(&cfg, &p), JC_ERR_INVALID_ARGUMENT);
+    ASSERT_CONTAINS(jc_last_detail(), "jc_profiler_config.size");
+    jc_cap_options co;
+    jc_cap_options_init(&co);
+    co.size = sizeof co + 8;
+    char dir[256];
+    ASSERT_STATUS(jc_cap_state_dir(&co, dir, sizeof dir), JC_ERR_INVALID_ARGUMENT);
+    ASSERT_CONTAINS(jc_last_detail(), "another joulecap.h");
+}
+
 JC_TEST_MAIN(TEST_ENTRY(knee_ed2p_finds_the_knee), TEST_ENTRY(flat_optimum_any_flat_cap_is_fine),
              TEST_ENTRY(optimum_at_the_bottom_and_at_the_top), TEST_ENTRY(knee_between_coarse_caps_and_sweep_limits),
              TEST_ENTRY(objectives_pick_differently), TEST_ENTRY(cap_list_is_honoured),
@@ -613,4 +711,6 @@ JC_TEST_MAIN(TEST_ENTRY(knee_ed2p_finds_the_knee), TEST_ENTRY(flat_optimum_any_f
              TEST_ENTRY(no_cap_measurably_better_keeps_the_default), TEST_ENTRY(savings_carry_their_uncertainty),
              TEST_ENTRY(bad_config_is_refused_with_a_reason), TEST_ENTRY(state_machine_call_order),
              TEST_ENTRY(online_driver_with_counter_steps), TEST_ENTRY(sweep_files_are_checked),
-             TEST_ENTRY(cli_simulate_gives_json))
+             TEST_ENTRY(cli_simulate_gives_json),
+             TEST_ENTRY(simulate_reports_progress_and_trials_have_named_reasons),
+             TEST_ENTRY(deprecated_names_still_work), TEST_ENTRY(options_structs_check_their_size))

@@ -116,7 +116,8 @@ def test_signatures_show_the_new_names():
     for f in (joulecap.power_cap_profiler, joulecap.profile_power_cap, joulecap.PowerCapOptimizer):
         params = sig(f).parameters
         assert {"caps_w", "time_budget_s"} <= set(params) and not {"caps", "time_budget"} & set(params), f
-        assert params["gpu_num"].default == 0
+        # The same default as the measurement tools': GPU 0, or under torch.distributed the rank's GPU.
+        assert params["gpu_num"].default is joulecap.distributed.RANK_GPU and repr(params["gpu_num"].default) == "0"
     assert sig(joulecap.power_cap_profiler).return_annotation == "float"
     assert sig(joulecap.profile_power_cap).return_annotation == "ProfileResult"
 
@@ -184,3 +185,19 @@ def test_optimizer_gpu_num(caps_env, monkeypatch):
 def test_caps_accept_current(caps_env):
     caps_env()
     assert joulecap.get_power_cap("current").gpu_num == 0
+
+
+def test_default_gpu_under_torch_distributed_is_the_ranks(monkeypatch):
+    """Under torch.distributed the default gpu_num of the profiler and the optimizer is the rank's GPU, as for the
+    measurement tools (no warning: the old optimizer default meant the current device, which that is there)."""
+    from joulecap.profiler import _default_gpu
+
+    class Group:
+        size = 2
+
+    monkeypatch.setattr(joulecap.profiler, "rank_gpu", lambda: 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        assert _default_gpu(joulecap.distributed.RANK_GPU, Group()) == 1
+        assert _default_gpu(joulecap.distributed.RANK_GPU, Group(), online=True) == 1
+        assert _default_gpu(0, Group(), online=True) == 0

@@ -515,21 +515,23 @@ def test_online_optimizer_close_before_done_restores(sweep_env):
 # torch.distributed: two ranks on two fake GPUs agree on one cap
 
 
-def _ddp_rank(rank, world, port, env, out_dir):
+def _ddp_rank(rank, world, port, env, out_dir, gpus=None):
     os.environ.update(env)
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method="tcp://127.0.0.1:%d" % port, rank=rank, world_size=world)
+    gpu = rank % (gpus or world)
     try:
-        wl = SweepWorkload(gpu_num=rank)
+        wl = SweepWorkload(gpu_num=gpu)
         model = torch.nn.parallel.DistributedDataParallel(SweepModel(wl))
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
         loss_fn = torch.nn.CrossEntropyLoss()
         data = batches(4, seed=rank)
         caps_seen = []
         ran = after = 0
-        with joulecap.PowerCapOptimizer(gpu_num=rank, time_budget_s=5) as pco:
+        with joulecap.PowerCapOptimizer(gpu_num=gpu, time_budget_s=5) as pco:
+            owner = pco._hold is not None
             while after < 5 and ran < 1000:
                 x, y = data[ran % len(data)]
                 opt.zero_grad()
@@ -539,11 +541,12 @@ def _ddp_rank(rank, world, port, env, out_dir):
                 pco.step()
                 if pco.done:
                     after += 1
-                    caps_seen.append(joulecap.get_power_cap(rank).limit_w)
-            res = {"rank": rank, "done": pco.done, "cap_w": pco.cap_w, "steps": pco.steps, "ran": ran,
+                    caps_seen.append(joulecap.get_power_cap(gpu).limit_w)
+            res = {"rank": rank, "owner": owner, "done": pco.done, "cap_w": pco.cap_w, "steps": pco.steps, "ran": ran,
                    "caps_seen": caps_seen, "result_cap": pco.result.cap_w, "trials": len(pco.result.trials),
                    "limits": sorted(set(wl.limits))}
-        res["after_close"] = joulecap.get_power_cap(rank).limit_w
+        dist.barrier()  # every rank's cap back before anyone reads it
+        res["after_close"] = joulecap.get_power_cap(gpu).limit_w
         with open(os.path.join(out_dir, "rank%d.json" % rank), "w") as f:
             json.dump(res, f)
     finally:
@@ -573,6 +576,61 @@ def test_ddp_ranks_choose_one_cap(sweep_env, tmp_path):
     for g in range(2):
         cap = joulecap.get_power_cap(g)
         assert cap.limit_w == 700 and cap.manager == "none"
+    assert journals(env) == []
+
+
+def test_ddp_ranks_sharing_a_gpu_leave_its_cap_to_one(sweep_env, tmp_path):
+    """4 ranks on 2 GPUs: the lowest rank on each GPU owns its cap; all 4 follow rank 0's decisions."""
+    env = sweep_env("h100x2-sweep.scn")
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_rank, args=(4, _free_port(), env, str(tmp_path), 2), nprocs=4, join=True)
+    res = [json.loads((tmp_path / ("rank%d.json" % r)).read_text()) for r in range(4)]
+    assert [r["owner"] for r in res] == [True, True, False, False]
+    for r in res:
+        assert r["done"] and r["steps"] == r["ran"] and r["cap_w"] == res[0]["cap_w"]
+    for r in res[:2]:
+        # (a follower may see the limit put back already: its owner's close() does not wait for it)
+        assert r["caps_seen"] == [r["cap_w"]] * 5 and r["after_close"] == 700
+    assert res[0]["limits"] == res[1]["limits"] and min(res[0]["limits"]) < 700
+    for g in range(2):
+        cap = joulecap.get_power_cap(g)
+        assert cap.limit_w == 700 and cap.manager == "none"
+    assert journals(env) == []
+
+
+def _ddp_rank_seed_profiler(rank, world, port, env, out_dir):
+    os.environ.update(env)
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:%d" % port, rank=rank, world_size=world)
+    try:
+        wl = SweepWorkload(gpu_num=rank)
+        model = torch.nn.parallel.DistributedDataParallel(SweepModel(wl))
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        cap = joulecap.power_cap_profiler(model, batches(4, seed=rank), rank, train=True,
+                                          loss_fn=torch.nn.CrossEntropyLoss(), optimizer=opt, caps_w=[500, 400],
+                                          time_budget_s=4, steps_on_gpu=True,
+                                          out_file=os.path.join(out_dir, "caps.csv"))
+        dist.barrier()
+        res = {"cap": cap, "limits": sorted(set(wl.limits)), "after": joulecap.get_power_cap(rank).limit_w}
+        with open(os.path.join(out_dir, "rank%d.json" % rank), "w") as f:
+            json.dump(res, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_seed_profiler_decides_once_for_every_rank(sweep_env, tmp_path):
+    """power_cap_profiler on every rank of a DDP model: same steps, same caps, one recommendation, one CSV."""
+    env = sweep_env("h100x2-sweep.scn")
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_rank_seed_profiler, args=(2, _free_port(), env, str(tmp_path)), nprocs=2, join=True)
+    res = [json.loads((tmp_path / ("rank%d.json" % r)).read_text()) for r in range(2)]
+    assert res[0]["cap"] == res[1]["cap"] and res[0]["limits"] == res[1]["limits"]
+    assert [r["after"] for r in res] == [700, 700]
+    assert (tmp_path / "caps.csv").read_text().count("recommended") == 1
     assert journals(env) == []
 
 

@@ -1,0 +1,339 @@
+"""The trainer callbacks (joulecap.callbacks) with the real lightning and transformers packages on the fake GPU.
+
+Tiny models made here, plain torch datasets, nothing downloaded.  The values the callbacks log through the
+trainers' own loggers must be the snippet tool's: the callback's tool writes its windows to a CSV (the library's
+window CSV), and every logged epoch and block of steps must equal its row there.
+"""
+
+import csv
+import math
+import os
+import time
+
+import pytest
+
+import joulecap
+from joulecap.errors import InvalidArgument
+
+torch = pytest.importorskip("torch")
+
+J_PER_KWH = 3.6e6
+CARBON = {"grid_gco2_per_kwh": 400, "price_per_kwh": 0.3, "currency": "EUR"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def dataset(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.utils.data.TensorDataset(torch.randn(n, 8, generator=g), torch.randint(0, 2, (n,), generator=g))
+
+
+def snippet_rows(path):
+    """The callback tool's CSV: window name -> (row, energies in J per device)."""
+    out = {}
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            e = {k[: -len("_energy_kwh")]: float(v) * J_PER_KWH for k, v in r.items() if k.endswith("_energy_kwh") and v}
+            out[r["window"]] = (r, e)
+    return out
+
+
+def assert_metrics_match_row(metrics, prefix, row, energies, carbon=True):
+    """Logged metrics of one window == the snippet tool's CSV row of it."""
+    for dev, e in energies.items():
+        assert metrics[prefix + dev + "_j"] == pytest.approx(e, rel=1e-8, abs=1e-9)
+    total = sum(energies.values())
+    assert metrics[prefix + "j"] == pytest.approx(total, rel=1e-8)
+    assert metrics[prefix + "s"] == pytest.approx(float(row["elapsed_s"]), abs=2e-6)
+    assert metrics[prefix + "power_w"] == pytest.approx(total / float(row["elapsed_s"]), rel=1e-4)
+    assert metrics[prefix + "coverage"] == 1.0
+    if carbon:
+        assert metrics[prefix + "kwh"] == pytest.approx(total / J_PER_KWH, rel=1e-8)
+        assert metrics[prefix + "gco2e"] == pytest.approx(total / J_PER_KWH * 400, rel=1e-8)
+        assert metrics[prefix + "cost"] == pytest.approx(total / J_PER_KWH * 0.3, rel=1e-8)
+    # The fake GPU draws a constant 300 W: its energy is 300 W x the window, within one 30 J counter step.
+    assert metrics[prefix + "gpu0_j"] == pytest.approx(300 * float(row["elapsed_s"]), abs=30)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# PyTorch Lightning
+
+
+def lightning_module(step_s=0.01, workload=None):
+    L = pytest.importorskip("lightning.pytorch")
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 2)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            if workload is not None:
+                workload.step()
+            else:
+                time.sleep(step_s)  # a step that takes a moment, as real ones do
+            return torch.nn.functional.cross_entropy(self.lin(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    return Tiny()
+
+
+def lightning_trainer(tmp_path, callbacks, max_epochs=2, **kw):
+    L = pytest.importorskip("lightning.pytorch")
+    from lightning.pytorch.loggers import CSVLogger
+
+    logger = CSVLogger(str(tmp_path), name="run", version=0)
+    trainer = L.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=logger, callbacks=callbacks,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        log_every_n_steps=1, **kw)
+    return trainer, logger
+
+
+def logged_rows(logger):
+    """CSVLogger's metrics.csv: a list of dicts of the non-empty cells, as floats."""
+    with open(os.path.join(logger.log_dir, "metrics.csv"), newline="") as f:
+        return [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+
+
+def test_lightning_logs_the_snippet_tools_values_per_epoch_and_per_n_steps(fake, tmp_path):
+    from joulecap.callbacks.lightning import JoulecapCallback
+
+    out = tmp_path / "energy.csv"
+    cb = JoulecapCallback(gpu_num=0, every_n_steps=3, out_file=out, carbon=CARBON)
+    trainer, logger = lightning_trainer(tmp_path, [cb])
+    loader = torch.utils.data.DataLoader(dataset(64), batch_size=8)  # 8 steps per epoch
+    trainer.fit(lightning_module(), loader)
+
+    rows = snippet_rows(out)
+    blocks = ["steps%d-%d" % (a, a + 2) for a in range(1, 17, 3)]  # 16 steps: 5 whole blocks, then step 16 alone
+    assert sorted(rows) == sorted(["epoch0", "epoch1"] + blocks)
+
+    logged = logged_rows(logger)
+    epochs = [r for r in logged if "energy/epoch_j" in r]
+    assert [int(r["epoch"]) for r in epochs] == [0, 1]
+    for r in epochs:
+        assert_metrics_match_row(r, "energy/epoch_", *rows["epoch%d" % int(r["epoch"])])
+    steps = [r for r in logged if "energy/steps_j" in r]
+    assert [int(r["step"]) for r in steps] == [3, 6, 9, 12, 15, 16]
+    for r, name in zip(steps, blocks):
+        assert_metrics_match_row(r, "energy/steps_", *rows[name])
+    # The epoch's metrics are in callback_metrics too (ModelCheckpoint, EarlyStopping can use them).
+    assert float(trainer.callback_metrics["energy/epoch_j"]) == pytest.approx(epochs[-1]["energy/epoch_j"], rel=1e-6)
+    # The records and the summary.
+    assert [r["name"] for r in cb.records if r["scope"] == "epoch"] == ["epoch0", "epoch1"]
+    assert cb.records[-1]["last_step"] == 16 and cb.records[-1]["first_step"] == 16
+    total = sum(r["energy/epoch_j"] for r in epochs)
+    assert "2 epochs" in cb.summary and ("%.4g J" % total) in cb.summary
+    assert "gCO2e (at 400 g/kWh)" in cb.summary and "EUR" in cb.summary
+    assert cb.meter.tool is None  # closed at the end of fit
+
+
+def test_lightning_auto_gpu_measures_the_cpu_for_a_cpu_model(fake, tmp_path):
+    from joulecap.callbacks.lightning import JoulecapCallback
+
+    cb = JoulecapCallback(carbon=False, summary=False)  # gpu_num="auto": the module is on the CPU
+    trainer, logger = lightning_trainer(tmp_path, [cb], max_epochs=1)
+    trainer.fit(lightning_module(), torch.utils.data.DataLoader(dataset(16), batch_size=8))
+    (epoch,) = [r for r in logged_rows(logger) if "energy/epoch_j" in r]
+    assert "energy/epoch_cpu_j" in epoch and not any(k.startswith("energy/epoch_gpu") for k in epoch)
+    assert "energy/epoch_gco2e" not in epoch and "energy/epoch_kwh" not in epoch
+    assert epoch["energy/epoch_j"] == epoch["energy/epoch_cpu_j"] > 0
+
+
+def test_lightning_partial_coverage_is_logged(fake_env, tmp_path):
+    """A GPU lost inside the epoch: the epoch's coverage is below 1 and says which device."""
+    from joulecap.callbacks.lightning import JoulecapCallback
+
+    fake_env(scenario="gpu-lost.scn")
+    cb = JoulecapCallback(gpu_num=0, summary=False, carbon=False)
+    trainer, logger = lightning_trainer(tmp_path, [cb], max_epochs=1)
+    t0 = time.monotonic()
+    trainer.fit(lightning_module(step_s=0.05), torch.utils.data.DataLoader(dataset(96), batch_size=4))
+    (epoch,) = [r for r in logged_rows(logger) if "energy/epoch_j" in r]
+    assert epoch["energy/epoch_coverage"] < 1
+    assert epoch["energy/epoch_gpu0_coverage"] == epoch["energy/epoch_coverage"]
+    assert "partial" in cb.meter.records[0]["estimates"]["gpu0"]
+    assert "partial" in cb.meter.summary_text()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Hugging Face transformers
+
+
+class SeqDataset(torch.utils.data.Dataset):
+    def __init__(self, n=32, seq=8, vocab=50, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(0, vocab, (n, seq), generator=g)
+        self.labels = torch.randint(0, 2, (n,), generator=g)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+
+def hf_trainer(tmp_path, callbacks, epochs=2, report_to="none"):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=16, num_labels=2)
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config)  # made from a config: nothing downloaded
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "hf"), num_train_epochs=epochs, per_device_train_batch_size=4, use_cpu=True,
+        report_to=report_to, save_strategy="no", logging_strategy="no", disable_tqdm=True,
+        dataloader_num_workers=0)
+    return transformers.Trainer(model=model, args=args, train_dataset=SeqDataset(), callbacks=callbacks)
+
+
+def test_transformers_logs_the_snippet_tools_values_through_trainer_log(fake, tmp_path):
+    from transformers import TrainerCallback
+
+    from joulecap.callbacks.transformers import JoulecapCallback
+
+    class Integration(TrainerCallback):
+        """Stands where report_to's integrations stand: before user callbacks."""
+
+        logs = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.logs.append(dict(logs))
+
+    seen = Integration()
+    trainer = hf_trainer(tmp_path, [seen])
+    out = tmp_path / "energy.csv"
+    cb = JoulecapCallback(gpu_num=0, every_n_steps=3, out_file=out, carbon=CARBON).attach(trainer)
+    trainer.train()
+
+    rows = snippet_rows(out)
+    blocks = ["steps%d-%d" % (a, a + 2) for a in range(1, 17, 3)]  # 2 x 8 steps: 5 whole blocks, then step 16
+    assert sorted(rows) == sorted(["epoch0", "epoch1"] + blocks)
+
+    epochs = [h for h in trainer.state.log_history if "energy/epoch_j" in h]
+    assert [h["step"] for h in epochs] == [8, 16]
+    for h, name in zip(epochs, ["epoch0", "epoch1"]):
+        assert_metrics_match_row(h, "energy/epoch_", *rows[name])
+    steps = [h for h in trainer.state.log_history if "energy/steps_j" in h]
+    assert [(h["energy/steps_first"], h["energy/steps_last"]) for h in steps] == [
+        (1, 3), (4, 6), (7, 9), (10, 12), (13, 15), (16, 16)]
+    for h, name in zip(steps, blocks):
+        assert_metrics_match_row(h, "energy/steps_", *rows[name])
+        assert h["step"] >= h["energy/steps_last"]  # logged once its result is known
+    # The integrations got the same logs.
+    assert [x for x in seen.logs if "energy/epoch_j" in x or "energy/steps_j" in x] == [
+        {k: v for k, v in h.items() if k != "step"} for h in trainer.state.log_history
+        if "energy/epoch_j" in h or "energy/steps_j" in h]
+    assert "2 epochs" in cb.summary and "EUR" in cb.summary
+
+
+def test_transformers_in_callbacks_list_goes_to_log_history_and_warns_about_report_to(fake, tmp_path, monkeypatch):
+    from joulecap.callbacks.transformers import JoulecapCallback
+    from joulecap.errors import JoulecapWarning
+
+    monkeypatch.setenv("JOULECAP_GRID_GCO2_PER_KWH", "250")
+    cb = JoulecapCallback(gpu_num=0, summary=False)
+    trainer = hf_trainer(tmp_path, [cb], epochs=1, report_to="tensorboard")
+    with pytest.warns(JoulecapWarning, match="attach"):
+        trainer.train()
+    (h,) = [h for h in trainer.state.log_history if "energy/epoch_j" in h]
+    m = cb.records[0]["measurement"]
+    assert h["energy/epoch_gpu0_j"] == m.gpu_energy_j[0] and h["energy/epoch_cpu_j"] == m.cpu_energy_j
+    assert h["energy/epoch_gco2e"] == pytest.approx(m.total_energy_j / J_PER_KWH * 250, rel=1e-12)
+    assert m.gco2e == pytest.approx(h["energy/epoch_gco2e"]) and m.cost is None
+    assert "energy/epoch_cost" not in h
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Arguments checked before training; the online power-cap optimizer
+
+
+def test_bad_arguments_fail_before_training(fake, monkeypatch):
+    from joulecap.callbacks.lightning import JoulecapCallback
+
+    for kw, what in [({"every_n_steps": 0}, "every_n_steps"), ({"every_n_steps": 2.5}, "every_n_steps"),
+                     ({"power_cap": "yes"}, "power_cap"), ({"power_cap": {"bogus": 1}}, "bogus"),
+                     ({"carbon": {"grid_gco2_per_kwh": -1}}, "negative"),
+                     ({"gpu_num": 7}, "GPU")]:
+        with pytest.raises(joulecap.JoulecapError, match=what):
+            JoulecapCallback(**kw)
+    monkeypatch.setenv("JOULECAP_PRICE_PER_KWH", "nan")
+    with pytest.raises(InvalidArgument, match="JOULECAP_PRICE_PER_KWH.*not finite"):
+        JoulecapCallback(gpu_num=0)
+
+
+@pytest.fixture
+def sweep_env(fake_env, tmp_path, monkeypatch):
+    """The fake GPU whose power follows its limit, a private state file and journal directory (test_profiler)."""
+    fake_env(scenario="h100-sweep.scn", sysfs="norapl", proc="qemu")
+    monkeypatch.setenv("JOULECAP_FAKE_NVML_STATE", str(tmp_path / "fake.state"))
+    monkeypatch.setenv("JOULECAP_STATE_DIR", str(tmp_path / "journals"))
+    monkeypatch.delenv("JOULECAP_CLI", raising=False)
+    yield
+    joulecap.restore_power_caps()
+
+
+def test_lightning_power_cap_optimizer_runs_on_the_training_steps_and_puts_the_limit_back(sweep_env, tmp_path):
+    from test_profiler import SweepWorkload
+
+    from joulecap.callbacks.lightning import JoulecapCallback
+
+    wl = SweepWorkload()
+    cb = JoulecapCallback(gpu_num=0, power_cap={"time_budget": 3}, summary=False)
+    trainer, logger = lightning_trainer(tmp_path, [cb], max_epochs=3)
+    trainer.fit(lightning_module(workload=wl), torch.utils.data.DataLoader(dataset(160), batch_size=4))
+    pco = cb.meter.optimizer
+    assert pco.steps == wl.steps == 120  # stepped once per training batch
+    assert min(wl.limits) < 700  # the steps ran at the caps it tried
+    assert pco.result is not None and 200 <= pco.result.cap_w <= 700
+    epochs = [r for r in logged_rows(logger) if "energy/epoch_j" in r]
+    assert len(epochs) == 3 and all(200 <= r["energy/power_cap_w"] <= 700 for r in epochs)
+    cap = joulecap.get_power_cap(0)
+    assert cap.limit_w == 700 and cap.manager == "none"  # put back at the end of fit
+
+
+def test_import_joulecap_needs_no_trainer_package():
+    import subprocess
+    import sys
+
+    code = ("import sys, joulecap, joulecap.callbacks\n"
+            "print(sorted(m for m in ('lightning', 'pytorch_lightning', 'transformers') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_lightning_exception_in_training_puts_the_limit_back_and_closes(sweep_env, tmp_path):
+    from test_profiler import SweepWorkload
+
+    from joulecap.callbacks.lightning import JoulecapCallback
+
+    class Failing(SweepWorkload):
+        def step(self):
+            if self.steps == 60:
+                raise RuntimeError("boom")
+            super().step()
+
+    wl = Failing()
+    out = tmp_path / "energy.csv"
+    cb = JoulecapCallback(gpu_num=0, every_n_steps=4, out_file=out, power_cap={"time_budget": 20}, summary=False)
+    trainer, _ = lightning_trainer(tmp_path, [cb], max_epochs=1)
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(lightning_module(workload=wl), torch.utils.data.DataLoader(dataset(320), batch_size=4))
+    assert min(wl.limits) < 700  # it was profiling when the step raised
+    cap = joulecap.get_power_cap(0)
+    assert cap.limit_w == 700 and cap.manager == "none"
+    assert cb.meter.tool is None
+    # The epoch that raised is measured up to the exception; every window has its row.
+    names = [r["name"] for r in cb.records]
+    assert "epoch0" in names and names.count("epoch0") == 1
+    assert sorted(snippet_rows(out)) == sorted(names)
