@@ -9,8 +9,8 @@ on-intervals).  Runs of one code are pooled.
 
 References for a window [t0, t1] (both independent of the method under test):
   two-level  P_on * t_on + P_off * t_off, P_on and P_off fitted by least squares to the raw poller's 100 ms
-             steps given the schedule (the issue-2 reference: BENCHMARKS.md "Core (issue 2)").  Its error is that
-             of a two-level model of a real GEMM load (ramps, overshoot), per step.
+             steps given the schedule (the issue-2 reference: bench/results/HISTORY.md "Core (issue 2)").  Its
+             error is that of a two-level model of a real GEMM load (ramps, overshoot), per step.
   step       the counter's own steps, timed by the raw poller (reads 3-6 ms apart), with the energy inside the
              step at each edge spread by the schedule (on-time at P_on, off-time at P_off) instead of linearly.
              Whole steps inside the window are exact; only the shape inside the two edge steps is modelled.  This

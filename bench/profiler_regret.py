@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Quality of the power-cap profiler on real power-limit sweeps, side by side with the seed's and Zeus's methods.
 
-Every sweep in ../shared/data/capsweeps is played back by the same simulated GPU (`joulecap profile --simulate`:
-time per step 0.05 s at the default limit, 2% noise on each step's time and power, an energy counter that
-updates every 0.1 s, 0.3 s of settling after each cap change), with several seeds.  For each method and run:
+Every sweep in a folder of recorded power-limit sweeps (--data DIR; not part of this repository: 121 Zeus
+NSDI'23 workloads on V100 and A40 and 12 profile logs, by default in ../shared/data/capsweeps beside the
+checkout) is played back by the same simulated GPU (`joulecap profile --simulate`: time per step 0.05 s at the
+default limit, 2% noise on each step's time and power, an energy counter that updates every 0.1 s, 0.3 s of
+settling after each cap change), with several seeds.  For each method and run:
 
   regret = ED2P(recommended cap) / ED2P(best cap) - 1, both from the sweep interpolated linearly on a 1 W grid
            over [min, default] (a recommendation outside [min, max] is scored at the nearest limit, and
@@ -317,6 +319,8 @@ def git_commit():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--cli', help='joulecap binary (default: build-prof/joulecap, build/joulecap or PATH)')
+    ap.add_argument('--data', default=DATA,
+                    help='folder of recorded sweeps (default: ../shared/data/capsweeps beside the checkout)')
     ap.add_argument('--seeds', type=int, default=5)
     ap.add_argument('--variants', default=DEFAULT_VARIANTS,
                     help='comma-separated held-out variants of the sweeps (see the docstring)')
@@ -345,7 +349,9 @@ def main():
             sys.exit(f'profiler_regret.py: unknown method {m!r} (known: {", ".join(METHODS)})')
     specs = [v for v in a.variants.split(',') if v]
 
-    sweeps = load_sweeps()
+    if not os.path.isdir(a.data):
+        sys.exit(f'profiler_regret.py: no sweep folder {a.data}: pass --data DIR (the sweeps are not in this repository)')
+    sweeps = load_sweeps(a.data)
     tmp = tempfile.mkdtemp(prefix='jc_sweeps_')
     report = {}  # spec -> (label, results)
     try:
@@ -400,7 +406,7 @@ def main():
         f'Date {datetime.date.today().isoformat()}, commit {git_commit()}, machine {machine()}.  '
         f'Command: `{cmd.strip()}` (joulecap binary: `{os.path.relpath(cli, REPO)}`).',
         '',
-        f'{len(sweeps)} sweeps from `../shared/data/capsweeps` (121 Zeus NSDI\'23 workloads on V100 and A40, 12 '
+        f'{len(sweeps)} sweeps from `{a.data}` (121 Zeus NSDI\'23 workloads on V100 and A40, 12 '
         f'profile logs) x {a.seeds} seeds, played back by `joulecap profile --simulate` with its defaults: '
         '0.05 s per step at the default limit, 2% noise on each step\'s time and power, energy counter updated '
         'every 0.1 s, 0.3 s of settling after a cap change' +

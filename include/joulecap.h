@@ -83,7 +83,8 @@ enum jc_flags {
     /* Read the GPU energy counter at every step all the time, for energies of intervals taken after the fact
      * (jc_energy_between, jc_reading_get) while no window is open.  Without it, and with counter_interval_s 0,
      * the counter is read at every step only while a window is open (and 10 s after one), or CSV rows are
-     * under 1 s apart; otherwise about once a second (under 1% of a CPU core instead of ~8% on an H100). */
+     * under 1 s apart; otherwise about once a second (under 1% of a CPU core instead of 5-6% on an H100,
+     * BENCHMARKS.md). */
     JC_EVERY_STEP = 1u << 2,
 };
 

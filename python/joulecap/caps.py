@@ -39,9 +39,12 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 from . import _joulecap, _paths
+from ._deprecation import renamed_keywords
+from ._types import OneGpu
 from .errors import GPUNotFound, InvalidArgument, JoulecapWarning, NotFound, SourceUnavailable
 
-__all__ = ["PowerCap", "CapReset", "set_power_cap", "reset_power_cap", "get_power_cap", "restore_power_caps"]
+__all__ = ["PowerCap", "CapReset", "set_power_cap", "reset_power_cap", "get_power_cap", "restore_power_caps",
+           "current_gpu"]
 
 _log = logging.getLogger("joulecap")
 
@@ -119,10 +122,23 @@ def _via() -> str:
 # GPU selection
 
 
+def current_gpu() -> int:
+    """torch's current CUDA device (``torch.cuda.current_device()``), or 0 where torch is missing or sees no CUDA:
+    what ``gpu_num="current"`` names."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.current_device() if torch.cuda.is_available() else 0
+
+
 def _one_gpu(gpu_num: Any) -> str:
-    """The library's selection string for exactly one GPU (CUDA numbering, a UUID, "cuda:1", a torch.device)."""
+    """The library's selection string for exactly one GPU (CUDA numbering, a UUID, "cuda:1", a torch.device,
+    "current")."""
     from .measurement import _gpu_selection
 
+    if isinstance(gpu_num, str) and gpu_num.strip().lower() == "current":
+        gpu_num = current_gpu()
     if gpu_num is None:
         raise InvalidArgument("gpu_num=None: power caps need a GPU; pass its CUDA number, such as 0")
     sel = _gpu_selection(gpu_num)
@@ -131,7 +147,7 @@ def _one_gpu(gpu_num: Any) -> str:
     return sel
 
 
-def _info(gpu_num: Any) -> Dict[str, Any]:
+def _info(gpu_num: OneGpu) -> Dict[str, Any]:
     try:
         return _joulecap.cap_get(_one_gpu(gpu_num))
     except NotFound as e:  # the selection names no GPU: the message lists those that exist
@@ -239,36 +255,43 @@ def _guarded(info: Dict[str, Any], call: Any, *args: Any) -> Any:
 # The seed's API
 
 
-def get_power_cap(gpu_num: Any = 0) -> PowerCap:
+def get_power_cap(gpu_num: OneGpu = 0) -> PowerCap:
     """The power limits of one GPU (W) and who manages them.  Needs no permission.
 
-    gpu_num: the CUDA device number (as torch.cuda numbers it), a UUID (or unique prefix), "cuda:1" or a
-    torch.device.
+    gpu_num: the CUDA device number (as torch.cuda numbers it), a UUID (or unique prefix), "cuda:1", a
+    torch.device, or "current" (torch's current CUDA device).
     """
     return PowerCap._of(_info(gpu_num))
 
 
-def set_power_cap(gpu_num: Any, cap: Any) -> PowerCap:
-    """Sets the power cap of one GPU to ``cap`` watts until :func:`reset_power_cap`, :func:`restore_power_caps`
+@renamed_keywords(cap="cap_w")
+def set_power_cap(gpu_num: OneGpu, cap_w: float) -> PowerCap:
+    """Sets the power cap of one GPU to ``cap_w`` watts until :func:`reset_power_cap`, :func:`restore_power_caps`
     or the end of this process (also if it is killed), and returns the limits now in force.
 
     Before the first change the limit in force is saved: that limit (not the default, not the maximum) is what
     comes back.  Raises ``InvalidArgument`` (stating the GPU's range) for a cap outside [min, max],
     ``PermissionDenied`` (root or CAP_SYS_ADMIN gives it) and ``Busy`` (another live process manages this GPU's
-    cap, named in the message) before anything changes.
+    cap, named in the message) before anything changes.  (``cap=``, the old keyword, still works and warns.)
     """
-    watts = _watts(cap)
+    watts = _watts(cap_w, "cap_w")
     info = _info(gpu_num)
-    _check_range(info, watts)
+    prior = _sessions.get(info["uuid"])
+    opened = prior is None or prior.closed
     session = _sessions.open(info)
-    _guarded(info, session.set, info["index"], watts)
+    try:
+        _guarded(info, session.set, info["index"], watts)  # the library checks the GPU's range first
+    except InvalidArgument:
+        if opened:  # nothing was set: leave no session (journal, guardian) behind for a refused cap
+            _sessions.close(info["uuid"])
+        raise
     now = PowerCap._of(_joulecap.cap_get(info["uuid"]))
     _log.info("joulecap: GPU %d power cap set to %g W (was %g W), via %s", info["index"], now.limit_w, info["limit_w"],
               now.via)
     return now
 
 
-def reset_power_cap(gpu_num: Any = 0) -> CapReset:
+def reset_power_cap(gpu_num: OneGpu = 0) -> CapReset:
     """Resets the power cap of one GPU and says which limit it put back.
 
     * joulecap changed the limit in this process: the limit saved before that change comes back

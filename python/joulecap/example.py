@@ -160,7 +160,7 @@ def part_training(s: Setup) -> None:
 
     s.say("Training a small CNN for %d epochs of %d batches of %d on %s" % (args.epochs, args.batches,
                                                                        args.batch_size, s.device))
-    sampler.start(interval=args.interval)
+    sampler.start(interval_s=args.interval)
     t0 = time.monotonic()
     results = []
     losses = []
@@ -264,7 +264,7 @@ PARTS.append(part_layerwise)
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Part: the power-cap profiler (joulecap.power_cap_profiler)
+# Part: the power-cap profiler (joulecap.profile_power_cap)
 #
 # It changes a GPU's power limit, which needs root (or CAP_SYS_ADMIN) and, on a shared machine, the owner's
 # consent: on a real GPU it runs only with --profile-caps.  Otherwise it shows the same profiler on something
@@ -340,7 +340,7 @@ def _fake_gpu_child(out_csv: str, budget: float) -> None:
 
     import torch
 
-    from . import get_power_cap, power_cap_profiler
+    from . import get_power_cap, profile_power_cap
 
     torch.set_num_threads(1)
 
@@ -360,9 +360,8 @@ def _fake_gpu_child(out_csv: str, budget: float) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # The step stands in for a job on the fake GPU (it runs on the CPU): steps_on_gpu=True says so.
-        power_cap_profiler(FakeGpuStep(), [torch.zeros(1, 1)] * 4, 0, out_file=out_csv, time_budget=budget,
-                           steps_on_gpu=True)
-    r = power_cap_profiler.last_result
+        r = profile_power_cap(FakeGpuStep(), [torch.zeros(1, 1)] * 4, 0, out_file=out_csv, time_budget_s=budget,
+                              steps_on_gpu=True)
     lines = Setup(args=argparse.Namespace(quiet=True), torch=torch, device=None, gpu_num=None)
     _say_profile(lines, r, out_csv)
     lines.say("  the fake GPU's limit afterwards: %g W (as found)" % get_power_cap(0).limit_w)
@@ -425,7 +424,7 @@ def part_power_caps(s: Setup) -> None:
               "instead:" % (s.gpu_num, budget))
         _simulated_profile(s, budget)
         return
-    from . import power_cap_profiler
+    from . import profile_power_cap
 
     torch.manual_seed(0)
     model = build_model(torch).to(s.device)
@@ -435,8 +434,8 @@ def part_power_caps(s: Setup) -> None:
     s.say("Power-cap profiler (ED2P, %g s) on GPU %d: training steps of the CNN at the caps it chooses"
           % (budget, s.gpu_num))
     try:
-        power_cap_profiler(model, data, s.gpu_num, train=True, loss_fn=torch.nn.CrossEntropyLoss(),
-                           optimizer=optimizer, out_file=out_csv, time_budget=budget)
+        r = profile_power_cap(model, data, s.gpu_num, train=True, loss_fn=torch.nn.CrossEntropyLoss(),
+                              optimizer=optimizer, out_file=out_csv, time_budget_s=budget)
     except PermissionDenied as e:
         s.say("  not allowed to set GPU %d's power limit (%s). On the simulator instead:" % (s.gpu_num, e))
         _simulated_profile(s, budget)
@@ -445,7 +444,6 @@ def part_power_caps(s: Setup) -> None:
         s.say("  cannot profile GPU %d: %s. On the simulator instead:" % (s.gpu_num, e))
         _simulated_profile(s, budget)
         return
-    r = power_cap_profiler.last_result
     _say_profile(s, r, out_csv)
     s.say("  GPU %d's limit is back to %g W" % (s.gpu_num, r.limit_before_w))
     s.files.append(out_csv)

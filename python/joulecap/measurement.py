@@ -1,7 +1,7 @@
 """The seed's measurement tools on libjoulecap.
 
 ``EnergyMeasurementTool`` measures code snippets (windows); ``AsynchronousMeasurementTool`` writes a row of
-readings every *interval* seconds.  Names, arguments and CSV columns follow the seed, so a seed user changes
+readings every *interval_s* seconds.  Names, arguments and CSV columns follow the seed, so a seed user changes
 only the import line.  No Python thread or process measures anything: the C library's sampler thread does
 every read, ``start()``/``stop()`` only take timestamps, and the CSV rows are written by C threads as soon as
 their values are known.
@@ -12,16 +12,24 @@ from __future__ import annotations
 import functools
 import math
 import threading
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 
 from . import _jobs, _joulecap
+from ._deprecation import renamed_keywords, warn_renamed
+from ._types import GpuSelection, OutFile
 from . import distributed as _distributed
 from ._common import J_PER_KWH, _Devices, _check_path, _create_file, _gpu_selection, _open_context, _register, _source_notes
 from .errors import InvalidArgument, StateError
 
+if TYPE_CHECKING:
+    from .carbon import Carbon
+
+#: EnergyMeasurementTool's carbon argument: a Carbon (joulecap.carbon_settings(...)), a dict of its arguments,
+#: None (from the environment) or False (none).
+CarbonArg = Union["Carbon", Dict[str, Any], bool, None]
+
 __all__ = ["EnergyMeasurementTool", "AsynchronousMeasurementTool", "Measurement", "WindowContext",
            "LayerwiseMeasurementTool"]
-
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -288,32 +296,35 @@ class EnergyMeasurementTool:
       a machine without an NVIDIA driver warns (:class:`~joulecap.errors.JoulecapWarning`) and measures the CPU.
     * ``out_file``: the CSV; one row per window, written and flushed as soon as the window's values are known
       (about 0.1 s after ``stop()``), not only at exit.  ``None``: no file.
-    * ``interval``: the sampler's period for the cheap reads (default 0.01 s).
+    * ``interval_s``: the sampler's period for the cheap reads (default 0.01 s).
     * ``distributed``: under torch.distributed (None, the default: when the default process group is initialised
       as the tool is created; True: required; False: this process alone), the tool measures the job: every rank
       must create it and stop each window, ``stop()`` on rank 0 returns a
       :class:`~joulecap.distributed.JobMeasurement` with each host's CPU and each GPU counted once, rank 0 alone
       writes ``out_file`` (one row per window and device), and the default ``gpu_num`` is the rank's GPU
       (docs/distributed.md).
-    * ``counter_interval``: read the GPU energy counter only once per this many seconds (default 0: after every
-      100 ms counter step, which short windows need; about 8% of one CPU core on an H100).  1 brings the
-      sampler under 1% of a core; windows shorter than that become coarse and results wait up to that long.
+    * ``counter_interval_s``: read the GPU energy counter only once per this many seconds (default 0: after every
+      100 ms counter step, which short windows need; 5-6% of one CPU core on an H100 with a window every 0.2 s).
+      1 brings the sampler under 1% of a core; windows shorter than that become coarse and results wait up to
+      that long.
     * ``carbon``: a grid intensity and price for the results' ``gco2e`` and ``cost``
       (``joulecap.carbon_settings(...)`` or a dict of its arguments); default None: ``JOULECAP_GRID_GCO2_PER_KWH``,
       ``JOULECAP_PRICE_PER_KWH``, ``JOULECAP_CURRENCY`` or ``JOULECAP_CARBON_CONFIG`` where set; False: none.
+    * ``interval`` and ``counter_interval``, the old names, still work and warn (DeprecationWarning).
 
     Windows: ``start(name=None)`` / ``stop(name)``, ``with tool.window("epoch"):``, ``@tool.measure``.  They may
     be named, nested and overlapping.  ``stop()`` without a name stops the most recently started window.
     """
 
+    @renamed_keywords(interval="interval_s", counter_interval="counter_interval_s")
     def __init__(
         self,
-        out_file: Any = None,
-        gpu_num: Any = _distributed.RANK_GPU,
+        out_file: OutFile = None,
+        gpu_num: GpuSelection = _distributed.RANK_GPU,
         *,
-        interval: Optional[float] = None,
-        counter_interval: Optional[float] = None,
-        carbon: Any = None,
+        interval_s: Optional[float] = None,
+        counter_interval_s: Optional[float] = None,
+        carbon: CarbonArg = None,
         distributed: Optional[bool] = None,
     ):
         from .carbon import resolve
@@ -325,10 +336,10 @@ class EnergyMeasurementTool:
         self.gpu_num = gpu_num = _distributed.resolve_gpu_num(gpu_num, job)
         # In job mode rank 0 writes the job's CSV (distributed.py), not the library its own.
         kwargs: Dict[str, Any] = {"window_csv": self.out_file if job is None else None}
-        if interval is not None:
-            kwargs["interval"] = _check_interval(interval)
-        if counter_interval is not None:
-            kwargs["counter_interval"] = float(counter_interval)
+        if interval_s is not None:
+            kwargs["interval"] = _check_interval(interval_s)
+        if counter_interval_s is not None:
+            kwargs["counter_interval"] = float(counter_interval_s)
         # Where a job name and joulecapd exist, the GPU energy measured goes to the job's totals (_jobs.py).
         self._job: Optional[_distributed.ToolJob] = None
         if job is None:
@@ -498,21 +509,21 @@ def _describe(name: Optional[str]) -> str:
     return "(unnamed)" if name is None else repr(name)
 
 
-def _check_interval(interval: Any) -> float:
+def _check_interval(interval_s: Any) -> float:
     try:
-        v = float(interval)
+        v = float(interval_s)
     except (TypeError, ValueError):
-        raise InvalidArgument("interval=%r: pass a number of seconds, e.g. 1 or 0.1" % (interval,)) from None
-    if isinstance(interval, bool) or not math.isfinite(v) or v <= 0:
-        raise InvalidArgument("interval=%r: pass a number of seconds > 0, e.g. 1 or 0.1" % (interval,))
+        raise InvalidArgument("interval_s=%r: pass a number of seconds, e.g. 1 or 0.1" % (interval_s,)) from None
+    if isinstance(interval_s, bool) or not math.isfinite(v) or v <= 0:
+        raise InvalidArgument("interval_s=%r: pass a number of seconds > 0, e.g. 1 or 0.1" % (interval_s,))
     return v
 
 
 class AsynchronousMeasurementTool:
-    """Writes a row of readings every ``interval`` seconds (the seed's ``AsynchronousMeasurementTool``).
+    """Writes a row of readings every ``interval_s`` seconds (the seed's ``AsynchronousMeasurementTool``).
 
     ``AsynchronousMeasurementTool(out_file, gpu_num=0)`` checks the GPU selection and creates the file at once.
-    ``start(interval=1)`` starts the library's sampler thread, which writes and flushes one row per interval
+    ``start(interval_s=1)`` starts the library's sampler thread, which writes and flushes one row per interval
     (a killed process loses at most the rows whose values were not known yet, about 0.1 s); ``stop()`` writes the
     last row and closes the file.  Neither call blocks the caller for longer than opening/closing the sources,
     and no Python thread or process is involved.
@@ -525,8 +536,9 @@ class AsynchronousMeasurementTool:
     whole (a stalled or lost device).  A write error (a full disk) stops the file on its last whole row and is
     raised by the next ``latest()``, ``stop()`` or ``close()``.
 
-    ``counter_interval`` (seconds, default 0): as for :class:`EnergyMeasurementTool`; with rows a second or more
-    apart, ``counter_interval=1`` keeps the sampler under 1% of a CPU core.
+    ``counter_interval_s`` (default 0): as for :class:`EnergyMeasurementTool`; with rows a second or more
+    apart, ``counter_interval_s=1`` keeps the sampler under 1% of a CPU core.  (``counter_interval`` and
+    ``start(interval=...)``, the old names, still work and warn.)
 
     ``distributed`` (None: automatic, True, False): under torch.distributed every rank must create the tool and
     call ``stop()``; rank 0 writes its own rows to ``out_file`` (the other ranks write none), and its ``stop()``
@@ -534,10 +546,11 @@ class AsynchronousMeasurementTool:
     counted once (docs/distributed.md).
     """
 
-    def __init__(self, out_file: Any, gpu_num: Any = _distributed.RANK_GPU, *,
-                 counter_interval: Optional[float] = None, distributed: Optional[bool] = None):
+    @renamed_keywords(counter_interval="counter_interval_s")
+    def __init__(self, out_file: OutFile, gpu_num: GpuSelection = _distributed.RANK_GPU, *,
+                 counter_interval_s: Optional[float] = None, distributed: Optional[bool] = None):
         self.out_file = _check_path(out_file)
-        self._counter_interval = 0.0 if counter_interval is None else float(counter_interval)
+        self._counter_interval = 0.0 if counter_interval_s is None else float(counter_interval_s)
         if self.out_file is None:
             raise InvalidArgument("out_file is required: the asynchronous tool writes its readings to a CSV file")
         job = _distributed.job_info(distributed)
@@ -568,7 +581,7 @@ class AsynchronousMeasurementTool:
             probe.close()
         self._ctx: Any = None
         self._used = False
-        self.interval: Optional[float] = None
+        self.interval_s: Optional[float] = None
         self._lock = threading.Lock()
         _register(self)
 
@@ -580,8 +593,15 @@ class AsynchronousMeasurementTool:
     def running(self) -> bool:
         return self._ctx is not None
 
-    def start(self, interval: float = 1) -> None:
-        """Starts writing a row every ``interval`` seconds (from 0.001 s up)."""
+    @property
+    def interval(self) -> Optional[float]:
+        """Deprecated: ``interval_s``."""
+        warn_renamed("AsynchronousMeasurementTool", "interval", "interval_s")
+        return self.interval_s
+
+    @renamed_keywords(interval="interval_s")
+    def start(self, interval_s: float = 1) -> None:
+        """Starts writing a row every ``interval_s`` seconds (from 0.001 s up)."""
         with self._lock:
             if self._ctx is not None:
                 raise StateError("the asynchronous tool is already running: call stop() before start()")
@@ -590,7 +610,7 @@ class AsynchronousMeasurementTool:
                     "this tool already wrote %s: create a new AsynchronousMeasurementTool (with another out_file "
                     "to keep the first file) to measure again" % self.out_file
                 )
-            v = _check_interval(interval)
+            v = _check_interval(interval_s)
             sample = v if v < 0.01 else 0.01
             self._ctx = _joulecap.Context(
                 self._selection,
@@ -599,7 +619,7 @@ class AsynchronousMeasurementTool:
                 csv_interval=v,
                 counter_interval=self._counter_interval,
             )
-            self.interval = v
+            self.interval_s = v
             self._used = True
 
     def stop(self) -> int:
@@ -608,7 +628,7 @@ class AsynchronousMeasurementTool:
         with self._lock:
             ctx, self._ctx = self._ctx, None
         if ctx is None:
-            raise StateError("stop() called, but the asynchronous tool is not running: call start(interval) first")
+            raise StateError("stop() called, but the asynchronous tool is not running: call start(interval_s) first")
         if self._job is not None:
             return self._job.stop_series(ctx, self._writes, _close_sink, _Devices)
         return _close_sink(ctx)
@@ -618,7 +638,7 @@ class AsynchronousMeasurementTool:
         CSV's write error as soon as there is one."""
         ctx = self._ctx
         if ctx is None:
-            raise StateError("the asynchronous tool is not running: call start(interval) first")
+            raise StateError("the asynchronous tool is not running: call start(interval_s) first")
         ctx.csv_status()
         labels = ["cpu"] + ["gpu%d" % g for g in self._gpu_indices]
         return {label: ctx.read_latest(i) for i, label in enumerate(labels)}

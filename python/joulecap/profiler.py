@@ -4,6 +4,7 @@
 
     cap = power_cap_profiler(model, dataloader, gpu_num=0, train=True, loss_fn=loss_fn, optimizer=optimizer,
                              out_file="caps.csv")               # the cap (W) with the lowest ED2P; limit restored
+    result = profile_power_cap(model, dataloader, 0, ...)       # the same, returning the whole ProfileResult
 
     with PowerCapOptimizer(gpu_num=0) as pco:                    # online: no step is wasted
         for x, y in dataloader:
@@ -27,14 +28,17 @@ See docs/python.md, "Power caps and the profiler".
 from __future__ import annotations
 
 import csv
+import inspect
 import logging
 import math
 import os
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import _joulecap
+from ._deprecation import renamed_keywords, user_stacklevel
+from ._types import OneGpu, OutFile
 from .caps import (
     CapReset,
     PowerCap,
@@ -42,16 +46,22 @@ from .caps import (
     _info,
     _sessions,
     _watts,
+    current_gpu,
     get_power_cap,
     reset_power_cap,
     restore_power_caps,
     set_power_cap,
 )
 from ._progress import ProgressLine
+from .distributed import RANK_GPU, rank_gpu
 from .errors import FileError, InvalidArgument, JoulecapWarning, PermissionDenied, StateError
+
+if TYPE_CHECKING:  # torch is optional: only type checkers need its names
+    import torch
 
 __all__ = [
     "power_cap_profiler",
+    "profile_power_cap",
     "PowerCapOptimizer",
     "ProfileResult",
     "OBJECTIVES",
@@ -85,7 +95,7 @@ CSV_COLUMNS = [
     "phase",
     "binding",
     "reason",
-    # issue 15: the uncertainty and what the profiler saw
+    # the uncertainty and what the profiler saw
     "rel_se_time",
     "rel_se_power",
     "energy_saving",
@@ -194,53 +204,47 @@ class ProfileResult:
 # Argument checks (all of them before any cap changes)
 
 
-def _objective(objective: Any, max_slowdown: Any) -> Tuple[str, Optional[float]]:
-    if not isinstance(objective, str) or objective.lower() not in OBJECTIVES:
+# The library's profiler (jc_profiler_new) checks the rest when it is created, before any step or file: a known
+# objective, max_slowdown > 0, at most 64 caps, caps not empty.  What is checked here, it cannot say as well.
+
+
+def _objective(objective: str, max_slowdown: Optional[float]) -> Tuple[str, Optional[float]]:
+    if not isinstance(objective, str):
         raise InvalidArgument("objective=%r: choose one of %s" % (objective, ", ".join(OBJECTIVES)))
     objective = objective.lower()
-    if max_slowdown is None:
-        return objective, None
-    if objective != "energy-slowdown":
+    if max_slowdown is not None and objective != "energy-slowdown":
         raise InvalidArgument(
             "max_slowdown=%r applies to objective='energy-slowdown' only (the objective is %r)" % (max_slowdown, objective)
         )
-    try:
-        ms = float(max_slowdown)
-    except (TypeError, ValueError):
-        ms = float("nan")
-    if isinstance(max_slowdown, bool) or not (ms > 0) or not math.isfinite(ms):
-        raise InvalidArgument("max_slowdown=%r: give the allowed slowdown as a fraction > 0, such as 0.05" % (max_slowdown,))
-    return objective, ms
+    return objective, max_slowdown
 
 
-def _time_budget(time_budget: Any) -> float:
-    if time_budget is None:
+def _time_budget(time_budget_s: Optional[float]) -> float:
+    # Not the library's check: it takes 0 for "automatic", which here is None.
+    if time_budget_s is None:
         return 0.0  # automatic: max(20 s, 300 steps at the first cap)
     try:
-        b = float(time_budget)
+        b = float(time_budget_s)
     except (TypeError, ValueError):
         b = float("nan")
-    if isinstance(time_budget, bool) or not (b > 0) or not math.isfinite(b):
-        raise InvalidArgument("time_budget=%r: give the profiling time in seconds (> 0), or None" % (time_budget,))
+    if isinstance(time_budget_s, bool) or not (b > 0) or not math.isfinite(b):
+        raise InvalidArgument("time_budget_s=%r: give the profiling time in seconds (> 0), or None" % (time_budget_s,))
     return b
 
 
-def _caps(caps: Any, info: Dict[str, Any]) -> Optional[List[float]]:
-    if caps is None:
+def _caps(caps_w: Optional[Iterable[float]], info: Dict[str, Any]) -> Optional[List[float]]:
+    # Each cap against the GPU's range here, so that the message names the GPU (the library's names the list).
+    if caps_w is None:
         return None
-    if isinstance(caps, (str, bytes)) or not hasattr(caps, "__iter__"):
-        raise InvalidArgument("caps=%r: give a list of caps in watts, such as [700, 500, 300], or None" % (caps,))
-    out = [_watts(c, "caps") for c in caps]
-    if not out:
-        raise InvalidArgument("caps is empty: give a list of caps in watts, or None to choose them adaptively")
-    if len(out) > 64:
-        raise InvalidArgument("caps: %d caps given; at most 64" % len(out))
+    if isinstance(caps_w, (str, bytes)) or not hasattr(caps_w, "__iter__"):
+        raise InvalidArgument("caps_w=%r: give a list of caps in watts, such as [700, 500, 300], or None" % (caps_w,))
+    out = [_watts(c, "caps_w") for c in caps_w]
     for w in out:
-        _check_range(info, w, "caps:")
+        _check_range(info, w, "caps_w:")
     return out
 
 
-def _open_out_file(out_file: Any):
+def _open_out_file(out_file: OutFile):
     if out_file is None:
         return None
     path = os.fspath(out_file)
@@ -644,12 +648,12 @@ class _Progress:
 def _report(result: ProfileResult, new_warnings: Sequence[str] = ()) -> None:
     _log.info("joulecap: power-cap profiler: %s", result.reason)
     for w in new_warnings:
-        warnings.warn(w, JoulecapWarning, stacklevel=3)
+        warnings.warn(w, JoulecapWarning, stacklevel=user_stacklevel())
     if not result.binding:
         warnings.warn(
             "power caps do not bind on GPU %d for this workload: %s" % (result.gpu_num, result.reason),
             JoulecapWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
 
 
@@ -721,26 +725,40 @@ def _idle_warnings(meter: "_GpuMeter", index: int) -> List[str]:
 # The seed's offline profiler
 
 
-def power_cap_profiler(
-    model: Any,
-    dataloader: Any,
-    gpu_num: Any = 0,
+#: A model: a callable (a torch.nn.Module) taking a batch's inputs.
+Model = Union["torch.nn.Module", Callable[..., Any]]
+#: Batches: a DataLoader or any iterable that can be iterated again (a list); a batch is (inputs, targets, ...),
+#: a tensor of inputs, or a dict of keyword arguments.
+Batches = Iterable[Any]
+#: The loss: loss_fn(outputs, targets) -> a tensor with .backward() (loss_fn(outputs) for batches of inputs only).
+LossFn = Callable[..., "torch.Tensor"]
+
+
+@renamed_keywords(caps="caps_w", time_budget="time_budget_s")
+def profile_power_cap(
+    model: Model,
+    dataloader: Batches,
+    gpu_num: OneGpu = RANK_GPU,
     train: bool = False,
-    loss_fn: Any = None,
-    optimizer: Any = None,
-    out_file: Any = None,
+    loss_fn: Optional[LossFn] = None,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    out_file: OutFile = None,
     *,
     objective: str = "ed2p",
     max_slowdown: Optional[float] = None,
-    caps: Optional[Sequence[float]] = None,
-    time_budget: Optional[float] = None,
+    caps_w: Optional[Sequence[float]] = None,
+    time_budget_s: Optional[float] = None,
     steps_on_gpu: Optional[bool] = None,
     progress: Optional[bool] = None,
-) -> float:
-    """Finds the power cap (W) of GPU ``gpu_num`` with the lowest ``objective`` for one step of ``model`` on
-    ``dataloader``'s batches, and returns it.  The GPU's limit is what it was before when this returns (also on
-    an exception or Ctrl-C), and so are the model's weights and the optimizer's state.
+) -> ProfileResult:
+    """Finds the power cap of GPU ``gpu_num`` with the lowest ``objective`` for one step of ``model`` on
+    ``dataloader``'s batches, and returns the :class:`ProfileResult` (``result.cap_w``: the cap in W, with why,
+    the savings and every trial).  :func:`power_cap_profiler` takes the same arguments and returns only the cap.
+    The GPU's limit is what it was before when this returns (also on an exception or Ctrl-C), and so are the
+    model's weights and the optimizer's state.
 
+    * ``gpu_num``: one GPU (CUDA number, UUID, ``"cuda:1"``, ``torch.device``, ``"current"``); by default GPU 0,
+      or under torch.distributed the GPU this rank uses, as for the measurement tools.
     * Each step runs the model on the next batch (the dataloader is iterated again at its end): with
       ``train=True`` a training step (``optimizer.zero_grad()``, ``loss_fn(model(inputs), targets).backward()``,
       ``optimizer.step()``), otherwise a forward pass under ``torch.no_grad()``.  A batch is
@@ -749,10 +767,11 @@ def power_cap_profiler(
       ``torch.cuda.synchronize``.
     * ``objective``: ``"ed2p"`` (default: E·t² per step), ``"edp"``, ``"energy"``, ``"time"``,
       ``"energy-slowdown"`` (least energy with at most ``max_slowdown``, default 0.05, slower steps than at the
-      default limit), ``"zeus"``.  ``caps``: only these caps (W) are tried.  ``time_budget``: seconds of
-      profiling (default: max(20 s, 300 steps)).
+      default limit), ``"zeus"``.  ``caps_w``: only these caps (W) are tried.  ``time_budget_s``: seconds of
+      profiling (default: max(20 s, 300 steps)).  (``caps`` and ``time_budget``, the old names, still work and
+      warn.)
     * ``out_file``: a CSV with a header, one ``trial`` row per cap tried and a last ``recommended`` row (see
-      docs/python.md).  The result with every trial is also in ``power_cap_profiler.last_result``.
+      docs/python.md).
     * Before any cap changes: the arguments are checked (``train=True`` needs ``loss_fn`` and ``optimizer``;
       caps within the GPU's range; a known objective; ``max_slowdown > 0`` with ``"energy-slowdown"`` only; a
       dataloader with at least one batch), the CSV is created, and the permission to set caps is checked
@@ -773,26 +792,25 @@ def power_cap_profiler(
     if train and (loss_fn is None or optimizer is None):
         raise InvalidArgument("train=True needs loss_fn and optimizer (the profiler runs real training steps)")
     objective, max_slowdown = _objective(objective, max_slowdown)
-    budget = _time_budget(time_budget)
+    budget = _time_budget(time_budget_s)
     if not callable(model):
         raise InvalidArgument("model=%r is not callable: give a torch.nn.Module" % (model,))
-    info = _info(gpu_num)
-    cap_list = _caps(caps, info)
-    batches = _Batches(dataloader)
-    runner = _StepRunner(model, batches, bool(train), loss_fn, optimizer, info["index"])
-    placement = [] if steps_on_gpu else _placement_warnings(runner, batches, gpu_num, info["index"])
-    for w in placement:
-        warnings.warn(w, JoulecapWarning, stacklevel=2)
     group = _Group(None)
+    gpu_num = _default_gpu(gpu_num, group)
+    info = _info(gpu_num)
+    cap_list = _caps(caps_w, info)
     if group.size > 1:
+        runner, placement = _steps(model, dataloader, train, loss_fn, optimizer, gpu_num, info, steps_on_gpu)
         return _profile_ranks(group, runner, model, optimizer, bool(train), info, placement, out_file,
-                              dict(objective=objective, max_slowdown=max_slowdown, caps=caps,
-                                   time_budget=time_budget, progress=progress))
-    f = _open_out_file(out_file)
-    meter = None
+                              dict(objective=objective, max_slowdown=max_slowdown, caps_w=caps_w,
+                                   time_budget_s=time_budget_s, progress=progress))
+    f = None
+    meter = _GpuMeter(info["uuid"])
     try:
-        meter = _GpuMeter(info["uuid"])
+        # The library checks the objective, max_slowdown and the caps here, before any step or file.
         prof = _new_profiler(info, objective, max_slowdown, cap_list, budget, meter.counter_period)
+        runner, placement = _steps(model, dataloader, train, loss_fn, optimizer, gpu_num, info, steps_on_gpu)
+        f = _open_out_file(out_file)
         hold = _CapHold(info)  # PermissionDenied / Busy here, before any change
         line = _Progress(prof, info["index"], budget, progress)
         try:
@@ -827,22 +845,76 @@ def power_cap_profiler(
             f.close()
         raise
     finally:
-        if meter is not None:
-            meter.close()
-    power_cap_profiler.last_result = result  # type: ignore[attr-defined]
+        meter.close()
     if f is not None:
         with f:
             _write_csv(f, result)
     _report(result, idle)
-    return result.cap_w
+    return result
 
 
-power_cap_profiler.last_result = None  # type: ignore[attr-defined]
+def _steps(model: Model, dataloader: Batches, train: bool, loss_fn: Optional[LossFn], optimizer: Any,
+           gpu_num: OneGpu, info: Dict[str, Any], steps_on_gpu: Optional[bool]) -> Tuple["_StepRunner", List[str]]:
+    """The step runner over the dataloader's batches, and the warnings (issued) where the steps miss the GPU."""
+    batches = _Batches(dataloader)
+    runner = _StepRunner(model, batches, bool(train), loss_fn, optimizer, info["index"])
+    placement = [] if steps_on_gpu else _placement_warnings(runner, batches, gpu_num, info["index"])
+    for w in placement:
+        warnings.warn(w, JoulecapWarning, stacklevel=user_stacklevel())
+    return runner, placement
+
+
+def _warn_last_result() -> None:
+    warnings.warn("power_cap_profiler.last_result is deprecated and will be removed in the next release: call "
+                  "profile_power_cap() (the same arguments), which returns the ProfileResult",
+                  DeprecationWarning, stacklevel=user_stacklevel())
+
+
+class _SeedProfiler:
+    """``power_cap_profiler(model, dataloader, gpu_num=0, train=False, loss_fn=None, optimizer=None,
+    out_file=None, *, objective="ed2p", max_slowdown=None, caps_w=None, time_budget_s=None, steps_on_gpu=None,
+    progress=None) -> float``: the seed's name and return value.  Profiles as :func:`profile_power_cap` does
+    (same arguments) and returns the recommended cap in W; use :func:`profile_power_cap` for the whole
+    :class:`ProfileResult`.
+
+    ``power_cap_profiler.last_result`` (the result of the latest call, shared by the whole process) is
+    deprecated: it warns, and goes in the next release.
+    """
+
+    def __init__(self) -> None:
+        self._last: Optional[ProfileResult] = None
+        # inspect.signature / help show profile_power_cap's arguments, returning the cap in W
+        self.__signature__ = inspect.signature(profile_power_cap).replace(return_annotation="float")
+        self.__name__ = self.__qualname__ = "power_cap_profiler"
+        self.__module__ = __name__
+
+    @renamed_keywords("power_cap_profiler", caps="caps_w", time_budget="time_budget_s")
+    def __call__(self, *args: Any, **kwargs: Any) -> float:
+        result = profile_power_cap(*args, **kwargs)
+        self._last = result
+        return result.cap_w
+
+    @property
+    def last_result(self) -> Optional[ProfileResult]:
+        _warn_last_result()
+        return self._last
+
+    @last_result.setter
+    def last_result(self, value: Optional[ProfileResult]) -> None:
+        _warn_last_result()
+        self._last = value
+
+    def __repr__(self) -> str:
+        return "<function power_cap_profiler>"
+
+
+power_cap_profiler = _SeedProfiler()
 
 
 def _profile_ranks(group: "_Group", runner: "_StepRunner", model: Any, optimizer: Any, train: bool,
-                   info: Dict[str, Any], placement: List[str], out_file: Any, kwargs: Dict[str, Any]) -> float:
-    """``power_cap_profiler`` under torch.distributed: every rank runs the same steps on its own GPU and
+                   info: Dict[str, Any], placement: List[str], out_file: OutFile,
+                   kwargs: Dict[str, Any]) -> ProfileResult:
+    """``profile_power_cap`` under torch.distributed: every rank runs the same steps on its own GPU and
     :class:`PowerCapOptimizer` makes the decisions on rank 0 and broadcasts them, so that the ranks of a DDP
     model step together and set the same caps; ranks sharing a GPU leave its cap to the lowest of them.  Rank 0
     writes the CSV."""
@@ -865,11 +937,10 @@ def _profile_ranks(group: "_Group", runner: "_StepRunner", model: Any, optimizer
         if f is not None:
             f.close()
         raise
-    power_cap_profiler.last_result = result  # type: ignore[attr-defined]
     if f is not None:
         with f:
             _write_csv(f, result)
-    return result.cap_w
+    return result
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -935,6 +1006,31 @@ class _Group:
         return out
 
 
+def _default_gpu(gpu_num: Optional[OneGpu], group: _Group, online: bool = False) -> OneGpu:
+    """gpu_num with its default (RANK_GPU) resolved as the measurement tools resolve theirs: GPU 0, or under
+    torch.distributed the GPU this rank uses (distributed.rank_gpu).  ``online``: PowerCapOptimizer, whose old
+    default (and gpu_num=None) meant the current CUDA device; where that differs, it still does, and warns."""
+    if gpu_num is None and online:
+        cur = current_gpu()
+        warnings.warn("PowerCapOptimizer(gpu_num=None) is deprecated and will be removed in the next release: pass "
+                      "gpu_num='current' for the current CUDA device (here %d), or its number" % cur,
+                      DeprecationWarning, stacklevel=user_stacklevel())
+        return cur
+    if gpu_num is not RANK_GPU:
+        return gpu_num
+    if group.size > 1:
+        return rank_gpu()
+    if online:
+        cur = current_gpu()
+        if cur != 0:  # the old default; the new one is 0, as for power_cap_profiler and the measurement tools
+            warnings.warn("PowerCapOptimizer() without gpu_num profiles the current CUDA device (%d) in this release; "
+                          "the next release profiles GPU 0 (outside torch.distributed), as power_cap_profiler and "
+                          "the measurement tools do: pass gpu_num='current' (or %d) to keep this GPU" % (cur, cur),
+                          DeprecationWarning, stacklevel=user_stacklevel())
+            return cur
+    return 0
+
+
 class PowerCapOptimizer:
     """Chooses the power cap during the real training loop: call :meth:`step` once per training step.
 
@@ -945,9 +1041,12 @@ class PowerCapOptimizer:
     end of a ``with`` block, or the process's exit) puts back the limit found in force; the guardian does it if
     the process is killed.
 
-    Arguments as :func:`power_cap_profiler`'s; ``gpu_num`` None means the current CUDA device
-    (``torch.cuda.current_device()``) when torch sees CUDA, else 0.  ``out_file`` gets the CSV when profiling
-    ends (rank 0).
+    Arguments as :func:`profile_power_cap`'s, ``gpu_num`` by default as there and for the measurement tools:
+    GPU 0, or under torch.distributed the GPU this rank uses; ``gpu_num="current"`` is torch's current CUDA
+    device (``torch.cuda.current_device()``; 0 where torch sees no CUDA).  ``out_file`` gets the CSV when
+    profiling ends (rank 0).  Deprecated, for one release: ``gpu_num=None`` and, outside torch.distributed where
+    the current CUDA device is not 0, no ``gpu_num`` (both meant the current device, and still do, with a
+    DeprecationWarning); ``caps`` and ``time_budget`` (now ``caps_w``, ``time_budget_s``).
 
     Under torch.distributed (initialised, more than one rank in ``process_group``, default the world) every rank
     creates its optimizer on its own GPU and calls ``step()`` at every step, as DDP requires of collectives.
@@ -957,33 +1056,25 @@ class PowerCapOptimizer:
     energy, the others follow the decisions and leave the limit alone (docs/distributed.md).
     """
 
+    @renamed_keywords(caps="caps_w", time_budget="time_budget_s")
     def __init__(
         self,
-        gpu_num: Any = None,
+        gpu_num: Optional[OneGpu] = RANK_GPU,
         objective: str = "ed2p",
         *,
         max_slowdown: Optional[float] = None,
-        caps: Optional[Sequence[float]] = None,
-        time_budget: Optional[float] = None,
-        out_file: Any = None,
-        process_group: Any = None,
+        caps_w: Optional[Sequence[float]] = None,
+        time_budget_s: Optional[float] = None,
+        out_file: OutFile = None,
+        process_group: Optional[torch.distributed.ProcessGroup] = None,
         progress: Optional[bool] = None,
     ) -> None:
         self.objective, self.max_slowdown = _objective(objective, max_slowdown)
-        self._budget = _time_budget(time_budget)
-        if gpu_num is None:
-            gpu_num = 0
-            try:
-                import torch
-
-                if torch.cuda.is_available():
-                    gpu_num = torch.cuda.current_device()
-            except ImportError:
-                pass
-        self._info = _info(gpu_num)
-        self.gpu_num: int = self._info["index"]
-        self._caps = _caps(caps, self._info)
+        self._budget = _time_budget(time_budget_s)
         self._group = _Group(process_group)
+        self._info = _info(_default_gpu(gpu_num, self._group, online=True))
+        self.gpu_num: int = self._info["index"]
+        self._caps = _caps(caps_w, self._info)
         self._out = _open_out_file(out_file) if self._group.rank == 0 else None
         self.done = False
         self.result: Optional[ProfileResult] = None

@@ -14,9 +14,9 @@
 #define SLOT_MASK ((1u << SLOT_BITS) - 1)
 
 /* Standard deviation of an interpolated edge, relative to the power swing around its step: the energy of a
- * step is known, its spread inside the step is not.  Calibrated on the H100 (BENCHMARKS.md, "Core under faults
- * (issue 11)"): three runs on two H100s needed 0.56, 0.63 and 0.69 for the 95% interval to hold the reference
- * in >= 95% of 300 ms windows (the hardest length) under a square-wave load drifting against the steps. */
+ * step is known, its spread inside the step is not.  Calibrated on the H100 so that the 95% interval holds the
+ * reference in >= 95% of 300 ms windows (the hardest length) under a square-wave load drifting against the
+ * steps (bench/results/HISTORY.md, "Core under faults"). */
 #define EDGE_SPREAD 0.75
 #define COARSE_SPAN_S 0.15
 /* Timing error of a knot when the source does not say (RAPL and integrated power: the read's own length). */

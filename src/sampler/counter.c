@@ -20,7 +20,7 @@
 #define MIN_PERIOD_NS (20 * MS)
 #define PROBE_EVERY 16           /* reads between two bracketings while the fit is young */
 #define PROBE_EVERY_SETTLED 128  /* ... once it holds 16 steps: a bracketing costs ~40 ms of CPU, and the step
-                                    clock drifts by well under a ms over 128 steps (BENCHMARKS.md) */
+                                    clock drifts by well under a ms over 128 steps (bench/results/HISTORY.md) */
 #define CONTINUOUS_POLL_NS (100 * MS) /* a counter without steps: a read (a knot) every 100 ms */
 
 static int64_t step_index(const jc__counter_track *c, uint64_t t) {
@@ -109,7 +109,8 @@ static void schedule_locked(const jc__device *d, jc__counter_track *c, uint64_t 
     /* Probe often until the fit spans enough steps to pin the period (its error shrinks with the span). */
     int every_probe = c->nfit < 12 ? 2 : c->nfit < 16 ? PROBE_EVERY : PROBE_EVERY_SETTLED;
     /* Read a quarter step after the predicted step: it has surely happened, and a read there costs 3-4 ms of CPU
-     * against 7-15 ms in the first 10 ms after a step (BENCHMARKS.md).  The knot keeps the step's instant. */
+     * against 7-15 ms in the first 10 ms after a step (bench/results/HISTORY.md).  The knot keeps the step's
+     * instant. */
     uint64_t margin = dur + (uint64_t)(3 * c->jitter_ns);
     if (margin < (uint64_t)(0.25 * c->period_ns)) margin = (uint64_t)(0.25 * c->period_ns);
     if (margin > (uint64_t)(0.3 * c->period_ns)) margin = (uint64_t)(0.3 * c->period_ns);

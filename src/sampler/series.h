@@ -39,7 +39,7 @@ typedef enum jc__at {
 } jc__at;
 
 /* Cumulative energy at t from knots (t, J), linear inside a step.  Spreading a step's energy by the shape of
- * the instant-power samples (field 186) was tried and measured worse on our H100 (BENCHMARKS.md): that field
+ * the instant-power samples (field 186) measured worse on the H100 (bench/results/HISTORY.md): that field
  * is a ~30 ms average updated every ~103 ms, off the counter's clock, and too coarse to place energy inside a
  * 100 ms step. */
 jc__at jc__energy_at(const jc__ring *knots, uint64_t t_ns, double *energy_j);

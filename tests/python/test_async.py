@@ -67,7 +67,7 @@ def test_two_gpus_and_estimated_cpu(fake_env, tmp_path):
     fake_env(scenario="two-gpus.scn", sysfs="norapl", proc="qemu")
     path = tmp_path / "async.csv"
     tool = AsynchronousMeasurementTool(path, gpu_num="all")
-    tool.start(interval=0.2)
+    tool.start(interval_s=0.2)
     time.sleep(0.5)
     tool.stop()
     rows = read_rows(path)

@@ -119,9 +119,9 @@ def test_async_order_errors_and_bad_interval(fake, tmp_path):
 
 def test_snippet_interval_is_checked(fake):
     with pytest.raises(InvalidArgument):
-        EnergyMeasurementTool(None, gpu_num=0, interval=0)
+        EnergyMeasurementTool(None, gpu_num=0, interval_s=0)
     with pytest.raises(InvalidArgument):
-        EnergyMeasurementTool(None, gpu_num=0, interval=5000)
+        EnergyMeasurementTool(None, gpu_num=0, interval_s=5000)
 
 
 def test_gpu_asked_without_nvml_warns_and_measures_the_cpu(fake_env):

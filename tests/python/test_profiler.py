@@ -224,10 +224,10 @@ def test_profiler_finds_the_known_optimum_and_leaves_everything_as_it_was(sweep_
     out = tmp_path / "caps.csv"
 
     t0 = time.monotonic()
-    cap = joulecap.power_cap_profiler(model, data, 0, train=True, loss_fn=loss_fn, optimizer=opt, out_file=out,
-                                      time_budget=15, steps_on_gpu=True)
+    r = joulecap.profile_power_cap(model, data, 0, train=True, loss_fn=loss_fn, optimizer=opt, out_file=out,
+                                   time_budget_s=15, steps_on_gpu=True)
     took = time.monotonic() - t0
-    r = joulecap.power_cap_profiler.last_result
+    cap = r.cap_w
     print("took %.2f s, profiled %.2f s, cap %g W, trials %s" % (took, r.profile_seconds, cap,
                                                                  [round(t["cap_w"]) for t in r.trials]))
     assert took < 20
@@ -246,7 +246,6 @@ def test_profiler_finds_the_known_optimum_and_leaves_everything_as_it_was(sweep_
     assert all(p.grad is not None for p in model.parameters())  # as trained() left them
     assert min(wl.limits) < 700 and max(wl.limits) == 700  # caps did change while profiling
 
-    r = joulecap.power_cap_profiler.last_result
     assert r.cap_w == cap and r.binding and r.objective == "ed2p" and r.limit_before_w == 700
     assert r.profile_seconds <= 15.5
     with open(out, newline="") as f:
@@ -271,7 +270,7 @@ def test_profiler_restores_the_cap_after_an_exception(sweep_env, exc):
     opt, loss_fn = trained(model, data)
     weights = copy.deepcopy(model.state_dict())
     with pytest.raises(exc, match="boom"):
-        joulecap.power_cap_profiler(model, data, 0, train=True, loss_fn=loss_fn, optimizer=opt, time_budget=10,
+        joulecap.power_cap_profiler(model, data, 0, train=True, loss_fn=loss_fn, optimizer=opt, time_budget_s=10,
                                     steps_on_gpu=True)
     assert wl.limits[-1] < 700
     assert_untouched(env)
@@ -283,7 +282,7 @@ def test_profiler_restores_a_cap_set_before(sweep_env):
     env = sweep_env()
     joulecap.set_power_cap(0, 600)
     wl = SweepWorkload()
-    cap = joulecap.power_cap_profiler(SweepModel(wl), batches(), 0, caps=[500, 400], time_budget=6, steps_on_gpu=True)
+    cap = joulecap.power_cap_profiler(SweepModel(wl), batches(), 0, caps_w=[500, 400], time_budget_s=6, steps_on_gpu=True)
     assert cap in (500, 400)
     assert set(wl.limits) <= {600.0, 500.0, 400.0} and 400.0 in wl.limits
     now = joulecap.get_power_cap(0)
@@ -312,12 +311,12 @@ def test_profiler_batch_forms(sweep_env):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     before = copy.deepcopy(model.state_dict())
     cap = joulecap.power_cap_profiler(model, data, 0, train=True, loss_fn=lambda out, b: out.sum() * 0 + out.mean(),
-                                      optimizer=opt, caps=[700, 450], time_budget=2.5, steps_on_gpu=True)
+                                      optimizer=opt, caps_w=[700, 450], time_budget_s=2.5, steps_on_gpu=True)
     assert cap in (700, 450) and model.seen and all(k == "kw" for k, _ in model.seen)
     assert tensors_equal(model.state_dict(), before)
     model.seen.clear()
     model.train()
-    cap = joulecap.power_cap_profiler(model, [x for x, _ in batches(3)], 0, caps=[450], time_budget=1.5,
+    cap = joulecap.power_cap_profiler(model, [x for x, _ in batches(3)], 0, caps_w=[450], time_budget_s=1.5,
                                       steps_on_gpu=True)
     assert cap == 450 and all(k == "x" for k, _ in model.seen) and model.training  # mode put back
     assert_untouched(env)
@@ -334,10 +333,10 @@ def _invalid_calls(model, data, tmp_path):
         (lambda: p(model, data, 0, objective="energy-slowdown", max_slowdown=0), "max_slowdown"),
         (lambda: p(model, data, 0, objective="energy-slowdown", max_slowdown=-0.1), "max_slowdown"),
         (lambda: p(model, data, 0, max_slowdown=0.05), "energy-slowdown"),
-        (lambda: p(model, data, 0, caps=[500, 150]), "200 W to 700 W"),
-        (lambda: p(model, data, 0, caps=[800]), "200 W to 700 W"),
-        (lambda: p(model, data, 0, caps=[]), "caps is empty"),
-        (lambda: p(model, data, 0, time_budget=0), "time_budget"),
+        (lambda: p(model, data, 0, caps_w=[500, 150]), "200 W to 700 W"),
+        (lambda: p(model, data, 0, caps_w=[800]), "200 W to 700 W"),
+        (lambda: p(model, data, 0, caps_w=[]), "caps is empty"),
+        (lambda: p(model, data, 0, time_budget_s=0), "time_budget"),
         (lambda: p(model, [], 0), "no batch"),
         (lambda: p(model, iter([]), 0), "no batch"),
         (lambda: p(model, data, 7), "GPU"),
@@ -360,7 +359,7 @@ def test_profiler_without_permission_says_so_before_any_step(sweep_env):
     env = sweep_env("h100-sweep-no-permission.scn")
     model = SweepModel(SweepWorkload())
     with pytest.raises(PermissionDenied, match="CAP_SYS_ADMIN") as e:
-        joulecap.power_cap_profiler(model, batches(2), 0, time_budget=3)
+        joulecap.power_cap_profiler(model, batches(2), 0, time_budget_s=3)
     assert "root" in str(e.value)
     assert model.calls == 0
     assert_untouched(env)
@@ -385,12 +384,12 @@ def test_profiler_reports_caps_that_do_not_bind(sweep_env, tmp_path):
     out = tmp_path / "caps.csv"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        cap = joulecap.power_cap_profiler(ConstantStep(0.02), batches(4), 0, caps=[700, 550, 400], out_file=out,
-                                          time_budget=4, steps_on_gpu=True)
+        r = joulecap.profile_power_cap(ConstantStep(0.02), batches(4), 0, caps_w=[700, 550, 400], out_file=out,
+                                       time_budget_s=4, steps_on_gpu=True)
+    cap = r.cap_w
     assert cap in (700, 550, 400)
     msgs = [str(w.message) for w in caught if issubclass(w.category, JoulecapWarning)]
     assert any("do not bind" in m for m in msgs), msgs
-    r = joulecap.power_cap_profiler.last_result
     assert not r.binding and "bind" in r.reason
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -424,9 +423,9 @@ def test_issue15_fake_constant_gpu_and_a_cpu_model_keeps_the_default_and_says_wh
     out = tmp_path / "caps.csv"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        cap = joulecap.power_cap_profiler(model, data, 0, train=True, loss_fn=torch.nn.CrossEntropyLoss(),
-                                          optimizer=opt, out_file=out, time_budget=8)
-    r = joulecap.power_cap_profiler.last_result
+        r = joulecap.profile_power_cap(model, data, 0, train=True, loss_fn=torch.nn.CrossEntropyLoss(),
+                                       optimizer=opt, out_file=out, time_budget_s=8)
+    cap = r.cap_w
     assert cap == 700 == r.cap_w == r.default_limit_w and not r.measurably_better
     assert r.reason.startswith("No cap can be shown to make these steps better: the model is on cpu, not on GPU 0")
     assert r.energy_saving == 0 and r.slowdown == 0 and r.energy_saving_ci == 0
@@ -449,8 +448,8 @@ def test_savings_carry_intervals_on_the_sweep(sweep_env):
     """On the sweep scenario the knee is still found (test above) and the savings come with intervals."""
     sweep_env()
     wl = SweepWorkload()
-    cap = joulecap.power_cap_profiler(SweepModel(wl), batches(), 0, time_budget=12, steps_on_gpu=True)
-    r = joulecap.power_cap_profiler.last_result
+    r = joulecap.profile_power_cap(SweepModel(wl), batches(), 0, time_budget_s=12, steps_on_gpu=True)
+    cap = r.cap_w
     assert r.measurably_better and r.cap_w == cap == r.candidate_cap_w and abs(cap - 420) <= 40
     assert 0 < r.energy_saving_ci < 0.1 and 0 < r.slowdown_ci < 0.1
     lo, hi = r.energy_saving_interval
@@ -473,7 +472,7 @@ def test_online_optimizer_profiles_in_the_loop_then_keeps_its_cap(sweep_env, tmp
     data = batches(8)
     out = tmp_path / "online.csv"
     ran = after = 0
-    with joulecap.PowerCapOptimizer(0, time_budget=6, out_file=out) as pco:
+    with joulecap.PowerCapOptimizer(0, time_budget_s=6, out_file=out) as pco:
         assert not pco.done and pco.cap_w == 700
         while after < 10 and ran < 1000:
             x, y = data[ran % len(data)]
@@ -501,7 +500,7 @@ def test_online_optimizer_profiles_in_the_loop_then_keeps_its_cap(sweep_env, tmp
 def test_online_optimizer_close_before_done_restores(sweep_env):
     env = sweep_env()
     wl = SweepWorkload()
-    pco = joulecap.PowerCapOptimizer(0, time_budget=20)
+    pco = joulecap.PowerCapOptimizer(0, time_budget_s=20)
     for _ in range(40):
         wl.step()
         pco.step()
@@ -531,7 +530,7 @@ def _ddp_rank(rank, world, port, env, out_dir, gpus=None):
         data = batches(4, seed=rank)
         caps_seen = []
         ran = after = 0
-        with joulecap.PowerCapOptimizer(gpu_num=gpu, time_budget=5) as pco:
+        with joulecap.PowerCapOptimizer(gpu_num=gpu, time_budget_s=5) as pco:
             owner = pco._hold is not None
             while after < 5 and ran < 1000:
                 x, y = data[ran % len(data)]
@@ -611,8 +610,8 @@ def _ddp_rank_seed_profiler(rank, world, port, env, out_dir):
         model = torch.nn.parallel.DistributedDataParallel(SweepModel(wl))
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
         cap = joulecap.power_cap_profiler(model, batches(4, seed=rank), rank, train=True,
-                                          loss_fn=torch.nn.CrossEntropyLoss(), optimizer=opt, caps=[500, 400],
-                                          time_budget=4, steps_on_gpu=True,
+                                          loss_fn=torch.nn.CrossEntropyLoss(), optimizer=opt, caps_w=[500, 400],
+                                          time_budget_s=4, steps_on_gpu=True,
                                           out_file=os.path.join(out_dir, "caps.csv"))
         dist.barrier()
         res = {"cap": cap, "limits": sorted(set(wl.limits)), "after": joulecap.get_power_cap(rank).limit_w}
@@ -642,7 +641,7 @@ def _ddp_rank_setup_error(rank, world, port, env, out_dir):
     dist.init_process_group("gloo", init_method="tcp://127.0.0.1:%d" % port, rank=rank, world_size=world)
     try:
         try:
-            joulecap.PowerCapOptimizer(gpu_num=rank, time_budget=5)
+            joulecap.PowerCapOptimizer(gpu_num=rank, time_budget_s=5)
             got = "no error"
         except Exception as e:  # noqa: BLE001
             got = "%s: %s" % (type(e).__name__, e)

@@ -94,13 +94,13 @@ def test_profiler_progress_line_shows_trial_cap_time_and_best(fake_env, tmp_path
     monkeypatch.setenv("COLUMNS", "200")  # tqdm fits the line to the width: wide enough for the whole text
     data = [torch.zeros(1)] * 2
     try:
-        joulecap.power_cap_profiler(Step(), data, 0, caps=[700, 500], time_budget=2, steps_on_gpu=True,
+        joulecap.power_cap_profiler(Step(), data, 0, caps_w=[700, 500], time_budget_s=2, steps_on_gpu=True,
                                     progress=True)
         err = capsys.readouterr().err
         assert "joulecap profiler, GPU 0" in err and "trial 1 at 700 W" in err and "trial 2 at 500 W" in err
         assert "best so far" in err and "/2 s" in err
         # Not a terminal (pytest's capture) and not asked: nothing.
-        joulecap.power_cap_profiler(Step(), data, 0, caps=[700, 500], time_budget=2, steps_on_gpu=True)
+        joulecap.power_cap_profiler(Step(), data, 0, caps_w=[700, 500], time_budget_s=2, steps_on_gpu=True)
         assert "trial" not in capsys.readouterr().err
     finally:
         joulecap.restore_power_caps()

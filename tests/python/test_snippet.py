@@ -39,15 +39,15 @@ def test_constant_300w_for_2s_gives_600j(fake, tmp_path):
 
 
 def test_fewer_counter_reads_still_measure_long_windows(fake, tmp_path):
-    # counter_interval=1: a counter read about once a second (the low-CPU setting); a 2 s window is still right.
-    tool = EnergyMeasurementTool(tmp_path / "e.csv", gpu_num=0, counter_interval=1.0)
+    # counter_interval_s=1: a counter read about once a second (the low-CPU setting); a 2 s window is still right.
+    tool = EnergyMeasurementTool(tmp_path / "e.csv", gpu_num=0, counter_interval_s=1.0)
     tool.start()
     time.sleep(2.0)
     r = tool.stop()
     assert abs(r.gpu_energy_j[0] - 300.0 * r.elapsed_s) <= STEP_J + 3.0
     tool.close()
     with pytest.raises(InvalidArgument, match="counter interval"):
-        EnergyMeasurementTool(None, gpu_num=0, counter_interval=-1)
+        EnergyMeasurementTool(None, gpu_num=0, counter_interval_s=-1)
 
 
 def test_short_windows_are_not_quantised_to_counter_steps(fake, tmp_path):
@@ -216,7 +216,7 @@ def test_rapl_counter_wrapping_mid_window(fake_env, rapl_tree):
     max_uj = int((zone / "max_energy_range_uj").read_text())
     v0 = max_uj - 1_000_000
     write_atomic(zone / "energy_uj", "%d\n" % v0)
-    tool = EnergyMeasurementTool(None, gpu_num=None, interval=0.005)
+    tool = EnergyMeasurementTool(None, gpu_num=None, interval_s=0.005)
     assert tool.devices[0]["energy_source"] == "rapl"
     tool.start()
     time.sleep(0.1)
@@ -256,7 +256,7 @@ def test_rapl_counter_wrapping_from_a_background_thread(fake_env, rapl_tree):
     th = threading.Thread(target=drive)
     th.start()
     try:
-        tool = EnergyMeasurementTool(None, gpu_num=None, interval=0.005)
+        tool = EnergyMeasurementTool(None, gpu_num=None, interval_s=0.005)
         tool.start()
         time.sleep(0.5)
         r = tool.stop()

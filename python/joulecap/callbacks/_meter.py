@@ -78,7 +78,8 @@ def _check_power_cap(power_cap: Any) -> Optional[Dict[str, Any]]:
     if power_cap is True:
         return {}
     if isinstance(power_cap, dict):
-        allowed = {"objective", "max_slowdown", "caps", "time_budget", "out_file", "process_group", "progress"}
+        allowed = {"objective", "max_slowdown", "caps_w", "time_budget_s", "out_file", "process_group", "progress",
+                   "caps", "time_budget"}  # the last two: old names, PowerCapOptimizer warns
         unknown = sorted(set(power_cap) - allowed)
         if unknown:
             raise InvalidArgument("power_cap: unknown key(s) %s; PowerCapOptimizer takes %s" % (
@@ -86,7 +87,7 @@ def _check_power_cap(power_cap: Any) -> Optional[Dict[str, Any]]:
         return dict(power_cap)
     raise InvalidArgument(
         "power_cap=%r: pass True (the online power-cap optimizer with its defaults), a dict of PowerCapOptimizer's "
-        "arguments such as {'objective': 'ed2p', 'time_budget': 60}, or None" % (power_cap,))
+        "arguments such as {'objective': 'ed2p', 'time_budget_s': 60}, or None" % (power_cap,))
 
 
 class TrainerMeter:
@@ -131,7 +132,7 @@ class TrainerMeter:
 
     def _open(self, gpu_num: Any) -> None:
         # Each rank logs its own devices (distributed=False): the job totals are not wired into the callbacks yet.
-        self.tool = EnergyMeasurementTool(self.out_file, gpu_num, interval=self.interval, carbon=self.carbon,
+        self.tool = EnergyMeasurementTool(self.out_file, gpu_num, interval_s=self.interval, carbon=self.carbon,
                                           distributed=False)
         if self.power_cap is not None:
             gpus = self.tool.gpus
