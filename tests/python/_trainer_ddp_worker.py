@@ -119,6 +119,6 @@ def run_alone():
 
 
 cb, extra = run_lightning() if mode == "lightning" else run_transformers()
-out = {"rank": rank, "records": records(cb), "summary": cb.summary, "alone": run_alone(), **extra}
+out = {"rank": rank, "out_dir": out_dir, "records": records(cb), "summary": cb.summary, "alone": run_alone(), **extra}
 with open(os.path.join(out_dir, "rank%d.json" % rank), "w") as f:
     json.dump(out, f)
