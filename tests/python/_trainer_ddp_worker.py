@@ -69,6 +69,38 @@ def run_lightning():
                                      if k.startswith("energy/")}}
 
 
+def run_lightning_cap():
+    """power_cap under DDP: each rank's steps follow its fake GPU's limit (test_profiler's SweepWorkload)."""
+    import lightning.pytorch as L
+
+    from joulecap.callbacks.lightning import JoulecapCallback
+    from test_profiler import SweepWorkload
+
+    wl = SweepWorkload(gpu_num=rank)
+
+    class Capped(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 2)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            wl.step()
+            return torch.nn.functional.cross_entropy(self.lin(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    cb = JoulecapCallback(power_cap={"time_budget": 3}, carbon=False)
+    trainer = L.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_epochs=3, logger=False, callbacks=[cb],
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    # 320 samples, 2 ranks, batches of 4: 40 steps per rank and epoch.
+    trainer.fit(Capped(), torch.utils.data.DataLoader(dataset(320), batch_size=4))
+    pco = cb.meter.optimizer
+    return cb, {"cap": {"steps": pco.steps, "ran": wl.steps, "cap_w": pco.cap_w, "owner": pco._owner,
+                        "limits": sorted(set(wl.limits))}}
+
+
 def run_transformers():
     import transformers
 
@@ -118,7 +150,7 @@ def run_alone():
     return {"metrics": rec["metrics"], "summary": meter.summary_text()}
 
 
-cb, extra = run_lightning() if mode == "lightning" else run_transformers()
+cb, extra = {"lightning": run_lightning, "lightning-cap": run_lightning_cap, "transformers": run_transformers}[mode]()
 out = {"rank": rank, "out_dir": out_dir, "records": records(cb), "summary": cb.summary, "alone": run_alone(), **extra}
 with open(os.path.join(out_dir, "rank%d.json" % rank), "w") as f:
     json.dump(out, f)

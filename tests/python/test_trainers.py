@@ -355,14 +355,14 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def run_ddp(tmp_path, mode, world=2):
+def run_ddp(tmp_path, mode, world=2, env=None):
     """Starts the ranks as torchrun does (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT) on the fake machine:
     two-gpus.scn, two Intel sockets whose RAPL counters move.  Returns each rank's JSON.  A port taken between
     choosing it and binding it (another process on the machine) gets one more try on another port."""
     for attempt in range(2):
         run = tmp_path / ("try%d" % attempt)
         run.mkdir()
-        codes, logs = _start_ddp(run, mode, world)
+        codes, logs = _start_ddp(run, mode, world, env or {})
         if codes == [0] * world or attempt or not any("EADDRINUSE" in x or "address already in use" in x.lower()
                                                      for x in logs.values()):
             break
@@ -372,7 +372,7 @@ def run_ddp(tmp_path, mode, world=2):
     return [json.loads((run / ("rank%d.json" % r)).read_text()) for r in range(world)]
 
 
-def _start_ddp(tmp_path, mode, world):
+def _start_ddp(tmp_path, mode, world, extra):
     import shutil
     import subprocess
     import sys
@@ -392,6 +392,7 @@ def _start_ddp(tmp_path, mode, world):
         "JOULECAP_SYSFS_ROOT": str(sysfs), "JOULECAP_PROC_ROOT": str(PROC / "xeon-8480"), "TMPDIR": str(tmp_path),
         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(world),
         "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
+    env.update(extra)
     procs = []
     try:
         for r in range(world):
@@ -567,3 +568,33 @@ def test_distributed_true_needs_a_process_group_at_the_start_of_training(fake):
     meter = TrainerMeter(distributed=True, summary=False)
     with pytest.raises(StateError, match="init_process_group"):
         meter.begin(None)
+
+
+def test_lightning_ddp_power_cap_one_cap_for_every_rank_and_the_limits_back(fake_env, tmp_path, monkeypatch):
+    """power_cap under DDP: each rank's optimizer is made at the start of fit, after the process group, on its GPU
+    (h100x2-sweep: rank r on GPU r); they profile on the training steps and end on one cap, logged the same on
+    every rank; both limits are back after fit."""
+    pytest.importorskip("lightning.pytorch")
+    from conftest import SCENARIOS
+
+    fake_env(scenario="h100x2-sweep.scn", sysfs="norapl", proc="qemu")
+    extra = {"JOULECAP_FAKE_NVML_SCENARIO": str(SCENARIOS / "h100x2-sweep.scn"),
+             "JOULECAP_FAKE_NVML_STATE": str(tmp_path / "fake.state"), "JOULECAP_STATE_DIR": str(tmp_path / "journals")}
+    for k, v in extra.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("JOULECAP_CLI", raising=False)
+    try:
+        ranks = run_ddp(tmp_path, "lightning-cap", env=extra)
+    finally:
+        joulecap.restore_power_caps()
+    for r in ranks:
+        assert r["cap"]["steps"] == r["cap"]["ran"] == 120  # stepped once per training batch on every rank
+        assert min(r["cap"]["limits"]) < 700  # the steps ran at the caps tried
+        assert r["cap"]["cap_w"] == ranks[0]["cap"]["cap_w"] and 200 <= r["cap"]["cap_w"] <= 700
+    assert [x["owner"] for x in (r["cap"] for r in ranks)] == [True, True]
+    logged = [[rec["metrics"]["energy/power_cap_w"] for rec in r["records"] if rec["scope"] == "epoch"] for r in ranks]
+    assert len(logged[0]) == 3 and logged[0] == logged[1]
+    assert all(rec["measurement"]["type"] == "job" for rec in ranks[0]["records"])
+    for g in range(2):
+        cap = joulecap.get_power_cap(g)
+        assert cap.limit_w == 700 and cap.manager == "none"
