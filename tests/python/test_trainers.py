@@ -541,18 +541,21 @@ def test_job_metric_names_on_two_hosts_and_ranks_that_see_their_gpu_as_cuda0():
         metrics_of({"energy_j": 1.0}, "energy/", "epoch")
 
 
-def test_callback_pickles_without_its_tool(fake):
+def test_callback_pickles_without_its_tool(fake, tmp_path):
     """ddp_spawn pickles the trainer with its callbacks into each process: the tool stays behind, and each
     process opens its own when fit starts."""
     import pickle
 
     from joulecap.callbacks.lightning import JoulecapCallback
 
-    cb = JoulecapCallback(gpu_num=0, summary=False, carbon=False)
+    cb = JoulecapCallback(gpu_num=0, summary=False, carbon=False, out_file=tmp_path / "e.csv")
+    assert cb.meter.tool is None and not (tmp_path / "e.csv").exists()  # GPU checked; measured from fit's start
+    cb.meter.begin(None)
     assert cb.meter.tool is not None
     copy = pickle.loads(pickle.dumps(cb))
     assert copy.meter.tool is None and copy.meter.gpu_num == 0 and cb.meter.tool is not None
-    cb.meter.tool.close()
+    cb.meter.end()
+    assert (tmp_path / "e.csv").exists()
 
 
 def test_distributed_true_needs_a_process_group_at_the_start_of_training(fake):

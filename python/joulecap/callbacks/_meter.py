@@ -217,22 +217,29 @@ class TrainerMeter:
         self._ready: List[Dict[str, Any]] = []
         self._world = 1
         if gpu_num != "auto":
-            # Opened here so that a GPU that does not exist fails before training; measuring this process alone
-            # (the process group, if any, comes with the trainer): begin() reopens it in job mode where it applies.
-            self._open(gpu_num, None)
-            self._check_one_gpu()
+            # Checked here, so that a GPU that does not exist fails before training; measured from begin(), when
+            # the trainer has made its process group (if any).  No CSV yet: under DDP every rank makes its
+            # callback, and rank 0 alone writes out_file, in job mode.
+            self._open(gpu_num, None, csv=False)
+            try:
+                self._check_one_gpu()
+            finally:
+                if self.tool is not None:
+                    self.tool.close()
+                    self.tool = None
 
     def __getstate__(self) -> Dict[str, Any]:
-        # Pickled into the processes of a spawning strategy (Lightning's ddp_spawn): each opens its own at begin().
+        # Pickled into the processes of a spawning strategy (Lightning's ddp_spawn): each opens its own at begin()
+        # (a meter pickled while measuring does not measure in the copy).
         state = dict(self.__dict__)
         state.update(tool=None, optimizer=None, job=None)
         return state
 
     # -- opening and closing
 
-    def _open(self, gpu_num: Any, job: Optional[_distributed.Job]) -> None:
-        self.tool = EnergyMeasurementTool(self.out_file, gpu_num, interval=self.interval, carbon=self.carbon,
-                                          distributed=job is not None)
+    def _open(self, gpu_num: Any, job: Optional[_distributed.Job], csv: bool = True) -> None:
+        self.tool = EnergyMeasurementTool(self.out_file if csv else None, gpu_num, interval=self.interval,
+                                          carbon=self.carbon, distributed=job is not None)
 
     def _check_one_gpu(self) -> None:
         """power_cap needs one GPU measured; in job mode every rank learns of a rank that has not (none is left
@@ -272,16 +279,18 @@ class TrainerMeter:
         ``gpu_num="auto"``.  Decides job mode (see the class); collective in job mode."""
         job = self._job_of_run()
         self._world = job.world_size if job is not None else _world_size()
+        if self.tool is not None:  # begin() again without end() (a run that never ended): dropped, locally
+            summary, self.summary = self.summary, False
+            try:
+                self.abort()
+            finally:
+                self.summary = summary
         if job is not None:
-            if self.tool is not None:  # the constructor's, measuring this process alone
-                self.tool.close()
-                self.tool = None
             self.job = job
             self._open(self._rank_gpu(device_gpu) if self.gpu_num == "auto" else self.gpu_num, job)
-            self._check_one_gpu()
-        elif self.tool is None:  # "auto", or a second run after end()
+        else:
             self._open(device_gpu if self.gpu_num == "auto" else self.gpu_num, None)
-            self._check_one_gpu()
+        self._check_one_gpu()
         if self.power_cap is not None:
             # Here, not in the constructor: under DDP the process group exists by now, and PowerCapOptimizer
             # agrees with the other ranks on one cap and on who owns a shared GPU (docs/distributed.md).
