@@ -188,6 +188,21 @@ class Job:
             ) from e
         return out
 
+    def broadcast(self, obj: Any, what: str) -> Any:
+        """Rank 0's ``obj`` on every rank (the others pass anything, None say).  Collective: every rank must call
+        it."""
+        box = [obj if self.rank == 0 else None]
+        try:
+            self.dist.broadcast_object_list(box, src=0)
+        except Exception as e:
+            raise StateError(
+                "%s on rank %d: broadcasting the job's result over torch.distributed failed (%s: %s). In job mode "
+                "every rank must call it, equally often (pass distributed=False to measure each process alone); "
+                "the process group's timeout (init_process_group(timeout=...)) bounds the wait"
+                % (what, self.rank, type(e).__name__, e)
+            ) from e
+        return box[0]
+
     def barrier(self) -> None:
         self.dist.barrier()
 

@@ -8,6 +8,6 @@ build on one :class:`~joulecap.EnergyMeasurementTool` (``joulecap.callbacks._met
 epoch and per ``every_n_steps`` steps, its CSV (``out_file``) the snippet tool's.  See docs/trainers.md.
 """
 
-from ._meter import TrainerMeter, job_totals, metrics_of
+from ._meter import TrainerMeter, metrics_of
 
-__all__ = ["TrainerMeter", "metrics_of", "job_totals"]
+__all__ = ["TrainerMeter", "metrics_of"]

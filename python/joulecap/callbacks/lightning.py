@@ -46,6 +46,11 @@ class JoulecapCallback(pl.Callback):
       optimizer on the training steps (needs one GPU and the right to set caps); the limit found is put back at
       the end of ``fit``.
     * ``prefix``: of the metric names (default ``"energy/"``); ``summary``: print the summary on rank 0.
+    * ``distributed``: under DDP (None, the default: when a process group of several ranks exists at the start of
+      ``fit``) every rank measures its own GPU and the epoch's and blocks' windows are gathered over the ranks:
+      what is logged is the job's energy, each GPU and each host's CPU counted once, the same on every rank;
+      False: each rank logs its own devices (the loggers write rank 0's).  Every rank runs the hooks; an
+      exception ends the measuring locally, without gathering.
 
     ``records`` holds every window measured (with its ``measurement`` and ``metrics``) after training.
     """
@@ -61,10 +66,12 @@ class JoulecapCallback(pl.Callback):
         prefix: str = "energy/",
         summary: bool = True,
         interval: Optional[float] = None,
+        distributed: Optional[bool] = None,
     ) -> None:
         super().__init__()
         self.meter = TrainerMeter(gpu_num, every_n_steps=every_n_steps, out_file=out_file, carbon=carbon,
-                                  power_cap=power_cap, prefix=prefix, summary=summary, interval=interval)
+                                  power_cap=power_cap, prefix=prefix, summary=summary, interval=interval,
+                                  distributed=distributed)
         self.summary: Optional[str] = None
 
     @property
@@ -93,23 +100,29 @@ class JoulecapCallback(pl.Callback):
             return
         import torch
 
+        # In job mode every rank holds the job's values (rank 0's, broadcast): synchronised with "max" they stay
+        # exact, and Lightning does not warn that epoch-level values are not synchronised.
+        job = self.meter.job is not None
+        device = pl_module.device if job else None
         for name, value in rec["metrics"].items():
             if math.isfinite(value):
                 # float64: a float would become a float32 tensor, 7 digits of a value the CSV has with 10.
-                pl_module.log(name, torch.tensor(value, dtype=torch.float64), on_step=False, on_epoch=True,
-                              logger=True, prog_bar=False)
+                pl_module.log(name, torch.tensor(value, dtype=torch.float64, device=device), on_step=False,
+                              on_epoch=True, logger=True, prog_bar=False, sync_dist=job,
+                              reduce_fx="max" if job else "mean")
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self._end(trainer)
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        self._end(trainer)
+        # Local: under DDP the other ranks may not be failing, and a gather would wait for them.
+        self._end(trainer, abort=True)
 
     # -- logging
 
-    def _end(self, trainer: Any) -> None:
+    def _end(self, trainer: Any, abort: bool = False) -> None:
         n = len(self.meter.records)
-        self.summary = self.meter.end()
+        self.summary = self.meter.abort() if abort else self.meter.end()
         self._log_blocks(trainer, self.meter.records[n:])
 
     @staticmethod

@@ -48,7 +48,9 @@ class JoulecapCallback(TrainerCallback):
     optimizer steps, logged as the Trainer's own logs; a summary at the end of training.
 
     Arguments as :class:`joulecap.callbacks.lightning.JoulecapCallback`'s; ``gpu_num="auto"`` is the CUDA GPU of
-    ``TrainingArguments.device`` (none on the CPU).  ``attach(trainer)`` adds the callback to the trainer and
+    ``TrainingArguments.device`` (none on the CPU).  Launched with torchrun / accelerate (DDP), every rank's
+    callback measures its GPU and logs the job's energy (each GPU and each host's CPU once), unless
+    ``distributed=False``.  ``attach(trainer)`` adds the callback to the trainer and
     logs through ``trainer.log``.  ``records`` holds every window measured; ``summary`` the summary text.
     """
 
@@ -63,9 +65,11 @@ class JoulecapCallback(TrainerCallback):
         prefix: str = "energy/",
         summary: bool = True,
         interval: Optional[float] = None,
+        distributed: Optional[bool] = None,
     ) -> None:
         self.meter = TrainerMeter(gpu_num, every_n_steps=every_n_steps, out_file=out_file, carbon=carbon,
-                                  power_cap=power_cap, prefix=prefix, summary=summary, interval=interval)
+                                  power_cap=power_cap, prefix=prefix, summary=summary, interval=interval,
+                                  distributed=distributed)
         self.summary: Optional[str] = None
         self._trainer: Any = None
         self._epochs = 0
