@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine: build joulecapd with libmicrohttpd (the system's, else the one carried in mhd/), then
 # bench/exporter_scrape.py against the real GPU.
+# Usage: bash bench/prepare_node.sh build/node   (here), then bash build/node/bench/run_scrape.sh build/node "$OUT"
 set -uo pipefail
 src=$(cd "${1:-build/node}" && pwd); out=${2:-$OUT}
 if ! pkg-config --exists libmicrohttpd 2>/dev/null; then
