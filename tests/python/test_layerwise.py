@@ -1017,7 +1017,8 @@ def test_sampling_attaches_hooks_on_sampled_steps_only_and_extrapolates(cpu_fake
     model = Net()
     seen = _hooks_seen_per_step(model, model.block.conv1)
     out = tmp_path / "layers.csv"
-    tracker = LayerwiseMeasurementTool(out, gpu_num=0, max_overhead=0.5)
+    # (replay_budget=0: no inputs captured for a replay, which runs the hooks, muted, in the warm-up step)
+    tracker = LayerwiseMeasurementTool(out, gpu_num=0, max_overhead=0.5, replay_budget=0)
     tracker.start(model)
     train(model, make_data(40, batch=4))
     result = tracker.stop()
@@ -1457,3 +1458,84 @@ def test_graph_walk_survives_node_objects_coming_and_going():
         node = Node(seq, [node, acc, before])
     firsts, lo, hi, last = lw._walk_call_nodes([Wrapper(node)], b=9)
     assert (lo, hi) == (10, 309) and last._sequence_nr() == 10 and len(firsts) == 1
+
+
+class KnotsCtx:
+    """Stands in for the library context: a GPU whose true power is piecewise constant (`segments`, W over
+    [a, b) s), read by a counter that steps every 100 ms (phase 23 ms); the series is linear between the steps,
+    as the library's is."""
+
+    def __init__(self, segments):
+        self.segments = segments
+
+    def true(self, t):  # J at t (s)
+        return sum(w * max(0.0, min(t, z) - a) for a, z, w in self.segments)
+
+    def at(self, t_ns):
+        t = t_ns / S
+        k0 = math.floor((t - 0.023) / 0.1) * 0.1 + 0.023
+        e0, e1 = self.true(k0), self.true(k0 + 0.1)
+        return e0 + (e1 - e0) * (t - k0) / 0.1
+
+    def energy_at(self, times, timeout):
+        return [[0.0, self.at(t)] for t in times], True
+
+    def energy_between(self, t0, t1, timeout):
+        return {"resolved": True, "energy_j": [0.0, self.at(t1) - self.at(t0)], "source": ["estimate", "counter"]}
+
+
+@pytest.mark.parametrize("knots", [True, False])
+def test_long_layers_of_a_burst_get_their_own_power_from_the_counter_steps(cpu_fake, knots):
+    """A burst whose layers last longer than a counter step: 1.0-1.3 s opening lead (100 W), then layer A (600 W)
+    and layer B (300 W) for 0.3 s each, then 0.1 s each again.  With the knots each gets its own power within a
+    few %; without (the power of the burst's work for every layer, as before issue 17) both get ~450 W."""
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, _knots=knots)
+    tracker.start(Net())
+    run = tracker._run
+    lead = 2 * run._outside_row(lw.OUTSIDE_LEAD, lw.TRAIN)
+    a = 2 * run.layer_row(0, lw.TRAIN)
+    b_ = 2 * run.layer_row(1, lw.TRAIN)
+    ivs = [(a, 1.3, 1.6), (b_, 1.6, 1.9), (a, 1.9, 2.0), (b_, 2.0, 2.1)]
+    power = {a: 600.0, b_: 300.0}
+    ctx = KnotsCtx([(1.0, 1.3, 100.0)] + [(t0, t1, power[sl]) for sl, t0, t1 in ivs] + [(2.1, 3.0, 100.0)])
+    real_ctx = tracker._ctx
+    b = lw._Burst(lead, 1 * S, 13 * S // 10, run.ndev, 0)
+    b.t_b = 21 * S // 10
+    for sl, t0, t1 in ivs:  # as _accumulate_bursts records them: the interpolated energies
+        rec = b.slots.setdefault(sl, [0, [0.0, 0.0]])
+        rec[0] += round((t1 - t0) * S)
+        rec[1][1] += ctx.at(round(t1 * S)) - ctx.at(round(t0 * S))
+        b.ivs.append((sl, round(t0 * S), round(t1 * S)))
+        run.acc_t[sl] += round((t1 - t0) * S)
+        run.acc_e[sl][1] += ctx.at(round(t1 * S)) - ctx.at(round(t0 * S))
+    b.work_t = sum(rec[0] for rec in b.slots.values())
+    b.lead_e = [0.0, ctx.at(13 * S // 10) - ctx.at(1 * S)]
+    run.acc_e[lead][1] += b.lead_e[1]
+    total = sum(run.acc_e[sl][1] for sl in (a, b_, lead))
+    tracker._ctx = ctx
+    try:
+        run.bursts_closed = [b]
+        run._finish_bursts(0.0)
+    finally:
+        tracker._ctx = real_ctx
+    got = {sl: run.acc_e[sl][1] / (run.acc_t[sl] / S) for sl in (a, b_)}
+    assert sum(run.acc_e[sl][1] for sl in (a, b_, lead)) == pytest.approx(total)  # the burst's energy is kept
+    if knots:
+        assert got[a] == pytest.approx(600.0, rel=0.03) and got[b_] == pytest.approx(300.0, rel=0.03)
+        assert run.knots_fitted == 1
+    else:
+        assert got[a] == pytest.approx(got[b_]) == pytest.approx(450.0, rel=0.03)
+    tracker.stop()
+
+
+def test_counter_steps_found_from_the_series():
+    """The counter's steps come back from the linear series on a 1 ms grid, knots placed inside the cell."""
+    ctx = KnotsCtx([(0.0, 0.25, 500.0), (0.25, 0.61, 200.0), (0.61, 1.0, 350.0)])
+    grid = list(range(0, S, 1_000_000))
+    steps = lw.knots.counter_steps(grid, [ctx.at(t) for t in grid])
+    assert steps[0][0] == 23_000_000 and steps[-1][1] == 923_000_000  # (steps of equal power come as one)
+    assert all(s0[1] == s1[0] for s0, s1 in zip(steps, steps[1:]))
+    for t0, t1, p in steps:
+        assert (t0 / S - 0.023) / 0.1 == pytest.approx(round((t0 / S - 0.023) / 0.1), abs=1e-3)
+        true = (ctx.true(t1 / S) - ctx.true(t0 / S)) / ((t1 - t0) / S)
+        assert p * 1e9 == pytest.approx(true, rel=1e-6)

@@ -184,7 +184,7 @@ class _Hooks:
         run = self
         root = self.model
         root_selected = any(m is root for _, m in self.layers)
-        replay = self.tool.mode == "replay"
+        replay = self.tool._capture
         get_ident = threading.get_ident
         last_seq = self.last_seq
         last_seq_get = last_seq.get

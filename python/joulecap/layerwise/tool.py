@@ -63,12 +63,14 @@ class LayerwiseMeasurementTool:
         interval: Optional[float] = None,
         replay_seconds: float = 1.0,
         replay_min_share: float = 0.005,
+        replay_budget: float = 0.05,
         replay_capture_bytes: int = 4 << 20,
         resolve_interval: float = 0.5,
         max_pending: int = 8192,
         anchor_max_age: float = 10.0,
         _host_shadow: bool = False,
         _keep_run: bool = False,
+        _knots: bool = True,
     ):
         if mode not in _MODES:
             raise InvalidArgument("mode=%r: pass 'attribute' (default) or 'replay'" % (mode,))
@@ -91,6 +93,11 @@ class LayerwiseMeasurementTool:
         if not (0.0 <= float(replay_min_share) < 1.0):
             raise InvalidArgument("replay_min_share=%r: pass a fraction of the layers' time in [0, 1)" % (
                 replay_min_share,))
+        if isinstance(replay_budget, bool) or not isinstance(replay_budget, (int, float)) or \
+                not (0.0 <= replay_budget <= 10.0):
+            raise InvalidArgument("replay_budget=%r: pass the share of the run's time that the default mode may "
+                                  "spend after stop() replaying short layers, e.g. 0.05 (5%%), or 0 for none"
+                                  % (replay_budget,))
         if not isinstance(max_pending, int) or max_pending < 16:
             raise InvalidArgument("max_pending=%r: pass an int >= 16" % (max_pending,))
         self.out_file = _check_path(out_file)
@@ -104,6 +111,10 @@ class LayerwiseMeasurementTool:
         self.burst_seconds = float(burst_seconds)
         self.replay_seconds = float(replay_seconds)
         self.replay_min_share = float(replay_min_share)
+        self.replay_budget = float(replay_budget)
+        # inputs are captured for replay in mode "replay", and in the default mode for its budgeted replay
+        self._capture = mode == "replay" or self.replay_budget > 0
+        self._knots = bool(_knots)
         self.replay_capture_bytes = int(replay_capture_bytes)
         self.resolve_interval = float(resolve_interval)
         self.max_pending = max_pending
@@ -236,9 +247,19 @@ class LayerwiseMeasurementTool:
         ctx.release(run.window)
         replayed: List[Dict[str, Any]] = []
         replay_power: Dict[int, List[float]] = {}
+        replay_info: Dict[str, Any] = {}
         if self.mode == "replay":
             replayed, replay_power = _Replayer(self, run).run()
-        result = _build_result(run, self._devices, self.mode, self.out_file, whole, replayed, replay_power)
+        elif self.replay_budget > 0 and run.captures:
+            # the default mode: the short layers the counter cannot tell apart, within the replay budget
+            budget_s = self.replay_budget * (t_end - run.t_start) * 1e-9
+            rp = _Replayer(self, run)
+            replayed, replay_power = rp.run(budget_s=budget_s)
+            replay_info = rp.info
+        mode = "replay" if replay_power else self.mode
+        result = _build_result(run, self._devices, mode, self.out_file, whole, replayed, replay_power)
+        if replay_info:
+            result.clock["auto_replay"] = replay_info
         self.result = result
         run.tool = None  # type: ignore[assignment]
         if self._keep_run:  # the benchmark reuses the captured inputs
