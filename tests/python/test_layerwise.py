@@ -6,6 +6,7 @@ constant-power GPU the energy shares follow the time shares.  The CUDA-event clo
 
 import collections
 import csv
+import io
 import gc
 import math
 import time
@@ -171,7 +172,8 @@ def test_summary_prints(cpu_fake, capsys):
     tracker.summary(top=3)
     text = capsys.readouterr().out
     assert "GPU0 (J)" in text and "CPU (J)" in text and "more layers" in text and "share" in text
-    assert "mode attribute" in text and "mode='replay' measures each layer's own" in text
+    assert "mode attribute" in text and "mode='replay' measures each one's" in text
+    assert "replay of them was skipped: over budget" in text  # (a run of two steps: no time for one)
 
 
 def test_shares_follow_known_costs(cpu_fake):
@@ -1539,3 +1541,83 @@ def test_counter_steps_found_from_the_series():
         assert (t0 / S - 0.023) / 0.1 == pytest.approx(round((t0 / S - 0.023) / 0.1), abs=1e-3)
         true = (ctx.true(t1 / S) - ctx.true(t0 / S)) / ((t1 - t0) / S)
         assert p * 1e9 == pytest.approx(true, rel=1e-6)
+
+
+def test_layers_of_a_sampled_burst_get_the_power_drawn_while_they_ran(fake_env, tmp_path, monkeypatch):
+    """End to end on the fake GPU, whose power follows the layer that runs (joulecap_fake_set_load): layer 0
+    draws 700 W, layer 1 280 W, for 0.25 s a call each, 100 W otherwise (the leads, between steps).  Sampled in
+    bursts behind leads (fake CUDA events), each layer comes out at its own power, not the bursts' average."""
+    import ctypes
+
+    scn = tmp_path / "follow.scn"
+    scn.write_text("[device]\nidle_w = 100\nloaded_w = 700\nload = 0\ncounter_step_ms = 100\ncounter_phase_ms = 23\n"
+                   "instant_period_ms = 100\nenergy_latency_ms = 1\nenergy_latency_jitter_ms = 0\n")
+    fake_env(scenario=str(scn), sysfs="norapl", proc="qemu")
+    fake = ctypes.CDLL(joulecap._paths.fake_nvml_library())
+    fake.joulecap_fake_set_load.argtypes = [ctypes.c_uint, ctypes.c_double]
+    gpu = FakeGPU(ppm=0.0)
+
+    def lead(seconds):  # a GPU that waits: idle power, for that long (the fake GPU keeps pace with the host)
+        fake.joulecap_fake_set_load(0, 0.0)
+        time.sleep(seconds)
+
+    monkeypatch.setattr(lw.tool, "_HostClock", lambda: lw._CudaClock(
+        torch, None, event_factory=gpu.event, synchronize=gpu.synchronize, stream=lambda: None,
+        now=time.perf_counter_ns, lead=lead))
+
+    class Draw(nn.Module):
+        def __init__(self, load):
+            super().__init__()
+            self.load = load
+
+        def forward(self, x):
+            fake.joulecap_fake_set_load(0, self.load)
+            time.sleep(0.25)
+            fake.joulecap_fake_set_load(0, 0.0)
+            return x
+
+    model = nn.Sequential(Draw(1.0), Draw(0.3))
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=0.5, replay_budget=0, interval=0.005)
+    assert fake.joulecap_fake_set_load(0, 0.0) == 0  # (the tool's NVML is up: the fake takes loads)
+    tracker.start(model)
+    with torch.no_grad():
+        for _ in range(10):
+            model(torch.zeros(1))
+    result = tracker.stop()
+    fake.joulecap_fake_set_load(0, -1.0)
+    assert_adds_up(result)
+    assert result.sampling["infer"]["sampled_steps"] >= 2 and result.clock["lead_s"] > 0.5
+    hi, lo = result.row("0"), result.row("1")
+    assert hi["gpu0_power_w"] == pytest.approx(700, rel=0.08)
+    assert lo["gpu0_power_w"] == pytest.approx(280, rel=0.12)
+
+
+def test_default_mode_replays_short_layers_within_its_budget(cpu_fake):
+    """The default mode replays the distinct layers shorter than a counter step, within replay_budget of the
+    run's time (identical layers once), and skips the replay with a note when not even one fits."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+
+    def run(**kw):
+        tracker = LayerwiseMeasurementTool(None, gpu_num=0, replay_seconds=0.05, replay_min_share=0, **kw)
+        tracker.start(model)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 1.0:
+            model(torch.randn(8, 16)).sum().backward()
+        r = tracker.stop()
+        assert_adds_up(r)
+        return r
+
+    result = run(replay_budget=2.0)
+    info = result.clock["auto_replay"]
+    assert info["layers"] == 5 and info["note"].startswith("all 4 distinct")  # (the two ReLUs are one)
+    assert {r["layer"] for r in result.replayed} == {"0", "1", "2", "3", "4"}
+    assert sum("same_as" in r for r in result.replayed) == 1
+    assert all(r["attribution"] == "replay" for r in result.layer_rows())
+    assert result.mode == "attribute" and "4 shorter ones (distinct) at their power replayed" in result.summary(
+        file=io.StringIO())
+    result = run(replay_budget=0.01)  # 10 ms: below one layer's replay
+    assert result.clock["auto_replay"]["note"].startswith("skipped") and not result.replayed
+    assert all(r["attribution"] == "interval" for r in result.layer_rows())
+    result = run(replay_budget=0)
+    assert "auto_replay" not in result.clock and not result.replayed

@@ -119,9 +119,16 @@ class LayerwiseResult:
         if sampled:
             note += "; layers measured on %s, the rest of the run given by those" % ", ".join(
                 "%d of %d %s steps" % (v["sampled_steps"], v["steps"], ph) for ph, v in sampled)
+        auto = self.clock.get("auto_replay")
         if self.mode == "attribute" and layers:
-            note += "; the layers of a step share its measured power, split by time (mode='replay' measures " \
-                    "each layer's own)"
+            note += "; layers longer than a counter step at the power measured while they ran"
+            if self.replayed:
+                note += ", %d shorter ones (distinct) at their power replayed alone" % sum(
+                    "same_as" not in r for r in self.replayed)
+            if not self.replayed:
+                note += ", shorter ones share the power of their counter steps (mode='replay' measures each one's"
+                note += "; the default's replay of them was skipped: over budget)" if auto and auto.get(
+                    "note", "").startswith("skipped") else ")"
         if partial:
             note += "; PARTIAL: %s" % "; ".join("%s %s" % ("CPU" if k == "cpu" else k.upper(), self.estimates.get(k, ""))
                                                for k in partial)

@@ -256,8 +256,7 @@ class LayerwiseMeasurementTool:
             rp = _Replayer(self, run)
             replayed, replay_power = rp.run(budget_s=budget_s)
             replay_info = rp.info
-        mode = "replay" if replay_power else self.mode
-        result = _build_result(run, self._devices, mode, self.out_file, whole, replayed, replay_power)
+        result = _build_result(run, self._devices, self.mode, self.out_file, whole, replayed, replay_power)
         if replay_info:
             result.clock["auto_replay"] = replay_info
         self.result = result
