@@ -1185,7 +1185,8 @@ def test_lead_runs_before_each_sampled_step_on_a_gpu(cpu_fake, monkeypatch):
     monkeypatch.setattr(lw._Run, "resolve", lambda self, force=False, final_timeout=None: (
         in_burst.append(self.burst_left > 0 and final_timeout is None), orig_resolve(self, force, final_timeout))[1])
     model = Net()
-    tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=0.5, max_pending=16, resolve_interval=0.0,
+    # (max_overhead=5: the first burst is not cut short by test_opening_lead_scales_with_the_time_so_far's rule)
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=5.0, max_pending=16, resolve_interval=0.0,
                                        burst_seconds=5.0)  # (bursts of many markers, even on a loaded machine)
     tracker.start(model)
     train(model, make_data(12, batch=4))
@@ -1193,12 +1194,13 @@ def test_lead_runs_before_each_sampled_step_on_a_gpu(cpu_fake, monkeypatch):
     assert_adds_up(result)
     assert in_burst and not any(in_burst)  # the host never stops to resolve inside a burst
     k = result.sampling["train"]["sampled_steps"]
-    # steps are sampled in bursts (enough steps for burst_seconds), each opened by a 0.3 s lead, with short leads
-    # every LEAD_EVERY markers inside
-    opening = [x for x in leads if x == pytest.approx(0.3)]
+    # steps are sampled in bursts (enough steps for burst_seconds), each opened by a lead of 0.3 s, or early in the
+    # run max_overhead x the time so far but at least 50 ms, with short leads every LEAD_EVERY markers inside
+    opening = [x for x in leads if x >= 0.05]
     assert 1 <= len(opening) <= k
+    assert all(0.05 <= x <= 0.3 + 1e-9 for x in opening)
     short = [x for x in leads if x not in opening]
-    assert short and all(0.0005 <= x < 0.05 for x in short), short
+    assert short and all(0.0005 <= x < 0.05 for x in short), (leads, result.sampling)
     assert result.clock["short_leads_skipped"] >= 1  # inside the opening lead
     row = result.row(lw.OUTSIDE_LEAD, "train")
     assert row["calls"] == len(opening)
@@ -1621,3 +1623,21 @@ def test_default_mode_replays_short_layers_within_its_budget(cpu_fake):
     assert all(r["attribution"] == "interval" for r in result.layer_rows())
     result = run(replay_budget=0)
     assert "auto_replay" not in result.clock and not result.replayed
+
+
+def test_opening_lead_scales_with_the_time_so_far(cpu_fake):
+    """A short run does not pay a fixed 0.3 s lead: early on the opening lead is max_overhead x the time so far
+    (at least 50 ms), and the phase's first burst only as many steps as that share pays for (at least one)."""
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0)
+    tracker.start(Net())
+    run = tracker._run
+    now = time.perf_counter_ns()
+    for so_far, want in ((0.1, 0.05), (2.0, 0.1), (4.0, 0.2), (10.0, 0.3), (100.0, 0.3)):
+        run.t_start_host = now - int(so_far * S)
+        assert run.open_lead_ns(now) == pytest.approx(want * S, rel=1e-6)
+    run.dur_plain[lw.TRAIN] = [10_000_000] * 8  # steps of 10 ms; a sampled one: 25 ms (2.5 x) before any
+    run.t_start_host = time.perf_counter_ns() - int(0.2 * S)
+    assert run.plan_burst(lw.TRAIN) == 1  # 5% of 0.2 s: 10 ms, less than one step's 15 ms extra
+    run.t_start_host = time.perf_counter_ns() - int(6 * S)
+    assert run.plan_burst(lw.TRAIN) == 16  # (0.4 s of 25 ms steps: the whole burst)
+    tracker.stop()
