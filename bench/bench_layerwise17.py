@@ -18,7 +18,10 @@ Sections (one GPU; synthetic data; every reference is something the method under
       time and the time of start() + stop() (which holds any replay after the run) apart.  The seed's method
       (every step hooked) over 60 steps.
 Methods, per workload, in separate runs of the same length:
-  default  LayerwiseMeasurementTool's defaults (the code under test);
+  default  LayerwiseMeasurementTool's defaults (the code under test); its replay budget, 5% of a run this short,
+           replays nothing here;
+  default5m  the defaults but replay_budget = 15 s / the run's length: the replay time that the default's 5% gives
+           a 5-minute run (only where the tool has replay_budget);
   before   the default as it was before issue 17 (only where the tool offers the switches: replay_budget=0,
            _knots=False);
   replay   mode="replay";
@@ -26,7 +29,7 @@ Methods, per workload, in separate runs of the same length:
            (time.time() in the seed) x the run's average GPU power.
 Error per layer: |estimate - reference| / reference of GPU energy per call; MAE over the layers.
 
-About 7 minutes on an H100/H200 (--budget, default 420 s: later parts are cut short, and say so, past it).
+About 7.5 minutes on an H100/H200 (--budget, default 440 s: later parts are cut short, and say so, past it).
 ``--fake`` runs tiny sizes on the CPU against joulecap's fake NVML, to check the script (bench/run_layerwise17.sh
 --fake sets the fake up).  Output: DIR/layerwise17.jsonl (JSON lines) and DIR/layerwise17-table.txt, the table
 last on stdout; DIR = --out, else $OUT, else bench/results.  Read-only NVML: nothing on the GPU is changed.
@@ -214,12 +217,14 @@ class FourBench:
             if bl.elapsed() + run_s * 2 + 5 > args.budget:
                 rec.write("skipped", what="four/%s %s" % (size, meth), reason="budget")
                 continue
+            n_steps = steps if meth != "seed" else max(6, steps // 2)
+            kw = resolve_kwargs(kw, n_steps * step_s)
             t = tool(self.gpu_arg, args, **kw)
             self.sync()
             t0 = time.perf_counter()
             t.start(model)
             t_start = time.perf_counter() - t0
-            n, secs = self.loop(model, x, steps=steps if meth != "seed" else max(6, steps // 2))
+            n, secs = self.loop(model, x, steps=n_steps)
             t1 = time.perf_counter()
             res = t.stop()
             t_stop = time.perf_counter() - t1
@@ -240,6 +245,15 @@ class FourBench:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         return out
+
+
+FIVE_MIN = "five minutes"  # replay_budget: what the default's 5% would be in a 5-minute run
+
+
+def resolve_kwargs(kw, run_s):
+    """The tool's arguments for a run of run_s seconds: FIVE_MIN becomes the replay_budget that gives this run
+    the replay time (5% of 300 s) that the default gives a 5-minute run."""
+    return {k: (min(10.0, 0.05 * 300.0 / run_s) if v is FIVE_MIN else v) for k, v in kw.items()}
 
 
 def per_call(res, lab, seed=False):
@@ -285,6 +299,8 @@ def method_list(args):
 
     params = inspect.signature(LayerwiseMeasurementTool).parameters
     out = [("default", {})]
+    if "replay_budget" in params:
+        out.append(("default5m", {"replay_budget": FIVE_MIN}))
     if "replay_budget" in params and "_knots" in params:
         out.append(("before", {"replay_budget": 0.0, "_knots": False}))
     out += [("replay", {"mode": "replay"}), ("seed", {"sample": "all"})]
@@ -316,14 +332,14 @@ def net_workload(name, args, torch, device, gpu_arg, label, rec, methods):
         if bl.elapsed() + run_s * 2.5 + 10 > args.budget:
             rec.write("skipped", workload=name, what=meth, reason="budget")
             continue
-        kw = dict(kw)
+        n = steps if meth != "seed" else max(8, steps // 3)
+        kw = resolve_kwargs(kw, n * step_s)
         kw.setdefault("replay_min_share", 0.01)
         if meth == "replay":
             kw["_keep_run"] = True
         t = tool(gpu_arg, args, **kw)
         b.sync()
         t.start(wl.model)
-        n = steps if meth != "seed" else max(8, steps // 3)
         secs = b.run_steps(wl, n)
         t1 = time.perf_counter()
         res = t.stop()
@@ -469,7 +485,7 @@ def overhead(args, torch, device, gpu_arg, label, rec):
 
 def table(four, nets, ovh):
     lines = ["per-layer MAE of GPU energy per call against each layer alone (lower is better)"]
-    meths = ["default", "before", "replay", "seed"]
+    meths = ["default", "default5m", "before", "replay", "seed"]
     lines.append("%-16s %7s" % ("workload", "layers") + "".join(" %9s" % m for m in meths) +
                  "   default per layer / powers (W): default vs alone")
     for f in four:
@@ -498,6 +514,10 @@ def table(four, nets, ovh):
                 m, n, statistics.median(r["loop_overhead_pct"] for r in rs),
                 statistics.median(r["total_overhead_pct"] for r in rs), len(rs),
                 statistics.median(r["start_s"] for r in rs), statistics.median(r["stop_s"] for r in rs)))
+    lines.append("default: the tool's defaults over this run (%s); default5m: the same with the replay budget a "
+                 "5-minute run gets (5%% of 300 s: replay_budget = 15 s / this run's length); before: the default "
+                 "before issue 17 (no knots, no replay); seed: host time in hooks x the run's average power."
+                 % "about 6 s")
     return "\n".join(lines)
 
 
@@ -509,11 +529,11 @@ def main(argv=None):
     ap.add_argument("--gpu", type=int, default=0)
     ap.add_argument("--parts", default="four,resnet50,encoder,overhead")
     ap.add_argument("--sizes", default="short,long")
-    ap.add_argument("--methods", default="default,before,replay,seed")
-    ap.add_argument("--run-seconds", type=float, default=8.0, help="length of each tool run (a, b)")
+    ap.add_argument("--methods", default="default,default5m,before,replay,seed")
+    ap.add_argument("--run-seconds", type=float, default=6.0, help="length of each tool run (a, b)")
     ap.add_argument("--iso-seconds", type=float, default=1.5, help="each layer alone, s")
     ap.add_argument("--replay-seconds", type=float, default=1.0)
-    ap.add_argument("--budget", type=float, default=420.0)
+    ap.add_argument("--budget", type=float, default=440.0)
     args = ap.parse_args(argv)
     if args.fake:
         args.replay_seconds = min(args.replay_seconds, 0.1)
@@ -557,7 +577,7 @@ def main(argv=None):
             four.append(fb.run(size, methods))
     if "overhead" in parts:
         ovh = overhead(args, torch, device, gpu_arg, label, rec)
-    for name in ("encoder", "resnet50"):
+    for name in ("resnet50", "encoder"):
         if name in parts:
             if bl.elapsed() + 40 > args.budget:
                 rec.write("skipped", what=name, reason="budget")

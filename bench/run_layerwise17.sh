@@ -3,7 +3,7 @@
 # into one folder put first on PYTHONPATH (pip install --no-build-isolation --no-deps: the machine's
 # scikit-build-core and CMake, build folder in /tmp; nothing else on the machine is changed), then runs the
 # benchmark; the JSON lines, the table and the log go to $OUT (else bench/results).  Read-only NVML.
-# About 7 minutes on an H100/H200 (the benchmark's --budget, 420 s, plus the build).
+# About 8 minutes on an H100/H200 (the benchmark's --budget, 440 s, plus the build).
 #
 # Usage: bash bench/run_layerwise17.sh [bench_layerwise17.py arguments]
 #        bash bench/run_layerwise17.sh --fake      # here, on the CPU against the fake NVML (tiny sizes)
@@ -30,4 +30,4 @@ export JCB_GIT_COMMIT
 export PYTHONUNBUFFERED=1
 suffix=""
 [[ " $* " == *" --fake "* ]] && suffix="-fake"
-"$py" bench/bench_layerwise17.py --out "$out" --budget "${JCB_BUDGET:-420}" "$@" 2>&1 | tee "$out/layerwise17${suffix}-log.txt"
+"$py" bench/bench_layerwise17.py --out "$out" --budget "${JCB_BUDGET:-440}" "$@" 2>&1 | tee "$out/layerwise17${suffix}-log.txt"
