@@ -18,7 +18,7 @@ import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 _GRID_NS = 1_000_000  # the series is read every 1 ms to find the counter's steps
-_PRIOR_S = 0.005  # the prior's weight: as much as a slot with 5 ms in one step (about 1% of a step's energy)
+_PRIOR_S = 0.01  # the prior's weight: as much as a slot with 10 ms in one step (about 2% of a step's energy)
 _MIN_REL = 0.2  # a fitted power never below 0.2 x the burst's work power (the fit is a correction, not a sign flip)
 
 
