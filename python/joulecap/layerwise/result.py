@@ -242,6 +242,7 @@ def _build_result(run: Any, devices: Any, mode: str, out_file: Optional[str], wh
     clock["lead_s"] = (run.lead_ns + run.lead_inner_ns) * 1e-9
     clock["short_leads_skipped"] = run.leads_skipped
     clock["bursts_corrected"], clock["bursts_uncorrected"] = run.burst_counts()
+    clock["knots_fitted"] = run.knots_fitted
     if run.work_power:
         clock["work_power"] = run.work_power
     if replay_scale:
