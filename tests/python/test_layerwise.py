@@ -1019,7 +1019,8 @@ def test_sampling_attaches_hooks_on_sampled_steps_only_and_extrapolates(cpu_fake
     model = Net()
     seen = _hooks_seen_per_step(model, model.block.conv1)
     out = tmp_path / "layers.csv"
-    # (replay_budget=0: no inputs captured for a replay, which runs the hooks, muted, in the warm-up step)
+    # (replay_budget=0: no inputs captured for the default's replay, which runs the hooks, muted, in a step not
+    # sampled once the run is long enough)
     tracker = LayerwiseMeasurementTool(out, gpu_num=0, max_overhead=0.5, replay_budget=0)
     tracker.start(model)
     train(model, make_data(40, batch=4))

@@ -103,7 +103,7 @@ class _Sampling:
                     if len(run.mt) > n0:
                         run.marks_per_step = (len(run.mt) - n0) / steps
                     run.check_at = len(run.mt) + max(64, run.tool.max_pending // 2)
-                capture = warm and run.tool._capture and not run.captured[ph]
+                capture = run.capture_due(ph, warm, now)
                 if run.attached and not capture:
                     run.detach()
                 run.outermost_forward(ph)  # (no measured forward is open: fstack is empty here)

@@ -250,12 +250,18 @@ class LayerwiseMeasurementTool:
         replay_info: Dict[str, Any] = {}
         if self.mode == "replay":
             replayed, replay_power = _Replayer(self, run).run()
-        elif self.replay_budget > 0 and run.captures:
+        elif self.replay_budget > 0:
             # the default mode: the short layers the counter cannot tell apart, within the replay budget
             budget_s = self.replay_budget * (t_end - run.t_start) * 1e-9
-            rp = _Replayer(self, run)
-            replayed, replay_power = rp.run(budget_s=budget_s)
-            replay_info = rp.info
+            if run.captures:
+                rp = _Replayer(self, run)
+                replayed, replay_power = rp.run(budget_s=budget_s)
+                replay_info = rp.info
+            else:
+                replay_info = {"budget_s": budget_s, "layers": 0, "seconds_each": 0.0, "note": (
+                    "skipped: the budget (%.2f s, replay_budget x the run's time) is below one layer's shortest "
+                    "replay, so no inputs were captured; the layers keep the counter's split (a longer run, or a "
+                    "larger replay_budget, replays them)" % budget_s)}
         result = _build_result(run, self._devices, self.mode, self.out_file, whole, replayed, replay_power)
         if replay_info:
             result.clock["auto_replay"] = replay_info
