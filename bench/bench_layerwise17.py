@@ -23,7 +23,7 @@ Methods, per workload, in separate runs of the same length:
   default5m  the defaults but replay_budget = 15 s / the run's length: the replay time that the default's 5% gives
            a 5-minute run (only where the tool has replay_budget);
   before   the default as it was before issue 17 (only where the tool offers the switches: replay_budget=0,
-           _knots=False);
+           _knots=False, _early_scale=False);
   replay   mode="replay";
   seed     the seed's method: every step hooked (sample="all"), a layer's time by the host clock in the hooks
            (time.time() in the seed) x the run's average GPU power.
@@ -247,6 +247,7 @@ class FourBench:
         return out
 
 
+BEFORE = {"replay_budget": 0.0, "_knots": False, "_early_scale": False}  # the default before issue 17
 FIVE_MIN = "five minutes"  # replay_budget: what the default's 5% would be in a 5-minute run
 
 
@@ -301,8 +302,8 @@ def method_list(args):
     out = [("default", {})]
     if "replay_budget" in params:
         out.append(("default5m", {"replay_budget": FIVE_MIN}))
-    if "replay_budget" in params and "_knots" in params:
-        out.append(("before", {"replay_budget": 0.0, "_knots": False}))
+    if "replay_budget" in params and "_knots" in params and "_early_scale" in params:
+        out.append(("before", BEFORE))
     out += [("replay", {"mode": "replay"}), ("seed", {"sample": "all"})]
     want = [m.strip() for m in args.methods.split(",") if m.strip()]
     return [m for m in out if m[0] in want]
@@ -454,6 +455,8 @@ def overhead(args, torch, device, gpu_arg, label, rec):
     say("overhead: 12-block transformer (d %d, seq %d, batch %d), %.2f ms per step" % (d, seq, batch, 1e3 * step_s))
     out = {"step_s": step_s, "runs": []}
     plans = [(lengths[0], "default", {}, 3), (lengths[0], "seed", {"sample": "all"}, 1), (lengths[1], "default", {}, 1)]
+    if any(m == "before" for m, _ in method_list(args)):
+        plans.insert(1, (lengths[0], "before", BEFORE, 2))
     for n, meth, kw, reps in plans:
         for k in range(reps):
             need = n * step_s * 3.5 + 5

@@ -184,6 +184,8 @@ class _Sampling:
         in a run, max_overhead x the time so far but at least 50 ms (enough to put the host ahead), so that a short
         run does not pay a fixed 0.3 s.  A burst behind a short lead gets its powers from the counter's steps
         alone (_fit_knots_whole) or from the steps not sampled."""
+        if not self.tool._early_scale:
+            return _OPEN_LEAD_NS
         return int(min(_OPEN_LEAD_NS, max(_MIN_OPEN_LEAD_NS, self.tool.max_overhead * (now - self.t_start_host))))
 
     def plan_burst(self, ph: int) -> int:
@@ -197,7 +199,7 @@ class _Sampling:
         d = self.dur_sampled[ph]
         host = statistics.median(d) if d else 2.5 * base
         steps = max(1, min(256, int(math.ceil(self.tool.burst_seconds * 1e9 / max(host, 1.0)))))
-        if not self.sampled[ph] and base:
+        if not self.sampled[ph] and base and self.tool._early_scale:
             # the phase's first burst comes at once: early in a run, only as many steps as max_overhead of the
             # time so far pays for (at least one), each costing its host time beyond a step not sampled
             spare = self.tool.max_overhead * (time.perf_counter_ns() - self.t_start_host)

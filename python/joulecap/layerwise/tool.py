@@ -71,6 +71,7 @@ class LayerwiseMeasurementTool:
         _host_shadow: bool = False,
         _keep_run: bool = False,
         _knots: bool = True,
+        _early_scale: bool = True,
     ):
         if mode not in _MODES:
             raise InvalidArgument("mode=%r: pass 'attribute' (default) or 'replay'" % (mode,))
@@ -115,6 +116,7 @@ class LayerwiseMeasurementTool:
         # inputs are captured for replay in mode "replay", and in the default mode for its budgeted replay
         self._capture = mode == "replay" or self.replay_budget > 0
         self._knots = bool(_knots)
+        self._early_scale = bool(_early_scale)  # False: a full opening lead and first burst from the start (pre-17)
         self.replay_capture_bytes = int(replay_capture_bytes)
         self.resolve_interval = float(resolve_interval)
         self.max_pending = max_pending
