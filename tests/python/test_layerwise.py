@@ -174,6 +174,9 @@ def test_summary_prints(cpu_fake, capsys):
     assert "GPU0 (J)" in text and "CPU (J)" in text and "more layers" in text and "share" in text
     assert "mode attribute" in text and "mode='replay' measures each one's" in text
     assert "replay of them was skipped: over budget" in text  # (a run of two steps: no time for one)
+    clock = tracker.result.clock
+    assert clock["sampling_cost_s"] >= 0 and clock["max_overhead"] == 0.05
+    assert ("sampling cost" in text) == (clock["sampling_cost_share"] > 0.05)
 
 
 def test_shares_follow_known_costs(cpu_fake):
