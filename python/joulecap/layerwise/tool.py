@@ -32,10 +32,13 @@ class LayerwiseMeasurementTool:
     * ``depth``: ``None`` measures the modules that do work of their own (leaf modules, and modules holding
       parameters directly); an int measures the modules at that depth of the qualified names (``layer3.1`` is
       depth 2) and those doing work above it; 0 the whole model as one layer.
-    * ``mode``: ``"attribute"`` (default) gives each layer the energy measured over its own intervals; inside one
-      100 ms energy-counter step the layers share the step's average power, so the split is by time there.
-      ``"replay"`` additionally runs each layer alone after the run, for ``replay_seconds``, to measure its own
-      power, and splits the energy measured for the layers by time x that power.  See docs/python.md.
+    * ``mode``: ``"attribute"`` (default) gives each layer the energy measured over its own intervals: a layer
+      whose calls fill energy-counter steps (100 ms) of their own gets the power measured over them (inside a
+      sampled burst, a fit to the counter's steps); layers shorter than that are replayed alone after the run,
+      the largest first, within ``replay_budget`` (default 0.05: 5% of the run's time), and those not replayed
+      share the power of their steps, split by time.  ``"replay"`` replays every layer above
+      ``replay_min_share``, for ``replay_seconds`` each, whatever the budget, and splits the energy measured for
+      the layers by time x the powers alone.  See docs/python.md.
     * ``sample``: ``"auto"`` (default) hooks the layers on sampled steps only, within ``max_overhead`` (default
       0.05: the sampled steps may add 5% to the run's time), never on the first ``warmup_steps`` (default 1) of
       each phase, and extends the sampled steps to the whole run; ``"all"`` hooks every step.  A step is a
