@@ -22,6 +22,12 @@ JC_NVML_FUNCTIONS(FAKE__DECLARE)
  * variables. */
 void joulecap_fake_configure(const char *scenario, const char *state_path);
 
+/* Not NVML, for tests: from now on, device `index` runs at `load` (in [0, 1]) in place of its schedule, until
+ * the next call; a negative load hands it back to the schedule.  This process only (the state file does not
+ * carry it), so that a test's model can draw a known power while a given layer runs.  Returns 0, or -1 for a
+ * bad index or load, before nvmlInit_v2, or when FAKE_MAX_RUNTIME loads were set since it. */
+int joulecap_fake_set_load(unsigned index, double load);
+
 #pragma GCC visibility push(hidden)
 
 /* Fixed capacities keep the scenario a plain value: no allocation, nothing to free. */
@@ -32,6 +38,7 @@ void joulecap_fake_configure(const char *scenario, const char *state_path);
 #define FAKE_MSG_LEN 512
 #define FAKE_MAX_SWEEP 64 /* distinct caps of a sweep */
 #define FAKE_MAX_COUNTER_FAULTS 16 /* of each kind, per device */
+#define FAKE_MAX_RUNTIME 8192 /* loads set by joulecap_fake_set_load per device (since nvmlInit_v2) */
 
 /* An injected error: calls of functions matching func (an fnmatch pattern) return code while the fake GPU's
  * time t (ms) lies in [from_ms, to_ms). */
@@ -86,6 +93,13 @@ typedef struct fake_segment {
 
 typedef enum fake_load_kind { FAKE_LOAD_CONSTANT, FAKE_LOAD_SQUARE } fake_load_kind;
 
+/* Loads set at run time (joulecap_fake_set_load): load[i] from from_ms[i] to from_ms[i + 1] (the last one on
+ * and on); a negative load: the schedule.  Owned by fakenvml.c, one per device. */
+typedef struct fake_runtime {
+    int n;
+    double from_ms[FAKE_MAX_RUNTIME], load[FAKE_MAX_RUNTIME];
+} fake_runtime;
+
 /* Load in [0, 1] over time: a base schedule (constant or square wave) overridden by segments. */
 typedef struct fake_load {
     fake_load_kind kind;
@@ -125,6 +139,7 @@ struct nvmlDevice_st {
     int allow_set_limit;
     int set_limit_noop;   /* 1: nvmlDeviceSetPowerManagementLimit succeeds but changes nothing */
     fake_faults faults;   /* this device's injected errors (by time and by call count) and delays */
+    const fake_runtime *runtime; /* loads set at run time (NULL: none), set by fakenvml.c after parsing */
 };
 typedef struct nvmlDevice_st fake_device;
 

@@ -40,6 +40,7 @@ static struct {
     /* Set by joulecap_fake_configure (JOULECAP_FAKE); "" = read the JOULECAP_FAKE_NVML_* variables. */
     char cfg_scenario[PATH_MAX];
     char cfg_state[PATH_MAX];
+    fake_runtime runtime[FAKE_MAX_DEVICES]; /* joulecap_fake_set_load's loads, emptied at nvmlInit_v2 */
 } lib = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 /* ------------------------------------------------------------------------------------------------------ */
@@ -282,6 +283,23 @@ void joulecap_fake_configure(const char *scenario, const char *state_path) {
     pthread_mutex_unlock(&lib.mu);
 }
 
+int joulecap_fake_set_load(unsigned index, double load) {
+    pthread_mutex_lock(&lib.mu);
+    int ok = lib.refcount > 0 && index < lib.sc.ndevices && load <= 1.0 && load == load;
+    fake_runtime *r = ok ? &lib.runtime[index] : NULL;
+    if (r && r->n == FAKE_MAX_RUNTIME) ok = 0;
+    if (ok) {
+        double t = now_t_ms();
+        if (r->n && r->from_ms[r->n - 1] >= t) t = r->from_ms[r->n - 1]; /* (same instant: replaces it) */
+        if (r->n && r->from_ms[r->n - 1] == t) r->n--;
+        r->from_ms[r->n] = t;
+        r->load[r->n] = load < 0 ? -1.0 : load;
+        r->n++;
+    }
+    pthread_mutex_unlock(&lib.mu);
+    return ok ? 0 : -1;
+}
+
 nvmlReturn_t nvmlInit_v2(void) {
     pthread_mutex_lock(&lib.mu);
     if (lib.refcount > 0) {
@@ -300,6 +318,10 @@ nvmlReturn_t nvmlInit_v2(void) {
         return leave(NVML_ERROR_UNKNOWN);
     }
     if (lib.sc.init_error != NVML_SUCCESS) return leave(lib.sc.init_error);
+    for (unsigned i = 0; i < lib.sc.ndevices; i++) {
+        lib.runtime[i].n = 0;
+        lib.sc.devices[i].runtime = &lib.runtime[i];
+    }
     memset(lib.calls_global, 0, sizeof lib.calls_global);
     memset(lib.calls_dev, 0, sizeof lib.calls_dev);
 

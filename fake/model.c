@@ -60,8 +60,8 @@ static double base_energy(const fake_device *d, double a, double b, unsigned lim
     return p_low * (b - a) + (p_high - p_low) * (square_high_ms(l, b) - square_high_ms(l, a));
 }
 
-/* Energy over [a, b] with one power limit in force throughout. */
-static double interval_energy(const fake_device *d, double a, double b, unsigned limit_mw) {
+/* Energy over [a, b] of the schedule (base and segments) with one power limit in force throughout. */
+static double scheduled_energy(const fake_device *d, double a, double b, unsigned limit_mw) {
     if (b <= a) return 0;
     double e = base_energy(d, a, b, limit_mw);
     for (int i = 0; i < d->load.nsegments; i++) {
@@ -72,7 +72,28 @@ static double interval_energy(const fake_device *d, double a, double b, unsigned
     return e;
 }
 
+/* The same with the loads set at run time in place of the schedule where they apply. */
+static double interval_energy(const fake_device *d, double a, double b, unsigned limit_mw) {
+    if (b <= a) return 0;
+    double e = scheduled_energy(d, a, b, limit_mw);
+    const fake_runtime *r = d->runtime;
+    for (int i = 0; r && i < r->n; i++) {
+        if (r->load[i] < 0) continue;
+        double from = r->from_ms[i], to = i + 1 < r->n ? r->from_ms[i + 1] : INFINITY;
+        double lo = a > from ? a : from, hi = b < to ? b : to;
+        if (hi > lo) e += power_of_load(d, r->load[i], limit_mw) * (hi - lo) - scheduled_energy(d, lo, hi, limit_mw);
+    }
+    return e;
+}
+
 double fake_load_at(const fake_device *d, double t_ms) {
+    const fake_runtime *r = d->runtime;
+    for (int i = r ? r->n - 1 : -1; i >= 0; i--) {
+        if (t_ms >= r->from_ms[i]) {
+            if (r->load[i] >= 0) return r->load[i];
+            break;
+        }
+    }
     for (int i = 0; i < d->load.nsegments; i++) {
         const fake_segment *s = &d->load.segments[i];
         if (t_ms >= s->from_ms && t_ms < s->to_ms) return s->load;

@@ -947,6 +947,40 @@ TEST(fault_scenarios_parse) {
 }
 
 /* Sleeps until t0 + ms. */
+/* joulecap_fake_set_load: the power follows the loads a test sets (here 100 W idle, 700 W at load 1), in this
+ * process, exactly: the counter integrates them. */
+TEST(loads_set_at_run_time) {
+    char scn[4096];
+    temp_path(scn, sizeof scn, "set-load.scn");
+    write_file(scn, "[device]\nidle_w = 100\nloaded_w = 700\nload = 0\nenergy_latency_ms = 0\n"
+                    "energy_latency_jitter_ms = 0\n");
+    use(scn, NULL);
+    int (*set_load)(unsigned, double);
+    void *sym = dlsym(dlopen(getenv("JC_FAKE_NVML"), RTLD_NOW | RTLD_NOLOAD), "joulecap_fake_set_load");
+    ASSERT_TRUE(sym != NULL);
+    memcpy(&set_load, &sym, sizeof sym);
+    ASSERT_EQ(set_load(0, 1.0), -1); /* before nvmlInit_v2 */
+    NV_OK(nv.nvmlInit_v2());
+    nvmlDevice_t d = device(0);
+    ASSERT_EQ(set_load(1, 1.0), -1);   /* no such device */
+    ASSERT_EQ(set_load(0, 1.5), -1);   /* not a load */
+    for (int k = 0; k < 3; k++) {      /* 700 W for 400 ms, then the schedule's 100 W for 400 ms */
+        ASSERT_EQ(set_load(0, 1.0), 0);
+        unsigned long long e0 = energy(d);
+        double t0 = now_ms();
+        sleep_ms(400);
+        unsigned long long e1 = energy(d);
+        double t1 = now_ms();
+        ASSERT_EQ(set_load(0, -1.0), 0);
+        /* the counter steps every 100 ms: each edge may be off by one step (70 J), plus the reads' time */
+        ASSERT_NEAR((double)(e1 - e0), 700.0 * (t1 - t0), 70000 + 700.0 * 20);
+        sleep_ms(400);
+        ASSERT_NEAR((double)(energy(d) - e1), 100.0 * (now_ms() - t1), 70000 + 700.0 * 20);
+    }
+    NV_OK(nv.nvmlShutdown());
+    unlink(scn);
+}
+
 static void sleep_until(double t0, double ms) { sleep_ms(ms - (now_ms() - t0)); }
 
 /* Checks, in a child process of its own, that a fault-matrix scenario does what its header says. */
@@ -1048,4 +1082,4 @@ JC_TEST_MAIN(TEST_ENTRY(uninitialized_and_error_strings), TEST_ENTRY(driver_not_
              TEST_ENTRY(segments_and_injected_errors), TEST_ENTRY(injected_delays),
              TEST_ENTRY(errors_by_call_count), TEST_ENTRY(energy_counter_faults), TEST_ENTRY(private_state_file),
              TEST_ENTRY(shared_state_file_not_through_a_link), TEST_ENTRY(fault_scenarios_parse),
-             TEST_ENTRY(fault_scenarios_behave))
+             TEST_ENTRY(fault_scenarios_behave), TEST_ENTRY(loads_set_at_run_time))

@@ -6,6 +6,7 @@ constant-power GPU the energy shares follow the time shares.  The CUDA-event clo
 
 import collections
 import csv
+import io
 import gc
 import math
 import time
@@ -171,7 +172,11 @@ def test_summary_prints(cpu_fake, capsys):
     tracker.summary(top=3)
     text = capsys.readouterr().out
     assert "GPU0 (J)" in text and "CPU (J)" in text and "more layers" in text and "share" in text
-    assert "mode attribute" in text and "mode='replay' measures each layer's own" in text
+    assert "mode attribute" in text and "mode='replay' measures each one's" in text
+    assert "replay of them was skipped: over budget" in text  # (a run of two steps: no time for one)
+    clock = tracker.result.clock
+    assert clock["sampling_cost_s"] >= 0 and clock["max_overhead"] == 0.05
+    assert ("sampling cost" in text) == (clock["sampling_cost_share"] > 0.05)
 
 
 def test_shares_follow_known_costs(cpu_fake):
@@ -1017,7 +1022,9 @@ def test_sampling_attaches_hooks_on_sampled_steps_only_and_extrapolates(cpu_fake
     model = Net()
     seen = _hooks_seen_per_step(model, model.block.conv1)
     out = tmp_path / "layers.csv"
-    tracker = LayerwiseMeasurementTool(out, gpu_num=0, max_overhead=0.5)
+    # (replay_budget=0: no inputs captured for the default's replay, which runs the hooks, muted, in a step not
+    # sampled once the run is long enough)
+    tracker = LayerwiseMeasurementTool(out, gpu_num=0, max_overhead=0.5, replay_budget=0)
     tracker.start(model)
     train(model, make_data(40, batch=4))
     result = tracker.stop()
@@ -1182,8 +1189,11 @@ def test_lead_runs_before_each_sampled_step_on_a_gpu(cpu_fake, monkeypatch):
     monkeypatch.setattr(lw._Run, "resolve", lambda self, force=False, final_timeout=None: (
         in_burst.append(self.burst_left > 0 and final_timeout is None), orig_resolve(self, force, final_timeout))[1])
     model = Net()
+    # (_early_scale=False: full opening leads and first burst from the start, whatever the machine's speed: the
+    # scaling early in a run is test_opening_lead_scales_with_the_time_so_far's)
     tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=0.5, max_pending=16, resolve_interval=0.0,
-                                       burst_seconds=5.0)  # (bursts of many markers, even on a loaded machine)
+                                       burst_seconds=5.0,  # (bursts of many markers, even on a loaded machine)
+                                       _early_scale=False)
     tracker.start(model)
     train(model, make_data(12, batch=4))
     result = tracker.stop()
@@ -1195,7 +1205,7 @@ def test_lead_runs_before_each_sampled_step_on_a_gpu(cpu_fake, monkeypatch):
     opening = [x for x in leads if x == pytest.approx(0.3)]
     assert 1 <= len(opening) <= k
     short = [x for x in leads if x not in opening]
-    assert short and all(0.0005 <= x < 0.05 for x in short), short
+    assert short and all(0.0005 <= x < 0.05 for x in short), (leads, result.sampling)
     assert result.clock["short_leads_skipped"] >= 1  # inside the opening lead
     row = result.row(lw.OUTSIDE_LEAD, "train")
     assert row["calls"] == len(opening)
@@ -1457,3 +1467,187 @@ def test_graph_walk_survives_node_objects_coming_and_going():
         node = Node(seq, [node, acc, before])
     firsts, lo, hi, last = lw._walk_call_nodes([Wrapper(node)], b=9)
     assert (lo, hi) == (10, 309) and last._sequence_nr() == 10 and len(firsts) == 1
+
+
+class KnotsCtx:
+    """Stands in for the library context: a GPU whose true power is piecewise constant (`segments`, W over
+    [a, b) s), read by a counter that steps every 100 ms (phase 23 ms); the series is linear between the steps,
+    as the library's is."""
+
+    def __init__(self, segments):
+        self.segments = segments
+
+    def true(self, t):  # J at t (s)
+        return sum(w * max(0.0, min(t, z) - a) for a, z, w in self.segments)
+
+    def at(self, t_ns):
+        t = t_ns / S
+        k0 = math.floor((t - 0.023) / 0.1) * 0.1 + 0.023
+        e0, e1 = self.true(k0), self.true(k0 + 0.1)
+        return e0 + (e1 - e0) * (t - k0) / 0.1
+
+    def energy_at(self, times, timeout):
+        return [[0.0, self.at(t)] for t in times], True
+
+    def energy_between(self, t0, t1, timeout):
+        return {"resolved": True, "energy_j": [0.0, self.at(t1) - self.at(t0)], "source": ["estimate", "counter"]}
+
+
+@pytest.mark.parametrize("knots, short", [(True, False), (False, False), (True, True)])
+def test_long_layers_of_a_burst_get_their_own_power_from_the_counter_steps(cpu_fake, knots, short):
+    """A burst whose layers last longer than a counter step: 1.0-1.3 s opening lead (100 W), then layer A (600 W)
+    and layer B (300 W) for 0.3 s each, then 0.1 s each again.  With the knots each gets its own power within a
+    few %; without (the power of the burst's work for every layer, as before issue 17) both get ~450 W.  Layers
+    that alternate every 2 ms (short) look alike to the counter: both keep the burst's ~450 W."""
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, _knots=knots)
+    tracker.start(Net())
+    run = tracker._run
+    lead = 2 * run._outside_row(lw.OUTSIDE_LEAD, lw.TRAIN)
+    a = 2 * run.layer_row(0, lw.TRAIN)
+    b_ = 2 * run.layer_row(1, lw.TRAIN)
+    ivs = [(a, 1.3, 1.6), (b_, 1.6, 1.9), (a, 1.9, 2.0), (b_, 2.0, 2.1)]
+    if short:
+        ivs = [((a, b_)[k % 2], 1.3 + k * 0.002, 1.3 + (k + 1) * 0.002) for k in range(400)]
+    power = {a: 600.0, b_: 300.0}
+    ctx = KnotsCtx([(1.0, 1.3, 100.0)] + [(t0, t1, power[sl]) for sl, t0, t1 in ivs] + [(2.1, 3.0, 100.0)])
+    real_ctx = tracker._ctx
+    b = lw._Burst(lead, 1 * S, 13 * S // 10, run.ndev, 0)
+    b.t_b = 21 * S // 10
+    for sl, t0, t1 in ivs:  # as _accumulate_bursts records them: the interpolated energies
+        rec = b.slots.setdefault(sl, [0, [0.0, 0.0]])
+        rec[0] += round((t1 - t0) * S)
+        rec[1][1] += ctx.at(round(t1 * S)) - ctx.at(round(t0 * S))
+        b.ivs.append((sl, round(t0 * S), round(t1 * S)))
+        run.acc_t[sl] += round((t1 - t0) * S)
+        run.acc_e[sl][1] += ctx.at(round(t1 * S)) - ctx.at(round(t0 * S))
+    b.work_t = sum(rec[0] for rec in b.slots.values())
+    b.lead_e = [0.0, ctx.at(13 * S // 10) - ctx.at(1 * S)]
+    run.acc_e[lead][1] += b.lead_e[1]
+    total = sum(run.acc_e[sl][1] for sl in (a, b_, lead))
+    tracker._ctx = ctx
+    try:
+        run.bursts_closed = [b]
+        run._finish_bursts(0.0)
+    finally:
+        tracker._ctx = real_ctx
+    got = {sl: run.acc_e[sl][1] / (run.acc_t[sl] / S) for sl in (a, b_)}
+    assert sum(run.acc_e[sl][1] for sl in (a, b_, lead)) == pytest.approx(total)  # the burst's energy is kept
+    if short:
+        assert got[a] == pytest.approx(450.0, rel=0.03) and got[b_] == pytest.approx(450.0, rel=0.03)
+    elif knots:
+        assert got[a] == pytest.approx(600.0, rel=0.03) and got[b_] == pytest.approx(300.0, rel=0.03)
+        assert run.knots_fitted == 1
+    else:
+        assert got[a] == pytest.approx(got[b_]) == pytest.approx(450.0, rel=0.03)
+    tracker.stop()
+
+
+def test_counter_steps_found_from_the_series():
+    """The counter's steps come back from the linear series on a 1 ms grid, knots placed inside the cell."""
+    ctx = KnotsCtx([(0.0, 0.25, 500.0), (0.25, 0.61, 200.0), (0.61, 1.0, 350.0)])
+    grid = list(range(0, S, 1_000_000))
+    steps = lw.knots.counter_steps(grid, [ctx.at(t) for t in grid])
+    assert steps[0][0] == 23_000_000 and steps[-1][1] == 923_000_000  # (steps of equal power come as one)
+    assert all(s0[1] == s1[0] for s0, s1 in zip(steps, steps[1:]))
+    for t0, t1, p in steps:
+        assert (t0 / S - 0.023) / 0.1 == pytest.approx(round((t0 / S - 0.023) / 0.1), abs=1e-3)
+        true = (ctx.true(t1 / S) - ctx.true(t0 / S)) / ((t1 - t0) / S)
+        assert p * 1e9 == pytest.approx(true, rel=1e-6)
+
+
+def test_layers_of_a_sampled_burst_get_the_power_drawn_while_they_ran(fake_env, tmp_path, monkeypatch):
+    """End to end on the fake GPU, whose power follows the layer that runs (joulecap_fake_set_load): layer 0
+    draws 700 W, layer 1 280 W, for 0.25 s a call each, 100 W otherwise (the leads, between steps).  Sampled in
+    bursts behind leads (fake CUDA events), each layer comes out at its own power, not the bursts' average."""
+    import ctypes
+
+    scn = tmp_path / "follow.scn"
+    scn.write_text("[device]\nidle_w = 100\nloaded_w = 700\nload = 0\ncounter_step_ms = 100\ncounter_phase_ms = 23\n"
+                   "instant_period_ms = 100\nenergy_latency_ms = 1\nenergy_latency_jitter_ms = 0\n")
+    fake_env(scenario=str(scn), sysfs="norapl", proc="qemu")
+    fake = ctypes.CDLL(joulecap._paths.fake_nvml_library())
+    fake.joulecap_fake_set_load.argtypes = [ctypes.c_uint, ctypes.c_double]
+    gpu = FakeGPU(ppm=0.0)
+
+    def lead(seconds):  # a GPU that waits: idle power, for that long (the fake GPU keeps pace with the host)
+        fake.joulecap_fake_set_load(0, 0.0)
+        time.sleep(seconds)
+
+    monkeypatch.setattr(lw.tool, "_HostClock", lambda: lw._CudaClock(
+        torch, None, event_factory=gpu.event, synchronize=gpu.synchronize, stream=lambda: None,
+        now=time.perf_counter_ns, lead=lead))
+
+    class Draw(nn.Module):
+        def __init__(self, load):
+            super().__init__()
+            self.load = load
+
+        def forward(self, x):
+            fake.joulecap_fake_set_load(0, self.load)
+            time.sleep(0.25)
+            fake.joulecap_fake_set_load(0, 0.0)
+            return x
+
+    model = nn.Sequential(Draw(1.0), Draw(0.3))
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=0.5, replay_budget=0, interval=0.005)
+    assert fake.joulecap_fake_set_load(0, 0.0) == 0  # (the tool's NVML is up: the fake takes loads)
+    tracker.start(model)
+    with torch.no_grad():
+        for _ in range(10):
+            model(torch.zeros(1))
+    result = tracker.stop()
+    fake.joulecap_fake_set_load(0, -1.0)
+    assert_adds_up(result)
+    assert result.sampling["infer"]["sampled_steps"] >= 2 and result.clock["lead_s"] > 0.5
+    hi, lo = result.row("0"), result.row("1")
+    assert hi["gpu0_power_w"] == pytest.approx(700, rel=0.08)
+    assert lo["gpu0_power_w"] == pytest.approx(280, rel=0.12)
+
+
+def test_default_mode_replays_short_layers_within_its_budget(cpu_fake):
+    """The default mode replays the distinct layers shorter than a counter step, within replay_budget of the
+    run's time (identical layers once), and skips the replay with a note when not even one fits."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+
+    def run(**kw):
+        tracker = LayerwiseMeasurementTool(None, gpu_num=0, replay_seconds=0.05, replay_min_share=0, **kw)
+        tracker.start(model)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 1.0:
+            model(torch.randn(8, 16)).sum().backward()
+        r = tracker.stop()
+        assert_adds_up(r)
+        return r
+
+    result = run(replay_budget=2.0)
+    info = result.clock["auto_replay"]
+    assert info["layers"] == 5 and info["note"].startswith("all 4 distinct")  # (the two ReLUs are one)
+    assert {r["layer"] for r in result.replayed} == {"0", "1", "2", "3", "4"}
+    assert sum("same_as" in r for r in result.replayed) == 1
+    assert all(r["attribution"] == "replay" for r in result.layer_rows())
+    assert result.mode == "attribute" and "4 shorter ones (distinct) at their power replayed" in result.summary(
+        file=io.StringIO())
+    result = run(replay_budget=0.01)  # 10 ms: below one layer's replay
+    assert result.clock["auto_replay"]["note"].startswith("skipped") and not result.replayed
+    assert all(r["attribution"] == "interval" for r in result.layer_rows())
+    result = run(replay_budget=0)
+    assert "auto_replay" not in result.clock and not result.replayed
+
+
+def test_opening_lead_scales_with_the_time_so_far(cpu_fake):
+    """A short run does not pay a fixed 0.3 s lead: early on the opening lead is max_overhead x the time so far
+    (at least 50 ms), and the phase's first burst only as many steps as that share pays for (at least one)."""
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0)
+    tracker.start(Net())
+    run = tracker._run
+    now = time.perf_counter_ns()
+    for so_far, want in ((0.1, 0.05), (2.0, 0.1), (4.0, 0.2), (10.0, 0.3), (100.0, 0.3)):
+        run.t_start_host = now - int(so_far * S)
+        assert run.open_lead_ns(now) == pytest.approx(want * S, rel=1e-6)
+    run.dur_plain[lw.TRAIN] = [10_000_000] * 8  # steps of 10 ms; a sampled one: 25 ms (2.5 x) before any
+    run.t_start_host = time.perf_counter_ns() - int(0.2 * S)
+    assert run.plan_burst(lw.TRAIN) == 1  # 5% of 0.2 s: 10 ms, less than one step's 15 ms extra
+    run.t_start_host = time.perf_counter_ns() - int(6 * S)
+    assert run.plan_burst(lw.TRAIN) == 16  # (0.4 s of 25 ms steps: the whole burst)
+    tracker.stop()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from ..errors import JoulecapWarning  # noqa: F401  (tests use lw.JoulecapWarning)
 from .attribution import _apply_replay, _extrapolate, _fit  # noqa: F401
+from . import knots  # noqa: F401
 from .bursts import _Burst  # noqa: F401
 from .capture import _Capture, _key_of, _make, _TensorSpec  # noqa: F401
 from .clock import _CudaClock, _host_clock, _HostClock  # noqa: F401

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Optional, Tuple
 
+from .knots import _GRID_NS, counter_steps, fit_powers
 from .rows import INFER, OUTSIDE_UNSAMPLED, PHASES, TRAIN
 
 _COUNTER_STEP_NS = 100_000_000  # the GPU energy counter's step (NVML's)
@@ -22,7 +23,7 @@ class _Burst:
     interpolated energy per slot, with the short leads inside it apart)."""
 
     __slots__ = ("lead_slot", "t_open", "t_a", "t_b", "slots", "lead_e", "inner", "inner_t", "inner_e", "marks",
-                 "index", "work_t", "lead_win", "work_win", "p_lead", "p_work", "total", "q")
+                 "index", "work_t", "lead_win", "work_win", "p_lead", "p_work", "total", "q", "ivs", "rel", "applied")
 
     def __init__(self, lead_slot: int, t_open: int, t_a: int, ndev: int, index: int):
         self.lead_slot, self.t_open, self.t_a, self.t_b = lead_slot, t_open, t_a, 0
@@ -41,6 +42,10 @@ class _Burst:
         self.p_work = [float("nan")] * ndev
         self.total: List[Optional[float]] = [None] * ndev  # the burst's whole energy, kept by every correction
         self.q: List[Optional[float]] = [None] * ndev  # the work's power as applied (None: interpolated)
+        self.ivs: List[Tuple[int, int, int]] = []  # its work intervals (slot, t0, t1), for the knots (knots.py)
+        # per device, each work slot's power relative to the work's (from the counter's steps), or None: alike
+        self.rel: List[Optional[Dict[int, float]]] = [None] * ndev
+        self.applied: List[Optional[Dict[int, float]]] = [None] * ndev  # each work slot's energy as applied
 
 
 class _Bursts:
@@ -53,6 +58,10 @@ class _Bursts:
         self.n_bursts = 0  # bursts seen by the resolve passes
         self.work_power: Dict[str, Any] = {}  # per phase: the work's power from the bursts and from the whole run
         self.work_per_mark: Optional[float] = None  # GPU ns of work per marker, measured on the last burst
+        # the GPUs, whose counter steps (knots.py) give the layers of a burst their own powers (tool's _knots)
+        labels = self.tool._devices.labels
+        self.knot_devices = {d for d, lab in enumerate(labels) if lab.startswith("gpu")} if self.tool._knots else set()
+        self.knots_fitted = 0  # bursts x devices whose slots got powers from the knots
 
     def _close_burst(self, b: "_Burst", t_b: int) -> None:
         b.t_b = t_b
@@ -82,6 +91,15 @@ class _Bursts:
             a, z = b.t_a + margin, b.t_b - margin
             la, lz = b.t_open + margin, b.t_a - margin
             if lz - la < margin // 2:
+                # an opening lead too short to measure a waiting GPU (a short run's first bursts): the counter's
+                # steps may still tell the burst's slots apart, the leads' power fitted with them
+                if self.knot_devices and b.ivs and b.work_t > 0:
+                    if not ctx.energy_between(b.t_open, b.t_b, timeout)["resolved"]:
+                        left.append(b)
+                        continue
+                    if self._fit_knots_whole(b, timeout):
+                        self.bursts_done.append(b)
+                b.ivs = []
                 continue
             lead_win = sum(max(0, min(t1, z) - max(t0, a)) for t0, t1 in b.inner)
             work_win = (z - a) - lead_win
@@ -100,13 +118,87 @@ class _Bursts:
                 if math.isnan(p_lead):
                     continue
                 b.p_lead[d] = p_lead
+                p_work = math.nan
                 if interior:
                     p_work = (r["energy_j"][d] - p_lead * lead_win) / work_win
-                    if not math.isnan(p_work):
-                        b.p_work[d] = p_work
-                        self._apply_burst_power(b, d, p_work)
+                if d in self.knot_devices:
+                    self._fit_knots(b, d, p_work, timeout)
+                if not math.isnan(p_work):
+                    b.p_work[d] = p_work
+                    self._apply_burst_power(b, d, p_work)
+                elif b.rel[d] is not None:  # no interior: the interpolated work energy, split by the knots
+                    self._apply_burst_power(b, d, sum(rec[1][d] for rec in b.slots.values()) / b.work_t)
+                    b.q[d] = None  # (no power of its own: refine_work_power may still give it the run's)
+            b.ivs = []
             self.bursts_done.append(b)
         self.bursts_closed = left
+
+    def _fit_knots(self, b: "_Burst", d: int, p_work: float, timeout: float) -> None:
+        """Each work slot's power relative to the burst's work power, from the counter's steps inside the burst
+        (knots.py), in b.rel[d]; left None where the steps say nothing (no step inside the burst's work)."""
+        if not b.ivs or b.work_t <= 0:
+            return
+        prior = p_work
+        if math.isnan(prior) or prior <= 0:
+            prior = sum(rec[1][d] for rec in b.slots.values()) / b.work_t
+        if math.isnan(prior) or prior <= 0:
+            return
+        grid = list(range(b.t_open, b.t_b + 1, _GRID_NS))
+        energy, _ = self.tool._ctx.energy_at(grid, timeout)
+        steps = counter_steps(grid, [row[d] for row in energy])
+        steps = [s for s in steps if s[1] > b.t_a]  # (steps inside the opening lead say nothing of the work)
+        if not steps:
+            return
+        known = [(b.t_open, b.t_a, b.p_lead[d])] + [(t0, t1, b.p_lead[d]) for t0, t1 in b.inner]
+        powers = fit_powers(steps, known, b.ivs, prior)
+        if powers:
+            b.rel[d] = {sl: p / prior for sl, p in powers.items()}
+            self.knots_fitted += 1
+
+    def _fit_knots_whole(self, b: "_Burst", timeout: float) -> bool:
+        """A burst without an opening lead's interior: its whole energy (interpolated) split among its slots,
+        the leads included, by time x the powers fitted to the counter's steps inside it (knots.py), the prior
+        the burst's average power.  True where some device got a fit."""
+        lead_t = b.t_a - b.t_open
+        intervals = b.ivs + [(b.lead_slot, b.t_open, b.t_a)] + [(b.lead_slot + 1, t0, t1) for t0, t1 in b.inner]
+        times = {sl: rec[0] for sl, rec in b.slots.items()}
+        times[b.lead_slot] = lead_t
+        if b.inner_t:
+            times[b.lead_slot + 1] = b.inner_t
+        grid = list(range(b.t_open, b.t_b + 1, _GRID_NS))
+        energy = None
+        done = False
+        for d in self.knot_devices:
+            old = {sl: rec[1][d] for sl, rec in b.slots.items()}
+            old[b.lead_slot] = b.lead_e[d]
+            if b.inner_t:
+                old[b.lead_slot + 1] = b.inner_e[d]
+            total = sum(old.values())
+            t_all = sum(times.values())
+            if not (total > 0) or t_all <= 0:
+                continue
+            if energy is None:
+                energy, _ = self.tool._ctx.energy_at(grid, timeout)
+            steps = counter_steps(grid, [row[d] for row in energy])
+            powers = fit_powers(steps, [], intervals, total / t_all) if steps else {}
+            if not powers:
+                continue
+            w = {sl: powers.get(sl, total / t_all) * t for sl, t in times.items()}
+            f = total / sum(w.values())
+            acc_e = self.acc_e
+            for sl, t in times.items():
+                acc_e[sl][d] += f * w[sl] - old[sl]
+            b.lead_e[d] = f * w[b.lead_slot]
+            if b.inner_t:
+                b.inner_e[d] = f * w[b.lead_slot + 1]
+            work = {sl: f * w[sl] for sl in b.slots}
+            for sl, rec in b.slots.items():
+                rec[1][d] = work[sl]
+            b.applied[d] = work
+            b.q[d] = sum(work.values()) / b.work_t
+            self.knots_fitted += 1
+            done = True
+        return done
 
     def burst_counts(self) -> Tuple[int, int]:
         """Bursts whose work got a measured power (from their interior or the whole run), and the others."""
@@ -125,10 +217,19 @@ class _Bursts:
         if new_work + new_inner > total > 0:
             f = total / (new_work + new_inner)
             new_work, new_inner = new_work * f, new_inner * f
-        q, q_old = new_work / b.work_t, b.q[d]
+        q = new_work / b.work_t
         acc_e = self.acc_e
+        rel = b.rel[d]
+        if rel is not None:  # each slot's own power from the knots, scaled to the work's energy
+            w = {sl: rel.get(sl, 1.0) * rec[0] for sl, rec in b.slots.items()}
+            f = new_work / sum(w.values()) if sum(w.values()) > 0 else 0.0
+            new_e = {sl: f * w[sl] for sl in b.slots}
+        else:
+            new_e = {sl: q * rec[0] for sl, rec in b.slots.items()}
+        old_e = b.applied[d]
         for sl, rec in b.slots.items():
-            acc_e[sl][d] += q * rec[0] - (rec[1][d] if q_old is None else q_old * rec[0])
+            acc_e[sl][d] += new_e[sl] - (rec[1][d] if old_e is None else old_e[sl])
+        b.applied[d] = new_e
         acc_e[b.lead_slot + 1][d] += new_inner - b.inner_e[d]
         acc_e[b.lead_slot][d] += (total - new_work - new_inner) - b.lead_e[d]
         b.q[d], b.inner_e[d], b.lead_e[d] = q, new_inner, total - new_work - new_inner

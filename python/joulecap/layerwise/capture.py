@@ -134,6 +134,9 @@ def _make(obj: Any, torch: Any, leaves: List[Any], memo: Dict[int, Any]) -> Any:
     return obj
 
 
+_FIRST_REPLAY_S = 0.65  # the shortest budgeted replay of one layer (replay.py: _MIN_REPLAY_S + _REPLAY_SETUP_S)
+
+
 class _Capturing:
     """Part of _Run: the captures per layer row, and the warm-up step that takes them with the markers muted."""
 
@@ -141,6 +144,9 @@ class _Capturing:
         self.captures: Dict[int, _Capture] = {}
         self.captured = [False, False]  # per phase: its warm-up step took the captures
         self.calls_before_capture: Optional[List[int]] = None
+        # the hooks capture a layer's first call while this holds True: always in mode "replay" (its warm-up step,
+        # or without one its first sampled calls); in the default mode only in the step begin_capture chose
+        self.capture_on = [self.tool.mode == "replay"]
 
     def begin_capture(self, ph: int) -> None:
         """Replay needs each layer's inputs and output gradients.  Taking them costs host time (a graph walk per
@@ -149,8 +155,13 @@ class _Capturing:
         warm-up step, which is never sampled anyway: the layers' hooks run with the markers muted (the step keeps
         its one "not sampled" interval, its extra time goes to "(outside) other" like the rest of the warm-up's),
         and the calls they count are taken back at the step's end (end_capture).  Without a warm-up step
-        (warmup_steps=0, sample="all") the first sampled call of each layer captures."""
+        (warmup_steps=0, sample="all") the first sampled call of each layer captures.
+
+        The default mode's budgeted replay captures in a step not sampled too, but only once the run has lasted
+        long enough for its budget to replay one layer (capture_due): a short run, which could not replay
+        anything, does not pay for the capture."""
         self.captured[ph] = True
+        self.capture_on[0] = True
         if not self.attached:
             self.attach()
         self.calls_before_capture = list(self.calls)
@@ -163,11 +174,23 @@ class _Capturing:
             return
         self.calls_before_capture = None
         self.muted = False
+        self.capture_on[0] = self.tool.mode == "replay"
         calls = self.calls  # changed in place: the hooks hold it
         calls[: len(saved)] = saved
         for i in range(len(saved), len(calls)):
             calls[i] = 0
         self.drop_backward_stack()
+
+    def capture_due(self, ph: int, warm: bool, now: int) -> bool:
+        """Take the captures in this step (one not sampled)?  Mode "replay": the phase's first warm-up step.
+        The default mode (replay_budget > 0): the first step not sampled after the warm-up once replay_budget x
+        the time so far pays for one layer's shortest replay (replay.py: 0.65 s, so after about 13 s at 5%)."""
+        tool = self.tool
+        if self.captured[ph] or not tool._capture:
+            return False
+        if tool.mode == "replay":
+            return warm
+        return not warm and tool.replay_budget * (now - self.t_start_host) * 1e-9 >= _FIRST_REPLAY_S
 
     def capture_inputs(self, r: int, module: Any, args: Any, kwargs: Any) -> _Capture:
         torch = self.torch

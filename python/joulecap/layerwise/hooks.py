@@ -184,7 +184,7 @@ class _Hooks:
         run = self
         root = self.model
         root_selected = any(m is root for _, m in self.layers)
-        replay = self.tool.mode == "replay"
+        capture_on = self.capture_on  # [bool], changed in place (capture.py)
         get_ident = threading.get_ident
         last_seq = self.last_seq
         last_seq_get = last_seq.get
@@ -235,7 +235,7 @@ class _Hooks:
                 slot = 2 * r
                 calls[slot] += 1
                 cap = None
-                if replay and r not in captures:
+                if capture_on[0] and r not in captures:
                     cap = run.capture_inputs(r, module, args, kwargs)
                 fstack_append((slot, li, ph, b, cap))
                 mark(slot)

@@ -15,6 +15,11 @@ from .capture import _Capture, _flatten_tensors, _key_of, _make
 from .rows import PHASES, TRAIN
 
 
+_COUNTER_STEP_S = 0.1  # the GPU energy counter's step: longer calls get their own power from it (knots.py)
+_MIN_REPLAY_S = 0.5  # a budgeted replay runs a layer at least this long (five counter steps)
+_REPLAY_SETUP_S = 0.15  # a replay's warm-up and graph capture, about
+
+
 class _Replayer:
     """Runs each layer alone on its captured inputs (after the run, hooks removed) to measure its power."""
 
@@ -23,8 +28,14 @@ class _Replayer:
         self.run_ = run
         self.torch = run.torch
         self.last_graph = False  # the last layer ran as a CUDA graph
+        self.seconds = tool.replay_seconds
+        self.info: Dict[str, Any] = {}
 
-    def run(self) -> Tuple[List[Dict[str, Any]], Dict[int, List[float]]]:
+    def run(self, budget_s: Optional[float] = None) -> Tuple[List[Dict[str, Any]], Dict[int, List[float]]]:
+        """Replays the layers above replay_min_share (mode "replay"), or, with ``budget_s`` (the default mode),
+        those the counter cannot tell apart (calls shorter than a counter step), the largest first, for as many
+        as fit in budget_s (each for replay_seconds, shortened down to _MIN_REPLAY_S to fit more): ``info``
+        says what was done and, when nothing fit, why."""
         run, torch, tool = self.run_, self.torch, self.tool
         layer_ns = sum(run.acc_t[2 * r] + run.acc_t[2 * r + 1] for r, row in enumerate(run.rows) if row.kind == "layer")
         if layer_ns <= 0:
@@ -34,6 +45,15 @@ class _Replayer:
             t = run.acc_t[2 * r] + run.acc_t[2 * r + 1]
             if row.kind == "layer" and r in run.captures and t > 0 and t >= tool.replay_min_share * layer_ns:
                 chosen.append(r)
+        seconds = tool.replay_seconds
+        deadline = None
+        if budget_s is not None:
+            chosen, seconds, note = self._plan(chosen, budget_s)
+            self.info = {"budget_s": budget_s, "layers": len(chosen), "seconds_each": seconds, "note": note}
+            if not chosen:
+                return [], {}
+            deadline = time.perf_counter() + budget_s
+        self.seconds = seconds
         cuda = tool._device_type == "cuda"
         dev = run.clock.device if cuda else None
         rng_cpu = torch.get_rng_state()
@@ -46,14 +66,15 @@ class _Replayer:
                 row = run.rows[r]
                 name, module = run.layers[row.layer]
                 cap = run.captures[r]
-                backward = row.phase == TRAIN and run.calls[2 * r + 1] > 0 and bool(cap.grads)
-                key = (_module_key(module), _key_of(cap.args), _key_of(cap.kwargs), cap.training, cap.autocast,
-                       row.phase, backward, tuple(sorted((k, _key_of(v)) for k, v in cap.grads.items())))
+                backward, key = self._key(r)
                 info = {"layer": row.name, "phase": PHASES[row.phase], "backward": backward}
                 if key in by_key:
                     p = by_key[key]
                     info["same_as"] = next(o["layer"] for o in out if o.get("key") == key and "same_as" not in o)
                 else:
+                    if deadline is not None and time.perf_counter() + seconds > deadline:
+                        self.info["note"] = "budget spent after %d distinct layers" % len(by_key)
+                        break
                     try:
                         p, secs, iters = self._measure(module, cap, row.phase, backward)
                     except Exception as e:  # a layer that cannot run alone keeps its measured energy
@@ -74,9 +95,53 @@ class _Replayer:
             o.pop("key", None)
         return out, power
 
+    def _key(self, r: int) -> Tuple[bool, Any]:
+        """Whether row r's replay includes its backward, and the key of the work it replays (rows with the same
+        key are replayed once)."""
+        run = self.run_
+        row = run.rows[r]
+        module = run.layers[row.layer][1]
+        cap = run.captures[r]
+        backward = row.phase == TRAIN and run.calls[2 * r + 1] > 0 and bool(cap.grads)
+        key = (_module_key(module), _key_of(cap.args), _key_of(cap.kwargs), cap.training, cap.autocast,
+               row.phase, backward, tuple(sorted((k, _key_of(v)) for k, v in cap.grads.items())))
+        return backward, key
+
+    def _plan(self, candidates: List[int], budget_s: float) -> Tuple[List[int], float, str]:
+        """The default mode's budgeted replay: among the candidates, the layers whose calls are shorter than a
+        counter step (longer ones get their own power from the counter's steps), the largest first; each
+        distinct one costs its replay time plus _REPLAY_SETUP_S (warm-up, capture); replay_seconds is shortened
+        (not below _MIN_REPLAY_S) so that as many as can fit.  Returns (rows, seconds each, note)."""
+        run = self.run_
+        short = []
+        for r in candidates:
+            calls = run.calls[2 * r]
+            t = run.acc_t[2 * r] + run.acc_t[2 * r + 1]
+            if calls > 0 and t / calls < _COUNTER_STEP_S * 1e9:
+                short.append(r)
+        short.sort(key=lambda r: -(run.acc_t[2 * r] + run.acc_t[2 * r + 1]))
+        keys: Dict[Any, List[int]] = {}
+        for r in short:
+            keys.setdefault(self._key(r)[1], []).append(r)
+        if not keys:
+            return [], 0.0, "no layer shorter than a counter step to replay"
+        per = self.tool.replay_seconds
+        n = len(keys)
+        if n * (per + _REPLAY_SETUP_S) > budget_s:
+            per = max(_MIN_REPLAY_S, budget_s / n - _REPLAY_SETUP_S)
+        fit = int(budget_s // (per + _REPLAY_SETUP_S))
+        if fit < 1:
+            return [], per, ("skipped: the budget (%.2f s, replay_budget x the run's time) is below the %.2f s one "
+                             "layer's replay takes; the layers keep the counter's split (a longer run, or a larger "
+                             "replay_budget, replays them)" % (budget_s, per + _REPLAY_SETUP_S))
+        rows = [r for rs in list(keys.values())[:fit] for r in rs]
+        note = "all %d distinct short layers" % n if fit >= n else "the %d largest of %d distinct short layers" % (
+            fit, n)
+        return rows, per, note
+
     def _measure(self, module: Any, cap: _Capture, phase: int, backward: bool) -> Tuple[List[float], float, int]:
         tool = self.tool
-        m = measure_alone(self.torch, tool._ctx, module, cap, phase, backward, tool.replay_seconds,
+        m = measure_alone(self.torch, tool._ctx, module, cap, phase, backward, self.seconds,
                           tool._device_type, self.run_.clock.device if tool._device_type == "cuda" else None,
                           graph=True)
         self.last_graph = bool(m["graph"])

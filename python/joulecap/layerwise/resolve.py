@@ -138,6 +138,7 @@ class _Resolver:
         ndev = self.ndev
         open_slots, plain_slots = self.open_lead_slots, self.plain_slots
         b = self.burst
+        knots = bool(self.knot_devices)
         for sl, t0, t1, e0, e1 in zip(ms, mt, mt[1:n], energy, energy[1:n]):
             dt = t1 - t0
             de = [e1[d] - e0[d] for d in range(ndev)]
@@ -166,6 +167,8 @@ class _Resolver:
                     for d in range(ndev):
                         er[d] += de[d]
                     b.marks += 1
+                    if dt and knots:
+                        b.ivs.append((sl, t0, t1))
             if dt:
                 acc_t[sl] += dt
                 row = acc_e[sl]

@@ -119,9 +119,20 @@ class LayerwiseResult:
         if sampled:
             note += "; layers measured on %s, the rest of the run given by those" % ", ".join(
                 "%d of %d %s steps" % (v["sampled_steps"], v["steps"], ph) for ph, v in sampled)
+        auto = self.clock.get("auto_replay")
         if self.mode == "attribute" and layers:
-            note += "; the layers of a step share its measured power, split by time (mode='replay' measures " \
-                    "each layer's own)"
+            note += "; layers longer than a counter step at the power measured while they ran"
+            if self.replayed:
+                note += ", %d shorter ones (distinct) at their power replayed alone" % sum(
+                    "same_as" not in r for r in self.replayed)
+            if not self.replayed:
+                note += ", shorter ones share the power of their counter steps (mode='replay' measures each one's"
+                note += "; the default's replay of them was skipped: over budget)" if auto and auto.get(
+                    "note", "").startswith("skipped") else ")"
+        cost, budget = self.clock.get("sampling_cost_share"), self.clock.get("max_overhead")
+        if cost is not None and budget is not None and cost > budget and self.sampling:
+            note += "; sampling cost %.0f%% of this run, over max_overhead (%.0f%%): a run this short pays at " \
+                    "least one sampled step and a 50 ms lead" % (100 * cost, 100 * budget)
         if partial:
             note += "; PARTIAL: %s" % "; ".join("%s %s" % ("CPU" if k == "cpu" else k.upper(), self.estimates.get(k, ""))
                                                for k in partial)
@@ -235,6 +246,15 @@ def _build_result(run: Any, devices: Any, mode: str, out_file: Optional[str], wh
     clock["lead_s"] = (run.lead_ns + run.lead_inner_ns) * 1e-9
     clock["short_leads_skipped"] = run.leads_skipped
     clock["bursts_corrected"], clock["bursts_uncorrected"] = run.burst_counts()
+    clock["knots_fitted"] = run.knots_fitted
+    # what the sampling cost: the opening leads, and the sampled steps' host time beyond a step not sampled
+    base = run.base_ns()
+    extra = sum(run.extra_ns) + sum(max(0.0, d - base[p]) for p in (0, 1) if base[p] is not None
+                                    for d in run.unbilled[p])
+    elapsed_ns = run.t_end - run.t_start
+    clock["sampling_cost_s"] = (run.lead_ns + extra) * 1e-9
+    clock["sampling_cost_share"] = (run.lead_ns + extra) / elapsed_ns if elapsed_ns > 0 else 0.0
+    clock["max_overhead"] = run.tool.max_overhead if run.tool else None
     if run.work_power:
         clock["work_power"] = run.work_power
     if replay_scale:

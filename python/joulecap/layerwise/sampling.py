@@ -19,6 +19,7 @@ from .hooks import _graph_task_id
 from .rows import INFER, OUTSIDE_LEAD, OUTSIDE_UNSAMPLED, TRAIN
 
 _OPEN_LEAD_NS = 300_000_000  # a burst's opening lead: its interior (0.1 s in from both ends) measures a waiting GPU
+_MIN_OPEN_LEAD_NS = 50_000_000  # the opening lead early in a run, when max_overhead x the time so far is less
 _SETTLE_STEPS = 4  # steps not sampled after sampled ones that do not time a base (the GPU catches up first)
 LEAD_EVERY = 256  # markers between short leads inside a burst (~500 CUDA commands: half the launch queue)
 
@@ -102,7 +103,7 @@ class _Sampling:
                     if len(run.mt) > n0:
                         run.marks_per_step = (len(run.mt) - n0) / steps
                     run.check_at = len(run.mt) + max(64, run.tool.max_pending // 2)
-                capture = warm and run.tool.mode == "replay" and not run.captured[ph]
+                capture = run.capture_due(ph, warm, now)
                 if run.attached and not capture:
                     run.detach()
                 run.outermost_forward(ph)  # (no measured forward is open: fstack is empty here)
@@ -161,7 +162,7 @@ class _Sampling:
                 self.unbilled[p] = []
         spent = self.lead_ns + self.extra_ns[TRAIN] + self.extra_ns[INFER]
         per_step = self.extra_ns[ph] / self.billed[ph] if self.billed[ph] else base[ph]
-        steps, lead_ns = (self.plan_burst(ph), _OPEN_LEAD_NS) if self.leads() else (1, 0)
+        steps, lead_ns = (self.plan_burst(ph), self.open_lead_ns(now)) if self.leads() else (1, 0)
         expect = steps * per_step + lead_ns
         return spent + expect <= self.tool.max_overhead * (now - self.t_start_host + steps * base[ph])
 
@@ -178,6 +179,15 @@ class _Sampling:
     def leads(self) -> bool:
         return self.tool.lead and not self.sample_all and self.clock.has_lead
 
+    def open_lead_ns(self, now: int) -> int:
+        """The opening lead's length: 0.3 s (long enough for its interior to measure a waiting GPU), shorter early
+        in a run, max_overhead x the time so far but at least 50 ms (enough to put the host ahead), so that a short
+        run does not pay a fixed 0.3 s.  A burst behind a short lead gets its powers from the counter's steps
+        alone (_fit_knots_whole) or from the steps not sampled."""
+        if not self.tool._early_scale:
+            return _OPEN_LEAD_NS
+        return int(min(_OPEN_LEAD_NS, max(_MIN_OPEN_LEAD_NS, self.tool.max_overhead * (now - self.t_start_host))))
+
     def plan_burst(self, ph: int) -> int:
         """On a GPU, steps are sampled in bursts of consecutive steps lasting about ``burst_seconds`` (several
         100 ms counter steps, so that the counter can measure the burst's power: _finish_bursts).  Returns the
@@ -188,7 +198,13 @@ class _Sampling:
         base = self.base_ns()[ph] or self.first_unit_ns
         d = self.dur_sampled[ph]
         host = statistics.median(d) if d else 2.5 * base
-        return max(1, min(256, int(math.ceil(self.tool.burst_seconds * 1e9 / max(host, 1.0)))))
+        steps = max(1, min(256, int(math.ceil(self.tool.burst_seconds * 1e9 / max(host, 1.0)))))
+        if not self.sampled[ph] and base and self.tool._early_scale:
+            # the phase's first burst comes at once: early in a run, only as many steps as max_overhead of the
+            # time so far pays for (at least one), each costing its host time beyond a step not sampled
+            spare = self.tool.max_overhead * (time.perf_counter_ns() - self.t_start_host)
+            steps = min(steps, max(1, int(spare / max(host - base, 1.0))))
+        return steps
 
     def open_burst(self, ph: int, steps: int) -> None:
         """A burst starts with an opening lead: a kernel that keeps the GPU waiting, long enough (0.3 s) for
@@ -203,9 +219,10 @@ class _Sampling:
         # events first: recording them while the GPU waits would fill the launch queue and stall the host
         self.clock.reserve(min(int(1.2 * steps * self.marks_per_step) + 64, 1 << 17))
         self.mark(2 * r)
-        if not self.clock.lead(_OPEN_LEAD_NS * 1e-9):
+        lead_ns = self.open_lead_ns(time.perf_counter_ns())
+        if not self.clock.lead(lead_ns * 1e-9):
             return
-        self.lead_ns += _OPEN_LEAD_NS
+        self.lead_ns += lead_ns
         self.mark(self.fstack[-1][0] if self.fstack else self.idle_slot())
         self.lead_end, self.host_per_mark_min = self.mt[-1], None
         self.burst_mark0 = (len(self.mt), steps)

@@ -32,10 +32,13 @@ class LayerwiseMeasurementTool:
     * ``depth``: ``None`` measures the modules that do work of their own (leaf modules, and modules holding
       parameters directly); an int measures the modules at that depth of the qualified names (``layer3.1`` is
       depth 2) and those doing work above it; 0 the whole model as one layer.
-    * ``mode``: ``"attribute"`` (default) gives each layer the energy measured over its own intervals; inside one
-      100 ms energy-counter step the layers share the step's average power, so the split is by time there.
-      ``"replay"`` additionally runs each layer alone after the run, for ``replay_seconds``, to measure its own
-      power, and splits the energy measured for the layers by time x that power.  See docs/python.md.
+    * ``mode``: ``"attribute"`` (default) gives each layer the energy measured over its own intervals: a layer
+      whose calls fill energy-counter steps (100 ms) of their own gets the power measured over them (inside a
+      sampled burst, a fit to the counter's steps); layers shorter than that are replayed alone after the run,
+      the largest first, within ``replay_budget`` (default 0.05: 5% of the run's time), and those not replayed
+      share the power of their steps, split by time.  ``"replay"`` replays every layer above
+      ``replay_min_share``, for ``replay_seconds`` each, whatever the budget, and splits the energy measured for
+      the layers by time x the powers alone.  See docs/python.md.
     * ``sample``: ``"auto"`` (default) hooks the layers on sampled steps only, within ``max_overhead`` (default
       0.05: the sampled steps may add 5% to the run's time), never on the first ``warmup_steps`` (default 1) of
       each phase, and extends the sampled steps to the whole run; ``"all"`` hooks every step.  A step is a
@@ -63,12 +66,15 @@ class LayerwiseMeasurementTool:
         interval: Optional[float] = None,
         replay_seconds: float = 1.0,
         replay_min_share: float = 0.005,
+        replay_budget: float = 0.05,
         replay_capture_bytes: int = 4 << 20,
         resolve_interval: float = 0.5,
         max_pending: int = 8192,
         anchor_max_age: float = 10.0,
         _host_shadow: bool = False,
         _keep_run: bool = False,
+        _knots: bool = True,
+        _early_scale: bool = True,
     ):
         if mode not in _MODES:
             raise InvalidArgument("mode=%r: pass 'attribute' (default) or 'replay'" % (mode,))
@@ -91,6 +97,11 @@ class LayerwiseMeasurementTool:
         if not (0.0 <= float(replay_min_share) < 1.0):
             raise InvalidArgument("replay_min_share=%r: pass a fraction of the layers' time in [0, 1)" % (
                 replay_min_share,))
+        if isinstance(replay_budget, bool) or not isinstance(replay_budget, (int, float)) or \
+                not (0.0 <= replay_budget <= 10.0):
+            raise InvalidArgument("replay_budget=%r: pass the share of the run's time that the default mode may "
+                                  "spend after stop() replaying short layers, e.g. 0.05 (5%%), or 0 for none"
+                                  % (replay_budget,))
         if not isinstance(max_pending, int) or max_pending < 16:
             raise InvalidArgument("max_pending=%r: pass an int >= 16" % (max_pending,))
         self.out_file = _check_path(out_file)
@@ -104,6 +115,11 @@ class LayerwiseMeasurementTool:
         self.burst_seconds = float(burst_seconds)
         self.replay_seconds = float(replay_seconds)
         self.replay_min_share = float(replay_min_share)
+        self.replay_budget = float(replay_budget)
+        # inputs are captured for replay in mode "replay", and in the default mode for its budgeted replay
+        self._capture = mode == "replay" or self.replay_budget > 0
+        self._knots = bool(_knots)
+        self._early_scale = bool(_early_scale)  # False: a full opening lead and first burst from the start (pre-17)
         self.replay_capture_bytes = int(replay_capture_bytes)
         self.resolve_interval = float(resolve_interval)
         self.max_pending = max_pending
@@ -236,9 +252,24 @@ class LayerwiseMeasurementTool:
         ctx.release(run.window)
         replayed: List[Dict[str, Any]] = []
         replay_power: Dict[int, List[float]] = {}
+        replay_info: Dict[str, Any] = {}
         if self.mode == "replay":
             replayed, replay_power = _Replayer(self, run).run()
+        elif self.replay_budget > 0:
+            # the default mode: the short layers the counter cannot tell apart, within the replay budget
+            budget_s = self.replay_budget * (t_end - run.t_start) * 1e-9
+            if run.captures:
+                rp = _Replayer(self, run)
+                replayed, replay_power = rp.run(budget_s=budget_s)
+                replay_info = rp.info
+            else:
+                replay_info = {"budget_s": budget_s, "layers": 0, "seconds_each": 0.0, "note": (
+                    "skipped: the budget (%.2f s, replay_budget x the run's time) is below one layer's shortest "
+                    "replay, so no inputs were captured; the layers keep the counter's split (a longer run, or a "
+                    "larger replay_budget, replays them)" % budget_s)}
         result = _build_result(run, self._devices, self.mode, self.out_file, whole, replayed, replay_power)
+        if replay_info:
+            result.clock["auto_replay"] = replay_info
         self.result = result
         run.tool = None  # type: ignore[assignment]
         if self._keep_run:  # the benchmark reuses the captured inputs
