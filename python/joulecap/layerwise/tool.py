@@ -74,7 +74,7 @@ class LayerwiseMeasurementTool:
         _host_shadow: bool = False,
         _keep_run: bool = False,
         _knots: bool = True,
-        _early_scale: bool = True,
+        _early_scale: bool = False,
     ):
         if mode not in _MODES:
             raise InvalidArgument("mode=%r: pass 'attribute' (default) or 'replay'" % (mode,))
@@ -119,7 +119,9 @@ class LayerwiseMeasurementTool:
         # inputs are captured for replay in mode "replay", and in the default mode for its budgeted replay
         self._capture = mode == "replay" or self.replay_budget > 0
         self._knots = bool(_knots)
-        self._early_scale = bool(_early_scale)  # False: a full opening lead and first burst from the start (pre-17)
+        # True: opening lead and first burst scaled to max_overhead x the time so far.  Off: on the H100 its
+        # one-step first bursts were too short for the counter to resolve (BENCHMARKS.md, layer-wise).
+        self._early_scale = bool(_early_scale)
         self.replay_capture_bytes = int(replay_capture_bytes)
         self.resolve_interval = float(resolve_interval)
         self.max_pending = max_pending
