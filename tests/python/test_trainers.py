@@ -289,7 +289,7 @@ def test_lightning_power_cap_optimizer_runs_on_the_training_steps_and_puts_the_l
     from joulecap.callbacks.lightning import JoulecapCallback
 
     wl = SweepWorkload()
-    cb = JoulecapCallback(gpu_num=0, power_cap={"time_budget": 3}, summary=False)
+    cb = JoulecapCallback(gpu_num=0, power_cap={"time_budget_s": 3}, summary=False)
     trainer, logger = lightning_trainer(tmp_path, [cb], max_epochs=3)
     trainer.fit(lightning_module(workload=wl), torch.utils.data.DataLoader(dataset(160), batch_size=4))
     pco = cb.meter.optimizer
@@ -326,7 +326,7 @@ def test_lightning_exception_in_training_puts_the_limit_back_and_closes(sweep_en
 
     wl = Failing()
     out = tmp_path / "energy.csv"
-    cb = JoulecapCallback(gpu_num=0, every_n_steps=4, out_file=out, power_cap={"time_budget": 20}, summary=False)
+    cb = JoulecapCallback(gpu_num=0, every_n_steps=4, out_file=out, power_cap={"time_budget_s": 20}, summary=False)
     trainer, _ = lightning_trainer(tmp_path, [cb], max_epochs=1)
     with pytest.raises(RuntimeError, match="boom"):
         trainer.fit(lightning_module(workload=wl), torch.utils.data.DataLoader(dataset(320), batch_size=4))
