@@ -91,7 +91,7 @@ def run_lightning_cap():
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    cb = JoulecapCallback(power_cap={"time_budget": 3}, carbon=False)
+    cb = JoulecapCallback(power_cap={"time_budget_s": 3}, carbon=False)
     trainer = L.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_epochs=3, logger=False, callbacks=[cb],
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     # 320 samples, 2 ranks, batches of 4: 40 steps per rank and epoch.
