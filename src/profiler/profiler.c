@@ -884,21 +884,31 @@ static int choose_race(jc_profiler *p, double floor_rse, double *cap_out, double
     return 1;
 }
 
-/* The best cap against the reference (the highest cap measured, normally the default limit): the best is
- * recommended only when it beats the reference beyond the 90% interval of the difference, so while it does
- * not, the one of the two known less precisely is measured again until its standard error shrinks by
- * RACE_SHRINK (not below floor_rse).  0 when the difference is settled or cannot be narrowed. */
-static int choose_ref_race(jc_profiler *p, double floor_rse, double *cap_out, double *target_out) {
+/* The sequential test behind the recommendation: a cap other than the reference (the highest cap measured,
+ * normally the default limit) is recommended only when it beats the reference beyond the 90% interval of the
+ * difference.  While no measured cap does, the cap closest to passing (the largest gain over the reference in
+ * standard errors of the difference) and the reference are measured again, the one known less precisely
+ * first, until its standard error shrinks by RACE_SHRINK: down to MIN_PRECISION, and ahead of every other
+ * race, since until the test passes the order of the other caps does not change the recommendation.  0 when
+ * a cap passes (the test is settled) or the difference cannot be narrowed. */
+static int choose_ref_race(jc_profiler *p, double *cap_out, double *target_out) {
     jc__point pts[MAX_POINTS];
     size_t m = pool(p, pts, MAX_POINTS);
     if (m < 2) return 0;
-    size_t b = argmin_f(pts, m), r = m - 1;
-    if (b == r) return 0;
-    double sb = pts[b].rse_f * pts[b].f, sr = pts[r].rse_f * pts[r].f;
-    if (pts[r].f - pts[b].f > Z_CI * hypot(sb, sr)) return 0;
-    size_t pick = sr > sb ? r : b;
-    if (pts[pick].rse_f <= floor_rse) pick = pick == b ? r : b;
-    if (pts[pick].rse_f <= floor_rse) return 0;
+    size_t r = m - 1, b = m;
+    double zb = -INFINITY, sr = pts[r].rse_f * pts[r].f;
+    for (size_t i = 0; i < r; i++) {
+        if (!jc__feasible(&p->op, pts[i].t)) continue;
+        double z = (pts[r].f - pts[i].f) / hypot(pts[i].rse_f * pts[i].f, sr);
+        if (z > zb) {
+            zb = z;
+            b = i;
+        }
+    }
+    if (b == m || zb > Z_CI) return 0;
+    size_t pick = pts[r].rse_f * pts[r].f > pts[b].rse_f * pts[b].f ? r : b;
+    if (pts[pick].rse_f <= MIN_PRECISION) pick = pick == b ? r : b;
+    if (pts[pick].rse_f <= MIN_PRECISION) return 0;
     *cap_out = pts[pick].cap_w;
     *target_out = fmax(MIN_PRECISION, pts[pick].rse_f * RACE_SHRINK);
     return 1;
@@ -925,9 +935,21 @@ static void finish_now(jc_profiler *p) {
     p->res.done = 1;
 }
 
-static void start_trial(jc_profiler *p, double cap, double target) {
+/* The shortest useful trial: settling, the steps dropped after it and MIN_STEPS measured ones. */
+static double shortest_trial_s(const jc_profiler *p) {
+    double tstep = 0;
+    for (int i = 0; i < p->ntrials; i++)
+        if (p->trials[i].finished) tstep = p->trials[i].pub.time_per_step_s;
+    return p->cfg.settle_s + (p->cfg.settle_steps + 1 + MIN_STEPS) * tstep + p->min_trial_s;
+}
+
+/* Starts a trial unless the budget is spent: a trial of the reference test (short_ok) needs only room for the
+ * shortest useful trial (it is cut at the budget, and its steps still count in the test); others, room for a
+ * typical one. */
+static void start_trial_ex(jc_profiler *p, double cap, double target, int short_ok) {
     double elapsed = p->started ? p->last_t - p->t_start : 0;
-    if (p->budget_s > 0 && elapsed + typical_trial_s(p) > p->budget_s) {
+    double need = short_ok ? shortest_trial_s(p) : typical_trial_s(p);
+    if (p->budget_s > 0 && elapsed + need > p->budget_s) {
         p->stopped_by_budget = 1;
         finish_now(p);
         return;
@@ -937,6 +959,8 @@ static void start_trial(jc_profiler *p, double cap, double target) {
     p->pending_race = 0;
     p->phase = PH_SET_CAP;
 }
+
+static void start_trial(jc_profiler *p, double cap, double target) { start_trial_ex(p, cap, target, 0); }
 
 /* Order: the coarse pass; refinement where the data point to a kink, then at the draw point; racing close
  * caps; a blind look around the best cap when no race is open and time is left; done. */
@@ -962,13 +986,13 @@ static void plan_next(jc_profiler *p) {
         p->pending_phase = JC_PROFILER_PHASE_REFINE;
         return;
     }
+    if (choose_ref_race(p, &cap, &target)) {
+        start_trial_ex(p, cap, target, 1);
+        p->pending_race = 1;
+        p->pending_phase = JC_PROFILER_PHASE_RACE;
+        return;
+    }
     for (int round = 0; round < 2; round++) {
-        if (choose_ref_race(p, round == 0 ? p->cfg.precision : MIN_PRECISION, &cap, &target)) {
-            start_trial(p, cap, target);
-            p->pending_race = 1;
-            p->pending_phase = JC_PROFILER_PHASE_RACE;
-            return;
-        }
         if (choose_race(p, round == 0 ? p->cfg.precision : MIN_PRECISION, &cap, &target)) {
             start_trial(p, cap, target);
             p->pending_race = 1;
