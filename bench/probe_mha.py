@@ -103,7 +103,7 @@ def main():
             name, seq, st, e_all.elapsed_time(e0), e0.elapsed_time(e1) if e1 is not None else float("nan"),
             "   <- lowest" if seq == lowest else ""))
     # the tool's markers over one training step (nothing resolved before the end): where its intervals fall
-    tool2 = LayerwiseMeasurementTool(None, gpu_num=0, sample="all", resolve_interval=1e6, max_pending=1 << 20)
+    tool2 = LayerwiseMeasurementTool(None, gpu_num=0, sample="all", resolve_interval_s=1e6, max_pending=1 << 20)
     tool2.start(layer)
     step()
     run2 = tool2._run

@@ -106,6 +106,23 @@ def test_set_power_cap_cap_keyword(caps_env):
     joulecap.reset_power_cap(0)
 
 
+def test_layerwise_tool_interval_keywords(fake):
+    from joulecap import LayerwiseMeasurementTool
+
+    with deprecated("interval", "interval_s") as rec:
+        LayerwiseMeasurementTool(None, gpu_num=0, interval=0.005).close()
+    assert_from_here(rec)
+    with deprecated("resolve_interval", "resolve_interval_s") as rec:
+        tool = LayerwiseMeasurementTool(None, gpu_num=0, resolve_interval=0.2)
+    assert_from_here(rec)
+    assert tool.resolve_interval == 0.2
+    tool.close()
+    with pytest.raises(TypeError, match="resolve_interval_s"):
+        LayerwiseMeasurementTool(None, gpu_num=0, resolve_interval=0.2, resolve_interval_s=0.2)
+    params = inspect.signature(LayerwiseMeasurementTool).parameters
+    assert {"interval_s", "resolve_interval_s"} <= set(params) and not {"interval", "resolve_interval"} & set(params)
+
+
 def test_signatures_show_the_new_names():
     sig = inspect.signature
     assert {"interval_s", "counter_interval_s"} <= set(sig(EnergyMeasurementTool).parameters)

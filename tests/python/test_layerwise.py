@@ -215,7 +215,7 @@ def test_energy_follows_the_power_measured_while_a_layer_ran(fake_env, tmp_path)
             return x
 
     model = nn.Sequential(Sleep(), Sleep())
-    tracker = LayerwiseMeasurementTool(None, gpu_num=0, interval=0.005)
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, interval_s=0.005)
     ctx = tracker._ctx
 
     def wait_for(high):
@@ -867,7 +867,7 @@ def test_tool_with_event_clock(cpu_fake, monkeypatch):
     gpu = FakeGPU(ppm=50.0)
     monkeypatch.setattr(lw.tool, "_HostClock", lambda: fake_clock(gpu))
     model = Net()
-    tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_pending=64, resolve_interval=0.05, sample="all")
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_pending=64, resolve_interval_s=0.05, sample="all")
     tracker.start(model)
     run = tracker._run
     train(model, make_data(8))
@@ -930,7 +930,7 @@ def test_event_clock_gives_gpu_time_not_host_time(cpu_fake, monkeypatch):
     gpu = FakeGPU(ppm=0.0, work_ns=work)
     monkeypatch.setattr(lw.tool, "_HostClock", lambda: fake_clock(gpu))
     model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
-    tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_pending=64, resolve_interval=0.01,
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_pending=64, resolve_interval_s=0.01,
                                        sample="all")
     tracker.start(model)
     x = torch.randn(4, 8)
@@ -1191,7 +1191,7 @@ def test_lead_runs_before_each_sampled_step_on_a_gpu(cpu_fake, monkeypatch):
     model = Net()
     # (_early_scale=False: full opening leads and first burst from the start, whatever the machine's speed: the
     # scaling early in a run is test_opening_lead_scales_with_the_time_so_far's)
-    tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=0.5, max_pending=16, resolve_interval=0.0,
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=0.5, max_pending=16, resolve_interval_s=0.0,
                                        burst_seconds=5.0,  # (bursts of many markers, even on a loaded machine)
                                        _early_scale=False)
     tracker.start(model)
@@ -1589,7 +1589,7 @@ def test_layers_of_a_sampled_burst_get_the_power_drawn_while_they_ran(fake_env, 
             return x
 
     model = nn.Sequential(Draw(1.0), Draw(0.3))
-    tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=0.5, replay_budget=0, interval=0.005)
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=0.5, replay_budget=0, interval_s=0.005)
     assert fake.joulecap_fake_set_load(0, 0.0) == 0  # (the tool's NVML is up: the fake takes loads)
     tracker.start(model)
     with torch.no_grad():

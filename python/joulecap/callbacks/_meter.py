@@ -187,7 +187,7 @@ class TrainerMeter:
         power_cap: Any = None,
         prefix: str = "energy/",
         summary: bool = True,
-        interval: Optional[float] = None,
+        interval_s: Optional[float] = None,
         distributed: Optional[bool] = None,
     ) -> None:
         if not isinstance(prefix, str):
@@ -202,7 +202,7 @@ class TrainerMeter:
         self.power_cap = _check_power_cap(power_cap)
         self.prefix = prefix
         self.summary = summary
-        self.interval = None if interval is None else _check_interval(interval)
+        self.interval = None if interval_s is None else _check_interval(interval_s)
         self.distributed = distributed
         self.tool: Optional[EnergyMeasurementTool] = None
         self.optimizer: Any = None

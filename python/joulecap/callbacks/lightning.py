@@ -65,12 +65,12 @@ class JoulecapCallback(pl.Callback):
         power_cap: Any = None,
         prefix: str = "energy/",
         summary: bool = True,
-        interval: Optional[float] = None,
+        interval_s: Optional[float] = None,
         distributed: Optional[bool] = None,
     ) -> None:
         super().__init__()
         self.meter = TrainerMeter(gpu_num, every_n_steps=every_n_steps, out_file=out_file, carbon=carbon,
-                                  power_cap=power_cap, prefix=prefix, summary=summary, interval=interval,
+                                  power_cap=power_cap, prefix=prefix, summary=summary, interval_s=interval_s,
                                   distributed=distributed)
         self.summary: Optional[str] = None
 

@@ -7,6 +7,7 @@ import warnings
 from typing import Any, Dict, List, Optional
 
 from .. import _joulecap
+from .._deprecation import renamed_keywords
 from .._common import _check_path, _create_file, _Devices, _gpu_selection, _open_context, _register
 from ..errors import InvalidArgument, JoulecapWarning, StateError
 from .clock import _CudaClock, _HostClock
@@ -45,12 +46,14 @@ class LayerwiseMeasurementTool:
       forward of the model itself up to the next one.
     * ``lead`` (default True) and ``burst_seconds`` (default 0.4): on a GPU, sampled steps come in bursts of
       about ``burst_seconds`` behind GPU-side leads, so that their kernels run back to back (see docs/python.md).
-    * ``interval``: the sampler's period for the cheap reads (default 0.01 s).
+    * ``interval_s``: the sampler's period for the cheap reads (default 0.01 s).  ``interval`` and
+      ``resolve_interval`` are the deprecated names of ``interval_s`` and ``resolve_interval_s``.
 
     Training and inference may be mixed in one measurement: a forward pass under ``torch.no_grad()`` or
     ``torch.inference_mode()`` is inference, any other training, and each layer gets a row per phase.
     """
 
+    @renamed_keywords("LayerwiseMeasurementTool", interval="interval_s", resolve_interval="resolve_interval_s")
     def __init__(
         self,
         out_file: Any = None,
@@ -63,12 +66,12 @@ class LayerwiseMeasurementTool:
         warmup_steps: int = 1,
         lead: bool = True,
         burst_seconds: float = 0.4,
-        interval: Optional[float] = None,
+        interval_s: Optional[float] = None,
         replay_seconds: float = 1.0,
         replay_min_share: float = 0.005,
         replay_budget: float = 0.05,
         replay_capture_bytes: int = 4 << 20,
-        resolve_interval: float = 0.5,
+        resolve_interval_s: float = 0.5,
         max_pending: int = 8192,
         anchor_max_age: float = 10.0,
         _host_shadow: bool = False,
@@ -89,7 +92,7 @@ class LayerwiseMeasurementTool:
             raise InvalidArgument("warmup_steps=%r: pass an int >= 0 (steps per phase never sampled)" % (warmup_steps,))
         if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
             raise InvalidArgument("depth=%r: pass None (leaf modules) or an int >= 0 (0 is the whole model)" % (depth,))
-        for name, v, lo in (("replay_seconds", replay_seconds, 0.0), ("resolve_interval", resolve_interval, 0.0),
+        for name, v, lo in (("replay_seconds", replay_seconds, 0.0), ("resolve_interval_s", resolve_interval_s, 0.0),
                             ("burst_seconds", burst_seconds, 0.0),
                             ("anchor_max_age", anchor_max_age, 1.0)):
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < lo:
@@ -123,14 +126,14 @@ class LayerwiseMeasurementTool:
         # one-step first bursts were too short for the counter to resolve (BENCHMARKS.md, layer-wise).
         self._early_scale = bool(_early_scale)
         self.replay_capture_bytes = int(replay_capture_bytes)
-        self.resolve_interval = float(resolve_interval)
+        self.resolve_interval = float(resolve_interval_s)
         self.max_pending = max_pending
         self.anchor_max_age = float(anchor_max_age)
         self._host_shadow = _host_shadow
         self._keep_run = _keep_run
         self._last_run: Optional[_Run] = None
         self._want_gpu = _requested_gpu(gpu_num)
-        kwargs = {} if interval is None else {"interval": float(interval)}
+        kwargs = {} if interval_s is None else {"interval": float(interval_s)}
         # Intervals are measured after the fact (energy_between): the counter is read at every step throughout.
         kwargs["flags"] = _joulecap.EVERY_STEP
         self._ctx = _open_context(gpu_num, **kwargs)
