@@ -180,12 +180,13 @@ static void do_series(jcd_client *c, jc_context *ctx, const jcd_series *x, const
     reply r;
     r_begin(&r);
     r_str(&r, "sid", x->sid);
-    uint64_t now = jc_now_ns();
-    r_u(&r, "now", now);
     char knots[JC__WIRE_MAX_REPLY];
     size_t kused = 0;
     int more = 0;
     pthread_mutex_lock(&ctx->lock);
+    /* "now" under the lock that commits knots: no knot sent can be later than it (the client checks). */
+    uint64_t now = jc_now_ns();
+    r_u(&r, "now", now);
     int i = gpu_device(ctx, 0, q->uuid);
     if (i < 0) {
         pthread_mutex_unlock(&ctx->lock);

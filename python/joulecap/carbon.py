@@ -33,7 +33,7 @@ ENV_CONFIG = "JOULECAP_CARBON_CONFIG"
 # unit (g per MWh, say), not a dirtier grid.
 _MAX_GCO2_PER_KWH = 3000.0
 _KEYS = ("grid_gco2_per_kwh", "price_per_kwh", "currency")
-_CURRENCY = re.compile(r"^[^\s,;\"'=#\x00-\x1f\x7f]{1,8}$")
+_CURRENCY = re.compile(r"[^\s,;\"'=#\x00-\x1f\x7f]{1,8}")  # whole string: fullmatch
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ def _price(value: Any, where: str) -> Optional[float]:
 def _currency(value: Any, where: str) -> str:
     if value is None or value == "":
         return ""
-    if not isinstance(value, str) or not _CURRENCY.match(value):
+    if not isinstance(value, str) or not _CURRENCY.fullmatch(value):
         raise InvalidArgument(
             "currency=%r (%s): give a short code such as EUR, USD or $ (1-8 characters, no spaces, commas, quotes "
             "or control characters)" % (value, where)

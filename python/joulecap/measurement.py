@@ -356,7 +356,10 @@ class EnergyMeasurementTool:
 
     @property
     def devices(self) -> List[Dict[str, Any]]:
-        """Device 0 is the CPU, then the measured GPUs in CUDA order (dicts with name, uuid, energy_source, ...)."""
+        """Device 0 is the CPU, then the measured GPUs in CUDA order (dicts with name, uuid, energy_source, ...,
+        and ``state`` / ``state_note``: their health now; as at close() once the tool is closed)."""
+        if not self._ctx.closed:
+            self._devices.info = self._ctx.devices()
         return [dict(d) for d in self._devices.info]
 
     @property

@@ -905,7 +905,8 @@ static int choose_ref_race(jc_profiler *p, double *cap_out, double *target_out) 
             b = i;
         }
     }
-    if (b == m || zb > Z_CI) return 0;
+    /* No candidate, one that passes, or all clearly worse than the reference (it is best): nothing to race. */
+    if (b == m || zb > Z_CI || zb < -Z_WORSE) return 0;
     size_t pick = pts[r].rse_f * pts[r].f > pts[b].rse_f * pts[b].f ? r : b;
     if (pts[pick].rse_f <= MIN_PRECISION) pick = pick == b ? r : b;
     if (pts[pick].rse_f <= MIN_PRECISION) return 0;

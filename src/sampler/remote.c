@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -293,6 +294,10 @@ static int conn_open(jc__remote *r, char *why, size_t whylen) {
         jc__fmt(why, whylen, "cannot create a socket: %s", strerror(errno));
         return -1;
     }
+    /* A daemon that does not accept (hung, or its backlog full) must not hold jc_open: connect gives up after
+     * the send timeout on a Unix socket (EAGAIN). */
+    struct timeval tv = {REPLY_TIMEOUT_MS / 1000, (REPLY_TIMEOUT_MS % 1000) * 1000};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     int rc;
     while ((rc = connect(fd, (struct sockaddr *)&a, sizeof a)) != 0 && errno == EINTR) {
     }
@@ -440,12 +445,40 @@ static void remote_lost(jc__device *d, const char *why) {
     pthread_mutex_unlock(&ctx->lock);
 }
 
-/* Copies one reply into the device's series and state (lock not held). */
-static void apply(jc__device *d, const jc__remote_series *s) {
+/* The daemon's knots held to the in-process counter's rules (plausible.c): energy never falls, and rises by no
+ * more than twice the card's maximum power allows.  Knots at or before the series' last are dropped (lock held).
+ * 0, or -1 with why. */
+static int plausible_knots(const jc__device *d, const jc__remote_series *s, int *first, char *why, size_t whylen) {
+    const jc__point *last = jc__ring_last(&d->knots);
+    uint64_t t0 = last ? last->t_ns : 0;
+    double e0 = last ? last->v : NAN;
+    *first = 0;
+    while (*first < s->nknots && last && s->knot_t[*first] <= t0) (*first)++;
+    for (int k = *first; k < s->nknots; k++) {
+        double t = jc__s(s->knot_t[k] - (t0 ? t0 : s->knot_t[k])), de = s->knot_j[k] - e0;
+        if (!isnan(e0) && (de < 0 || de > 2.0 * d->max_power_w * (t + 0.2))) {
+            jc__fmt(why, whylen, "sends implausible energies (%+.3f J in %.3f s on a card of %.0f W at most)", de,
+                    t, d->max_power_w);
+            return -1;
+        }
+        t0 = s->knot_t[k];
+        e0 = s->knot_j[k];
+    }
+    return 0;
+}
+
+/* Copies one reply into the device's series and state (lock not held).  -1 with why where its knots are
+ * implausible: nothing is copied. */
+static int apply(jc__device *d, const jc__remote_series *s, char *why, size_t whylen) {
     jc_context *ctx = d->ctx;
     uint64_t now = jc_now_ns();
+    int first;
     pthread_mutex_lock(&ctx->lock);
-    for (int k = 0; k < s->nknots; k++) jc__ring_push(&d->knots, s->knot_t[k], s->knot_j[k]);
+    if (plausible_knots(d, s, &first, why, whylen) != 0) {
+        pthread_mutex_unlock(&ctx->lock);
+        return -1;
+    }
+    for (int k = first; k < s->nknots; k++) jc__ring_push(&d->knots, s->knot_t[k], s->knot_j[k]);
     if (s->nknots) {
         uint64_t last = s->knot_t[s->nknots - 1];
         if (last > d->remote_since_ns) d->remote_since_ns = last;
@@ -465,14 +498,16 @@ static void apply(jc__device *d, const jc__remote_series *s) {
         d->degraded_until_ns = now + 2 * NS; /* ends soon after the daemon stops saying so */
     }
     if (s->dead_ns && !d->dead) {
-        /* The daemon's own reader lost the GPU or its counter: so do we, at the same instant. */
+        /* The daemon's own reader lost the GPU or its counter: so do we, at the same instant (never later than
+         * now on this node's clock). */
         d->dead = 1;
-        d->dead_ns = s->dead_ns;
+        d->dead_ns = s->dead_ns < now ? s->dead_ns : now;
         jc__fmt(d->info.energy_note, sizeof d->info.energy_note, "joulecapd's sampler: %s", s->health_note);
-        jc__health_set(d, JC_HEALTH_LOST, s->dead_ns, "joulecapd's sampler: %s", s->health_note);
+        jc__health_set(d, JC_HEALTH_LOST, d->dead_ns, "joulecapd's sampler: %s", s->health_note);
     }
     pthread_cond_broadcast(&ctx->data_cv);
     pthread_mutex_unlock(&ctx->lock);
+    return 0;
 }
 
 void jc__remote_poll(jc__device *d, uint64_t now) {
@@ -491,7 +526,10 @@ void jc__remote_poll(jc__device *d, uint64_t now) {
             remote_lost(d, why);
             return;
         }
-        apply(d, &s);
+        if (apply(d, &s, why, sizeof why) != 0) { /* this GPU only: the connection serves the others */
+            remote_lost(d, why);
+            return;
+        }
         if (!s.more) break;
     }
 }
