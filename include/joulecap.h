@@ -38,9 +38,9 @@ extern "C" {
 #endif
 
 #define JC_VERSION_MAJOR 0
-#define JC_VERSION_MINOR 1
+#define JC_VERSION_MINOR 2
 #define JC_VERSION_PATCH 0
-#define JC_VERSION_STRING "0.1.0"
+#define JC_VERSION_STRING "0.2.0"
 
 #if defined(__GNUC__)
 #define JC_API __attribute__((visibility("default")))

@@ -32,7 +32,7 @@ from .measurement import AsynchronousMeasurementTool, EnergyMeasurementTool, Mea
 from .layerwise import LayerwiseMeasurementTool
 from .carbon import Carbon, carbon_settings
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __lib_version__ = _LIB_VERSION
 
 __all__ = [
