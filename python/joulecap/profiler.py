@@ -796,11 +796,17 @@ def profile_power_cap(
     if not callable(model):
         raise InvalidArgument("model=%r is not callable: give a torch.nn.Module" % (model,))
     group = _Group(None)
-    gpu_num = _default_gpu(gpu_num, group)
-    info = _info(gpu_num)
-    cap_list = _caps(caps_w, info)
+
+    def setup() -> Tuple[int, Dict[str, Any], List[float]]:
+        g = _default_gpu(gpu_num, group)
+        i = _info(g)
+        return g, i, _caps(caps_w, i)
+
+    gpu_num, info, cap_list = group.agree(setup, "power_cap_profiler's checks")
     if group.size > 1:
-        runner, placement = _steps(model, dataloader, train, loss_fn, optimizer, gpu_num, info, steps_on_gpu)
+        runner, placement = group.agree(
+            lambda: _steps(model, dataloader, train, loss_fn, optimizer, gpu_num, info, steps_on_gpu),
+            "power_cap_profiler's first steps")
         return _profile_ranks(group, runner, model, optimizer, bool(train), info, placement, out_file,
                               dict(objective=objective, max_slowdown=max_slowdown, caps_w=caps_w,
                                    time_budget_s=time_budget_s, progress=progress))
@@ -918,7 +924,8 @@ def _profile_ranks(group: "_Group", runner: "_StepRunner", model: Any, optimizer
     :class:`PowerCapOptimizer` makes the decisions on rank 0 and broadcasts them, so that the ranks of a DDP
     model step together and set the same caps; ranks sharing a GPU leave its cap to the lowest of them.  Rank 0
     writes the CSV."""
-    f = _open_out_file(out_file) if group.rank == 0 else None
+    f = group.agree(lambda: _open_out_file(out_file) if group.rank == 0 else None, "power_cap_profiler's out_file",
+                    undo=lambda f: f.close() if f is not None else None)
     try:
         snapshot = _Snapshot(model, optimizer, train)
         try:
@@ -1005,6 +1012,25 @@ class _Group:
         self.dist.all_gather_object(out, obj, group=self.group)
         return out
 
+    def agree(self, fn: Callable[[], Any], what: str, undo: Optional[Callable[[Any], None]] = None) -> Any:
+        """``fn()`` on every rank; where it raises on any, every rank raises (that rank its own error, the others a
+        StateError naming it, after ``undo(fn's result)``), so that no rank waits in a later collective for one
+        that gave up.  Collective."""
+        out, err = None, None
+        try:
+            out = fn()
+        except BaseException as e:  # noqa: BLE001 - every rank must learn of it
+            err = e
+        if self.size > 1:
+            failed = [(r, m) for r, m in enumerate(self.all_objects(None if err is None else repr(err))) if m]
+            if failed and err is None:
+                if undo is not None:
+                    undo(out)
+                err = StateError("%s failed on rank %d: %s" % ((what,) + failed[0]))
+        if err is not None:
+            raise err
+        return out
+
 
 def _default_gpu(gpu_num: Optional[OneGpu], group: _Group, online: bool = False) -> OneGpu:
     """gpu_num with its default (RANK_GPU) resolved as the measurement tools resolve theirs: GPU 0, or under
@@ -1072,10 +1098,14 @@ class PowerCapOptimizer:
         self.objective, self.max_slowdown = _objective(objective, max_slowdown)
         self._budget = _time_budget(time_budget_s)
         self._group = _Group(process_group)
-        self._info = _info(_default_gpu(gpu_num, self._group, online=True))
+
+        def setup() -> Tuple[Dict[str, Any], List[float], Any]:
+            info = _info(_default_gpu(gpu_num, self._group, online=True))
+            return info, _caps(caps_w, info), _open_out_file(out_file) if self._group.rank == 0 else None
+
+        self._info, self._caps, self._out = self._group.agree(
+            setup, "PowerCapOptimizer's checks", undo=lambda r: r[2].close() if r and r[2] is not None else None)
         self.gpu_num: int = self._info["index"]
-        self._caps = _caps(caps_w, self._info)
-        self._out = _open_out_file(out_file) if self._group.rank == 0 else None
         self.done = False
         self.result: Optional[ProfileResult] = None
         self.cap_w: float = self._info["limit_w"]

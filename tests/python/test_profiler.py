@@ -9,6 +9,7 @@ sweep's ED2P optimum is 420 W (its knee), with the 50 W coarse caps either side 
 import bisect
 import copy
 import csv
+import datetime
 import json
 import os
 import time
@@ -671,6 +672,56 @@ def test_ddp_a_rank_that_cannot_cap_fails_every_rank(sweep_env, tmp_path):
     for g in range(2):
         cap = joulecap.get_power_cap(g)
         assert cap.limit_w == 700 and cap.manager == "none"
+    assert journals(env) == []
+
+
+def _ddp_rank_bad_out_file(rank, world, port, env, out_dir, which):
+    os.environ.update(env)
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    # rank 0's out_file lies in a folder that does not exist; the group's timeout is far above the test's bound
+    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:%d" % port, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=300))
+    out = os.path.join(out_dir, "missing", "caps.csv")
+    try:
+        try:
+            if which == "optimizer":
+                joulecap.PowerCapOptimizer(gpu_num=rank, time_budget_s=5, out_file=out).close()
+            else:
+                wl = SweepWorkload(gpu_num=rank)
+                model = torch.nn.parallel.DistributedDataParallel(SweepModel(wl))
+                opt = torch.optim.SGD(model.parameters(), lr=0.01)
+                joulecap.power_cap_profiler(model, batches(4, seed=rank), rank, train=True,
+                                            loss_fn=torch.nn.CrossEntropyLoss(), optimizer=opt, caps_w=[500, 400],
+                                            time_budget_s=4, steps_on_gpu=True, out_file=out)
+            got = "no error"
+        except Exception as e:  # noqa: BLE001
+            got = "%s: %s" % (type(e).__name__, e)
+        with open(os.path.join(out_dir, "rank%d.txt" % rank), "w") as f:
+            f.write(got)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("which", ["optimizer", "profiler"])
+def test_ddp_rank_0s_out_file_error_fails_every_rank_at_once(sweep_env, tmp_path, which):
+    """Only rank 0 writes the CSV: where it cannot, rank 1 must not wait for it in a collective until the
+    process group's timeout; both raise at once, rank 1 naming rank 0's error."""
+    env = sweep_env("h100x2-sweep.scn")
+    import torch.multiprocessing as mp
+
+    ctx = mp.spawn(_ddp_rank_bad_out_file, args=(2, _free_port(), env, str(tmp_path), which), nprocs=2,
+                   join=False)
+    deadline = time.monotonic() + 90
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("a rank waited for rank 0")
+    got = [(tmp_path / ("rank%d.txt" % r)).read_text() for r in range(2)]
+    assert got[0].startswith("FileError"), got
+    assert got[1].startswith("StateError") and "rank 0" in got[1], got
     assert journals(env) == []
 
 
