@@ -1,10 +1,12 @@
 /* Children of a test: a fork with a pipe back to the parent (the child does something, reports a fixed-size
  * value and then lives on, dies or exits as the test needs), reaping, and the removal of the test's temporary
- * directory by the main process only.  Shared by test_caps, test_caps_faults, test_daemon and test_exporter. */
+ * directory by the main process only, and joulecapd started as a child.  Shared by test_caps, test_caps_faults,
+ * test_daemon, test_exporter and test_node_sampler. */
 #ifndef JC_CHILD_H
 #define JC_CHILD_H
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,6 +80,33 @@ static inline int child_reap(pid_t pid) {
 static inline int child_kill(pid_t pid, int sig) {
     ASSERT_EQ(kill(pid, sig), 0);
     return child_reap(pid);
+}
+
+/* Starts joulecapd (JC_DAEMON) in a session of its own, stdin /dev/null, stdout and stderr appended to log, on
+ * the given socket, state directory and config, with --metrics ADDR where metrics is not NULL.  Returns its pid
+ * (the caller waits until it accepts connections). */
+static inline pid_t daemon_spawn(const char *log, const char *sock, const char *state, const char *config,
+                                 const char *metrics) {
+    fflush(NULL);
+    pid_t pid = fork();
+    ASSERT_TRUE(pid >= 0);
+    if (pid == 0) {
+        setsid();
+        int lfd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        int in = open("/dev/null", O_RDONLY);
+        if (lfd < 0 || in < 0) _exit(99);
+        dup2(in, 0);
+        dup2(lfd, 1);
+        dup2(lfd, 2);
+        const char *d = env_or_die("JC_DAEMON");
+        if (metrics)
+            execl(d, d, "--foreground", "--socket", sock, "--state-dir", state, "--config", config, "--metrics",
+                  metrics, (char *)NULL);
+        else
+            execl(d, d, "--foreground", "--socket", sock, "--state-dir", state, "--config", config, (char *)NULL);
+        _exit(98);
+    }
+    return pid;
 }
 
 #endif

@@ -194,22 +194,7 @@ static void show_log(void) {
 
 /* Starts joulecapd in its own session and waits until it accepts connections. */
 static void start_daemon(void) {
-    fflush(NULL);
-    pid_t pid = fork();
-    ASSERT_TRUE(pid >= 0);
-    if (pid == 0) {
-        setsid();
-        int log = open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        int in = open("/dev/null", O_RDONLY);
-        if (log < 0 || in < 0) _exit(99);
-        dup2(in, 0);
-        dup2(log, 1);
-        dup2(log, 2);
-        const char *d = env_or_die("JC_DAEMON");
-        execl(d, d, "--foreground", "--socket", sock_path, "--state-dir", state_dir, "--config", config_path,
-              (char *)NULL);
-        _exit(98);
-    }
+    pid_t pid = daemon_spawn(log_path, sock_path, state_dir, config_path, NULL);
     daemon_pid = pid;
     double t0 = now_s();
     for (;;) {

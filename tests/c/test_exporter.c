@@ -102,27 +102,7 @@ static void show_log(void) {
 }
 
 static pid_t spawn(const char *metrics) {
-    fflush(NULL);
-    pid_t pid = fork();
-    ASSERT_TRUE(pid >= 0);
-    if (pid == 0) {
-        setsid();
-        int log = open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        int in = open("/dev/null", O_RDONLY);
-        if (log < 0 || in < 0) _exit(99);
-        dup2(in, 0);
-        dup2(log, 1);
-        dup2(log, 2);
-        const char *d = env_or_die("JC_DAEMON");
-        if (metrics)
-            execl(d, d, "--foreground", "--socket", sock_path, "--state-dir", state_dir, "--config", config_path,
-                  "--metrics", metrics, (char *)NULL);
-        else
-            execl(d, d, "--foreground", "--socket", sock_path, "--state-dir", state_dir, "--config", config_path,
-                  (char *)NULL);
-        _exit(98);
-    }
-    return pid;
+    return daemon_spawn(log_path, sock_path, state_dir, config_path, metrics);
 }
 
 /* The port of the n-th "metrics on http://127.0.0.1:PORT/metrics" line of the log (0: none yet). */

@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "jc_child.h"
 #include "jc_cli_run.h"
 #include "jc_test.h"
 #include "jcd.h"
@@ -28,19 +29,12 @@
 #define GPU0 "GPU-8f3c2a1e-5b7d-4c9e-a0f1-2d3e4b5c6a7f"
 
 static char dir[320], sock_path[400], state_dir[400], config_path[400], log_path[400];
-static pid_t main_pid, daemon_pid;
+static pid_t daemon_pid;
 
 static void sleep_ms(double ms) {
     struct timespec ts = {(time_t)(ms / 1000), (long)((ms - (double)(time_t)(ms / 1000) * 1000) * 1e6)};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
     }
-}
-
-static void remove_tmpdir(void) {
-    if (getpid() != main_pid || !tmpdir[0]) return;
-    char cmd[400];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
 }
 
 static void setup(void) {
@@ -92,22 +86,7 @@ static int connect_raw(void) {
 }
 
 static void start_daemon(void) {
-    fflush(NULL);
-    pid_t pid = fork();
-    ASSERT_TRUE(pid >= 0);
-    if (pid == 0) {
-        setsid();
-        int log = open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        int in = open("/dev/null", O_RDONLY);
-        if (log < 0 || in < 0) _exit(99);
-        dup2(in, 0);
-        dup2(log, 1);
-        dup2(log, 2);
-        const char *d = env_or_die("JC_DAEMON");
-        execl(d, d, "--foreground", "--socket", sock_path, "--state-dir", state_dir, "--config", config_path,
-              (char *)NULL);
-        _exit(98);
-    }
+    pid_t pid = daemon_spawn(log_path, sock_path, state_dir, config_path, NULL);
     daemon_pid = pid;
     double t0 = now_s();
     for (;;) {
