@@ -10,7 +10,10 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
 #include <sys/types.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -107,6 +110,53 @@ static inline pid_t daemon_spawn(const char *log, const char *sock, const char *
         _exit(98);
     }
     return pid;
+}
+
+/* joulecapd's log on stderr (when a test fails around it). */
+static inline void daemon_show_log(const char *log) {
+    char *t = read_file(log);
+    fprintf(stderr, "--- joulecapd log:\n%s---\n", t ? t : "(none)");
+    free(t);
+}
+
+/* A plain connection to the socket at sock: its fd, or -1 while nothing accepts there. */
+static inline int daemon_connect(const char *sock) {
+    struct sockaddr_un a;
+    memset(&a, 0, sizeof a);
+    a.sun_family = AF_UNIX;
+    ASSERT_TRUE(strlen(sock) < sizeof a.sun_path);
+    memcpy(a.sun_path, sock, strlen(sock));
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_TRUE(fd >= 0);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Waits until the joulecapd *pid (daemon_spawn) accepts connections on sock; fails the test, with its log, when
+ * it exits first (*pid set to 0: reaped) or takes over 10 s. */
+static inline void daemon_wait_accepting(pid_t *pid, const char *log, const char *sock) {
+    double t0 = now_s();
+    for (;;) {
+        int fd = daemon_connect(sock);
+        if (fd >= 0) {
+            close(fd);
+            return;
+        }
+        int status;
+        if (child_exited(*pid, &status)) {
+            daemon_show_log(log);
+            *pid = 0;
+            JC_FAILF("joulecapd exited at start (status 0x%x)", status);
+        }
+        if (now_s() - t0 > 10) {
+            daemon_show_log(log);
+            JC_FAILF("joulecapd did not accept connections within 10 s");
+        }
+        usleep(1000);
+    }
 }
 
 #endif

@@ -171,50 +171,14 @@ static void setup(const char *scenario) {
     ASSERT_EQ(fake_open(), 0);
 }
 
-static int connect_raw(void) {
-    struct sockaddr_un a;
-    memset(&a, 0, sizeof a);
-    a.sun_family = AF_UNIX;
-    ASSERT_TRUE(strlen(sock_path) < sizeof a.sun_path);
-    memcpy(a.sun_path, sock_path, strlen(sock_path));
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    ASSERT_TRUE(fd >= 0);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
+static int connect_raw(void) { return daemon_connect(sock_path); }
 
-static void show_log(void) {
-    char *t = read_file(log_path);
-    fprintf(stderr, "--- joulecapd log:\n%s---\n", t ? t : "(none)");
-    free(t);
-}
+static void show_log(void) { daemon_show_log(log_path); }
 
 /* Starts joulecapd in its own session and waits until it accepts connections. */
 static void start_daemon(void) {
-    pid_t pid = daemon_spawn(log_path, sock_path, state_dir, config_path, NULL);
-    daemon_pid = pid;
-    double t0 = now_s();
-    for (;;) {
-        int fd = connect_raw();
-        if (fd >= 0) {
-            close(fd);
-            return;
-        }
-        int status;
-        if (child_exited(pid, &status)) {
-            show_log();
-            daemon_pid = 0;
-            JC_FAILF("joulecapd exited at start (status 0x%x)", status);
-        }
-        if (now_s() - t0 > 10) {
-            show_log();
-            JC_FAILF("joulecapd did not accept connections within 10 s");
-        }
-        sleep_ms(1);
-    }
+    daemon_pid = daemon_spawn(log_path, sock_path, state_dir, config_path, NULL);
+    daemon_wait_accepting(&daemon_pid, log_path, sock_path);
 }
 
 /* Signals the daemon and reaps it; returns its wait status. */

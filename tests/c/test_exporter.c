@@ -95,11 +95,7 @@ static void setup(void) {
     unsetenv("TORCHELASTIC_RUN_ID");
 }
 
-static void show_log(void) {
-    char *t = read_file(log_path);
-    fprintf(stderr, "--- joulecapd log:\n%s---\n", t ? t : "(none)");
-    free(t);
-}
+static void show_log(void) { daemon_show_log(log_path); }
 
 static pid_t spawn(const char *metrics) {
     return daemon_spawn(log_path, sock_path, state_dir, config_path, metrics);
