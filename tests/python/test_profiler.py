@@ -635,6 +635,18 @@ def test_ddp_seed_profiler_decides_once_for_every_rank(sweep_env, tmp_path):
     assert journals(env) == []
 
 
+def _spawn_within(mp, fn, args, nprocs, seconds, why):
+    """mp.spawn(fn, args) on nprocs ranks, failing the test with ``why`` (the ranks killed) if they have not all
+    ended within ``seconds``: a rank left waiting in a collective must not hang the suite."""
+    ctx = mp.spawn(fn, args=args, nprocs=nprocs, join=False)
+    deadline = time.monotonic() + seconds
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(why)
+
+
 def _ddp_rank_setup_error(rank, world, port, env, out_dir):
     os.environ.update(env)
     import torch.distributed as dist
@@ -659,13 +671,7 @@ def test_ddp_a_rank_that_cannot_cap_fails_every_rank(sweep_env, tmp_path):
     env = sweep_env(str(tmp_path / "x2-rank1-no-permission.scn"))
     import torch.multiprocessing as mp
 
-    ctx = mp.spawn(_ddp_rank_setup_error, args=(2, _free_port(), env, str(tmp_path)), nprocs=2, join=False)
-    deadline = time.monotonic() + 60
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("a rank hung")
+    _spawn_within(mp, _ddp_rank_setup_error, (2, _free_port(), env, str(tmp_path)), 2, 60, "a rank hung")
     got = [(tmp_path / ("rank%d.txt" % r)).read_text() for r in range(2)]
     assert got[1].startswith("PermissionDenied") and "CAP_SYS_ADMIN" in got[1]
     assert got[0].startswith("StateError") and "rank 1" in got[0]
@@ -711,14 +717,8 @@ def test_ddp_rank_0s_out_file_error_fails_every_rank_at_once(sweep_env, tmp_path
     env = sweep_env("h100x2-sweep.scn")
     import torch.multiprocessing as mp
 
-    ctx = mp.spawn(_ddp_rank_bad_out_file, args=(2, _free_port(), env, str(tmp_path), which), nprocs=2,
-                   join=False)
-    deadline = time.monotonic() + 90
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("a rank waited for rank 0")
+    _spawn_within(mp, _ddp_rank_bad_out_file, (2, _free_port(), env, str(tmp_path), which), 2, 90,
+                  "a rank waited for rank 0")
     got = [(tmp_path / ("rank%d.txt" % r)).read_text() for r in range(2)]
     assert got[0].startswith("FileError"), got
     assert got[1].startswith("StateError") and "rank 0" in got[1], got
