@@ -1227,6 +1227,43 @@ def test_lead_runs_before_each_sampled_step_on_a_gpu(cpu_fake, monkeypatch):
     assert not any(r["layer"] == lw.OUTSIDE_LEAD for r in tracker.stop().rows)
 
 
+def test_no_opening_lead_where_the_host_is_ahead_of_the_gpu(cpu_fake, monkeypatch):
+    """A GPU-bound loop: the fake GPU does 5 ms of work per event, more than the host's time per step (two events a
+    step not sampled: marker and probe), and the host blocks on a full launch queue.  The GPU has not reached the step before when a burst opens, so the burst
+    opens without a lead (the queue already runs the sampled kernels back to back) and pays nothing for one; the
+    rows still add up and the layers are measured.  The same loop with a fast GPU (host-bound) keeps its 0.3 s
+    opening leads."""
+    def run(work_ns):
+        gpu = FakeGPU(ppm=0.0, queue=48, work_ns=work_ns)
+        leads = []
+
+        def lead(seconds):
+            leads.append(seconds)
+            gpu.busy_until = max(gpu.busy_until, time.perf_counter_ns()) + int(seconds * 1e9)
+
+        monkeypatch.setattr(lw.tool, "_HostClock", lambda: lw._CudaClock(
+            torch, None, event_factory=gpu.event, synchronize=gpu.synchronize, stream=lambda: None,
+            now=time.perf_counter_ns, lead=lead))
+        model = Net()
+        tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=0.5, burst_seconds=0.05, warmup_steps=3,
+                                           _early_scale=False)
+        tracker.start(model)
+        train(model, make_data(12, batch=4))
+        return tracker.stop(), leads
+
+    result, leads = run(5_000_000)
+    assert_adds_up(result)
+    assert result.sampling["train"]["sampled_steps"] >= 1
+    assert result.clock["opening_leads_not_needed"] >= 1
+    assert not any(x == pytest.approx(0.3) for x in leads), leads
+    assert result.row(lw.OUTSIDE_LEAD, "train")["calls"] == 0
+    assert result.row("fc", "train")["calls"] == 12 and result.row("fc", "train")["time_s"] > 0
+    result, leads = run(20_000)
+    assert_adds_up(result)
+    assert result.clock["opening_leads_not_needed"] == 0
+    assert any(x == pytest.approx(0.3) for x in leads), leads
+
+
 def test_sampling_arguments_are_checked(cpu_fake):
     with pytest.raises(InvalidArgument, match="sample='x'.*'auto'"):
         LayerwiseMeasurementTool(None, gpu_num=0, sample="x")

@@ -53,6 +53,12 @@ class _HostClock:
     def lead(self, seconds: float) -> bool:
         return False
 
+    def probe(self) -> None:
+        pass
+
+    def probe_pending(self) -> bool:
+        return False
+
     def reserve(self, n: int) -> None:
         pass
 
@@ -104,6 +110,7 @@ class _CudaClock:
         self.events = 0
         self.cycles_per_s: Optional[float] = None
         self._lead: Optional[Callable[[float], None]] = lead  # (fake GPUs in tests pass their own)
+        self._probe: Any = None  # probe(): one event, recorded again at each step not sampled
 
     POOL_WARM = 2048  # events created (and their CUDA events with them) at begin(), off the hot path
 
@@ -235,6 +242,17 @@ class _CudaClock:
             return False
         self._lead(seconds)
         return True
+
+    def probe(self) -> None:
+        """Records the probe event on the current stream (see probe_pending)."""
+        if self._probe is None:
+            self._probe = self._new_event()
+        self._probe.record(self._stream())
+
+    def probe_pending(self) -> bool:
+        """True while the GPU has not reached the probe's last record: the host is ahead of the GPU by the work
+        queued since (no host wait: one query)."""
+        return self._probe is not None and not self._probe.query()
 
     def maybe_reanchor(self) -> None:
         age = self.now() - self.anchor_host

@@ -12,12 +12,16 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 from .. import _joulecap
 from ..errors import JoulecapWarning
 from .capture import _Capture, _flatten_tensors, _key_of, _make
+from .knots import _GRID_NS, counter_steps
 from .rows import PHASES, TRAIN
 
 
 _COUNTER_STEP_S = 0.1  # the GPU energy counter's step: longer calls get their own power from it (knots.py)
-_MIN_REPLAY_S = 0.5  # a budgeted replay runs a layer at least this long (five counter steps)
-_REPLAY_SETUP_S = 0.15  # a replay's warm-up and graph capture, about
+_MIN_REPLAY_S = 0.25  # a budgeted replay runs a layer at least this long (one whole counter step inside, always)
+_REPLAY_SETUP_S = 0.1  # a replay's warm-up and graph capture, about
+# A counter step gives a replayed layer's power where it lies inside the layer's stretch, this far in from its
+# start (the counter may report a step's energy a few ms late: the step then still holds only the layer).
+_STEP_MARGIN_NS = 20_000_000
 
 
 class _Replayer:
@@ -58,9 +62,8 @@ class _Replayer:
         dev = run.clock.device if cuda else None
         rng_cpu = torch.get_rng_state()
         rng_cuda = torch.cuda.get_rng_state(dev) if cuda else None
-        by_key: Dict[Any, List[float]] = {}
-        out: List[Dict[str, Any]] = []
-        power: Dict[int, List[float]] = {}
+        by_key: Dict[Any, Dict[str, Any]] = {}  # key -> the first replay of that work (measure_alone, deferred)
+        done: List[Tuple[int, Dict[str, Any], Any]] = []  # (row, info, key)
         try:
             for r in chosen:
                 row = run.rows[r]
@@ -69,31 +72,66 @@ class _Replayer:
                 backward, key = self._key(r)
                 info = {"layer": row.name, "phase": PHASES[row.phase], "backward": backward}
                 if key in by_key:
-                    p = by_key[key]
-                    info["same_as"] = next(o["layer"] for o in out if o.get("key") == key and "same_as" not in o)
+                    info["same_as"] = by_key[key]["layer"]
                 else:
                     if deadline is not None and time.perf_counter() + seconds > deadline:
                         self.info["note"] = "budget spent after %d distinct layers" % len(by_key)
                         break
                     try:
-                        p, secs, iters = self._measure(module, cap, row.phase, backward)
+                        m = self._measure(module, cap, row.phase, backward)
                     except Exception as e:  # a layer that cannot run alone keeps its measured energy
                         warnings.warn("replay of %s failed (%s: %s); it keeps its interval energy"
                                       % (row.name, type(e).__name__, e), JoulecapWarning, stacklevel=3)
                         continue
-                    by_key[key] = p
-                    info.update(seconds=secs, iterations=iters, graph=self.last_graph)
-                info["key"] = key
-                info.update({"%s_power_w" % lab: v for lab, v in zip(tool._devices.labels, p)})
-                out.append(info)
-                power[r] = p
+                    m["layer"] = row.name
+                    by_key[key] = m
+                    info.update(seconds=m["seconds"], iterations=m["iterations"], graph=m["graph"])
+                done.append((r, info, key))
         finally:
             torch.set_rng_state(rng_cpu)
             if cuda:
                 torch.cuda.set_rng_state(rng_cuda, dev)
-        for o in out:
-            o.pop("key", None)
+            for m in by_key.values():
+                finish_alone(tool._ctx, m)
+        self._step_powers(list(by_key.values()))
+        out: List[Dict[str, Any]] = []
+        power: Dict[int, List[float]] = {}
+        for r, info, key in done:
+            m = by_key[key]
+            p = m["power_w"]
+            if "same_as" not in info:
+                info["power_from"] = m["power_from"]
+            info.update({"%s_power_w" % lab: v for lab, v in zip(tool._devices.labels, p)})
+            out.append(info)
+            power[r] = p
         return out, power
+
+    def _step_powers(self, replays: List[Dict[str, Any]]) -> None:
+        """Each replay's GPU power from the energy counter's whole steps inside its stretch, where there are any
+        (``power_from`` "counter steps"): exact energies, where the window's ends take the power of the counter
+        steps they cut, which mix the layer with what ran before and after it (warm-up, capture, idle).  Else
+        the window's ("window")."""
+        for m in replays:
+            m["power_from"] = ["window"] * len(m["power_w"])
+        live = [m for m in replays if m.get("t_b", 0) > m.get("t_a", 0)]
+        gpus = [d for d, lab in enumerate(self.tool._devices.labels) if lab.startswith("gpu")]
+        if not live or not gpus:
+            return
+        lo, hi = min(m["t_a"] for m in live), max(m["t_b"] for m in live)
+        grid = list(range(lo - 2 * _GRID_NS, hi + 2 * _GRID_NS, _GRID_NS))
+        try:
+            energy, _ = self.tool._ctx.energy_at(grid, 1.0)
+        except Exception:
+            return
+        for d in gpus:
+            steps = counter_steps(grid, [row[d] for row in energy])
+            for m in live:
+                a, b = m["t_a"] + _STEP_MARGIN_NS, m["t_b"]
+                inside = [(s0, s1, p) for s0, s1, p in steps if s0 >= a and s1 <= b]
+                t = sum(s1 - s0 for s0, s1, _ in inside)
+                if t > 0:
+                    m["power_w"][d] = sum(p * (s1 - s0) for s0, s1, p in inside) / t * 1e9
+                    m["power_from"][d] = "counter steps"
 
     def _key(self, r: int) -> Tuple[bool, Any]:
         """Whether row r's replay includes its backward, and the key of the work it replays (rows with the same
@@ -139,21 +177,24 @@ class _Replayer:
             fit, n)
         return rows, per, note
 
-    def _measure(self, module: Any, cap: _Capture, phase: int, backward: bool) -> Tuple[List[float], float, int]:
+    def _measure(self, module: Any, cap: _Capture, phase: int, backward: bool) -> Dict[str, Any]:
         tool = self.tool
         m = measure_alone(self.torch, tool._ctx, module, cap, phase, backward, self.seconds,
                           tool._device_type, self.run_.clock.device if tool._device_type == "cuda" else None,
-                          graph=True)
+                          graph=True, wait=False)
         self.last_graph = bool(m["graph"])
-        return m["power_w"], m["seconds"], m["iterations"]
+        return m
 
 
 def measure_alone(torch: Any, ctx: Any, module: Any, cap: _Capture, phase: int, backward: bool, seconds: float,
-                  device_type: str, device: Any = None, graph: bool = False) -> Dict[str, Any]:
+                  device_type: str, device: Any = None, graph: bool = False, wait: bool = True) -> Dict[str, Any]:
     """Runs one layer alone on its captured inputs (forward, plus backward when asked) for ``seconds`` after a
     short warm-up, and measures the energy of that stretch with a window of ``ctx``.
 
-    Returns ``power_w`` and ``energy_j`` (lists per device of ctx), ``seconds``, ``iterations``.  The module is
+    Returns ``power_w`` and ``energy_j`` (lists per device of ctx), ``seconds``, ``iterations``, and ``t_a``,
+    ``t_b`` (the timed stretch, host ns: the GPU runs the layer all through it).  wait=False: returns at once
+    after the stretch, with the energy window still open on the library's side (``window``), so that the next
+    layer's replay need not wait for the counter; finish_alone() then fills ``power_w`` and ``energy_j``.  The module is
     left as it was: its buffers (BatchNorm statistics) and train/eval mode are restored, gradients are taken
     with torch.autograd.grad (no .grad is touched).  The caller restores the random number generators.
 
@@ -227,35 +268,48 @@ def measure_alone(torch: Any, ctx: Any, module: Any, cap: _Capture, phase: int, 
             captured = _capture_graph(torch, device, step, state, 8)
             if captured is not None:
                 run_once, per = captured.replay, 8
-                for _ in range(3):
-                    run_once()
+                run_once()  # (warms the graph; the layer also runs right up to the stretch)
                 sync()
-        t_a = _joulecap.now_ns()
-        w = ctx.start_at(t_a)
         def record() -> Any:
             ev = torch.cuda.Event()
             ev.record(torch.cuda.current_stream(device))
             return ev
 
-        iters = _run_until(run_once, per, t_a + int(seconds * 1e9), _joulecap.now_ns, record if cuda else None)
-        sync()
-        t_b = _joulecap.now_ns()
-        ctx.stop_at(w, t_b)
-        res = ctx.result(w, 10.0)
-        ctx.release(w)
+        t_a = _joulecap.now_ns()
+        w = ctx.start_at(t_a)
+        try:
+            iters = _run_until(run_once, per, t_a + int(seconds * 1e9), _joulecap.now_ns, record if cuda else None)
+            sync()
+            t_b = _joulecap.now_ns()
+            ctx.stop_at(w, t_b)
+        except BaseException:
+            ctx.release(w)
+            raise
     finally:
         module.train(was_training)
         with torch.no_grad():
             for b, v in saved:
                 b.copy_(v)
-    secs = (t_b - t_a) * 1e-9
-    return {
-        "power_w": [e / secs if secs > 0 else float("nan") for e in res["energy_j"]],
-        "energy_j": list(res["energy_j"]),
-        "seconds": secs,
-        "iterations": iters,
-        "graph": state["graph"],
-    }
+    m = {"window": w, "t_a": t_a, "t_b": t_b, "seconds": (t_b - t_a) * 1e-9, "iterations": iters,
+         "graph": state["graph"]}
+    if wait:
+        finish_alone(ctx, m)
+    return m
+
+
+def finish_alone(ctx: Any, m: Dict[str, Any]) -> None:
+    """Fetches the energy of a measure_alone(wait=False) window (waits for the counter to pass its end) into
+    ``energy_j`` and ``power_w``, and releases the window."""
+    w = m.pop("window", None)
+    if w is None:
+        return
+    try:
+        res = ctx.result(w, 10.0)
+    finally:
+        ctx.release(w)
+    secs = m["seconds"]
+    m["energy_j"] = list(res["energy_j"])
+    m["power_w"] = [e / secs if secs > 0 else float("nan") for e in res["energy_j"]]
 
 
 def _run_until(run_once: Callable[[], None], per: int, end_ns: int, now: Callable[[], int],

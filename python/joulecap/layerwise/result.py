@@ -245,6 +245,7 @@ def _build_result(run: Any, devices: Any, mode: str, out_file: Optional[str], wh
             d["sampled_steps"] = run.sampled[PHASES.index(ph)]
     clock["lead_s"] = (run.lead_ns + run.lead_inner_ns) * 1e-9
     clock["short_leads_skipped"] = run.leads_skipped
+    clock["opening_leads_not_needed"] = run.leads_not_needed
     clock["bursts_corrected"], clock["bursts_uncorrected"] = run.burst_counts()
     clock["knots_fitted"] = run.knots_fitted
     # what the sampling cost: the opening leads, and the sampled steps' host time beyond a step not sampled

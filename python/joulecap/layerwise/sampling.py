@@ -58,6 +58,11 @@ class _Sampling:
         self.host_per_mark_min: Optional[float] = None  # the burst's least host time per marker (_inner_lead)
         self.lead_end: Any = None  # the marker after the burst's last lead (an event: has the GPU got there?)
         self.leads_skipped = 0
+        # The GPU had not reached the start of the step before when this one began: the host is a step or more
+        # ahead (a GPU-bound loop), the launch queue already runs the sampled kernels back to back, and a burst
+        # opens without a lead (open_lead_ns).  From the probe event recorded at each step not sampled.
+        self.host_ahead = False
+        self.leads_not_needed = 0  # bursts opened without a lead for that reason
 
     def make_step_pre(self) -> Callable:
         """The model's first forward pre-hook: a forward of the model that no measured forward or backward encloses
@@ -84,6 +89,7 @@ class _Sampling:
                 sample = True
             else:
                 run.burst_left = 0
+                run.host_ahead = run.leads() and run.clock.probe_pending()
                 sample = run.decide(ph, now, warm)
                 if sample and run.leads():
                     steps = run.plan_burst(ph)
@@ -111,6 +117,8 @@ class _Sampling:
                 run.plain_slots.add(slot)
                 run.calls[slot] += 1
                 run.mark(slot)
+                if run.leads():
+                    run.clock.probe()
                 if capture:
                     run.begin_capture(ph)
             run.unit = (ph, sample, now, warm)
@@ -180,10 +188,12 @@ class _Sampling:
         return self.tool.lead and not self.sample_all and self.clock.has_lead
 
     def open_lead_ns(self, now: int) -> int:
-        """The opening lead's length: 0.3 s (long enough for its interior to measure a waiting GPU), shorter early
-        in a run, max_overhead x the time so far but at least 50 ms (enough to put the host ahead), so that a short
-        run does not pay a fixed 0.3 s.  A burst behind a short lead gets its powers from the counter's steps
-        alone (_fit_knots_whole) or from the steps not sampled."""
+        """The opening lead's length: none where the host is ahead of the GPU already (host_ahead); else 0.3 s
+        (long enough for its interior to measure a waiting GPU), or with _early_scale shorter early in a run,
+        max_overhead x the time so far but at least 50 ms (enough to put the host ahead).  A burst behind no lead
+        or a short one gets its powers from the counter's steps alone (_fit_knots_whole)."""
+        if self.host_ahead:
+            return 0
         if not self.tool._early_scale:
             return _OPEN_LEAD_NS
         return int(min(_OPEN_LEAD_NS, max(_MIN_OPEN_LEAD_NS, self.tool.max_overhead * (now - self.t_start_host))))
@@ -214,15 +224,18 @@ class _Sampling:
         instead.  The leads' time and energy go to the row "(outside) joulecap lead"."""
         r = self._outside_row(OUTSIDE_LEAD, ph)
         self.open_lead_slots.add(2 * r)  # short leads use the row's other half, 2 * r + 1
-        self.calls[2 * r] += 1
         self.burst_steps.append(1)
         # events first: recording them while the GPU waits would fill the launch queue and stall the host
         self.clock.reserve(min(int(1.2 * steps * self.marks_per_step) + 64, 1 << 17))
         self.mark(2 * r)
         lead_ns = self.open_lead_ns(time.perf_counter_ns())
-        if not self.clock.lead(lead_ns * 1e-9):
-            return
-        self.lead_ns += lead_ns
+        if lead_ns:
+            if not self.clock.lead(lead_ns * 1e-9):
+                return
+            self.calls[2 * r] += 1
+            self.lead_ns += lead_ns
+        else:
+            self.leads_not_needed += 1  # (the burst's marker stays: it opens the burst in resolve.py)
         self.mark(self.fstack[-1][0] if self.fstack else self.idle_slot())
         self.lead_end, self.host_per_mark_min = self.mt[-1], None
         self.burst_mark0 = (len(self.mt), steps)
