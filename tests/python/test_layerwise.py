@@ -1672,6 +1672,53 @@ def test_default_mode_replays_short_layers_within_its_budget(cpu_fake):
     assert "auto_replay" not in result.clock and not result.replayed
 
 
+def test_replayed_power_comes_from_whole_counter_steps(fake_env, tmp_path):
+    """The default mode's replay of short layers on the fake GPU whose power follows the layer that runs
+    (joulecap_fake_set_load): 5 ms calls at 700 W and at 280 W, 100 W between the replays.  A replay's stretch
+    (0.3 s) holds whole counter steps (100 ms), and those give the layer's power exactly; the window over the
+    stretch alone would mix its ends with the idle steps around it."""
+    import ctypes
+
+    scn = tmp_path / "follow.scn"
+    scn.write_text("[device]\nidle_w = 100\nloaded_w = 700\nload = 0\ncounter_step_ms = 100\ncounter_phase_ms = 23\n"
+                   "instant_period_ms = 100\nenergy_latency_ms = 1\nenergy_latency_jitter_ms = 0\n")
+    fake_env(scenario=str(scn), sysfs="norapl", proc="qemu")
+    fake = ctypes.CDLL(joulecap._paths.fake_nvml_library())
+    fake.joulecap_fake_set_load.argtypes = [ctypes.c_uint, ctypes.c_double]
+
+    class Draw(nn.Module):
+        def __init__(self, load):
+            super().__init__()
+            self.load = load
+
+        def forward(self, x):
+            fake.joulecap_fake_set_load(0, self.load)
+            time.sleep(0.005)
+            fake.joulecap_fake_set_load(0, 0.0)
+            return x
+
+        def extra_repr(self):  # (distinct work: the two are replayed apart)
+            return "load=%g" % self.load
+
+    model = nn.Sequential(Draw(1.0), Draw(0.3))
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, replay_budget=1.0, replay_seconds=0.3, replay_min_share=0)
+    assert fake.joulecap_fake_set_load(0, 0.0) == 0  # (the tool's NVML is up: the fake takes loads)
+    tracker.start(model)
+    t0 = time.monotonic()
+    with torch.no_grad():
+        while time.monotonic() - t0 < 1.5:
+            model(torch.zeros(1))
+    result = tracker.stop()
+    fake.joulecap_fake_set_load(0, -1.0)
+    assert_adds_up(result)
+    replayed = {r["layer"]: r for r in result.replayed}
+    assert set(replayed) == {"0", "1"}, result.clock.get("auto_replay")
+    for name, want in (("0", 700.0), ("1", 280.0)):
+        r = replayed[name]
+        assert r["power_from"][1] == "counter steps" and r["seconds"] >= 0.25, r
+        assert r["gpu0_power_w"] == pytest.approx(want, rel=0.05), r
+
+
 def test_opening_lead_scales_with_the_time_so_far(cpu_fake):
     """A short run does not pay a fixed 0.3 s lead: early on the opening lead is max_overhead x the time so far
     (at least 50 ms), and the phase's first burst only as many steps as that share pays for (at least one);

@@ -91,6 +91,8 @@ class _Sampling:
                 run.burst_left = 0
                 run.host_ahead = run.leads() and run.clock.probe_pending()
                 sample = run.decide(ph, now, warm)
+                if sample and run.sampled[ph] and run.capture_due(ph, warm, now):
+                    sample = False  # (the replay's captures are taken in a step not sampled: this one)
                 if sample and run.leads():
                     steps = run.plan_burst(ph)
                     run.burst_left, run.burst_phase = steps - 1, ph
