@@ -131,8 +131,9 @@ class LayerwiseResult:
                     "note", "").startswith("skipped") else ")"
         cost, budget = self.clock.get("sampling_cost_share"), self.clock.get("max_overhead")
         if cost is not None and budget is not None and cost > budget and self.sampling:
-            note += "; sampling cost %.0f%% of this run, over max_overhead (%.0f%%): a run this short pays at " \
-                    "least one burst of sampled steps and its 0.3 s lead" % (100 * cost, 100 * budget)
+            note += ("; sampling cost %.0f%% of this run, over max_overhead (%.0f%%): a run this short pays at least "
+                     "one burst of sampled steps, and its 0.3 s lead where the host was not ahead of the GPU"
+                     % (100 * cost, 100 * budget))
         if partial:
             note += "; PARTIAL: %s" % "; ".join("%s %s" % ("CPU" if k == "cpu" else k.upper(), self.estimates.get(k, ""))
                                                for k in partial)
