@@ -1168,12 +1168,10 @@ def test_layers_called_directly_are_measured_without_a_step(cpu_fake):
     assert result.row("fc")["calls"] == 1 and result.row("fc")["backward_calls"] == 1
 
 
-def test_lead_runs_before_each_sampled_step_on_a_gpu(cpu_fake, monkeypatch):
-    """With (fake) CUDA events, each sampled step starts with a lead: GPU-side delay in its own row.  The fake GPU
-    has a launch queue (the host blocks while it is full) and does 20 us of work per event: while it is still
-    in a lead no short lead is added, and the host time blocked on the full queue behind the 0.3 s opening lead
-    does not make the short leads longer (they grew to their 0.1 s cap that way)."""
-    gpu = FakeGPU(ppm=0.0, queue=48, work_ns=20_000)
+def queued_fake_gpu(monkeypatch, work_ns):
+    """The tool's clock on a FakeGPU with a 48-command launch queue doing work_ns per event, whose leads delay it;
+    returns the list of the leads' lengths (s), filled as the tool enqueues them."""
+    gpu = FakeGPU(ppm=0.0, queue=48, work_ns=work_ns)
     leads = []
 
     def lead(seconds):
@@ -1183,6 +1181,15 @@ def test_lead_runs_before_each_sampled_step_on_a_gpu(cpu_fake, monkeypatch):
     monkeypatch.setattr(lw.tool, "_HostClock", lambda: lw._CudaClock(
         torch, None, event_factory=gpu.event, synchronize=gpu.synchronize, stream=lambda: None,
         now=time.perf_counter_ns, lead=lead))
+    return leads
+
+
+def test_lead_runs_before_each_sampled_step_on_a_gpu(cpu_fake, monkeypatch):
+    """With (fake) CUDA events, each sampled step starts with a lead: GPU-side delay in its own row.  The fake GPU
+    has a launch queue (the host blocks while it is full) and does 20 us of work per event: while it is still
+    in a lead no short lead is added, and the host time blocked on the full queue behind the 0.3 s opening lead
+    does not make the short leads longer (they grew to their 0.1 s cap that way)."""
+    leads = queued_fake_gpu(monkeypatch, 20_000)
     monkeypatch.setattr(lw.sampling, "LEAD_EVERY", 16)  # short leads even in short bursts of this small model
     in_burst = []
     orig_resolve = lw._Run.resolve
@@ -1234,16 +1241,7 @@ def test_no_opening_lead_where_the_host_is_ahead_of_the_gpu(cpu_fake, monkeypatc
     rows still add up and the layers are measured.  The same loop with a fast GPU (host-bound) keeps its 0.3 s
     opening leads."""
     def run(work_ns):
-        gpu = FakeGPU(ppm=0.0, queue=48, work_ns=work_ns)
-        leads = []
-
-        def lead(seconds):
-            leads.append(seconds)
-            gpu.busy_until = max(gpu.busy_until, time.perf_counter_ns()) + int(seconds * 1e9)
-
-        monkeypatch.setattr(lw.tool, "_HostClock", lambda: lw._CudaClock(
-            torch, None, event_factory=gpu.event, synchronize=gpu.synchronize, stream=lambda: None,
-            now=time.perf_counter_ns, lead=lead))
+        leads = queued_fake_gpu(monkeypatch, work_ns)
         model = Net()
         tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=0.5, burst_seconds=0.05, warmup_steps=3,
                                            _early_scale=False)
@@ -1592,10 +1590,10 @@ def test_counter_steps_found_from_the_series():
         assert p * 1e9 == pytest.approx(true, rel=1e-6)
 
 
-def test_layers_of_a_sampled_burst_get_the_power_drawn_while_they_ran(fake_env, tmp_path, monkeypatch):
-    """End to end on the fake GPU, whose power follows the layer that runs (joulecap_fake_set_load): layer 0
-    draws 700 W, layer 1 280 W, for 0.25 s a call each, 100 W otherwise (the leads, between steps).  Sampled in
-    bursts behind leads (fake CUDA events), each layer comes out at its own power, not the bursts' average."""
+def load_following_gpu(fake_env, tmp_path):
+    """The fake GPU whose power follows a load set while a layer runs (joulecap_fake_set_load): 100 W idle, 700 W
+    at load 1, a 100 ms counter step.  Returns the fake NVML library and Draw(load, seconds), a layer that draws
+    that load for that long a call (layers of distinct loads are distinct work: replayed apart)."""
     import ctypes
 
     scn = tmp_path / "follow.scn"
@@ -1604,6 +1602,29 @@ def test_layers_of_a_sampled_burst_get_the_power_drawn_while_they_ran(fake_env, 
     fake_env(scenario=str(scn), sysfs="norapl", proc="qemu")
     fake = ctypes.CDLL(joulecap._paths.fake_nvml_library())
     fake.joulecap_fake_set_load.argtypes = [ctypes.c_uint, ctypes.c_double]
+
+    class Draw(nn.Module):
+        def __init__(self, load, seconds):
+            super().__init__()
+            self.load, self.seconds = load, seconds
+
+        def forward(self, x):
+            fake.joulecap_fake_set_load(0, self.load)
+            time.sleep(self.seconds)
+            fake.joulecap_fake_set_load(0, 0.0)
+            return x
+
+        def extra_repr(self):
+            return "load=%g" % self.load
+
+    return fake, Draw
+
+
+def test_layers_of_a_sampled_burst_get_the_power_drawn_while_they_ran(fake_env, tmp_path, monkeypatch):
+    """End to end on the fake GPU, whose power follows the layer that runs (joulecap_fake_set_load): layer 0
+    draws 700 W, layer 1 280 W, for 0.25 s a call each, 100 W otherwise (the leads, between steps).  Sampled in
+    bursts behind leads (fake CUDA events), each layer comes out at its own power, not the bursts' average."""
+    fake, Draw = load_following_gpu(fake_env, tmp_path)
     gpu = FakeGPU(ppm=0.0)
 
     def lead(seconds):  # a GPU that waits: idle power, for that long (the fake GPU keeps pace with the host)
@@ -1614,18 +1635,7 @@ def test_layers_of_a_sampled_burst_get_the_power_drawn_while_they_ran(fake_env, 
         torch, None, event_factory=gpu.event, synchronize=gpu.synchronize, stream=lambda: None,
         now=time.perf_counter_ns, lead=lead))
 
-    class Draw(nn.Module):
-        def __init__(self, load):
-            super().__init__()
-            self.load = load
-
-        def forward(self, x):
-            fake.joulecap_fake_set_load(0, self.load)
-            time.sleep(0.25)
-            fake.joulecap_fake_set_load(0, 0.0)
-            return x
-
-    model = nn.Sequential(Draw(1.0), Draw(0.3))
+    model = nn.Sequential(Draw(1.0, 0.25), Draw(0.3, 0.25))
     tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=0.5, replay_budget=0, interval_s=0.005)
     assert fake.joulecap_fake_set_load(0, 0.0) == 0  # (the tool's NVML is up: the fake takes loads)
     tracker.start(model)
@@ -1677,30 +1687,9 @@ def test_replayed_power_comes_from_whole_counter_steps(fake_env, tmp_path):
     (joulecap_fake_set_load): 5 ms calls at 700 W and at 280 W, 100 W between the replays.  A replay's stretch
     (0.3 s) holds whole counter steps (100 ms), and those give the layer's power exactly; the window over the
     stretch alone would mix its ends with the idle steps around it."""
-    import ctypes
+    fake, Draw = load_following_gpu(fake_env, tmp_path)
 
-    scn = tmp_path / "follow.scn"
-    scn.write_text("[device]\nidle_w = 100\nloaded_w = 700\nload = 0\ncounter_step_ms = 100\ncounter_phase_ms = 23\n"
-                   "instant_period_ms = 100\nenergy_latency_ms = 1\nenergy_latency_jitter_ms = 0\n")
-    fake_env(scenario=str(scn), sysfs="norapl", proc="qemu")
-    fake = ctypes.CDLL(joulecap._paths.fake_nvml_library())
-    fake.joulecap_fake_set_load.argtypes = [ctypes.c_uint, ctypes.c_double]
-
-    class Draw(nn.Module):
-        def __init__(self, load):
-            super().__init__()
-            self.load = load
-
-        def forward(self, x):
-            fake.joulecap_fake_set_load(0, self.load)
-            time.sleep(0.005)
-            fake.joulecap_fake_set_load(0, 0.0)
-            return x
-
-        def extra_repr(self):  # (distinct work: the two are replayed apart)
-            return "load=%g" % self.load
-
-    model = nn.Sequential(Draw(1.0), Draw(0.3))
+    model = nn.Sequential(Draw(1.0, 0.005), Draw(0.3, 0.005))
     tracker = LayerwiseMeasurementTool(None, gpu_num=0, replay_budget=1.0, replay_seconds=0.3, replay_min_share=0)
     assert fake.joulecap_fake_set_load(0, 0.0) == 0  # (the tool's NVML is up: the fake takes loads)
     tracker.start(model)
