@@ -487,7 +487,7 @@ def overhead(args, torch, device, gpu_arg, label, rec):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def table(four, nets, ovh):
+def table(four, nets, ovh, run_s):
     lines = ["per-layer MAE of GPU energy per call against each layer alone (lower is better)"]
     meths = ["default", "default5m", "before", "replay", "seed"]
     lines.append("%-16s %7s" % ("workload", "layers") + "".join(" %9s" % m for m in meths) +
@@ -521,7 +521,7 @@ def table(four, nets, ovh):
     lines.append("default: the tool's defaults over this run (%s); default5m: the same with the replay budget a "
                  "5-minute run gets (5%% of 300 s: replay_budget = 15 s / this run's length); before: the default "
                  "before issue 17 (no knots, no replay); seed: host time in hooks x the run's average power."
-                 % "about 6 s")
+                 % ("runs of about %.0f s" % run_s))
     return "\n".join(lines)
 
 
@@ -587,7 +587,7 @@ def main(argv=None):
                 rec.write("skipped", what=name, reason="budget")
                 continue
             nets.append(net_workload(name, args, torch, device, gpu_arg, label, rec, methods))
-    text = table(four, nets, ovh)
+    text = table(four, nets, ovh, 1.0 if args.fake else args.run_seconds)
     rec.write("table", text=text, total_s=elapsed())
     with open(os.path.join(out_dir, "layerwise17%s-table.txt" % suffix), "w") as f:
         f.write(text + "\n")
