@@ -1168,11 +1168,16 @@ def test_layers_called_directly_are_measured_without_a_step(cpu_fake):
     assert result.row("fc")["calls"] == 1 and result.row("fc")["backward_calls"] == 1
 
 
+class _Leads(list):
+    gpu: "FakeGPU"
+
+
 def queued_fake_gpu(monkeypatch, work_ns):
     """The tool's clock on a FakeGPU with a 48-command launch queue doing work_ns per event, whose leads delay it;
-    returns the list of the leads' lengths (s), filled as the tool enqueues them."""
+    returns the list of the leads' lengths (s), filled as the tool enqueues them, with the FakeGPU as .gpu."""
     gpu = FakeGPU(ppm=0.0, queue=48, work_ns=work_ns)
-    leads = []
+    leads = _Leads()
+    leads.gpu = gpu
 
     def lead(seconds):
         leads.append(seconds)
@@ -1235,31 +1240,49 @@ def test_lead_runs_before_each_sampled_step_on_a_gpu(cpu_fake, monkeypatch):
 
 
 def test_no_opening_lead_where_the_host_is_ahead_of_the_gpu(cpu_fake, monkeypatch):
-    """A GPU-bound loop: the fake GPU does 5 ms of work per event, more than the host's time per step (two events a
-    step not sampled: marker and probe), and the host blocks on a full launch queue.  The GPU has not reached the step before when a burst opens, so the burst
-    opens without a lead (the queue already runs the sampled kernels back to back) and pays nothing for one; the
-    rows still add up and the layers are measured.  The same loop with a fast GPU (host-bound) keeps its 0.3 s
-    opening leads."""
-    def run(work_ns):
-        leads = queued_fake_gpu(monkeypatch, work_ns)
+    """A GPU-bound loop: each step queues 0.1 s of work on the fake GPU, far more than the host's time per step.
+    start() leaves the GPU idle, so at the first step after the warm-up the host is not a step ahead yet; the first
+    burst waits (at most _PROBE_STEPS steps) while the probe shows the GPU behind, until it is a whole step
+    behind, and then opens without a lead (the queue already runs the sampled kernels back to back) and pays
+    nothing for one; the rows still add up and the layers are measured.  A host-bound loop (the GPU idle when a
+    step starts) is sampled from the third step after the warm-up on, behind 0.3 s opening leads."""
+    def run(step_work_ns, **kw):
+        leads = queued_fake_gpu(monkeypatch, 20_000)
+        gpu = leads.gpu
         model = Net()
-        tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=0.5, burst_seconds=0.05, warmup_steps=3,
-                                           _early_scale=False)
+        tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=0.5, burst_seconds=0.05,
+                                           _early_scale=False, **kw)
         tracker.start(model)
-        train(model, make_data(12, batch=4))
-        return tracker.stop(), leads
 
-    result, leads = run(5_000_000)
-    assert_adds_up(result)
-    assert result.sampling["train"]["sampled_steps"] >= 1
-    assert result.clock["opening_leads_not_needed"] >= 1
-    assert not any(x == pytest.approx(0.3) for x in leads), leads
-    assert result.row(lw.OUTSIDE_LEAD, "train")["calls"] == 0
-    assert result.row("fc", "train")["calls"] == 12 and result.row("fc", "train")["time_s"] > 0
-    result, leads = run(20_000)
+        behind = []
+
+        def step_work(mod, args):  # (after the tool's step hook: the step's kernels, queued behind its probe)
+            now = time.perf_counter_ns()
+            behind.append(gpu.busy_until - now > step_work_ns)  # the GPU short of the step before's start
+            gpu.busy_until = max(gpu.busy_until, now) + step_work_ns
+
+        model.register_forward_pre_hook(step_work)
+        train(model, make_data(12, batch=4))
+        warm = tracker.warmup_steps  # (the step where the first burst can open without a lead, at the earliest)
+        return tracker.stop(), leads, behind[max(2, warm)]
+
+    for kw in ({}, {"warmup_steps": 3}):
+        for _ in range(5):  # (a loaded machine can stall the host for longer than a step's work: run again)
+            result, leads, gpu_bound = run(100_000_000, **kw)
+            if gpu_bound:
+                break
+        assert gpu_bound, "the loop was never GPU-bound: the host stalled for longer than a step's work"
+        assert_adds_up(result)
+        assert result.sampling["train"]["sampled_steps"] >= 1
+        assert result.clock["opening_leads_not_needed"] >= 1
+        assert not any(x == pytest.approx(0.3) for x in leads), leads
+        assert result.row(lw.OUTSIDE_LEAD, "train")["calls"] == 0
+        assert result.row("fc", "train")["calls"] == 12 and result.row("fc", "train")["time_s"] > 0
+    result, leads, _ = run(0)
     assert_adds_up(result)
     assert result.clock["opening_leads_not_needed"] == 0
     assert any(x == pytest.approx(0.3) for x in leads), leads
+    assert result.sampling["train"]["sampled_steps"] >= 1
 
 
 def test_sampling_arguments_are_checked(cpu_fake):

@@ -21,6 +21,10 @@ from .rows import INFER, OUTSIDE_LEAD, OUTSIDE_UNSAMPLED, TRAIN
 _OPEN_LEAD_NS = 300_000_000  # a burst's opening lead: its interior (0.1 s in from both ends) measures a waiting GPU
 _MIN_OPEN_LEAD_NS = 50_000_000  # the opening lead early in a run, when max_overhead x the time so far is less
 _SETTLE_STEPS = 4  # steps not sampled after sampled ones that do not time a base (the GPU catches up first)
+# On a GPU, the phase's first burst waits up to this many steps after the warm-up while the GPU runs behind the
+# host but not yet a whole step behind (a GPU-bound loop gets there in a few steps), so that it opens without a lead.
+_PROBE_STEPS = 4
+_BEHIND_SHARE = 0.25  # "behind": the probe's lag is at least this share of the step before's host time
 LEAD_EVERY = 256  # markers between short leads inside a burst (~500 CUDA commands: half the launch queue)
 
 
@@ -46,6 +50,7 @@ class _Sampling:
         self.unit: Optional[Tuple[int, bool, int, bool]] = None  # (phase, sampled, t0 host ns, warm-up)
         self.t_start_host = time.perf_counter_ns()
         self.first_unit_ns = 50_000_000  # the warm-up step's host time, once known
+        self.last_unit_ns = 0  # the host time of the step before
         # bursts: consecutive sampled steps behind one lead (see make_step_pre, resolve.py, bursts.py)
         self.open_lead_slots: set = set()  # slots of opening leads (a lead row's forward half)
         self.plain_slots: set = set()  # slots of steps not sampled
@@ -134,6 +139,7 @@ class _Sampling:
             return
         ph, sampled, t0, warm = self.unit
         self.unit = None
+        self.last_unit_ns = now - t0
         if sampled:
             self.since_sampled = 0
             if not self.sample_all:
@@ -153,7 +159,9 @@ class _Sampling:
 
     def decide(self, ph: int, now: int, warm: bool) -> bool:
         """Sample this step?  Every step with sample="all".  Otherwise not the warm-up steps (cuDNN autotuning,
-        allocations, lazy initialisation make them unlike the others), then the phase's first step, then whenever
+        allocations, lazy initialisation make them unlike the others), then the phase's first step (on a GPU, the
+        first that shows the host a step ahead or, from the third after the warm-up, the GPU idle at the step
+        before's start; at the latest the _PROBE_STEPS-th after the warm-up), then whenever
         the extra time spent on sampled steps (their duration beyond a step not sampled, plus their leads) stays
         within max_overhead of the time elapsed, counting the step about to be sampled."""
         if self.sample_all:
@@ -161,6 +169,12 @@ class _Sampling:
         if warm:
             return False
         if self.sampled[ph] == 0:
+            n = self.steps[ph] - self.tool.warmup_steps
+            if self.leads() and not self.host_ahead and n < _PROBE_STEPS:
+                # host-bound (sample now) where the GPU was idle when the step before began; that tells only once
+                # the step before that was not a warm-up step (a slow one lets any GPU catch up)
+                lag = self.clock.probe_lag_ns() if n >= 2 else None
+                return lag is not None and lag < _BEHIND_SHARE * self.last_unit_ns
             return True
         base = self.base_ns()
         if base[ph] is None:
