@@ -467,7 +467,8 @@ def test_replay_mode(cpu_fake, tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(inplace=True), nn.Linear(512, 512), nn.ReLU(inplace=True),
                           nn.Linear(512, 10))
-    tracker = LayerwiseMeasurementTool(tmp_path / "r.csv", gpu_num=0, mode="replay", replay_seconds=0.1,
+    # (0.2 s replays: a 0.1 s window's power came out 10% off once in a loaded run, from timing jitter alone)
+    tracker = LayerwiseMeasurementTool(tmp_path / "r.csv", gpu_num=0, mode="replay", replay_seconds=0.2,
                                        replay_min_share=0)
     tracker.start(model)
     for _ in range(10):
@@ -482,7 +483,7 @@ def test_replay_mode(cpu_fake, tmp_path):
     for r in result.replayed:
         assert r["gpu0_power_w"] == pytest.approx(300, rel=0.1)  # the fake GPU draws 300 W whatever runs
         if "same_as" not in r:
-            assert r["seconds"] >= 0.1 and r["iterations"] >= 2
+            assert r["seconds"] >= 0.2 and r["iterations"] >= 2
     # The two in-place ReLUs have the same shapes: replayed once.
     relus = [r for r in result.replayed if r["layer"] in ("1", "3") and r["phase"] == "train"]
     assert len(relus) == 2 and sum("same_as" in r for r in relus) == 1
