@@ -1286,6 +1286,28 @@ def test_no_opening_lead_where_the_host_is_ahead_of_the_gpu(cpu_fake, monkeypatc
     assert result.sampling["train"]["sampled_steps"] >= 1
 
 
+def test_start_says_what_the_opening_lead_costs_a_short_run(cpu_fake, monkeypatch):
+    """start() cannot know the run's length: on a GPU (leads) it says once per process, as a warning, that the
+    first burst's 0.3 s lead costs a run shorter than 0.3 s / max_overhead more than max_overhead; each tool keeps
+    the sentence in start_note.  Without leads (CPU) nothing is said."""
+    monkeypatch.setattr(lw.tool, "_COST_SAID", [False])
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0)
+    tracker.start(Net())  # (the host clock: no leads)
+    assert tracker.start_note is None
+    tracker.stop()
+    queued_fake_gpu(monkeypatch, 20_000)
+    import warnings as _w
+    for k in range(2):
+        tracker = LayerwiseMeasurementTool(None, gpu_num=0, max_overhead=0.1)
+        with _w.catch_warnings(record=True) as caught:
+            _w.simplefilter("always")
+            tracker.start(Net())
+        said = [str(w.message) for w in caught if issubclass(w.category, lw.JoulecapWarning)]
+        assert "0.3 s GPU-side lead" in tracker.start_note and "shorter than 3 s" in tracker.start_note
+        assert said == ([tracker.start_note] if k == 0 else [])
+        tracker.stop()
+
+
 def test_sampling_arguments_are_checked(cpu_fake):
     with pytest.raises(InvalidArgument, match="sample='x'.*'auto'"):
         LayerwiseMeasurementTool(None, gpu_num=0, sample="x")

@@ -15,8 +15,10 @@ from .layers import _import_torch, select_layers
 from .replay import _Replayer
 from .result import LayerwiseResult, _build_result, _write_csv
 from .run import _Run
+from .sampling import _OPEN_LEAD_NS
 
 _MODES = ("attribute", "replay")
+_COST_SAID = [False]  # the opening lead's cost is said at the first start() on a GPU of the process, not at each
 SAMPLES = ("auto", "all")
 
 
@@ -119,6 +121,7 @@ class LayerwiseMeasurementTool:
         self.replay_seconds = float(replay_seconds)
         self.replay_min_share = float(replay_min_share)
         self.replay_budget = float(replay_budget)
+        self.start_note: Optional[str] = None  # what sampling will cost where a run's length decides it (start())
         # inputs are captured for replay in mode "replay", and in the default mode for its budgeted replay
         self._capture = mode == "replay" or self.replay_budget > 0
         self._knots = bool(_knots)
@@ -214,7 +217,23 @@ class LayerwiseMeasurementTool:
         run.active = True
         self._run = run
         self._used = True
+        self.start_note = self._cost_note(run)
+        if self.start_note and not _COST_SAID[0]:
+            _COST_SAID[0] = True
+            warnings.warn(self.start_note, JoulecapWarning, stacklevel=2)
         return model
+
+    def _cost_note(self, run: _Run) -> Optional[str]:
+        """What sampling will cost where the run's length decides it: on a GPU, the first burst's opening lead,
+        which a run too short for max_overhead to pay for pays anyway (the run's length is not known here)."""
+        if not run.leads():
+            return None
+        lead_s = _OPEN_LEAD_NS * 1e-9
+        return ("layer-wise sampling: the first sampled burst opens with a %.1f s GPU-side lead unless the loop is "
+                "GPU-bound (the GPU a step behind the host), so a run shorter than %.0f s costs more than "
+                "max_overhead (%.0f%%); result.clock['sampling_cost_share'] says what the run paid, and for a "
+                "short GPU-bound run sample='all' (no leads, every step hooked) costs less"
+                % (lead_s, lead_s / self.max_overhead, 100 * self.max_overhead))
 
     def _check_device(self, device: Any) -> bool:
         """True when the model is on a CUDA GPU (the one measured); raises when it is on another one."""
