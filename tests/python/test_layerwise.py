@@ -805,6 +805,12 @@ def test_replay_keeps_few_launches_ahead_of_the_gpu():
     took = (time.perf_counter_ns() - t0) * 1e-9
     assert 0.1 <= took < 0.2  # 4 launches (20 ms) queued at the deadline, at most (without: 1000, 5 s)
     assert calls % 8 == 0 and 0.1 / 0.005 * 8 <= calls <= (took / 0.005 + 1) * 8  # back to back
+    # told a launch's time, it stops launching once the queued ones reach the deadline: on time, within a launch
+    gpu.pending.clear()
+    t0 = time.perf_counter_ns()
+    calls = lw._run_until(run_once, 8, t0 + 100_000_000, time.perf_counter_ns, record, launch_ns=launch_ns)
+    gpu_done = (gpu.busy_until - t0) * 1e-9  # (when the fake GPU ends the last launch: no host jitter in it)
+    assert 0.1 - 0.005 <= gpu_done < 0.1 + 0.005 + 0.001 and calls >= 0.09 / 0.005 * 8
     # without events (the CPU, where a call returns when done): the plain loop, at least two calls
     assert lw._run_until(lambda: None, 1, 0, time.perf_counter_ns) == 2
 
