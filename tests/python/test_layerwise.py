@@ -1314,6 +1314,22 @@ def test_start_says_what_the_opening_lead_costs_a_short_run(cpu_fake, monkeypatc
         tracker.stop()
 
 
+def test_a_gpu_run_shorter_than_the_probe_wait_says_why_nothing_was_sampled(cpu_fake, monkeypatch):
+    """On a GPU the first burst may wait a few steps after the warm-up for the probe: a run that ends before
+    keeps its energy in (outside) not sampled, and the warning says why and what to do."""
+    queued_fake_gpu(monkeypatch, 20_000)  # (the probe tells a host-bound loop from the third step after the warm-up)
+    model = Net()
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0)
+    tracker.start(model)
+    with torch.no_grad():
+        for x, _ in make_data(3):
+            model(x)
+    with pytest.warns(lw.JoulecapWarning, match="no infer step was sampled.*up to 4 waiting for the GPU"):
+        result = tracker.stop()
+    assert_adds_up(result)
+    assert result.sampling["infer"]["sampled_steps"] == 0
+
+
 def test_sampling_arguments_are_checked(cpu_fake):
     with pytest.raises(InvalidArgument, match="sample='x'.*'auto'"):
         LayerwiseMeasurementTool(None, gpu_num=0, sample="x")

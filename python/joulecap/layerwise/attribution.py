@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import JoulecapWarning
 from .rows import INFER, OUTSIDE_BACKWARD, OUTSIDE_FORWARD, OUTSIDE_OTHER, OUTSIDE_UNSAMPLED, PHASES, TRAIN
+from .sampling import _PROBE_STEPS
 
 
 def _extrapolate(run: Any, energies: Dict[int, List[List[float]]], attribution: Dict[int, str],
@@ -39,9 +40,11 @@ def _extrapolate(run: Any, energies: Dict[int, List[List[float]]], attribution: 
         if k == 0:
             attribution[u] = "not sampled"
             warnings.warn(
-                "no %s step was sampled layer by layer (%d step(s), %d warm-up): its energy stays in the row %r; "
+                "no %s step was sampled layer by layer (%d step(s), %d warm-up%s): its energy stays in the row %r; "
                 "run more steps, or pass warmup_steps=0 or sample='all'"
-                % (PHASES[ph], n, run.tool.warmup_steps if run.tool else 0, OUTSIDE_UNSAMPLED),
+                % (PHASES[ph], n, run.tool.warmup_steps if run.tool else 0,
+                   ", then up to %d waiting for the GPU to show whether the loop is GPU-bound" % _PROBE_STEPS
+                   if run.leads() else "", OUTSIDE_UNSAMPLED),
                 JoulecapWarning, stacklevel=4)
             continue
         info["extrapolated"] = True
