@@ -115,7 +115,6 @@ class _CudaClock:
         self._lead: Optional[Callable[[float], None]] = lead  # (fake GPUs in tests pass their own)
         self._probe: Any = None  # probe(): one event, recorded again at each step not sampled
         self._probe_host = 0  # host ns of its last record
-        self._probes = 0  # records so far
 
     POOL_WARM = 2048  # events created (and their CUDA events with them) at begin(), off the hot path
 
@@ -254,7 +253,6 @@ class _CudaClock:
             self._probe = self._new_event()
         self._probe_host = self.now()
         self._probe.record(self._stream())
-        self._probes += 1
 
     def probe_pending(self) -> bool:
         """True while the GPU has not reached the probe's last record: the host is ahead of the GPU by the work
@@ -263,9 +261,10 @@ class _CudaClock:
 
     def probe_lag_ns(self) -> Optional[int]:
         """How far the GPU was behind the host when the probe was last recorded: its GPU time on the host clock
-        less the record's host time.  None before the second record (the first comes after start()'s
-        synchronisation: an idle GPU, whatever the loop) or while the probe is pending."""
-        if self._probes < 2 or self.anchor is None or not self._probe.query():
+        less the record's host time.  None before a record or while the probe is pending.  (The first records
+        of a run follow start()'s synchronisation and the warm-up: an idle GPU, whatever the loop; the caller
+        reads the lag only from the third step after the warm-up.)"""
+        if self._probe is None or self.anchor is None or not self._probe.query():
             return None
         return self.anchor_host + int(round(self.anchor.elapsed_time(self._probe) * 1e6)) - self._probe_host
 
