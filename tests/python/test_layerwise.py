@@ -467,7 +467,7 @@ def test_replay_mode(cpu_fake, tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(inplace=True), nn.Linear(512, 512), nn.ReLU(inplace=True),
                           nn.Linear(512, 10))
-    # (0.2 s replays: a 0.1 s window's power came out 10% off once in a loaded run, from timing jitter alone)
+    # (0.2 s replays: the shorter the window, the more host timing jitter moves its power)
     tracker = LayerwiseMeasurementTool(tmp_path / "r.csv", gpu_num=0, mode="replay", replay_seconds=0.2,
                                        replay_min_share=0)
     tracker.start(model)

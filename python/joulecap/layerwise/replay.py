@@ -321,8 +321,8 @@ def _run_until(run_once: Callable[[], None], per: int, end_ns: int, now: Callabl
     On a GPU (``record``: records an event after a launch and returns it) the host keeps at most ``ahead``
     launches queued: a launch returns at once, so the host would otherwise fill the CUDA launch queue and the
     GPU work it off long after the deadline.  With ``ahead`` queued the GPU still runs them back to back.  And
-    it stops launching once the queued launches (``launch_ns`` each, about) reach the deadline: 4 launches of 8
-    calls of a 5 ms layer made a 0.29 s replay last 0.47 s on the H100, and the budget then fit one layer less."""
+    it stops launching once the queued launches (``launch_ns`` each, about) reach the deadline, so that a
+    budgeted replay lasts what its budget planned."""
     queued: Deque[Any] = collections.deque()
     calls = 0
     while calls < 2 or now() + len(queued) * launch_ns < end_ns:
