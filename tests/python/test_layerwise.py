@@ -1750,6 +1750,44 @@ def test_default_mode_replays_short_layers_within_its_budget(cpu_fake):
     assert "auto_replay" not in result.clock and not result.replayed
 
 
+def test_budgeted_replay_shortens_the_rest_after_an_overrun(cpu_fake, monkeypatch):
+    """A replay that overruns its plan (here a layer whose first call after the run takes 0.9 s) does not push
+    the last planned layers out of the budget: the replays after it are shortened to share what is left (about
+    0.45 s here: as planned, the second would take 0.3 s of it, and the third no longer fit)."""
+    from joulecap.layerwise import replay as replay_mod
+
+    monkeypatch.setattr(replay_mod, "_MIN_REPLAY_S", 0.05)
+
+    class Stall(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.once = 0.0
+
+        def forward(self, x):
+            time.sleep(0.02 + self.once)
+            self.once = 0.0
+            return x * 2
+
+    torch.manual_seed(0)
+    stall = Stall()
+    model = nn.Sequential(stall, nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    tracker = LayerwiseMeasurementTool(None, gpu_num=0, replay_seconds=0.3, replay_min_share=0, replay_budget=1.75)
+    tracker.start(model)
+    t0 = time.monotonic()
+    with torch.no_grad():
+        while time.monotonic() - t0 < 1.0:
+            model(torch.randn(8, 16))
+    stall.once = 0.9  # the replay's first call (the largest layer: replayed first)
+    result = tracker.stop()
+    assert_adds_up(result)
+    info = result.clock["auto_replay"]
+    assert info["seconds_each"] == pytest.approx(0.3) and info["layers"] == 4, info  # all four planned at 0.3 s
+    replayed = {r["layer"]: r for r in result.replayed}
+    assert set(replayed) == {"0", "1", "2", "3"}, info  # (without the shortening: the last one left out)
+    assert all(replayed[k]["seconds"] < 0.2 for k in ("1", "2", "3")), (info, result.replayed)
+    assert replay_mod._Replayer._fit(0.3, 0.04, 1) == 0.0  # not even the shortest replay left: none
+
+
 def test_replayed_power_comes_from_whole_counter_steps(fake_env, tmp_path):
     """The default mode's replay of short layers on the fake GPU whose power follows the layer that runs
     (joulecap_fake_set_load): 5 ms calls at 700 W and at 280 W, 100 W between the replays.  A replay's stretch

@@ -64,6 +64,7 @@ class _Replayer:
         rng_cuda = torch.cuda.get_rng_state(dev) if cuda else None
         by_key: Dict[Any, Dict[str, Any]] = {}  # key -> the first replay of that work (measure_alone, deferred)
         done: List[Tuple[int, Dict[str, Any], Any]] = []  # (row, info, key)
+        todo = len({self._key(r)[1] for r in chosen})  # distinct replays still to run
         try:
             for r in chosen:
                 row = run.rows[r]
@@ -74,9 +75,12 @@ class _Replayer:
                 if key in by_key:
                     info["same_as"] = by_key[key]["layer"]
                 else:
-                    if deadline is not None and time.perf_counter() + seconds > deadline:
-                        self.info["note"] = "budget spent after %d distinct layers" % len(by_key)
-                        break
+                    if deadline is not None:
+                        self.seconds = self._fit(seconds, deadline - time.perf_counter(), todo)
+                        if not self.seconds:
+                            self.info["note"] = "budget spent after %d distinct layers" % len(by_key)
+                            break
+                    todo -= 1
                     try:
                         m = self._measure(module, cap, row.phase, backward)
                     except Exception as e:  # a layer that cannot run alone keeps its measured energy
@@ -132,6 +136,13 @@ class _Replayer:
                 if t > 0:
                     m["power_w"][d] = sum(p * (s1 - s0) for s0, s1, p in inside) / t * 1e9
                     m["power_from"][d] = "counter steps"
+
+    @staticmethod
+    def _fit(planned: float, left: float, todo: int) -> float:
+        """A budgeted replay's length: as planned, shortened (not below _MIN_REPLAY_S) where the replays before
+        it overran, so that the ``todo`` still to run share the ``left`` seconds; 0 when not even that fits."""
+        secs = max(min(_MIN_REPLAY_S, planned), min(planned, left / max(todo, 1) - _REPLAY_SETUP_S))
+        return secs if secs <= left else 0.0
 
     def _key(self, r: int) -> Tuple[bool, Any]:
         """Whether row r's replay includes its backward, and the key of the work it replays (rows with the same
