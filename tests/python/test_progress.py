@@ -1,6 +1,7 @@
 """Progress on long work: the profiler's progress line (Python and `joulecap profile`), `--live` of `joulecap run`
 and `monitor`; each on a terminal only.  Terminals are pseudo-terminals here (pty), as a person's would be."""
 
+import csv
 import io
 import os
 import pty
@@ -81,10 +82,13 @@ def _sweep_env(fake_env, tmp_path, monkeypatch):
 
 
 class Step:
-    """A step of 20 ms, a stand-in for a GPU job (steps_on_gpu=True)."""
+    """A step of 20 ms, a stand-in for a GPU job (steps_on_gpu=True).  It spins rather than sleeps: a sleep's
+    wake-up jitter made the first trial too noisy to end early, and it took the whole budget."""
 
     def __call__(self, x):
-        time.sleep(0.02)
+        end = time.perf_counter() + 0.02
+        while time.perf_counter() < end:
+            pass
         return x
 
 
@@ -94,11 +98,17 @@ def test_profiler_progress_line_shows_trial_cap_time_and_best(fake_env, tmp_path
     monkeypatch.setenv("COLUMNS", "200")  # tqdm fits the line to the width: wide enough for the whole text
     data = [torch.zeros(1)] * 2
     try:
+        out = tmp_path / "profile.csv"
         joulecap.power_cap_profiler(Step(), data, 0, caps_w=[700, 500], time_budget_s=2, steps_on_gpu=True,
-                                    progress=True)
+                                    progress=True, out_file=str(out))
         err = capsys.readouterr().err
-        assert "joulecap profiler, GPU 0" in err and "trial 1 at 700 W" in err and "trial 2 at 500 W" in err
-        assert "best so far" in err and "/2 s" in err
+        # each trial the profiler ran (a noisy first trial can take the whole budget) is on the line in turn
+        with open(out, newline="") as f:
+            tried = [float(r["cap_w"]) for r in csv.DictReader(f) if r["row"] == "trial"]
+        assert tried[:1] == [700.0], tried
+        assert "joulecap profiler, GPU 0" in err and "best so far" in err and "/2 s" in err
+        for k, cap in enumerate(tried, 1):
+            assert "trial %d at %g W" % (k, cap) in err, (k, cap, err[-400:])
         # Not a terminal (pytest's capture) and not asked: nothing.
         joulecap.power_cap_profiler(Step(), data, 0, caps_w=[700, 500], time_budget_s=2, steps_on_gpu=True)
         assert "trial" not in capsys.readouterr().err
