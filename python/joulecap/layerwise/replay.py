@@ -64,13 +64,13 @@ class _Replayer:
         rng_cuda = torch.cuda.get_rng_state(dev) if cuda else None
         by_key: Dict[Any, Dict[str, Any]] = {}  # key -> the first replay of that work (measure_alone, deferred)
         done: List[Tuple[int, Dict[str, Any], Any]] = []  # (row, info, key)
-        todo = len({self._key(r)[1] for r in chosen})  # distinct replays still to run
+        keyed = [(r,) + self._key(r) for r in chosen]  # (row, backward, key)
+        todo = len({key for _, _, key in keyed})  # distinct replays still to run
         try:
-            for r in chosen:
+            for r, backward, key in keyed:
                 row = run.rows[r]
                 name, module = run.layers[row.layer]
                 cap = run.captures[r]
-                backward, key = self._key(r)
                 info = {"layer": row.name, "phase": PHASES[row.phase], "backward": backward}
                 if key in by_key:
                     info["same_as"] = by_key[key]["layer"]
